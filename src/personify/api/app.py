@@ -1,0 +1,59 @@
+"""The ASGI app factory: builds the services from settings and mounts every router."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from personify.api import errors as api_errors
+from personify.api.admin import admin_routes
+from personify.api.services import Services
+from personify.errors import PersonifyError
+from personify.ingest.routes import CollectorRoutes, json_response
+from personify.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
+    """The Personify ASGI app. Settings are read from the environment when not given."""
+    settings = settings or (services.settings if services else Settings())
+    services = services or Services.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    collector_routes = CollectorRoutes(
+        services.collector,
+        services.sources,
+        api_errors.render_error,
+        max_event_bytes=settings.max_event_bytes,
+        max_batch_bytes=settings.max_batch_bytes,
+    )
+    app = Starlette(
+        routes=[
+            Route("/healthz", health, methods=["GET"]),
+            *collector_routes.routes(),
+            *admin_routes(services),
+        ],
+        exception_handlers={
+            PersonifyError: api_errors.personify_error_handler,
+            HTTPException: api_errors.http_error_handler,
+            Exception: api_errors.unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app

@@ -1,0 +1,132 @@
+"""Admin API keys: created with a role, shown once, stored hashed, revocable."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from personify.auth.secrets import hash_secret, new_secret
+from personify.clock import Clock, SystemClock
+from personify.errors import NotFound, ValidationError
+from personify.store.database import Database, aware
+from personify.store.tables import api_keys
+
+# admin: everything; read: GET endpoints only
+ROLES = ("admin", "read")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's public record (never the secret)."""
+
+    id: str
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def is_active(self) -> bool:
+        """Not revoked."""
+        return self.revoked_at is None
+
+
+def _row_to_key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
+    m = row._mapping
+    return ApiKey(
+        id=m["id"],
+        name=m["name"],
+        role=m["role"],
+        prefix=m["key_prefix"],
+        created_at=aware(m["created_at"]),  # type: ignore[arg-type]
+        revoked_at=aware(m["revoked_at"]),
+    )
+
+
+class ApiKeyRepository:
+    """Stores API keys hashed and resolves a presented secret, with a short cache."""
+
+    def __init__(
+        self, db: Database, *, cache_ttl_s: float = 5.0, clock: Clock | None = None
+    ) -> None:
+        self._db = db
+        self._ttl = cache_ttl_s
+        self._clock = clock or SystemClock()
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    def create(
+        self, name: str, role: str = "admin", secret: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key; returns its record and the secret, which is never retrievable again."""
+        if role not in ROLES:
+            raise ValidationError(f"role must be one of {ROLES}", code="invalid_role")
+        if not name.strip():
+            raise ValidationError("a key needs a name", code="invalid_name")
+        secret = secret or new_secret("pk")
+        key = ApiKey(
+            id=uuid.uuid4().hex,
+            name=name.strip(),
+            role=role,
+            prefix=secret[:10],
+            created_at=self._clock.now(),
+            revoked_at=None,
+        )
+        with self._db.engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    id=key.id,
+                    name=key.name,
+                    role=key.role,
+                    key_hash=hash_secret(secret),
+                    key_prefix=key.prefix,
+                    created_at=key.created_at,
+                )
+            )
+        return key, secret
+
+    def list(self) -> list[ApiKey]:
+        """Every key, newest first."""
+        with self._db.engine.connect() as conn:
+            rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at.desc()))
+            return [_row_to_key(r) for r in rows]
+
+    def revoke(self, key_id_or_name: str) -> ApiKey:
+        """Revoke a key by id or name; raises ``NotFound``."""
+        now = self._clock.now()
+        cond = sa.or_(api_keys.c.id == key_id_or_name, api_keys.c.name == key_id_or_name)
+        with self._db.engine.begin() as conn:
+            result = conn.execute(
+                api_keys.update()
+                .where(cond, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no active API key {key_id_or_name!r}", code="key_not_found")
+            row = conn.execute(sa.select(api_keys).where(cond)).first()
+        self._cache.clear()
+        assert row is not None
+        return _row_to_key(row)
+
+    def resolve(self, secret: str) -> ApiKey | None:
+        """The active key for ``secret``, or None. Cached for ``cache_ttl_s``."""
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self._db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(api_keys).where(
+                    api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
+        key = _row_to_key(row) if row is not None else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, key)
+        return key

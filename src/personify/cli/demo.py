@@ -1,0 +1,137 @@
+"""``personify demo``: an embedded set-up with a demo source, scripted events, and the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import uvicorn
+
+from personify.api.app import create_app
+from personify.api.services import Services
+from personify.errors import Conflict
+from personify.settings import Settings
+
+# Fixed, well-known demo credentials so the README's curl calls work as printed.
+# They exist only in the demo's own data folder; never use them in production.
+DEMO_WRITE_KEY = "demo-write-key"
+DEMO_ADMIN_KEY = "demo-admin-key"
+
+
+def _scripted_events(now: datetime) -> list[dict[str, Any]]:
+    def at(minutes_ago: float) -> str:
+        return (now - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
+
+    anon = "anon-7f3a"
+    return [
+        {
+            "type": "page",
+            "anonymousId": anon,
+            "name": "Home",
+            "properties": {"path": "/", "category": "home"},
+            "timestamp": at(30),
+            "messageId": "demo-1",
+        },
+        {
+            "type": "track",
+            "anonymousId": anon,
+            "event": "Product Viewed",
+            "properties": {"product_id": "sku-42", "category": "shoes", "price": 89.0},
+            "timestamp": at(28),
+            "messageId": "demo-2",
+        },
+        {
+            "type": "identify",
+            "anonymousId": anon,
+            "userId": "user-ada",
+            "traits": {"name": "Ada", "email": "Ada@Example.com", "plan": "pro"},
+            "timestamp": at(25),
+            "messageId": "demo-3",
+        },
+        {
+            "type": "track",
+            "userId": "user-ada",
+            "anonymousId": anon,
+            "event": "Order Completed",
+            "properties": {
+                "order_id": "o-1",
+                "revenue": 89.0,
+                "products": [{"product_id": "sku-42", "category": "shoes"}],
+            },
+            "timestamp": at(20),
+            "messageId": "demo-4",
+        },
+        {
+            "type": "page",
+            "userId": "user-ada",
+            "name": "Blog",
+            "properties": {"path": "/blog/running", "category": "running"},
+            "timestamp": at(5),
+            "messageId": "demo-5",
+        },
+    ]
+
+
+def seed(services: Services) -> None:
+    """Create the demo source and admin key if they are not there yet."""
+    with contextlib.suppress(Conflict):
+        services.sources.create("demo", write_key=DEMO_WRITE_KEY)
+    if services.api_keys.resolve(DEMO_ADMIN_KEY) is None:
+        services.api_keys.create("demo-admin", "admin", secret=DEMO_ADMIN_KEY)
+
+
+async def _send_scripted_events(base_url: str, echo: Callable[[str], None]) -> None:
+    events = _scripted_events(datetime.now(UTC))
+    async with httpx.AsyncClient(
+        base_url=base_url, auth=(DEMO_WRITE_KEY, ""), timeout=10
+    ) as client:
+        response = await client.post("/v1/batch", json={"batch": events})
+        response.raise_for_status()
+        echo(f"sent {len(events)} scripted events through POST /v1/batch: {response.json()}")
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    port: int,
+    serve: bool,
+    echo: Callable[[str], None],
+    echo_json: Callable[[Any], None],
+) -> None:
+    """Seed, start the server, replay the scripted events through HTTP, keep serving."""
+    services = Services.build(settings)
+    seed(services)
+    app = create_app(settings, services=services)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    base_url = f"http://127.0.0.1:{port}"
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                return
+            await asyncio.sleep(0.05)
+        await _send_scripted_events(base_url, echo)
+        echo("")
+        echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
+        echo(f"  demo write key : {DEMO_WRITE_KEY}")
+        echo(f"  demo admin key : {DEMO_ADMIN_KEY}")
+        echo("")
+        echo("Try:")
+        echo(f"  curl -u {DEMO_WRITE_KEY}: -H 'Content-Type: application/json' \\")
+        echo(f'       -d \'{{"userId":"user-ada","event":"Video Played"}}\' {base_url}/v1/track')
+        echo(f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/failed-events")
+        echo("  personify events tail")
+        echo("")
+        if not serve:
+            server.should_exit = True
+        echo("Press Ctrl+C to stop." if serve else "Seeded; exiting (--no-serve).")
+        await task
+
+    asyncio.run(main())

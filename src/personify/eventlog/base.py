@@ -1,0 +1,103 @@
+"""The ``EventLog`` port: what every event-log backend guarantees.
+
+Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
+
+* ``append`` is durable when it returns: the records survive a crash of this process
+  (and, per the adapter's durability setting, of the machine). Records with the same
+  ``key`` keep their order. A record whose ``dedupe_key`` was appended within the
+  dedupe window is not appended again; its result says ``duplicate=True`` and carries
+  the original offset.
+* ``read`` delivers each record to a consumer group at least once. A consumer that
+  stops before ``commit`` gets the uncommitted records again after a restart.
+* ``commit`` acknowledges, per partition, every entry up to the highest given offset.
+* ``lag`` counts the records a group has not committed.
+* ``truncate`` removes records that every known group has committed.
+* Any driver failure, a full disk or a full queue raises ``BackendUnavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from personify.registry import EVENTLOG_ADAPTERS, load_adapter
+
+if TYPE_CHECKING:
+    from personify.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One record to append: an opaque payload, its ordering key, and an optional dedupe key."""
+
+    payload: bytes
+    key: str
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where a record landed; ``duplicate`` means it was already in the log at ``offset``."""
+
+    offset: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A record as read back: its partition, its offset there, and how often it was delivered."""
+
+    partition: int
+    offset: str
+    key: str
+    payload: bytes
+    appended_at: float
+    delivery_count: int = 1
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """A durable, ordered, offset-addressed log read by consumer groups."""
+
+    async def start(self) -> None:
+        """Connect and create what the backend needs (tables, topics, streams)."""
+        ...
+
+    async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
+        """Append durably; one result per record, in order."""
+        ...
+
+    async def read(
+        self, group: str, consumer: str, *, max_count: int = 500, timeout_ms: int = 1000
+    ) -> list[LogEntry]:
+        """Up to ``max_count`` entries not yet delivered to ``consumer``; waits up to ``timeout_ms``."""
+        ...
+
+    async def commit(self, group: str, consumer: str, entries: Sequence[LogEntry]) -> None:
+        """Acknowledge ``entries`` (and everything before them in their partitions)."""
+        ...
+
+    async def lag(self, group: str) -> int:
+        """How many records ``group`` has not committed yet."""
+        ...
+
+    async def truncate(self) -> int:
+        """Remove records every known group has committed; returns how many went."""
+        ...
+
+    async def tail(self, limit: int = 20) -> list[LogEntry]:
+        """The newest ``limit`` entries, oldest first (for ``personify events tail``)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending appends and release connections."""
+        ...
+
+
+def open_eventlog(settings: Settings, url: str | None = None) -> EventLog:
+    """Build (but not start) the event log adapter that ``url`` (or the settings) names."""
+    url = url or settings.resolved_eventlog_url
+    adapter = load_adapter(EVENTLOG_ADAPTERS, url, "event log")
+    log: EventLog = adapter.from_url(url, settings)
+    return log

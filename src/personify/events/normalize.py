@@ -1,0 +1,218 @@
+"""Validation and normalisation of Segment-spec events, as the collector receives them.
+
+``Normalizer.normalize`` takes any decoded JSON value and either returns the event as it
+goes into the log or raises ``ValidationError`` with a machine-readable code. It never
+raises anything else, whatever the input (a Hypothesis test holds it to that).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from personify.clock import format_timestamp
+from personify.errors import PayloadTooLarge, ValidationError
+from personify.events.hashing import PiiHasher
+
+EVENT_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
+# analytics.js calls one-letter endpoints (/v1/t, /v1/p, ...)
+SHORT_TYPES = {
+    "t": "track",
+    "i": "identify",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
+
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+_TIMESTAMP_FIELDS = ("timestamp", "sentAt", "originalTimestamp")
+_MAX_ID_CHARS = 512
+_UTC = UTC
+
+
+def _identifier(event: dict[str, Any], name: str) -> str | None:
+    """An id field as a string: strings are trimmed, numbers accepted; anything else is invalid."""
+    value = event.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValidationError(
+            f"{name} must be a string", code="invalid_field", details={"field": name}
+        )
+    text = value.strip() if isinstance(value, str) else str(value)
+    if len(text) > _MAX_ID_CHARS:
+        raise ValidationError(
+            f"{name} is longer than {_MAX_ID_CHARS} characters",
+            code="invalid_field",
+            details={"field": name},
+        )
+    return text or None
+
+
+def parse_timestamp(name: str, value: Any) -> datetime:
+    """An ISO-8601 timestamp as an aware UTC datetime (naive ones are taken as UTC)."""
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"{name} must be an ISO-8601 string", code="invalid_timestamp", details={"field": name}
+        )
+    text = value.strip()
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValidationError(
+            f"{name} is not an ISO-8601 timestamp: {value[:64]!r}",
+            code="invalid_timestamp",
+            details={"field": name},
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_UTC)
+    return moment
+
+
+def partition_key(event: dict[str, Any]) -> str:
+    """The log's ordering key: the device's anonymousId when known, else the userId."""
+    return str(event.get("anonymousId") or event.get("userId") or "")
+
+
+class Normalizer:
+    """Turns what a client sent into the event the log stores."""
+
+    def __init__(
+        self,
+        hasher: PiiHasher,
+        *,
+        max_event_bytes: int = 32 * 1024,
+        future_tolerance_s: float = 24 * 3600.0,
+    ) -> None:
+        self._hasher = hasher
+        self.max_event_bytes = max_event_bytes
+        self._future_tolerance = timedelta(seconds=future_tolerance_s)
+
+    def normalize(
+        self,
+        raw: Any,
+        *,
+        received_at: datetime,
+        source_id: str,
+        event_type: str | None = None,
+        defaults: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Validate ``raw`` and return the normalised event.
+
+        ``event_type`` comes from the route (``/v1/track``); for batches it is read from the
+        event's ``type``. ``defaults`` carries batch-level ``context``, ``integrations`` and
+        ``sentAt``, which the event's own fields override.
+        """
+        if not isinstance(raw, dict):
+            raise ValidationError("an event must be a JSON object", code="invalid_event")
+        event: dict[str, Any] = dict(raw)
+        event.pop("writeKey", None)
+        event.pop("flags", None)  # flags are ours to set, never the client's
+
+        kind = event_type or event.get("type")
+        if isinstance(kind, str):
+            kind = SHORT_TYPES.get(kind, kind)
+        if kind not in EVENT_TYPES:
+            raise ValidationError(
+                f"type must be one of {sorted(EVENT_TYPES)}",
+                code="invalid_type",
+                details={"field": "type"},
+            )
+        event["type"] = kind
+
+        if defaults:
+            for name in ("context", "integrations"):
+                shared = defaults.get(name)
+                if isinstance(shared, dict):
+                    own = event.get(name)
+                    event[name] = {**shared, **own} if isinstance(own, dict) else dict(shared)
+            if "sentAt" not in event and "sentAt" in defaults:
+                event["sentAt"] = defaults["sentAt"]
+
+        for name in _OBJECT_FIELDS:
+            value = event.get(name)
+            if value is not None and not isinstance(value, dict):
+                raise ValidationError(
+                    f"{name} must be a JSON object", code="invalid_field", details={"field": name}
+                )
+
+        user_id = _identifier(event, "userId")
+        anonymous_id = _identifier(event, "anonymousId")
+        if user_id is None and anonymous_id is None:
+            raise ValidationError(
+                "an event needs a userId or an anonymousId", code="missing_identity"
+            )
+        event["userId"] = user_id
+        event["anonymousId"] = anonymous_id
+        if user_id is None:
+            del event["userId"]
+        if anonymous_id is None:
+            del event["anonymousId"]
+
+        if kind == "track":
+            event_name = event.get("event")
+            if not isinstance(event_name, str) or not event_name.strip():
+                raise ValidationError(
+                    "a track event needs an event name", code="missing_event_name"
+                )
+        elif kind == "alias":
+            previous = _identifier(event, "previousId")
+            if previous is None:
+                raise ValidationError(
+                    "an alias event needs a previousId", code="missing_previous_id"
+                )
+            event["previousId"] = previous
+        elif kind == "group":
+            group_id = _identifier(event, "groupId")
+            if group_id is None:
+                raise ValidationError("a group event needs a groupId", code="missing_group_id")
+            event["groupId"] = group_id
+
+        message_id = _identifier(event, "messageId")
+        event["messageId"] = message_id or f"personify-{uuid.uuid4()}"
+
+        self._correct_clock(event, received_at)
+        event["receivedAt"] = format_timestamp(received_at)
+        event["sourceId"] = source_id
+        self._hasher.apply(event)
+        return event
+
+    def _correct_clock(self, event: dict[str, Any], received_at: datetime) -> None:
+        parsed = {
+            name: parse_timestamp(name, event[name])
+            for name in _TIMESTAMP_FIELDS
+            if event.get(name) is not None
+        }
+        client_time = parsed.get("originalTimestamp") or parsed.get("timestamp")
+        sent_at = parsed.get("sentAt")
+        try:
+            if client_time is not None and sent_at is not None:
+                # the client's clock may be off; its offset is the same at send and at event time
+                timestamp = received_at - (sent_at - client_time)
+                event["originalTimestamp"] = format_timestamp(client_time)
+                event["sentAt"] = format_timestamp(sent_at)
+            elif client_time is not None:
+                timestamp = client_time
+                event["originalTimestamp"] = format_timestamp(client_time)
+            else:
+                timestamp = received_at
+                if sent_at is not None:
+                    event["sentAt"] = format_timestamp(sent_at)
+            event["timestamp"] = format_timestamp(timestamp)
+        except (OverflowError, ValueError) as exc:
+            raise ValidationError("timestamps are out of range", code="invalid_timestamp") from exc
+        if timestamp - received_at > self._future_tolerance:
+            event["flags"] = ["future_timestamp"]
+
+    def check_size(self, payload: bytes) -> None:
+        """Reject an encoded event over the per-event limit."""
+        if len(payload) > self.max_event_bytes:
+            raise PayloadTooLarge(
+                f"the event is {len(payload)} bytes; the limit is {self.max_event_bytes}",
+                code="event_too_large",
+                details={"bytes": len(payload), "limit": self.max_event_bytes},
+            )

@@ -1,0 +1,110 @@
+"""Validate and append: the whole of the ingest hot path (it never reads profiles)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+
+from personify.clock import Clock, SystemClock
+from personify.errors import ValidationError
+from personify.eventlog.base import EventLog, LogRecord
+from personify.events.hashing import PiiHasher
+from personify.events.normalize import Normalizer, partition_key
+from personify.ingest.sources import Source
+from personify.store.failed_events import FailedEventRepository, NewFailedEvent
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What happened to the events of one request."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[NewFailedEvent]
+
+
+class Collector:
+    """Normalises events, appends the valid ones to the log, dead-letters the rest."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        normalizer: Normalizer,
+        hasher: PiiHasher,
+        failed_events: FailedEventRepository,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._log = log
+        self._normalizer = normalizer
+        self._hasher = hasher
+        self._failed = failed_events
+        self._clock = clock or SystemClock()
+
+    def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
+        payload: Any = raw
+        message_id = None
+        if isinstance(raw, dict):
+            payload = dict(raw)
+            payload.pop("writeKey", None)
+            # the raw payload is stored, so it is hashed like an accepted event would be
+            self._hasher.apply(payload)
+            mid = raw.get("messageId")
+            message_id = str(mid)[:512] if isinstance(mid, str | int) else None
+        return NewFailedEvent(
+            stage="ingest",
+            code=error.code,
+            reason=error.message,
+            payload=payload,
+            source_id=source.id,
+            message_id=message_id,
+        )
+
+    async def collect(
+        self,
+        source: Source,
+        raws: Sequence[Any],
+        *,
+        event_type: str | None = None,
+        defaults: dict[str, Any] | None = None,
+    ) -> IngestOutcome:
+        """Validate each event on its own; append the valid ones in one durable call.
+
+        Returns only once the accepted events are durably in the log; a log failure raises
+        ``BackendUnavailable`` and nothing of this request is acknowledged.
+        """
+        received_at = self._clock.now()
+        normalize = self._normalizer.normalize
+        check_size = self._normalizer.check_size
+        records: list[LogRecord] = []
+        rejected: list[NewFailedEvent] = []
+        for raw in raws:
+            try:
+                event = normalize(
+                    raw,
+                    received_at=received_at,
+                    source_id=source.id,
+                    event_type=event_type,
+                    defaults=defaults,
+                )
+                payload = _encode(event)
+                check_size(payload)
+            except ValidationError as error:
+                rejected.append(self._dead_letter(raw, source, error))
+                continue
+            records.append(
+                LogRecord(payload, partition_key(event), f"{source.id}:{event['messageId']}")
+            )
+        duplicates = 0
+        if records:
+            results = await self._log.append(records)
+            duplicates = sum(1 for r in results if r.duplicate)
+        if rejected:
+            await run_in_threadpool(self._failed.add_many, rejected)
+        return IngestOutcome(len(records) - duplicates, duplicates, rejected)

@@ -1,0 +1,269 @@
+"""HTTP routes of the collector, shaped like Segment's HTTP Tracking API.
+
+Auth is HTTP Basic with the write key as user name and an empty password, or ``writeKey``
+in the body. Bodies may be gzip-compressed. CORS is open on these routes (any origin, no
+credentials) because browsers post to them directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from personify.errors import (
+    PayloadTooLarge,
+    PersonifyError,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
+from personify.ingest.collector import Collector
+from personify.ingest.sources import Source, SourceRepository
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "POST, GET, OPTIONS",
+    "access-control-allow-headers": "Content-Type, Authorization, Content-Encoding",
+    "access-control-max-age": "86400",
+}
+_SUCCESS = b'{"success":true}'
+_GZIP_SLACK_BYTES = 4096
+
+Handler = Callable[[Request], Awaitable[Response]]
+ErrorRenderer = Callable[[PersonifyError], Response]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded with msgspec."""
+    return Response(
+        _encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _check_content_type(request: Request) -> None:
+    raw = request.headers.get("content-type", "")
+    media = raw.split(";", 1)[0].strip().lower()
+    # the browser library sends text/plain to avoid a CORS preflight
+    if media in ("", "application/json", "text/plain") or media.endswith("+json"):
+        return
+    raise UnsupportedMediaType(
+        f"Content-Type {media!r} is not supported; send application/json",
+        details={"contentType": media},
+    )
+
+
+async def _read_body(request: Request, limit: int, code: str) -> bytes:
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    too_large = PayloadTooLarge(
+        f"the request body is over the {limit}-byte limit", code=code, details={"limit": limit}
+    )
+    declared = request.headers.get("content-length")
+    wire_limit = limit + _GZIP_SLACK_BYTES if encoding else limit
+    if declared is not None and declared.isdigit() and int(declared) > wire_limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > wire_limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; use gzip or none",
+            code="unsupported_encoding",
+        )
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValidationError("the gzip body is corrupt", code="invalid_gzip") from exc
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise too_large
+    return inflated
+
+
+def _decode_json(body: bytes) -> Any:
+    if not body.strip():
+        raise ValidationError("the request body is empty", code="invalid_json")
+    try:
+        return _decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def _write_key(request: Request, body: Any) -> str:
+    header = request.headers.get("authorization", "")
+    if header[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise Unauthorized(
+                "the Basic credentials are malformed", code="invalid_write_key"
+            ) from exc
+        user = decoded.split(":", 1)[0]
+        if user:
+            return user
+    if isinstance(body, dict):
+        key = body.get("writeKey")
+        if isinstance(key, str) and key:
+            return key
+    raise Unauthorized(
+        "no write key: send it as the Basic auth user name or as writeKey in the body",
+        code="missing_write_key",
+    )
+
+
+class CollectorRoutes:
+    """The ingest endpoints, bound to one collector and one source repository."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        sources: SourceRepository,
+        render_error: ErrorRenderer,
+        *,
+        max_event_bytes: int,
+        max_batch_bytes: int,
+    ) -> None:
+        self._collector = collector
+        self._sources = sources
+        self._render_error = render_error
+        self._max_event_bytes = max_event_bytes
+        self._max_batch_bytes = max_batch_bytes
+        self._tracker_js: bytes | None = None
+
+    async def _resolve(self, write_key: str) -> Source:
+        hit, source = self._sources.resolve_cached(write_key)
+        if not hit:
+            source = await run_in_threadpool(self._sources.resolve, write_key)
+        if source is None:
+            raise Unauthorized("unknown or revoked write key", code="invalid_write_key")
+        return source
+
+    async def _source(self, request: Request, body: Any) -> Source:
+        return await self._resolve(_write_key(request, body))
+
+    def _with_cors(self, handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=CORS_HEADERS)
+            try:
+                response = await handler(request)
+            except PersonifyError as error:
+                response = self._render_error(error)
+            response.headers.update(CORS_HEADERS)
+            return response
+
+        return endpoint
+
+    def _single(self, event_type: str) -> Handler:
+        async def handle(request: Request) -> Response:
+            _check_content_type(request)
+            body = await _read_body(request, self._max_event_bytes, "event_too_large")
+            raw = _decode_json(body)
+            source = await self._source(request, raw)
+            outcome = await self._collector.collect(source, [raw], event_type=event_type)
+            if outcome.rejected:
+                rejected = outcome.rejected[0]
+                raise ValidationError(rejected.reason, code=rejected.code)
+            return Response(_SUCCESS, media_type="application/json")
+
+        return handle
+
+    async def _batch(self, request: Request) -> Response:
+        _check_content_type(request)
+        body = await _read_body(request, self._max_batch_bytes, "batch_too_large")
+        raw = _decode_json(body)
+        if not isinstance(raw, dict) or not isinstance(raw.get("batch"), list):
+            raise ValidationError(
+                'a batch body is a JSON object with a "batch" array', code="invalid_batch"
+            )
+        source = await self._source(request, raw)
+        defaults = {k: raw[k] for k in ("context", "integrations", "sentAt") if k in raw}
+        outcome = await self._collector.collect(source, raw["batch"], defaults=defaults)
+        return json_response(
+            {
+                "success": True,
+                "accepted": outcome.accepted,
+                "duplicates": outcome.duplicates,
+                "rejected": len(outcome.rejected),
+            }
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        # analytics.js reports its own delivery metrics here; there is nothing to keep
+        return Response(_SUCCESS, media_type="application/json")
+
+    async def _project_settings(self, request: Request) -> Response:
+        """What analytics.js fetches from its CDN, pointing it back at this host."""
+        write_key = request.path_params["write_key"]
+        await self._resolve(write_key)
+        host = request.headers.get("host", f"{request.url.hostname}:{request.url.port}")
+        return json_response(
+            {
+                "integrations": {
+                    "Segment.io": {
+                        "apiKey": write_key,
+                        "apiHost": f"{host}/v1",
+                        "protocol": request.url.scheme,
+                    }
+                },
+                "plan": {"track": {"__default": {"enabled": True}}},
+                "edgeFunction": {},
+                "analyticsNextEnabled": True,
+            }
+        )
+
+    async def _tracker(self, request: Request) -> Response:
+        if self._tracker_js is None:
+            self._tracker_js = (
+                resources.files("personify.ingest").joinpath("personify.js").read_bytes()
+            )
+        return Response(
+            self._tracker_js,
+            media_type="application/javascript",
+            headers={"cache-control": "public, max-age=300"},
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        """Every ingest route: long names, analytics.js's short ones, batch and import."""
+        methods = ["POST", "OPTIONS"]
+        routes: list[BaseRoute] = []
+        for name in sorted(EVENT_TYPES):
+            routes.append(
+                Route(f"/v1/{name}", self._with_cors(self._single(name)), methods=methods)
+            )
+        for short, name in SHORT_TYPES.items():
+            routes.append(
+                Route(f"/v1/{short}", self._with_cors(self._single(name)), methods=methods)
+            )
+        for path in ("/v1/batch", "/v1/import", "/v1/b"):
+            routes.append(Route(path, self._with_cors(self._batch), methods=methods))
+        routes.append(Route("/v1/m", self._with_cors(self._metrics), methods=methods))
+        routes.append(
+            Route(
+                "/v1/projects/{write_key}/settings",
+                self._with_cors(self._project_settings),
+                methods=["GET", "OPTIONS"],
+            )
+        )
+        routes.append(Route("/personify.js", self._tracker, methods=["GET"]))
+        return routes

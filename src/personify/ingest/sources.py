@@ -1,0 +1,139 @@
+"""Sources and their write keys. Write keys are stored hashed; an unknown or revoked one gets 401."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from personify.auth.secrets import hash_secret, new_secret
+from personify.clock import Clock, SystemClock
+from personify.errors import Conflict, NotFound, ValidationError
+from personify.store.database import Database, aware
+from personify.store.tables import sources
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where events come from (a website, an app, a server); owns one write key."""
+
+    id: str
+    name: str
+    write_key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def is_active(self) -> bool:
+        """Its write key has not been revoked."""
+        return self.revoked_at is None
+
+
+def _row_to_source(row: sa.Row[tuple[object, ...]]) -> Source:
+    m = row._mapping
+    return Source(
+        id=m["id"],
+        name=m["name"],
+        write_key_prefix=m["write_key_prefix"],
+        created_at=aware(m["created_at"]),  # type: ignore[arg-type]
+        revoked_at=aware(m["revoked_at"]),
+    )
+
+
+class SourceRepository:
+    """Creates sources and resolves write keys to them, with a short cache on the hot path."""
+
+    def __init__(
+        self, db: Database, *, cache_ttl_s: float = 5.0, clock: Clock | None = None
+    ) -> None:
+        self._db = db
+        self._ttl = cache_ttl_s
+        self._clock = clock or SystemClock()
+        self._cache: dict[str, tuple[float, Source | None]] = {}
+
+    def create(self, name: str, write_key: str | None = None) -> tuple[Source, str]:
+        """A new source; returns it with its write key (shown once)."""
+        name = name.strip()
+        if not name:
+            raise ValidationError("a source needs a name", code="invalid_name")
+        write_key = write_key or new_secret("wk")
+        source = Source(
+            id=uuid.uuid4().hex,
+            name=name,
+            write_key_prefix=write_key[:10],
+            created_at=self._clock.now(),
+            revoked_at=None,
+        )
+        try:
+            with self._db.engine.begin() as conn:
+                conn.execute(
+                    sources.insert().values(
+                        id=source.id,
+                        name=source.name,
+                        write_key_hash=hash_secret(write_key),
+                        write_key_prefix=source.write_key_prefix,
+                        created_at=source.created_at,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise Conflict(f"a source named {name!r} exists already", code="source_exists") from exc
+        return source, write_key
+
+    def get(self, id_or_name: str) -> Source:
+        """A source by id or name; raises ``NotFound``."""
+        with self._db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(sources).where(
+                    sa.or_(sources.c.id == id_or_name, sources.c.name == id_or_name)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no source {id_or_name!r}", code="source_not_found")
+        return _row_to_source(row)
+
+    def list(self) -> list[Source]:
+        """Every source, oldest first."""
+        with self._db.engine.connect() as conn:
+            rows = conn.execute(sa.select(sources).order_by(sources.c.created_at))
+            return [_row_to_source(r) for r in rows]
+
+    def revoke(self, id_or_name: str) -> Source:
+        """Revoke a source's write key; its events get 401 from then on."""
+        source = self.get(id_or_name)
+        with self._db.engine.begin() as conn:
+            conn.execute(
+                sources.update()
+                .where(sources.c.id == source.id, sources.c.revoked_at.is_(None))
+                .values(revoked_at=self._clock.now())
+            )
+        self._cache.clear()
+        return self.get(source.id)
+
+    def resolve_cached(self, write_key: str) -> tuple[bool, Source | None]:
+        """``(True, source or None)`` when the cache knows the key, else ``(False, None)``."""
+        cached = self._cache.get(write_key)
+        if cached is not None and cached[0] > time.monotonic():
+            return True, cached[1]
+        return False, None
+
+    def resolve(self, write_key: str) -> Source | None:
+        """The active source owning ``write_key``, or None. Cached for ``cache_ttl_s``."""
+        now = time.monotonic()
+        cached = self._cache.get(write_key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self._db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(sources).where(
+                    sources.c.write_key_hash == hash_secret(write_key),
+                    sources.c.revoked_at.is_(None),
+                )
+            ).first()
+        source = _row_to_source(row) if row is not None else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[write_key] = (now + self._ttl, source)
+        return source

@@ -1,0 +1,83 @@
+"""The state database engine, built from ``PERSONIFY_STATE_URL``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from personify.errors import BackendUnavailable, ConfigurationError
+from personify.registry import scheme_of
+from personify.store import migrations
+
+if TYPE_CHECKING:
+    from personify.settings import Settings
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """One SQLAlchemy engine for the system of record, plus its migrations."""
+
+    def __init__(self, url: str, *, auto_upgrade: bool = True) -> None:
+        self.url = url
+        scheme = scheme_of(url)
+        if scheme == "sqlite":
+            parsed = make_url(url)
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(url, connect_args={"timeout": 10})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif scheme == "postgresql":
+            if "+" not in make_url(url).drivername:
+                url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+            try:
+                self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10)
+            except ModuleNotFoundError as exc:
+                raise ConfigurationError(
+                    "the postgresql:// state database needs psycopg: pip install 'personify[postgres]'",
+                    code="missing_extra",
+                ) from exc
+        else:
+            raise ConfigurationError(
+                f"no state database for {scheme}:// (use sqlite:// or postgresql://)",
+                code="unknown_backend",
+            )
+        self.dialect = scheme
+        if auto_upgrade:
+            self.upgrade()
+
+    def upgrade(self) -> list[int]:
+        """Apply pending migrations."""
+        try:
+            return migrations.upgrade(self.engine)
+        except sa.exc.OperationalError as exc:
+            raise BackendUnavailable(
+                f"the state database is unreachable: {exc.orig}", code="state_unavailable"
+            ) from exc
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def open_database(settings: Settings, *, auto_upgrade: bool = True) -> Database:
+    """The state database the settings name, migrated to the latest schema."""
+    return Database(settings.resolved_state_url, auto_upgrade=auto_upgrade)

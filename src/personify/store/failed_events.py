@@ -1,0 +1,140 @@
+"""Dead letters: events rejected at ingest or failed in the worker, kept with their reason."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from personify.clock import Clock, SystemClock
+from personify.store.database import Database, aware
+from personify.store.tables import failed_events
+
+
+@dataclass(frozen=True, slots=True)
+class FailedEvent:
+    """One dead letter: where it failed, why, and the payload (PII already hashed)."""
+
+    id: int
+    stage: str
+    source_id: str | None
+    message_id: str | None
+    code: str
+    reason: str
+    payload: Any
+    attempts: int
+    created_at: datetime
+    replayed_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape the admin API returns."""
+        return {
+            "id": self.id,
+            "stage": self.stage,
+            "sourceId": self.source_id,
+            "messageId": self.message_id,
+            "code": self.code,
+            "reason": self.reason,
+            "payload": self.payload,
+            "attempts": self.attempts,
+            "createdAt": self.created_at.isoformat(),
+            "replayedAt": self.replayed_at.isoformat() if self.replayed_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewFailedEvent:
+    """A dead letter to record."""
+
+    stage: str
+    code: str
+    reason: str
+    payload: Any
+    source_id: str | None = None
+    message_id: str | None = None
+    attempts: int = 1
+
+
+def _decode(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
+class FailedEventRepository:
+    """Append and list dead letters."""
+
+    def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
+        self._db = db
+        self._clock = clock or SystemClock()
+
+    def add_many(self, items: Sequence[NewFailedEvent]) -> None:
+        """Record dead letters in one transaction."""
+        if not items:
+            return
+        now = self._clock.now()
+        rows = [
+            {
+                "stage": item.stage,
+                "source_id": item.source_id,
+                "message_id": item.message_id,
+                "code": item.code,
+                "reason": item.reason,
+                "payload": msgspec.json.encode(item.payload).decode()
+                if not isinstance(item.payload, str)
+                else item.payload,
+                "attempts": item.attempts,
+                "created_at": now,
+            }
+            for item in items
+        ]
+        with self._db.engine.begin() as conn:
+            conn.execute(failed_events.insert(), rows)
+
+    def list(
+        self,
+        *,
+        stage: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+        include_replayed: bool = True,
+    ) -> list[FailedEvent]:
+        """Dead letters after ``after_id``, oldest first."""
+        query = sa.select(failed_events).where(failed_events.c.id > after_id)
+        if stage:
+            query = query.where(failed_events.c.stage == stage)
+        if not include_replayed:
+            query = query.where(failed_events.c.replayed_at.is_(None))
+        query = query.order_by(failed_events.c.id).limit(limit)
+        with self._db.engine.connect() as conn:
+            return [
+                FailedEvent(
+                    id=m["id"],
+                    stage=m["stage"],
+                    source_id=m["source_id"],
+                    message_id=m["message_id"],
+                    code=m["code"],
+                    reason=m["reason"],
+                    payload=_decode(m["payload"]),
+                    attempts=m["attempts"],
+                    created_at=aware(m["created_at"]),  # type: ignore[arg-type]
+                    replayed_at=aware(m["replayed_at"]),
+                )
+                for m in (row._mapping for row in conn.execute(query))
+            ]
+
+    def mark_replayed(self, ids: Sequence[int]) -> None:
+        """Record that these dead letters were fed back into the log."""
+        if not ids:
+            return
+        with self._db.engine.begin() as conn:
+            conn.execute(
+                failed_events.update()
+                .where(failed_events.c.id.in_(list(ids)))
+                .values(replayed_at=self._clock.now())
+            )

@@ -1,0 +1,50 @@
+"""Ordered, additive schema migrations. Each runs once; data survives every upgrade.
+
+Add a migration by appending a function to ``MIGRATIONS``; never edit one that shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from personify.clock import SystemClock
+from personify.store import tables
+
+
+def _v1_foundation(conn: sa.Connection) -> None:
+    for table in (tables.sources, tables.api_keys, tables.failed_events):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_foundation]
+
+
+def current_version(conn: sa.Connection) -> int:
+    """The highest applied migration, 0 on an empty database."""
+    tables.schema_version.create(conn, checkfirst=True)
+    version = conn.execute(sa.select(sa.func.max(tables.schema_version.c.version))).scalar()
+    return int(version or 0)
+
+
+def upgrade(engine: sa.Engine) -> list[int]:
+    """Apply every pending migration, each in its own transaction; returns the versions applied."""
+    applied: list[int] = []
+    with engine.begin() as conn:
+        version = current_version(conn)
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        with engine.begin() as conn:
+            # another process may have applied it meanwhile
+            if current_version(conn) >= number:
+                continue
+            migration(conn)
+            conn.execute(
+                tables.schema_version.insert().values(
+                    version=number, applied_at=SystemClock().now()
+                )
+            )
+        applied.append(number)
+    return applied

@@ -1,0 +1,38 @@
+"""Shared fixtures: settings on a temporary data folder, and the rule for absent services."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from personify.settings import Settings
+
+REQUIRE_SERVICES = os.environ.get("PERSONIFY_REQUIRE_SERVICES") == "1"
+
+
+def service_missing(reason: str) -> None:
+    """Skip when a service is absent, or fail when ``PERSONIFY_REQUIRE_SERVICES=1`` (CI)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings isolated from the environment and any .env file."""
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "environment": "test",
+        "pii_hash_key": "test-pii-key",
+        "eventlog_durability": "normal",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    """Test settings on a fresh data folder."""
+    yield make_settings(tmp_path / "data")
