@@ -1,0 +1,7 @@
+"""``python -m personify.cli`` runs the command line."""
+
+from __future__ import annotations
+
+from personify.cli.main import main
+
+main()
