@@ -47,23 +47,23 @@ class PiiHasher:
             self._apply_path(event, path)
 
     def _apply_path(self, event: dict[str, Any], path: tuple[str, ...]) -> None:
+        # look first, copy only when there is something to hash: most events carry no PII
+        node: Any = event
+        for name in path:
+            if not isinstance(node, dict):
+                return
+            node = node.get(name)
+        if node is None or isinstance(node, bool):
+            return
+        if isinstance(node, str) and node.startswith(HASH_PREFIX):
+            return
         parent = event
         for name in path[:-1]:
-            child = parent.get(name)
-            if not isinstance(child, dict):
-                return
-            child = dict(child)
+            child = dict(parent[name])
             parent[name] = child
             parent = child
-        leaf = path[-1]
-        value = parent.get(leaf)
-        if value is None or isinstance(value, bool):
-            return
-        if isinstance(value, str | int | float):
-            text = str(value)
-            if text.startswith(HASH_PREFIX):
-                return
-            parent[leaf] = self.hash_value(leaf, text)
+        if isinstance(node, str | int | float):
+            parent[path[-1]] = self.hash_value(path[-1], str(node))
         else:
             # a structured value on a PII path cannot be normalised; drop it rather than keep it raw
-            parent[leaf] = None
+            parent[path[-1]] = None

@@ -27,7 +27,6 @@ SHORT_TYPES = {
 }
 
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
-_TIMESTAMP_FIELDS = ("timestamp", "sentAt", "originalTimestamp")
 _MAX_ID_CHARS = 512
 _UTC = UTC
 
@@ -37,11 +36,14 @@ def _identifier(event: dict[str, Any], name: str) -> str | None:
     value = event.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if type(value) is str:
+        text = value.strip() if value[:1].isspace() or value[-1:].isspace() else value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+    else:
         raise ValidationError(
             f"{name} must be a string", code="invalid_field", details={"field": name}
         )
-    text = value.strip() if isinstance(value, str) else str(value)
     if len(text) > _MAX_ID_CHARS:
         raise ValidationError(
             f"{name} is longer than {_MAX_ID_CHARS} characters",
@@ -51,17 +53,34 @@ def _identifier(event: dict[str, Any], name: str) -> str | None:
     return text or None
 
 
+def _is_canonical(text: Any) -> bool:
+    """Already ``YYYY-MM-DDTHH:MM:SS.mmmZ``: re-formatting would give the same string."""
+    return (
+        type(text) is str
+        and len(text) == 24
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[10] == "T"
+    )
+
+
 def parse_timestamp(name: str, value: Any) -> datetime:
     """An ISO-8601 timestamp as an aware UTC datetime (naive ones are taken as UTC)."""
     if not isinstance(value, str):
         raise ValidationError(
             f"{name} must be an ISO-8601 string", code="invalid_timestamp", details={"field": name}
         )
-    text = value.strip()
-    if text.endswith(("z", "Z")):
-        text = text[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text)
+        # Python 3.11 reads "Z" and most ISO-8601 shapes; lower-case "z" and padding need help
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    try:
+        if moment is None:
+            text = value.strip()
+            if text[-1:] in ("z", "Z"):
+                text = text[:-1] + "+00:00"
+            moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise ValidationError(
             f"{name} is not an ISO-8601 timestamp: {value[:64]!r}",
@@ -100,12 +119,14 @@ class Normalizer:
         source_id: str,
         event_type: str | None = None,
         defaults: dict[str, Any] | None = None,
+        received_at_text: str | None = None,
     ) -> dict[str, Any]:
         """Validate ``raw`` and return the normalised event.
 
         ``event_type`` comes from the route (``/v1/track``); for batches it is read from the
         event's ``type``. ``defaults`` carries batch-level ``context``, ``integrations`` and
-        ``sentAt``, which the event's own fields override.
+        ``sentAt``, which the event's own fields override. ``received_at_text`` is
+        ``received_at`` already formatted (a batch formats it once).
         """
         if not isinstance(raw, dict):
             raise ValidationError("an event must be a JSON object", code="invalid_event")
@@ -175,34 +196,42 @@ class Normalizer:
         message_id = _identifier(event, "messageId")
         event["messageId"] = message_id or f"personify-{uuid.uuid4()}"
 
-        self._correct_clock(event, received_at)
-        event["receivedAt"] = format_timestamp(received_at)
+        received_text = received_at_text or format_timestamp(received_at)
+        self._correct_clock(event, received_at, received_text)
+        event["receivedAt"] = received_text
         event["sourceId"] = source_id
         self._hasher.apply(event)
         return event
 
-    def _correct_clock(self, event: dict[str, Any], received_at: datetime) -> None:
-        parsed = {
-            name: parse_timestamp(name, event[name])
-            for name in _TIMESTAMP_FIELDS
-            if event.get(name) is not None
-        }
-        client_time = parsed.get("originalTimestamp") or parsed.get("timestamp")
-        sent_at = parsed.get("sentAt")
+    def _correct_clock(
+        self, event: dict[str, Any], received_at: datetime, received_text: str
+    ) -> None:
+        client_field = (
+            "originalTimestamp" if event.get("originalTimestamp") is not None else "timestamp"
+        )
+        client_raw = event.get(client_field)
+        sent_raw = event.get("sentAt")
+        client_time = parse_timestamp(client_field, client_raw) if client_raw is not None else None
+        sent_at = parse_timestamp("sentAt", sent_raw) if sent_raw is not None else None
+        if client_field == "originalTimestamp" and event.get("timestamp") is not None:
+            parse_timestamp("timestamp", event["timestamp"])  # still must be valid
         try:
+            if client_time is not None:
+                event["originalTimestamp"] = (
+                    client_raw if _is_canonical(client_raw) else format_timestamp(client_time)
+                )
+            if sent_at is not None:
+                event["sentAt"] = sent_raw if _is_canonical(sent_raw) else format_timestamp(sent_at)
             if client_time is not None and sent_at is not None:
                 # the client's clock may be off; its offset is the same at send and at event time
                 timestamp = received_at - (sent_at - client_time)
-                event["originalTimestamp"] = format_timestamp(client_time)
-                event["sentAt"] = format_timestamp(sent_at)
+                event["timestamp"] = format_timestamp(timestamp)
             elif client_time is not None:
                 timestamp = client_time
-                event["originalTimestamp"] = format_timestamp(client_time)
+                event["timestamp"] = event["originalTimestamp"]
             else:
                 timestamp = received_at
-                if sent_at is not None:
-                    event["sentAt"] = format_timestamp(sent_at)
-            event["timestamp"] = format_timestamp(timestamp)
+                event["timestamp"] = received_text
         except (OverflowError, ValueError) as exc:
             raise ValidationError("timestamps are out of range", code="invalid_timestamp") from exc
         if timestamp - received_at > self._future_tolerance:

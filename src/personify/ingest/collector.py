@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from starlette.concurrency import run_in_threadpool
 
-from personify.clock import Clock, SystemClock
+from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
@@ -80,6 +80,7 @@ class Collector:
         ``BackendUnavailable`` and nothing of this request is acknowledged.
         """
         received_at = self._clock.now()
+        received_text = format_timestamp(received_at)
         normalize = self._normalizer.normalize
         check_size = self._normalizer.check_size
         records: list[LogRecord] = []
@@ -92,6 +93,7 @@ class Collector:
                     source_id=source.id,
                     event_type=event_type,
                     defaults=defaults,
+                    received_at_text=received_text,
                 )
                 payload = _encode(event)
                 check_size(payload)
