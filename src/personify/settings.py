@@ -40,6 +40,27 @@ class Settings(BaseSettings):
     eventlog_max_batch_events: int = 5000
     eventlog_max_pending_events: int = 50_000
 
+    # Event log (Redis Streams / Kafka)
+    # an entry pending this long on a consumer is taken over by another one (Redis XAUTOCLAIM)
+    eventlog_claim_idle_ms: int = 60_000
+    # the worker dead-letters an entry delivered this many times without a commit
+    eventlog_max_deliveries: int = 5
+    # approximate bound on a Redis stream's length; unacknowledged entries are never trimmed
+    eventlog_stream_max_entries: int = 1_000_000
+    # where the Kafka log keeps its dedupe index (a Redis URL); required for kafka://
+    eventlog_dedupe_url: str = ""
+    # partitions of a topic the Kafka log creates (``?partitions=N`` in the URL wins)
+    eventlog_kafka_partitions: int = 12
+    # -1 takes the broker's default.replication.factor
+    eventlog_kafka_replication_factor: int = -1
+    eventlog_kafka_linger_ms: float = 5.0
+    # a consumer silent this long leaves its group and its partitions move to the others
+    eventlog_kafka_session_timeout_ms: int = 45_000
+    eventlog_kafka_fetch_wait_ms: int = 100
+    eventlog_kafka_delivery_timeout_ms: int = 30_000
+    # false for brokers without DeleteRecords (tansu's memory engine): truncate then removes nothing
+    eventlog_kafka_delete_records: bool = True
+
     # Ingest
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024
@@ -55,6 +76,33 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     run_worker: bool = True
+
+    # Lake (raw events in Delta Lake, the DuckDB warehouse, data quality)
+    lake_storage_options: dict[str, str] = Field(default_factory=dict)
+    lake_batch_max_events: int = 10_000
+    lake_batch_max_bytes: int = 16 * 1024 * 1024
+    lake_linger_ms: float = 1000.0
+    lake_max_promoted_properties: int = 200
+    lake_target_file_mb: int = 128
+    lake_vacuum_retention_hours: int = 168
+    lake_quality_checks: bool = True
+    quality_freshness_hours: float = 24.0
+    quality_volume_history_days: int = 14
+    quality_volume_max_zscore: float = 4.0
+
+    # Worker and profiles
+    worker_group: str = "worker"
+    worker_batch_size: int = 1000
+    worker_poll_timeout_ms: int = 500
+    worker_max_attempts: int = 3
+    worker_retry_backoff_ms: float = 100.0
+    worker_heartbeat_s: float = 2.0
+    features_file: Path | None = None
+    profile_max_identities: int = 1000
+    profile_snapshot_every: int = 50
+    cache_max_entries: int = 10_000
+    cache_ttl_s: float = 60.0
+    cache_invalidation_ttl_s: float = 2.0
 
     @model_validator(mode="after")
     def _require_secrets_in_production(self) -> Settings:

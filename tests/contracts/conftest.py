@@ -2,18 +2,60 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from personify.errors import BackendUnavailable
 from personify.eventlog.base import EventLog
 from personify.eventlog.sqlite import SQLiteEventLog
-from tests.conftest import make_settings
+from personify.settings import Settings
+from tests.conftest import make_settings, service_missing
+from tests.kafka_broker import TansuBroker, kafka_broker
+
+__all__ = ["REDIS_URL", "EventLog", "LogFactory", "drop_redis_keys", "kafka_broker"]
 
 LogFactory = Callable[[], Awaitable[EventLog]]
 
-EVENTLOG_BACKENDS = ["sqlite"]
+EVENTLOG_BACKENDS = ["sqlite", "redis", "kafka"]
+
+REDIS_URL = os.environ.get("PERSONIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def drop_redis_keys(url: str, *patterns: str) -> None:
+    """Delete every key matching ``patterns`` (a test's stream, its dedupe keys)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        for pattern in patterns:
+            batch = [key async for key in client.scan_iter(match=pattern, count=1000)]
+            if batch:
+                await client.delete(*batch)
+    finally:
+        await client.aclose()
+
+
+def _redis_log_settings(tmp_path: Path) -> Settings:
+    # a short claim idle time lets another consumer take over a closed one's entries quickly
+    return make_settings(tmp_path / "data", dedupe_window_hours=1.0, eventlog_claim_idle_ms=1000)
+
+
+def _kafka_log_settings(tmp_path: Path) -> Settings:
+    return make_settings(
+        tmp_path / "data",
+        dedupe_window_hours=1.0,
+        eventlog_dedupe_url=REDIS_URL,
+        # tansu holds a JoinGroup for about half the session timeout: keep joins near 1 s
+        eventlog_kafka_session_timeout_ms=2000,
+        eventlog_kafka_fetch_wait_ms=20,
+        eventlog_kafka_linger_ms=1.0,
+        # tansu's memory engine does not implement DeleteRecords
+        eventlog_kafka_delete_records=False,
+    )
 
 
 @pytest.fixture(params=EVENTLOG_BACKENDS)
@@ -21,14 +63,48 @@ async def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     """Opens started logs that all share one backing store (to test restarts and groups)."""
     opened: list[EventLog] = []
     settings = make_settings(tmp_path / "data", dedupe_window_hours=1.0)
+    name = f"personify-test-{uuid.uuid4().hex[:12]}"
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    broker: TansuBroker | None = None
+    if request.param == "kafka":
+        broker = request.getfixturevalue("kafka_broker")
 
-    async def open_sqlite() -> EventLog:
-        log = SQLiteEventLog.from_url(f"sqlite:///{tmp_path / 'events.db'}", settings)
-        await log.start()
+    async def started(log: EventLog, engine: str) -> EventLog:
+        try:
+            await log.start()
+        except BackendUnavailable as exc:
+            service_missing(f"{engine} is unavailable: {exc}")
         opened.append(log)
         return log
 
-    factories: dict[str, LogFactory] = {"sqlite": open_sqlite}
+    async def open_sqlite() -> EventLog:
+        log = SQLiteEventLog.from_url(f"sqlite:///{tmp_path / 'events.db'}", settings)
+        return await started(log, "SQLite")
+
+    async def open_redis() -> EventLog:
+        from personify.eventlog.redis import RedisEventLog
+
+        log = RedisEventLog.from_url(f"{REDIS_URL}?stream={name}", _redis_log_settings(tmp_path))
+        if not cleanups:
+            cleanups.append(lambda: drop_redis_keys(REDIS_URL, name, f"{{{name}}}:*"))
+        return await started(log, "Redis")
+
+    async def open_kafka() -> EventLog:
+        from personify.eventlog.kafka import KafkaEventLog
+
+        assert broker is not None
+        log = KafkaEventLog.from_url(broker.url(name, partitions=3), _kafka_log_settings(tmp_path))
+        if not cleanups:
+            cleanups.append(lambda: drop_redis_keys(REDIS_URL, f"personify:kafka:{name}:*"))
+        return await started(log, "Kafka")
+
+    factories: dict[str, LogFactory] = {
+        "sqlite": open_sqlite,
+        "redis": open_redis,
+        "kafka": open_kafka,
+    }
     yield factories[request.param]
     for log in opened:
         await log.close()
+    for cleanup in cleanups:
+        await cleanup()

@@ -64,7 +64,15 @@ class ServerProcess:
         """Start the server and wait until /healthz answers."""
         log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [*PERSONIFY, "serve", "--port", str(self.port), "--log-level", "warning", *self.extra_args],
+            [
+                *PERSONIFY,
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *self.extra_args,
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -131,7 +131,10 @@ def send_every_call(client: Client, tag: str) -> list[dict[str, Any]]:
             anonymous_id=anonymous_id,
             category="Docs",
             name="Pricing",
-            properties={"url": "https://shop.example/pricing", "referrer": "https://search.example"},
+            properties={
+                "url": "https://shop.example/pricing",
+                "referrer": "https://search.example",
+            },
             context=dict(context),
             timestamp=an_hour_ago + timedelta(seconds=2),
             integrations=integrations,

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from personify.api import errors as api_errors
 from personify.api.admin import admin_routes
+from personify.api.profiles import profile_routes
 from personify.api.services import Services
 from personify.errors import PersonifyError
 from personify.ingest.routes import CollectorRoutes, json_response
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             Route("/healthz", health, methods=["GET"]),
             *collector_routes.routes(),
             *admin_routes(services),
+            *profile_routes(services),
         ],
         exception_handlers={
             PersonifyError: api_errors.personify_error_handler,

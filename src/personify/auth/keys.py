@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from personify.auth.secrets import hash_secret, new_secret
 from personify.clock import Clock, SystemClock
 from personify.errors import NotFound, ValidationError
-from personify.store.database import Database, aware
+from personify.store.database import Database, aware, state_unavailable
 from personify.store.tables import api_keys
 
 # admin: everything; read: GET endpoints only
@@ -87,6 +87,8 @@ class ApiKeyRepository:
                     created_at=key.created_at,
                 )
             )
+        # a lookup of this secret before it existed left a negative entry
+        self._cache.pop(hash_secret(secret), None)
         return key, secret
 
     def list(self) -> list[ApiKey]:
@@ -119,12 +121,15 @@ class ApiKeyRepository:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        with self._db.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(api_keys).where(
-                    api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
-                )
-            ).first()
+        try:
+            with self._db.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(api_keys).where(
+                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                    )
+                ).first()
+        except sa.exc.OperationalError as exc:
+            raise state_unavailable(exc) from exc
         key = _row_to_key(row) if row is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()

@@ -202,6 +202,100 @@ def events_tail(ctx: _Context, lines: int, follow: bool) -> None:
     asyncio.run(run())
 
 
+@events.command("replay-failed")
+@click.option("--id", "ids", multiple=True, type=int, help="only this dead letter (repeatable)")
+@click.option("--limit", default=1000, show_default=True, help="at most this many")
+@pass_ctx
+def events_replay_failed(ctx: _Context, ids: tuple[int, ...], limit: int) -> None:
+    """Re-append the stream worker's dead letters to the log (they keep their messageId)."""
+    from personify.eventlog.base import open_eventlog
+    from personify.store.database import open_database
+    from personify.store.failed_events import FailedEventRepository
+    from personify.worker.replay import ReplayOutcome, replay_failed
+
+    async def run() -> ReplayOutcome:
+        log = open_eventlog(ctx.settings)
+        await log.start()
+        try:
+            failed = FailedEventRepository(open_database(ctx.settings))
+            return await replay_failed(log, failed, ids=ids, limit=limit)
+        finally:
+            await log.close()
+
+    outcome = asyncio.run(run())
+    click.echo(f"replayed {len(outcome.replayed)} dead letters: {outcome.replayed}")
+    if outcome.skipped:
+        click.echo(
+            f"not replayed (unknown, not from the worker, or already replayed): {outcome.skipped}"
+        )
+
+
+# -- stream worker and profiles --------------------------------------------------------------
+
+
+@main.command()
+@click.option("--drain", is_flag=True, help="exit once the consumer group has no lag")
+@click.option(
+    "--batch-size", type=int, default=None, help="entries per read (PERSONIFY_WORKER_BATCH_SIZE)"
+)
+@pass_ctx
+def worker(ctx: _Context, drain: bool, batch_size: int | None) -> None:
+    """Run a stream worker: apply the event log to profiles until SIGTERM or Ctrl+C."""
+    import signal
+
+    from personify.api.services import Services
+    from personify.worker.worker import WorkerStats
+
+    update: dict[str, Any] = {"run_worker": False}
+    if batch_size:
+        update["worker_batch_size"] = batch_size
+    settings = ctx.settings.model_copy(update=update)
+
+    async def run() -> WorkerStats:
+        services = Services.build(settings)
+        await services.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, services.worker.request_stop)
+        try:
+            await services.worker.run(until_idle=drain)
+        finally:
+            await services.close()
+        return services.worker.stats
+
+    stats = asyncio.run(run())
+    click.echo(
+        f"worker stopped: {stats.events_applied} applied, {stats.duplicates} duplicates skipped, "
+        f"{stats.dead_lettered} dead-lettered, lag {stats.lag}"
+    )
+
+
+@main.group()
+def profiles() -> None:
+    """User profiles."""
+
+
+@profiles.command("show")
+@click.argument("identity")
+@click.option("--as-of", default=None, help="ISO-8601 time: the profile as it was then")
+@pass_ctx
+def profiles_show(ctx: _Context, identity: str, as_of: str | None) -> None:
+    """Print the profile of IDENTITY (a userId, anonymousId or profile id) as JSON."""
+    from personify.cache.memory import MemoryCache
+    from personify.events.normalize import parse_timestamp
+    from personify.profiles.features import FeatureSet, load_profile_config
+    from personify.profiles.repository import ProfileRepository
+    from personify.profiles.service import ProfileService
+    from personify.store.database import open_database
+
+    moment = parse_timestamp("--as-of", as_of) if as_of else None
+    features = FeatureSet(load_profile_config(ctx.settings.features_file))
+    service = ProfileService(
+        ProfileRepository(open_database(ctx.settings), features), MemoryCache(), features
+    )
+    _echo_json(asyncio.run(service.get(identity, as_of=moment)))
+
+
 @main.group()
 def db() -> None:
     """The state database."""
@@ -231,3 +325,11 @@ def demo(ctx: _Context, port: int, no_serve: bool) -> None:
     from personify.cli.demo import run_demo
 
     run_demo(ctx.settings, port=port, serve=not no_serve, echo=click.echo, echo_json=_echo_json)
+
+
+# -- lake, import, sql, quality, lineage (personify.lake.cli) --------------------------------
+
+from personify.lake.cli import COMMANDS as _LAKE_COMMANDS  # noqa: E402
+
+for _command in _LAKE_COMMANDS:
+    main.add_command(_command)

@@ -49,21 +49,24 @@ class PiiHasher:
     def _apply_path(self, event: dict[str, Any], path: tuple[str, ...]) -> None:
         # look first, copy only when there is something to hash: most events carry no PII
         node: Any = event
-        for name in path:
-            if not isinstance(node, dict):
-                return
-            node = node.get(name)
+        depth = 0
+        while depth < len(path) and isinstance(node, dict):
+            node = node.get(path[depth])
+            depth += 1
         if node is None or isinstance(node, bool):
             return
         if isinstance(node, str) and node.startswith(HASH_PREFIX):
             return
+        # copy the chain of objects down to where the value sits, then replace it there
         parent = event
-        for name in path[:-1]:
+        for name in path[: depth - 1]:
             child = dict(parent[name])
             parent[name] = child
             parent = child
-        if isinstance(node, str | int | float):
-            parent[path[-1]] = self.hash_value(path[-1], str(node))
+        leaf = path[depth - 1]
+        if depth == len(path) and isinstance(node, str | int | float):
+            parent[leaf] = self.hash_value(leaf, str(node))
         else:
-            # a structured value on a PII path cannot be normalised; drop it rather than keep it raw
-            parent[path[-1]] = None
+            # a structured value on a PII path, or a scalar where an object was expected
+            # ("traits": "ann@x.com"), has no field to normalise by: drop it, never keep it raw
+            parent[leaf] = None

@@ -137,7 +137,8 @@ class Normalizer:
         kind = event_type or event.get("type")
         if isinstance(kind, str):
             kind = SHORT_TYPES.get(kind, kind)
-        if kind not in EVENT_TYPES:
+        # a list or object is unhashable, so the membership test alone would raise TypeError
+        if not isinstance(kind, str) or kind not in EVENT_TYPES:
             raise ValidationError(
                 f"type must be one of {sorted(EVENT_TYPES)}",
                 code="invalid_type",

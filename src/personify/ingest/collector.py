@@ -22,11 +22,12 @@ _encode = msgspec.json.Encoder().encode
 
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
-    """What happened to the events of one request."""
+    """What happened to the events of one request; ``errors[i]`` is why ``rejected[i]`` was."""
 
     accepted: int
     duplicates: int
     rejected: list[NewFailedEvent]
+    errors: list[ValidationError]
 
 
 class Collector:
@@ -85,6 +86,7 @@ class Collector:
         check_size = self._normalizer.check_size
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []
+        errors: list[ValidationError] = []
         for raw in raws:
             try:
                 event = normalize(
@@ -99,6 +101,7 @@ class Collector:
                 check_size(payload)
             except ValidationError as error:
                 rejected.append(self._dead_letter(raw, source, error))
+                errors.append(error)
                 continue
             records.append(
                 LogRecord(payload, partition_key(event), f"{source.id}:{event['messageId']}")
@@ -109,4 +112,4 @@ class Collector:
             duplicates = sum(1 for r in results if r.duplicate)
         if rejected:
             await run_in_threadpool(self._failed.add_many, rejected)
-        return IngestOutcome(len(records) - duplicates, duplicates, rejected)
+        return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors)

@@ -97,6 +97,9 @@ async def _read_body(request: Request, limit: int, code: str) -> bytes:
         raise ValidationError("the gzip body is corrupt", code="invalid_gzip") from exc
     if len(inflated) > limit or inflater.unconsumed_tail:
         raise too_large
+    if not inflater.eof:
+        # a cut-off stream inflates without error to a prefix of the body
+        raise ValidationError("the gzip body is truncated", code="invalid_gzip")
     return inflated
 
 
@@ -105,7 +108,8 @@ def _decode_json(body: bytes) -> Any:
         raise ValidationError("the request body is empty", code="invalid_json")
     try:
         return _decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec lets invalid UTF-8 inside strings escape as UnicodeDecodeError
         raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
@@ -181,9 +185,9 @@ class CollectorRoutes:
             raw = _decode_json(body)
             source = await self._source(request, raw)
             outcome = await self._collector.collect(source, [raw], event_type=event_type)
-            if outcome.rejected:
-                rejected = outcome.rejected[0]
-                raise ValidationError(rejected.reason, code=rejected.code)
+            if outcome.errors:
+                # the original error keeps its class (413 for an oversized event) and details
+                raise outcome.errors[0]
             return Response(_SUCCESS, media_type="application/json")
 
         return handle

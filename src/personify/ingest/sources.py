@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from personify.auth.secrets import hash_secret, new_secret
 from personify.clock import Clock, SystemClock
 from personify.errors import Conflict, NotFound, ValidationError
-from personify.store.database import Database, aware
+from personify.store.database import Database, aware, state_unavailable
 from personify.store.tables import sources
 
 
@@ -80,6 +80,8 @@ class SourceRepository:
                 )
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"a source named {name!r} exists already", code="source_exists") from exc
+        # a lookup of this key before it existed left a negative entry
+        self._cache.pop(write_key, None)
         return source, write_key
 
     def get(self, id_or_name: str) -> Source:
@@ -125,13 +127,16 @@ class SourceRepository:
         cached = self._cache.get(write_key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        with self._db.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(sources).where(
-                    sources.c.write_key_hash == hash_secret(write_key),
-                    sources.c.revoked_at.is_(None),
-                )
-            ).first()
+        try:
+            with self._db.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(sources).where(
+                        sources.c.write_key_hash == hash_secret(write_key),
+                        sources.c.revoked_at.is_(None),
+                    )
+                ).first()
+        except sa.exc.OperationalError as exc:
+            raise state_unavailable(exc) from exc
         source = _row_to_source(row) if row is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()

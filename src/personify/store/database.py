@@ -24,6 +24,13 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
+def state_unavailable(exc: sa.exc.OperationalError) -> BackendUnavailable:
+    """The error for a state database that cannot be reached, opened or written (HTTP 503)."""
+    return BackendUnavailable(
+        f"the state database is unreachable: {exc.orig}", code="state_unavailable"
+    )
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -69,9 +76,7 @@ class Database:
         try:
             return migrations.upgrade(self.engine)
         except sa.exc.OperationalError as exc:
-            raise BackendUnavailable(
-                f"the state database is unreachable: {exc.orig}", code="state_unavailable"
-            ) from exc
+            raise state_unavailable(exc) from exc
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -11,7 +11,7 @@ import msgspec
 import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
-from personify.store.database import Database, aware
+from personify.store.database import Database, aware, state_unavailable
 from personify.store.tables import failed_events
 
 
@@ -93,8 +93,11 @@ class FailedEventRepository:
             }
             for item in items
         ]
-        with self._db.engine.begin() as conn:
-            conn.execute(failed_events.insert(), rows)
+        try:
+            with self._db.engine.begin() as conn:
+                conn.execute(failed_events.insert(), rows)
+        except sa.exc.OperationalError as exc:
+            raise state_unavailable(exc) from exc
 
     def list(
         self,
@@ -111,22 +114,26 @@ class FailedEventRepository:
         if not include_replayed:
             query = query.where(failed_events.c.replayed_at.is_(None))
         query = query.order_by(failed_events.c.id).limit(limit)
-        with self._db.engine.connect() as conn:
-            return [
-                FailedEvent(
-                    id=m["id"],
-                    stage=m["stage"],
-                    source_id=m["source_id"],
-                    message_id=m["message_id"],
-                    code=m["code"],
-                    reason=m["reason"],
-                    payload=_decode(m["payload"]),
-                    attempts=m["attempts"],
-                    created_at=aware(m["created_at"]),  # type: ignore[arg-type]
-                    replayed_at=aware(m["replayed_at"]),
-                )
-                for m in (row._mapping for row in conn.execute(query))
-            ]
+        try:
+            with self._db.engine.connect() as conn:
+                rows = [row._mapping for row in conn.execute(query)]
+        except sa.exc.OperationalError as exc:
+            raise state_unavailable(exc) from exc
+        return [
+            FailedEvent(
+                id=m["id"],
+                stage=m["stage"],
+                source_id=m["source_id"],
+                message_id=m["message_id"],
+                code=m["code"],
+                reason=m["reason"],
+                payload=_decode(m["payload"]),
+                attempts=m["attempts"],
+                created_at=aware(m["created_at"]),  # type: ignore[arg-type]
+                replayed_at=aware(m["replayed_at"]),
+            )
+            for m in rows
+        ]
 
     def mark_replayed(self, ids: Sequence[int]) -> None:
         """Record that these dead letters were fed back into the log."""

@@ -18,7 +18,28 @@ def _v1_foundation(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_foundation]
+def _lake_quality_and_lineage(conn: sa.Connection) -> None:
+    for table in (tables.quality_runs, tables.lineage):
+        table.create(conn, checkfirst=True)
+
+
+def _profiles_and_worker(conn: sa.Connection) -> None:
+    for table in (
+        tables.identities,
+        tables.profiles,
+        tables.profile_versions,
+        tables.applied_events,
+        tables.profile_merges,
+        tables.worker_heartbeats,
+    ):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [
+    _v1_foundation,
+    _lake_quality_and_lineage,
+    _profiles_and_worker,
+]
 
 
 def current_version(conn: sa.Connection) -> int:

@@ -1,0 +1,330 @@
+"""The lake writer: the event log's ``lake`` consumer group, written to Delta in micro-batches.
+
+A batch closes when it holds ``max_batch_events`` entries or ``max_batch_bytes`` of payload,
+or ``linger_ms`` after its first entry. It is written in one Delta commit that also records
+the batch's highest log offset per partition (see ``personify.lake.table``), and only then
+committed to the log. On start, and before every write, the offsets are read back from the
+table and entries at or below them are skipped, so a crash anywhere (before the write,
+between the write and the log commit, after both) leaves each event in the lake once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from personify.clock import Clock, SystemClock
+from personify.errors import BackendUnavailable, Conflict
+from personify.eventlog.base import EventLog, LogEntry
+from personify.lake.schema import (
+    InvalidLakeEvent,
+    check_timestamps,
+    decode_payload,
+    events_to_table,
+)
+from personify.lake.table import Lake, offset_version
+from personify.quality.checks import QualityContext, lake_batch_checks
+from personify.quality.results import QualityRepository
+from personify.quality.runner import QualityRun, enforce, run_checks
+from personify.store.failed_events import FailedEventRepository, NewFailedEvent
+
+if TYPE_CHECKING:
+    from personify.settings import Settings
+    from personify.store.database import Database
+
+logger = logging.getLogger("personify.lake")
+
+LAKE_GROUP = "lake"
+_QUALITY_COLUMNS = (
+    "message_id",
+    "type",
+    "event",
+    "user_id",
+    "anonymous_id",
+    "source_id",
+    "timestamp",
+    "received_at",
+    "event_date",
+)
+_RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBatch:
+    """What one ``process_once`` did."""
+
+    read: int = 0
+    written: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    version: int | None = None
+
+
+def default_consumer() -> str:
+    """A consumer name unique to this process."""
+    return f"lake-{socket.gethostname()}-{os.getpid()}"
+
+
+class LakeSink:
+    """Consumes the event log as the ``lake`` group and appends every event to the lake once."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        lake: Lake,
+        *,
+        group: str = LAKE_GROUP,
+        consumer: str | None = None,
+        max_batch_events: int = 10_000,
+        max_batch_bytes: int = 16 * 1024 * 1024,
+        linger_ms: float = 1000.0,
+        max_promoted_properties: int = 200,
+        failed_events: FailedEventRepository | None = None,
+        quality: QualityContext | None = None,
+        record_quality: Callable[[QualityRun], None] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._log = log
+        self._lake = lake
+        self.group = group
+        self.consumer = consumer or default_consumer()
+        self._max_events = max_batch_events
+        self._max_bytes = max_batch_bytes
+        self._linger_s = linger_ms / 1000.0
+        self._max_promoted = max_promoted_properties
+        self._failed = failed_events
+        self._quality = quality
+        self._record_quality = record_quality
+        self._clock = clock or SystemClock()
+        # entries read but not yet in the lake and committed; kept across a failed write
+        self._pending: list[LogEntry] = []
+        self._pending_bytes = 0
+        self._watermarks: dict[int, int] = {}
+        self._last_quality_record = 0.0
+        self.events_written = 0
+        self.batches_written = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        log: EventLog,
+        *,
+        db: Database | None = None,
+        consumer: str | None = None,
+        clock: Clock | None = None,
+    ) -> LakeSink:
+        """A sink on the settings' lake; with ``db``, dead letters and quality runs are stored."""
+        clock = clock or SystemClock()
+        quality = None
+        if settings.lake_quality_checks:
+            quality = QualityContext(
+                now=clock.now(),
+                freshness_hours=settings.quality_freshness_hours,
+                future_tolerance_hours=settings.future_tolerance_hours,
+            )
+        return cls(
+            log,
+            Lake.from_settings(settings),
+            consumer=consumer,
+            max_batch_events=settings.lake_batch_max_events,
+            max_batch_bytes=settings.lake_batch_max_bytes,
+            linger_ms=settings.lake_linger_ms,
+            max_promoted_properties=settings.lake_max_promoted_properties,
+            failed_events=FailedEventRepository(db, clock=clock) if db is not None else None,
+            quality=quality,
+            record_quality=QualityRepository(db).record if db is not None else None,
+            clock=clock,
+        )
+
+    @property
+    def lake_uri(self) -> str:
+        """Where the sink writes."""
+        return self._lake.uri
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _fill(self) -> None:
+        deadline = time.monotonic() + self._linger_s
+        while len(self._pending) < self._max_events and self._pending_bytes < self._max_bytes:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            entries = await self._log.read(
+                self.group,
+                self.consumer,
+                max_count=min(5000, self._max_events - len(self._pending)),
+                timeout_ms=remaining_ms,
+            )
+            self._pending.extend(entries)
+            self._pending_bytes += sum(len(e.payload) for e in entries)
+            if not entries or time.monotonic() >= deadline:
+                return
+
+    async def process_once(self) -> SinkBatch:
+        """Read one micro-batch (waiting up to ``linger_ms``), write it, commit it to the log.
+
+        Raises ``BackendUnavailable`` when the lake or the log fails (the batch is kept and
+        written on the next call) and ``QualityCheckFailed`` when a critical check fails (the
+        batch is neither written nor committed).
+        """
+        await self._fill()
+        if not self._pending:
+            return SinkBatch()
+        batch = self._take_batch()
+        result = await asyncio.to_thread(self._write, batch)
+        await self._log.commit(self.group, self.consumer, batch)
+        # what a read brought beyond the batch's bounds waits for the next batch
+        self._pending = self._pending[len(batch) :]
+        self._pending_bytes = sum(len(e.payload) for e in self._pending)
+        return result
+
+    def _take_batch(self) -> list[LogEntry]:
+        size = 0
+        for count, entry in enumerate(self._pending):
+            size += len(entry.payload)
+            if count and (count >= self._max_events or size > self._max_bytes):
+                return self._pending[:count]
+        return self._pending
+
+    def _write(self, batch: Sequence[LogEntry]) -> SinkBatch:
+        partitions = {e.partition for e in batch}
+        # re-read every time: another writer (or our previous life) may have moved them
+        self._watermarks = self._lake.watermarks(self.group, partitions)
+        fresh = [
+            e for e in batch if offset_version(e.offset) > self._watermarks.get(e.partition, -1)
+        ]
+        skipped = len(batch) - len(fresh)
+        events: list[dict[str, Any]] = []
+        kept: list[LogEntry] = []
+        dead: list[NewFailedEvent] = []
+        seen: set[tuple[str, str]] = set()
+        duplicates = 0
+        for entry in fresh:
+            try:
+                event = decode_payload(entry.payload)
+                check_timestamps(event)
+            except InvalidLakeEvent as exc:
+                dead.append(
+                    NewFailedEvent(
+                        stage="lake",
+                        code="invalid_lake_event",
+                        reason=str(exc),
+                        payload=entry.payload.decode("utf-8", "replace"),
+                    )
+                )
+                continue
+            identity = (str(event.get("sourceId") or ""), event["messageId"])
+            if identity in seen:
+                # the same event appended twice beyond the log's dedupe window
+                duplicates += 1
+                continue
+            seen.add(identity)
+            events.append(event)
+            kept.append(entry)
+        if dead:
+            self._dead_letter(dead)
+        offsets = _highest_offsets(batch)
+        version: int | None = None
+        if fresh:
+            # even with nothing writable left (all dead letters), the offsets move past them
+            version = self._append(events, kept, offsets)
+        self.events_written += len(events)
+        self.batches_written += 1 if events else 0
+        return SinkBatch(
+            read=len(batch),
+            written=len(events),
+            skipped=skipped + duplicates,
+            dead_lettered=len(dead),
+            version=version,
+        )
+
+    def _append(
+        self, events: list[dict[str, Any]], kept: list[LogEntry], offsets: dict[int, str]
+    ) -> int:
+        for attempt in (1, 2):
+            rows = events_to_table(
+                events,
+                partitions=[e.partition for e in kept],
+                offsets=[e.offset for e in kept],
+                existing=self._lake.schema(),
+                max_promoted=self._max_promoted,
+            )
+            if rows.num_rows:
+                self._check_quality(rows)
+            try:
+                return self._lake.append(rows, group=self.group, offsets=offsets)
+            except Conflict:
+                if attempt == 2:
+                    raise
+                logger.info("a concurrent writer changed the lake schema; rebuilding the batch")
+        raise AssertionError("unreachable")
+
+    def _check_quality(self, rows: pa.Table) -> None:
+        if self._quality is None:
+            return
+        now = self._clock.now()
+        frame = rows.select(list(_QUALITY_COLUMNS)).to_pandas()
+        context = QualityContext(
+            now=now,
+            freshness_hours=self._quality.freshness_hours,
+            future_tolerance_hours=self._quality.future_tolerance_hours,
+        )
+        run = run_checks(lake_batch_checks(context), frame, dataset=self._lake.uri, now=now)
+        record = self._record_quality
+        # a passing batch is recorded at most once a minute; anything else every time
+        if record is not None and run.status == "passed":
+            if time.monotonic() - self._last_quality_record < 60.0:
+                record = None
+            else:
+                self._last_quality_record = time.monotonic()
+        enforce(run, record)
+
+    def _dead_letter(self, dead: list[NewFailedEvent]) -> None:
+        for item in dead:
+            logger.warning("lake: dead-lettered an event: %s", item.reason)
+        if self._failed is not None:
+            self._failed.add_many(dead)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write batches until ``stop`` is set; lake or log outages are retried with backoff.
+
+        A failed critical quality check ends the loop by raising ``QualityCheckFailed``.
+        """
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self.process_once()
+                backoff = 0.5
+            except BackendUnavailable as exc:
+                logger.warning("lake sink: %s; retrying in %.1f s", exc.message, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, _RETRY_MAX_S)
+        if self._pending:
+            # stopping: write what was read so nothing waits for the next start
+            with contextlib.suppress(BackendUnavailable):
+                linger, self._linger_s = self._linger_s, 0.0
+                try:
+                    await self.process_once()
+                finally:
+                    self._linger_s = linger
+
+
+def _highest_offsets(entries: Sequence[LogEntry]) -> dict[int, str]:
+    highest: dict[int, tuple[int, str]] = {}
+    for entry in entries:
+        version = offset_version(entry.offset)
+        known = highest.get(entry.partition)
+        if known is None or version > known[0]:
+            highest[entry.partition] = (version, entry.offset)
+    return {partition: offset for partition, (_, offset) in highest.items()}

@@ -1,0 +1,3 @@
+"""Profiles: identity graph, traits, incremental behavioural features, versioned history."""
+
+from __future__ import annotations

@@ -1,0 +1,452 @@
+"""Apply a batch of events to profiles in one transaction: exactly once, merging identities.
+
+One call of ``ProfileProcessor.apply``:
+
+1. drops events whose key (``sourceId:messageId``) is already in ``applied_events``, or is
+   repeated in the batch;
+2. groups the rest with the existing identities into connected sets of ids (union-find);
+3. loads each touched profile once, merges the profiles a set now links, applies the
+   set's events, and picks the canonical id (``identity.canonical_id``);
+4. writes, with ``executemany``: the profile rows (optimistic version check), the new
+   identities, the re-pointed identities and timeline rows of merged profiles, the
+   ``applied_events`` rows, one version row per profile and one row per merge.
+
+All of it commits together, so a crash at any point leaves either everything or nothing;
+a redelivered event then finds its key and is skipped. A concurrent writer that changed a
+profile meanwhile makes the version check fail: ``Conflict`` is raised and the caller
+retries the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from personify.clock import Clock, SystemClock
+from personify.errors import BackendUnavailable, Conflict, ValidationError
+from personify.profiles.consent import is_personalization_allowed
+from personify.profiles.events import ProfileEvent, datetime_ms
+from personify.profiles.features import FeatureSet
+from personify.profiles.history import diff_documents
+from personify.profiles.identity import UnionFind, canonical_id
+from personify.profiles.state import (
+    ProfileState,
+    apply_event,
+    decode_state,
+    encode_state,
+    merge_states,
+)
+from personify.store.database import Database
+from personify.store.tables import (
+    applied_events,
+    identities,
+    profile_merges,
+    profile_versions,
+    profiles,
+)
+
+_CHUNK = 500  # ids per IN (...) query, well under every engine's bound on parameters
+_MAX_NAME_CHARS = 512
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+Node = tuple[str, str]  # ("i", identity) or ("p", profile id)
+
+
+@dataclass(frozen=True, slots=True)
+class TouchedProfile:
+    """A profile a batch changed: its id, new version, every id of it, and what merged in."""
+
+    profile_id: str
+    version: int
+    ids: tuple[str, ...]
+    merged_from: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one batch did."""
+
+    applied: int
+    duplicates: int
+    touched: list[TouchedProfile]
+
+
+@dataclass(slots=True)
+class _Loaded:
+    version: int
+    blob: str
+    created_at: datetime
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class ProfileProcessor:
+    """Turns batches of events into profile changes in the state database."""
+
+    def __init__(
+        self,
+        db: Database,
+        features: FeatureSet,
+        *,
+        clock: Clock | None = None,
+        max_identities: int = 1000,
+        snapshot_every: int = 50,
+    ) -> None:
+        self._db = db
+        self.features = features
+        self._clock = clock or SystemClock()
+        self._max_identities = max_identities
+        self._snapshot_every = max(1, snapshot_every)
+        self._update = (
+            profiles.update()
+            .where(
+                profiles.c.profile_id == sa.bindparam("b_profile_id"),
+                profiles.c.version == sa.bindparam("b_version"),
+            )
+            .values(
+                version=sa.bindparam("new_version"),
+                state=sa.bindparam("new_state"),
+                first_seen_ms=sa.bindparam("new_first_seen_ms"),
+                last_seen_ms=sa.bindparam("new_last_seen_ms"),
+                personalization_allowed=sa.bindparam("new_allowed"),
+                updated_at=sa.bindparam("new_updated_at"),
+            )
+        )
+        self._delete = profiles.delete().where(
+            profiles.c.profile_id == sa.bindparam("b_profile_id"),
+            profiles.c.version == sa.bindparam("b_version"),
+        )
+        self._repoint_identities = (
+            identities.update()
+            .where(identities.c.profile_id == sa.bindparam("b_from"))
+            .values(profile_id=sa.bindparam("b_into"))
+        )
+        self._repoint_events = (
+            applied_events.update()
+            .where(applied_events.c.profile_id == sa.bindparam("b_from"))
+            .values(profile_id=sa.bindparam("b_into"))
+        )
+
+    def apply(
+        self, events: Sequence[ProfileEvent], payloads: Sequence[str] | None = None
+    ) -> ApplyResult:
+        """Apply ``events`` (with their log JSON for the timeline) in one transaction.
+
+        Raises ``Conflict`` when a concurrent writer got there first (retry the batch),
+        ``BackendUnavailable`` when the database is unreachable or locked, and
+        ``ValidationError`` when an event would link a profile beyond the identity limit.
+        """
+        if payloads is None:
+            payloads = [_encode(e.data).decode() for e in events]
+        try:
+            with self._db.engine.begin() as conn:
+                return self._apply(conn, events, payloads)
+        except sa.exc.IntegrityError as exc:
+            raise Conflict(
+                "another writer changed these profiles; retry the batch",
+                code="profile_conflict",
+            ) from exc
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise BackendUnavailable(
+                f"the state database is unavailable: {exc.orig}", code="state_unavailable"
+            ) from exc
+
+    def _apply(
+        self, conn: sa.Connection, events: Sequence[ProfileEvent], payloads: Sequence[str]
+    ) -> ApplyResult:
+        now = self._clock.now()
+        now_ms = datetime_ms(now)
+        keys = list(dict.fromkeys(e.key for e in events))
+        seen: set[str] = set()
+        for chunk in _chunks(keys):
+            seen.update(
+                conn.execute(
+                    sa.select(applied_events.c.event_key).where(
+                        applied_events.c.event_key.in_(chunk)
+                    )
+                ).scalars()
+            )
+        fresh: list[tuple[ProfileEvent, str]] = []
+        for event, payload in zip(events, payloads, strict=True):
+            if event.key in seen:
+                continue
+            seen.add(event.key)
+            fresh.append((event, payload))
+        duplicates = len(events) - len(fresh)
+        if not fresh:
+            return ApplyResult(0, duplicates, [])
+
+        all_ids = list(dict.fromkeys(i for event, _ in fresh for i in event.ids))
+        owner: dict[str, str] = {}
+        for chunk in _chunks(all_ids):
+            rows = conn.execute(
+                sa.select(identities.c.identity, identities.c.profile_id).where(
+                    identities.c.identity.in_(chunk)
+                )
+            )
+            owner.update((str(i), str(p)) for i, p in rows)
+
+        links: UnionFind[Node] = UnionFind()
+        for event, _ in fresh:
+            ids = event.ids
+            first: Node = ("i", ids[0])
+            links.find(first)
+            for other in ids[1:]:
+                links.union(first, ("i", other))
+        for identity, profile_id in owner.items():
+            links.union(("i", identity), ("p", profile_id))
+
+        components: dict[Node, tuple[list[tuple[ProfileEvent, str]], set[str]]] = {}
+        for item in fresh:
+            root = links.find(("i", item[0].ids[0]))
+            components.setdefault(root, ([], set()))[0].append(item)
+        for profile_id in set(owner.values()):
+            components[links.find(("p", profile_id))][1].add(profile_id)
+
+        loaded = self._load(conn, sorted({p for _, pids in components.values() for p in pids}))
+        writer = _BatchWriter(now, now_ms)
+        touched = [
+            self._component(items, sorted(pids), loaded, owner, writer)
+            for items, pids in components.values()
+        ]
+        writer.flush(conn, self)
+        return ApplyResult(len(fresh), duplicates, touched)
+
+    def _load(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, _Loaded]:
+        loaded: dict[str, _Loaded] = {}
+        for chunk in _chunks(profile_ids):
+            rows = conn.execute(
+                sa.select(
+                    profiles.c.profile_id,
+                    profiles.c.version,
+                    profiles.c.state,
+                    profiles.c.created_at,
+                ).where(profiles.c.profile_id.in_(chunk))
+            )
+            for profile_id, version, blob, created_at in rows:
+                loaded[str(profile_id)] = _Loaded(int(version), str(blob), created_at)
+        missing = set(profile_ids) - set(loaded)
+        if missing:
+            # an identity points at a profile another writer is merging away right now
+            raise Conflict(
+                f"profiles {sorted(missing)[:3]} changed meanwhile; retry the batch",
+                code="profile_conflict",
+            )
+        return loaded
+
+    def _component(
+        self,
+        items: list[tuple[ProfileEvent, str]],
+        profile_ids: list[str],
+        loaded: dict[str, _Loaded],
+        owner: dict[str, str],
+        writer: _BatchWriter,
+    ) -> TouchedProfile:
+        features = self.features
+        states = {pid: decode_state(loaded[pid].blob) for pid in profile_ids}
+        ids_before = {pid: s.all_ids() for pid, s in states.items()}
+        largest_before = max((len(ids) for ids in ids_before.values()), default=0)
+        if len(profile_ids) == 1:
+            state = states[profile_ids[0]]
+        else:
+            state = ProfileState()
+            for pid in profile_ids:
+                merge_states(state, decode_state(loaded[pid].blob), features)
+        for event, _ in items:
+            apply_event(state, event, features)
+        ids = state.all_ids()
+        if len(ids) > self._max_identities and len(ids) > largest_before:
+            raise ValidationError(
+                f"linking these events would give one profile {len(ids)} ids, over the limit "
+                f"of {self._max_identities} (PERSONIFY_PROFILE_MAX_IDENTITIES); a shared or "
+                "hard-coded anonymousId/userId is the usual cause",
+                code="identity_limit",
+                details={"ids": sorted(ids)[:20]},
+            )
+        profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
+        blob = encode_state(state).decode()
+        message_ids = [event.message_id for event, _ in items]
+        merged_from = tuple(pid for pid in profile_ids if pid != profile_id)
+        existing = loaded.get(profile_id) if profile_id in states else None
+        old_blob = existing.blob if existing else "{}"
+        version = existing.version + 1 if existing else 1
+        allowed = is_personalization_allowed(
+            state.consent.value if state.consent else None, features.consent_categories
+        )
+        writer.profile(
+            profile_id,
+            existing.version if existing else None,
+            version,
+            blob,
+            state,
+            allowed,
+        )
+        for pid in merged_from:
+            writer.merge(pid, loaded[pid].version, profile_id, ids_before[pid], message_ids)
+        # ids of merged profiles are already rows (re-pointed); only first-seen ids are new
+        for identity in sorted({i for event, _ in items for i in event.ids}):
+            if identity not in owner:
+                writer.identity(identity, profile_id)
+        for event, payload in items:
+            writer.event(event, payload, profile_id)
+        kind = "merge" if merged_from else ("update" if existing else "create")
+        diff = diff_documents(_decode(old_blob), _decode(blob))
+        snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
+        event_time = max(event.ts for event, _ in items)
+        writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
+        return TouchedProfile(profile_id, version, tuple(sorted(ids)), merged_from)
+
+
+class _BatchWriter:
+    """Collects one batch's rows, then writes each table with one ``executemany``."""
+
+    def __init__(self, now: datetime, now_ms: int) -> None:
+        self.now = now
+        self.now_ms = now_ms
+        self.inserts: list[dict[str, Any]] = []
+        self.updates: list[dict[str, Any]] = []
+        self.deletes: list[dict[str, Any]] = []
+        self.repoints: list[dict[str, Any]] = []
+        self.merges: list[dict[str, Any]] = []
+        self.identities: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.versions: list[dict[str, Any]] = []
+
+    def profile(
+        self,
+        profile_id: str,
+        old_version: int | None,
+        version: int,
+        blob: str,
+        state: ProfileState,
+        allowed: bool,
+    ) -> None:
+        if old_version is None:
+            self.inserts.append(
+                {
+                    "profile_id": profile_id,
+                    "version": version,
+                    "state": blob,
+                    "first_seen_ms": state.first_seen,
+                    "last_seen_ms": state.last_seen,
+                    "personalization_allowed": allowed,
+                    "created_at": self.now,
+                    "updated_at": self.now,
+                }
+            )
+        else:
+            self.updates.append(
+                {
+                    "b_profile_id": profile_id,
+                    "b_version": old_version,
+                    "new_version": version,
+                    "new_state": blob,
+                    "new_first_seen_ms": state.first_seen,
+                    "new_last_seen_ms": state.last_seen,
+                    "new_allowed": allowed,
+                    "new_updated_at": self.now,
+                }
+            )
+
+    def merge(
+        self,
+        from_id: str,
+        from_version: int,
+        into_id: str,
+        from_ids: set[str],
+        message_ids: list[str],
+    ) -> None:
+        self.deletes.append({"b_profile_id": from_id, "b_version": from_version})
+        self.repoints.append({"b_from": from_id, "b_into": into_id})
+        self.merges.append(
+            {
+                "into_profile_id": into_id,
+                "from_profile_id": from_id,
+                "ids": _encode(sorted(from_ids)).decode(),
+                "message_ids": _encode(message_ids).decode(),
+                "merged_at": self.now,
+            }
+        )
+
+    def identity(self, identity: str, profile_id: str) -> None:
+        self.identities.append(
+            {"identity": identity, "profile_id": profile_id, "linked_at": self.now}
+        )
+
+    def event(self, event: ProfileEvent, payload: str, profile_id: str) -> None:
+        self.events.append(
+            {
+                "event_key": event.key,
+                "profile_id": profile_id,
+                "event_time_ms": event.ts,
+                "message_id": event.message_id,
+                "type": event.type,
+                "name": event.name[:_MAX_NAME_CHARS],
+                "applied_at_ms": self.now_ms,
+                "payload": payload,
+            }
+        )
+
+    def version(
+        self,
+        profile_id: str,
+        version: int,
+        kind: str,
+        event_time_ms: int,
+        message_ids: list[str],
+        diff: dict[str, Any],
+        snapshot: str | None,
+    ) -> None:
+        self.versions.append(
+            {
+                "profile_id": profile_id,
+                "version": version,
+                "changed_at": self.now,
+                "kind": kind,
+                "event_time_ms": event_time_ms,
+                "message_ids": _encode(message_ids).decode(),
+                "diff": _encode(diff).decode(),
+                "snapshot": snapshot,
+            }
+        )
+
+    def flush(self, conn: sa.Connection, processor: ProfileProcessor) -> None:
+        _checked(conn, processor._update, self.updates)
+        _checked(conn, processor._delete, self.deletes)
+        if self.repoints:
+            conn.execute(processor._repoint_identities, self.repoints)
+            conn.execute(processor._repoint_events, self.repoints)
+        if self.inserts:
+            conn.execute(profiles.insert(), self.inserts)
+        if self.identities:
+            conn.execute(identities.insert(), self.identities)
+        if self.events:
+            conn.execute(applied_events.insert(), self.events)
+        if self.versions:
+            conn.execute(profile_versions.insert(), self.versions)
+        if self.merges:
+            conn.execute(profile_merges.insert(), self.merges)
+
+
+def _checked(conn: sa.Connection, statement: sa.Executable, rows: list[dict[str, Any]]) -> None:
+    """Run a version-checked UPDATE/DELETE; any row that matched nothing is a conflict."""
+    if not rows:
+        return
+    if conn.dialect.supports_sane_multi_rowcount:
+        matched = conn.execute(statement, rows).rowcount
+    else:
+        matched = sum(conn.execute(statement, row).rowcount for row in rows)
+    if matched != len(rows):
+        raise Conflict(
+            "a profile changed since this batch read it; retry the batch",
+            code="profile_conflict",
+        )

@@ -1,0 +1,240 @@
+"""A profile's state: a merge of commutative parts, so arrival order and merges cannot show.
+
+Every part of ``ProfileState`` combines with an operation that is commutative and
+associative: sets of ids (union), counts and integer sums (addition), first/last seen
+(min/max), traits, context and consent (last-writer-wins per key by event time, then
+messageId), first touch (earliest), session intervals (interval union, see ``sessions``),
+features and affinities (see ``features``). Applying an event is merging in the state of
+that one event, so ``merge_states`` of two profiles equals applying all their events to one.
+Exactly-once application (no event twice) is the caller's job: the worker dedupes by
+messageId in the same transaction that stores the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from personify.profiles.consent import consent_preferences
+from personify.profiles.context import campaign_of, context_fields
+from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, ProfileEvent, format_ms
+from personify.profiles.features import (
+    Accumulator,
+    FeatureSet,
+    Stamped,
+    earliest,
+    evaluate_affinities,
+    evaluate_features,
+    latest,
+    merge_affinities,
+    merge_features,
+    prune_affinities,
+    prune_features,
+    update_affinities,
+    update_features,
+)
+from personify.profiles.sessions import (
+    Session,
+    add_to_sessions,
+    merge_sessions,
+    prune_sessions,
+    retention_floor,
+    summarize_sessions,
+)
+
+_PAGE_TYPES = frozenset({"page", "screen"})
+_MAX_TRAITS = 500
+
+
+class ProfileState(msgspec.Struct, omit_defaults=True):
+    """Everything a profile knows, in mergeable form (times are epoch milliseconds)."""
+
+    user_ids: set[str] = set()
+    anonymous_ids: set[str] = set()
+    previous_ids: set[str] = set()
+    events: int = 0
+    first_seen: int | None = None
+    last_seen: int | None = None
+    last_events: dict[str, Stamped] = {}
+    traits: dict[str, Stamped] = {}
+    groups: dict[str, dict[str, Stamped]] = {}
+    context: dict[str, Stamped] = {}
+    first_touch: Stamped | None = None
+    last_touch: Stamped | None = None
+    consent: Stamped | None = None
+    sessions: dict[str, Session] = {}
+    features: dict[str, dict[str, Accumulator]] = {}
+    affinities: dict[str, dict[str, dict[str, int]]] = {}
+
+    def all_ids(self) -> set[str]:
+        """Every identity that resolves to this profile."""
+        return self.user_ids | self.anonymous_ids | self.previous_ids
+
+
+_encoder = msgspec.json.Encoder(order="deterministic")
+_decoder = msgspec.json.Decoder(ProfileState)
+
+
+def encode_state(state: ProfileState) -> bytes:
+    """Canonical JSON: equal states give equal bytes (sets and keys sorted)."""
+    return _encoder.encode(state)
+
+
+def decode_state(blob: bytes | str) -> ProfileState:
+    """The state stored by ``encode_state``."""
+    return _decoder.decode(blob)
+
+
+def _write_traits(
+    into: dict[str, Stamped], traits: Mapping[str, Any], ts: int, message_id: str
+) -> None:
+    for key, value in traits.items():
+        name = str(key)
+        current = into.get(name)
+        if current is None and len(into) >= _MAX_TRAITS:
+            continue
+        if current is None or (ts, message_id) > (current.ts, current.mid):
+            into[name] = Stamped(ts, message_id, value)
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    # events are decoded JSON, so plain dicts (an ABC check would cost more than the rest)
+    return value if type(value) is dict else _EMPTY
+
+
+def _prune(state: ProfileState, features: FeatureSet) -> None:
+    if state.last_seen is None:
+        return
+    prune_features(state.features, features, state.last_seen)
+    prune_affinities(state.affinities, features, state.last_seen)
+    prune_sessions(
+        state.sessions, latest_ms=state.last_seen, retention_ms=features.session_retention_ms
+    )
+
+
+def apply_event(state: ProfileState, event: ProfileEvent, features: FeatureSet) -> None:
+    """Apply one event to ``state`` in place (a pure function of the two: no I/O, no clock)."""
+    ts, message_id, data = event.ts, event.message_id, event.data
+    before = state.last_seen
+    state.events += 1
+    state.first_seen = ts if state.first_seen is None else min(state.first_seen, ts)
+    state.last_seen = ts if before is None else max(before, ts)
+    if event.user_id:
+        state.user_ids.add(event.user_id)
+    if event.anonymous_id:
+        state.anonymous_ids.add(event.anonymous_id)
+    if event.previous_id:
+        state.previous_ids.add(event.previous_id)
+    stamp = Stamped(ts, message_id)
+    state.last_events[event.name] = latest(state.last_events.get(event.name), stamp) or stamp
+
+    context = _mapping(data.get("context"))
+    traits = dict(_mapping(context.get("traits")))
+    if event.type == "identify":
+        traits.update(_mapping(data.get("traits")))
+    if traits:
+        _write_traits(state.traits, traits, ts, message_id)
+    if event.type == "group":
+        group_id = data.get("groupId")
+        if isinstance(group_id, str) and group_id:
+            _write_traits(
+                state.groups.setdefault(group_id, {}),
+                _mapping(data.get("traits")),
+                ts,
+                message_id,
+            )
+    campaign = campaign_of(data)
+    for name, value in context_fields(data, campaign).items():
+        current = state.context.get(name)
+        if current is None or (ts, message_id) > (current.ts, current.mid):
+            state.context[name] = Stamped(ts, message_id, value)
+    if campaign:
+        touch = Stamped(ts, message_id, campaign)
+        state.first_touch = earliest(state.first_touch, touch)
+        state.last_touch = latest(state.last_touch, touch)
+    preferences = consent_preferences(data) if context else None
+    if preferences is not None:
+        state.consent = latest(state.consent, Stamped(ts, message_id, preferences))
+
+    add_to_sessions(
+        state.sessions, ts, is_page=event.type in _PAGE_TYPES, gap_ms=features.session_gap_ms
+    )
+    update_features(state.features, features, event, keep_from_ms=state.last_seen)
+    update_affinities(state.affinities, features, event, keep_from_ms=state.last_seen)
+    if before is None or state.last_seen // MS_PER_HOUR > before // MS_PER_HOUR:
+        _prune(state, features)
+    elif ts < retention_floor(state.last_seen, features.session_retention_ms):
+        prune_sessions(
+            state.sessions,
+            latest_ms=state.last_seen,
+            retention_ms=features.session_retention_ms,
+        )
+
+
+def _merge_stamped(into: dict[str, Stamped], other: Mapping[str, Stamped]) -> None:
+    for key, value in other.items():
+        into[key] = latest(into.get(key), value) or value
+
+
+def merge_states(into: ProfileState, other: ProfileState, features: FeatureSet) -> None:
+    """Merge ``other`` into ``into``: the same state as applying both profiles' events to one."""
+    into.user_ids |= other.user_ids
+    into.anonymous_ids |= other.anonymous_ids
+    into.previous_ids |= other.previous_ids
+    into.events += other.events
+    if other.first_seen is not None:
+        into.first_seen = (
+            other.first_seen if into.first_seen is None else min(into.first_seen, other.first_seen)
+        )
+    if other.last_seen is not None:
+        into.last_seen = (
+            other.last_seen if into.last_seen is None else max(into.last_seen, other.last_seen)
+        )
+    _merge_stamped(into.last_events, other.last_events)
+    _merge_stamped(into.traits, other.traits)
+    for group_id, traits in other.groups.items():
+        _merge_stamped(into.groups.setdefault(group_id, {}), traits)
+    _merge_stamped(into.context, other.context)
+    into.first_touch = earliest(into.first_touch, other.first_touch)
+    into.last_touch = latest(into.last_touch, other.last_touch)
+    into.consent = latest(into.consent, other.consent)
+    merge_sessions(into.sessions, other.sessions, gap_ms=features.session_gap_ms)
+    merge_features(into.features, other.features)
+    merge_affinities(into.affinities, other.affinities)
+    _prune(into, features)
+
+
+def _iso(ms: int | None) -> str | None:
+    return format_ms(ms) if ms is not None else None
+
+
+def evaluate_profile(state: ProfileState, features: FeatureSet, as_of_ms: int) -> dict[str, Any]:
+    """The ``features`` section of a profile as of ``as_of_ms`` (windows relative to it)."""
+    recency = (
+        round(max(0, as_of_ms - state.last_seen) / MS_PER_DAY, 3)
+        if state.last_seen is not None
+        else None
+    )
+    result: dict[str, Any] = {
+        "first_seen": _iso(state.first_seen),
+        "last_seen": _iso(state.last_seen),
+        "recency_days": recency,
+        "events_total": state.events,
+        "last_events": {name: format_ms(s.ts) for name, s in sorted(state.last_events.items())},
+        "sessions": summarize_sessions(
+            state.sessions, as_of_ms, retention_days=features.config.session_retention_days
+        ),
+        "affinities": evaluate_affinities(state.affinities, features, as_of_ms),
+        "context": {
+            "last": {name: s.value for name, s in sorted(state.context.items())},
+            "first_touch": state.first_touch.value if state.first_touch else None,
+            "last_touch": state.last_touch.value if state.last_touch else None,
+        },
+    }
+    result.update(evaluate_features(state.features, features, as_of_ms))
+    return result

@@ -1,0 +1,462 @@
+"""The stream worker: read a batch from the log, apply it to profiles, commit, repeat.
+
+Guarantees:
+
+* **Exactly once in effect.** Entries are committed to the log only after the profile
+  transaction (which records every applied ``sourceId:messageId``) has committed. A crash
+  in between redelivers the batch; the processor skips what it already applied.
+* **Poison events do not stop the stream.** An entry that cannot be read (not JSON, no
+  messageId or timestamp) is dead-lettered at once: retrying cannot change its bytes. When
+  applying a batch raises, the batch is split in halves until the failing entry is alone;
+  that entry is retried ``max_attempts`` times (with backoff), then dead-lettered with its
+  reason and attempt count, and committed like any other, so the group's lag does not grow.
+  An entry the log has delivered more than ``max_deliveries`` times (the worker died on it
+  each time) is dead-lettered without another try.
+* **Engines that are down are waited for**, not blamed on events: ``BackendUnavailable``
+  retries the same batch with exponential backoff until the engine answers or the worker
+  is stopped. A ``Conflict`` (another worker changed a profile first) retries at once.
+* The log may reorder across partitions; nothing here depends on order (see
+  ``personify.profiles.state``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from personify.clock import Clock, SystemClock
+from personify.errors import BackendUnavailable, Conflict, PersonifyError, ValidationError
+from personify.eventlog.base import EventLog, LogEntry
+from personify.profiles.events import ProfileEvent, view_event
+from personify.profiles.processor import ApplyResult, ProfileProcessor
+from personify.profiles.service import ProfileService
+from personify.store.failed_events import FailedEventRepository, NewFailedEvent
+from personify.worker.heartbeats import Heartbeat, HeartbeatRepository
+
+if TYPE_CHECKING:
+    from personify.settings import Settings
+
+logger = logging.getLogger("personify.worker")
+
+_decode = msgspec.json.decode
+_RATE_WINDOW_S = 10.0
+_LAG_REFRESH_S = 1.0
+_MAX_BACKOFF_S = 5.0
+_CONFLICT_RETRIES = 5
+
+
+def default_consumer() -> str:
+    """A consumer name unique to this process."""
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters and rates of one worker (``GET /v1/worker/status``)."""
+
+    started_at: datetime
+    batches: int = 0
+    entries_read: int = 0
+    events_applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    lag: int | None = None
+    last_batch_at: datetime | None = None
+    last_error: str | None = None
+    _window: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def record(self, count: int) -> None:
+        """Count ``count`` entries handled now (for the rolling rate)."""
+        now = time.monotonic()
+        self._window.append((now, count))
+        while self._window and self._window[0][0] < now - _RATE_WINDOW_S:
+            self._window.popleft()
+
+    @property
+    def events_per_s(self) -> float:
+        """Entries handled per second over the last ten seconds."""
+        if not self._window:
+            return 0.0
+        now = time.monotonic()
+        span = max(now - self._window[0][0], 1.0)
+        return round(sum(n for t, n in self._window if t >= now - _RATE_WINDOW_S) / span, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape the API returns."""
+        return {
+            "startedAt": self.started_at.isoformat(),
+            "batches": self.batches,
+            "entriesRead": self.entries_read,
+            "eventsApplied": self.events_applied,
+            "duplicates": self.duplicates,
+            "deadLettered": self.dead_lettered,
+            "retries": self.retries,
+            "eventsPerSecond": self.events_per_s,
+            "lag": self.lag,
+            "lastBatchAt": self.last_batch_at.isoformat() if self.last_batch_at else None,
+            "lastError": self.last_error,
+        }
+
+
+@dataclass(slots=True)
+class _Item:
+    entry: LogEntry
+    event: ProfileEvent
+    payload: str
+
+
+class _Stopped(Exception):
+    """The worker was asked to stop while it waited for an engine."""
+
+
+class StreamWorker:
+    """Consumes the event log as one member of a consumer group and applies it to profiles."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        processor: ProfileProcessor,
+        failed_events: FailedEventRepository,
+        *,
+        profiles: ProfileService | None = None,
+        heartbeats: HeartbeatRepository | None = None,
+        group: str = "worker",
+        consumer: str | None = None,
+        batch_size: int = 1000,
+        poll_timeout_ms: int = 500,
+        max_attempts: int = 3,
+        retry_backoff_ms: float = 100.0,
+        max_deliveries: int = 5,
+        heartbeat_s: float = 2.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._log = log
+        self._processor = processor
+        self._failed = failed_events
+        self._profiles = profiles
+        self._heartbeats = heartbeats
+        self.group = group
+        self.consumer = consumer or default_consumer()
+        self._batch_size = batch_size
+        self._poll_timeout_ms = poll_timeout_ms
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_s = retry_backoff_ms / 1000.0
+        self._max_deliveries = max_deliveries
+        self._heartbeat_s = heartbeat_s
+        self._clock = clock or SystemClock()
+        self._attempts: dict[tuple[int, str], int] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_beat = 0.0
+        self._last_lag = 0.0
+        self.stats = WorkerStats(started_at=self._clock.now())
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        log: EventLog,
+        processor: ProfileProcessor,
+        failed_events: FailedEventRepository,
+        *,
+        profiles: ProfileService | None = None,
+        heartbeats: HeartbeatRepository | None = None,
+        clock: Clock | None = None,
+    ) -> StreamWorker:
+        """A worker configured by the ``worker_*`` settings."""
+        return cls(
+            log,
+            processor,
+            failed_events,
+            profiles=profiles,
+            heartbeats=heartbeats,
+            group=settings.worker_group,
+            batch_size=settings.worker_batch_size,
+            poll_timeout_ms=settings.worker_poll_timeout_ms,
+            max_attempts=settings.worker_max_attempts,
+            retry_backoff_ms=settings.worker_retry_backoff_ms,
+            max_deliveries=settings.eventlog_max_deliveries,
+            heartbeat_s=settings.worker_heartbeat_s,
+            clock=clock,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run in the background of the current event loop (``personify serve``)."""
+        if self._task is None or self._task.done():
+            self._stop = asyncio.Event()
+            self._task = asyncio.create_task(self.run(), name=f"stream-worker-{self.group}")
+
+    @property
+    def running(self) -> bool:
+        """Whether the background task is alive."""
+        return self._task is not None and not self._task.done()
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to return after the batch in hand (safe from a signal handler)."""
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then stop; uncommitted entries are redelivered later."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Process batches until stopped; with ``until_idle``, until the group has no lag."""
+        logger.info("worker %s consuming group %r", self.consumer, self.group)
+        while not self._stop.is_set():
+            try:
+                handled = await self.step()
+            except _Stopped:
+                break
+            if handled == 0 and until_idle:
+                await self._refresh_lag(force=True)
+                if self.stats.lag == 0:
+                    break
+        await self._beat(force=True)
+
+    async def step(self) -> int:
+        """Read one batch, apply it, commit it; returns how many entries it held."""
+        try:
+            entries = await self._log.read(
+                self.group,
+                self.consumer,
+                max_count=self._batch_size,
+                timeout_ms=self._poll_timeout_ms,
+            )
+        except BackendUnavailable as exc:
+            self._note_error(exc)
+            await self._sleep(self._backoff_s * 10)
+            return 0
+        if entries:
+            await self._handle(entries)
+            await self._commit(entries)
+            self.stats.batches += 1
+            self.stats.entries_read += len(entries)
+            self.stats.last_batch_at = self._clock.now()
+            self.stats.record(len(entries))
+        await self._refresh_lag()
+        await self._beat()
+        return len(entries)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _handle(self, entries: Sequence[LogEntry]) -> None:
+        readable: list[_Item] = []
+        for entry in entries:
+            if entry.delivery_count > self._max_deliveries:
+                await self._dead_letter(
+                    entry,
+                    "redelivered",
+                    f"delivered {entry.delivery_count} times without being committed "
+                    "(the worker stopped while applying it each time)",
+                    entry.delivery_count,
+                )
+                continue
+            try:
+                text = entry.payload.decode("utf-8")
+                readable.append(_Item(entry, view_event(_decode(text)), text))
+            except (UnicodeDecodeError, msgspec.DecodeError) as exc:
+                await self._dead_letter(entry, "undecodable", f"not JSON: {exc}", 1)
+            except ValidationError as exc:
+                await self._dead_letter(entry, exc.code, exc.message, 1)
+        pending: deque[list[_Item]] = deque([readable] if readable else [])
+        while pending:
+            chunk = pending.popleft()
+            try:
+                result = await self._apply(chunk)
+            except _Stopped:
+                raise
+            # a poison event may raise anything; it is isolated below and dead-lettered
+            # with its reason, which is the point of catching everything here
+            except Exception as exc:  # noqa: BLE001
+                if len(chunk) > 1:
+                    middle = len(chunk) // 2
+                    pending.appendleft(chunk[middle:])
+                    pending.appendleft(chunk[:middle])
+                    continue
+                item = chunk[0]
+                key = (item.entry.partition, item.entry.offset)
+                attempts = self._attempts.get(key, 0) + 1
+                if attempts < self._max_attempts:
+                    self._attempts[key] = attempts
+                    self.stats.retries += 1
+                    await self._sleep(self._backoff_s * attempts)
+                    pending.appendleft(chunk)
+                    continue
+                self._attempts.pop(key, None)
+                code = exc.code if isinstance(exc, PersonifyError) else "processing_failed"
+                reason = exc.message if isinstance(exc, PersonifyError) else str(exc)
+                logger.warning(
+                    "dead-lettering %s after %d attempts: %s: %s",
+                    item.event.key,
+                    attempts,
+                    type(exc).__name__,
+                    reason,
+                )
+                await self._dead_letter(
+                    item.entry, code, f"{type(exc).__name__}: {reason}", attempts, item
+                )
+                continue
+            for item in chunk:
+                self._attempts.pop((item.entry.partition, item.entry.offset), None)
+            self.stats.events_applied += result.applied
+            self.stats.duplicates += result.duplicates
+            if self._profiles is not None and result.touched:
+                await self._profiles.invalidate(result.touched)
+
+    async def _apply(self, chunk: list[_Item]) -> ApplyResult:
+        """Apply with waits for a down engine and immediate retries on conflicts."""
+        conflicts = 0
+        delay = self._backoff_s
+        while True:
+            try:
+                return await asyncio.to_thread(
+                    self._processor.apply,
+                    [item.event for item in chunk],
+                    [item.payload for item in chunk],
+                )
+            except BackendUnavailable as exc:
+                self._note_error(exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+            except Conflict:
+                conflicts += 1
+                self.stats.retries += 1
+                if conflicts > _CONFLICT_RETRIES:
+                    raise
+            if self._stop.is_set():
+                raise _Stopped
+
+    async def _commit(self, entries: Sequence[LogEntry]) -> None:
+        delay = self._backoff_s
+        while True:
+            try:
+                await self._log.commit(self.group, self.consumer, entries)
+                return
+            except BackendUnavailable as exc:
+                self._note_error(exc)
+                if self._stop.is_set():
+                    # applied but uncommitted: redelivered after a restart, then skipped
+                    raise _Stopped from exc
+                await self._sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    async def _dead_letter(
+        self,
+        entry: LogEntry,
+        code: str,
+        reason: str,
+        attempts: int,
+        item: _Item | None = None,
+    ) -> None:
+        payload: Any
+        source_id = message_id = None
+        if item is not None:
+            payload = dict(item.event.data)
+            message_id = item.event.message_id
+            source = item.event.data.get("sourceId")
+            source_id = source if isinstance(source, str) else None
+        else:
+            text = entry.payload.decode("utf-8", errors="replace")
+            try:
+                payload = _decode(text)
+            except msgspec.DecodeError:
+                payload = text
+            if isinstance(payload, dict):
+                mid, source = payload.get("messageId"), payload.get("sourceId")
+                message_id = mid[:512] if isinstance(mid, str) else None
+                source_id = source[:64] if isinstance(source, str) else None
+        failed = NewFailedEvent(
+            stage="worker",
+            code=code[:64],
+            reason=reason,
+            payload=payload,
+            source_id=source_id,
+            message_id=message_id,
+            attempts=attempts,
+        )
+        delay = self._backoff_s
+        while True:
+            try:
+                await asyncio.to_thread(self._failed.add_many, [failed])
+                break
+            except BackendUnavailable as exc:
+                self._note_error(exc)
+                if self._stop.is_set():
+                    raise _Stopped from exc
+                await self._sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+        self.stats.dead_lettered += 1
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _note_error(self, exc: PersonifyError) -> None:
+        self.stats.last_error = f"{exc.code}: {exc.message}"
+        logger.warning("worker %s: %s", self.consumer, exc.message)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def _refresh_lag(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_lag < _LAG_REFRESH_S:
+            return
+        self._last_lag = now
+        try:
+            self.stats.lag = await self._log.lag(self.group)
+        except BackendUnavailable as exc:
+            self._note_error(exc)
+
+    async def _beat(self, *, force: bool = False) -> None:
+        if self._heartbeats is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_beat < self._heartbeat_s:
+            return
+        self._last_beat = now
+        beat = Heartbeat(
+            consumer=self.consumer,
+            group=self.group,
+            started_at=self.stats.started_at,
+            updated_at=self._clock.now(),
+            events_applied=self.stats.events_applied,
+            duplicates=self.stats.duplicates,
+            events_failed=self.stats.dead_lettered,
+            events_per_s=self.stats.events_per_s,
+            lag=self.stats.lag,
+        )
+        try:
+            await asyncio.to_thread(self._heartbeats.beat, beat)
+        except BackendUnavailable as exc:
+            self._note_error(exc)
+
+    def status(self) -> dict[str, Any]:
+        """This worker's identity and counters."""
+        return {
+            "consumer": self.consumer,
+            "group": self.group,
+            "running": self.running,
+            **self.stats.to_dict(),
+        }
+
+
+def heartbeat_horizon(now: datetime, heartbeat_s: float) -> datetime:
+    """Workers that beat since this moment count as alive (three missed beats allowed)."""
+    return now - timedelta(seconds=max(heartbeat_s * 3, 10.0))

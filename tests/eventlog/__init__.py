@@ -1,0 +1,1 @@
+"""Tests of personify.eventlog adapters beyond the shared contract."""

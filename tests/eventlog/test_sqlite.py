@@ -1,0 +1,201 @@
+"""What the SQLite event log adds to the shared contract: durability, group commit, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from personify.errors import BackendUnavailable, ConfigurationError
+from personify.eventlog.base import LogRecord
+from personify.eventlog.sqlite import SQLiteEventLog
+from tests.conftest import make_settings
+
+OpenLog = Callable[..., Awaitable[SQLiteEventLog]]
+
+
+@pytest.fixture
+async def open_log(tmp_path: Path) -> AsyncIterator[OpenLog]:
+    """Starts logs on ``tmp_path/events.db`` and closes them all at the end."""
+    opened: list[SQLiteEventLog] = []
+
+    async def factory(**options: Any) -> SQLiteEventLog:
+        options.setdefault("durability", "off")
+        log = SQLiteEventLog(tmp_path / "events.db", **options)
+        await log.start()
+        opened.append(log)
+        return log
+
+    yield factory
+    for log in opened:
+        await log.close()
+
+
+def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return list(conn.execute(sql))
+
+
+def record(name: str, dedupe: bool = True) -> LogRecord:
+    return LogRecord(name.encode(), "k", name if dedupe else None)
+
+
+@pytest.mark.parametrize(("durability", "level"), [("full", 2), ("normal", 1), ("off", 0)])
+async def test_durability_maps_to_pragma_synchronous(
+    open_log: OpenLog, durability: str, level: int
+) -> None:
+    log = await open_log(durability=durability)
+    with closing(log._connect()) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone() == (level,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_settings_choose_the_durability(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, eventlog_durability="full")
+    log = SQLiteEventLog.from_url(f"sqlite:///{tmp_path / 'e.db'}", settings)
+    await log.start()
+    try:
+        with closing(log._connect()) as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
+    finally:
+        await log.close()
+
+
+def test_an_invalid_durability_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteEventLog(tmp_path / "e.db", durability="sometimes")
+    with pytest.raises(pydantic.ValidationError):
+        make_settings(tmp_path, eventlog_durability="sometimes")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///rel/events.db", Path("rel/events.db")),
+        ("sqlite:////abs/e.db", Path("/abs/e.db")),
+    ],
+)
+def test_from_url_reads_relative_and_absolute_paths(
+    tmp_path: Path, url: str, expected: Path
+) -> None:
+    assert SQLiteEventLog.from_url(url, make_settings(tmp_path)).path == expected
+
+
+def test_from_url_without_a_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteEventLog.from_url("sqlite://", make_settings(tmp_path))
+
+
+async def test_group_commit_shares_transactions_between_concurrent_appends(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    log = await open_log(linger_ms=20.0)
+    results = await asyncio.gather(*(log.append([record(f"r{i}")]) for i in range(200)))
+    assert sorted(int(r[0].offset) for r in results) == list(range(1, 201))
+    transactions = query(tmp_path / "events.db", "SELECT count(DISTINCT appended_at) FROM log")
+    assert transactions[0][0] < 50, "200 concurrent appends should share a few transactions"
+
+
+async def test_a_batch_never_exceeds_max_batch_events(open_log: OpenLog, tmp_path: Path) -> None:
+    log = await open_log(linger_ms=50.0, max_batch_events=10)
+    await asyncio.gather(*(log.append([record(f"r{i}")]) for i in range(40)))
+    sizes = query(
+        tmp_path / "events.db", "SELECT count(*) FROM log GROUP BY appended_at ORDER BY 1 DESC"
+    )
+    assert sum(s[0] for s in sizes) == 40
+    assert sizes[0][0] <= 10
+
+
+async def test_over_the_pending_bound_appends_are_refused(open_log: OpenLog) -> None:
+    log = await open_log(linger_ms=100.0, max_pending_events=10)
+    outcomes = await asyncio.gather(
+        log.append([record(f"a{i}") for i in range(8)]),
+        log.append([record(f"b{i}") for i in range(8)]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], list) and len(outcomes[0]) == 8
+    refused = outcomes[1]
+    assert isinstance(refused, BackendUnavailable)
+    assert refused.code == "log_overloaded"
+    assert refused.retry_after_s >= 1
+    assert [e.payload for e in await log.tail(20)] == [f"a{i}".encode() for i in range(8)]
+    # once the queue drained, appends are taken again
+    assert len(await log.append([record(f"c{i}") for i in range(8)])) == 8
+
+
+async def test_one_append_larger_than_the_bound_is_taken_when_nothing_waits(
+    open_log: OpenLog,
+) -> None:
+    log = await open_log(max_pending_events=5)
+    results = await log.append([record(f"r{i}") for i in range(20)])
+    assert len(results) == 20
+
+
+async def test_dedupe_holds_within_the_window_and_expires_after(open_log: OpenLog) -> None:
+    log = await open_log(dedupe_window_s=0.2)
+    first = await log.append([record("m1")])
+    again = await log.append([record("m1")])
+    assert again[0].duplicate and again[0].offset == first[0].offset
+    await asyncio.sleep(0.3)
+    later = await log.append([record("m1")])
+    assert not later[0].duplicate
+    assert later[0].offset != first[0].offset
+    assert len(await log.tail(10)) == 2
+
+
+async def test_duplicates_within_one_append_are_stored_once(open_log: OpenLog) -> None:
+    log = await open_log()
+    results = await log.append([record("m1"), record("m1"), record("free", dedupe=False)])
+    assert [r.duplicate for r in results] == [False, True, False]
+    assert results[1].offset == results[0].offset
+    assert [e.payload for e in await log.tail(10)] == [b"m1", b"free"]
+
+
+async def test_dedupe_survives_a_reopen(open_log: OpenLog) -> None:
+    log = await open_log()
+    first = await log.append([record("m1")])
+    await log.close()
+    reopened = await open_log()
+    again = await reopened.append([record("m1")])
+    assert again[0].duplicate and again[0].offset == first[0].offset
+
+
+async def test_close_writes_what_is_queued(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db", durability="off", linger_ms=200.0)
+    await log.start()
+    pending = asyncio.ensure_future(log.append([record("last")]))
+    await asyncio.sleep(0.01)
+    await log.close()
+    assert len(await pending) == 1
+    assert query(tmp_path / "events.db", "SELECT payload FROM log") == [(b"last",)]
+
+
+async def test_appending_to_a_stopped_log_is_backend_unavailable(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db")
+    with pytest.raises(BackendUnavailable) as caught:
+        await log.append([record("x")])
+    assert caught.value.code == "log_unavailable"
+
+
+async def test_an_unopenable_file_is_backend_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "events.db").mkdir()
+    log = SQLiteEventLog(tmp_path / "events.db")
+    with pytest.raises(BackendUnavailable) as caught:
+        await log.start()
+    assert caught.value.code == "log_unavailable"
+
+
+async def test_lag_does_not_register_a_consumer_group(open_log: OpenLog, tmp_path: Path) -> None:
+    log = await open_log()
+    await log.append([record(f"r{i}") for i in range(3)])
+    assert await log.lag("nobody") == 3
+    assert query(tmp_path / "events.db", "SELECT name FROM consumer_groups") == []
+    entries = await log.read("worker", "c1", timeout_ms=0)
+    await log.commit("worker", "c1", entries)
+    assert await log.truncate() == 3
