@@ -134,8 +134,8 @@ class Site:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 html = pages.get(self.path.split("?", 1)[0])
-                body = (html or "<!doctype html><title>blank</title>").encode()
-                self.send_response(200 if html or self.path.startswith("/blank") else 404)
+                body = (html or "<!doctype html><title>not found</title>").encode()
+                self.send_response(200 if html else 404)
                 self.send_header("content-type", "text/html; charset=utf-8")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -247,7 +247,7 @@ def batch_posts(requests: list[Request]) -> list[Request]:
 
 
 def test_page_click_and_identify_arrive_from_another_origin(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """Page view, click and identify arrive with Segment-spec fields, text/plain, no preflight."""
     requests: list[Request] = []
@@ -350,7 +350,7 @@ def test_page_click_and_identify_arrive_from_another_origin(
 
 
 def test_anonymous_id_survives_reload_and_reset_starts_a_new_one(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """The anonymousId lives in a first-party cookie (mirrored in localStorage)."""
     page = open_shop(context, site.add_page("/shop.html"))
@@ -395,7 +395,7 @@ def test_anonymous_id_survives_reload_and_reset_starts_a_new_one(
 
 
 def test_events_queued_when_the_page_closes_leave_by_beacon(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """pagehide hands the queue to sendBeacon; a later page's resend is deduplicated."""
     # counts beacons in localStorage, which outlives the page being closed
@@ -437,7 +437,7 @@ def test_events_queued_when_the_page_closes_leave_by_beacon(
 
 
 def test_a_hidden_page_beacons_and_resends_when_shown_again(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """visibilitychange to hidden beacons the queue; shown again, the resend is deduplicated."""
     requests: list[Request] = []
@@ -470,7 +470,7 @@ def test_a_hidden_page_beacons_and_resends_when_shown_again(
 
 
 def test_queued_events_survive_a_reload_without_beacon(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """With no beacon, the queue stored in localStorage is sent by the next page."""
     context.add_init_script("navigator.sendBeacon = () => false;")
@@ -490,7 +490,7 @@ def test_queued_events_survive_a_reload_without_beacon(
 
 
 def test_network_errors_and_503_are_retried_with_the_same_message_id(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """A failed connection, then a 503, then success: the event is in the log exactly once."""
     attempts: list[list[str]] = []
@@ -528,7 +528,7 @@ def test_network_errors_and_503_are_retried_with_the_same_message_id(
 
 
 def test_events_sent_while_the_server_is_down_arrive_once_it_is_back(
-    server: ServerProcess, context: BrowserContext
+    context: BrowserContext, server: ServerProcess
 ) -> None:
     """The real server stops and restarts on the same port; the tracker backs off and delivers."""
     requests: list[Request] = []
@@ -552,7 +552,7 @@ def test_events_sent_while_the_server_is_down_arrive_once_it_is_back(
 
 
 def test_other_client_errors_are_dropped_with_a_warning(
-    shared_server: ServerProcess, site: Site, context: BrowserContext
+    context: BrowserContext, shared_server: ServerProcess, site: Site
 ) -> None:
     """A 401 for an unknown write key is not retried: the events are dropped and logged."""
     requests: list[Request] = []

@@ -28,9 +28,10 @@
  * adopts the queues of instances that closed or went silent. On pagehide or when the page is
  * hidden, what is queued goes out with navigator.sendBeacon. A beacon's delivery is never
  * confirmed, so beaconed events stay stored and are sent again when the page is shown again
- * or by the page that adopts them: the server deduplicates by messageId, so the cost is a
- * duplicate request, never a lost or doubled event. Network errors, 5xx and 429 are retried
- * with exponential backoff and jitter, with the same messageIds; other 4xx are dropped.
+ * or by the page that adopts them: the server deduplicates by messageId, so a resend costs a
+ * request, never a doubled event. Network errors, 5xx and 429 are retried with exponential
+ * backoff and jitter, keeping the messageIds, up to maxRetries (default 10) times per event;
+ * a 413 halves the batch; other 4xx are dropped with a console warning.
  */
 (function (window, document) {
   "use strict";

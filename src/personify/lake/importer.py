@@ -325,8 +325,8 @@ class EventImporter:
     ) -> ImportSummary:
         """Import every row; rejected rows go to ``rejected_path`` (created only if needed).
 
-        Raises ``QualityCheckFailed`` when a chunk fails a critical ingest check; the chunks
-        before it stay appended and the summary so far is in the exception's report.
+        Raises ``QualityCheckFailed`` when a chunk fails a critical ingest check: that chunk
+        and the rest of the file are not appended, the chunks before it stay in the log.
         """
         summary = ImportSummary()
         runs: list[QualityRun] = []

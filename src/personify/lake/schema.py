@@ -11,6 +11,7 @@ instead of failing the write.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -87,6 +88,7 @@ class InvalidLakeEvent(ValueError):
     """A log payload that cannot become a lake row (not JSON, no messageId, bad timestamp)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def promoted_column(key: str) -> str | None:
     """The column a top-level property is promoted to (``Order ID`` -> ``prop_order_id``)."""
     name = _NOT_NAME.sub("_", key.lower()).strip("_")[:_MAX_COLUMN_CHARS]
@@ -173,6 +175,16 @@ def check_timestamps(event: dict[str, Any]) -> None:
             raise InvalidLakeEvent(f"{field} is not an ISO-8601 timestamp: {value!r}") from exc
 
 
+def timestamps_parse(events: Sequence[dict[str, Any]]) -> bool:
+    """Whether every timestamp of every event parses (one vectorised cast per field)."""
+    try:
+        for _, field in _TIME_FIELDS:
+            _timestamps([e.get(field) for e in events])
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
 def events_to_table(
     events: Sequence[dict[str, Any]],
     *,
@@ -228,7 +240,9 @@ def _promoted_columns(
             column = promoted_column(key) if isinstance(key, str) else None
             if column is None:
                 continue
-            slot = values.setdefault(column, [None] * count)
+            slot = values.get(column)
+            if slot is None:
+                slot = values[column] = [None] * count
             if slot[index] is None:
                 # two keys that name the same column: the first in sorted order wins
                 slot[index] = properties[key]

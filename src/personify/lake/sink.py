@@ -30,6 +30,7 @@ from personify.lake.schema import (
     check_timestamps,
     decode_payload,
     events_to_table,
+    timestamps_parse,
 )
 from personify.lake.table import Lake, offset_version
 from personify.quality.checks import QualityContext, lake_batch_checks
@@ -207,16 +208,22 @@ class LakeSink:
         dead: list[NewFailedEvent] = []
         seen: set[tuple[str, str]] = set()
         duplicates = 0
+        decoded: list[tuple[LogEntry, dict[str, Any] | InvalidLakeEvent]] = []
         for entry in fresh:
             try:
-                event = decode_payload(entry.payload)
-                check_timestamps(event)
+                decoded.append((entry, decode_payload(entry.payload)))
             except InvalidLakeEvent as exc:
+                decoded.append((entry, exc))
+        if not timestamps_parse([e for _, e in decoded if isinstance(e, dict)]):
+            # the slow path, only when some timestamp is broken: find which
+            decoded = [(entry, _checked(event)) for entry, event in decoded]
+        for entry, event in decoded:
+            if isinstance(event, InvalidLakeEvent):
                 dead.append(
                     NewFailedEvent(
                         stage="lake",
                         code="invalid_lake_event",
-                        reason=str(exc),
+                        reason=str(event),
                         payload=entry.payload.decode("utf-8", "replace"),
                     )
                 )
@@ -318,6 +325,16 @@ class LakeSink:
                     await self.process_once()
                 finally:
                     self._linger_s = linger
+
+
+def _checked(event: dict[str, Any] | InvalidLakeEvent) -> dict[str, Any] | InvalidLakeEvent:
+    if isinstance(event, InvalidLakeEvent):
+        return event
+    try:
+        check_timestamps(event)
+    except InvalidLakeEvent as exc:
+        return exc
+    return event
 
 
 def _highest_offsets(entries: Sequence[LogEntry]) -> dict[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -75,10 +76,21 @@ def os_name(user_agent: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
+def _parse_user_agent(user_agent: str) -> tuple[str, str | None, str | None]:
+    # a site sees few distinct User-Agent strings, so each is parsed once
+    return device_type(user_agent), browser_name(user_agent), os_name(user_agent)
+
+
 def _host(url: Any) -> str | None:
     text = _text(url)
     if not text:
         return None
+    return _hostname(text)
+
+
+@lru_cache(maxsize=4096)
+def _hostname(text: str) -> str | None:
     try:
         host = urlsplit(text).hostname
     except ValueError:
@@ -117,7 +129,7 @@ def campaign_of(data: Mapping[str, Any]) -> dict[str, str] | None:
             campaign = _utm(query)
             if campaign:
                 break
-    if not any(k in campaign for k in ("source", "medium", "name")):
+    if not campaign or not ("source" in campaign or "medium" in campaign or "name" in campaign):
         return None
     return campaign
 
@@ -141,14 +153,15 @@ def context_fields(
     elif declared_type in _MOBILE_PLATFORMS:
         fields["device_type"] = "mobile"
     elif user_agent:
-        fields["device_type"] = device_type(user_agent)
+        fields["device_type"] = _parse_user_agent(user_agent)[0]
+    parsed = _parse_user_agent(user_agent) if user_agent else None
     system = _text(_mapping(context.get("os")).get("name"))
-    if system is None and user_agent:
-        system = os_name(user_agent)
+    if system is None and parsed:
+        system = parsed[2]
     if system:
         fields["os"] = system
-    if user_agent and (browser := browser_name(user_agent)):
-        fields["browser"] = browser
+    if parsed and parsed[1]:
+        fields["browser"] = parsed[1]
     location = _mapping(context.get("location"))
     for name in ("country", "city"):
         if value := _text(location.get(name)):

@@ -48,6 +48,7 @@ _MAX_WINDOW_DAYS = 366
 _MAX_GROUP_CHARS = 200
 _MAX_AFFINITY_VALUE_CHARS = 100
 _VALUE_AGGREGATIONS = frozenset({"sum", "avg", "min", "max"})
+_STAMPED_AGGREGATIONS = frozenset({"first", "last", "days_since"})
 
 # Names the built-in part of the profile uses under ``features``; definitions cannot take them.
 RESERVED_NAMES = frozenset(
@@ -194,25 +195,65 @@ class ProfileConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 # -- paths -------------------------------------------------------------------------------------
 
-PathSpec = tuple[tuple[str, bool], ...]  # (key, iterate the list found there)
+
+class PathSpec:
+    """A compiled property path: ``properties.products[].category``, ``$event`` or ``$type``.
+
+    ``$event`` is the event's name (see ``event_name``), ``$type`` its type; a ``[]`` after
+    a key walks the list found there. ``values`` returns every value found (none when the
+    path is missing or null).
+    """
+
+    __slots__ = ("parts", "text", "values")
+
+    def __init__(self, text: str) -> None:
+        self.text = text.strip()
+        parts: list[tuple[str, bool]] = []
+        for raw in self.text.split("."):
+            iterate = raw.endswith("[]")
+            key = raw[:-2] if iterate else raw
+            if not key:
+                raise ConfigurationError(f"invalid property path {text!r}", code="invalid_features")
+            parts.append((key, iterate))
+        self.parts = tuple(parts)
+        if self.text == "$event":
+            self.values = _event_name_value
+        elif self.text == "$type":
+            self.values = _event_type_value
+        elif any(iterate for _, iterate in parts):
+            self.values = self._walk
+        else:
+            self.values = self._simple
+
+    def _simple(self, event: ProfileEvent) -> list[Any]:
+        value: Any = event.data
+        for key, _ in self.parts:
+            if type(value) is not dict:
+                return []
+            value = value.get(key)
+        return [] if value is None else [value]
+
+    def _walk(self, event: ProfileEvent) -> list[Any]:
+        return resolve_path(event.data, self.parts)
+
+
+def _event_name_value(event: ProfileEvent) -> list[Any]:
+    return [event.name]
+
+
+def _event_type_value(event: ProfileEvent) -> list[Any]:
+    return [event.type]
 
 
 def compile_path(text: str) -> PathSpec:
-    """``properties.products[].category`` -> ``(("properties", False), ("products", True), …)``."""
-    parts: list[tuple[str, bool]] = []
-    for raw in text.strip().split("."):
-        iterate = raw.endswith("[]")
-        key = raw[:-2] if iterate else raw
-        if not key:
-            raise ConfigurationError(f"invalid property path {text!r}", code="invalid_features")
-        parts.append((key, iterate))
-    return tuple(parts)
+    """Compile a dotted path once, for the hot path."""
+    return PathSpec(text)
 
 
-def resolve_path(data: Mapping[str, Any], path: PathSpec) -> list[Any]:
-    """Every value at ``path`` (lists marked ``[]`` are walked); missing and null give nothing."""
+def resolve_path(data: Mapping[str, Any], parts: Sequence[tuple[str, bool]]) -> list[Any]:
+    """Every value at ``parts`` (lists marked to iterate are walked); missing or null: none."""
     current: list[Any] = [data]
-    for key, iterate in path:
+    for key, iterate in parts:
         found: list[Any] = []
         for item in current:
             if type(item) is not dict and not isinstance(item, Mapping):
@@ -220,11 +261,8 @@ def resolve_path(data: Mapping[str, Any], path: PathSpec) -> list[Any]:
             value = item.get(key)
             if value is None:
                 continue
-            if iterate:
-                if isinstance(value, list):
-                    found.extend(v for v in value if v is not None)
-                else:
-                    found.append(value)
+            if iterate and isinstance(value, list):
+                found.extend(v for v in value if v is not None)
             else:
                 found.append(value)
         if not found:
@@ -266,7 +304,7 @@ class _Filter:
     accepted: tuple[Any, ...]
 
     def matches(self, event: ProfileEvent) -> bool:
-        return any(v in self.accepted for v in _values(event, self.path))
+        return any(v in self.accepted for v in self.path.values(event))
 
 
 def _compile_where(where: Mapping[str, Any]) -> tuple[_Filter, ...]:
@@ -275,18 +313,6 @@ def _compile_where(where: Mapping[str, Any]) -> tuple[_Filter, ...]:
         accepted = tuple(expected) if isinstance(expected, list) else (expected,)
         filters.append(_Filter(compile_path(path), accepted))
     return tuple(filters)
-
-
-_EVENT_PATH: PathSpec = (("$event", False),)
-_TYPE_PATH: PathSpec = (("$type", False),)
-
-
-def _values(event: ProfileEvent, path: PathSpec) -> list[Any]:
-    if path == _EVENT_PATH:
-        return [event.name]
-    if path == _TYPE_PATH:
-        return [event.type]
-    return resolve_path(event.data, path)
 
 
 # -- state -------------------------------------------------------------------------------------
@@ -361,7 +387,7 @@ class CompiledFeature:
     def value_of(self, event: ProfileEvent) -> tuple[bool, Any]:
         """``(present, value)``: the first property path that holds a value."""
         for path in self.properties:
-            found = _values(event, path)
+            found = path.values(event)
             if found:
                 return True, found[0]
         return False, None
@@ -470,6 +496,7 @@ class FeatureSet:
         self.consent_categories = frozenset(
             c.strip().lower() for c in self.config.consent_categories
         )
+        self.by_name = {f.name: f for f in self.features}
         self._features_by_name = _index(self.features)
         self._rules_by_name = _index(self.rules)
 
@@ -557,7 +584,7 @@ def _group_keys(feature: CompiledFeature, event: ProfileEvent) -> list[str]:
     if feature.group_by is None:
         return [""]
     keys = []
-    for value in _values(event, feature.group_by):
+    for value in feature.group_by.values(event):
         if isinstance(value, str | int | float | bool):
             keys.append(str(value)[:_MAX_GROUP_CHARS])
     return keys
@@ -597,7 +624,11 @@ def update_features(
             continue
         groups = state.setdefault(feature.name, {})
         keep_hour = bool(feature.days) and hour_number > latest_hour - feature.keep_hours
-        stamped = Stamped(event.ts, event.message_id, value if feature.properties else None)
+        stamped = (
+            Stamped(event.ts, event.message_id, value if feature.properties else None)
+            if aggregation in _STAMPED_AGGREGATIONS
+            else None
+        )
         for key in keys:
             acc = groups.get(key)
             if acc is None:
@@ -623,7 +654,7 @@ def update_features(
                         acc.hour_max[hour] = number if high is None else max(high, number)
             elif aggregation == "first":
                 acc.first = earliest(acc.first, stamped)
-            elif aggregation in ("last", "days_since"):
+            elif stamped is not None:
                 acc.last = latest(acc.last, stamped)
 
 
@@ -674,9 +705,8 @@ def merge_features(into: FeatureState, other: FeatureState) -> None:
 def prune_features(state: FeatureState, features: FeatureSet, latest_ms: int) -> None:
     """Drop hourly buckets that no window can reach any more (behind ``latest_ms``)."""
     latest_hour = latest_ms // MS_PER_HOUR
-    by_name = {f.name: f for f in features.features}
     for name, groups in state.items():
-        feature = by_name.get(name)
+        feature = features.by_name.get(name)
         if feature is None or not feature.days:
             continue
         oldest = latest_hour - feature.keep_hours
@@ -700,7 +730,7 @@ def update_affinities(
             continue
         values: set[str] = set()
         for path in rule.paths:
-            for value in _values(event, path):
+            for value in path.values(event):
                 if isinstance(value, str | int | float) and not isinstance(value, bool):
                     text = str(value).strip().lower()[:_MAX_AFFINITY_VALUE_CHARS]
                     if text:
@@ -817,20 +847,32 @@ def evaluate_features(state: FeatureState, features: FeatureSet, as_of_ms: int) 
 
 
 def evaluate_affinities(
-    state: AffinityState, features: FeatureSet, as_of_ms: int, *, top: int = 20
+    state: AffinityState,
+    features: FeatureSet,
+    as_of_ms: int,
+    *,
+    latest_ms: int,
+    top: int = 20,
 ) -> dict[str, dict[str, float]]:
-    """Decayed scores: each day's weight halves every ``affinity_half_life_days`` behind as_of."""
+    """Decayed scores: each day's weight halves every ``affinity_half_life_days`` behind as_of.
+
+    Days beyond the retention behind ``latest_ms`` (the profile's latest event) count for
+    nothing, whether or not they were compacted away yet.
+    """
     result: dict[str, dict[str, float]] = {}
     half_life = features.half_life_ms
+    oldest = latest_ms // MS_PER_DAY - features.affinity_keep_days
     for dimension in sorted(state):
         scores: list[tuple[float, str]] = []
         for value, days in state[dimension].items():
             score = 0.0
             for day, micro in days.items():
+                if int(day) <= oldest:
+                    continue
                 # a day's engagement is dated at its middle (UTC noon)
                 age = max(0, as_of_ms - (int(day) * MS_PER_DAY + MS_PER_DAY // 2))
                 score += micro / MICRO * 0.5 ** (age / half_life)
             scores.append((round(score, 4), value))
         scores.sort(key=lambda item: (-item[0], item[1]))
-        result[dimension] = {value: score for score, value in scores[:top]}
+        result[dimension] = {value: score for score, value in scores[:top] if score > 0}
     return result

@@ -37,6 +37,7 @@ from personify.profiles.identity import UnionFind, canonical_id
 from personify.profiles.state import (
     ProfileState,
     apply_event,
+    compact_state,
     decode_state,
     encode_state,
     merge_states,
@@ -273,6 +274,7 @@ class ProfileProcessor:
                 details={"ids": sorted(ids)[:20]},
             )
         profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
+        compact_state(state, features)
         blob = encode_state(state).decode()
         message_ids = [event.message_id for event, _ in items]
         merged_from = tuple(pid for pid in profile_ids if pid != profile_id)
@@ -430,7 +432,7 @@ class _BatchWriter:
         if self.identities:
             conn.execute(identities.insert(), self.identities)
         if self.events:
-            conn.execute(applied_events.insert(), self.events)
+            _insert_many(conn, applied_events, self.events)
         if self.versions:
             conn.execute(profile_versions.insert(), self.versions)
         if self.merges:
@@ -450,3 +452,32 @@ def _checked(conn: sa.Connection, statement: sa.Executable, rows: list[dict[str,
             "a profile changed since this batch read it; retry the batch",
             code="profile_conflict",
         )
+
+
+_FAST_INSERTS: dict[tuple[str, str], tuple[str, tuple[str, ...] | None] | None] = {}
+
+
+def _insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """``INSERT`` many rows, skipping SQLAlchemy's per-row parameter processing when safe.
+
+    The statement is compiled for the connection's dialect once. When none of its columns
+    needs a bind processor on this dialect (true for strings and integers everywhere), the
+    rows go straight to the driver's ``executemany``; otherwise through ``conn.execute``.
+    """
+    key = (conn.dialect.name, table.name)
+    if key not in _FAST_INSERTS:
+        compiled = table.insert().compile(dialect=conn.dialect)
+        if compiled._bind_processors:
+            _FAST_INSERTS[key] = None
+        else:
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            _FAST_INSERTS[key] = (str(compiled), order)
+    fast = _FAST_INSERTS[key]
+    if fast is None:
+        conn.execute(table.insert(), rows)
+        return
+    sql, order = fast
+    if order is None:
+        conn.exec_driver_sql(sql, rows)
+    else:
+        conn.exec_driver_sql(sql, [tuple(row[name] for name in order) for row in rows])

@@ -24,17 +24,45 @@ class Session(msgspec.Struct, array_like=True):
     events: int = 0
 
 
-Sessions = dict[str, Session]  # start (epoch ms, as text) -> session
+Sessions = dict[str, Session]  # start (epoch ms, zero-padded text) -> session
+
+
+def _key(start_ms: int) -> str:
+    # zero-padded, so the stored JSON's sorted keys are in time order for any date
+    return f"{start_ms:015d}"
 
 
 def add_to_sessions(sessions: Sessions, ts: int, *, is_page: bool, gap_ms: int) -> None:
-    """Put an event at ``ts`` into the interval set (in place)."""
+    """Put an event at ``ts`` into the interval set (in place).
+
+    Keys are kept in ascending order of start (the stored JSON sorts them, and they are
+    zero-padded), so the common case, an event at or after the latest session's start,
+    needs only the last key.
+    """
     pages = 1 if is_page else 0
+    if sessions:
+        last_key = next(reversed(sessions))
+        if ts >= int(last_key):
+            last = sessions[last_key]
+            if ts <= last.end + gap_ms:
+                last.end = max(last.end, ts)
+                last.pages += pages
+                last.events += 1
+            else:
+                sessions[_key(ts)] = Session(ts, pages, 1)
+            return
+    _add_anywhere(sessions, ts, pages, gap_ms)
+    ordered = sorted(sessions.items(), key=lambda item: int(item[0]))
+    sessions.clear()
+    sessions.update(ordered)
+
+
+def _add_anywhere(sessions: Sessions, ts: int, pages: int, gap_ms: int) -> None:
     starts = sorted(int(k) for k in sessions)
     index = bisect_right(starts, ts) - 1
     before = starts[index] if index >= 0 else None
     after = starts[index + 1] if index + 1 < len(starts) else None
-    previous = sessions[str(before)] if before is not None else None
+    previous = sessions[_key(before)] if before is not None else None
     joins_previous = previous is not None and ts <= previous.end + gap_ms
     joins_next = after is not None and after - ts <= gap_ms
     if joins_previous and previous is not None:
@@ -42,15 +70,15 @@ def add_to_sessions(sessions: Sessions, ts: int, *, is_page: bool, gap_ms: int) 
         previous.pages += pages
         previous.events += 1
         if joins_next and after is not None:
-            following = sessions.pop(str(after))
+            following = sessions.pop(_key(after))
             previous.end = max(previous.end, following.end)
             previous.pages += following.pages
             previous.events += following.events
     elif joins_next and after is not None:
-        following = sessions.pop(str(after))
-        sessions[str(ts)] = Session(following.end, following.pages + pages, following.events + 1)
+        following = sessions.pop(_key(after))
+        sessions[_key(ts)] = Session(following.end, following.pages + pages, following.events + 1)
     else:
-        sessions[str(ts)] = Session(ts, pages, 1)
+        sessions[_key(ts)] = Session(ts, pages, 1)
 
 
 def merge_sessions(into: Sessions, other: Sessions, *, gap_ms: int) -> None:
@@ -68,10 +96,10 @@ def merge_sessions(into: Sessions, other: Sessions, *, gap_ms: int) -> None:
             current[3] += events
             continue
         if current is not None:
-            into[str(current[0])] = Session(current[1], current[2], current[3])
+            into[_key(current[0])] = Session(current[1], current[2], current[3])
         current = [start, end, pages, events]
     if current is not None:
-        into[str(current[0])] = Session(current[1], current[2], current[3])
+        into[_key(current[0])] = Session(current[1], current[2], current[3])
 
 
 def retention_floor(latest_ms: int, retention_ms: int) -> int:
@@ -86,9 +114,15 @@ def prune_sessions(sessions: Sessions, *, latest_ms: int, retention_ms: int) -> 
         del sessions[start]
 
 
-def summarize_sessions(sessions: Sessions, as_of_ms: int, *, retention_days: int) -> dict[str, Any]:
-    """Count, average duration and pages per session over the kept sessions, at ``as_of_ms``."""
-    started = [(int(k), s) for k, s in sessions.items() if int(k) <= as_of_ms]
+def summarize_sessions(
+    sessions: Sessions, as_of_ms: int, *, floor_ms: int, retention_days: int
+) -> dict[str, Any]:
+    """Count, average duration and pages per session at ``as_of_ms``.
+
+    Sessions that ended before ``floor_ms`` (the retention behind the latest event) are left
+    out whether or not they were compacted away yet.
+    """
+    started = [(int(k), s) for k, s in sessions.items() if int(k) <= as_of_ms and s.end >= floor_ms]
     count = len(started)
     durations = [min(s.end, as_of_ms) - start for start, s in started]
     pages = sum(s.pages for _, s in started)

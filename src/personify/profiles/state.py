@@ -6,6 +6,7 @@ associative: sets of ids (union), counts and integer sums (addition), first/last
 messageId), first touch (earliest), session intervals (interval union, see ``sessions``),
 features and affinities (see ``features``). Applying an event is merging in the state of
 that one event, so ``merge_states`` of two profiles equals applying all their events to one.
+``compact_state`` drops what no read can reach any more; the worker runs it before storing.
 Exactly-once application (no event twice) is the caller's job: the worker dedupes by
 messageId in the same transaction that stores the state.
 """
@@ -19,7 +20,7 @@ import msgspec
 
 from personify.profiles.consent import consent_preferences
 from personify.profiles.context import campaign_of, context_fields
-from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, ProfileEvent, format_ms
+from personify.profiles.events import MS_PER_DAY, ProfileEvent, format_ms
 from personify.profiles.features import (
     Accumulator,
     FeatureSet,
@@ -107,7 +108,13 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if type(value) is dict else _EMPTY
 
 
-def _prune(state: ProfileState, features: FeatureSet) -> None:
+def compact_state(state: ProfileState, features: FeatureSet) -> None:
+    """Drop buckets, days and sessions that no read can reach any more (before storing).
+
+    What is dropped lies behind the profile's latest event by more than the longest window
+    or the retention, and every read ignores it anyway, so compacting never changes what a
+    profile shows; it only bounds the stored size.
+    """
     if state.last_seen is None:
         return
     prune_features(state.features, features, state.last_seen)
@@ -166,14 +173,6 @@ def apply_event(state: ProfileState, event: ProfileEvent, features: FeatureSet) 
     )
     update_features(state.features, features, event, keep_from_ms=state.last_seen)
     update_affinities(state.affinities, features, event, keep_from_ms=state.last_seen)
-    if before is None or state.last_seen // MS_PER_HOUR > before // MS_PER_HOUR:
-        _prune(state, features)
-    elif ts < retention_floor(state.last_seen, features.session_retention_ms):
-        prune_sessions(
-            state.sessions,
-            latest_ms=state.last_seen,
-            retention_ms=features.session_retention_ms,
-        )
 
 
 def _merge_stamped(into: dict[str, Stamped], other: Mapping[str, Stamped]) -> None:
@@ -206,7 +205,7 @@ def merge_states(into: ProfileState, other: ProfileState, features: FeatureSet) 
     merge_sessions(into.sessions, other.sessions, gap_ms=features.session_gap_ms)
     merge_features(into.features, other.features)
     merge_affinities(into.affinities, other.affinities)
-    _prune(into, features)
+    compact_state(into, features)
 
 
 def _iso(ms: int | None) -> str | None:
@@ -227,9 +226,14 @@ def evaluate_profile(state: ProfileState, features: FeatureSet, as_of_ms: int) -
         "events_total": state.events,
         "last_events": {name: format_ms(s.ts) for name, s in sorted(state.last_events.items())},
         "sessions": summarize_sessions(
-            state.sessions, as_of_ms, retention_days=features.config.session_retention_days
+            state.sessions,
+            as_of_ms,
+            floor_ms=retention_floor(state.last_seen or 0, features.session_retention_ms),
+            retention_days=features.config.session_retention_days,
         ),
-        "affinities": evaluate_affinities(state.affinities, features, as_of_ms),
+        "affinities": evaluate_affinities(
+            state.affinities, features, as_of_ms, latest_ms=state.last_seen or 0
+        ),
         "context": {
             "last": {name: s.value for name, s in sorted(state.context.items())},
             "first_touch": state.first_touch.value if state.first_touch else None,
