@@ -7,11 +7,11 @@ object on stdout (progress goes to stderr):
 * ``features_as_of`` — wall seconds to compute every user's feature vector at T from the
   lake (DuckDB scan and dedupe, replay through the worker's ``apply_event``/``merge_states``,
   evaluation, Arrow table), events/s, and the peak resident memory of the process that did
-  it (a fresh child process, so generating the data does not count) next to its resident
-  memory just before the call;
-* ``baseline`` — the same child's DuckDB scan of the same events (the same query: columns,
-  ``received_at <= T`` and the dedupe window) fetched into Arrow without touching Python
-  objects: the floor of reading the lake;
+  it (a fresh child process that does nothing else, so generating the data does not count)
+  next to its resident memory just before the call;
+* ``baseline`` — in another fresh process, DuckDB's scan of the same events (the same
+  query: columns, ``received_at <= T``, deduplication) fetched into one Arrow table without
+  touching Python objects: the floor of reading the lake;
 * ``ratio`` — ``features_as_of`` seconds over baseline seconds;
 * ``setup`` — events, users, columns of the feature table, lake files, CPU count, versions.
 """
@@ -36,7 +36,7 @@ from personify.lake.schema import events_to_table
 from personify.lake.table import Lake
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lake import shop_events  # noqa: E402  (the lake benchmark's event generator)
+from lake import shop_events  # the lake benchmark's event generator
 
 _CHUNK = 100_000
 
@@ -73,37 +73,55 @@ def build_lake(folder: Path, events: int, users: int, end: datetime) -> Lake:
     return lake
 
 
-def measure(lake_path: str, as_of: datetime) -> dict[str, float | int]:
-    """In this (fresh) process: the baseline scan, then ``features_as_of``; time and memory."""
+def measure(lake_path: str, as_of: datetime, what: str) -> dict[str, float | int]:
+    """In this fresh process: ``features_as_of`` or the baseline scan; time and peak memory."""
     from personify.lake.training import _EVENTS, features_as_of
     from personify.lake.warehouse import Warehouse
     from personify.profiles.features import FeatureSet
 
     lake = Lake(lake_path)
-    features = FeatureSet()
-    started = time.perf_counter()
-    with Warehouse(lake) as warehouse:
-        scanned = (
-            warehouse.connection.sql(
-                _EVENTS.format(where="received_at <= $as_of"), params={"as_of": as_of}
-            )
-            .to_arrow_table()
-            .num_rows
-        )
-    baseline_s = time.perf_counter() - started
     rss_before = _rss_mb()
     started = time.perf_counter()
-    table = features_as_of(lake, features, as_of)
-    seconds = time.perf_counter() - started
+    if what == "baseline":
+        with Warehouse(lake) as warehouse:
+            rows = (
+                warehouse.connection.sql(
+                    _EVENTS.format(where="received_at <= $as_of"), params={"as_of": as_of}
+                )
+                .to_arrow_table()
+                .num_rows
+            )
+        columns = 0
+    else:
+        table = features_as_of(lake, FeatureSet(), as_of)
+        rows, columns = table.num_rows, table.num_columns
     return {
-        "seconds": round(seconds, 2),
-        "rows": table.num_rows,
-        "columns": table.num_columns,
-        "baseline_seconds": round(baseline_s, 3),
-        "baseline_rows": scanned,
+        "seconds": round(time.perf_counter() - started, 3),
+        "rows": rows,
+        "columns": columns,
         "rss_before_mb": round(rss_before),
         "peak_rss_mb": round(_peak_mb()),
     }
+
+
+def _child(lake: Lake, as_of: datetime, what: str) -> dict[str, float | int]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            what,
+            "--lake",
+            lake.uri,
+            "--as-of",
+            as_of.isoformat(),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float | int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:
@@ -112,10 +130,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=None, help="default: events / 10")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--lake", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--as-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, datetime.fromisoformat(args.as_of))))
+        print(json.dumps(measure(args.lake, datetime.fromisoformat(args.as_of), args.child)))
         return
 
     users = args.users or max(1, args.events // 10)
@@ -126,14 +145,10 @@ def main() -> None:
         lake = build_lake(root / "lake", args.events, users, end)
         files = lake.file_count()
         as_of = end + timedelta(seconds=1)
+        print("measuring the baseline scan in a fresh process", file=sys.stderr, flush=True)
+        baseline = _child(lake, as_of, "baseline")
         print("measuring features_as_of in a fresh process", file=sys.stderr, flush=True)
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", lake.uri, "--as-of", as_of.isoformat()],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        child = json.loads(done.stdout.strip().splitlines()[-1])
+        child = _child(lake, as_of, "features")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     seconds = float(child["seconds"])
@@ -148,10 +163,11 @@ def main() -> None:
         },
         "baseline": {
             "what": "DuckDB scan + dedupe of the same events into Arrow (no Python objects)",
-            "seconds": child["baseline_seconds"],
-            "rows": child["baseline_rows"],
+            "seconds": baseline["seconds"],
+            "rows": baseline["rows"],
+            "peak_rss_mb": baseline["peak_rss_mb"],
         },
-        "ratio": round(seconds / max(float(child["baseline_seconds"]), 1e-9), 1),
+        "ratio": round(seconds / max(float(baseline["seconds"]), 1e-9), 1),
         "setup": {
             "events": args.events,
             "users": users,

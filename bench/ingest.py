@@ -20,13 +20,19 @@ stderr) with, all measured on this machine in this run:
 * ``setup`` — durability, linger, connections, wrk threads, duration, rounds, CPU pinning,
   CPU count and model, versions, load average before and after.
 
+Every round also records ``server_cpu_us_per_event`` (CPU the server process used, all its
+threads, per acknowledged event, read from /proc) and ``server_cpu_cores`` /
+``wrk_cpu_cores``. When other work shares the machine the rates drop but the CPU cost per
+event barely moves, so it is the figure to compare across runs and code changes.
+
 Load comes from ``wrk`` (``apt-get install wrk``; ``make bench`` does it) driven by
 ``bench/wrk/ingest.lua``, which builds every request body itself so no ``messageId`` repeats.
 wrk is closed-loop: each connection sends its next request when the previous answer arrives,
 so the latencies are those of a saturated server, not of a fixed arrival rate.
 
 Each scenario has its own server and data folder (so one scenario's log does not slow the
-next). Scenarios run interleaved, round after round (baseline, track, batch, baseline, ...),
+next); every log starts empty, and batch ingest slows as the dedupe index grows (random
+``messageId``s), so the batch figure is for a log of up to about a million events. Scenarios run interleaved, round after round (baseline, track, batch, baseline, ...),
 so that noise from other work on a shared machine hits all three alike; the headline figures
 are medians over the rounds and every round's figures are reported beside them.
 """
@@ -181,7 +187,7 @@ class Scenario:
     data_dir: Path | None = None
     auth: str = "Basic YmFzZWxpbmU6"
     acknowledged_events: int = 0
-    sent_requests_unanswered_max: int = 0
+    unanswered_events_max: int = 0
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -244,7 +250,7 @@ class Wrk:
         scenario.acknowledged_events += ok_requests * scenario.events_per_request
         # requests wrk built beyond those it got an answer for were in flight at the stop
         unanswered = raw["built"]["requests"] - raw["requests"]
-        scenario.sent_requests_unanswered_max += unanswered * scenario.events_per_request
+        scenario.unanswered_events_max += unanswered * scenario.events_per_request
         seconds = raw["duration_us"] / 1e6
         wrk_cpu_s = (children_after.ru_utime + children_after.ru_stime) - (
             children_before.ru_utime + children_before.ru_stime
@@ -399,7 +405,7 @@ def basic_auth(write_key: str) -> str:
 @contextmanager
 def scratch_folder(keep: bool) -> Iterator[Path]:
     """A temporary folder for data and server logs, removed afterwards unless ``keep``."""
-    folder = Path(tempfile.mkdtemp(prefix="personify-bench-"))
+    folder = Path(tempfile.mkdtemp(prefix="personify-bench-ingest-"))
     try:
         yield folder
     finally:
@@ -546,10 +552,10 @@ def main(argv: list[str] | None = None) -> int:
                 "acknowledged_events": scenario.acknowledged_events,
                 **counted,
                 "unacknowledged_in_log": counted["log_rows"] - scenario.acknowledged_events,
-                "in_flight_at_stop_max": scenario.sent_requests_unanswered_max,
+                "in_flight_at_stop_max": scenario.unanswered_events_max,
                 "ok": scenario.acknowledged_events
                 <= counted["log_rows"]
-                <= scenario.acknowledged_events + scenario.sent_requests_unanswered_max,
+                <= scenario.acknowledged_events + scenario.unanswered_events_max,
             }
 
     track, batch = scenarios[1], scenarios[2]

@@ -78,7 +78,11 @@ def shop_events(
         if user % 3 and roll < 0.6:
             event["userId"] = f"user-{user}"
         if roll < 0.2:
-            event |= {"type": "page", "name": "Catalog", "properties": {"path": "/c", "category": rng.choice(_CATEGORIES)}}
+            event |= {
+                "type": "page",
+                "name": "Catalog",
+                "properties": {"path": "/c", "category": rng.choice(_CATEGORIES)},
+            }
         elif roll < 0.93:
             event |= {
                 "type": "track",
@@ -97,11 +101,20 @@ def shop_events(
                 "userId": f"user-{user}",
                 "properties": {
                     "revenue": round(rng.uniform(5, 400), 2),
-                    "products": [{"product_id": f"p{rng.randrange(5000)}", "category": rng.choice(_CATEGORIES)}],
+                    "products": [
+                        {
+                            "product_id": f"p{rng.randrange(5000)}",
+                            "category": rng.choice(_CATEGORIES),
+                        }
+                    ],
                 },
             }
         else:
-            event |= {"type": "identify", "userId": f"user-{user}", "traits": {"plan": rng.choice(["free", "pro"])}}
+            event |= {
+                "type": "identify",
+                "userId": f"user-{user}",
+                "traits": {"plan": rng.choice(["free", "pro"])},
+            }
         out.append(event)
     return out
 
@@ -193,9 +206,7 @@ def main() -> None:
                     seconds = _run_baseline(folder, tables)
                 else:
                     asyncio.run(_fill_log(folder / "events.db", records))
-                    seconds = asyncio.run(
-                        _run_sink(folder, args.batch, checks=scenario == "sink")
-                    )
+                    seconds = asyncio.run(_run_sink(folder, args.batch, checks=scenario == "sink"))
                 figures[scenario] = round(args.events / seconds)
                 say(f"round {number + 1}: {scenario} {figures[scenario]:,} events/s")
                 shutil.rmtree(folder)

@@ -3,6 +3,17 @@
 Use the ``kafka_broker`` fixture (import it into a test module or conftest): it starts one
 in-memory tansu broker on a free loopback port for the whole session and stops it at the
 end. Where tansu is absent the test is skipped (or fails under PERSONIFY_REQUIRE_SERVICES=1).
+
+tansu 0.6 quirks measured here (a real Kafka broker behaves otherwise):
+
+* a JoinGroup is held for about half the consumer's ``session.timeout.ms`` (at least ~1 s):
+  use a short session timeout (2 s) in tests to keep joins near one second;
+* ListOffsets(latest) answers the last batch's base offset + 1 (the Kafka adapter reads the
+  high watermark from a fetch instead);
+* DescribeGroups lists no members, and DeleteRecords panics in the memory engine and closes
+  the connection (set ``eventlog_kafka_delete_records=False``);
+* once two or more members of a group have left, a newcomer may never get an assignment
+  (the JoinGroup answer names a departed leader): give every test its own group names.
 """
 
 from __future__ import annotations

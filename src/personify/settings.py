@@ -92,7 +92,7 @@ class Settings(BaseSettings):
 
     # Worker and profiles
     worker_group: str = "worker"
-    worker_batch_size: int = 1000
+    worker_batch_size: int = 10_000
     worker_poll_timeout_ms: int = 500
     worker_max_attempts: int = 3
     worker_retry_backoff_ms: float = 100.0

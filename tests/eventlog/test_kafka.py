@@ -70,6 +70,13 @@ async def topic(kafka_broker: TansuBroker) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+def group() -> str:
+    """A fresh consumer group: on tansu, a group whose members have all left may never
+    rebalance again (its JoinGroup answers name a departed leader), so groups are not reused."""
+    return f"group-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
 async def open_log(tmp_path: Path, kafka_broker: TansuBroker, topic: str) -> AsyncIterator[OpenLog]:
     """Opens started logs on the test's topic; closes them after."""
     opened: list[KafkaEventLog] = []
@@ -132,7 +139,7 @@ async def test_kafka_url_needs_a_dedupe_index(tmp_path: Path) -> None:
     assert (log.bootstrap_servers, log.topic, log.partitions) == ("k1:9092,k2:9093", "clicks", 6)
 
 
-async def test_one_key_stays_in_one_partition_in_order(open_log: OpenLog) -> None:
+async def test_one_key_stays_in_one_partition_in_order(open_log: OpenLog, group: str) -> None:
     log = await open_log(partitions=4)
     keys = [f"user-{n}" for n in range(24)]
     appended: list[tuple[str, str]] = []
@@ -141,7 +148,7 @@ async def test_one_key_stays_in_one_partition_in_order(open_log: OpenLog) -> Non
         results = await log.append(batch)
         appended.extend((r.offset, b.key) for r, b in zip(results, batch, strict=True))
 
-    got = await read_all(log, "g", "c", 120)
+    got = await read_all(log, group, "c", 120)
     assert len(got) == 120
     partitions_of: dict[str, set[int]] = {}
     for entry in got:
@@ -161,20 +168,20 @@ async def test_one_key_stays_in_one_partition_in_order(open_log: OpenLog) -> Non
 
 
 async def test_two_consumers_split_the_partitions_and_see_everything_once(
-    open_log: OpenLog, kafka_broker: TansuBroker
+    open_log: OpenLog, group: str
 ) -> None:
     log = await open_log(partitions=4)
-    owners, reads = await wait_until_split(log, "g", ["a", "b"], 4)
+    owners, reads = await wait_until_split(log, group, ["a", "b"], 4)
     assert reads == {"a": [], "b": []}
 
     await log.append([LogRecord(f"e-{i}".encode(), f"user-{i % 40}", f"e-{i}") for i in range(400)])
     seen: dict[str, list[LogEntry]] = {"a": [], "b": []}
     deadline = time.monotonic() + 20
     while sum(map(len, seen.values())) < 400 and time.monotonic() < deadline:
-        batches = await asyncio.gather(*(log.read("g", c, timeout_ms=200) for c in seen))
+        batches = await asyncio.gather(*(log.read(group, c, timeout_ms=200) for c in seen))
         for consumer, batch in zip(seen, batches, strict=True):
             seen[consumer].extend(batch)
-            await log.commit("g", consumer, batch)
+            await log.commit(group, consumer, batch)
 
     everything = seen["a"] + seen["b"]
     assert len(everything) == 400
@@ -182,27 +189,27 @@ async def test_two_consumers_split_the_partitions_and_see_everything_once(
     for consumer, entries in seen.items():
         assert entries, f"{consumer} got nothing"
         assert {e.partition for e in entries} <= owners[consumer]
-    assert await log.lag("g") == 0
+    assert await log.lag(group) == 0
 
 
 async def test_a_rebalance_hands_uncommitted_entries_to_the_new_owner(
-    open_log: OpenLog, kafka_broker: TansuBroker
+    open_log: OpenLog, group: str
 ) -> None:
     log = await open_log(partitions=4)
     await log.append([LogRecord(f"r-{i}".encode(), f"user-{i % 40}", f"r-{i}") for i in range(200)])
-    first = await read_all(log, "g", "a", 200)  # "a" is alone: it owns every partition
+    first = await read_all(log, group, "a", 200)  # "a" is alone: it owns every partition
     assert len(first) == 200
 
-    owners, reads = await wait_until_split(log, "g", ["a", "b"], 4)
+    owners, reads = await wait_until_split(log, group, ["a", "b"], 4)
     # "a" lost partitions before committing: its commit keeps only those it still owns
-    await log.commit("g", "a", first + reads["a"])
+    await log.commit(group, "a", first + reads["a"])
     expected = sorted((e.partition, int(e.offset)) for e in first if e.partition in owners["b"])
     assert expected
     # "b" starts its partitions at the committed offsets: everything "a" read there comes again
-    got = reads["b"] + await read_all(log, "g", "b", len(expected) - len(reads["b"]))
+    got = reads["b"] + await read_all(log, group, "b", len(expected) - len(reads["b"]))
     assert sorted((e.partition, int(e.offset)) for e in got) == expected
-    await log.commit("g", "b", got)
-    assert await log.lag("g") == 0
+    await log.commit(group, "b", got)
+    assert await log.lag(group) == 0
 
 
 _DOOMED = """
@@ -212,14 +219,15 @@ from personify.eventlog.kafka import KafkaEventLog
 from tests.conftest import make_settings
 
 async def main() -> None:
-    url, expected, data_dir, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    url, group, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data_dir, overrides = sys.argv[4], sys.argv[5]
     log = KafkaEventLog.from_url(url, make_settings(Path(data_dir), **json.loads(overrides)))
     await log.start()
     got = []
     while len(got) < expected:
-        got.extend(await log.read("g", "doomed", timeout_ms=200))
+        got.extend(await log.read(group, "doomed", timeout_ms=200))
     half = got[: expected // 2]
-    await log.commit("g", "doomed", half)
+    await log.commit(group, "doomed", half)
     committed = {}
     for entry in half:
         committed[entry.partition] = max(committed.get(entry.partition, 0), int(entry.offset) + 1)
@@ -232,7 +240,7 @@ asyncio.run(main())
 
 
 async def test_a_consumer_killed_before_committing_has_its_entries_redelivered(
-    open_log: OpenLog, kafka_broker: TansuBroker, tmp_path: Path
+    open_log: OpenLog, kafka_broker: TansuBroker, group: str, tmp_path: Path
 ) -> None:
     log = await open_log(partitions=3)
     await log.append([LogRecord(f"k-{i}".encode(), f"user-{i % 9}", f"k-{i}") for i in range(90)])
@@ -241,6 +249,7 @@ async def test_a_consumer_killed_before_committing_has_its_entries_redelivered(
         "-c",
         _DOOMED,
         kafka_broker.url(log.topic),
+        group,
         "90",
         str(tmp_path / "child"),
         json.dumps(FAST_KAFKA),
@@ -260,7 +269,7 @@ async def test_a_consumer_killed_before_committing_has_its_entries_redelivered(
     uncommitted = sorted((p, o) for p, o in map(tuple, report["read"]) if o >= committed.get(p, 0))
     assert 0 < len(uncommitted) < 90
 
-    survivor = await read_all(log, "g", "survivor", len(uncommitted), timeout_s=30)
+    survivor = await read_all(log, group, "survivor", len(uncommitted), timeout_s=30)
     assert sorted((e.partition, int(e.offset)) for e in survivor) == uncommitted
-    await log.commit("g", "survivor", survivor)
-    assert await log.lag("g") == 0
+    await log.commit(group, "survivor", survivor)
+    assert await log.lag(group) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from personify.events.hashing import HASH_PREFIX, PiiHasher
 from personify.events.normalize import Normalizer
 from personify.ingest.collector import Collector, IngestOutcome
 from personify.ingest.sources import SourceRepository
-from personify.lake.importer import nest
+from personify.lake.importer import arrival, nest
 from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.quality.results import QualityRepository
@@ -103,7 +104,10 @@ def test_jsonl_import_accepts_valid_rows_and_files_rejects_with_reasons(
     logged = _logged(data)
     assert [e["messageId"] for e in logged] == ["h1", "h2", "h4"]
     assert logged[0]["traits"]["email"].startswith(HASH_PREFIX)
-    assert logged[0]["timestamp"] == "2023-05-01T10:00:00.000Z"  # history keeps its own time
+    # history keeps its own time, and counts as received then (point-in-time features)
+    assert logged[0]["timestamp"] == "2023-05-01T10:00:00.000Z"
+    assert logged[0]["receivedAt"] == "2023-05-01T10:00:00.000Z"
+    assert logged[2]["receivedAt"] > "2026"  # no time of its own: received now
 
     rejected = [
         msgspec.json.decode(line)
@@ -258,3 +262,17 @@ def test_nest_builds_objects_from_dotted_paths() -> None:
     assert nest(
         {"properties.a.b": "1", "properties.c": "x", "userId": "007", "empty": ""}, typed=True
     ) == {"properties": {"a": {"b": 1}, "c": "x"}, "userId": "007"}
+
+
+def test_arrival_prefers_received_then_sent_then_event_time() -> None:
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    assert arrival(
+        {"receivedAt": "2024-01-02T00:00:00Z", "timestamp": "2023-01-01T00:00:00Z"}, now
+    ) == datetime(2024, 1, 2, tzinfo=UTC)
+    assert arrival(
+        {"sentAt": "2024-01-03T00:00:00Z", "timestamp": "2024-01-01T00:00:00Z"}, now
+    ) == datetime(2024, 1, 3, tzinfo=UTC)
+    assert arrival({"timestamp": "2024-01-04T00:00:00Z"}, now) == datetime(2024, 1, 4, tzinfo=UTC)
+    assert arrival({"timestamp": "2030-01-01T00:00:00Z"}, now) == now
+    assert arrival({"timestamp": "soon"}, now) == now
+    assert arrival(["not", "an", "object"], now) == now

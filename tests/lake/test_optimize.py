@@ -34,7 +34,8 @@ def _data_files(folder: Path) -> int:
 
 
 def _ids(lake: Lake) -> list[str]:
-    return lake.open().to_pyarrow_table(columns=["message_id"]).column(0).to_pylist()
+    ids: list[str] = lake.open().to_pyarrow_table(columns=["message_id"]).column(0).to_pylist()
+    return ids
 
 
 def test_compaction_merges_small_files_and_keeps_every_row(tmp_path: Path) -> None:
@@ -100,3 +101,16 @@ def test_the_optimize_command_reports_what_it_did(tmp_path: Path) -> None:
     refused = runner.invoke(main, ["lake", "optimize", "--retention-hours", "0"], env=cli_env(data))
     assert refused.exit_code == 1
     assert "at least 1" in refused.output
+
+
+def test_a_full_vacuum_removes_files_of_writes_that_never_committed(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    _append_batches(lake, 2, 5)
+    partition = next(p for p in (tmp_path / "lake").iterdir() if p.name.startswith("event_date="))
+    orphan = partition / "part-crashed.parquet"
+    orphan.write_bytes(b"PAR1 half a file")
+    assert lake.optimize(retention_hours=1, full=True).files_vacuumed == 0  # too young
+    assert orphan.exists()
+    assert lake.optimize(retention_hours=0, full=True).files_vacuumed >= 1
+    assert not orphan.exists()
+    assert len(_ids(lake)) == 10

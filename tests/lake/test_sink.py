@@ -159,13 +159,15 @@ async def test_an_unreadable_entry_is_dead_lettered_and_the_rest_written(
     db = open_database(settings)
     failed = FailedEventRepository(db)
     good = records([normalized(track(1)), normalized(track(2))])
-    await log.append([good[0], LogRecord(b"{not json", "k"), good[1]])
+    bad_time = normalized(track(3)) | {"sentAt": "last tuesday"}
+    await log.append([good[0], LogRecord(b"{not json", "k"), good[1], records([bad_time])[0]])
     lake = Lake(str(tmp_path / "lake"))
     batch = await _sink(log, lake, failed_events=failed).process_once()
-    assert (batch.written, batch.dead_lettered) == (2, 1)
-    [letter] = failed.list(stage="lake")
-    assert letter.code == "invalid_lake_event" and "not JSON" in letter.reason
-    assert lake.watermarks(LAKE_GROUP, {0}) == {0: 3}
+    assert (batch.written, batch.dead_lettered) == (2, 2)
+    letters = failed.list(stage="lake")
+    assert [x.code for x in letters] == ["invalid_lake_event"] * 2
+    assert "not JSON" in letters[0].reason and "sentAt" in letters[1].reason
+    assert lake.watermarks(LAKE_GROUP, {0}) == {0: 4}
     db.dispose()
 
 

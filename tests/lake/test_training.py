@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ from personify.lake.training import (
     flatten_document,
     profile_documents,
     replay_profiles,
+    replay_shards,
 )
 from personify.lake.warehouse import Warehouse
-from personify.profiles.events import datetime_ms, view_event
+from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureDefinition, FeatureSet, ProfileConfig
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.state import decode_state, evaluate_profile
@@ -41,7 +41,9 @@ from personify.quality.results import QualityRepository
 from personify.quality.runner import QualityCheckFailed
 from personify.settings import Settings
 from personify.store.database import Database, open_database
+from personify.store.failed_events import FailedEventRepository
 from personify.store.tables import profiles
+from personify.worker.worker import StreamWorker
 from tests.lake.conftest import cli_env, normalized, records, write_lake
 
 END = datetime(2024, 6, 1, tzinfo=UTC)
@@ -176,23 +178,6 @@ def _realtime_documents(db: Database, as_of: datetime) -> dict[str, dict[str, An
     return {pid: evaluate_profile(decode_state(blob), FEATURES, as_of_ms) for pid, blob in rows}
 
 
-def _batches(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-async def _fill_lake(tmp_path: Path, events: list[dict[str, Any]]) -> Lake:
-    log = SQLiteEventLog(tmp_path / "events.db", durability="off")
-    await log.start()
-    await log.append(records(events))
-    lake = Lake(str(tmp_path / "lake"))
-    sink = LakeSink(log, lake, linger_ms=0, max_batch_events=97)
-    while (await sink.process_once()).read:
-        pass
-    await log.close()
-    return lake
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_batch_features_equal_the_real_time_profiles_at_every_cut_off(
     tmp_path: Path, settings: Settings, seed: int
@@ -210,21 +195,35 @@ async def test_batch_features_equal_the_real_time_profiles_at_every_cut_off(
     first, last = _arrived(events[0]), _arrived(events[-1])
     cut_offs = [first + (last - first) * f for f in (0.2, 0.45, 0.7, 0.9)] + [last]
 
-    # the real-time engine: the worker's processor, fed in arrival order in small batches
+    # one event log, two consumer groups: the real stream worker and the lake sink
     db = open_database(settings)
-    processor = ProfileProcessor(db, FEATURES)
+    log = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    await log.start()
+    worker = StreamWorker(
+        log,
+        ProfileProcessor(db, FEATURES),
+        FailedEventRepository(db),
+        batch_size=7,
+        poll_timeout_ms=5,
+    )
     held: dict[datetime, dict[str, dict[str, Any]]] = {}
     pending = list(events)
     for cut in cut_offs:
+        # what the collector accepted by the cut-off, in arrival order; the worker drains it
         due = [e for e in pending if _arrived(e) <= cut]
         pending = pending[len(due) :]
-        for batch in _batches(due, 7):
-            processor.apply([view_event(e) for e in batch])
+        await log.append(records(due))
+        await worker.run(until_idle=True)
         held[cut] = _realtime_documents(db, cut)
-    db.dispose()
+    assert not FailedEventRepository(db).list()
 
     # the batch engine: the whole stream (including what came after each cut-off) in the lake
-    lake = await _fill_lake(tmp_path, events)
+    lake = Lake(str(tmp_path / "lake"))
+    sink = LakeSink(log, lake, linger_ms=0, max_batch_events=97)
+    while (await sink.process_once()).read:
+        pass
+    await log.close()
+    db.dispose()
     for cut in cut_offs:
         replayed = replay_profiles(lake, FEATURES, cut)
         batch_docs = profile_documents(replayed, FEATURES)
@@ -321,7 +320,7 @@ def test_nothing_received_after_t_reaches_the_features(tmp_path: Path, settings:
             strict=True,
         )
     )
-    with_user_id = {pid for pid, doc in frame.documents.items() if pid.startswith("user-")}
+    with_user_id = {pid for pid in churn if pid.startswith("user-")}
     assert with_user_id and all(churn[pid] == 0 for pid in with_user_id)
 
 
@@ -493,3 +492,40 @@ def test_null_heavy_features_only_warn(tmp_path: Path, settings: Settings) -> No
     result = job.features_as_of(END)
     assert result.quality is not None and result.quality.status == "warned"
     assert result.lineage_id is not None and result.quality.lineage_id == result.lineage_id
+
+
+def test_an_event_in_the_lake_twice_counts_once_and_its_first_arrival_wins(
+    tmp_path: Path,
+) -> None:
+    first = normalized(
+        {
+            "type": "track",
+            "userId": "ada",
+            "event": "Order Completed",
+            "messageId": "o1",
+            "properties": {"revenue": 10},
+            "timestamp": "2024-05-01T00:00:00Z",
+        },
+        received_at=datetime(2024, 5, 1, tzinfo=UTC),
+    )
+    resent = first | {
+        "properties": {"revenue": 99},
+        "receivedAt": format_timestamp(datetime(2024, 5, 3, tzinfo=UTC)),
+    }
+    other_source = first | {"sourceId": "src-2"}
+    lake = write_lake(tmp_path / "lake", [first, resent, other_source], batch=1)
+    [row] = features_as_of(lake, FEATURES, datetime(2024, 5, 10, tzinfo=UTC)).to_pylist()
+    # the same messageId from another source is another event, as in the worker
+    assert row["orders__all"] == 2 and row["revenue__all"] == 20.0
+
+
+def test_replaying_in_shards_gives_the_same_table(tmp_path: Path) -> None:
+    events = stream(4, users=15)
+    lake = write_lake(tmp_path / "lake", events, batch=60)
+    cut = _arrived(events[-1])
+    whole = features_as_of(lake, FEATURES, cut, max_ids_per_shard=None)
+    shards = list(replay_shards(lake, FEATURES, cut, max_ids_per_shard=4))
+    assert len(shards) > 3
+    # every profile is whole in exactly one shard
+    assert sum(len(s.states) for s in shards) == whole.num_rows
+    assert features_as_of(lake, FEATURES, cut, max_ids_per_shard=4).to_pylist() == whole.to_pylist()

@@ -26,7 +26,7 @@ from tests.lake.conftest import T0, cli_env, normalized, write_lake
 
 def _events() -> list[dict[str, Any]]:
     at = [T0 - timedelta(days=d) for d in range(4)]
-    raw = [
+    raw: list[dict[str, Any]] = [
         {"type": "page", "anonymousId": "anon-1", "name": "Home", "timestamp": at[3].isoformat()},
         {
             "type": "track",
@@ -63,8 +63,7 @@ def _events() -> list[dict[str, Any]]:
             "timestamp": at[0].isoformat(),
         },
     ]
-    events = [normalized(r | {"messageId": f"w{i}"}) for i, r in enumerate(raw)]
-    return events
+    return [normalized(r | {"messageId": f"w{i}"}) for i, r in enumerate(raw)]
 
 
 @pytest.fixture

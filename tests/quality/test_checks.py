@@ -39,6 +39,7 @@ def _events(rows: int = 6, **overrides: list[Any]) -> pd.DataFrame:
         "source_id": ["s"] * rows,
         "timestamp": [NOW - timedelta(hours=i) for i in range(rows)],
         "received_at": [NOW - timedelta(minutes=i) for i in range(rows)],
+        "appended_at": [NOW - timedelta(minutes=i) for i in range(rows)],
     }
     base.update(overrides)
     frame = pd.DataFrame(base)
@@ -46,6 +47,7 @@ def _events(rows: int = 6, **overrides: list[Any]) -> pd.DataFrame:
         frame[column] = frame[column].astype("str").where(frame[column].notna(), None)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).astype(TS)
     frame["received_at"] = pd.to_datetime(frame["received_at"], utc=True).astype(TS)
+    frame["appended_at"] = pd.to_datetime(frame["appended_at"], utc=True).astype(TS)
     frame["event_date"] = frame["timestamp"].dt.date
     return frame
 
@@ -132,9 +134,9 @@ def test_lake_batch_fails_duplicates_and_wrong_partitions() -> None:
 
 
 def test_lake_batch_warns_when_the_sink_lags() -> None:
-    stale = _events(received_at=[NOW - timedelta(days=3)] * 6)
+    stale = _events(appended_at=[NOW - timedelta(days=3)] * 6)
     run = _run(lake_batch_checks(CONTEXT), stale)
-    assert _failed(run) == {("warning", "received_at", "freshness")}
+    assert _failed(run) == {("warning", "appended_at", "freshness")}
     freshness = next(r for r in run.results if r.check == "freshness")
     assert freshness.observed is not None and "72.0 h old" in freshness.observed
 
@@ -146,14 +148,14 @@ def _daily(counts: list[int], *, newest: datetime = NOW, duplicates: int = 0) ->
     days = [NOW.date() - timedelta(days=len(counts) - 1 - i) for i in range(len(counts))]
     frame = pd.DataFrame(
         {
-            "event_date": days,
+            "day": days,
             "events": counts,
             "anonymous_events": [c // 2 for c in counts],
             "duplicate_message_ids": [0] * (len(counts) - 1) + [duplicates],
-            "newest_received_at": [newest] * len(counts),
+            "newest_appended_at": [newest] * len(counts),
         }
     )
-    frame["newest_received_at"] = frame["newest_received_at"].astype(TS)
+    frame["newest_appended_at"] = frame["newest_appended_at"].astype(TS)
     return frame
 
 
@@ -170,7 +172,7 @@ def test_lake_warns_on_a_volume_spike_staleness_and_duplicates() -> None:
     assert run.status == "warned"
     assert _failed(run) == {
         ("warning", None, "daily_volume"),
-        ("warning", "newest_received_at", "freshness"),
+        ("warning", "newest_appended_at", "freshness"),
         ("warning", "duplicate_message_ids", "equal_to(0)"),
     }
     volume = next(r for r in run.results if r.check == "daily_volume")

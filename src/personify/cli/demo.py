@@ -94,6 +94,46 @@ async def _send_scripted_events(base_url: str, echo: Callable[[str], None]) -> N
         echo(f"sent {len(events)} scripted events through POST /v1/batch: {response.json()}")
 
 
+async def _wait_for_profile(
+    base_url: str, identity: str, *, events: int, timeout_s: float = 15.0
+) -> dict[str, Any] | None:
+    """Poll the profile API until the stream worker has applied ``events`` events to it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    headers = {"Authorization": f"Bearer {DEMO_ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
+        while asyncio.get_running_loop().time() < deadline:
+            response = await client.get(f"/v1/profiles/{identity}")
+            if response.status_code == 200:
+                profile: dict[str, Any] = response.json()
+                if profile["features"]["events_total"] >= events:
+                    return profile
+            await asyncio.sleep(0.05)
+    return None
+
+
+def _summary(profile: dict[str, Any]) -> dict[str, Any]:
+    features = profile["features"]
+    return {
+        "profileId": profile["profileId"],
+        "ids": profile["ids"],
+        "traits": profile["traits"],
+        "features": {
+            name: features[name]
+            for name in (
+                "events_total",
+                "sessions",
+                "orders",
+                "revenue",
+                "average_order_value",
+                "affinities",
+                "event_counts",
+            )
+            if name in features
+        },
+        "consent": profile["consent"],
+    }
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -118,7 +158,22 @@ def run_demo(
                 return
             await asyncio.sleep(0.05)
         await _send_scripted_events(base_url, echo)
+        profile = None
+        if settings.run_worker:
+            scripted = len(_scripted_events(datetime.now(UTC)))
+            profile = await _wait_for_profile(base_url, "user-ada", events=scripted)
         echo("")
+        if profile is not None:
+            echo("The stream worker merged the anonymous visit into user-ada's profile:")
+            echo(
+                f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/profiles/user-ada"
+            )
+            echo_json(_summary(profile))
+            echo("")
+        elif settings.run_worker:
+            echo(
+                "(the stream worker has not applied the scripted events yet; see /v1/worker/status)"
+            )
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")
@@ -127,6 +182,14 @@ def run_demo(
         echo(f"  curl -u {DEMO_WRITE_KEY}: -H 'Content-Type: application/json' \\")
         echo(f'       -d \'{{"userId":"user-ada","event":"Video Played"}}\' {base_url}/v1/track')
         echo(f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/failed-events")
+        echo(
+            f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/profiles/anon-7f3a/history"
+        )
+        echo(
+            f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/profiles/user-ada/events"
+        )
+        echo(f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/worker/status")
+        echo("  personify profiles show user-ada")
         echo("  personify events tail")
         echo("")
         if not serve:

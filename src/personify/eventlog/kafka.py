@@ -141,10 +141,12 @@ class _Thread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on this thread and await its result."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     def shutdown(self) -> None:
+        """Finish what is queued and stop the thread."""
         self._executor.shutdown(wait=True)
 
 
@@ -163,6 +165,7 @@ class _Member:
         self.committed: dict[int, int] = {}
 
     def subscribe(self) -> None:
+        """Join the group; the assignment arrives during a later ``poll``."""
         self.consumer.subscribe(
             [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
@@ -179,6 +182,7 @@ class _Member:
             self.committed.pop(partition, None)
 
     def poll(self, max_count: int, timeout_s: float) -> list[LogEntry]:
+        """Wait up to ``timeout_s`` for one entry, then take what else is already fetched."""
         first = self.consumer.poll(timeout_s)
         if first is None:
             return []
@@ -200,6 +204,7 @@ class _Member:
         return entries
 
     def commit(self, offsets: dict[int, int]) -> None:
+        """Commit ``partition -> next offset`` for the partitions this member still owns."""
         wanted = {p: o for p, o in offsets.items() if p in self.owned}
         unknown = [TopicPartition(self.topic, p) for p in wanted if p not in self.committed]
         if unknown:
@@ -227,6 +232,7 @@ class _Member:
                 raise KafkaException(tp.error)
 
     def close(self) -> None:
+        """Leave the group (without committing) and close the consumer."""
         self.consumer.close()
 
 
@@ -593,7 +599,16 @@ class KafkaEventLog:
         offsets: dict[int, int] = {}
         for entry in entries:
             offsets[entry.partition] = max(offsets.get(entry.partition, 0), int(entry.offset) + 1)
-        member = await self._member(group, consumer)
+        member = self._members.get((group, consumer))
+        if member is None:
+            # joining the group just to commit would start a rebalance; not committing only
+            # means these entries are delivered again (at least once)
+            logger.warning(
+                "commit for %s/%s, which has read nothing from this log, is dropped",
+                group,
+                consumer,
+            )
+            return
         try:
             await member.thread.run(member.commit, offsets)
         except KafkaException as exc:

@@ -93,7 +93,10 @@ def lake_sink(once: bool) -> None:
     help="vacuum files removed longer ago than this (default PERSONIFY_LAKE_VACUUM_RETENTION_HOURS)",
 )
 @click.option("--no-vacuum", is_flag=True, help="compact only")
-def lake_optimize(retention_hours: int | None, no_vacuum: bool) -> None:
+@click.option(
+    "--full", is_flag=True, help="also delete files no commit references (from crashed writes)"
+)
+def lake_optimize(retention_hours: int | None, no_vacuum: bool, full: bool) -> None:
     """Compact small files into large ones and vacuum old ones (safe while writing continues)."""
     from personify.lake.table import Lake
 
@@ -105,7 +108,9 @@ def lake_optimize(retention_hours: int | None, no_vacuum: bool) -> None:
             "read the files a compaction removed",
             code="invalid_retention",
         )
-    result = Lake.from_settings(settings).optimize(retention_hours=retention, vacuum=not no_vacuum)
+    result = Lake.from_settings(settings).optimize(
+        retention_hours=retention, vacuum=not no_vacuum, full=full
+    )
     click.echo(
         f"compacted {result.files_removed} files into {result.files_added}, "
         f"vacuumed {result.files_vacuumed}; version {result.version_before} -> "

@@ -33,7 +33,7 @@ from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
-from personify.events.normalize import Normalizer, partition_key
+from personify.events.normalize import Normalizer, parse_timestamp, partition_key
 from personify.ingest.sources import Source
 from personify.lake.schema import TIMESTAMP
 from personify.quality.checks import QualityContext, ingest_checks
@@ -260,6 +260,27 @@ def progress_total(path: Path, fmt: FileFormat) -> int:
 # -- the import ------------------------------------------------------------------------------
 
 
+def arrival(raw: Any, now: datetime) -> datetime:
+    """When a historical row first reached a collector: its ``receivedAt``, else ``sentAt``,
+    else its own time; never later than ``now``.
+
+    A backfill keeps its history's arrival times, so point-in-time features see imported
+    events as known when they happened, and the clock correction (receivedAt - (sentAt -
+    originalTimestamp)) comes out as it did the first time.
+    """
+    if isinstance(raw, dict):
+        for name in ("receivedAt", "sentAt", "timestamp", "originalTimestamp"):
+            value = raw.get(name)
+            if value is None:
+                continue
+            try:
+                moment = parse_timestamp(name, value)
+            except ValidationError:
+                return now  # the normaliser rejects the row with the precise reason
+            return min(moment, now)
+    return now
+
+
 def _frame_of(events: list[dict[str, Any]]) -> Any:
     table = pa.table(
         {
@@ -376,7 +397,7 @@ class EventImporter:
                 if row.error is not None:
                     raise row.error
                 event = self._normalizer.normalize(
-                    row.raw, received_at=received_at, source_id=source_id
+                    row.raw, received_at=arrival(row.raw, received_at), source_id=source_id
                 )
                 payload = _encode(event)
                 self._normalizer.check_size(payload)

@@ -16,34 +16,31 @@ from personify.quality.runner import QualityRun, enforce, run_checks
 if TYPE_CHECKING:
     from personify.settings import Settings
 
+# per day of arrival in the log: pipeline health (a backfill keeps its old receivedAt)
 _DAILY = """
 SELECT
-    event_date,
+    CAST(coalesce(appended_at, received_at) AS DATE) AS day,
     count(*) AS events,
     count(*) FILTER (WHERE user_id IS NULL) AS anonymous_events,
     count(*) - count(DISTINCT (source_id, message_id)) AS duplicate_message_ids,
-    max(received_at) AS newest_received_at
+    max(coalesce(appended_at, received_at)) AS newest_appended_at
 FROM events_raw
-WHERE event_date >= $start
-GROUP BY event_date
-ORDER BY event_date
+WHERE coalesce(appended_at, received_at) >= $start
+GROUP BY 1
+ORDER BY 1
 """
 
 
 def daily_volume(warehouse: Warehouse, *, start: datetime, end: datetime) -> pd.DataFrame:
-    """Events per day from ``start`` to ``end`` (days without events count zero)."""
-    frame = (
-        warehouse.connection.sql(_DAILY, params={"start": start.date()})
-        .to_arrow_table()
-        .to_pandas()
-    )
+    """Events per day of arrival from ``start`` to ``end`` (days without events count zero)."""
+    frame = warehouse.connection.sql(_DAILY, params={"start": start}).to_arrow_table().to_pandas()
     days = pd.DataFrame(
-        {"event_date": [d.date() for d in pd.date_range(start.date(), end.date(), freq="D")]}
+        {"day": [d.date() for d in pd.date_range(start.date(), end.date(), freq="D")]}
     )
-    merged = days.merge(frame, on="event_date", how="left")
+    merged = days.merge(frame, on="day", how="left")
     for column in ("events", "anonymous_events", "duplicate_message_ids"):
         merged[column] = merged[column].fillna(0).astype("int64")
-    merged["newest_received_at"] = pd.to_datetime(merged["newest_received_at"], utc=True).astype(
+    merged["newest_appended_at"] = pd.to_datetime(merged["newest_appended_at"], utc=True).astype(
         "datetime64[us, UTC]"
     )
     return merged
@@ -58,7 +55,9 @@ def check_lake(
     raise_on_failure: bool = True,
 ) -> QualityRun:
     """Run the ``lake`` stage over the last ``quality_volume_history_days`` days and today."""
-    start = now - timedelta(days=settings.quality_volume_history_days + 1)
+    start = (now - timedelta(days=settings.quality_volume_history_days + 1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     context = QualityContext(
         now=now,
         freshness_hours=settings.quality_freshness_hours,

@@ -74,6 +74,8 @@ STABLE_SCHEMA = pa.schema(
         pa.field("extra", pa.string()),
         pa.field("log_partition", pa.int32()),
         pa.field("log_offset", pa.string()),
+        # when the event log accepted the record: pipeline health, not business time
+        pa.field("appended_at", TIMESTAMP),
     ]
 )
 STABLE_COLUMNS = tuple(STABLE_SCHEMA.names)
@@ -190,12 +192,14 @@ def events_to_table(
     *,
     partitions: Sequence[int],
     offsets: Sequence[str],
+    appended_at: Sequence[float] | None = None,
     existing: pa.Schema | None = None,
     max_promoted: int = 200,
 ) -> pa.Table:
     """Arrow rows for ``events`` (already checked by ``decode_payload``/``check_timestamps``).
 
-    ``existing`` is the table's current schema: a promoted column keeps the type it has there,
+    ``partitions``, ``offsets`` and ``appended_at`` (epoch seconds) say where each event was
+    in the log. ``existing`` is the table's current schema: a promoted column keeps the type it has there,
     and no new promoted column is added once ``max_promoted`` exist.
     """
     columns: dict[str, pa.Array] = {}
@@ -215,6 +219,11 @@ def events_to_table(
     )
     columns["log_partition"] = pa.array(partitions, pa.int32())
     columns["log_offset"] = pa.array(offsets, pa.string())
+    columns["appended_at"] = (
+        pa.array([round(t * 1_000_000) for t in appended_at], pa.int64()).cast(TIMESTAMP)
+        if appended_at is not None
+        else pa.nulls(len(events), TIMESTAMP)
+    )
     table = pa.table(columns, schema=STABLE_SCHEMA)
     for name, array in _promoted_columns(events, existing, max_promoted).items():
         table = table.append_column(pa.field(name, array.type), array)

@@ -55,6 +55,7 @@ _QUALITY_COLUMNS = (
     "timestamp",
     "received_at",
     "event_date",
+    "appended_at",
 )
 _RETRY_MAX_S = 30.0
 
@@ -261,6 +262,7 @@ class LakeSink:
                 events,
                 partitions=[e.partition for e in kept],
                 offsets=[e.offset for e in kept],
+                appended_at=[e.appended_at for e in kept],
                 existing=self._lake.schema(),
                 max_promoted=self._max_promoted,
             )

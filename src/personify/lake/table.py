@@ -255,13 +255,17 @@ class Lake:
 
     # -- maintenance -------------------------------------------------------------------------
 
-    def optimize(self, *, retention_hours: int, vacuum: bool = True) -> OptimizeResult:
+    def optimize(
+        self, *, retention_hours: int, vacuum: bool = True, full: bool = False
+    ) -> OptimizeResult:
         """Compact small files into large ones, then vacuum files unreferenced for a while.
 
         Safe while a writer appends: compaction only rewrites files it read, and a commit that
         races an append is retried on the new version. Vacuum deletes only files that a
-        commit removed more than ``retention_hours`` ago (never a file a writer has not
-        committed yet), so readers of versions younger than that keep working.
+        commit removed more than ``retention_hours`` ago, so readers of versions younger than
+        that keep working. ``full`` also deletes files no commit references (left by a crashed
+        write) once they are older than the retention, which a writer's files in flight are
+        not as long as the retention is longer than a write takes.
         """
         table = self.open()
         before = int(table.version())
@@ -292,6 +296,7 @@ class Lake:
                     retention_hours=retention_hours,
                     dry_run=False,
                     enforce_retention_duration=False,
+                    full=full,
                 )
                 table.create_checkpoint()
             except (DeltaError, OSError) as exc:

@@ -14,6 +14,9 @@ T, so a training row holds only what a real-time system could have known at T.
 Labels come from the window (T, T + horizon] by event time, matched to the profile through
 the ids it had at T: ``churn`` is 1 when no event falls in the window, ``ltv`` is the revenue
 in it (the same ``revenue``/``total`` reading as the ``revenue`` feature).
+
+Memory: a profile state takes tens of KB as Python objects, so profiles are replayed in
+shards of whole identity components (``max_ids_per_shard`` ids, about), one shard at a time.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pyarrow as pa
@@ -56,27 +60,41 @@ if TYPE_CHECKING:
     from personify.settings import Settings
     from personify.store.database import Database
 
-Label = Literal["churn", "ltv"]
 DEFAULT_HORIZON_DAYS: dict[str, float] = {"churn": 30.0, "ltv": 90.0}
 _BATCH_ROWS = 20_000
+# ids replayed at once: bounds memory (a profile state takes tens of KB in Python)
+DEFAULT_SHARD_IDS = 50_000
 _JSON_SECTIONS = frozenset({"affinities", "last_events"})
 _NON_NEGATIVE_BUILT_INS = ("events_total", "recency_days", "sessions__")
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
 _encode = msgspec.json.Encoder(order="deterministic").encode
 
 _TIME = "strftime({0}, '%Y-%m-%dT%H:%M:%S.%gZ') AS {0}"
-# the events as the log carried them: text timestamps so view_event parses what the worker did
+# The events as the log carried them: text timestamps, so view_event parses what the worker
+# did. A plain scan, so DuckDB streams it.
 _EVENTS = f"""
 SELECT message_id, type, event, name, user_id, anonymous_id, previous_id, group_id, source_id,
     {_TIME.format("timestamp")}, {_TIME.format("original_timestamp")},
     {_TIME.format("sent_at")}, {_TIME.format("received_at")},
-    properties, traits, context, extra
+    properties, traits, context, extra, log_partition, log_offset
 FROM events_raw
 WHERE {{where}}
-QUALIFY row_number() OVER (
-    PARTITION BY source_id, message_id
-    ORDER BY received_at, log_partition, TRY_CAST(log_offset AS BIGINT), log_offset
-) = 1
+"""
+# Each (source, messageId) counts once and its first arrival wins, like the worker's
+# applied_events. Copies are rare: only they are ranked, and the later ones skipped.
+_LATER_COPIES = """
+SELECT log_partition, log_offset FROM (
+    SELECT e.log_partition, e.log_offset, row_number() OVER (
+        PARTITION BY e.source_id, e.message_id
+        ORDER BY e.received_at, e.log_partition, TRY_CAST(e.log_offset AS BIGINT), e.log_offset
+    ) AS arrival
+    FROM events_raw AS e SEMI JOIN (
+        SELECT source_id, message_id FROM events_raw WHERE {where}
+        GROUP BY 1, 2 HAVING count(*) > 1
+    ) AS r ON e.source_id IS NOT DISTINCT FROM r.source_id AND e.message_id = r.message_id
+    WHERE {where}
+)
+WHERE arrival > 1
 """
 
 
@@ -93,9 +111,17 @@ def definitions_digest(features: FeatureSet) -> str:
 def _events(
     warehouse: Warehouse, where: str, params: Mapping[str, Any], batch_rows: int
 ) -> Iterator[ProfileEvent]:
+    later = {
+        (partition, offset)
+        for partition, offset in warehouse.connection.sql(
+            _LATER_COPIES.format(where=where), params=dict(params)
+        ).fetchall()
+    }
     reader = warehouse.connection.sql(_EVENTS.format(where=where), params=dict(params))
     for batch in reader.to_arrow_reader(batch_rows):
         for row in batch.to_pylist():
+            if later and (row["log_partition"], row["log_offset"]) in later:
+                continue
             try:
                 yield view_event(row_to_event(row))
             except ValidationError:
@@ -104,12 +130,112 @@ def _events(
 
 @dataclass(slots=True)
 class ProfilesAsOf:
-    """Every profile as it was at ``as_of``: canonical id -> state."""
+    """Profiles as they were at ``as_of`` (all of them, or one shard): canonical id -> state."""
 
     as_of: datetime
     version: int | None
     states: dict[str, ProfileState]
     events: int = 0
+
+
+def _replay(
+    events: Iterable[ProfileEvent], features: FeatureSet
+) -> tuple[dict[str, ProfileState], int]:
+    links: UnionFind[str] = UnionFind()
+    states: dict[str, ProfileState] = {}
+    applied = 0
+    for event in events:
+        ids = event.ids
+        roots = {links.find(i) for i in ids}
+        for other in ids[1:]:
+            links.union(ids[0], other)
+        root = links.find(ids[0])
+        state: ProfileState | None = None
+        for old in roots:
+            # this event links profiles: merge them as the worker does
+            found = states.pop(old, None)
+            if found is None:
+                continue
+            if state is None:
+                state = found
+            else:
+                merge_states(state, found, features)
+        if state is None:
+            state = ProfileState()
+        apply_event(state, event, features)
+        states[root] = state
+        applied += 1
+    by_profile = {
+        canonical_id(s.user_ids, s.anonymous_ids | s.previous_ids): s for s in states.values()
+    }
+    return by_profile, applied
+
+
+_IDS = """
+SELECT DISTINCT user_id, anonymous_id, previous_id FROM events_raw WHERE received_at <= $as_of
+"""
+_IN_SHARD = (
+    "received_at <= $as_of AND coalesce(user_id, anonymous_id) IN "
+    "(SELECT identity FROM identity_shards WHERE shard = $shard)"
+)
+
+
+def _shards(warehouse: Warehouse, as_of: datetime, max_ids: int) -> int:
+    """Split the ids into shards of whole identity components; registers ``identity_shards``.
+
+    Links are taken from every event in scope, valid or not, so a component here can only be
+    a union of the worker's profiles, never a part of one: each profile is in one shard.
+    """
+    links: UnionFind[str] = UnionFind()
+    for row in warehouse.connection.sql(_IDS, params={"as_of": as_of}).fetchall():
+        ids = [i for i in row if i]
+        for i in ids:
+            links.find(i)
+        for other in ids[1:]:
+            links.union(ids[0], other)
+    groups = links.groups()
+    identities = sum(len(members) for members in groups.values())
+    count = max(1, math.ceil(identities / max_ids))
+    if count == 1:
+        return 1
+    names: list[str] = []
+    shards: list[int] = []
+    for root, members in groups.items():
+        shard = zlib.crc32(root.encode()) % count
+        names.extend(members)
+        shards.extend([shard] * len(members))
+    table = pa.table(
+        {"identity": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())}
+    )
+    warehouse.connection.register("identity_shards", table)
+    return count
+
+
+def replay_shards(
+    lake: Lake,
+    features: FeatureSet,
+    as_of: datetime,
+    *,
+    version: int | None = None,
+    batch_rows: int = _BATCH_ROWS,
+    max_ids_per_shard: int | None = None,
+) -> Iterator[ProfilesAsOf]:
+    """The profiles at ``as_of``, shard by shard, so memory holds one shard's states at a time.
+
+    Each shard is a set of whole identity components with at most ``max_ids_per_shard`` ids
+    (about; components are not split); ``None`` replays everything as one shard.
+    """
+    with Warehouse(lake, version=version) as warehouse:
+        count = 1
+        if max_ids_per_shard is not None:
+            count = _shards(warehouse, as_of, max_ids_per_shard)
+        for shard in range(count):
+            where = _IN_SHARD if count > 1 else "received_at <= $as_of"
+            params: dict[str, Any] = {"as_of": as_of}
+            if count > 1:
+                params["shard"] = shard
+            states, applied = _replay(_events(warehouse, where, params, batch_rows), features)
+            yield ProfilesAsOf(as_of, warehouse.version, states, applied)
 
 
 def replay_profiles(
@@ -121,36 +247,8 @@ def replay_profiles(
     batch_rows: int = _BATCH_ROWS,
 ) -> ProfilesAsOf:
     """Rebuild every profile from the events accepted by ``as_of`` (the worker's functions)."""
-    links: UnionFind[str] = UnionFind()
-    states: dict[str, ProfileState] = {}
-    applied = 0
-    with Warehouse(lake, version=version) as warehouse:
-        for event in _events(warehouse, "received_at <= $as_of", {"as_of": as_of}, batch_rows):
-            ids = event.ids
-            roots = {links.find(i) for i in ids}
-            for other in ids[1:]:
-                links.union(ids[0], other)
-            root = links.find(ids[0])
-            state: ProfileState | None = None
-            for old in roots:
-                # this event links profiles: merge them as the worker does
-                found = states.pop(old, None)
-                if found is None:
-                    continue
-                if state is None:
-                    state = found
-                else:
-                    merge_states(state, found, features)
-            if state is None:
-                state = ProfileState()
-            apply_event(state, event, features)
-            states[root] = state
-            applied += 1
-        lake_version = warehouse.version
-    by_profile = {
-        canonical_id(s.user_ids, s.anonymous_ids | s.previous_ids): s for s in states.values()
-    }
-    return ProfilesAsOf(as_of, lake_version, by_profile, applied)
+    [profiles] = replay_shards(lake, features, as_of, version=version, batch_rows=batch_rows)
+    return profiles
 
 
 def profile_documents(profiles: ProfilesAsOf, features: FeatureSet) -> dict[str, dict[str, Any]]:
@@ -197,26 +295,86 @@ def _column(values: list[Any]) -> pa.Array:
     )
 
 
-def feature_table(documents: Mapping[str, Mapping[str, Any]], as_of: datetime) -> pa.Table:
-    """The feature table: one row per profile, ``user_id`` first, columns sorted."""
-    ids = sorted(documents)
-    rows = [flatten_document(documents[pid]) for pid in ids]
-    names = sorted({name for row in rows for name in row})
+def _table(rows: Iterable[tuple[str, dict[str, Any]]], as_of: datetime) -> pa.Table:
+    ids: list[str] = []
+    values: dict[str, list[Any]] = {}
+    for index, (pid, row) in enumerate(rows):
+        ids.append(pid)
+        for name, value in row.items():
+            column = values.get(name)
+            if column is None:
+                column = values[name] = [None] * index
+            column.append(value)
+        for column in values.values():
+            if len(column) == index:
+                column.append(None)
     columns: dict[str, pa.Array] = {
         "user_id": pa.array(ids, pa.string()),
         "as_of": pa.array([as_of] * len(ids), pa.timestamp("us", tz="UTC")),
     }
-    for name in names:
-        columns[name] = _column([row.get(name) for row in rows])
+    for name in sorted(values):
+        columns[name] = _column(values[name])
     return pa.table(columns)
 
 
+def feature_table(documents: Mapping[str, Mapping[str, Any]], as_of: datetime) -> pa.Table:
+    """The feature table of evaluated documents: one row per profile, ``user_id`` first."""
+    return _table(((pid, flatten_document(documents[pid])) for pid in sorted(documents)), as_of)
+
+
+def profiles_table(profiles: ProfilesAsOf, features: FeatureSet) -> pa.Table:
+    """The feature table of replayed profiles, evaluated one at a time (no documents kept)."""
+    as_of_ms = datetime_ms(profiles.as_of)
+    rows = (
+        (pid, flatten_document(evaluate_profile(profiles.states[pid], features, as_of_ms)))
+        for pid in sorted(profiles.states)
+    )
+    return _table(rows, profiles.as_of)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Shards' tables as one, sorted by ``user_id``; a column typed apart in two shards
+    becomes double (numbers) or text (anything else)."""
+    if len(tables) == 1:
+        return tables[0]
+    kinds: dict[str, set[pa.DataType]] = {}
+    for table in tables:
+        for f in table.schema:
+            kinds.setdefault(f.name, set()).add(f.type)
+    targets: dict[str, pa.DataType] = {}
+    for name, types in kinds.items():
+        if len(types) == 1:
+            targets[name] = next(iter(types))
+        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types):
+            targets[name] = pa.float64()
+        else:
+            targets[name] = pa.string()
+    names = ["user_id", "as_of", *sorted(n for n in kinds if n not in ("user_id", "as_of"))]
+    aligned = []
+    for table in tables:
+        columns = [
+            table.column(n).cast(targets[n])
+            if n in table.column_names
+            else pa.nulls(table.num_rows, targets[n])
+            for n in names
+        ]
+        aligned.append(pa.table(dict(zip(names, columns, strict=True))))
+    return pa.concat_tables(aligned).sort_by("user_id")
+
+
 def features_as_of(
-    lake: Lake, features: FeatureSet, as_of: datetime, *, version: int | None = None
+    lake: Lake,
+    features: FeatureSet,
+    as_of: datetime,
+    *,
+    version: int | None = None,
+    max_ids_per_shard: int | None = DEFAULT_SHARD_IDS,
 ) -> pa.Table:
     """Every user's feature vector as it was at ``as_of`` (see the module docstring)."""
-    profiles = replay_profiles(lake, features, as_of, version=version)
-    return feature_table(profile_documents(profiles, features), as_of)
+    shards = replay_shards(
+        lake, features, as_of, version=version, max_ids_per_shard=max_ids_per_shard
+    )
+    return _concat([profiles_table(p, features) for p in shards])
 
 
 def numeric_columns(table: pa.Table) -> list[str]:
@@ -260,25 +418,31 @@ _LABEL_FEATURES = FeatureSet(
 
 def _labels(
     lake: Lake,
-    profiles: ProfilesAsOf,
+    owner: Mapping[str, str],
     *,
+    as_of: datetime,
+    version: int | None,
     horizon: timedelta,
     batch_rows: int,
 ) -> dict[str, dict[str, Any]]:
-    owner = {i: pid for pid, s in profiles.states.items() for i in s.all_ids()}
-    start_ms = datetime_ms(profiles.as_of)
-    end_ms = datetime_ms(profiles.as_of + horizon)
-    state: dict[str, dict[str, Any]] = {pid: {} for pid in profiles.states}
-    # a future-dated event is placed at its arrival by view_event, so read a day around it
-    window = "timestamp > $start - INTERVAL 2 DAY AND timestamp <= $end + INTERVAL 2 DAY"
-    params = {"start": profiles.as_of, "end": profiles.as_of + horizon}
-    with Warehouse(lake, version=profiles.version) as warehouse:
+    """Label values per profile from the events of (as_of, as_of + horizon] by event time."""
+    start_ms = datetime_ms(as_of)
+    end_ms = datetime_ms(as_of + horizon)
+    state: dict[str, dict[str, Any]] = {}
+    # view_event places a future-dated event at its arrival: read by either time
+    window = (
+        "(timestamp > $start - INTERVAL 2 DAY AND timestamp <= $end + INTERVAL 2 DAY) "
+        "OR (received_at > $start AND received_at <= $end)"
+    )
+    params = {"start": as_of, "end": as_of + horizon}
+    with Warehouse(lake, version=version) as warehouse:
         for event in _events(warehouse, window, params, batch_rows):
             if not start_ms < event.ts <= end_ms:
                 continue
             pid = next((owner[i] for i in event.ids if i in owner), None)
             if pid is not None:
-                update_features(state[pid], _LABEL_FEATURES, event, keep_from_ms=event.ts)
+                accumulators = state.setdefault(pid, {})
+                update_features(accumulators, _LABEL_FEATURES, event, keep_from_ms=event.ts)
     labels: dict[str, dict[str, Any]] = {}
     for pid, accumulators in state.items():
         values = evaluate_features(accumulators, _LABEL_FEATURES, end_ms)
@@ -300,7 +464,6 @@ class FeatureResult:
     lake_version: int | None
     lineage_id: str | None = None
     quality: QualityRun | None = None
-    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def row_count(self) -> int:
@@ -320,6 +483,7 @@ class FeatureJob:
         quality: QualityContext | None = None,
         clock: Clock | None = None,
         batch_rows: int = _BATCH_ROWS,
+        max_ids_per_shard: int | None = DEFAULT_SHARD_IDS,
     ) -> None:
         self.lake = lake
         self.features = features
@@ -327,6 +491,7 @@ class FeatureJob:
         self._quality = quality
         self._clock = clock or SystemClock()
         self._batch_rows = batch_rows
+        self._max_ids_per_shard = max_ids_per_shard
 
     @classmethod
     def from_settings(cls, settings: Settings, *, db: Database | None = None) -> FeatureJob:
@@ -373,7 +538,6 @@ class FeatureJob:
         time_end: datetime,
         parameters: dict[str, Any],
         output: Path | None,
-        documents: dict[str, dict[str, Any]] | None = None,
     ) -> FeatureResult:
         """Check a derived table (stage ``features``), write it, and record its lineage.
 
@@ -412,25 +576,42 @@ class FeatureJob:
                 run.lineage_id = lineage_id
         if run is not None and record is not None:
             record(run)
-        return FeatureResult(table, version, lineage_id, run, documents or {})
+        return FeatureResult(table, version, lineage_id, run)
+
+    def _build(
+        self, as_of: datetime, version: int | None = None
+    ) -> tuple[pa.Table, dict[str, str], int | None]:
+        """The feature table at ``as_of``, each id's profile, and the lake version read."""
+        tables: list[pa.Table] = []
+        owner: dict[str, str] = {}
+        for shard in replay_shards(
+            self.lake,
+            self.features,
+            as_of,
+            version=version,
+            batch_rows=self._batch_rows,
+            max_ids_per_shard=self._max_ids_per_shard,
+        ):
+            version = shard.version
+            tables.append(profiles_table(shard, self.features))
+            owner.update((i, pid) for pid, s in shard.states.items() for i in s.all_ids())
+            shard.states.clear()
+        return _concat(tables), owner, version
 
     def features_as_of(self, as_of: datetime, *, output: Path | None = None) -> FeatureResult:
         """Every user's features at ``as_of``; checked (stage ``features``) and recorded.
 
         Raises ``QualityCheckFailed`` (nothing written) when a critical check fails.
         """
-        profiles = replay_profiles(self.lake, self.features, as_of, batch_rows=self._batch_rows)
-        documents = profile_documents(profiles, self.features)
-        table = feature_table(documents, as_of)
+        table, _, version = self._build(as_of)
         return self.publish(
             "feature_table",
             table,
-            version=profiles.version,
+            version=version,
             as_of=as_of,
             time_end=as_of,
             parameters={},
             output=output,
-            documents=documents,
         )
 
     def training_frame(
@@ -454,29 +635,39 @@ class FeatureJob:
         if not math.isfinite(days) or days <= 0:
             raise ValidationError("the horizon must be a positive number of days")
         horizon = timedelta(days=days)
-        profiles = replay_profiles(self.lake, self.features, as_of, batch_rows=self._batch_rows)
-        self._require_observed(as_of + horizon, profiles.version)
-        documents = profile_documents(profiles, self.features)
-        table = feature_table(documents, as_of)
-        labels = _labels(self.lake, profiles, horizon=horizon, batch_rows=self._batch_rows)
+        version = self.lake.version()
+        self._require_observed(as_of + horizon, version)
+        table, owner, version = self._build(as_of, version)
+        labels = _labels(
+            self.lake,
+            owner,
+            as_of=as_of,
+            version=version,
+            horizon=horizon,
+            batch_rows=self._batch_rows,
+        )
+        none: dict[str, Any] = {"events": 0, "revenue": 0.0}
         ids = table.column("user_id").to_pylist()
         if label == "churn":
-            values = pa.array([int(labels[i]["events"] == 0) for i in ids], pa.int8())
+            values = pa.array([int(labels.get(i, none)["events"] == 0) for i in ids], pa.int8())
         else:
-            values = pa.array([float(labels[i]["revenue"]) for i in ids], pa.float64())
+            values = pa.array([float(labels.get(i, none)["revenue"]) for i in ids], pa.float64())
         table = table.append_column(f"label_{label}", values)
         return self.publish(
             "training_frame",
             table,
-            version=profiles.version,
+            version=version,
             as_of=as_of,
             time_end=as_of + horizon,
             parameters={"label": label, "horizon_days": days},
             output=output,
-            documents=documents,
         )
 
     def _require_observed(self, until: datetime, version: int | None) -> None:
+        if version is None:
+            raise ValidationError(
+                f"the lake at {self.lake.uri} has no events yet", code="label_window_not_observed"
+            )
         with Warehouse(self.lake, version=version) as warehouse:
             newest = warehouse.query("SELECT max(received_at) AS newest FROM events_raw")
         reached = newest.column("newest")[0].as_py()

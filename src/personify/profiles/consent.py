@@ -16,13 +16,13 @@ from typing import Any
 def consent_preferences(data: Mapping[str, Any]) -> dict[str, bool] | None:
     """The event's ``context.consent.categoryPreferences`` (boolean entries only), if any."""
     context = data.get("context")
-    if not isinstance(context, Mapping):
+    if type(context) is not dict:
         return None
     consent = context.get("consent")
-    if not isinstance(consent, Mapping):
+    if type(consent) is not dict:
         return None
     preferences = consent.get("categoryPreferences")
-    if not isinstance(preferences, Mapping):
+    if type(preferences) is not dict:
         return None
     return {str(k): v for k, v in preferences.items() if isinstance(v, bool)}
 

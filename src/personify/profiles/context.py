@@ -77,20 +77,25 @@ def os_name(user_agent: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _parse_user_agent(user_agent: str) -> tuple[str, str | None, str | None]:
+def _parse_user_agent(user_agent: str) -> tuple[str, str | None, str | None] | None:
     # a site sees few distinct User-Agent strings, so each is parsed once
+    user_agent = user_agent.strip()
+    if not user_agent:
+        return None
     return device_type(user_agent), browser_name(user_agent), os_name(user_agent)
 
 
 def _host(url: Any) -> str | None:
-    text = _text(url)
-    if not text:
+    if type(url) is not str or not url:
         return None
-    return _hostname(text)
+    return _hostname(url)
 
 
 @lru_cache(maxsize=4096)
 def _hostname(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
     try:
         host = urlsplit(text).hostname
     except ValueError:
@@ -101,9 +106,10 @@ def _hostname(text: str) -> str | None:
 
 
 def _utm(query: Any) -> dict[str, str]:
-    text = _text(query)
-    if not text:
+    """``utm_*`` parameters of a URL or query string (nothing to parse without ``utm_``)."""
+    if type(query) is not str or "utm_" not in query:
         return {}
+    text = query.strip()
     if "?" in text:
         text = text.split("?", 1)[1]
     found: dict[str, str] = {}
@@ -117,69 +123,105 @@ def _utm(query: Any) -> dict[str, str]:
     return found
 
 
+def _named(campaign: dict[str, str]) -> dict[str, str] | None:
+    if "source" in campaign or "medium" in campaign or "name" in campaign:
+        return campaign
+    return None
+
+
 def campaign_of(data: Mapping[str, Any]) -> dict[str, str] | None:
-    """The campaign of an event: ``context.campaign``, else the page URL's ``utm_*`` parameters."""
-    context = _mapping(data.get("context"))
-    declared = _mapping(context.get("campaign"))
-    campaign = {k: v for k in _CAMPAIGN_FIELDS if (v := _text(declared.get(k)))} if declared else {}
-    if not campaign and (context or "search" in _mapping(data.get("properties"))):
-        page = _mapping(context.get("page"))
-        properties = _mapping(data.get("properties"))
-        for query in (page.get("search"), page.get("url"), properties.get("search")):
-            campaign = _utm(query)
-            if campaign:
-                break
-    if not campaign or not ("source" in campaign or "medium" in campaign or "name" in campaign):
-        return None
-    return campaign
+    """The campaign of an event: ``context.campaign``, else the page URL's ``utm_*`` parameters.
+
+    A campaign names at least a source, a medium or a name; anything less is none.
+    """
+    context = data.get("context")
+    if type(context) is dict and context:
+        declared = context.get("campaign")
+        if type(declared) is dict and declared:
+            campaign = {k: v for k in _CAMPAIGN_FIELDS if (v := _text(declared.get(k)))}
+            if _named(campaign):
+                return campaign
+        page = context.get("page")
+        if type(page) is dict:
+            for query in (page.get("search"), page.get("url")):
+                if type(query) is str and "utm_" in query:
+                    return _named(_utm(query))
+    properties = data.get("properties")
+    if type(properties) is dict:
+        query = properties.get("search")
+        if type(query) is str and "utm_" in query:
+            return _named(_utm(query))
+    return None
 
 
-def context_fields(
-    data: Mapping[str, Any], campaign: dict[str, str] | None = None
-) -> dict[str, str]:
+_UNSET: Any = object()
+
+
+def _clean(value: Any) -> str | None:
+    # the inline form of _text for the hot path below
+    if type(value) is str:
+        value = value.strip()
+        return value[:_MAX_TEXT] if value else None
+    return None
+
+
+def context_fields(data: Mapping[str, Any], campaign: Any = _UNSET) -> dict[str, str]:
     """The last-touch context fields an event carries (absent ones are left out).
 
-    ``campaign`` is ``campaign_of(data)`` when the caller has it already.
+    ``campaign`` is ``campaign_of(data)`` when the caller has it already (``None`` included).
     """
-    context = _mapping(data.get("context"))
+    context = data.get("context")
     fields: dict[str, str] = {}
-    if not context:
+    if type(context) is not dict or not context:
         return fields
-    user_agent = _text(context.get("userAgent"))
-    device = _mapping(context.get("device"))
-    declared_type = (_text(device.get("type")) or "").lower()
+    user_agent = context.get("userAgent")
+    parsed = _parse_user_agent(user_agent) if type(user_agent) is str and user_agent else None
+    device = context.get("device")
+    declared_type = ""
+    if type(device) is dict:
+        declared_type = (_clean(device.get("type")) or "").lower()
     if declared_type in _DEVICE_TYPES:
         fields["device_type"] = declared_type
     elif declared_type in _MOBILE_PLATFORMS:
         fields["device_type"] = "mobile"
-    elif user_agent:
-        fields["device_type"] = _parse_user_agent(user_agent)[0]
-    parsed = _parse_user_agent(user_agent) if user_agent else None
-    system = _text(_mapping(context.get("os")).get("name"))
-    if system is None and parsed:
-        system = parsed[2]
-    if system:
-        fields["os"] = system
+    elif parsed:
+        fields["device_type"] = parsed[0]
+    system = context.get("os")
+    name = _clean(system.get("name")) if type(system) is dict else None
+    if name is None and parsed:
+        name = parsed[2]
+    if name:
+        fields["os"] = name
     if parsed and parsed[1]:
         fields["browser"] = parsed[1]
-    location = _mapping(context.get("location"))
-    for name in ("country", "city"):
-        if value := _text(location.get(name)):
-            fields[name] = value
-    for name in ("locale", "timezone"):
-        if value := _text(context.get(name)):
-            fields[name] = value
-    page = _mapping(context.get("page"))
-    referrer = _host(page.get("referrer")) or _host(_mapping(context.get("referrer")).get("url"))
+    location = context.get("location")
+    if type(location) is dict:
+        for key in ("country", "city"):
+            if value := _clean(location.get(key)):
+                fields[key] = value
+    if value := _clean(context.get("locale")):
+        fields["locale"] = value
+    if value := _clean(context.get("timezone")):
+        fields["timezone"] = value
+    page = context.get("page")
+    if type(page) is not dict:
+        page = _EMPTY
+    referrer = _host(page.get("referrer"))
     if referrer is None:
-        referrer = _host(_mapping(data.get("properties")).get("referrer"))
+        declared = context.get("referrer")
+        if type(declared) is dict:
+            referrer = _host(declared.get("url"))
+    if referrer is None:
+        properties = data.get("properties")
+        if type(properties) is dict:
+            referrer = _host(properties.get("referrer"))
     # a referral from the site itself is navigation, not a source
     if referrer and referrer != _host(page.get("url")):
         fields["referrer"] = referrer
-    if campaign is None:
+    if campaign is _UNSET:
         campaign = campaign_of(data)
     if campaign:
-        for name in ("source", "medium", "name"):
-            if name in campaign:
-                fields["utm_" + ("campaign" if name == "name" else name)] = campaign[name]
+        for key in ("source", "medium", "name"):
+            if key in campaign:
+                fields["utm_" + ("campaign" if key == "name" else key)] = campaign[key]
     return fields

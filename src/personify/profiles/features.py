@@ -220,10 +220,12 @@ class PathSpec:
             self.values = _event_name_value
         elif self.text == "$type":
             self.values = _event_type_value
-        elif any(iterate for _, iterate in parts):
-            self.values = self._walk
-        else:
+        elif not any(iterate for _, iterate in parts):
             self.values = self._simple
+        elif not any(iterate for _, iterate in parts[:-1]):
+            self.values = self._list_at_end
+        else:
+            self.values = self._walk
 
     def _simple(self, event: ProfileEvent) -> list[Any]:
         value: Any = event.data
@@ -232,6 +234,18 @@ class PathSpec:
                 return []
             value = value.get(key)
         return [] if value is None else [value]
+
+    def _list_at_end(self, event: ProfileEvent) -> list[Any]:
+        value: Any = event.data
+        for key, _ in self.parts:
+            if type(value) is not dict:
+                return []
+            value = value.get(key)
+        if value is None:
+            return []
+        if type(value) is list:
+            return [v for v in value if v is not None]
+        return [value]
 
     def _walk(self, event: ProfileEvent) -> list[Any]:
         return resolve_path(event.data, self.parts)
@@ -583,6 +597,8 @@ def load_profile_config(path: Path | None) -> ProfileConfig:
 def _group_keys(feature: CompiledFeature, event: ProfileEvent) -> list[str]:
     if feature.group_by is None:
         return [""]
+    if feature.group_by.text == "$event":
+        return [event.name[:_MAX_GROUP_CHARS]]
     keys = []
     for value in feature.group_by.values(event):
         if isinstance(value, str | int | float | bool):
@@ -731,7 +747,8 @@ def update_affinities(
         values: set[str] = set()
         for path in rule.paths:
             for value in path.values(event):
-                if isinstance(value, str | int | float) and not isinstance(value, bool):
+                kind = type(value)
+                if kind is str or kind is int or kind is float:
                     text = str(value).strip().lower()[:_MAX_AFFINITY_VALUE_CHARS]
                     if text:
                         values.add(text)

@@ -19,7 +19,7 @@ retries the batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,7 @@ from personify.profiles.state import (
     decode_state,
     encode_state,
     merge_states,
+    needs_compaction,
 )
 from personify.store.database import Database
 from personify.store.tables import (
@@ -82,7 +83,6 @@ class ApplyResult:
 class _Loaded:
     version: int
     blob: str
-    created_at: datetime
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -107,35 +107,7 @@ class ProfileProcessor:
         self._clock = clock or SystemClock()
         self._max_identities = max_identities
         self._snapshot_every = max(1, snapshot_every)
-        self._update = (
-            profiles.update()
-            .where(
-                profiles.c.profile_id == sa.bindparam("b_profile_id"),
-                profiles.c.version == sa.bindparam("b_version"),
-            )
-            .values(
-                version=sa.bindparam("new_version"),
-                state=sa.bindparam("new_state"),
-                first_seen_ms=sa.bindparam("new_first_seen_ms"),
-                last_seen_ms=sa.bindparam("new_last_seen_ms"),
-                personalization_allowed=sa.bindparam("new_allowed"),
-                updated_at=sa.bindparam("new_updated_at"),
-            )
-        )
-        self._delete = profiles.delete().where(
-            profiles.c.profile_id == sa.bindparam("b_profile_id"),
-            profiles.c.version == sa.bindparam("b_version"),
-        )
-        self._repoint_identities = (
-            identities.update()
-            .where(identities.c.profile_id == sa.bindparam("b_from"))
-            .values(profile_id=sa.bindparam("b_into"))
-        )
-        self._repoint_events = (
-            applied_events.update()
-            .where(applied_events.c.profile_id == sa.bindparam("b_from"))
-            .values(profile_id=sa.bindparam("b_into"))
-        )
+        self._sql = _Statements()
 
     def apply(
         self, events: Sequence[ProfileEvent], payloads: Sequence[str] | None = None
@@ -167,15 +139,9 @@ class ProfileProcessor:
         now = self._clock.now()
         now_ms = datetime_ms(now)
         keys = list(dict.fromkeys(e.key for e in events))
-        seen: set[str] = set()
-        for chunk in _chunks(keys):
-            seen.update(
-                conn.execute(
-                    sa.select(applied_events.c.event_key).where(
-                        applied_events.c.event_key.in_(chunk)
-                    )
-                ).scalars()
-            )
+        seen: set[str] = {
+            row[0] for row in self._sql.select_in(conn, applied_events.c.event_key, (), keys)
+        }
         fresh: list[tuple[ProfileEvent, str]] = []
         for event, payload in zip(events, payloads, strict=True):
             if event.key in seen:
@@ -187,14 +153,12 @@ class ProfileProcessor:
             return ApplyResult(0, duplicates, [])
 
         all_ids = list(dict.fromkeys(i for event, _ in fresh for i in event.ids))
-        owner: dict[str, str] = {}
-        for chunk in _chunks(all_ids):
-            rows = conn.execute(
-                sa.select(identities.c.identity, identities.c.profile_id).where(
-                    identities.c.identity.in_(chunk)
-                )
+        owner: dict[str, str] = {
+            str(i): str(p)
+            for i, p in self._sql.select_in(
+                conn, identities.c.identity, (identities.c.profile_id,), all_ids
             )
-            owner.update((str(i), str(p)) for i, p in rows)
+        }
 
         links: UnionFind[Node] = UnionFind()
         for event, _ in fresh:
@@ -219,22 +183,16 @@ class ProfileProcessor:
             self._component(items, sorted(pids), loaded, owner, writer)
             for items, pids in components.values()
         ]
-        writer.flush(conn, self)
+        writer.flush(conn, self._sql)
         return ApplyResult(len(fresh), duplicates, touched)
 
     def _load(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, _Loaded]:
-        loaded: dict[str, _Loaded] = {}
-        for chunk in _chunks(profile_ids):
-            rows = conn.execute(
-                sa.select(
-                    profiles.c.profile_id,
-                    profiles.c.version,
-                    profiles.c.state,
-                    profiles.c.created_at,
-                ).where(profiles.c.profile_id.in_(chunk))
+        loaded = {
+            str(profile_id): _Loaded(int(version), str(blob))
+            for profile_id, version, blob in self._sql.select_in(
+                conn, profiles.c.profile_id, (profiles.c.version, profiles.c.state), profile_ids
             )
-            for profile_id, version, blob, created_at in rows:
-                loaded[str(profile_id)] = _Loaded(int(version), str(blob), created_at)
+        }
         missing = set(profile_ids) - set(loaded)
         if missing:
             # an identity points at a profile another writer is merging away right now
@@ -256,12 +214,15 @@ class ProfileProcessor:
         states = {pid: decode_state(loaded[pid].blob) for pid in profile_ids}
         ids_before = {pid: s.all_ids() for pid, s in states.items()}
         largest_before = max((len(ids) for ids in ids_before.values()), default=0)
+        # stored states are compacted, and merge_states compacts
         if len(profile_ids) == 1:
             state = states[profile_ids[0]]
         else:
             state = ProfileState()
             for pid in profile_ids:
                 merge_states(state, decode_state(loaded[pid].blob), features)
+        latest_before = state.last_seen
+        earliest_event = min(event.ts for event, _ in items)
         for event, _ in items:
             apply_event(state, event, features)
         ids = state.all_ids()
@@ -274,12 +235,13 @@ class ProfileProcessor:
                 details={"ids": sorted(ids)[:20]},
             )
         profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
-        compact_state(state, features)
+        if needs_compaction(state, features, latest_before, earliest_event):
+            compact_state(state, features)
         blob = encode_state(state).decode()
         message_ids = [event.message_id for event, _ in items]
         merged_from = tuple(pid for pid in profile_ids if pid != profile_id)
         existing = loaded.get(profile_id) if profile_id in states else None
-        old_blob = existing.blob if existing else "{}"
+        old_document = _decode(existing.blob) if existing else {}
         version = existing.version + 1 if existing else 1
         allowed = is_personalization_allowed(
             state.consent.value if state.consent else None, features.consent_categories
@@ -301,7 +263,7 @@ class ProfileProcessor:
         for event, payload in items:
             writer.event(event, payload, profile_id)
         kind = "merge" if merged_from else ("update" if existing else "create")
-        diff = diff_documents(_decode(old_blob), _decode(blob))
+        diff = diff_documents(old_document, msgspec.to_builtins(state, order="deterministic"))
         snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
         event_time = max(event.ts for event, _ in items)
         writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
@@ -421,63 +383,162 @@ class _BatchWriter:
             }
         )
 
-    def flush(self, conn: sa.Connection, processor: ProfileProcessor) -> None:
-        _checked(conn, processor._update, self.updates)
-        _checked(conn, processor._delete, self.deletes)
-        if self.repoints:
-            conn.execute(processor._repoint_identities, self.repoints)
-            conn.execute(processor._repoint_events, self.repoints)
-        if self.inserts:
-            conn.execute(profiles.insert(), self.inserts)
-        if self.identities:
-            conn.execute(identities.insert(), self.identities)
-        if self.events:
-            _insert_many(conn, applied_events, self.events)
-        if self.versions:
-            conn.execute(profile_versions.insert(), self.versions)
-        if self.merges:
-            conn.execute(profile_merges.insert(), self.merges)
+    def flush(self, conn: sa.Connection, sql: _Statements) -> None:
+        sql.checked(conn, "update", _update_profile, self.updates)
+        sql.checked(conn, "delete", _delete_profile, self.deletes)
+        sql.run(conn, "repoint identities", _repoint_identities, self.repoints)
+        sql.run(conn, "repoint events", _repoint_events, self.repoints)
+        sql.run(conn, "insert profiles", profiles.insert, self.inserts)
+        sql.run(conn, "insert identities", identities.insert, self.identities)
+        sql.run(conn, "insert events", applied_events.insert, self.events)
+        sql.run(conn, "insert versions", profile_versions.insert, self.versions)
+        sql.run(conn, "insert merges", _insert_merge, self.merges)
 
 
-def _checked(conn: sa.Connection, statement: sa.Executable, rows: list[dict[str, Any]]) -> None:
-    """Run a version-checked UPDATE/DELETE; any row that matched nothing is a conflict."""
-    if not rows:
-        return
-    if conn.dialect.supports_sane_multi_rowcount:
-        matched = conn.execute(statement, rows).rowcount
-    else:
-        matched = sum(conn.execute(statement, row).rowcount for row in rows)
-    if matched != len(rows):
-        raise Conflict(
-            "a profile changed since this batch read it; retry the batch",
-            code="profile_conflict",
+def _update_profile() -> sa.ClauseElement:
+    return (
+        profiles.update()
+        .where(
+            profiles.c.profile_id == sa.bindparam("b_profile_id"),
+            profiles.c.version == sa.bindparam("b_version"),
+        )
+        .values(
+            version=sa.bindparam("new_version"),
+            state=sa.bindparam("new_state"),
+            first_seen_ms=sa.bindparam("new_first_seen_ms"),
+            last_seen_ms=sa.bindparam("new_last_seen_ms"),
+            personalization_allowed=sa.bindparam("new_allowed"),
+            updated_at=sa.bindparam("new_updated_at"),
+        )
+    )
+
+
+def _delete_profile() -> sa.ClauseElement:
+    return profiles.delete().where(
+        profiles.c.profile_id == sa.bindparam("b_profile_id"),
+        profiles.c.version == sa.bindparam("b_version"),
+    )
+
+
+def _repoint_identities() -> sa.ClauseElement:
+    return (
+        identities.update()
+        .where(identities.c.profile_id == sa.bindparam("b_from"))
+        .values(profile_id=sa.bindparam("b_into"))
+    )
+
+
+def _repoint_events() -> sa.ClauseElement:
+    return (
+        applied_events.update()
+        .where(applied_events.c.profile_id == sa.bindparam("b_from"))
+        .values(profile_id=sa.bindparam("b_into"))
+    )
+
+
+def _insert_merge() -> sa.ClauseElement:
+    # the id is the database's to assign
+    return profile_merges.insert().values(
+        {c.name: sa.bindparam(c.name) for c in profile_merges.c if c.name != "id"}
+    )
+
+
+class _Compiled:
+    """A statement compiled once for one dialect, run through the driver's ``executemany``.
+
+    SQLAlchemy's per-row parameter handling costs more than SQLite's insert itself on the
+    worker's hot path, so rows go to the driver directly, with the dialect's own bind
+    processors (e.g. datetimes on SQLite) applied to the columns that have one.
+    """
+
+    def __init__(self, conn: sa.Connection, statement: sa.ClauseElement) -> None:
+        compiled: Any = statement.compile(dialect=conn.dialect)
+        self.sql = str(compiled)
+        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        self.processors: dict[str, Any] = dict(compiled._bind_processors)
+
+    def params(self, row: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        processors = self.processors
+        if self.order is None:
+            if not processors:
+                return row
+            return {k: processors[k](v) if k in processors else v for k, v in row.items()}
+        if not processors:
+            return tuple([row[name] for name in self.order])
+        return tuple(
+            [
+                processors[name](row[name]) if name in processors else row[name]
+                for name in self.order
+            ]
         )
 
 
-_FAST_INSERTS: dict[tuple[str, str], tuple[str, tuple[str, ...] | None] | None] = {}
+class _Statements:
+    """Compiled statements of one processor, by name (and IN-list size for the lookups)."""
 
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, Any], _Compiled] = {}
 
-def _insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """``INSERT`` many rows, skipping SQLAlchemy's per-row parameter processing when safe.
+    def _compiled(
+        self, conn: sa.Connection, name: Any, build: Callable[[], sa.ClauseElement]
+    ) -> _Compiled:
+        key = (conn.dialect.name, name)
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self._cache[key] = _Compiled(conn, build())
+        return compiled
 
-    The statement is compiled for the connection's dialect once. When none of its columns
-    needs a bind processor on this dialect (true for strings and integers everywhere), the
-    rows go straight to the driver's ``executemany``; otherwise through ``conn.execute``.
-    """
-    key = (conn.dialect.name, table.name)
-    if key not in _FAST_INSERTS:
-        compiled = table.insert().compile(dialect=conn.dialect)
-        if compiled._bind_processors:
-            _FAST_INSERTS[key] = None
+    def run(
+        self,
+        conn: sa.Connection,
+        name: str,
+        build: Callable[[], sa.ClauseElement],
+        rows: list[dict[str, Any]],
+    ) -> int:
+        """Execute the statement once per row (one ``executemany``); returns rows matched."""
+        if not rows:
+            return 0
+        compiled = self._compiled(conn, name, build)
+        params = [compiled.params(row) for row in rows]
+        return int(conn.exec_driver_sql(compiled.sql, params).rowcount)
+
+    def checked(
+        self,
+        conn: sa.Connection,
+        name: str,
+        build: Callable[[], sa.ClauseElement],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """A version-checked UPDATE/DELETE; any row that matched nothing is a conflict."""
+        if not rows:
+            return
+        if conn.dialect.supports_sane_multi_rowcount:
+            matched = self.run(conn, name, build, rows)
         else:
-            order = tuple(compiled.positiontup or ()) if compiled.positional else None
-            _FAST_INSERTS[key] = (str(compiled), order)
-    fast = _FAST_INSERTS[key]
-    if fast is None:
-        conn.execute(table.insert(), rows)
-        return
-    sql, order = fast
-    if order is None:
-        conn.exec_driver_sql(sql, rows)
-    else:
-        conn.exec_driver_sql(sql, [tuple(row[name] for name in order) for row in rows])
+            matched = sum(self.run(conn, name, build, [row]) for row in rows)
+        if matched != len(rows):
+            raise Conflict(
+                "a profile changed since this batch read it; retry the batch",
+                code="profile_conflict",
+            )
+
+    def select_in(
+        self,
+        conn: sa.Connection,
+        key: sa.Column[Any],
+        columns: tuple[sa.Column[Any], ...],
+        values: Sequence[str],
+    ) -> list[tuple[Any, ...]]:
+        """``SELECT key, *columns WHERE key IN (values)``, a chunk at a time."""
+        found: list[tuple[Any, ...]] = []
+        for chunk in _chunks(values):
+            size = len(chunk)
+            names = [f"v{i}" for i in range(size)]
+
+            def build(size: int = size, names: list[str] = names) -> sa.ClauseElement:
+                return sa.select(key, *columns).where(key.in_([sa.bindparam(n) for n in names]))
+
+            compiled = self._compiled(conn, (key.table.name, key.name, size), build)
+            params = compiled.params(dict(zip(names, chunk, strict=True)))
+            found.extend(tuple(row) for row in conn.exec_driver_sql(compiled.sql, params))
+        return found

@@ -20,7 +20,7 @@ import msgspec
 
 from personify.profiles.consent import consent_preferences
 from personify.profiles.context import campaign_of, context_fields
-from personify.profiles.events import MS_PER_DAY, ProfileEvent, format_ms
+from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, ProfileEvent, format_ms
 from personify.profiles.features import (
     Accumulator,
     FeatureSet,
@@ -124,26 +124,51 @@ def compact_state(state: ProfileState, features: FeatureSet) -> None:
     )
 
 
+def needs_compaction(
+    state: ProfileState, features: FeatureSet, latest_before: int | None, earliest_event: int
+) -> bool:
+    """Whether applying events from ``earliest_event`` on may have left droppable data.
+
+    A compacted state stays compacted unless its latest event moved to a later hour (the
+    horizons moved) or an event older than the session horizon came in.
+    """
+    latest = state.last_seen
+    if latest is None:
+        return False
+    if latest_before is None or latest // MS_PER_HOUR > latest_before // MS_PER_HOUR:
+        return True
+    return earliest_event < retention_floor(latest, features.session_retention_ms)
+
+
 def apply_event(state: ProfileState, event: ProfileEvent, features: FeatureSet) -> None:
     """Apply one event to ``state`` in place (a pure function of the two: no I/O, no clock)."""
     ts, message_id, data = event.ts, event.message_id, event.data
-    before = state.last_seen
     state.events += 1
-    state.first_seen = ts if state.first_seen is None else min(state.first_seen, ts)
-    state.last_seen = ts if before is None else max(before, ts)
+    first, last = state.first_seen, state.last_seen
+    if first is None or ts < first:
+        state.first_seen = ts
+    if last is None or ts > last:
+        state.last_seen = last = ts
     if event.user_id:
         state.user_ids.add(event.user_id)
     if event.anonymous_id:
         state.anonymous_ids.add(event.anonymous_id)
     if event.previous_id:
         state.previous_ids.add(event.previous_id)
-    stamp = Stamped(ts, message_id)
-    state.last_events[event.name] = latest(state.last_events.get(event.name), stamp) or stamp
+    seen = state.last_events.get(event.name)
+    if seen is None or ts > seen.ts or (ts == seen.ts and message_id > seen.mid):
+        state.last_events[event.name] = Stamped(ts, message_id)
 
-    context = _mapping(data.get("context"))
-    traits = dict(_mapping(context.get("traits")))
+    context = data.get("context")
+    if type(context) is not dict:
+        context = _EMPTY
+    traits = context.get("traits") if context else None
+    if type(traits) is not dict:
+        traits = _EMPTY
     if event.type == "identify":
-        traits.update(_mapping(data.get("traits")))
+        own = data.get("traits")
+        if type(own) is dict and own:
+            traits = {**traits, **own}
     if traits:
         _write_traits(state.traits, traits, ts, message_id)
     if event.type == "group":
@@ -155,24 +180,30 @@ def apply_event(state: ProfileState, event: ProfileEvent, features: FeatureSet) 
                 ts,
                 message_id,
             )
-    campaign = campaign_of(data)
-    for name, value in context_fields(data, campaign).items():
-        current = state.context.get(name)
-        if current is None or (ts, message_id) > (current.ts, current.mid):
-            state.context[name] = Stamped(ts, message_id, value)
+    campaign = campaign_of(data) if context or "properties" in data else None
+    if context:
+        last_touch = state.context
+        for name, value in context_fields(data, campaign).items():
+            current = last_touch.get(name)
+            if (
+                current is None
+                or ts > current.ts
+                or (ts == current.ts and message_id > current.mid)
+            ):
+                last_touch[name] = Stamped(ts, message_id, value)
+        preferences = consent_preferences(data)
+        if preferences is not None:
+            state.consent = latest(state.consent, Stamped(ts, message_id, preferences))
     if campaign:
         touch = Stamped(ts, message_id, campaign)
         state.first_touch = earliest(state.first_touch, touch)
         state.last_touch = latest(state.last_touch, touch)
-    preferences = consent_preferences(data) if context else None
-    if preferences is not None:
-        state.consent = latest(state.consent, Stamped(ts, message_id, preferences))
 
     add_to_sessions(
         state.sessions, ts, is_page=event.type in _PAGE_TYPES, gap_ms=features.session_gap_ms
     )
-    update_features(state.features, features, event, keep_from_ms=state.last_seen)
-    update_affinities(state.affinities, features, event, keep_from_ms=state.last_seen)
+    update_features(state.features, features, event, keep_from_ms=last)
+    update_affinities(state.affinities, features, event, keep_from_ms=last)
 
 
 def _merge_stamped(into: dict[str, Stamped], other: Mapping[str, Stamped]) -> None:

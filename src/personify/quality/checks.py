@@ -4,9 +4,9 @@
 |--------------|----------------------------------------|----------------------------------------------|---------------------------------------------|
 | ``ingest``   | a chunk of normalised events of an     | schema, ids present, known types, track      | messageId unique in the file, timestamps    |
 |              | import, before it is appended          | events named                                 | plausible, rejection rate                   |
-| ``lake_batch``| a micro-batch the lake sink writes    | schema, message_id unique, ids present,      | freshness of the batch, timestamps          |
+| ``lake_batch``| a micro-batch the lake sink writes    | schema, message_id unique, ids present,      | lag of the batch in the log, timestamps     |
 |              |                                        | event_date = date(timestamp)                 | plausible                                   |
-| ``lake``     | the lake's events per day              | the table has rows                           | freshness, daily volume against history,    |
+| ``lake``     | the lake's events per day of arrival   | the window has events                        | freshness, daily volume against history,    |
 |              |                                        |                                              | share of events without a userId            |
 | ``features`` | a point-in-time feature table          | user_id unique and present, counts >= 0,     | null rate per feature, row count against    |
 |              |                                        | numbers finite                               | previous feature tables                     |
@@ -191,8 +191,9 @@ def lake_batch_checks(context: QualityContext) -> StageChecks:
     warning = pa.DataFrameSchema(
         {
             "timestamp": pa.Column(TIMESTAMP, _timestamp_range(context), nullable=True),
-            "received_at": pa.Column(
-                TIMESTAMP, _fresh_check(context, observations, "received_at"), nullable=True
+            # how long the batch's newest event waited in the log: the sink's lag
+            "appended_at": pa.Column(
+                TIMESTAMP, _fresh_check(context, observations, "appended_at"), nullable=True
             ),
         }
     )
@@ -200,7 +201,7 @@ def lake_batch_checks(context: QualityContext) -> StageChecks:
 
 
 def lake_checks(context: QualityContext) -> StageChecks:
-    """Checks on the lake as a whole, over a frame of events per day (``daily_volume``)."""
+    """Checks on the lake as a whole, over a frame of events per day of arrival in the log."""
     observations: Observations = {}
     today = context.now.date()
 
@@ -211,7 +212,7 @@ def lake_checks(context: QualityContext) -> StageChecks:
 
     def latest_day_volume(frame: pd.DataFrame) -> bool:
         # the newest complete day (before today) against the days before it
-        complete = frame[frame["event_date"] < today].sort_values("event_date")
+        complete = frame[frame["day"] < today].sort_values("day")
         if len(complete) < 2:
             observations[(None, "daily_volume")] = "fewer than two complete days of events"
             return True
@@ -229,16 +230,16 @@ def lake_checks(context: QualityContext) -> StageChecks:
 
     critical = pa.DataFrameSchema(
         {
-            "event_date": pa.Column(nullable=False, unique=True),
+            "day": pa.Column(nullable=False, unique=True),
             "events": pa.Column(int, pa.Check.ge(0), nullable=False, coerce=True),
         },
         checks=[pa.Check(has_rows, name="has_events")],
     )
     warning = pa.DataFrameSchema(
         {
-            "newest_received_at": pa.Column(
+            "newest_appended_at": pa.Column(
                 TIMESTAMP,
-                _fresh_check(context, observations, "newest_received_at"),
+                _fresh_check(context, observations, "newest_appended_at"),
                 nullable=True,
             ),
             "duplicate_message_ids": pa.Column(int, pa.Check.eq(0), coerce=True),

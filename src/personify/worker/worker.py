@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,23 @@ _RATE_WINDOW_S = 10.0
 _LAG_REFRESH_S = 1.0
 _MAX_BACKOFF_S = 5.0
 _CONFLICT_RETRIES = 5
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a batch is decoded and applied.
+
+    A batch allocates hundreds of thousands of acyclic objects (decoded events, states),
+    all freed by reference counting; left running, the cyclic collector rescans the growing
+    batch over and over and costs more than the work itself (about a third of the CPU).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def default_consumer() -> str:
@@ -134,7 +152,7 @@ class StreamWorker:
         heartbeats: HeartbeatRepository | None = None,
         group: str = "worker",
         consumer: str | None = None,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
         poll_timeout_ms: int = 500,
         max_attempts: int = 3,
         retry_backoff_ms: float = 100.0,
@@ -232,19 +250,10 @@ class StreamWorker:
 
     async def step(self) -> int:
         """Read one batch, apply it, commit it; returns how many entries it held."""
-        try:
-            entries = await self._log.read(
-                self.group,
-                self.consumer,
-                max_count=self._batch_size,
-                timeout_ms=self._poll_timeout_ms,
-            )
-        except BackendUnavailable as exc:
-            self._note_error(exc)
-            await self._sleep(self._backoff_s * 10)
-            return 0
+        entries = await self._read(self._poll_timeout_ms)
         if entries:
-            await self._handle(entries)
+            with collector_paused():
+                await self._apply_all(await self._prepare(entries))
             await self._commit(entries)
             self.stats.batches += 1
             self.stats.entries_read += len(entries)
@@ -256,25 +265,48 @@ class StreamWorker:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    async def _handle(self, entries: Sequence[LogEntry]) -> None:
+    async def _read(self, timeout_ms: int) -> list[LogEntry]:
+        try:
+            return await self._log.read(
+                self.group, self.consumer, max_count=self._batch_size, timeout_ms=timeout_ms
+            )
+        except BackendUnavailable as exc:
+            self._note_error(exc)
+            await self._sleep(self._backoff_s * 10)
+            return []
+
+    async def _prepare(self, entries: Sequence[LogEntry]) -> list[_Item]:
+        """Decode entries; dead-letter those that cannot be read (retrying cannot help)."""
+        # decoding a large batch takes tens of milliseconds: off the event loop
+        readable, unreadable = await asyncio.to_thread(self._decode_all, entries)
+        for entry, code, reason, attempts in unreadable:
+            await self._dead_letter(entry, code, reason, attempts)
+        return readable
+
+    def _decode_all(
+        self, entries: Sequence[LogEntry]
+    ) -> tuple[list[_Item], list[tuple[LogEntry, str, str, int]]]:
         readable: list[_Item] = []
+        unreadable: list[tuple[LogEntry, str, str, int]] = []
         for entry in entries:
             if entry.delivery_count > self._max_deliveries:
-                await self._dead_letter(
-                    entry,
-                    "redelivered",
+                reason = (
                     f"delivered {entry.delivery_count} times without being committed "
-                    "(the worker stopped while applying it each time)",
-                    entry.delivery_count,
+                    "(the worker stopped while applying it each time)"
                 )
+                unreadable.append((entry, "redelivered", reason, entry.delivery_count))
                 continue
             try:
                 text = entry.payload.decode("utf-8")
                 readable.append(_Item(entry, view_event(_decode(text)), text))
             except (UnicodeDecodeError, msgspec.DecodeError) as exc:
-                await self._dead_letter(entry, "undecodable", f"not JSON: {exc}", 1)
+                unreadable.append((entry, "undecodable", f"not JSON: {exc}", 1))
             except ValidationError as exc:
-                await self._dead_letter(entry, exc.code, exc.message, 1)
+                unreadable.append((entry, exc.code, exc.message, 1))
+        return readable, unreadable
+
+    async def _apply_all(self, readable: list[_Item]) -> None:
+        """Apply decoded entries, isolating and dead-lettering any that fail."""
         pending: deque[list[_Item]] = deque([readable] if readable else [])
         while pending:
             chunk = pending.popleft()

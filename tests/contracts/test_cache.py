@@ -1,0 +1,97 @@
+"""The ``Cache`` contract: every backend must pass this module unchanged.
+
+Add a backend by adding a factory to ``CACHE_BACKENDS`` (an absent engine calls
+``tests.conftest.service_missing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from personify.cache.base import Cache
+from personify.cache.memory import MemoryCache
+
+CacheFactory = Callable[[], Awaitable[Cache]]
+
+
+async def _memory() -> Cache:
+    return MemoryCache(max_entries=1000, default_ttl_s=30)
+
+
+CACHE_BACKENDS: dict[str, CacheFactory] = {"memory": _memory}
+
+
+@pytest.fixture(params=sorted(CACHE_BACKENDS))
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
+    instance = await CACHE_BACKENDS[request.param]()
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+def key(name: str) -> str:
+    """A key no other test (or earlier run on a shared engine) uses."""
+    return f"contract:{uuid.uuid4().hex}:{name}"
+
+
+async def test_the_protocol_is_implemented(cache: Cache) -> None:
+    assert isinstance(cache, Cache)
+
+
+async def test_set_then_get_returns_the_bytes(cache: Cache) -> None:
+    k = key("a")
+    value = bytes(range(256))
+    await cache.set(k, value)
+    assert await cache.get(k) == value
+    assert await cache.get(key("missing")) is None
+
+
+async def test_set_overwrites(cache: Cache) -> None:
+    k = key("a")
+    await cache.set(k, b"1")
+    await cache.set(k, b"2")
+    assert await cache.get(k) == b"2"
+
+
+async def test_add_stores_only_when_absent(cache: Cache) -> None:
+    k = key("a")
+    assert await cache.add(k, b"first")
+    assert not await cache.add(k, b"second")
+    assert await cache.get(k) == b"first"
+
+
+async def test_concurrent_adds_store_exactly_one(cache: Cache) -> None:
+    k = key("race")
+    results = await asyncio.gather(*(cache.add(k, str(i).encode()) for i in range(20)))
+    assert sum(results) == 1
+    winner = results.index(True)
+    assert await cache.get(k) == str(winner).encode()
+
+
+async def test_set_many_and_delete(cache: Cache) -> None:
+    keys = [key(str(i)) for i in range(5)]
+    await cache.set_many({k: k.encode() for k in keys})
+    assert [await cache.get(k) for k in keys] == [k.encode() for k in keys]
+    assert await cache.delete([*keys[:3], key("absent")]) == 3
+    assert [await cache.get(k) for k in keys] == [
+        None,
+        None,
+        None,
+        keys[3].encode(),
+        keys[4].encode(),
+    ]
+
+
+async def test_values_expire_after_their_ttl(cache: Cache) -> None:
+    short, long = key("short"), key("long")
+    await cache.set(short, b"x", ttl_s=0.2)
+    await cache.set_many({long: b"y"}, ttl_s=30)
+    assert await cache.get(short) == b"x"
+    await asyncio.sleep(0.4)
+    assert await cache.get(short) is None
+    assert await cache.get(long) == b"y"
+    assert await cache.add(short, b"again", ttl_s=1)
