@@ -36,6 +36,8 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 bench: $(STAMP) ## run the benchmarks (each prints one JSON object)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/freshness.py
 
 clean: ## remove .venv and local data
 	rm -rf $(VENV) data

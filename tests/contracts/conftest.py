@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from personify.cache.base import Cache
+from personify.cache.memory import MemoryCache
 from personify.errors import BackendUnavailable
 from personify.eventlog.base import EventLog
 from personify.eventlog.sqlite import SQLiteEventLog
 from personify.settings import Settings
+from personify.store.database import Database
 from tests.conftest import make_settings, service_missing
 from tests.kafka_broker import TansuBroker, kafka_broker
+from tests.postgres import fresh_schema, postgres_database
 
-__all__ = ["REDIS_URL", "EventLog", "LogFactory", "drop_redis_keys", "kafka_broker"]
+__all__ = [
+    "REDIS_URL",
+    "EventLog",
+    "LogFactory",
+    "StateFactory",
+    "drop_redis_keys",
+    "kafka_broker",
+    "postgres_database",
+]
 
 LogFactory = Callable[[], Awaitable[EventLog]]
+# opens the test's state database (every call the same one), migrated unless told otherwise
+StateFactory = Callable[..., Database]
 
 EVENTLOG_BACKENDS = ["sqlite", "redis", "kafka"]
 
@@ -108,3 +122,59 @@ async def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         await log.close()
     for cleanup in cleanups:
         await cleanup()
+
+
+# -- the Cache port ---------------------------------------------------------------------------
+
+CACHE_BACKENDS = ["memory", "redis"]
+
+
+@pytest.fixture(params=CACHE_BACKENDS)
+async def cache(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cache]:
+    """A started cache of each backend; Redis keys live under a prefix removed afterwards."""
+    instance: Cache
+    prefix = f"personify-test-{uuid.uuid4().hex[:12]}:"
+    if request.param == "memory":
+        instance = MemoryCache(max_entries=1000, default_ttl_s=30)
+    else:
+        from personify.cache.redis import RedisCache
+
+        settings = make_settings(tmp_path / "data", cache_ttl_s=30)
+        instance = RedisCache.from_url(f"{REDIS_URL}?prefix={prefix}", settings)
+    try:
+        await instance.start()
+    except BackendUnavailable as exc:
+        service_missing(f"{request.param} cache is unavailable: {exc}")
+    yield instance
+    await instance.close()
+    if request.param == "redis":
+        await drop_redis_keys(REDIS_URL, f"{prefix}*")
+
+
+# -- the state database -----------------------------------------------------------------------
+
+STATE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STATE_BACKENDS)
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty state database: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'personify.db'}"
+    database: str = request.getfixturevalue("postgres_database")
+    return fresh_schema(database)
+
+
+@pytest.fixture
+def open_state(state_url: str) -> Iterator[StateFactory]:
+    """Opens ``Database``\\s on the test's state database; all are disposed afterwards."""
+    opened: list[Database] = []
+
+    def factory(*, auto_upgrade: bool = True) -> Database:
+        db = Database(state_url, auto_upgrade=auto_upgrade)
+        opened.append(db)
+        return db
+
+    yield factory
+    for db in opened:
+        db.dispose()

@@ -1,36 +1,15 @@
 """The ``Cache`` contract: every backend must pass this module unchanged.
 
-Add a backend by adding a factory to ``CACHE_BACKENDS`` (an absent engine calls
-``tests.conftest.service_missing``).
+The ``cache`` fixture (``tests/contracts/conftest.py``) yields a started cache of every
+backend in ``CACHE_BACKENDS``; an absent engine calls ``tests.conftest.service_missing``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import pytest
 
 from personify.cache.base import Cache
-from personify.cache.memory import MemoryCache
-
-CacheFactory = Callable[[], Awaitable[Cache]]
-
-
-async def _memory() -> Cache:
-    return MemoryCache(max_entries=1000, default_ttl_s=30)
-
-
-CACHE_BACKENDS: dict[str, CacheFactory] = {"memory": _memory}
-
-
-@pytest.fixture(params=sorted(CACHE_BACKENDS))
-async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
-    instance = await CACHE_BACKENDS[request.param]()
-    await instance.start()
-    yield instance
-    await instance.close()
 
 
 def key(name: str) -> str:
@@ -95,3 +74,19 @@ async def test_values_expire_after_their_ttl(cache: Cache) -> None:
     assert await cache.get(short) is None
     assert await cache.get(long) == b"y"
     assert await cache.add(short, b"again", ttl_s=1)
+
+
+async def test_get_many_returns_only_the_live_values(cache: Cache) -> None:
+    present = [key(str(i)) for i in range(3)]
+    short, missing = key("short"), key("missing")
+    await cache.set_many({k: k.encode() for k in present})
+    await cache.set(short, b"s", ttl_s=0.2)
+    assert await cache.get_many([*present, short, missing]) == {
+        **{k: k.encode() for k in present},
+        short: b"s",
+    }
+    await asyncio.sleep(0.4)
+    assert await cache.get_many([short, missing, present[0], present[0]]) == {
+        present[0]: present[0].encode()
+    }
+    assert await cache.get_many([]) == {}

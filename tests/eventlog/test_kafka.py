@@ -273,3 +273,15 @@ async def test_a_consumer_killed_before_committing_has_its_entries_redelivered(
     assert sorted((e.partition, int(e.offset)) for e in survivor) == uncommitted
     await log.commit(group, "survivor", survivor)
     assert await log.lag(group) == 0
+
+
+async def test_a_burst_of_concurrent_appends_waits_for_dedupe_connections(
+    open_log: OpenLog, group: str
+) -> None:
+    log = await open_log(partitions=2)
+    results = await asyncio.gather(
+        *(log.append([LogRecord(f"b-{i}".encode(), f"user-{i}", f"b-{i}")]) for i in range(500))
+    )
+    assert len({r[0].offset for r in results}) == 500
+    assert not any(r[0].duplicate for r in results)
+    assert await log.lag(group) == 500

@@ -239,3 +239,13 @@ async def test_a_commit_acknowledges_this_consumers_older_pending_entries(
     got = await drain(log, "g", "c", 6)
     await log.commit("g", "c", [got[3]])
     assert await log.lag("g") == 2
+
+
+async def test_a_burst_of_concurrent_appends_waits_for_connections(open_log: OpenLog) -> None:
+    log = await open_log()
+    # far more concurrent calls than the connection pool holds
+    results = await asyncio.gather(
+        *(log.append([LogRecord(f"b-{i}".encode(), "user-1", f"b-{i}")]) for i in range(500))
+    )
+    assert len({r[0].offset for r in results}) == 500
+    assert await log.lag("g") == 500

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 
 from personify.api.services import Services
 from personify.profiles.events import view_event
+from personify.worker.heartbeats import Heartbeat
 from tests.profiles.factory import event, shop_events
 from tests.worker.conftest import (
     append,
@@ -109,10 +111,14 @@ async def test_the_in_process_worker_follows_the_collector(tmp_path: Path) -> No
     assert not services.worker.running
 
 
-async def test_heartbeats_report_the_worker(services: Services) -> None:
+async def test_heartbeats_report_the_worker_and_forget_dead_ones(services: Services) -> None:
+    long_ago = services.clock.now() - timedelta(days=2)
+    services.heartbeats.beat(
+        Heartbeat("worker-gone-123", "worker", long_ago, long_ago, 5, 0, 0, 0.0, 0)
+    )
     await append(services, shop_events(3, 5))
     await services.worker.run(until_idle=True)
-    beats = services.heartbeats.recent(since=services.worker.stats.started_at)
+    beats = services.heartbeats.recent(since=long_ago - timedelta(days=1))
     assert [b.consumer for b in beats] == [services.worker.consumer]
     assert beats[0].events_applied == 15
     assert beats[0].lag == 0

@@ -8,7 +8,8 @@ Contract (checked for every adapter by ``tests/contracts/test_cache.py``):
 * ``add`` stores only when the key is absent (or expired) and says whether it did; it is
   atomic against a concurrent ``set`` of the same key, which is what lets readers fill the
   cache without overwriting a newer invalidation marker.
-* ``set_many`` and ``delete`` act on many keys in one round trip.
+* ``get_many``, ``set_many`` and ``delete`` act on many keys in one round trip (a decision
+  reads a profile and its memberships with one ``get_many``).
 * A cache is an optimisation: an adapter may evict anything at any time. Every failure of the
   engine raises ``BackendUnavailable``.
 """
@@ -34,6 +35,10 @@ class Cache(Protocol):
 
     async def get(self, key: str) -> bytes | None:
         """The value under ``key``, or ``None`` when absent or expired."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The live values under ``keys``, by key; absent and expired keys are left out."""
         ...
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:

@@ -93,6 +93,17 @@ class MemoryCache:
         with self._lock:
             return self._live(key, self._clock.time())
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The live values under ``keys``, by key."""
+        found: dict[str, bytes] = {}
+        with self._lock:
+            now = self._clock.time()
+            for key in keys:
+                value = self._live(key, now)
+                if value is not None:
+                    found[key] = value
+        return found
+
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         """Store ``value``, evicting the least recently used entry when full."""
         expires = self._expiry(ttl_s)

@@ -91,6 +91,8 @@ _DEFAULT_PORT = 9092
 _ADMIN_TIMEOUT_S = 15.0
 _PROBE_TIMEOUT_S = 10.0
 _TOPIC_READY_TIMEOUT_S = 15.0
+_DEDUPE_CONNECTIONS = 32  # overridable with ?max_connections=N in the dedupe URL
+_DEDUPE_WAIT_S = 10.0
 # a commit that fails for these reasons lost its partitions to a rebalance
 _OWNERSHIP_LOST = {
     KafkaError.REBALANCE_IN_PROGRESS,
@@ -339,7 +341,16 @@ class KafkaEventLog:
             return
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         self._admin_thread = _Thread(f"kafka-admin-{self.topic}")
-        dedupe = aioredis.Redis.from_url(self._dedupe_url, socket_connect_timeout=5.0)
+        # a bounded pool that makes callers wait: a burst of appends queues up instead of
+        # failing with "Too many connections"
+        dedupe = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                self._dedupe_url,
+                max_connections=_DEDUPE_CONNECTIONS,
+                timeout=_DEDUPE_WAIT_S,
+                socket_connect_timeout=5.0,
+            )
+        )
         try:
             await self._admin_thread.run(self._ensure_topic)
             await dedupe.ping()

@@ -232,6 +232,9 @@ return acked
 """
 
 _DEFAULT_STREAM = "events"
+# overridable per URL with ?max_connections=N
+_MAX_CONNECTIONS = 64
+_CONNECTION_WAIT_S = 10.0
 _COUNT_CHUNK = 1000
 
 
@@ -350,7 +353,15 @@ class RedisEventLog:
         """Connect to Redis and check it answers."""
         if self._client is not None:
             return
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5.0)
+        # a bounded pool that makes callers wait for a connection: a burst of concurrent
+        # appends queues up instead of failing with "Too many connections"
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_CONNECTION_WAIT_S,
+            socket_connect_timeout=5.0,
+        )
+        client = aioredis.Redis.from_pool(pool)
         with self._errors("connect"):
             try:
                 await client.ping()

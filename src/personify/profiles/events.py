@@ -96,11 +96,6 @@ class ProfileEvent:
     data: Mapping[str, Any]
     ids: tuple[str, ...]  # every identity the event links: userId, anonymousId, previousId
 
-    @property
-    def stamp(self) -> tuple[int, str]:
-        """The total order last-writer-wins uses: event time, then messageId."""
-        return (self.ts, self.message_id)
-
 
 def _optional_id(event: Mapping[str, Any], name: str) -> str | None:
     value = event.get(name)

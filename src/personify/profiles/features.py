@@ -339,10 +339,6 @@ class Stamped(msgspec.Struct, array_like=True):
     mid: str
     value: Any = None
 
-    def newer_than(self, other: Stamped | None) -> bool:
-        """Whether this wins over ``other`` under last-writer-wins."""
-        return other is None or (self.ts, self.mid) > (other.ts, other.mid)
-
 
 def latest(a: Stamped | None, b: Stamped | None) -> Stamped | None:
     """The later of two stamped values (commutative, associative, idempotent)."""

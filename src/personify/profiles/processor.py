@@ -52,12 +52,20 @@ from personify.store.tables import (
     profiles,
 )
 
+EVENT_COLUMNS = (
+    "event_key",
+    "profile_id",
+    "event_time_ms",
+    "message_id",
+    "type",
+    "name",
+    "applied_at_ms",
+    "payload",
+)
 _CHUNK = 500  # ids per IN (...) query, well under every engine's bound on parameters
 _MAX_NAME_CHARS = 512
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
-
-Node = tuple[str, str]  # ("i", identity) or ("p", profile id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,22 +168,24 @@ class ProfileProcessor:
             )
         }
 
-        links: UnionFind[Node] = UnionFind()
+        # a profile id is itself one of the profile's ids, so ids alone are the nodes
+        links: UnionFind[str] = UnionFind()
         for event, _ in fresh:
             ids = event.ids
-            first: Node = ("i", ids[0])
-            links.find(first)
-            for other in ids[1:]:
-                links.union(first, ("i", other))
+            if len(ids) == 1:
+                links.find(ids[0])
+            else:
+                for other in ids[1:]:
+                    links.union(ids[0], other)
         for identity, profile_id in owner.items():
-            links.union(("i", identity), ("p", profile_id))
+            links.union(identity, profile_id)
 
-        components: dict[Node, tuple[list[tuple[ProfileEvent, str]], set[str]]] = {}
+        components: dict[str, tuple[list[tuple[ProfileEvent, str]], set[str]]] = {}
         for item in fresh:
-            root = links.find(("i", item[0].ids[0]))
+            root = links.find(item[0].ids[0])
             components.setdefault(root, ([], set()))[0].append(item)
         for profile_id in set(owner.values()):
-            components[links.find(("p", profile_id))][1].add(profile_id)
+            components[links.find(profile_id)][1].add(profile_id)
 
         loaded = self._load(conn, sorted({p for _, pids in components.values() for p in pids}))
         writer = _BatchWriter(now, now_ms)
@@ -220,7 +230,7 @@ class ProfileProcessor:
         else:
             state = ProfileState()
             for pid in profile_ids:
-                merge_states(state, decode_state(loaded[pid].blob), features)
+                merge_states(state, states[pid], features)
         latest_before = state.last_seen
         earliest_event = min(event.ts for event, _ in items)
         for event, _ in items:
@@ -282,7 +292,7 @@ class _BatchWriter:
         self.repoints: list[dict[str, Any]] = []
         self.merges: list[dict[str, Any]] = []
         self.identities: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
+        self.events: list[tuple[Any, ...]] = []
         self.versions: list[dict[str, Any]] = []
 
     def profile(
@@ -347,17 +357,18 @@ class _BatchWriter:
         )
 
     def event(self, event: ProfileEvent, payload: str, profile_id: str) -> None:
+        # a tuple in EVENT_COLUMNS order: one row per event, the hottest insert
         self.events.append(
-            {
-                "event_key": event.key,
-                "profile_id": profile_id,
-                "event_time_ms": event.ts,
-                "message_id": event.message_id,
-                "type": event.type,
-                "name": event.name[:_MAX_NAME_CHARS],
-                "applied_at_ms": self.now_ms,
-                "payload": payload,
-            }
+            (
+                event.key,
+                profile_id,
+                event.ts,
+                event.message_id,
+                event.type,
+                event.name[:_MAX_NAME_CHARS],
+                self.now_ms,
+                payload,
+            )
         )
 
     def version(
@@ -390,7 +401,7 @@ class _BatchWriter:
         sql.run(conn, "repoint events", _repoint_events, self.repoints)
         sql.run(conn, "insert profiles", profiles.insert, self.inserts)
         sql.run(conn, "insert identities", identities.insert, self.identities)
-        sql.run(conn, "insert events", applied_events.insert, self.events)
+        sql.run_tuples(conn, "insert events", applied_events.insert, EVENT_COLUMNS, self.events)
         sql.run(conn, "insert versions", profile_versions.insert, self.versions)
         sql.run(conn, "insert merges", _insert_merge, self.merges)
 
@@ -501,6 +512,23 @@ class _Statements:
         compiled = self._compiled(conn, name, build)
         params = [compiled.params(row) for row in rows]
         return int(conn.exec_driver_sql(compiled.sql, params).rowcount)
+
+    def run_tuples(
+        self,
+        conn: sa.Connection,
+        name: str,
+        build: Callable[[], sa.ClauseElement],
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """``run`` for rows given as tuples in ``columns`` order (no dict per row)."""
+        if not rows:
+            return
+        compiled = self._compiled(conn, name, build)
+        if compiled.order == columns and not compiled.processors:
+            conn.exec_driver_sql(compiled.sql, rows)
+            return
+        self.run(conn, name, build, [dict(zip(columns, row, strict=True)) for row in rows])
 
     def checked(
         self,

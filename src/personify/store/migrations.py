@@ -42,6 +42,23 @@ MIGRATIONS: list[Callable[[sa.Connection], None]] = [
 ]
 
 
+# any constant: the PostgreSQL advisory lock that upgraders of one database take turns on
+_UPGRADE_LOCK_KEY = 0x70657273  # "pers"
+
+
+def _take_turns(conn: sa.Connection) -> None:
+    """Hold the database's upgrade lock until this transaction ends.
+
+    Several processes start at once in a deployment (API nodes, workers, ``--workers N``), each
+    upgrading on start; without the lock two of them create the same table and one fails.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        # the driver defers BEGIN to the first write; take the write lock before the first read
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def current_version(conn: sa.Connection) -> int:
     """The highest applied migration, 0 on an empty database."""
     tables.schema_version.create(conn, checkfirst=True)
@@ -53,11 +70,13 @@ def upgrade(engine: sa.Engine) -> list[int]:
     """Apply every pending migration, each in its own transaction; returns the versions applied."""
     applied: list[int] = []
     with engine.begin() as conn:
+        _take_turns(conn)
         version = current_version(conn)
     for number, migration in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
         with engine.begin() as conn:
+            _take_turns(conn)
             # another process may have applied it meanwhile
             if current_version(conn) >= number:
                 continue

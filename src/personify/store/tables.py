@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+
+class Timestamp(sa.types.TypeDecorator[datetime]):
+    """A point in time: written as UTC and read back timezone-aware UTC on every engine.
+
+    SQLite keeps a datetime as text and drops its offset (``14:00+02:00`` would be stored as
+    ``14:00``), and PostgreSQL answers in the session's time zone; converting at this one
+    place makes comparisons and round trips mean the same instant everywhere.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Naive values are taken as UTC; aware ones are converted to it."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Aware UTC, whatever the driver handed back."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# A 64-bit auto-increment row id on every engine. PostgreSQL's plain INTEGER (SERIAL) stops at
+# 2**31 - 1; SQLite only auto-increments a column declared INTEGER (its integers are 64-bit).
+RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 schema_version = sa.Table(
     "schema_version",
     metadata,
     sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_at", Timestamp(), nullable=False),
 )
 
 sources = sa.Table(
@@ -20,8 +55,8 @@ sources = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("write_key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("write_key_prefix", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("revoked_at", Timestamp(), nullable=True),
 )
 
 api_keys = sa.Table(
@@ -32,14 +67,14 @@ api_keys = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("key_prefix", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("revoked_at", Timestamp(), nullable=True),
 )
 
 failed_events = sa.Table(
     "failed_events",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
     sa.Column("stage", sa.String(32), nullable=False),
     sa.Column("source_id", sa.String(64), nullable=True),
     sa.Column("message_id", sa.String(512), nullable=True),
@@ -47,8 +82,8 @@ failed_events = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=1),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("replayed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("replayed_at", Timestamp(), nullable=True),
     sa.Index("failed_events_stage_id", "stage", "id"),
 )
 
@@ -65,7 +100,7 @@ quality_runs = sa.Table(
     # the check results as a JSON list: one run is always read and shown whole
     sa.Column("results", sa.Text, nullable=False),
     sa.Column("lineage_id", sa.String(32), nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp(), nullable=False),
     sa.Index("quality_runs_stage_created", "stage", "created_at"),
 )
 
@@ -74,11 +109,11 @@ lineage = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp(), nullable=False),
     sa.Column("lake_uri", sa.String(1000), nullable=True),
     sa.Column("lake_versions", sa.Text, nullable=False),
-    sa.Column("time_start", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("time_end", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("time_start", Timestamp(), nullable=True),
+    sa.Column("time_end", Timestamp(), nullable=True),
     sa.Column("parameters", sa.Text, nullable=False),
     sa.Column("code_version", sa.String(200), nullable=False),
     sa.Column("inputs", sa.Text, nullable=False),
@@ -96,7 +131,7 @@ identities = sa.Table(
     metadata,
     sa.Column("identity", sa.String(512), primary_key=True),
     sa.Column("profile_id", sa.String(512), nullable=False),
-    sa.Column("linked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("linked_at", Timestamp(), nullable=False),
     sa.Index("identities_profile", "profile_id"),
 )
 
@@ -109,8 +144,8 @@ profiles = sa.Table(
     sa.Column("first_seen_ms", sa.BigInteger, nullable=True),
     sa.Column("last_seen_ms", sa.BigInteger, nullable=True),
     sa.Column("personalization_allowed", sa.Boolean, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("updated_at", Timestamp(), nullable=False),
 )
 
 profile_versions = sa.Table(
@@ -118,7 +153,7 @@ profile_versions = sa.Table(
     metadata,
     sa.Column("profile_id", sa.String(512), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("changed_at", Timestamp(), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("event_time_ms", sa.BigInteger, nullable=True),
     sa.Column("message_ids", sa.Text, nullable=False),
@@ -145,12 +180,12 @@ applied_events = sa.Table(
 profile_merges = sa.Table(
     "profile_merges",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
     sa.Column("into_profile_id", sa.String(512), nullable=False),
     sa.Column("from_profile_id", sa.String(512), nullable=False),
     sa.Column("ids", sa.Text, nullable=False),
     sa.Column("message_ids", sa.Text, nullable=False),
-    sa.Column("merged_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("merged_at", Timestamp(), nullable=False),
     sa.Index("profile_merges_into", "into_profile_id", "merged_at"),
 )
 
@@ -159,8 +194,8 @@ worker_heartbeats = sa.Table(
     metadata,
     sa.Column("consumer", sa.String(200), primary_key=True),
     sa.Column("group_name", sa.String(200), nullable=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", Timestamp(), nullable=False),
+    sa.Column("updated_at", Timestamp(), nullable=False),
     sa.Column("events_applied", sa.BigInteger, nullable=False),
     sa.Column("duplicates", sa.BigInteger, nullable=False),
     sa.Column("events_failed", sa.BigInteger, nullable=False),

@@ -101,11 +101,15 @@ class HeartbeatRepository:
 
     def prune(self, *, older_than: timedelta, now: datetime) -> int:
         """Forget workers silent for longer than ``older_than``."""
-        with self._db.engine.begin() as conn:
-            return int(
-                conn.execute(
+        try:
+            with self._db.engine.begin() as conn:
+                deleted = conn.execute(
                     worker_heartbeats.delete().where(
                         worker_heartbeats.c.updated_at < now - older_than
                     )
-                ).rowcount
-            )
+                )
+                return int(deleted.rowcount)
+        except sa.exc.OperationalError as exc:
+            raise BackendUnavailable(
+                f"cannot prune worker heartbeats: {exc.orig}", code="state_unavailable"
+            ) from exc

@@ -55,6 +55,7 @@ _RATE_WINDOW_S = 10.0
 _LAG_REFRESH_S = 1.0
 _MAX_BACKOFF_S = 5.0
 _CONFLICT_RETRIES = 5
+_FORGET_WORKERS_AFTER = timedelta(days=1)
 
 
 @contextlib.contextmanager
@@ -230,18 +231,30 @@ class StreamWorker:
     async def stop(self) -> None:
         """Finish the batch in hand, then stop; uncommitted entries are redelivered later."""
         self._stop.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        await asyncio.wait([task])
+        if not task.cancelled():
+            # an error that ended the task was logged (and kept in stats) when it happened
+            task.exception()
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Process batches until stopped; with ``until_idle``, until the group has no lag."""
         logger.info("worker %s consuming group %r", self.consumer, self.group)
+        await self._forget_silent_workers()
         while not self._stop.is_set():
             try:
                 handled = await self.step()
             except _Stopped:
                 break
+            except Exception as exc:
+                # a bug outside event application (bookkeeping, a driver surprise): stop, as
+                # carrying on could commit past entries this process already read; a restart
+                # reads them again. Inside `personify serve` the status route shows it.
+                logger.exception("worker %s stopped by an unexpected error", self.consumer)
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                raise
             if handled == 0 and until_idle:
                 await self._refresh_lag(force=True)
                 if self.stats.lag == 0:
@@ -453,6 +466,17 @@ class StreamWorker:
         self._last_lag = now
         try:
             self.stats.lag = await self._log.lag(self.group)
+        except BackendUnavailable as exc:
+            self._note_error(exc)
+
+    async def _forget_silent_workers(self) -> None:
+        # every process start is a new consumer name; the dead ones' rows go after a day
+        if self._heartbeats is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self._heartbeats.prune, older_than=_FORGET_WORKERS_AFTER, now=self._clock.now()
+            )
         except BackendUnavailable as exc:
             self._note_error(exc)
 
