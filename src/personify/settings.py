@@ -36,7 +36,7 @@ class Settings(BaseSettings):
 
     # Event log (SQLite adapter)
     eventlog_durability: Durability = "full"
-    eventlog_linger_ms: float = 2.0
+    eventlog_linger_ms: float = 0.0
     eventlog_max_batch_events: int = 5000
     eventlog_max_pending_events: int = 50_000
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,6 +17,7 @@ from personify.api.admin import admin_routes
 from personify.api.profiles import profile_routes
 from personify.api.services import Services
 from personify.errors import PersonifyError
+from personify.ingest.asgi import IngestFastPath
 from personify.ingest.routes import CollectorRoutes, json_response
 from personify.settings import Settings
 
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             HTTPException: api_errors.http_error_handler,
             Exception: api_errors.unexpected_error_handler,
         },
+        middleware=[Middleware(IngestFastPath, routes=collector_routes)],
         lifespan=lifespan,
     )
     app.state.services = services

