@@ -24,6 +24,15 @@ machine. ``log_check`` verifies every acknowledged event is in the log (SQLite: 
 ``log`` table; Kafka: records in the topic, through the adapter). Everything shares the
 machine's cores with the load generator (and, scaled out, with the broker, Redis and
 PostgreSQL): on 2 cores a second API process cannot double the rate; see ``setup``.
+
+``workers`` sizes the other half: ``--worker-events`` (default 60,000) events of a shop's
+traffic (``bench/worker.py``'s generator: browsing, identify, second devices, aliases,
+orders, each with a browser context) are put in a fresh log, then drained by ``personify
+worker --drain`` processes into a fresh state database: ``embedded_1`` (SQLite log and state,
+one worker), ``scaled_1`` and ``scaled_2`` (Kafka topic with 4 partitions, PostgreSQL, Redis
+cache; one and two workers). The rate is measured between the first and the last committed
+batch (seen in ``applied_events``), so process start and the consumer group join are not
+counted; ``cpu_us_per_event`` is the workers' own CPU (user + system) per event.
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ import ingest  # noqa: E402  (bench/ingest.py: the server, wrk and summary helpe
 
 BATCH_EVENTS = 100
 PARTITIONS = 4
+# a short session lets tansu answer a JoinGroup in about a second (it holds one ~half of it)
+WORKER_KAFKA_SESSION_TIMEOUT_MS = 6000
+DRAIN_TIMEOUT_S = 600.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -183,6 +195,154 @@ def kafka_log_count(env: dict[str, str]) -> int:
     return asyncio.run(count())
 
 
+def fill_log(env: dict[str, str], payloads: list[bytes], events: list[dict[str, Any]]) -> None:
+    """Append the payloads to the log ``env`` names, keyed as the collector keys them."""
+    from personify.eventlog.base import LogRecord, open_eventlog
+    from personify.events.normalize import partition_key
+    from personify.settings import Settings
+
+    async def fill() -> None:
+        settings = Settings(_env_file=None, **_settings_from_env(env))  # type: ignore[arg-type]
+        log_ = open_eventlog(settings)
+        await log_.start()
+        try:
+            for start in range(0, len(payloads), 5000):
+                chunk = range(start, min(start + 5000, len(payloads)))
+                await log_.append([LogRecord(payloads[i], partition_key(events[i])) for i in chunk])
+        finally:
+            await log_.close()
+
+    asyncio.run(fill())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU (user + system, every thread) of one live process, from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def drain(env: dict[str, str], processes: int, total: int, folder: Path) -> dict[str, Any]:
+    """Start ``processes`` workers with ``--drain`` and time them from first to last commit."""
+    import sqlalchemy as sa
+
+    from personify.settings import Settings
+    from personify.store.database import Database
+    from personify.store.tables import applied_events
+
+    settings = Settings(_env_file=None, **_settings_from_env(env))  # type: ignore[arg-type]
+    db = Database(settings.resolved_state_url)
+    count_query = sa.select(sa.func.count()).select_from(applied_events)
+    workers = []
+    for n in range(processes):
+        with (folder / f"worker-{n}.log").open("ab") as out:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "personify.cli", "worker", "--drain"],
+                    env=env,
+                    cwd=folder,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    # (time, events applied, CPU of the workers so far) at the first and the latest look
+    first: tuple[float, int, float] | None = None
+    last = (0.0, 0, 0.0)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    try:
+        while last[1] < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers applied {last[1]} of {total} events in time")
+            if all(w.poll() is not None for w in workers):
+                raise RuntimeError(f"workers exited after {last[1]} of {total} events")
+            cpu = sum(_cpu_seconds(w.pid) for w in workers)
+            with db.engine.connect() as conn:
+                applied = int(conn.execute(count_query).scalar_one())
+            now = time.monotonic()
+            if applied and first is None:
+                first = (now, applied, cpu)
+            last = (now, applied, cpu)
+            time.sleep(0.02)
+        for worker in workers:
+            worker.wait(timeout=120)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        db.dispose()
+    assert first is not None
+    seconds = last[0] - first[0]
+    measured = total - first[1]
+    return {
+        "events_per_s": round(measured / seconds) if seconds > 0 else None,
+        "measured_events": measured,
+        "seconds": round(seconds, 3),
+        # the CPU of the batches in the window (the last look may trail its commit a little)
+        "cpu_us_per_event": round((last[2] - first[2]) * 1e6 / measured, 1) if measured else None,
+        "exit_codes": [w.returncode for w in workers],
+    }
+
+
+def worker_benchmark(engines: Engines, folder: Path, count: int) -> dict[str, Any]:
+    """Drain the same events with 1 embedded worker, then 1 and 2 scaled-out workers."""
+    import msgspec
+    from tests.postgres import create_database, drop_database
+
+    from worker import shop_traffic
+
+    events = shop_traffic(count, max(1, count // 25))
+    payloads = [msgspec.json.encode(e) for e in events]
+    log(f"workers: {len(events)} events, {sum(map(len, payloads)) // len(payloads)} bytes each")
+    results: dict[str, Any] = {}
+    for name, processes, scaled in (
+        ("embedded_1", 1, False),
+        ("scaled_1", 1, True),
+        ("scaled_2", 2, True),
+    ):
+        scenario_dir = folder / f"workers-{name}"
+        scenario_dir.mkdir()
+        env = ingest.personify_env(scenario_dir / "data", "full", ingest.default_linger_ms())
+        env["PERSONIFY_RUN_WORKER"] = "false"
+        state_url = None
+        if scaled:
+            state_url = create_database("personify_bench_workers")
+            env.update(engines.env(f"workers-{name}"))
+            env["PERSONIFY_STATE_URL"] = state_url
+            env["PERSONIFY_EVENTLOG_KAFKA_SESSION_TIMEOUT_MS"] = str(
+                WORKER_KAFKA_SESSION_TIMEOUT_MS
+            )
+        try:
+            fill_log(env, payloads, events)
+            log(f"workers {name}: log filled; draining with {processes} worker(s)")
+            results[name] = drain(env, processes, len(events), scenario_dir)
+            log(f"workers {name}: {results[name]['events_per_s']} events/s")
+        finally:
+            if state_url is not None:
+                drop_database(state_url)
+    one = results["embedded_1"]["events_per_s"]
+    return {
+        "events": len(events),
+        "users": max(1, count // 25),
+        "batch_size": _default("worker_batch_size"),
+        "baseline_embedded_1": results["embedded_1"],
+        "scaled_1": results["scaled_1"],
+        "scaled_2": results["scaled_2"],
+        "ratio_scaled_1_to_embedded_1": round(results["scaled_1"]["events_per_s"] / one, 3),
+        "ratio_scaled_2_to_scaled_1": round(
+            results["scaled_2"]["events_per_s"] / results["scaled_1"]["events_per_s"], 3
+        ),
+    }
+
+
+def _default(name: str) -> Any:
+    from personify.settings import Settings
+
+    return Settings.model_fields[name].default
+
+
 def _settings_from_env(env: dict[str, str]) -> dict[str, str]:
     prefix = "PERSONIFY_"
     return {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
@@ -197,11 +357,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
     parser.add_argument("--kafka", default=None, help="host:port of a Kafka broker (else tansu)")
+    parser.add_argument(
+        "--worker-events", type=int, default=60_000, help="events drained by the workers (0: skip)"
+    )
     parser.add_argument("--quick", action="store_true", help="one 3 s round, 1 s warm-up")
     parser.add_argument("--verbose", action="store_true", help="echo wrk's output to stderr")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
+        args.worker_events = min(args.worker_events, 20_000)
     return args
 
 
@@ -284,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario in scenarios:
                     scenario.server.stop(signal.SIGTERM)
             log_check = {s.name: _log_check(s) for s in scenarios}
+            workers = (
+                worker_benchmark(engines, folder, args.worker_events)
+                if args.worker_events
+                else None
+            )
     finally:
         stop_engines(engines)
 
@@ -314,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in (1, 2)
     }
     result["log_check"] = log_check
+    result["workers"] = workers
     cpu_count = os.cpu_count() or 1
     result["setup"] = {
         "connections": args.connections,
@@ -347,9 +517,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def ingest_kafka_linger_ms() -> float:
     """The Kafka producer's linger when PERSONIFY_EVENTLOG_KAFKA_LINGER_MS is not set."""
-    from personify.settings import Settings
 
-    return float(Settings.model_fields["eventlog_kafka_linger_ms"].default)
+    return float(_default("eventlog_kafka_linger_ms"))
 
 
 def _create_source(env: dict[str, str], cwd: Path, name: str) -> str:

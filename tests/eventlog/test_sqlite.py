@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import LogRecord
-from personify.eventlog.sqlite import SQLiteEventLog
+from personify.eventlog.sqlite import SQLiteEventLog, dedupe_hash
 from tests.conftest import make_settings
 
 OpenLog = Callable[..., Awaitable[SQLiteEventLog]]
@@ -199,3 +200,22 @@ async def test_lag_does_not_register_a_consumer_group(open_log: OpenLog, tmp_pat
     entries = await log.read("worker", "c1", timeout_ms=0)
     await log.commit("worker", "c1", entries)
     assert await log.truncate() == 3
+
+
+async def test_a_dedupe_hash_collision_never_drops_a_distinct_event(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    log = await open_log()
+    first = await log.append([record("alpha")])
+    # forge a collision in the real file: "beta"'s hash now points at "alpha"'s row
+    with closing(sqlite3.connect(tmp_path / "events.db")) as conn:
+        conn.execute(
+            'INSERT OR REPLACE INTO dedupe (hash, "offset", appended_at) VALUES (?, ?, ?)',
+            (dedupe_hash("beta"), int(first[0].offset), time.time()),
+        )
+        conn.commit()
+    results = await log.append([record("beta"), record("alpha")])
+    assert not results[0].duplicate
+    assert results[1].duplicate and results[1].offset == first[0].offset
+    payloads = [row[0] for row in query(tmp_path / "events.db", "SELECT payload FROM log")]
+    assert payloads == [b"alpha", b"beta"]

@@ -16,7 +16,7 @@ from personify.lake.table import Lake
 from tests.lake.conftest import cli_env, fill_log, normalized, track
 
 PERSONIFY = [sys.executable, "-m", "personify.cli"]
-EVENTS = 8_000
+EVENTS = 10_000
 KILLS = 4
 
 
@@ -39,7 +39,7 @@ async def test_sigkill_during_writes_leaves_each_event_in_the_lake_once(tmp_path
     await fill_log(data / "events.db", events)
     env = cli_env(
         data,
-        PERSONIFY_LAKE_BATCH_MAX_EVENTS="250",
+        PERSONIFY_LAKE_BATCH_MAX_EVENTS="100",
         PERSONIFY_LAKE_LINGER_MS="0",
     )
     lake = Lake(str(data / "lake"))

@@ -235,3 +235,20 @@ async def test_the_latest_version_reads_every_row(log: SQLiteEventLog, tmp_path:
     dataset = lake.dataset()
     prices = dataset.to_table(columns=["prop_price"]).column(0)
     assert pc.sum(prices).as_py() == pytest.approx(sum(i * 1.5 for i in range(5)))
+
+
+async def test_two_sinks_racing_on_one_partition_write_each_event_once(
+    log: SQLiteEventLog, tmp_path: Path
+) -> None:
+    await log.append(records([normalized(track(i)) for i in range(300)]))
+    lake_a = Lake(str(tmp_path / "lake"))
+    lake_b = Lake(str(tmp_path / "lake"))
+    await log.append(records([normalized(track(1000))]))  # the table exists before the race
+    first = _sink(log, lake_a, consumer="a", max_batch_events=50)
+    second = _sink(log, lake_b, consumer="b", max_batch_events=50)
+    await first.process_once()
+    for _ in range(12):
+        await asyncio.gather(first.process_once(), second.process_once())
+    ids = _message_ids(lake_a)
+    assert len(ids) == len(set(ids)) == 301
+    assert first.events_written + second.events_written == 301

@@ -58,6 +58,7 @@ _QUALITY_COLUMNS = (
     "appended_at",
 )
 _RETRY_MAX_S = 30.0
+_CONFLICT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,21 @@ class LakeSink:
         return self._pending
 
     def _write(self, batch: Sequence[LogEntry]) -> SinkBatch:
+        dead_lettered: set[tuple[int, str]] = set()
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                return self._write_once(batch, dead_lettered)
+            except Conflict as exc:
+                if attempt == _CONFLICT_ATTEMPTS:
+                    raise
+                # another writer committed first (these offsets, or a clashing column):
+                # start over from the table as it is now
+                logger.info("lake sink: %s; writing the batch again", exc.message)
+        raise AssertionError("unreachable")
+
+    def _write_once(
+        self, batch: Sequence[LogEntry], dead_lettered: set[tuple[int, str]]
+    ) -> SinkBatch:
         partitions = {e.partition for e in batch}
         # re-read every time: another writer (or our previous life) may have moved them
         self._watermarks = self._lake.watermarks(self.group, partitions)
@@ -220,14 +236,16 @@ class LakeSink:
             decoded = [(entry, _checked(event)) for entry, event in decoded]
         for entry, event in decoded:
             if isinstance(event, InvalidLakeEvent):
-                dead.append(
-                    NewFailedEvent(
-                        stage="lake",
-                        code="invalid_lake_event",
-                        reason=str(event),
-                        payload=entry.payload.decode("utf-8", "replace"),
+                if (entry.partition, entry.offset) not in dead_lettered:
+                    dead_lettered.add((entry.partition, entry.offset))
+                    dead.append(
+                        NewFailedEvent(
+                            stage="lake",
+                            code="invalid_lake_event",
+                            reason=str(event),
+                            payload=entry.payload.decode("utf-8", "replace"),
+                        )
                     )
-                )
                 continue
             identity = (str(event.get("sourceId") or ""), event["messageId"])
             if identity in seen:
@@ -237,27 +255,11 @@ class LakeSink:
             seen.add(identity)
             events.append(event)
             kept.append(entry)
+        # dead letters first: a crash may repeat one, never lose one
         if dead:
             self._dead_letter(dead)
-        offsets = _highest_offsets(batch)
         version: int | None = None
         if fresh:
-            # even with nothing writable left (all dead letters), the offsets move past them
-            version = self._append(events, kept, offsets)
-        self.events_written += len(events)
-        self.batches_written += 1 if events else 0
-        return SinkBatch(
-            read=len(batch),
-            written=len(events),
-            skipped=skipped + duplicates,
-            dead_lettered=len(dead),
-            version=version,
-        )
-
-    def _append(
-        self, events: list[dict[str, Any]], kept: list[LogEntry], offsets: dict[int, str]
-    ) -> int:
-        for attempt in (1, 2):
             rows = events_to_table(
                 events,
                 partitions=[e.partition for e in kept],
@@ -268,13 +270,17 @@ class LakeSink:
             )
             if rows.num_rows:
                 self._check_quality(rows)
-            try:
-                return self._lake.append(rows, group=self.group, offsets=offsets)
-            except Conflict:
-                if attempt == 2:
-                    raise
-                logger.info("a concurrent writer changed the lake schema; rebuilding the batch")
-        raise AssertionError("unreachable")
+            # even with nothing writable left (all dead letters), the offsets move past them
+            version = self._lake.append(rows, group=self.group, offsets=_highest_offsets(batch))
+        self.events_written += len(events)
+        self.batches_written += 1 if events else 0
+        return SinkBatch(
+            read=len(batch),
+            written=len(events),
+            skipped=skipped + duplicates,
+            dead_lettered=len(dead_lettered),
+            version=version,
+        )
 
     def _check_quality(self, rows: pa.Table) -> None:
         if self._quality is None:

@@ -146,14 +146,14 @@ class Lake:
         except (DeltaError, OSError) as exc:
             raise _unavailable(self.uri, exc) from exc
 
-    def _writer_table(self) -> DeltaTable | None:
-        """The handle the writer keeps, brought up to date; None before the first write."""
+    def _writer_table(self, *, refresh: bool = True) -> DeltaTable | None:
+        """The handle the writer keeps (brought up to date unless ``refresh`` is false)."""
         try:
             if self._table is None:
                 if not DeltaTable.is_deltatable(self.uri, self.storage_options):
                     return None
                 self._table = DeltaTable(self.uri, storage_options=self.storage_options)
-            else:
+            elif refresh:
                 self._table.update_incremental()
         except (DeltaError, OSError) as exc:
             raise _unavailable(self.uri, exc) from exc
@@ -165,8 +165,12 @@ class Lake:
         return None if table is None else int(table.version())
 
     def schema(self) -> pa.Schema | None:
-        """The table's current Arrow schema, or None when there is no table yet."""
-        table = self._writer_table()
+        """The schema of the version ``watermarks`` last read (None when there is no table).
+
+        Not refreshed on purpose: an append must be built and committed on the snapshot the
+        offsets were checked on, so that Delta rejects it if another writer moved them.
+        """
+        table = self._writer_table(refresh=False)
         return None if table is None else pa.schema(table.schema().to_arrow())
 
     def dataset(self, version: int | None = None) -> pads.Dataset:
@@ -178,7 +182,10 @@ class Lake:
             raise _unavailable(self.uri, exc) from exc
 
     def watermarks(self, group: str, partitions: set[int]) -> dict[int, int]:
-        """The highest log offset version written for each of ``partitions`` by ``group``."""
+        """The highest log offset version written for each of ``partitions`` by ``group``.
+
+        Reads the latest version, which the next ``append`` then commits on.
+        """
         table = self._writer_table()
         found: dict[int, int] = {}
         if table is None:
@@ -207,9 +214,10 @@ class Lake:
     def append(self, rows: pa.Table, *, group: str, offsets: dict[int, str]) -> int:
         """Append ``rows`` and record ``group``'s ``offsets`` in the same commit; the new version.
 
-        New columns are added (``schema_mode="merge"``). Raises ``Conflict`` when a column's
-        type clashes with one a concurrent writer added meanwhile: rebuild the rows against
-        the fresh ``schema()`` and append again.
+        New columns are added (``schema_mode="merge"``). Raises ``Conflict`` when a concurrent
+        writer won: it committed one of these partitions' offsets (Delta refuses two
+        commits of one transaction id from the same table version), or a column whose type
+        clashes. Re-read ``watermarks()`` and ``schema()`` and append what is left.
         """
         properties = CommitProperties(
             custom_metadata={
@@ -231,7 +239,7 @@ class Lake:
         return self._write(rows, CommitProperties(custom_metadata=metadata or None))
 
     def _write(self, rows: pa.Table, properties: CommitProperties) -> int:
-        target: DeltaTable | str = self._writer_table() or self.uri
+        target: DeltaTable | str = self._writer_table(refresh=False) or self.uri
         try:
             write_deltalake(
                 target,
@@ -247,8 +255,19 @@ class Lake:
             raise Conflict(
                 f"the rows do not fit the lake's schema: {exc}", code="lake_schema_conflict"
             ) from exc
+        except CommitFailedError as exc:
+            # e.g. another writer committed the same transaction ids (offsets) first
+            raise Conflict(f"a concurrent commit won: {exc}", code="lake_commit_conflict") from exc
         except (DeltaError, OSError) as exc:
+            if self._table is None and DeltaTable.is_deltatable(self.uri, self.storage_options):
+                # two first writers raced to create the table: the other one won
+                raise Conflict(
+                    f"a concurrent commit won: {exc}", code="lake_commit_conflict"
+                ) from exc
             raise _unavailable(self.uri, exc) from exc
+        if isinstance(target, DeltaTable):
+            # write_deltalake moved the handle to the version it committed
+            return int(target.version())
         version = self.version()
         assert version is not None
         return version

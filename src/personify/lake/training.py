@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from personify.clock import Clock, SystemClock, format_timestamp
@@ -107,24 +108,43 @@ def definitions_digest(features: FeatureSet) -> str:
     return hashlib.sha256(_encode(features.config)).hexdigest()[:16]
 
 
+def _later_copies(
+    warehouse: Warehouse, where: str, params: Mapping[str, Any]
+) -> set[tuple[int, str]]:
+    rows = warehouse.connection.sql(_LATER_COPIES.format(where=where), params=dict(params))
+    return {(int(partition), str(offset)) for partition, offset in rows.fetchall()}
+
+
 def _events(
-    warehouse: Warehouse, where: str, params: Mapping[str, Any], batch_rows: int
+    warehouse: Warehouse,
+    where: str,
+    params: Mapping[str, Any],
+    batch_rows: int,
+    *,
+    later: set[tuple[int, str]] | None = None,
+    only_ids: pa.Array | None = None,
 ) -> Iterator[ProfileEvent]:
-    later = {
-        (partition, offset)
-        for partition, offset in warehouse.connection.sql(
-            _LATER_COPIES.format(where=where), params=dict(params)
-        ).fetchall()
-    }
+    """The events in scope, read as the worker reads them; ``only_ids`` keeps the events whose
+    first id (``userId``, else ``anonymousId``) is in it."""
+    if later is None:
+        later = _later_copies(warehouse, where, params)
     reader = warehouse.connection.sql(_EVENTS.format(where=where), params=dict(params))
-    for batch in reader.to_arrow_reader(batch_rows):
-        for row in batch.to_pylist():
-            if later and (row["log_partition"], row["log_offset"]) in later:
-                continue
-            try:
-                yield view_event(row_to_event(row))
-            except ValidationError:
-                continue  # the worker dead-letters these; they are in no profile
+    stream = reader.to_arrow_reader(batch_rows)
+    try:
+        for batch in stream:
+            if only_ids is not None:
+                # filtered here, not in SQL: a join would make DuckDB hold the shard's rows
+                key = pc.coalesce(batch.column("user_id"), batch.column("anonymous_id"))
+                batch = batch.filter(pc.is_in(key, value_set=only_ids))
+            for row in batch.to_pylist():
+                if later and (row["log_partition"], row["log_offset"]) in later:
+                    continue
+                try:
+                    yield view_event(row_to_event(row))
+                except ValidationError:
+                    continue  # the worker dead-letters these; they are in no profile
+    finally:
+        stream.close()
 
 
 @dataclass(slots=True)
@@ -173,14 +193,10 @@ def _replay(
 _IDS = """
 SELECT DISTINCT user_id, anonymous_id, previous_id FROM events_raw WHERE received_at <= $as_of
 """
-_IN_SHARD = (
-    "received_at <= $as_of AND coalesce(user_id, anonymous_id) IN "
-    "(SELECT identity FROM identity_shards WHERE shard = $shard)"
-)
 
 
-def _shards(warehouse: Warehouse, as_of: datetime, max_ids: int) -> int:
-    """Split the ids into shards of whole identity components; registers ``identity_shards``.
+def _shards(warehouse: Warehouse, as_of: datetime, max_ids: int) -> list[pa.Array] | None:
+    """The ids split into shards of whole identity components (None: one shard will do).
 
     Links are taken from every event in scope, valid or not, so a component here can only be
     a union of the worker's profiles, never a part of one: each profile is in one shard.
@@ -196,18 +212,11 @@ def _shards(warehouse: Warehouse, as_of: datetime, max_ids: int) -> int:
     identities = sum(len(members) for members in groups.values())
     count = max(1, math.ceil(identities / max_ids))
     if count == 1:
-        return 1
-    names: list[str] = []
-    shards: list[int] = []
+        return None
+    shards: list[list[str]] = [[] for _ in range(count)]
     for root, members in groups.items():
-        shard = zlib.crc32(root.encode()) % count
-        names.extend(members)
-        shards.extend([shard] * len(members))
-    table = pa.table(
-        {"identity": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())}
-    )
-    warehouse.connection.register("identity_shards", table)
-    return count
+        shards[zlib.crc32(root.encode()) % count].extend(members)
+    return [pa.array(members, pa.string()) for members in shards]
 
 
 def replay_shards(
@@ -224,16 +233,14 @@ def replay_shards(
     Each shard is a set of whole identity components with at most ``max_ids_per_shard`` ids
     (about; components are not split); ``None`` replays everything as one shard.
     """
+    where = "received_at <= $as_of"
+    params = {"as_of": as_of}
     with Warehouse(lake, version=version) as warehouse:
-        count = 1
-        if max_ids_per_shard is not None:
-            count = _shards(warehouse, as_of, max_ids_per_shard)
-        for shard in range(count):
-            where = _IN_SHARD if count > 1 else "received_at <= $as_of"
-            params: dict[str, Any] = {"as_of": as_of}
-            if count > 1:
-                params["shard"] = shard
-            states, applied = _replay(_events(warehouse, where, params, batch_rows), features)
+        shards = None if max_ids_per_shard is None else _shards(warehouse, as_of, max_ids_per_shard)
+        later = _later_copies(warehouse, where, params)
+        for only_ids in shards or [None]:
+            events = _events(warehouse, where, params, batch_rows, later=later, only_ids=only_ids)
+            states, applied = _replay(events, features)
             yield ProfilesAsOf(as_of, warehouse.version, states, applied)
 
 
@@ -370,10 +377,14 @@ def features_as_of(
     max_ids_per_shard: int | None = DEFAULT_SHARD_IDS,
 ) -> pa.Table:
     """Every user's feature vector as it was at ``as_of`` (see the module docstring)."""
-    shards = replay_shards(
+    tables: list[pa.Table] = []
+    for shard in replay_shards(
         lake, features, as_of, version=version, max_ids_per_shard=max_ids_per_shard
-    )
-    return _concat([profiles_table(p, features) for p in shards])
+    ):
+        tables.append(profiles_table(shard, features))
+        # let the states go before the next shard is replayed
+        shard.states.clear()
+    return _concat(tables)
 
 
 def numeric_columns(table: pa.Table) -> list[str]:
