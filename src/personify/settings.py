@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     run_worker: bool = True
+    # the stream worker (in `serve` or `personify worker`) also runs the lake writer
+    run_lake_sink: bool = True
 
     # Lake (raw events in Delta Lake, the DuckDB warehouse, data quality)
     lake_storage_options: dict[str, str] = Field(default_factory=dict)

@@ -28,10 +28,11 @@ from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.state import encode_state
 from personify.store import migrations, tables
-from personify.store.database import Database
+from personify.store.database import Database, lost_a_race
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 from personify.worker.heartbeats import Heartbeat, HeartbeatRepository
 from tests.contracts.conftest import StateFactory
+from tests.postgres import fresh_schema
 from tests.profiles.factory import event, shop_events
 
 FEATURES = FeatureSet()
@@ -381,3 +382,64 @@ def test_an_identity_at_the_length_limit_is_stored(open_state: StateFactory) -> 
     stored = ProfileRepository(db, FEATURES).find(long_id)
     assert stored is not None
     assert stored.profile_id == long_id
+
+
+def test_postgresql_sessions_plan_each_lookup_with_its_values(postgres_database: str) -> None:
+    # a generic plan made while a table was empty scans it forever after (see database.py)
+    db = Database(fresh_schema(postgres_database))
+    try:
+        for _ in range(3):
+            with db.engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+                conn.rollback()
+    finally:
+        db.dispose()
+
+
+def test_a_postgresql_deadlock_is_a_lost_race(postgres_database: str) -> None:
+    db = Database(fresh_schema(postgres_database))
+    rows = [
+        {
+            "profile_id": pid,
+            "version": 1,
+            "state": "{}",
+            "personalization_allowed": True,
+            "created_at": T0,
+            "updated_at": T0,
+        }
+        for pid in ("a", "b")
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(tables.profiles.insert(), rows)
+
+    def bump(conn: sa.Connection, pid: str) -> None:
+        conn.execute(
+            tables.profiles.update().where(tables.profiles.c.profile_id == pid).values(version=2)
+        )
+
+    failures: list[sa.exc.DBAPIError] = []
+    first, second = db.engine.connect(), db.engine.connect()
+    try:
+        first.begin()
+        second.begin()
+        bump(first, "a")
+        bump(second, "b")
+
+        def cross(conn: sa.Connection, pid: str) -> None:
+            try:
+                bump(conn, pid)
+            except sa.exc.DBAPIError as exc:
+                failures.append(exc)
+                conn.rollback()
+
+        # each waits for the other's row: PostgreSQL aborts one of them
+        waiter = threading.Thread(target=cross, args=(first, "b"))
+        waiter.start()
+        cross(second, "a")
+        waiter.join()
+    finally:
+        first.close()
+        second.close()
+        db.dispose()
+    assert len(failures) == 1
+    assert lost_a_race(failures[0])

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
 from personify.auth.keys import ApiKeyRepository
 from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
+from personify.errors import PersonifyError
 from personify.eventlog.base import EventLog, open_eventlog
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer
 from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
+from personify.lake.sink import LakeSink
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
@@ -21,6 +26,8 @@ from personify.store.database import Database, open_database
 from personify.store.failed_events import FailedEventRepository
 from personify.worker.heartbeats import HeartbeatRepository
 from personify.worker.worker import StreamWorker
+
+logger = logging.getLogger("personify.services")
 
 
 @dataclass
@@ -41,6 +48,9 @@ class Services:
     profiles: ProfileService
     heartbeats: HeartbeatRepository
     worker: StreamWorker
+    lake_sink: LakeSink | None = None
+    _lake_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _lake_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
@@ -90,6 +100,9 @@ class Services:
             profiles=profiles,
             heartbeats=heartbeats,
             worker=worker,
+            lake_sink=LakeSink.from_settings(settings, log, db=db, clock=clock)
+            if settings.run_lake_sink
+            else None,
         )
 
     async def start(self) -> None:
@@ -98,9 +111,35 @@ class Services:
         await self.cache.start()
         if self.settings.run_worker:
             self.worker.start()
+            self.start_lake_sink()
+
+    def start_lake_sink(self) -> None:
+        """Run the lake writer in the background of the current event loop, if configured."""
+        if self.lake_sink is None or self._lake_task is not None:
+            return
+        self._lake_stop = asyncio.Event()
+        self._lake_task = asyncio.create_task(self._run_lake_sink(), name="lake-sink")
+
+    async def _run_lake_sink(self) -> None:
+        assert self.lake_sink is not None
+        try:
+            await self.lake_sink.run(self._lake_stop)
+        except PersonifyError as error:
+            # a failed critical quality check stops the lake, never the API or the profiles
+            logger.error("lake writer stopped: [%s] %s", error.code, error.message)
+
+    async def stop_lake_sink(self) -> None:
+        """Finish the micro-batch in hand and stop the lake writer."""
+        task, self._lake_task = self._lake_task, None
+        if task is None:
+            return
+        self._lake_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def close(self) -> None:
         """Stop and release everything."""
+        await self.stop_lake_sink()
         await self.worker.stop()
         await self.cache.close()
         await self.log.close()

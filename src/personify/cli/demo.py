@@ -13,13 +13,21 @@ import uvicorn
 
 from personify.api.app import create_app
 from personify.api.services import Services
+from personify.cli.shop import generate_shop
 from personify.errors import Conflict
+from personify.lake.sink import LAKE_GROUP
+from personify.lake.table import Lake
+from personify.lake.warehouse import StateProfiles, Warehouse
 from personify.settings import Settings
 
 # Fixed, well-known demo credentials so the README's curl calls work as printed.
 # They exist only in the demo's own data folder; never use them in production.
 DEMO_WRITE_KEY = "demo-write-key"
 DEMO_ADMIN_KEY = "demo-admin-key"
+DEMO_QUERY = (
+    "SELECT type, coalesce(event, '') AS event, count(*) AS events, "
+    "count(DISTINCT user_key) AS users FROM fact_events GROUP BY ALL ORDER BY events DESC"
+)
 
 
 def _scripted_events(now: datetime) -> list[dict[str, Any]]:
@@ -94,6 +102,33 @@ async def _send_scripted_events(base_url: str, echo: Callable[[str], None]) -> N
         echo(f"sent {len(events)} scripted events through POST /v1/batch: {response.json()}")
 
 
+async def _send_shop(base_url: str, echo: Callable[[str], None]) -> None:
+    """Replay the generated shop through the real HTTP API, 100 events per batch."""
+    events = generate_shop(datetime.now(UTC))
+    async with httpx.AsyncClient(
+        base_url=base_url, auth=(DEMO_WRITE_KEY, ""), timeout=30
+    ) as client:
+        for start in range(0, len(events), 100):
+            response = await client.post("/v1/batch", json={"batch": events[start : start + 100]})
+            response.raise_for_status()
+    echo(f"replayed a generated shop: {len(events)} events of 150 visitors through POST /v1/batch")
+
+
+async def _wait_for_lake(services: Services, timeout_s: float = 30.0) -> bool:
+    """Wait until the lake writer has committed everything in the log."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await services.log.lag(LAKE_GROUP) == 0:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _lake_query(settings: Settings, services: Services, query: str) -> str:
+    with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(services.db)) as warehouse:
+        return warehouse.render(query)
+
+
 async def _wait_for_profile(
     base_url: str, identity: str, *, events: int, timeout_s: float = 15.0
 ) -> dict[str, Any] | None:
@@ -158,6 +193,7 @@ def run_demo(
                 return
             await asyncio.sleep(0.05)
         await _send_scripted_events(base_url, echo)
+        await _send_shop(base_url, echo)
         profile = None
         if settings.run_worker:
             scripted = len(_scripted_events(datetime.now(UTC)))
@@ -174,6 +210,11 @@ def run_demo(
             echo(
                 "(the stream worker has not applied the scripted events yet; see /v1/worker/status)"
             )
+        if settings.run_worker and settings.run_lake_sink and await _wait_for_lake(services):
+            echo("Every event is also in the Delta Lake; the warehouse queries it with SQL:")
+            echo(f'  personify sql "{DEMO_QUERY}"')
+            echo(await asyncio.to_thread(_lake_query, settings, services, DEMO_QUERY))
+            echo("")
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")

@@ -258,6 +258,8 @@ def worker(ctx: _Context, drain: bool, batch_size: int | None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, services.worker.request_stop)
         try:
+            if not drain:
+                services.start_lake_sink()
             await services.worker.run(until_idle=drain)
         finally:
             await services.close()

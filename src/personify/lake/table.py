@@ -234,10 +234,6 @@ class Lake:
         )
         return self._write(rows, properties)
 
-    def write(self, rows: pa.Table, *, metadata: dict[str, str] | None = None) -> int:
-        """Append ``rows`` with no offsets (a plain write); returns the new version."""
-        return self._write(rows, CommitProperties(custom_metadata=metadata or None))
-
     def _write(self, rows: pa.Table, properties: CommitProperties) -> int:
         target: DeltaTable | str = self._writer_table(refresh=False) or self.uri
         try:

@@ -43,7 +43,7 @@ from personify.profiles.state import (
     merge_states,
     needs_compaction,
 )
-from personify.store.database import Database
+from personify.store.database import Database, lost_a_race
 from personify.store.tables import (
     applied_events,
     identities,
@@ -137,6 +137,11 @@ class ProfileProcessor:
                 code="profile_conflict",
             ) from exc
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if lost_a_race(exc):
+                raise Conflict(
+                    "a concurrent batch locked these profiles first; retry the batch",
+                    code="profile_conflict",
+                ) from exc
             raise BackendUnavailable(
                 f"the state database is unavailable: {exc.orig}", code="state_unavailable"
             ) from exc
@@ -395,6 +400,9 @@ class _BatchWriter:
         )
 
     def flush(self, conn: sa.Connection, sql: _Statements) -> None:
+        # every writer locks profile rows in one order, so concurrent batches do not deadlock
+        self.updates.sort(key=lambda row: str(row["b_profile_id"]))
+        self.deletes.sort(key=lambda row: str(row["b_profile_id"]))
         sql.checked(conn, "update", _update_profile, self.updates)
         sql.checked(conn, "delete", _delete_profile, self.deletes)
         sql.run(conn, "repoint identities", _repoint_identities, self.repoints)

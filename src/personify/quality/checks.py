@@ -17,7 +17,7 @@ Thresholds come from ``QualityContext`` (settings), so they are data, not code.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -284,6 +284,3 @@ def features_checks(
         warning_columns, checks=[_volume_check(context, observations, "row_count")]
     )
     return StageChecks("features", critical, warning, observations)
-
-
-StageFactory = Callable[[QualityContext], StageChecks]
