@@ -33,11 +33,14 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP) ## run the benchmarks (each prints one JSON object)
+bench: $(STAMP) ## run every benchmark (each prints one JSON object)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/freshness.py
+	$(BIN)/python bench/lake.py
+	$(BIN)/python bench/features.py
+	$(BIN)/python bench/scale.py
 
 clean: ## remove .venv and local data
 	rm -rf $(VENV) data
