@@ -18,8 +18,7 @@ Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from personify.registry import EVENTLOG_ADAPTERS, load_adapter
 
@@ -27,8 +26,11 @@ if TYPE_CHECKING:
     from personify.settings import Settings
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+# NamedTuples, not frozen dataclasses: ingest builds one per event on its hot path, and a
+# frozen dataclass's __init__ costs several times a tuple's.
+
+
+class LogRecord(NamedTuple):
     """One record to append: an opaque payload, its ordering key, and an optional dedupe key."""
 
     payload: bytes
@@ -36,16 +38,14 @@ class LogRecord:
     dedupe_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(NamedTuple):
     """Where a record landed; ``duplicate`` means it was already in the log at ``offset``."""
 
     offset: str
     duplicate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class LogEntry(NamedTuple):
     """A record as read back: its partition, its offset there, and how often it was delivered."""
 
     partition: int

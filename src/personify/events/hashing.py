@@ -44,6 +44,12 @@ class PiiHasher:
         Nested objects on a hashed path are copied first, so the caller's input is untouched.
         """
         for path in self._paths:
+            node = event.get(path[0])
+            if node is None:
+                continue
+            # the common case, no PII in this event, settles with two dictionary lookups
+            if len(path) > 1 and type(node) is dict and path[1] not in node:
+                continue
             self._apply_path(event, path)
 
     def _apply_path(self, event: dict[str, Any], path: tuple[str, ...]) -> None:

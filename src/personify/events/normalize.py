@@ -36,6 +36,17 @@ def _identifier(event: dict[str, Any], name: str) -> str | None:
     value = event.get(name)
     if value is None:
         return None
+    if (
+        type(value) is str
+        and 0 < len(value) <= _MAX_ID_CHARS
+        and not value[0].isspace()
+        and not value[-1].isspace()
+    ):
+        return value  # the usual, already clean id
+    return _clean_identifier(name, value)
+
+
+def _clean_identifier(name: str, value: Any) -> str | None:
     if type(value) is str:
         text = value.strip() if value[:1].isspace() or value[-1:].isspace() else value
     elif isinstance(value, int | float) and not isinstance(value, bool):
