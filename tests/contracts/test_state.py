@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from personify.auth.keys import ApiKeyRepository
 from personify.clock import FrozenClock
-from personify.errors import BackendUnavailable, Conflict
+from personify.errors import BackendUnavailable, Conflict, ValidationError
 from personify.events.normalize import partition_key
 from personify.ingest.sources import SourceRepository
 from personify.profiles.events import ProfileEvent, view_event
@@ -443,3 +443,33 @@ def test_a_postgresql_deadlock_is_a_lost_race(postgres_database: str) -> None:
         db.dispose()
     assert len(failures) == 1
     assert lost_a_race(failures[0])
+
+
+def test_text_the_engine_cannot_store_is_refused_clearly(open_state: StateFactory) -> None:
+    # PostgreSQL's text cannot hold NUL; SQLite's can. Either way no driver error escapes
+    # (the worker dead-letters a ValidationError), and the dead letter itself is stored.
+    db = open_state()
+    poisoned = view_event(event("track", "m\x00", 0, user_id="u\x00", name="Clicked\x00"))
+    try:
+        ProfileProcessor(db, FEATURES).apply([poisoned])
+    except ValidationError as exc:
+        assert exc.code == "unstorable_value"
+        assert db.engine.dialect.name == "postgresql"
+    repository = FailedEventRepository(db)
+    repository.add_many(
+        [
+            NewFailedEvent(
+                stage="worker",
+                code="unstorable_value",
+                reason="NUL \x00 inside",
+                payload="raw \x00 text",
+                message_id="m\x00",
+                source_id="s\x00",
+            ),
+            NewFailedEvent(stage="worker", code="c", reason="r", payload={"text": "a\x00b"}),
+        ]
+    )
+    first, second = repository.list()
+    assert (first.message_id, first.source_id) == ("m\ufffd", "s\ufffd")
+    assert (first.reason, first.payload) == ("NUL \ufffd inside", "raw \ufffd text")
+    assert second.payload == {"text": "a\x00b"}

@@ -343,3 +343,10 @@ def test_event_shaped_json_is_accepted_or_rejected_with_a_code(
     raw: dict[str, Any], event_type: str | None, defaults: Any
 ) -> None:
     check_outcome(raw, event_type, defaults)
+
+
+@pytest.mark.parametrize("field", ["userId", "anonymousId", "messageId"])
+def test_a_nul_character_in_an_id_is_rejected(field: str) -> None:
+    error = rejected({"type": "track", "event": "x", "userId": "u", field: "bad\x00id"})
+    assert error.code == "invalid_field"
+    assert error.details == {"field": field}

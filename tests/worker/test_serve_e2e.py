@@ -60,8 +60,8 @@ def test_serve_applies_events_unless_no_worker(tmp_path: Path, no_worker: bool) 
             )
             assert profile["profileId"] == "user-e2e"
             assert profile["ids"]["anonymousIds"] == ["anon-e2e"]
-            status = client.get("/v1/worker/status").json()
+            # the profile is visible once the state commits; the log commit follows it
+            status = wait_for(client, "/v1/worker/status", lambda body: body["lag"] == 0)
             assert status["inProcess"]["running"] is True
-            assert status["lag"] == 0
     finally:
         server.stop()

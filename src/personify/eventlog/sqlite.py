@@ -97,6 +97,26 @@ def _fail(future: asyncio.Future[list[AppendResult]], exc: BaseException) -> Non
         future.set_exception(exc)
 
 
+_ROWS_PER_STATEMENT = 500
+
+
+def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` with multi-row VALUES statements.
+
+    ``executemany`` releases and retakes the GIL for every row; under load the HTTP thread
+    holds it most of the time, so each retake could wait a whole switch interval. One
+    statement per 500 rows keeps the writer from queueing behind the event loop.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    group = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        sql = f"{head} VALUES {','.join([group] * len(chunk))}"
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
 class SQLiteEventLog:
     """The ``EventLog`` on one SQLite file (a single partition, numbered 0)."""
 
@@ -320,17 +340,12 @@ class SQLiteEventLog:
                 log_rows.append((next_offset, record.key, record.payload, now, dedupe_key))
                 results.append(AppendResult(str(next_offset)))
                 next_offset += 1
-        if log_rows:
-            conn.executemany(
-                'INSERT INTO log ("offset", key, payload, appended_at, dedupe_key) '
-                "VALUES (?, ?, ?, ?, ?)",
-                log_rows,
-            )
-        if dedupe_rows:
-            conn.executemany(
-                'INSERT OR REPLACE INTO dedupe (hash, "offset", appended_at) VALUES (?, ?, ?)',
-                dedupe_rows,
-            )
+        _insert_rows(
+            conn, 'INSERT INTO log ("offset", key, payload, appended_at, dedupe_key)', log_rows
+        )
+        _insert_rows(
+            conn, 'INSERT OR REPLACE INTO dedupe (hash, "offset", appended_at)', dedupe_rows
+        )
 
     def _known_offsets(
         self, conn: sqlite3.Connection, hashes: dict[str, int], cutoff: float

@@ -41,12 +41,18 @@ def _identifier(event: dict[str, Any], name: str) -> str | None:
         and 0 < len(value) <= _MAX_ID_CHARS
         and not value[0].isspace()
         and not value[-1].isspace()
+        and "\x00" not in value
     ):
         return value  # the usual, already clean id
     return _clean_identifier(name, value)
 
 
 def _clean_identifier(name: str, value: Any) -> str | None:
+    if type(value) is str and "\x00" in value:
+        # PostgreSQL cannot store NUL in text, and no real id contains one
+        raise ValidationError(
+            f"{name} contains a NUL character", code="invalid_field", details={"field": name}
+        )
     if type(value) is str:
         text = value.strip() if value[:1].isspace() or value[-1:].isspace() else value
     elif isinstance(value, int | float) and not isinstance(value, bool):

@@ -124,7 +124,8 @@ class ProfileProcessor:
 
         Raises ``Conflict`` when a concurrent writer got there first (retry the batch),
         ``BackendUnavailable`` when the database is unreachable or locked, and
-        ``ValidationError`` when an event would link a profile beyond the identity limit.
+        ``ValidationError`` when an event would link a profile beyond the identity limit or
+        holds a value the database cannot store.
         """
         if payloads is None:
             payloads = [_encode(e.data).decode() for e in events]
@@ -135,6 +136,12 @@ class ProfileProcessor:
             raise Conflict(
                 "another writer changed these profiles; retry the batch",
                 code="profile_conflict",
+            ) from exc
+        except sa.exc.DataError as exc:
+            # e.g. a NUL character in an id: SQLite stores it, PostgreSQL's text cannot
+            raise ValidationError(
+                f"these events hold a value the state database cannot store: {exc.orig}",
+                code="unstorable_value",
             ) from exc
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             if lost_a_race(exc):

@@ -59,6 +59,11 @@ class NewFailedEvent:
     attempts: int = 1
 
 
+def _storable(text: str) -> str:
+    # PostgreSQL's text cannot hold NUL, and a dead letter must be storable whatever it carries
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _decode(text: str) -> Any:
     try:
         return msgspec.json.decode(text)
@@ -80,14 +85,15 @@ class FailedEventRepository:
         now = self._clock.now()
         rows = [
             {
-                "stage": item.stage,
-                "source_id": item.source_id,
-                "message_id": item.message_id,
-                "code": item.code,
-                "reason": item.reason,
+                "stage": _storable(item.stage),
+                "source_id": _storable(item.source_id) if item.source_id is not None else None,
+                "message_id": _storable(item.message_id) if item.message_id is not None else None,
+                "code": _storable(item.code),
+                "reason": _storable(item.reason),
+                # JSON escapes a NUL inside a string; only a raw text payload can carry one
                 "payload": msgspec.json.encode(item.payload).decode()
                 if not isinstance(item.payload, str)
-                else item.payload,
+                else _storable(item.payload),
                 "attempts": item.attempts,
                 "created_at": now,
             }
