@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -98,6 +99,7 @@ def _fail(future: asyncio.Future[list[AppendResult]], exc: BaseException) -> Non
 
 
 _ROWS_PER_STATEMENT = 500
+_SWITCH_INTERVAL_S = 0.0002
 
 
 def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -193,6 +195,10 @@ class SQLiteEventLog:
         finally:
             conn.close()
         self._reader = self._connect()
+        # The writer thread drops the GIL at each SQLite call; while the HTTP thread is busy,
+        # taking it back waits out the interpreter's switch interval (5 ms by default), and
+        # every request in the group commit waits with it. A shorter interval bounds that wait.
+        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         self._writer = threading.Thread(
             target=self._write_loop, name="eventlog-writer", daemon=True
         )

@@ -7,6 +7,7 @@ credentials) because browsers post to them directly.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import zlib
@@ -159,11 +160,19 @@ class CollectorRoutes:
         self.max_event_bytes = max_event_bytes
         self.max_batch_bytes = max_batch_bytes
         self._tracker_js: bytes | None = None
+        self._lookups: dict[str, asyncio.Future[Source | None]] = {}
 
     async def _resolve(self, write_key: str) -> Source:
         hit, source = self._sources.resolve_cached(write_key)
         if not hit:
-            source = await run_in_threadpool(self._sources.resolve, write_key)
+            # one lookup per key at a time: when a cached key expires under load, every
+            # concurrent request would otherwise query the database on its own thread
+            lookup = self._lookups.get(write_key)
+            if lookup is None:
+                lookup = asyncio.ensure_future(run_in_threadpool(self._sources.resolve, write_key))
+                self._lookups[write_key] = lookup
+                lookup.add_done_callback(lambda _: self._lookups.pop(write_key, None))
+            source = await asyncio.shield(lookup)
         if source is None:
             raise Unauthorized("unknown or revoked write key", code="invalid_write_key")
         return source
