@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS consumer_groups (
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 _DEDUPE_PRUNE_EVERY_S = 60.0
 _POLL_INTERVAL_S = 0.05
-_IN_CHUNK = 500  # bound on SQL variables per IN (...) query
 _WRITER_CACHE_KIB = 64 * 1024
 
 
@@ -98,25 +97,58 @@ def _fail(future: asyncio.Future[list[AppendResult]], exc: BaseException) -> Non
         future.set_exception(exc)
 
 
-_ROWS_PER_STATEMENT = 500
 _SWITCH_INTERVAL_S = 0.0002
 
 
+# Statement sizes are drawn from a few fixed buckets so that SQLite's statement cache keeps
+# every statement compiled: a statement per distinct row count would be parsed anew on
+# almost every commit.
+_SIZE_BUCKETS = (500, 128, 32, 8, 2, 1)
+
+
+def _bucket_at_most(count: int) -> int:
+    return next(size for size in _SIZE_BUCKETS if size <= count)
+
+
+def _bucket_at_least(count: int) -> int:
+    return min(size for size in _SIZE_BUCKETS if size >= count)
+
+
 def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with multi-row VALUES statements.
+    """Insert ``rows`` with multi-row VALUES statements of bucketed sizes.
 
     ``executemany`` releases and retakes the GIL for every row; under load the HTTP thread
-    holds it most of the time, so each retake could wait a whole switch interval. One
-    statement per 500 rows keeps the writer from queueing behind the event loop.
+    holds it most of the time, so each retake waits. A few statements per commit keep the
+    writer from queueing behind the event loop.
     """
     if not rows:
         return
-    width = len(rows[0])
-    group = "(" + ",".join("?" * width) + ")"
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
-        sql = f"{head} VALUES {','.join([group] * len(chunk))}"
-        conn.execute(sql, [value for row in chunk for value in row])
+    group = "(" + ",".join("?" * len(rows[0])) + ")"
+    start = 0
+    while start < len(rows):
+        size = _bucket_at_most(len(rows) - start)
+        chunk = rows[start : start + size]
+        conn.execute(
+            f"{head} VALUES {','.join([group] * size)}", [value for row in chunk for value in row]
+        )
+        start += size
+
+
+def _select_in(
+    conn: sqlite3.Connection, sql: str, values: Sequence[Any], *extra: Any
+) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (with one ``{marks}`` IN list) for every value, in bucketed statements.
+
+    Short lists are padded with their first value (a repeat in IN changes nothing), so the
+    statement is one SQLite has compiled already.
+    """
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(values), _SIZE_BUCKETS[0]):
+        chunk = list(values[start : start + _SIZE_BUCKETS[0]])
+        size = _bucket_at_least(len(chunk))
+        chunk += [chunk[0]] * (size - len(chunk))
+        found.extend(conn.execute(sql.format(marks=",".join("?" * size)), (*chunk, *extra)))
+    return found
 
 
 class SQLiteEventLog:
@@ -173,7 +205,11 @@ class SQLiteEventLog:
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=10.0,
+                cached_statements=256,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -363,28 +399,23 @@ class SQLiteEventLog:
         for key, digest in hashes.items():
             by_hash.setdefault(digest, []).append(key)
         digests = list(by_hash)
-        hits: dict[int, int] = {}
-        for start in range(0, len(digests), _IN_CHUNK):
-            chunk = digests[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            hits.update(
-                conn.execute(
-                    f'SELECT hash, "offset" FROM dedupe WHERE hash IN ({marks}) AND appended_at >= ?',
-                    (*chunk, cutoff),
-                )
+        hits: dict[int, int] = dict(
+            _select_in(
+                conn,
+                'SELECT hash, "offset" FROM dedupe WHERE hash IN ({marks}) AND appended_at >= ?',
+                digests,
+                cutoff,
             )
+        )
         if not hits:
             return {}
-        offsets = list(hits.values())
-        stored: dict[int, str | None] = {}
-        for start in range(0, len(offsets), _IN_CHUNK):
-            chunk = offsets[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            stored.update(
-                conn.execute(
-                    f'SELECT "offset", dedupe_key FROM log WHERE "offset" IN ({marks})', chunk
-                )
+        stored: dict[int, str | None] = dict(
+            _select_in(
+                conn,
+                'SELECT "offset", dedupe_key FROM log WHERE "offset" IN ({marks})',
+                list(hits.values()),
             )
+        )
         known: dict[str, int] = {}
         for digest, offset in hits.items():
             original = stored.get(offset)
