@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
+from personify.auth.lookup import ExpiringLookup
 from personify.auth.secrets import hash_secret, new_secret
 from personify.clock import Clock, SystemClock
 from personify.errors import NotFound, ValidationError
@@ -55,9 +55,8 @@ class ApiKeyRepository:
         self, db: Database, *, cache_ttl_s: float = 5.0, clock: Clock | None = None
     ) -> None:
         self._db = db
-        self._ttl = cache_ttl_s
         self._clock = clock or SystemClock()
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._cache: ExpiringLookup[ApiKey] = ExpiringLookup(cache_ttl_s)
 
     def create(
         self, name: str, role: str = "admin", secret: str | None = None
@@ -88,7 +87,7 @@ class ApiKeyRepository:
                 )
             )
         # a lookup of this secret before it existed left a negative entry
-        self._cache.pop(hash_secret(secret), None)
+        self._cache.forget(hash_secret(secret))
         return key, secret
 
     def list(self) -> list[ApiKey]:
@@ -117,10 +116,9 @@ class ApiKeyRepository:
     def resolve(self, secret: str) -> ApiKey | None:
         """The active key for ``secret``, or None. Cached for ``cache_ttl_s``."""
         digest = hash_secret(secret)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        hit, cached = self._cache.get(digest)
+        if hit:
+            return cached
         try:
             with self._db.engine.connect() as conn:
                 row = conn.execute(
@@ -131,7 +129,5 @@ class ApiKeyRepository:
         except sa.exc.OperationalError as exc:
             raise state_unavailable(exc) from exc
         key = _row_to_key(row) if row is not None else None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._ttl, key)
+        self._cache.put(digest, key)
         return key

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
+from personify.auth.lookup import ExpiringLookup
 from personify.auth.secrets import hash_secret, new_secret
 from personify.clock import Clock, SystemClock
 from personify.errors import Conflict, NotFound, ValidationError
@@ -50,9 +50,8 @@ class SourceRepository:
         self, db: Database, *, cache_ttl_s: float = 5.0, clock: Clock | None = None
     ) -> None:
         self._db = db
-        self._ttl = cache_ttl_s
         self._clock = clock or SystemClock()
-        self._cache: dict[str, tuple[float, Source | None]] = {}
+        self._cache: ExpiringLookup[Source] = ExpiringLookup(cache_ttl_s)
 
     def create(self, name: str, write_key: str | None = None) -> tuple[Source, str]:
         """A new source; returns it with its write key (shown once)."""
@@ -81,7 +80,7 @@ class SourceRepository:
         except sa.exc.IntegrityError as exc:
             raise Conflict(f"a source named {name!r} exists already", code="source_exists") from exc
         # a lookup of this key before it existed left a negative entry
-        self._cache.pop(write_key, None)
+        self._cache.forget(write_key)
         return source, write_key
 
     def get(self, id_or_name: str) -> Source:
@@ -116,17 +115,13 @@ class SourceRepository:
 
     def resolve_cached(self, write_key: str) -> tuple[bool, Source | None]:
         """``(True, source or None)`` when the cache knows the key, else ``(False, None)``."""
-        cached = self._cache.get(write_key)
-        if cached is not None and cached[0] > time.monotonic():
-            return True, cached[1]
-        return False, None
+        return self._cache.get(write_key)
 
     def resolve(self, write_key: str) -> Source | None:
         """The active source owning ``write_key``, or None. Cached for ``cache_ttl_s``."""
-        now = time.monotonic()
-        cached = self._cache.get(write_key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        hit, cached = self._cache.get(write_key)
+        if hit:
+            return cached
         try:
             with self._db.engine.connect() as conn:
                 row = conn.execute(
@@ -138,7 +133,5 @@ class SourceRepository:
         except sa.exc.OperationalError as exc:
             raise state_unavailable(exc) from exc
         source = _row_to_source(row) if row is not None else None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[write_key] = (now + self._ttl, source)
+        self._cache.put(write_key, source)
         return source
