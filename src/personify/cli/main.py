@@ -54,7 +54,11 @@ def main() -> None:
 def serve(
     ctx: _Context, host: str | None, port: int | None, workers: int, no_worker: bool, log_level: str
 ) -> None:
-    """Run the HTTP API (and, unless --no-worker, a stream worker) with uvicorn."""
+    """Run the HTTP API (and, unless --no-worker, a stream worker) with uvicorn.
+
+    With --workers N > 1 on the embedded SQLite log, add --no-worker and run one
+    `personify worker` beside it: the SQLite log has a single partition.
+    """
     import os
 
     import uvicorn
