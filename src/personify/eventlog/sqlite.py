@@ -106,6 +106,26 @@ _SWITCH_INTERVAL_S = 0.0002
 _SIZE_BUCKETS = (500, 128, 32, 8, 2, 1)
 
 
+def _begin_immediate(conn: sqlite3.Connection, timeout_s: float = 10.0) -> None:
+    """Take the write lock, retrying every fraction of a millisecond while another process has it.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10… up to 100 ms between tries, so two API
+    processes sharing one log spent most of their time asleep; the writer connection has no
+    busy timeout and retries here instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.0001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.002)
+
+
 def _bucket_at_most(count: int) -> int:
     return next(size for size in _SIZE_BUCKETS if size <= count)
 
@@ -281,6 +301,8 @@ class SQLiteEventLog:
         conn = self._connect()
         with contextlib.suppress(sqlite3.Error):
             conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
+            # waits for the write lock happen in _begin_immediate, at a finer grain
+            conn.execute("PRAGMA busy_timeout=0")
         last_prune = 0.0
         try:
             while True:
@@ -329,7 +351,7 @@ class SQLiteEventLog:
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         now = time.time()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
             try:
                 self._write_in_transaction(conn, batch, now)
                 conn.execute("COMMIT")
