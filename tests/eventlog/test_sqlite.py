@@ -219,3 +219,26 @@ async def test_a_dedupe_hash_collision_never_drops_a_distinct_event(
     assert results[1].duplicate and results[1].offset == first[0].offset
     payloads = [row[0] for row in query(tmp_path / "events.db", "SELECT payload FROM log")]
     assert payloads == [b"alpha", b"beta"]
+
+
+async def test_two_logs_on_one_file_take_turns_on_the_write_lock(tmp_path: Path) -> None:
+    # two instances have two writer threads and connections: the same contention as two
+    # API processes sharing the file, resolved by the fine-grained lock wait
+    first = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    second = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    await first.start()
+    await second.start()
+    try:
+
+        async def send(log: SQLiteEventLog, name: str) -> None:
+            for start in range(0, 2000, 50):
+                await log.append([record(f"{name}-{i}") for i in range(start, start + 50)])
+
+        await asyncio.gather(
+            *(send(log, f"{n}-{i}") for i in range(4) for n, log in [("a", first), ("b", second)])
+        )
+    finally:
+        await first.close()
+        await second.close()
+    rows = query(tmp_path / "events.db", "SELECT count(*), count(DISTINCT payload) FROM log")
+    assert rows == [(16000, 16000)]
