@@ -57,7 +57,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -378,10 +378,10 @@ def personify_env(data_dir: Path, durability: str, linger_ms: float) -> dict[str
     return env
 
 
-def create_source(env: dict[str, str], cwd: Path) -> str:
-    """``personify sources create bench``; returns the write key it prints."""
+def create_source(env: dict[str, str], cwd: Path, name: str = "bench") -> str:
+    """``personify sources create <name>``; returns the write key it prints."""
     done = subprocess.run(
-        [sys.executable, "-m", "personify.cli", "sources", "create", "bench"],
+        [sys.executable, "-m", "personify.cli", "sources", "create", name],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -413,6 +413,34 @@ def scratch_folder(keep: bool) -> Iterator[Path]:
             log(f"data kept in {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_rounds(
+    wrk: Wrk,
+    scenarios: list[Scenario],
+    args: argparse.Namespace,
+    describe: Callable[[dict[str, Any]], str],
+    stop_signal: Callable[[Scenario], signal.Signals],
+) -> None:
+    """Start every server, warm each up, run the measured rounds in turn, then stop them all.
+
+    The rounds interleave the scenarios so a slow drift of the machine hits all of them alike.
+    """
+    try:
+        for scenario in scenarios:
+            scenario.server.start()
+            log(f"{scenario.name} server on {scenario.server.base_url}")
+        for scenario in scenarios:
+            log(f"warm-up {scenario.name} ({args.warmup:g} s)")
+            wrk.run(scenario, args.warmup)
+        for number in range(1, args.rounds + 1):
+            for scenario in scenarios:
+                figures = wrk.run(scenario, args.duration)
+                scenario.rounds.append(figures)
+                log(f"round {number}/{args.rounds} {scenario.name}: {describe(figures)}")
+    finally:
+        for scenario in scenarios:
+            scenario.server.stop(stop_signal(scenario))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -521,28 +549,19 @@ def main(argv: list[str] | None = None) -> int:
         wrk = Wrk(
             connections=args.connections, threads=args.threads, cpus=wrk_cpus, verbose=args.verbose
         )
-        try:
-            for scenario in scenarios:
-                scenario.server.start()
-                log(f"{scenario.name} server on {scenario.server.base_url}")
-            for scenario in scenarios:
-                log(f"warm-up {scenario.name} ({args.warmup:g} s)")
-                wrk.run(scenario, args.warmup)
-            for number in range(1, args.rounds + 1):
-                for scenario in scenarios:
-                    figures = wrk.run(scenario, args.duration)
-                    scenario.rounds.append(figures)
-                    log(
-                        f"round {number}/{args.rounds} {scenario.name}: "
-                        f"{figures['requests_per_s']:.0f} req/s, "
-                        f"{figures['events_per_s']:.0f} events/s, "
-                        f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
-                    )
-        finally:
-            for scenario in scenarios:
-                # SIGKILL the Personify servers: what is acknowledged must be in the log
-                # without any help from a clean shutdown
-                scenario.server.stop(signal.SIGTERM if scenario is baseline else signal.SIGKILL)
+        run_rounds(
+            wrk,
+            scenarios,
+            args,
+            lambda figures: (
+                f"{figures['requests_per_s']:.0f} req/s, "
+                f"{figures['events_per_s']:.0f} events/s, "
+                f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+            ),
+            # SIGKILL the Personify servers: what is acknowledged must be in the log
+            # without any help from a clean shutdown
+            lambda scenario: signal.SIGTERM if scenario is baseline else signal.SIGKILL,
+        )
 
         log_check: dict[str, Any] = {}
         for scenario in scenarios[1:]:

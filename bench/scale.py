@@ -63,11 +63,7 @@ PARTITIONS = 4
 WORKER_KAFKA_SESSION_TIMEOUT_MS = 6000
 DRAIN_TIMEOUT_S = 600.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout stays one JSON object."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+log = ingest.log
 
 
 def process_tree_cpu_seconds(root: int) -> float | None:
@@ -395,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 if scaled:
                     env.update(engines.env(name))
                 # one source per scenario; scaled out they share the database, hence the name
-                write_key = _create_source(env, folder, name)
+                write_key = ingest.create_source(env, folder, f"bench-{name}")
                 server = TreeServer(
                     name,
                     [
@@ -427,26 +423,17 @@ def main(argv: list[str] | None = None) -> int:
             wrk = ingest.Wrk(
                 connections=args.connections, threads=args.threads, cpus=None, verbose=args.verbose
             )
-            try:
-                for scenario in scenarios:
-                    scenario.server.start()
-                    log(f"{scenario.name} server on {scenario.server.base_url}")
-                for scenario in scenarios:
-                    log(f"warm-up {scenario.name} ({args.warmup:g} s)")
-                    wrk.run(scenario, args.warmup)
-                for number in range(1, args.rounds + 1):
-                    for scenario in scenarios:
-                        figures = wrk.run(scenario, args.duration)
-                        scenario.rounds.append(figures)
-                        log(
-                            f"round {number}/{args.rounds} {scenario.name}: "
-                            f"{figures['events_per_s']:.0f} events/s, "
-                            f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
-                            f"server {figures['server_cpu_cores']:.2f} cores"
-                        )
-            finally:
-                for scenario in scenarios:
-                    scenario.server.stop(signal.SIGTERM)
+            ingest.run_rounds(
+                wrk,
+                scenarios,
+                args,
+                lambda figures: (
+                    f"{figures['events_per_s']:.0f} events/s, "
+                    f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
+                    f"server {figures['server_cpu_cores']:.2f} cores"
+                ),
+                lambda _scenario: signal.SIGTERM,
+            )
             log_check = {s.name: _log_check(s) for s in scenarios}
             workers = (
                 worker_benchmark(engines, folder, args.worker_events)
@@ -519,24 +506,6 @@ def ingest_kafka_linger_ms() -> float:
     """The Kafka producer's linger when PERSONIFY_EVENTLOG_KAFKA_LINGER_MS is not set."""
 
     return float(_default("eventlog_kafka_linger_ms"))
-
-
-def _create_source(env: dict[str, str], cwd: Path, name: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "personify.cli", "sources", "create", f"bench-{name}"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"personify sources create failed:\n{done.stderr}")
-    for line in done.stdout.splitlines():
-        if line.startswith("write key:"):
-            return line.split(":", 1)[1].strip()
-    raise RuntimeError(f"no write key in {done.stdout!r}")
 
 
 def _log_check(scenario: ingest.Scenario) -> dict[str, Any]:

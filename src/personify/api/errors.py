@@ -49,17 +49,21 @@ def error_body(code: str, message: str, details: object = None) -> bytes:
     return msgspec.json.encode({"error": {"code": code, "message": message, "details": details}})
 
 
-def render_error(error: errors.PersonifyError) -> Response:
-    """The response for a Personify error (503s carry ``Retry-After``)."""
+def error_parts(error: errors.PersonifyError) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and extra headers of a Personify error (503s carry ``Retry-After``).
+
+    Shared by Starlette's handlers and the raw ASGI ingest path, so both answer alike.
+    """
     headers = {}
     if isinstance(error, errors.BackendUnavailable):
         headers["retry-after"] = str(error.retry_after_s)
-    return Response(
-        error_body(error.code, error.message, error.details),
-        status_code=status_for(error),
-        media_type="application/json",
-        headers=headers,
-    )
+    return status_for(error), error_body(error.code, error.message, error.details), headers
+
+
+def render_error(error: errors.PersonifyError) -> Response:
+    """The response for a Personify error."""
+    status, body, headers = error_parts(error)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 async def personify_error_handler(request: Request, exc: Exception) -> Response:

@@ -25,15 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from personify.errors import BackendUnavailable, ConfigurationError
-
-try:
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
-    raise ConfigurationError(
-        "the redis:// cache needs the 'redis' package: pip install 'personify[redis]'",
-        code="missing_extra",
-    ) from exc
+from personify.redis_pool import RedisError, aioredis, connect
 
 if TYPE_CHECKING:
     from personify.settings import Settings
@@ -41,7 +33,6 @@ if TYPE_CHECKING:
 DEFAULT_PREFIX = "personify:"
 _DEFAULT_MAX_CONNECTIONS = 64
 _POOL_WAIT_S = 5.0
-_CONNECT_TIMEOUT_S = 5.0
 # options this adapter reads itself; everything else in the query string is redis-py's
 _OWN_OPTIONS = ("prefix", "ttl_s")
 
@@ -105,23 +96,15 @@ class RedisCache:
         if self._client is not None:
             return
         try:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=_DEFAULT_MAX_CONNECTIONS,
-                timeout=_POOL_WAIT_S,
-                socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            self._client = await connect(
+                self.url, max_connections=_DEFAULT_MAX_CONNECTIONS, wait_s=_POOL_WAIT_S
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"invalid Redis cache URL {self.url!r}: {exc}", code="invalid_cache"
             ) from exc
-        client = aioredis.Redis.from_pool(pool)
-        try:
-            await client.ping()
         except RedisError as exc:
-            await client.aclose()
             raise _unavailable("connect", exc) from exc
-        self._client = client
 
     async def close(self) -> None:
         """Close every pooled connection (the values stay in Redis)."""

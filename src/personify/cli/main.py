@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
 from personify.errors import PersonifyError
 from personify.settings import Settings
+
+if TYPE_CHECKING:
+    from personify.auth.keys import ApiKeyRepository
+    from personify.ingest.sources import SourceRepository
 
 
 class _Context:
@@ -78,6 +82,20 @@ def serve(
     )
 
 
+def _sources(ctx: _Context) -> SourceRepository:
+    from personify.ingest.sources import SourceRepository
+    from personify.store.database import open_database
+
+    return SourceRepository(open_database(ctx.settings))
+
+
+def _api_keys(ctx: _Context) -> ApiKeyRepository:
+    from personify.auth.keys import ApiKeyRepository
+    from personify.store.database import open_database
+
+    return ApiKeyRepository(open_database(ctx.settings))
+
+
 # -- sources ---------------------------------------------------------------------------------
 
 
@@ -91,10 +109,7 @@ def sources() -> None:
 @pass_ctx
 def sources_create(ctx: _Context, name: str) -> None:
     """Create a source and print its write key (shown only once)."""
-    from personify.ingest.sources import SourceRepository
-    from personify.store.database import open_database
-
-    source, key = SourceRepository(open_database(ctx.settings)).create(name)
+    source, key = _sources(ctx).create(name)
     click.echo(f"source {source.name} ({source.id})")
     click.echo(f"write key: {key}")
 
@@ -103,10 +118,7 @@ def sources_create(ctx: _Context, name: str) -> None:
 @pass_ctx
 def sources_list(ctx: _Context) -> None:
     """List sources."""
-    from personify.ingest.sources import SourceRepository
-    from personify.store.database import open_database
-
-    for s in SourceRepository(open_database(ctx.settings)).list():
+    for s in _sources(ctx).list():
         state = "active" if s.is_active else f"revoked {s.revoked_at:%Y-%m-%d %H:%M}"
         click.echo(f"{s.id}  {s.name:<24} {s.write_key_prefix}…  {state}")
 
@@ -116,10 +128,7 @@ def sources_list(ctx: _Context) -> None:
 @pass_ctx
 def sources_revoke(ctx: _Context, source: str) -> None:
     """Revoke a source's write key (by id or name)."""
-    from personify.ingest.sources import SourceRepository
-    from personify.store.database import open_database
-
-    revoked = SourceRepository(open_database(ctx.settings)).revoke(source)
+    revoked = _sources(ctx).revoke(source)
     click.echo(f"revoked source {revoked.name} ({revoked.id})")
 
 
@@ -137,10 +146,7 @@ def keys() -> None:
 @pass_ctx
 def keys_create(ctx: _Context, name: str, role: str) -> None:
     """Create an API key and print it (shown only once; stored hashed)."""
-    from personify.auth.keys import ApiKeyRepository
-    from personify.store.database import open_database
-
-    key, secret = ApiKeyRepository(open_database(ctx.settings)).create(name, role)
+    key, secret = _api_keys(ctx).create(name, role)
     click.echo(f"key {key.name} ({key.id}, role {key.role})")
     click.echo(f"api key: {secret}")
 
@@ -149,10 +155,7 @@ def keys_create(ctx: _Context, name: str, role: str) -> None:
 @pass_ctx
 def keys_list(ctx: _Context) -> None:
     """List API keys (never their secrets)."""
-    from personify.auth.keys import ApiKeyRepository
-    from personify.store.database import open_database
-
-    for k in ApiKeyRepository(open_database(ctx.settings)).list():
+    for k in _api_keys(ctx).list():
         state = "active" if k.is_active else "revoked"
         click.echo(f"{k.id}  {k.name:<24} {k.role:<6} {k.prefix}…  {state}")
 
@@ -162,10 +165,7 @@ def keys_list(ctx: _Context) -> None:
 @pass_ctx
 def keys_revoke(ctx: _Context, key: str) -> None:
     """Revoke an API key by id or name."""
-    from personify.auth.keys import ApiKeyRepository
-    from personify.store.database import open_database
-
-    revoked = ApiKeyRepository(open_database(ctx.settings)).revoke(key)
+    revoked = _api_keys(ctx).revoke(key)
     click.echo(f"revoked key {revoked.name} ({revoked.id})")
 
 

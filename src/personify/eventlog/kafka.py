@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
+from personify.redis_pool import RedisError, aioredis, pooled_client
 
 try:
     from confluent_kafka import (
@@ -66,16 +67,6 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigurationError(
         "the kafka:// event log needs the 'confluent-kafka' package: "
-        "pip install 'personify[kafka]'",
-        code="missing_extra",
-    ) from exc
-
-try:
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
-    raise ConfigurationError(
-        "the kafka:// event log keeps its dedupe index in Redis and needs the 'redis' package: "
         "pip install 'personify[kafka]'",
         code="missing_extra",
     ) from exc
@@ -341,15 +332,8 @@ class KafkaEventLog:
             return
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         self._admin_thread = _Thread(f"kafka-admin-{self.topic}")
-        # a bounded pool that makes callers wait: a burst of appends queues up instead of
-        # failing with "Too many connections"
-        dedupe = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                self._dedupe_url,
-                max_connections=_DEDUPE_CONNECTIONS,
-                timeout=_DEDUPE_WAIT_S,
-                socket_connect_timeout=5.0,
-            )
+        dedupe = pooled_client(
+            self._dedupe_url, max_connections=_DEDUPE_CONNECTIONS, wait_s=_DEDUPE_WAIT_S
         )
         try:
             await self._admin_thread.run(self._ensure_topic)

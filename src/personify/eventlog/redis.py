@@ -42,15 +42,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
-
-try:
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError, ResponseError
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
-    raise ConfigurationError(
-        "the redis:// event log needs the 'redis' package: pip install 'personify[redis]'",
-        code="missing_extra",
-    ) from exc
+from personify.redis_pool import RedisError, ResponseError, aioredis, connect
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -156,32 +148,43 @@ return redis.call('XTRIM', KEYS[1], 'MINID', format_id(floor_ms, floor_seq))
 """
 )
 
+# each entry as {id, fields, delivery count}: the count is the consumer's pending entry's
+_WITH_COUNTS = """
+local function with_counts(stream, group, consumer, entries)
+  local out = {}
+  for _, entry in ipairs(entries) do
+    local info = redis.call('XPENDING', stream, group, entry[1], entry[1], 1, consumer)
+    local count = 1
+    if #info > 0 then
+      count = info[1][4]
+    end
+    out[#out + 1] = {entry[1], entry[2], count}
+  end
+  return out
+end
+"""
+
 # KEYS[1] stream; ARGV group, consumer, after-id, count.
 # This consumer's pending entries after ``after-id``, each with its delivery count.
-_HISTORY = """
+_HISTORY = (
+    _WITH_COUNTS
+    + """
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[4],
                          'STREAMS', KEYS[1], ARGV[3])
 if not reply or #reply == 0 then
   return {}
 end
-local entries = reply[1][2]
-local out = {}
-for _, entry in ipairs(entries) do
-  local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1, ARGV[2])
-  local count = 1
-  if #info > 0 then
-    count = info[1][4]
-  end
-  out[#out + 1] = {entry[1], entry[2], count}
-end
-return out
+return with_counts(KEYS[1], ARGV[1], ARGV[2], reply[1][2])
 """
+)
 
 # KEYS[1] stream; ARGV group, consumer, min idle (ms), cursor, count.
 # Takes over entries idle on any consumer of the group; returns {next cursor, entries}.
 # After a full pass it forgets consumers with nothing pending that have not read for the idle
 # time (a live one that reads again is recreated by XREADGROUP).
-_CLAIM = """
+_CLAIM = (
+    _WITH_COUNTS
+    + """
 local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                          'COUNT', ARGV[5])
 if reply[1] == '0-0' then
@@ -197,17 +200,9 @@ if reply[1] == '0-0' then
     end
   end
 end
-local out = {}
-for _, entry in ipairs(reply[2]) do
-  local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1, ARGV[2])
-  local count = 1
-  if #info > 0 then
-    count = info[1][4]
-  end
-  out[#out + 1] = {entry[1], entry[2], count}
-end
-return {reply[1], out}
+return {reply[1], with_counts(KEYS[1], ARGV[1], ARGV[2], reply[2])}
 """
+)
 
 # KEYS[1] stream; ARGV group, consumer, highest id, then the ids to acknowledge.
 # Acknowledges them and every older entry still pending on this consumer.
@@ -353,21 +348,10 @@ class RedisEventLog:
         """Connect to Redis and check it answers."""
         if self._client is not None:
             return
-        # a bounded pool that makes callers wait for a connection: a burst of concurrent
-        # appends queues up instead of failing with "Too many connections"
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=_MAX_CONNECTIONS,
-            timeout=_CONNECTION_WAIT_S,
-            socket_connect_timeout=5.0,
-        )
-        client = aioredis.Redis.from_pool(pool)
         with self._errors("connect"):
-            try:
-                await client.ping()
-            except RedisError:
-                await client.aclose()
-                raise
+            client = await connect(
+                self.url, max_connections=_MAX_CONNECTIONS, wait_s=_CONNECTION_WAIT_S
+            )
         self._client = client
         self._scripts = {
             name: client.register_script(source)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from personify.api.errors import error_body, status_for
+from personify.api.errors import error_body, error_parts
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
 from personify.ingest.routes import CORS_HEADERS, CollectorRoutes
@@ -80,13 +80,11 @@ class IngestFastPath:
             else:
                 body = await self._routes.batch(headers, chunks)
         except PersonifyError as error:
-            extra = _JSON_HEADERS
             if isinstance(error, BackendUnavailable):
                 logger.warning("%s %s -> %s: %s", method, path, error.code, error.message)
-                extra = [*extra, (b"retry-after", str(error.retry_after_s).encode())]
-            await _respond(
-                send, status_for(error), error_body(error.code, error.message, error.details), extra
-            )
+            status, body, extra = error_parts(error)
+            answer = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in extra.items())]
+            await _respond(send, status, body, answer)
             return
         except _Disconnected:
             return

@@ -20,6 +20,29 @@ from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 _encode = msgspec.json.Encoder().encode
 
 
+def log_record(normalizer: Normalizer, event: dict[str, Any], source_id: str) -> LogRecord:
+    """The log record of a normalised event: encoded, size-checked, ordered by its device or
+    user, and deduplicated by ``(source, messageId)``. Raises ``PayloadTooLarge``.
+
+    Every way into the log (the HTTP collector, ``personify import``) builds records here, so
+    an event sent twice through different paths is still appended once.
+    """
+    payload = _encode(event)
+    normalizer.check_size(payload)
+    return LogRecord(payload, partition_key(event), f"{source_id}:{event['messageId']}")
+
+
+def storable_rejection(hasher: PiiHasher, raw: Any) -> Any:
+    """A rejected payload as it may be kept: without its write key, PII hashed like an
+    accepted event's."""
+    if not isinstance(raw, dict):
+        return raw
+    payload = dict(raw)
+    payload.pop("writeKey", None)
+    hasher.apply(payload)
+    return payload
+
+
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
     """What happened to the events of one request; ``errors[i]`` is why ``rejected[i]`` was."""
@@ -49,20 +72,15 @@ class Collector:
         self._clock = clock or SystemClock()
 
     def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
-        payload: Any = raw
         message_id = None
         if isinstance(raw, dict):
-            payload = dict(raw)
-            payload.pop("writeKey", None)
-            # the raw payload is stored, so it is hashed like an accepted event would be
-            self._hasher.apply(payload)
             mid = raw.get("messageId")
             message_id = str(mid)[:512] if isinstance(mid, str | int) else None
         return NewFailedEvent(
             stage="ingest",
             code=error.code,
             reason=error.message,
-            payload=payload,
+            payload=storable_rejection(self._hasher, raw),
             source_id=source.id,
             message_id=message_id,
         )
@@ -83,7 +101,6 @@ class Collector:
         received_at = self._clock.now()
         received_text = format_timestamp(received_at)
         normalize = self._normalizer.normalize
-        check_size = self._normalizer.check_size
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []
         errors: list[ValidationError] = []
@@ -97,15 +114,10 @@ class Collector:
                     defaults=defaults,
                     received_at_text=received_text,
                 )
-                payload = _encode(event)
-                check_size(payload)
+                records.append(log_record(self._normalizer, event, source.id))
             except ValidationError as error:
                 rejected.append(self._dead_letter(raw, source, error))
                 errors.append(error)
-                continue
-            records.append(
-                LogRecord(payload, partition_key(event), f"{source.id}:{event['messageId']}")
-            )
         duplicates = 0
         if records:
             results = await self._log.append(records)

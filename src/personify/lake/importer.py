@@ -33,7 +33,8 @@ from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
-from personify.events.normalize import Normalizer, parse_timestamp, partition_key
+from personify.events.normalize import Normalizer, parse_timestamp
+from personify.ingest.collector import log_record, storable_rejection
 from personify.ingest.sources import Source
 from personify.lake.schema import TIMESTAMP
 from personify.quality.checks import QualityContext, ingest_checks
@@ -328,13 +329,25 @@ class EventImporter:
         self._clock = clock or SystemClock()
 
     def _rejection(self, row: SourceRow, error: ValidationError) -> dict[str, Any]:
-        payload: Any = row.raw
-        if isinstance(payload, dict):
-            payload = dict(payload)
-            payload.pop("writeKey", None)
-            # the rejected-rows file is as careful with PII as the dead letters are
-            self._hasher.apply(payload)
+        # the rejected-rows file is as careful with PII as the dead letters are
+        payload = storable_rejection(self._hasher, row.raw)
         return {"row": row.number, "code": error.code, "reason": error.message, "payload": payload}
+
+    def _chunks(
+        self, rows: Iterator[SourceRow], progress: Callable[[int], None] | None
+    ) -> Iterator[list[SourceRow]]:
+        chunk: list[SourceRow] = []
+        for row in rows:
+            if progress is not None:
+                progress(row.size)
+            if row.number == 0:
+                continue  # a blank line: counted for progress, not a row
+            chunk.append(row)
+            if len(chunk) >= self._chunk_rows:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     async def run(
         self,
@@ -353,19 +366,7 @@ class EventImporter:
         runs: list[QualityRun] = []
         rejected_file: IO[bytes] | None = None
         try:
-            chunk: list[SourceRow] = []
-            for row in rows:
-                if progress is not None:
-                    progress(row.size)
-                if row.number == 0:
-                    continue
-                chunk.append(row)
-                if len(chunk) >= self._chunk_rows:
-                    rejected_file = await self._chunk(
-                        chunk, summary, runs, dataset, rejected_path, rejected_file
-                    )
-                    chunk = []
-            if chunk:
+            for chunk in self._chunks(rows, progress):
                 rejected_file = await self._chunk(
                     chunk, summary, runs, dataset, rejected_path, rejected_file
                 )
@@ -399,17 +400,15 @@ class EventImporter:
                 event = self._normalizer.normalize(
                     row.raw, received_at=arrival(row.raw, received_at), source_id=source_id
                 )
-                payload = _encode(event)
-                self._normalizer.check_size(payload)
+                # the same record (and dedupe key) as the HTTP collector's, so a re-sent
+                # event is not appended twice
+                record = log_record(self._normalizer, event, source_id)
             except ValidationError as error:
                 rejections.append(self._rejection(row, error))
                 summary.reasons[error.code] = summary.reasons.get(error.code, 0) + 1
                 continue
             events.append(event)
-            # the same dedupe key as the HTTP collector, so a re-sent event is not appended twice
-            records.append(
-                LogRecord(payload, partition_key(event), f"{source_id}:{event['messageId']}")
-            )
+            records.append(record)
         if rejections:
             if rejected_file is None:
                 rejected_path.parent.mkdir(parents=True, exist_ok=True)

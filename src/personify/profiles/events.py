@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from personify.errors import ValidationError
-from personify.events.normalize import EVENT_TYPES
+from personify.events.normalize import EVENT_TYPES, parse_timestamp
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -47,17 +47,8 @@ def parse_ms(name: str, value: Any) -> int:
             )
         except ValueError:
             pass  # not digits after all: the general parser below names the problem
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be an ISO-8601 string", code="invalid_timestamp")
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError as exc:
-        raise ValidationError(
-            f"{name} is not an ISO-8601 timestamp: {value[:64]!r}", code="invalid_timestamp"
-        ) from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
+    # any other shape is read exactly as ingest reads it
+    return datetime_ms(parse_timestamp(name, value))
 
 
 def format_ms(ms: int) -> str:

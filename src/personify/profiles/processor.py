@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.errors import BackendUnavailable, Conflict, ValidationError
-from personify.profiles.consent import is_personalization_allowed
+from personify.profiles.document import personalization_allowed
 from personify.profiles.events import ProfileEvent, datetime_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.history import diff_documents
@@ -265,9 +265,7 @@ class ProfileProcessor:
         existing = loaded.get(profile_id) if profile_id in states else None
         old_document = _decode(existing.blob) if existing else {}
         version = existing.version + 1 if existing else 1
-        allowed = is_personalization_allowed(
-            state.consent.value if state.consent else None, features.consent_categories
-        )
+        allowed = personalization_allowed(state, features)
         writer.profile(
             profile_id,
             existing.version if existing else None,

@@ -9,12 +9,11 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from personify.errors import BackendUnavailable
 from personify.profiles.events import format_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.history import apply_diff, changed_sections
 from personify.profiles.state import ProfileState, decode_state, merge_states
-from personify.store.database import Database, aware
+from personify.store.database import Database, aware, state_unavailable
 from personify.store.tables import (
     applied_events,
     identities,
@@ -111,12 +110,6 @@ def parse_cursor(cursor: str) -> tuple[int, str] | None:
     return int(head), tail
 
 
-def _wrap(exc: sa.exc.SQLAlchemyError) -> BackendUnavailable:
-    return BackendUnavailable(
-        f"the state database could not be read: {exc}", code="state_unavailable"
-    )
-
-
 class ProfileRepository:
     """Read access to profiles, their history and their timeline."""
 
@@ -143,7 +136,7 @@ class ProfileRepository:
             with self._db.engine.connect() as conn:
                 row = conn.execute(query).first()
         except sa.exc.OperationalError as exc:
-            raise _wrap(exc) from exc
+            raise state_unavailable(exc) from exc
         if row is None:
             return None
         return StoredProfile(
@@ -240,7 +233,7 @@ class ProfileRepository:
         try:
             return self._as_of(profile_id, at, 0)
         except sa.exc.OperationalError as exc:
-            raise _wrap(exc) from exc
+            raise state_unavailable(exc) from exc
 
     def _as_of(self, profile_id: str, at: datetime, depth: int) -> ProfileState | None:
         if depth > _MAX_MERGE_DEPTH:

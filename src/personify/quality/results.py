@@ -15,17 +15,8 @@ from personify.store.tables import quality_runs
 
 def _row_to_run(row: sa.Row[tuple[object, ...]]) -> QualityRun:
     m = row._mapping
-    results = [
-        CheckResult(
-            column=r["column"],
-            check=r["check"],
-            severity=r["severity"],
-            passed=r["passed"],
-            failures=r["failures"],
-            observed=r["observed"],
-        )
-        for r in msgspec.json.decode(m["results"])
-    ]
+    # stored by ``CheckResult.to_dict``, whose keys are the field names
+    results = [CheckResult(**r) for r in msgspec.json.decode(m["results"])]
     created_at = aware(m["created_at"])
     assert created_at is not None
     return QualityRun(
@@ -65,17 +56,21 @@ class QualityRepository:
 
     def latest(self, stage: str | None = None, *, limit: int = 1) -> list[QualityRun]:
         """The newest ``limit`` runs of ``stage`` (of every stage when None), newest first."""
-        query = sa.select(quality_runs)
-        if stage is not None:
-            query = query.where(quality_runs.c.stage == stage)
-            query = query.order_by(quality_runs.c.created_at.desc()).limit(limit)
-            with self._db.engine.connect() as conn:
-                return [_row_to_run(r) for r in conn.execute(query)]
-        with self._db.engine.connect() as conn:
-            stages = [s for (s,) in conn.execute(sa.select(quality_runs.c.stage).distinct())]
         runs: list[QualityRun] = []
-        for name in sorted(stages):
-            runs.extend(self.latest(name, limit=limit))
+        with self._db.engine.connect() as conn:
+            if stage is None:
+                distinct = sa.select(quality_runs.c.stage).distinct()
+                stages = sorted(s for (s,) in conn.execute(distinct))
+            else:
+                stages = [stage]
+            for name in stages:
+                query = (
+                    sa.select(quality_runs)
+                    .where(quality_runs.c.stage == name)
+                    .order_by(quality_runs.c.created_at.desc())
+                    .limit(limit)
+                )
+                runs.extend(_row_to_run(r) for r in conn.execute(query))
         return runs
 
     def row_counts(self, stage: str, *, dataset_prefix: str = "", limit: int = 14) -> list[int]:

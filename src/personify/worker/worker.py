@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -389,15 +389,20 @@ class StreamWorker:
                 raise _Stopped
 
     async def _commit(self, entries: Sequence[LogEntry]) -> None:
+        # stopped while the log is down: applied but uncommitted, so redelivered after a
+        # restart, then skipped
+        await self._until_written(lambda: self._log.commit(self.group, self.consumer, entries))
+
+    async def _until_written(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Run ``write`` until its engine answers, backing off; ``_Stopped`` if asked to stop."""
         delay = self._backoff_s
         while True:
             try:
-                await self._log.commit(self.group, self.consumer, entries)
+                await write()
                 return
             except BackendUnavailable as exc:
                 self._note_error(exc)
                 if self._stop.is_set():
-                    # applied but uncommitted: redelivered after a restart, then skipped
                     raise _Stopped from exc
                 await self._sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
@@ -436,17 +441,7 @@ class StreamWorker:
             message_id=message_id,
             attempts=attempts,
         )
-        delay = self._backoff_s
-        while True:
-            try:
-                await asyncio.to_thread(self._failed.add_many, [failed])
-                break
-            except BackendUnavailable as exc:
-                self._note_error(exc)
-                if self._stop.is_set():
-                    raise _Stopped from exc
-                await self._sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+        await self._until_written(lambda: asyncio.to_thread(self._failed.add_many, [failed]))
         self.stats.dead_lettered += 1
 
     # -- bookkeeping -------------------------------------------------------------------------
