@@ -322,14 +322,15 @@ def to_json(value: Any) -> str:
 
 
 def count_log(data_dir: Path) -> dict[str, int]:
-    """Rows in the event log's ``log`` table and distinct keys in its ``dedupe`` table."""
+    """Records in the event log and the transactions (chunks) that wrote them."""
     conn = sqlite3.connect(data_dir / "events.db")
     try:
-        rows = conn.execute("SELECT count(*) FROM log").fetchone()[0]
-        keys = conn.execute("SELECT count(*) FROM dedupe").fetchone()[0]
+        records, chunks = conn.execute(
+            "SELECT coalesce(sum(count), 0), count(*) FROM chunk"
+        ).fetchone()
     finally:
         conn.close()
-    return {"log_rows": int(rows), "dedupe_keys": int(keys)}
+    return {"log_rows": int(records), "chunks": int(chunks)}
 
 
 def versions() -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import httpx
 import msgspec
 import pytest
 
+from personify.eventlog.sqlite import iter_records
 from tests.e2e.conftest import ServerProcess, make_server
 
 EVENTS = 10_000
@@ -139,14 +139,9 @@ async def killer(server: ServerProcess, progress: Progress) -> list[int | None]:
 
 
 def logged_message_ids(events_db: Path) -> list[str]:
-    """Every messageId in the log file, one per row, read with plain sqlite3."""
-    conn = sqlite3.connect(events_db)
-    try:
-        rows = conn.execute("SELECT payload FROM log").fetchall()
-    finally:
-        conn.close()
+    """Every messageId in the log file, one per record, read with plain sqlite3."""
     decode = msgspec.json.Decoder().decode
-    return [str(decode(payload)["messageId"]) for (payload,) in rows]
+    return [str(decode(payload)["messageId"]) for _, _, payload in iter_records(events_db)]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import LogRecord
-from personify.eventlog.sqlite import SQLiteEventLog, dedupe_hash
+from personify.eventlog.sqlite import SQLiteEventLog, count_records, dedupe_hash, iter_records
 from tests.conftest import make_settings
 
 OpenLog = Callable[..., Awaitable[SQLiteEventLog]]
@@ -99,16 +100,15 @@ async def test_group_commit_shares_transactions_between_concurrent_appends(
     log = await open_log(linger_ms=20.0)
     results = await asyncio.gather(*(log.append([record(f"r{i}")]) for i in range(200)))
     assert sorted(int(r[0].offset) for r in results) == list(range(1, 201))
-    transactions = query(tmp_path / "events.db", "SELECT count(DISTINCT appended_at) FROM log")
+    # one chunk row per transaction
+    transactions = query(tmp_path / "events.db", "SELECT count(*) FROM chunk")
     assert transactions[0][0] < 50, "200 concurrent appends should share a few transactions"
 
 
 async def test_a_batch_never_exceeds_max_batch_events(open_log: OpenLog, tmp_path: Path) -> None:
     log = await open_log(linger_ms=50.0, max_batch_events=10)
     await asyncio.gather(*(log.append([record(f"r{i}")]) for i in range(40)))
-    sizes = query(
-        tmp_path / "events.db", "SELECT count(*) FROM log GROUP BY appended_at ORDER BY 1 DESC"
-    )
+    sizes = query(tmp_path / "events.db", "SELECT count FROM chunk ORDER BY 1 DESC")
     assert sum(s[0] for s in sizes) == 40
     assert sizes[0][0] <= 10
 
@@ -174,7 +174,7 @@ async def test_close_writes_what_is_queued(tmp_path: Path) -> None:
     await asyncio.sleep(0.01)
     await log.close()
     assert len(await pending) == 1
-    assert query(tmp_path / "events.db", "SELECT payload FROM log") == [(b"last",)]
+    assert [payload for _, _, payload in iter_records(tmp_path / "events.db")] == [b"last"]
 
 
 async def test_appending_to_a_stopped_log_is_backend_unavailable(tmp_path: Path) -> None:
@@ -206,19 +206,20 @@ async def test_a_dedupe_hash_collision_never_drops_a_distinct_event(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
     log = await open_log()
-    first = await log.append([record("alpha")])
-    # forge a collision in the real file: "beta"'s hash now points at "alpha"'s row
+    first = await log.append([record("alpha"), record("gamma")])
+    await log.close()
+    # forge a collision in the real file: the hash stored for "gamma" is now "beta"'s, so the
+    # index rebuilt at start sends "beta" to gamma's record
+    forged = array("q", [dedupe_hash("alpha"), dedupe_hash("beta")]).tobytes()
     with closing(sqlite3.connect(tmp_path / "events.db")) as conn:
-        conn.execute(
-            'INSERT OR REPLACE INTO dedupe (hash, "offset", appended_at) VALUES (?, ?, ?)',
-            (dedupe_hash("beta"), int(first[0].offset), time.time()),
-        )
+        conn.execute("UPDATE chunk SET hashes = ?", (forged,))
         conn.commit()
-    results = await log.append([record("beta"), record("alpha")])
+    reopened = await open_log()
+    results = await reopened.append([record("beta"), record("alpha")])
     assert not results[0].duplicate
     assert results[1].duplicate and results[1].offset == first[0].offset
-    payloads = [row[0] for row in query(tmp_path / "events.db", "SELECT payload FROM log")]
-    assert payloads == [b"alpha", b"beta"]
+    payloads = [payload for _, _, payload in iter_records(tmp_path / "events.db")]
+    assert payloads == [b"alpha", b"gamma", b"beta"]
 
 
 async def test_two_logs_on_one_file_take_turns_on_the_write_lock(tmp_path: Path) -> None:
@@ -240,5 +241,99 @@ async def test_two_logs_on_one_file_take_turns_on_the_write_lock(tmp_path: Path)
     finally:
         await first.close()
         await second.close()
-    rows = query(tmp_path / "events.db", "SELECT count(*), count(DISTINCT payload) FROM log")
-    assert rows == [(16000, 16000)]
+    payloads = [payload for _, _, payload in iter_records(tmp_path / "events.db")]
+    assert len(payloads) == len(set(payloads)) == count_records(tmp_path / "events.db") == 16000
+
+
+async def test_dedupe_holds_across_two_writers_on_one_file(tmp_path: Path) -> None:
+    # each writer catches up on the other's chunks once it holds the write lock
+    first = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    second = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    await first.start()
+    await second.start()
+    try:
+        original = await first.append([record("m1"), record("m2")])
+        again = await second.append([record("m2"), record("m3")])
+        assert again[0].duplicate and again[0].offset == original[1].offset
+        assert not again[1].duplicate and int(again[1].offset) == 3
+        back = await first.append([record("m3"), record("m4")])
+        assert back[0].duplicate and back[0].offset == again[1].offset
+        assert int(back[1].offset) == 4
+    finally:
+        await first.close()
+        await second.close()
+    assert [payload for _, _, payload in iter_records(tmp_path / "events.db")] == [
+        b"m1",
+        b"m2",
+        b"m3",
+        b"m4",
+    ]
+
+
+async def test_one_big_chunk_is_read_in_steps(open_log: OpenLog) -> None:
+    log = await open_log()
+    await log.append([record(f"r{i}") for i in range(1000)])
+    seen: list[bytes] = []
+    while entries := await log.read("g", "c", max_count=300, timeout_ms=0):
+        assert len(entries) <= 300
+        seen.extend(e.payload for e in entries)
+        await log.commit("g", "c", entries)
+    assert seen == [f"r{i}".encode() for i in range(1000)]
+    assert await log.lag("g") == 0
+    # a new consumer of the group starts after the group's commit
+    await log.append([record("late")])
+    fresh = await open_log()
+    assert [e.payload for e in await fresh.read("g", "other", timeout_ms=0)] == [b"late"]
+
+
+async def test_truncate_keeps_offsets_growing_and_counts_records(open_log: OpenLog) -> None:
+    log = await open_log()
+    await log.append([record(f"a{i}") for i in range(5)])
+    await log.append([record(f"b{i}") for i in range(5)])
+    entries = await log.read("g", "c", max_count=7, timeout_ms=0)
+    await log.commit("g", "c", entries)
+    # the first chunk is wholly committed, the second only in part: only the first goes
+    assert await log.truncate() == 5
+    assert await log.lag("g") == 3
+    assert await log.lag("newcomer") == 5
+    entries = await log.read("g", "c", timeout_ms=0)
+    await log.commit("g", "c", entries)
+    assert await log.truncate() == 5
+    # an empty log keeps counting from where it was
+    assert [r.offset for r in await log.append([record("c0")])] == ["11"]
+    assert [e.offset for e in await log.tail(5)] == ["11"]
+
+
+async def test_a_file_in_the_row_per_record_layout_is_moved_into_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE log ("offset" INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,
+                payload BLOB NOT NULL, appended_at REAL NOT NULL, dedupe_key TEXT);
+            CREATE TABLE dedupe (hash INTEGER PRIMARY KEY, "offset" INTEGER NOT NULL,
+                appended_at REAL NOT NULL);
+            CREATE TABLE consumer_groups (name TEXT PRIMARY KEY, committed INTEGER NOT NULL);
+            """
+        )
+        now = time.time()
+        rows = [(o, f"k{o}", f"p{o}".encode(), now, f"d{o}") for o in (3, 4, 5, 8, 9)]
+        conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        conn.execute("INSERT INTO consumer_groups VALUES ('worker', 4)")
+        conn.commit()
+    log = SQLiteEventLog(path, durability="off")
+    await log.start()
+    try:
+        assert [(e.offset, e.key, e.payload) for e in await log.tail(10)] == [
+            (str(o), f"k{o}", f"p{o}".encode()) for o in (3, 4, 5, 8, 9)
+        ]
+        # the group's commit still means the same records
+        assert [e.offset for e in await log.read("worker", "c", timeout_ms=0)] == ["5", "8", "9"]
+        # dedupe keys came along, and new offsets follow the old ones
+        results = await log.append([record("d8"), record("new")])
+        assert results[0].duplicate and results[0].offset == "8"
+        assert results[1].offset == "10"
+    finally:
+        await log.close()
+    tables = {name for (name,) in query(path, "SELECT name FROM sqlite_master")}
+    assert "log" not in tables and "dedupe" not in tables

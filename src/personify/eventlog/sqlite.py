@@ -5,6 +5,18 @@ The writer drains everything queued (waiting up to ``linger_ms`` for more), writ
 in one transaction, and resolves every waiting future together, so many concurrent
 requests share one fsync.
 
+Storage: each transaction writes **one row** of table ``chunk`` holding all its records
+(their keys, dedupe keys, dedupe hashes and payloads, packed with msgpack) under the offset
+of its first record; the records of a chunk have consecutive offsets. A row per record cost
+a B-tree insert (and, for the dedupe index, a random page rewritten and fsynced) per event;
+a row per transaction costs one. The dedupe index is kept in memory
+(``personify.eventlog.dedupe_index``) and rebuilt at start from the hashes the chunks of
+the window hold. Several processes may share one file: each writer, once it holds the
+write lock, first reads the hashes of chunks other writers appended since its last commit.
+
+``iter_records`` and ``count_records`` read a file with nothing but ``sqlite3`` (for tools
+and tests); ``SELECT sum(count) FROM chunk`` counts the records from the ``sqlite3`` shell.
+
 Durability (``PERSONIFY_EVENTLOG_DURABILITY``), what a crash can cost once ``append``
 has returned:
 
@@ -21,38 +33,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import queue
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from array import array
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
+
+import msgspec
+import numpy as np
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
+from personify.eventlog.dedupe_index import DedupeIndex, dedupe_hash
 
 if TYPE_CHECKING:
     from personify.settings import Settings
 
+__all__ = ["SQLiteEventLog", "count_records", "dedupe_hash", "iter_records"]
+
+# hashes come before the packed lists so that reading them (catching up on another writer's
+# chunks, loading the index) never touches the overflow pages that hold the payloads
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS log (
-    "offset" INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    payload BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS chunk (
+    first_offset INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
     appended_at REAL NOT NULL,
-    dedupe_key TEXT
+    hashes BLOB NOT NULL,
+    keys BLOB NOT NULL,
+    dedupe_keys BLOB NOT NULL,
+    payloads BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS dedupe (
-    hash INTEGER PRIMARY KEY,
-    "offset" INTEGER NOT NULL,
-    appended_at REAL NOT NULL
+CREATE INDEX IF NOT EXISTS chunk_appended_at ON chunk (appended_at);
+CREATE TABLE IF NOT EXISTS log_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    next_offset INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS dedupe_appended_at ON dedupe (appended_at);
+INSERT OR IGNORE INTO log_head (id, next_offset) VALUES (1, 1);
 CREATE TABLE IF NOT EXISTS consumer_groups (
     name TEXT PRIMARY KEY,
     committed INTEGER NOT NULL
@@ -60,19 +83,37 @@ CREATE TABLE IF NOT EXISTS consumer_groups (
 """
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-_DEDUPE_PRUNE_EVERY_S = 60.0
 _POLL_INTERVAL_S = 0.05
 _WRITER_CACHE_KIB = 64 * 1024
+_SWITCH_INTERVAL_S = 0.0002
+# one (time, offset) mark per this many seconds (at most) maps the dedupe window onto offsets
+_WINDOW_MARK_EVERY_S = 1.0
+_MIGRATE_ROWS = 5000
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack_keys = msgspec.msgpack.Decoder(list[str]).decode
+_unpack_dedupe_keys = msgspec.msgpack.Decoder(list[str | None]).decode
+_unpack_payloads = msgspec.msgpack.Decoder(list[bytes]).decode
 
 
-def dedupe_hash(key: str) -> int:
-    """A 64-bit signed hash of a dedupe key: the dedupe index's rowid.
+class _Chunk(NamedTuple):
+    """A chunk's records, unpacked."""
 
-    Random text keys dirtied a page of a wide index per event; 8-byte integer keys keep the
-    index a fraction of the size. A hash hit is checked against the key stored with the log
-    row, so a collision can never drop a distinct event.
-    """
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+    first_offset: int
+    appended_at: float
+    keys: list[str]
+    payloads: list[bytes]
+
+
+def _unpack(row: tuple[Any, ...]) -> _Chunk:
+    first_offset, appended_at, keys, payloads = row
+    return _Chunk(
+        int(first_offset), float(appended_at), _unpack_keys(keys), _unpack_payloads(payloads)
+    )
+
+
+def _hash_array(blob: bytes) -> np.ndarray[Any, np.dtype[np.int64]]:
+    return np.frombuffer(blob, dtype=np.int64)
 
 
 @dataclass(slots=True)
@@ -97,15 +138,6 @@ def _fail(future: asyncio.Future[list[AppendResult]], exc: BaseException) -> Non
         future.set_exception(exc)
 
 
-_SWITCH_INTERVAL_S = 0.0002
-
-
-# Statement sizes are drawn from a few fixed buckets so that SQLite's statement cache keeps
-# every statement compiled: a statement per distinct row count would be parsed anew on
-# almost every commit.
-_SIZE_BUCKETS = (500, 128, 32, 8, 2, 1)
-
-
 def _begin_immediate(conn: sqlite3.Connection, timeout_s: float = 10.0) -> None:
     """Take the write lock, retrying every fraction of a millisecond while another process has it.
 
@@ -126,49 +158,76 @@ def _begin_immediate(conn: sqlite3.Connection, timeout_s: float = 10.0) -> None:
         delay_s = min(delay_s * 2, 0.002)
 
 
-def _bucket_at_most(count: int) -> int:
-    return next(size for size in _SIZE_BUCKETS if size <= count)
+def _migrate_row_log(conn: sqlite3.Connection) -> None:
+    """Move a file written by the row-per-record layout (table ``log``) into chunks.
 
-
-def _bucket_at_least(count: int) -> int:
-    return min(size for size in _SIZE_BUCKETS if size >= count)
-
-
-def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with multi-row VALUES statements of bucketed sizes.
-
-    ``executemany`` releases and retakes the GIL for every row; under load the HTTP thread
-    holds it most of the time, so each retake waits. A few statements per commit keep the
-    writer from queueing behind the event loop.
+    Offsets are kept (consumer groups' commits refer to them); a gap in the old offsets
+    starts a new chunk. Runs inside the caller's transaction.
     """
-    if not rows:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log'"
+    ).fetchone()
+    if exists is None:
         return
-    group = "(" + ",".join("?" * len(rows[0])) + ")"
-    start = 0
-    while start < len(rows):
-        size = _bucket_at_most(len(rows) - start)
-        chunk = rows[start : start + size]
-        conn.execute(
-            f"{head} VALUES {','.join([group] * size)}", [value for row in chunk for value in row]
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
+    next_offset = (int(row[0]) if row else 0) + 1
+    after = 0
+    while True:
+        rows = conn.execute(
+            'SELECT "offset", key, payload, appended_at, dedupe_key FROM log '
+            'WHERE "offset" > ? ORDER BY "offset" LIMIT ?',
+            (after, _MIGRATE_ROWS),
+        ).fetchall()
+        if not rows:
+            break
+        run: list[tuple[Any, ...]] = []
+        for current in rows:
+            if run and int(current[0]) != int(run[-1][0]) + 1:
+                _insert_chunk_rows(conn, run)
+                run = []
+            run.append(current)
+        _insert_chunk_rows(conn, run)
+        after = int(rows[-1][0])
+        next_offset = max(next_offset, after + 1)
+    conn.execute("UPDATE log_head SET next_offset = max(next_offset, ?)", (next_offset,))
+    conn.execute("DROP TABLE log")
+    conn.execute("DROP TABLE IF EXISTS dedupe")
+
+
+def _insert_chunk_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    dedupe_keys: list[str | None] = [r[4] for r in rows]
+    hashes = array("q", [dedupe_hash(k) if k is not None else 0 for k in dedupe_keys])
+    conn.execute(
+        "INSERT INTO chunk (first_offset, count, appended_at, hashes, keys, dedupe_keys, "
+        "payloads) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            int(rows[0][0]),
+            len(rows),
+            float(rows[-1][3]),
+            hashes.tobytes(),
+            _pack([str(r[1]) for r in rows]),
+            _pack(dedupe_keys),
+            _pack([bytes(r[2]) for r in rows]),
+        ),
+    )
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, str, bytes]]:
+    """Every record in the log file at ``path``, oldest first, as (offset, key, payload)."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10.0)) as conn:
+        rows = conn.execute(
+            "SELECT first_offset, appended_at, keys, payloads FROM chunk ORDER BY first_offset"
         )
-        start += size
+        for row in rows:
+            chunk = _unpack(row)
+            for index, (key, payload) in enumerate(zip(chunk.keys, chunk.payloads, strict=True)):
+                yield chunk.first_offset + index, key, payload
 
 
-def _select_in(
-    conn: sqlite3.Connection, sql: str, values: Sequence[Any], *extra: Any
-) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` (with one ``{marks}`` IN list) for every value, in bucketed statements.
-
-    Short lists are padded with their first value (a repeat in IN changes nothing), so the
-    statement is one SQLite has compiled already.
-    """
-    found: list[tuple[Any, ...]] = []
-    for start in range(0, len(values), _SIZE_BUCKETS[0]):
-        chunk = list(values[start : start + _SIZE_BUCKETS[0]])
-        size = _bucket_at_least(len(chunk))
-        chunk += [chunk[0]] * (size - len(chunk))
-        found.extend(conn.execute(sql.format(marks=",".join("?" * size)), (*chunk, *extra)))
-    return found
+def count_records(path: Path) -> int:
+    """How many records the log file at ``path`` holds."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10.0)) as conn:
+        return int(conn.execute("SELECT coalesce(sum(count), 0) FROM chunk").fetchone()[0])
 
 
 class SQLiteEventLog:
@@ -203,6 +262,14 @@ class SQLiteEventLog:
         self._cursors: dict[tuple[str, str], int] = {}
         self._appended = asyncio.Event()
         self._started = False
+        # writer-thread state: the dedupe index, the offset it has seen up to, window marks
+        self._index = DedupeIndex()
+        self._next_offset = 1
+        self._marks: deque[tuple[float, int]] = deque()
+        self._last_mark = (0.0, 0)
+        self._mark_every_s = min(_WINDOW_MARK_EVERY_S, dedupe_window_s / 10)
+        # the last chunk a reader unpacked: consumers read a big chunk in several steps
+        self._read_cache: _Chunk | None = None
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> SQLiteEventLog:
@@ -240,16 +307,84 @@ class SQLiteEventLog:
             ) from exc
         return conn
 
-    async def start(self) -> None:
-        """Create the file and tables, and start the writer thread."""
-        if self._started:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _prepare_file(self) -> None:
+        """Create the tables, move an old-layout file into chunks, load the dedupe index."""
         conn = self._connect()
         try:
             conn.executescript(_SCHEMA)
+            _begin_immediate(conn)
+            try:
+                _migrate_row_log(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._load_index(conn)
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(
+                f"cannot prepare the event log at {self.path}: {exc}", code="log_unavailable"
+            ) from exc
         finally:
             conn.close()
+
+    def _load_index(self, conn: sqlite3.Connection) -> None:
+        """Fill the dedupe index from the chunks appended within the window."""
+        now = time.time()
+        cutoff = now - self._dedupe_window_s
+        self._index = DedupeIndex()
+        self._marks.clear()
+        self._last_mark = (0.0, 0)
+        head = conn.execute("SELECT next_offset FROM log_head").fetchone()
+        self._next_offset = int(head[0])
+        rows = conn.execute(
+            "SELECT first_offset, count, appended_at, hashes FROM chunk "
+            "WHERE appended_at >= ? ORDER BY first_offset",
+            (cutoff,),
+        ).fetchall()
+        # everything before the window's first chunk has expired
+        self._index.expire(int(rows[0][0]) if rows else self._next_offset)
+        self._absorb(rows)
+
+    def _absorb(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Index chunks (first_offset, count, appended_at, hashes) written elsewhere."""
+        if not rows:
+            return
+        hashes = np.concatenate([_hash_array(row[3]) for row in rows])
+        offsets = np.concatenate(
+            [np.arange(int(row[0]), int(row[0]) + int(row[1]), dtype=np.int64) for row in rows]
+        )
+        self._index.add_many(hashes, offsets)
+        for first_offset, count, appended_at, _hashes in rows:
+            self._mark(float(appended_at), int(first_offset) + int(count))
+
+    def _mark(self, appended_at: float, end_offset: int) -> None:
+        """Note that every offset below ``end_offset`` was appended by ``appended_at``."""
+        self._last_mark = (appended_at, end_offset)
+        if not self._marks or appended_at - self._marks[-1][0] >= self._mark_every_s:
+            self._marks.append(self._last_mark)
+
+    def _expire(self, now: float) -> None:
+        """Move the index's floor past every offset appended before the window began.
+
+        The floor trails the window by at most one mark interval, so a key is deduplicated
+        for at least the window.
+        """
+        cutoff = now - self._dedupe_window_s
+        marks = self._marks
+        while len(marks) > 1 and marks[1][0] < cutoff:
+            marks.popleft()
+        floor = marks[0][1] if marks and marks[0][0] < cutoff else None
+        if self._last_mark[0] < cutoff:
+            floor = self._last_mark[1]
+        if floor is not None:
+            self._index.expire(floor)
+
+    async def start(self) -> None:
+        """Create the file and tables, load the dedupe index, and start the writer thread."""
+        if self._started:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._prepare_file)
         self._reader = self._connect()
         # The writer thread drops the GIL at each SQLite call; while the HTTP thread is busy,
         # taking it back waits out the interpreter's switch interval (5 ms by default), and
@@ -303,7 +438,6 @@ class SQLiteEventLog:
             conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
             # waits for the write lock happen in _begin_immediate, at a finer grain
             conn.execute("PRAGMA busy_timeout=0")
-        last_prune = 0.0
         try:
             while True:
                 first = self._queue.get()
@@ -335,14 +469,6 @@ class SQLiteEventLog:
                 self._write_batch(conn, batch)
                 with self._pending_lock:
                     self._pending_events -= size
-                now = time.time()
-                if now - last_prune > _DEDUPE_PRUNE_EVERY_S:
-                    last_prune = now
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute(
-                            "DELETE FROM dedupe WHERE appended_at < ?",
-                            (now - self._dedupe_window_s,),
-                        )
                 if stop:
                     return
         finally:
@@ -353,7 +479,7 @@ class SQLiteEventLog:
         try:
             _begin_immediate(conn)
             try:
-                self._write_in_transaction(conn, batch, now)
+                added = self._write_in_transaction(conn, batch, now)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -363,8 +489,19 @@ class SQLiteEventLog:
                 f"the event log could not write: {exc}", code="log_unavailable", retry_after_s=1
             )
             for item in batch:
+                item.results.clear()
                 item.loop.call_soon_threadsafe(_fail, item.future, error)
             return
+        # the index learns of the chunk only once it is committed
+        if added is not None:
+            first_offset, count, hashes = added
+            index = self._index
+            for position, digest in enumerate(hashes):
+                if digest:
+                    index.add(digest, first_offset + position)
+            self._next_offset = first_offset + count
+            self._mark(now, first_offset + count)
+        self._expire(now)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for item in batch:
             by_loop.setdefault(item.loop, []).append(item)
@@ -372,21 +509,38 @@ class SQLiteEventLog:
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_resolve_all, items)
 
+    def _catch_up(self, conn: sqlite3.Connection) -> int:
+        """Index what other writers appended since this one last wrote; the next offset."""
+        head = int(conn.execute("SELECT next_offset FROM log_head").fetchone()[0])
+        if head != self._next_offset:
+            rows = conn.execute(
+                "SELECT first_offset, count, appended_at, hashes FROM chunk "
+                "WHERE first_offset >= ? ORDER BY first_offset",
+                (self._next_offset,),
+            ).fetchall()
+            self._absorb(rows)
+            self._next_offset = head
+        return head
+
     def _write_in_transaction(
         self, conn: sqlite3.Connection, batch: list[_Pending], now: float
-    ) -> None:
-        hashes = {
+    ) -> tuple[int, int, array[int]] | None:
+        """Write the batch as one chunk; (first offset, count, hashes) or None if all were
+        duplicates."""
+        first_offset = self._catch_up(conn)
+        self._expire(now)
+        digests = {
             r.dedupe_key: dedupe_hash(r.dedupe_key)
             for item in batch
             for r in item.records
             if r.dedupe_key is not None
         }
-        known = self._known_offsets(conn, hashes, now - self._dedupe_window_s)
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
-        next_offset = (row[0] if row else 0) + 1
-        log_rows: list[tuple[int, str, bytes, float, str | None]] = []
-        dedupe_rows: list[tuple[int, int, float]] = []
-        claimed: set[int] = set(known.values())
+        known = self._known_offsets(conn, digests) if digests else {}
+        next_offset = first_offset
+        keys: list[str] = []
+        payloads: list[bytes] = []
+        dedupe_keys: list[str | None] = []
+        hashes: array[int] = array("q")
         for item in batch:
             results = item.results
             for record in item.records:
@@ -397,55 +551,70 @@ class SQLiteEventLog:
                         results.append(AppendResult(str(seen), True))
                         continue
                     known[dedupe_key] = next_offset
-                    digest = hashes[dedupe_key]
-                    if digest not in claimed:
-                        claimed.add(digest)
-                        dedupe_rows.append((digest, next_offset, now))
-                log_rows.append((next_offset, record.key, record.payload, now, dedupe_key))
+                    hashes.append(digests[dedupe_key])
+                else:
+                    hashes.append(0)
+                keys.append(record.key)
+                payloads.append(record.payload)
+                dedupe_keys.append(dedupe_key)
                 results.append(AppendResult(str(next_offset)))
                 next_offset += 1
-        _insert_rows(
-            conn, 'INSERT INTO log ("offset", key, payload, appended_at, dedupe_key)', log_rows
+        count = next_offset - first_offset
+        if not count:
+            return None
+        conn.execute(
+            "INSERT INTO chunk (first_offset, count, appended_at, hashes, keys, dedupe_keys, "
+            "payloads) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                first_offset,
+                count,
+                now,
+                hashes.tobytes(),
+                _pack(keys),
+                _pack(dedupe_keys),
+                _pack(payloads),
+            ),
         )
-        _insert_rows(
-            conn, 'INSERT OR REPLACE INTO dedupe (hash, "offset", appended_at)', dedupe_rows
-        )
+        conn.execute("UPDATE log_head SET next_offset = ?", (next_offset,))
+        return first_offset, count, hashes
 
-    def _known_offsets(
-        self, conn: sqlite3.Connection, hashes: dict[str, int], cutoff: float
-    ) -> dict[str, int]:
+    def _known_offsets(self, conn: sqlite3.Connection, digests: dict[str, int]) -> dict[str, int]:
         """Offsets of the keys already appended within the window (hash hits, verified)."""
-        if not hashes:
-            return {}
-        by_hash: dict[int, list[str]] = {}
-        for key, digest in hashes.items():
-            by_hash.setdefault(digest, []).append(key)
-        digests = list(by_hash)
-        hits: dict[int, int] = dict(
-            _select_in(
-                conn,
-                'SELECT hash, "offset" FROM dedupe WHERE hash IN ({marks}) AND appended_at >= ?',
-                digests,
-                cutoff,
-            )
-        )
+        hits = self._index.find(list(set(digests.values())))
         if not hits:
             return {}
-        stored: dict[int, str | None] = dict(
-            _select_in(
-                conn,
-                'SELECT "offset", dedupe_key FROM log WHERE "offset" IN ({marks})',
-                list(hits.values()),
-            )
-        )
+        stored = self._stored_dedupe_keys(conn, sorted(set(hits.values())))
         known: dict[str, int] = {}
-        for digest, offset in hits.items():
+        for key, digest in digests.items():
+            offset = hits.get(digest)
+            if offset is None:
+                continue
             original = stored.get(offset)
-            for key in by_hash[digest]:
-                # a truncated row cannot be checked; its hash is trusted (a 2^-64 risk)
-                if original is None or original == key:
-                    known[key] = offset
+            # a truncated record cannot be checked; its hash is trusted (a 2^-64 risk)
+            if original is None or original == key:
+                known[key] = offset
         return known
+
+    def _stored_dedupe_keys(
+        self, conn: sqlite3.Connection, offsets: list[int]
+    ) -> dict[int, str | None]:
+        """The dedupe key stored at each offset (ascending); missing chunks are left out."""
+        found: dict[int, str | None] = {}
+        chunk_first = -1
+        chunk_keys: list[str | None] = []
+        for offset in offsets:
+            if not chunk_first <= offset < chunk_first + len(chunk_keys):
+                row = conn.execute(
+                    "SELECT first_offset, dedupe_keys FROM chunk WHERE first_offset <= ? "
+                    "ORDER BY first_offset DESC LIMIT 1",
+                    (offset,),
+                ).fetchone()
+                if row is None:
+                    continue
+                chunk_first, chunk_keys = int(row[0]), _unpack_dedupe_keys(row[1])
+            if chunk_first <= offset < chunk_first + len(chunk_keys):
+                found[offset] = chunk_keys[offset - chunk_first]
+        return found
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -481,24 +650,68 @@ class SQLiteEventLog:
         )
         return 0
 
+    def _chunks_from(self, position: int, max_count: int) -> list[_Chunk]:
+        """Chunks holding the records after ``position``, enough for ``max_count`` of them."""
+        wanted = position + 1
+        cached = self._read_cache
+        if cached is not None and cached.first_offset <= wanted < (
+            cached.first_offset + len(cached.payloads)
+        ):
+            chunks = [cached]
+            start = cached.first_offset + len(cached.payloads)
+        else:
+            chunks = []
+            # the chunk holding ``wanted``, or the first one after it
+            rows = self._query(
+                "SELECT first_offset, count FROM chunk WHERE first_offset <= ? "
+                "ORDER BY first_offset DESC LIMIT 1",
+                (wanted,),
+            )
+            start = 0
+            if rows:
+                first, count = int(rows[0][0]), int(rows[0][1])
+                start = first if first + count > wanted else first + count
+        have = sum(len(c.payloads) for c in chunks)
+        while have < max_count:
+            # chunks hold at least one record each, so this many always suffice
+            rows = self._query(
+                "SELECT first_offset, appended_at, keys, payloads FROM chunk "
+                "WHERE first_offset >= ? ORDER BY first_offset LIMIT ?",
+                (start, min(max_count - have, 64)),
+            )
+            if not rows:
+                break
+            for row in rows:
+                chunk = _unpack(row)
+                chunks.append(chunk)
+                have += len(chunk.payloads)
+            start = chunks[-1].first_offset + len(chunks[-1].payloads)
+        if chunks:
+            self._read_cache = chunks[-1]
+        return chunks
+
     def _read_sync(self, group: str, consumer: str, max_count: int) -> list[LogEntry]:
         cursor_key = (group, consumer)
         position = self._cursors.get(cursor_key)
         if position is None:
             position = self._committed(group)
-        rows = self._query(
-            'SELECT "offset", key, payload, appended_at FROM log WHERE "offset" > ? '
-            'ORDER BY "offset" LIMIT ?',
-            (position, max_count),
-        )
-        entries = [
-            LogEntry(0, str(offset), str(key), bytes(payload), float(appended_at))
-            for offset, key, payload, appended_at in rows
-        ]
-        if entries:
-            self._cursors[cursor_key] = int(entries[-1].offset)
-        else:
-            self._cursors[cursor_key] = position
+        entries: list[LogEntry] = []
+        for chunk in self._chunks_from(position, max_count):
+            skip = max(0, position + 1 - chunk.first_offset)
+            take = min(len(chunk.payloads), skip + max_count - len(entries))
+            for index in range(skip, take):
+                entries.append(
+                    LogEntry(
+                        0,
+                        str(chunk.first_offset + index),
+                        chunk.keys[index],
+                        chunk.payloads[index],
+                        chunk.appended_at,
+                    )
+                )
+            if len(entries) >= max_count:
+                break
+        self._cursors[cursor_key] = int(entries[-1].offset) if entries else position
         return entries
 
     async def read(
@@ -530,6 +743,15 @@ class SQLiteEventLog:
             (group, highest),
         )
 
+    def _bounds(self) -> tuple[int, int]:
+        """The first offset still stored and the offset the next record will get."""
+        rows = self._query(
+            "SELECT (SELECT min(first_offset) FROM chunk), (SELECT next_offset FROM log_head)"
+        )
+        first, head = rows[0]
+        head = int(head)
+        return (int(first) if first is not None else head), head
+
     async def lag(self, group: str) -> int:
         """Records after the group's committed offset."""
 
@@ -537,31 +759,68 @@ class SQLiteEventLog:
             # looking at a group must not register it: an unknown group would hold back truncate
             known = self._query("SELECT committed FROM consumer_groups WHERE name = ?", (group,))
             committed = int(known[0][0]) if known else 0
-            rows = self._query('SELECT count(*) FROM log WHERE "offset" > ?', (committed,))
-            return int(rows[0][0])
+            first, head = self._bounds()
+            # offsets are consecutive from the first stored record to the head
+            return max(0, head - max(committed + 1, first))
 
         return await asyncio.to_thread(count)
 
     async def truncate(self) -> int:
-        """Delete the records every known group has committed."""
+        """Delete the chunks whose every record all known groups have committed."""
 
         def run() -> int:
             rows = self._query("SELECT min(committed) FROM consumer_groups")
             floor = rows[0][0] if rows else None
             if floor is None:
                 return 0
-            return self._execute_write('DELETE FROM log WHERE "offset" <= ?', (floor,))
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                condition = "first_offset + count - 1 <= ?"
+                gone = conn.execute(
+                    f"SELECT coalesce(sum(count), 0) FROM chunk WHERE {condition}", (floor,)
+                ).fetchone()[0]
+                conn.execute(f"DELETE FROM chunk WHERE {condition}", (floor,))
+                conn.execute("COMMIT")
+                return int(gone)
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(
+                    f"the event log could not be truncated: {exc}", code="log_unavailable"
+                ) from exc
+            finally:
+                conn.close()
 
         return await asyncio.to_thread(run)
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first."""
-        rows = await asyncio.to_thread(
-            self._query,
-            'SELECT "offset", key, payload, appended_at FROM log ORDER BY "offset" DESC LIMIT ?',
-            (limit,),
-        )
-        return [
-            LogEntry(0, str(offset), str(key), bytes(payload), float(appended_at))
-            for offset, key, payload, appended_at in reversed(rows)
-        ]
+
+        def newest() -> list[LogEntry]:
+            entries: list[LogEntry] = []
+            before = sys.maxsize
+            while len(entries) < limit:
+                rows = self._query(
+                    "SELECT first_offset, appended_at, keys, payloads FROM chunk "
+                    "WHERE first_offset < ? ORDER BY first_offset DESC LIMIT 16",
+                    (before,),
+                )
+                if not rows:
+                    break
+                for row in rows:
+                    chunk = _unpack(row)
+                    for index in range(len(chunk.payloads) - 1, -1, -1):
+                        entries.append(
+                            LogEntry(
+                                0,
+                                str(chunk.first_offset + index),
+                                chunk.keys[index],
+                                chunk.payloads[index],
+                                chunk.appended_at,
+                            )
+                        )
+                    before = chunk.first_offset
+                    if len(entries) >= limit:
+                        break
+            return list(reversed(entries[:limit]))
+
+        return await asyncio.to_thread(newest)
