@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
+import msgspec
+
 
 class Clock(Protocol):
     """Something that tells the current time."""
@@ -52,6 +54,13 @@ class FrozenClock:
         self._now = self._now + timedelta(seconds=seconds)
 
 
+_encode_datetime = msgspec.json.Encoder().encode
+
+
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with millisecond precision and a ``Z``: the one format events carry."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # msgspec writes '"YYYY-MM-DDTHH:MM:SS[.ffffff]Z"' in a fraction of the time isoformat takes
+    # (ingest formats a timestamp or two per event); the seconds part is all it is used for
+    return f"{_encode_datetime(moment)[1:20].decode()}.{moment.microsecond // 1000:03d}Z"

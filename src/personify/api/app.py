@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,8 +22,14 @@ from personify.ingest.routes import CollectorRoutes, json_response
 from personify.settings import Settings
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
-    """The Personify ASGI app. Settings are read from the environment when not given."""
+def create_app(
+    settings: Settings | None = None, *, services: Services | None = None
+) -> IngestFastPath:
+    """The Personify ASGI app. Settings are read from the environment when not given.
+
+    The collector's POST routes are served by ``IngestFastPath`` before Starlette sees the
+    request; the Starlette app behind it (``.app``) serves everything else and the lifespan.
+    """
     settings = settings or (services.settings if services else Settings())
     services = services or Services.build(settings)
 
@@ -61,8 +66,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             HTTPException: api_errors.http_error_handler,
             Exception: api_errors.unexpected_error_handler,
         },
-        middleware=[Middleware(IngestFastPath, routes=collector_routes)],
         lifespan=lifespan,
     )
     app.state.services = services
-    return app
+    return IngestFastPath(app, collector_routes)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import sys
@@ -434,6 +436,12 @@ class SQLiteEventLog:
 
     def _write_loop(self) -> None:
         conn = self._connect()
+        # Writers in other processes (``--workers N``) queue on this file with a blocking lock,
+        # which the kernel hands over the moment it is released; SQLite's own lock can only be
+        # polled, and polling left the lock idle between one process's commit and the next's.
+        lock_fd = os.open(
+            self.path.with_name(self.path.name + "-writer.lock"), os.O_RDWR | os.O_CREAT, 0o644
+        )
         with contextlib.suppress(sqlite3.Error):
             conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
             # waits for the write lock happen in _begin_immediate, at a finer grain
@@ -466,12 +474,17 @@ class SQLiteEventLog:
                     assert isinstance(item, _Pending)
                     batch.append(item)
                     size += len(item.records)
-                self._write_batch(conn, batch)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                try:
+                    self._write_batch(conn, batch)
+                finally:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
                 with self._pending_lock:
                     self._pending_events -= size
                 if stop:
                     return
         finally:
+            os.close(lock_fd)
             conn.close()
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:

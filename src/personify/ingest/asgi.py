@@ -1,22 +1,22 @@
-"""The collector's POST endpoints as a thin ASGI layer in front of the router.
+"""The collector's POST endpoints as a thin ASGI layer in front of the whole app.
 
 Ingest is the hottest path of the product: every page view of every customer site lands
-here. Going through Starlette's routing, request and response objects cost more CPU than
-everything the collector itself does per request, so the POST ingest paths are answered
-here from the raw ASGI scope; every other request passes through untouched.
+here. Going through Starlette's middleware, routing, request and response objects cost more
+CPU than everything the collector itself does per request, so the POST ingest paths are
+answered here from the raw ASGI scope, before Starlette sees them; every other request (and
+the lifespan) passes through untouched.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from personify.api.errors import error_body, error_parts
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
-from personify.ingest.routes import CORS_HEADERS, CollectorRoutes
+from personify.ingest.routes import CORS_HEADERS, ClientDisconnected, CollectorRoutes
 
 logger = logging.getLogger("personify.ingest")
 
@@ -27,23 +27,23 @@ _BATCH_PATHS = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
 # analytics.js reports its own delivery metrics here; there is nothing to keep
 _METRICS_PATH = "/v1/m"
 _SUCCESS = b'{"success":true}'
+# the only request headers ingest reads; the rest are never decoded
+_WANTED_HEADERS = frozenset(
+    {b"content-type", b"content-encoding", b"content-length", b"authorization"}
+)
 
 _CORS = [(k.encode(), v.encode()) for k, v in CORS_HEADERS.items()]
 _JSON_HEADERS = [(b"content-type", b"application/json"), *_CORS]
+_SUCCESS_HEADERS = [*_JSON_HEADERS, (b"content-length", str(len(_SUCCESS)).encode())]
 
 
-class _Disconnected(Exception):
-    """The client went away before sending its whole body."""
-
-
-async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
+def _ingest_headers(scope: Scope) -> dict[str, str]:
+    """The headers ingest reads; ASGI servers hand names over lower-cased, the first wins."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED_HEADERS:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
 
 
 class IngestFastPath:
@@ -67,18 +67,16 @@ class IngestFastPath:
             body = error_body("method_not_allowed", f"{method} is not allowed on {path}; use POST")
             await _respond(send, 405, body, [*_JSON_HEADERS, (b"allow", b"POST, OPTIONS")])
             return
-        # ASGI servers hand header names over lower-cased; later duplicates are ignored
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
-        chunks = _chunks(receive)
+        headers = _ingest_headers(scope)
         try:
             if event_type is not None:
-                body = await self._routes.single(event_type, headers, chunks)
+                body = await self._routes.single(event_type, headers, receive)
             elif path == _METRICS_PATH:
-                async for _ in chunks:
+                while (await receive()).get("more_body", False):
                     pass
                 body = _SUCCESS
             else:
-                body = await self._routes.batch(headers, chunks)
+                body = await self._routes.batch(headers, receive)
         except PersonifyError as error:
             if isinstance(error, BackendUnavailable):
                 logger.warning("%s %s -> %s: %s", method, path, error.code, error.message)
@@ -86,7 +84,16 @@ class IngestFastPath:
             answer = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in extra.items())]
             await _respond(send, status, body, answer)
             return
-        except _Disconnected:
+        except ClientDisconnected:
+            return
+        except Exception:
+            logger.exception("unhandled error on %s %s", method, path)
+            body = error_body("internal_error", "an unexpected error occurred; it has been logged")
+            await _respond(send, 500, body, _JSON_HEADERS)
+            return
+        if body == _SUCCESS:
+            await send({"type": "http.response.start", "status": 200, "headers": _SUCCESS_HEADERS})
+            await send({"type": "http.response.body", "body": _SUCCESS})
             return
         await _respond(send, 200, body, _JSON_HEADERS)
 

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive
 
 from personify.errors import (
     PayloadTooLarge,
@@ -56,6 +57,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def _check_content_type(headers: Mapping[str, str]) -> None:
     raw = headers.get("content-type", "")
+    if raw == "application/json":
+        return
     media = raw.split(";", 1)[0].strip().lower()
     # the browser library sends text/plain to avoid a CORS preflight
     if media in ("", "application/json", "text/plain") or media.endswith("+json"):
@@ -66,27 +69,39 @@ def _check_content_type(headers: Mapping[str, str]) -> None:
     )
 
 
-async def read_body(
-    headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int, code: str
-) -> bytes:
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+async def read_body(headers: Mapping[str, str], receive: Receive, limit: int, code: str) -> bytes:
     """The request body, inflated when gzip-encoded, refused past ``limit`` bytes."""
     encoding = headers.get("content-encoding", "").strip().lower()
-    too_large = PayloadTooLarge(
-        f"the request body is over the {limit}-byte limit", code=code, details={"limit": limit}
-    )
     declared = headers.get("content-length")
     wire_limit = limit + _GZIP_SLACK_BYTES if encoding else limit
     if declared is not None and declared.isdigit() and int(declared) > wire_limit:
-        raise too_large
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > wire_limit:
-            raise too_large
-        parts.append(chunk)
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    if encoding in ("", "identity"):
+        raise _too_large(limit, code)
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):
+        parts = [body]
+        size = len(body)
+        while True:
+            if size > wire_limit:
+                raise _too_large(limit, code)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+    if len(body) > wire_limit:
+        raise _too_large(limit, code)
+    if not encoding or encoding == "identity":
         return body
     if encoding != "gzip":
         raise UnsupportedMediaType(
@@ -99,11 +114,17 @@ async def read_body(
     except zlib.error as exc:
         raise ValidationError("the gzip body is corrupt", code="invalid_gzip") from exc
     if len(inflated) > limit or inflater.unconsumed_tail:
-        raise too_large
+        raise _too_large(limit, code)
     if not inflater.eof:
         # a cut-off stream inflates without error to a prefix of the body
         raise ValidationError("the gzip body is truncated", code="invalid_gzip")
     return inflated
+
+
+def _too_large(limit: int, code: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is over the {limit}-byte limit", code=code, details={"limit": limit}
+    )
 
 
 def _decode_json(body: bytes) -> Any:
@@ -190,12 +211,10 @@ class CollectorRoutes:
 
         return endpoint
 
-    async def single(
-        self, event_type: str, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
-    ) -> bytes:
+    async def single(self, event_type: str, headers: Mapping[str, str], receive: Receive) -> bytes:
         """One event (``/v1/track`` …); returns the success body or raises the event's error."""
         _check_content_type(headers)
-        body = await read_body(headers, chunks, self.max_event_bytes, "event_too_large")
+        body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
         raw = _decode_json(body)
         source = await self._resolve(_write_key(headers, raw))
         outcome = await self._collector.collect(source, [raw], event_type=event_type)
@@ -204,10 +223,10 @@ class CollectorRoutes:
             raise outcome.errors[0]
         return _SUCCESS
 
-    async def batch(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> bytes:
+    async def batch(self, headers: Mapping[str, str], receive: Receive) -> bytes:
         """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
         _check_content_type(headers)
-        body = await read_body(headers, chunks, self.max_batch_bytes, "batch_too_large")
+        body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
         raw = _decode_json(body)
         if not isinstance(raw, dict) or not isinstance(raw.get("batch"), list):
             raise ValidationError(

@@ -1,0 +1,31 @@
+"""The one timestamp format events carry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from personify.clock import format_timestamp
+
+
+def test_a_utc_moment_is_written_with_milliseconds_and_a_z() -> None:
+    assert format_timestamp(datetime(2026, 5, 5, 1, 2, 3, 4999, tzinfo=UTC)) == (
+        "2026-05-05T01:02:03.004Z"
+    )
+    assert format_timestamp(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000Z"
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),
+        max_value=datetime(9998, 12, 31),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=13, minutes=30))]
+        ),
+    )
+)
+def test_every_zone_is_written_as_the_same_instant_in_utc(moment: datetime) -> None:
+    expected = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert format_timestamp(moment) == expected
