@@ -32,6 +32,11 @@ class PiiHasher:
         self._key = key
         self._paths = [tuple(p.split(".")) for p in paths if p]
 
+    @property
+    def paths(self) -> list[tuple[str, ...]]:
+        """The configured paths, split at their dots."""
+        return list(self._paths)
+
     def hash_value(self, field: str, value: str) -> str:
         """The keyed hash of one value, prefixed so a hashed value is recognisable."""
         canonical = normalize_pii(field, value)

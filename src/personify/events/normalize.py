@@ -33,7 +33,11 @@ _UTC = UTC
 
 def _identifier(event: dict[str, Any], name: str) -> str | None:
     """An id field as a string: strings are trimmed, numbers accepted; anything else is invalid."""
-    value = event.get(name)
+    return identifier_value(name, event.get(name))
+
+
+def identifier_value(name: str, value: Any) -> str | None:
+    """``value`` of the id field ``name`` as a clean string, None when absent or blank."""
     if value is None:
         return None
     if (
@@ -224,36 +228,63 @@ class Normalizer:
     def _correct_clock(
         self, event: dict[str, Any], received_at: datetime, received_text: str
     ) -> None:
-        client_field = (
-            "originalTimestamp" if event.get("originalTimestamp") is not None else "timestamp"
+        original, sent, timestamp, is_future = self.corrected_times(
+            event.get("originalTimestamp"),
+            event.get("timestamp"),
+            event.get("sentAt"),
+            received_at,
+            received_text,
         )
-        client_raw = event.get(client_field)
-        sent_raw = event.get("sentAt")
+        if original is not None:
+            event["originalTimestamp"] = original
+        if sent is not None:
+            event["sentAt"] = sent
+        event["timestamp"] = timestamp
+        if is_future:
+            event["flags"] = ["future_timestamp"]
+
+    def corrected_times(
+        self,
+        original_raw: Any,
+        timestamp_raw: Any,
+        sent_raw: Any,
+        received_at: datetime,
+        received_text: str,
+    ) -> tuple[str | None, str | None, str, bool]:
+        """Validate an event's clock fields and correct its clock: ``(originalTimestamp,
+        sentAt, timestamp, is_future)``, where None means "leave the field as it is".
+
+        The client's own time is ``originalTimestamp`` when sent, else ``timestamp``; it
+        becomes ``originalTimestamp``. When ``sentAt`` is known too, the client's clock offset
+        is the same at send and at event time: ``timestamp = receivedAt - (sentAt - client)``.
+        """
+        client_field = "originalTimestamp" if original_raw is not None else "timestamp"
+        client_raw = original_raw if original_raw is not None else timestamp_raw
         client_time = parse_timestamp(client_field, client_raw) if client_raw is not None else None
         sent_at = parse_timestamp("sentAt", sent_raw) if sent_raw is not None else None
-        if client_field == "originalTimestamp" and event.get("timestamp") is not None:
-            parse_timestamp("timestamp", event["timestamp"])  # still must be valid
+        if original_raw is not None and timestamp_raw is not None:
+            parse_timestamp("timestamp", timestamp_raw)  # still must be valid
+        original: str | None = None
+        sent: str | None = None
         try:
             if client_time is not None:
-                event["originalTimestamp"] = (
+                original = (
                     client_raw if _is_canonical(client_raw) else format_timestamp(client_time)
                 )
             if sent_at is not None:
-                event["sentAt"] = sent_raw if _is_canonical(sent_raw) else format_timestamp(sent_at)
+                sent = sent_raw if _is_canonical(sent_raw) else format_timestamp(sent_at)
             if client_time is not None and sent_at is not None:
-                # the client's clock may be off; its offset is the same at send and at event time
-                timestamp = received_at - (sent_at - client_time)
-                event["timestamp"] = format_timestamp(timestamp)
-            elif client_time is not None:
-                timestamp = client_time
-                event["timestamp"] = event["originalTimestamp"]
+                moment = received_at - (sent_at - client_time)
+                timestamp = format_timestamp(moment)
+            elif original is not None and client_time is not None:
+                moment = client_time
+                timestamp = original
             else:
-                timestamp = received_at
-                event["timestamp"] = received_text
+                moment = received_at
+                timestamp = received_text
         except (OverflowError, ValueError) as exc:
             raise ValidationError("timestamps are out of range", code="invalid_timestamp") from exc
-        if timestamp - received_at > self._future_tolerance:
-            event["flags"] = ["future_timestamp"]
+        return original, sent, timestamp, moment - received_at > self._future_tolerance
 
     def check_size(self, payload: bytes) -> None:
         """Reject an encoded event over the per-event limit."""

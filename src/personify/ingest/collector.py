@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 from starlette.concurrency import run_in_threadpool
 
 from personify.clock import Clock, SystemClock, format_timestamp
@@ -14,6 +15,7 @@ from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
+from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
 from personify.ingest.sources import Source
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
@@ -30,6 +32,15 @@ def log_record(normalizer: Normalizer, event: dict[str, Any], source_id: str) ->
     payload = _encode(event)
     normalizer.check_size(payload)
     return LogRecord(payload, partition_key(event), f"{source_id}:{event['messageId']}")
+
+
+def wire_log_record(normalizer: Normalizer, event: WireEvent, source_id: str) -> LogRecord:
+    """``log_record`` for an event normalised on the wire path: the same record."""
+    payload = _encode(event)
+    normalizer.check_size(payload)
+    return LogRecord(
+        payload, str(event.anonymousId or event.userId or ""), f"{source_id}:{event.messageId}"
+    )
 
 
 def storable_rejection(hasher: PiiHasher, raw: Any) -> Any:
@@ -70,6 +81,7 @@ class Collector:
         self._hasher = hasher
         self._failed = failed_events
         self._clock = clock or SystemClock()
+        self._wire = WireNormalizer(normalizer, hasher.paths)
 
     def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
         message_id = None
@@ -101,10 +113,29 @@ class Collector:
         received_at = self._clock.now()
         received_text = format_timestamp(received_at)
         normalize = self._normalizer.normalize
+        wire = self._wire
+        sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []
         errors: list[ValidationError] = []
         for raw in raws:
+            if type(raw) is WireEvent:
+                if not wire.needs_general_path(raw):
+                    try:
+                        normalized = wire.normalize(
+                            raw,
+                            received_at=received_at,
+                            received_at_text=received_text,
+                            source_id=source.id,
+                            event_type=event_type,
+                            sent_at_default=sent_at_default,
+                        )
+                        records.append(wire_log_record(self._normalizer, normalized, source.id))
+                    except ValidationError as error:
+                        rejected.append(self._dead_letter(wire_to_dict(raw), source, error))
+                        errors.append(error)
+                    continue
+                raw = wire_to_dict(raw)
             try:
                 event = normalize(
                     raw,

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,7 +30,8 @@ from personify.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from personify.ingest.collector import Collector
+from personify.events.wire import WireBatch, WireEvent, decode_wire_batch, decode_wire_event
+from personify.ingest.collector import Collector, IngestOutcome
 from personify.ingest.sources import Source, SourceRepository
 
 _decode = msgspec.json.Decoder().decode
@@ -137,6 +139,22 @@ def _decode_json(body: bytes) -> Any:
         raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
+def _decode_event(body: bytes) -> Any:
+    """A single event: a ``WireEvent`` when it has the common shape, else decoded JSON."""
+    try:
+        return decode_wire_event(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return _decode_json(body)
+
+
+def _decode_batch(body: bytes) -> Any:
+    """A batch body: a ``WireBatch`` when it has the common shape, else decoded JSON."""
+    try:
+        return decode_wire_batch(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return _decode_json(body)
+
+
 def _write_key(headers: Mapping[str, str], body: Any) -> str:
     header = headers.get("authorization", "")
     if header[:6].lower() == "basic ":
@@ -149,13 +167,25 @@ def _write_key(headers: Mapping[str, str], body: Any) -> str:
         user = decoded.split(":", 1)[0]
         if user:
             return user
+    key = body.writeKey if isinstance(body, WireEvent | WireBatch) else None
     if isinstance(body, dict):
         key = body.get("writeKey")
-        if isinstance(key, str) and key:
-            return key
+    if isinstance(key, str) and key:
+        return key
     raise Unauthorized(
         "no write key: send it as the Basic auth user name or as writeKey in the body",
         code="missing_write_key",
+    )
+
+
+def _batch_answer(outcome: IngestOutcome) -> bytes:
+    return _encode(
+        {
+            "success": True,
+            "accepted": outcome.accepted,
+            "duplicates": outcome.duplicates,
+            "rejected": len(outcome.rejected),
+        }
     )
 
 
@@ -215,7 +245,7 @@ class CollectorRoutes:
         """One event (``/v1/track`` …); returns the success body or raises the event's error."""
         _check_content_type(headers)
         body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
-        raw = _decode_json(body)
+        raw = _decode_event(body)
         source = await self._resolve(_write_key(headers, raw))
         outcome = await self._collector.collect(source, [raw], event_type=event_type)
         if outcome.errors:
@@ -227,7 +257,13 @@ class CollectorRoutes:
         """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
         _check_content_type(headers)
         body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
-        raw = _decode_json(body)
+        raw = _decode_batch(body)
+        if isinstance(raw, WireBatch):
+            source = await self._resolve(_write_key(headers, raw))
+            outcome = await self._collector.collect(
+                source, raw.batch, defaults=None if raw.sentAt is UNSET else {"sentAt": raw.sentAt}
+            )
+            return _batch_answer(outcome)
         if not isinstance(raw, dict) or not isinstance(raw.get("batch"), list):
             raise ValidationError(
                 'a batch body is a JSON object with a "batch" array', code="invalid_batch"
@@ -235,14 +271,7 @@ class CollectorRoutes:
         source = await self._resolve(_write_key(headers, raw))
         defaults = {k: raw[k] for k in ("context", "integrations", "sentAt") if k in raw}
         outcome = await self._collector.collect(source, raw["batch"], defaults=defaults)
-        return _encode(
-            {
-                "success": True,
-                "accepted": outcome.accepted,
-                "duplicates": outcome.duplicates,
-                "rejected": len(outcome.rejected),
-            }
-        )
+        return _batch_answer(outcome)
 
     async def _project_settings(self, request: Request) -> Response:
         """What analytics.js fetches from its CDN, pointing it back at this host."""

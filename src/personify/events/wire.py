@@ -1,0 +1,189 @@
+"""The common shape of a Segment event, decoded without building its nested objects.
+
+Nearly every event a collector sees has only the spec's own top-level fields, string ids
+and timestamps, and no PII under the configured paths. For those, ``properties``,
+``context``, ``traits`` and ``integrations`` never need to become Python dicts: they are
+checked to be JSON objects and written back byte for byte (``msgspec.Raw``). That halves
+the Python work per event on the ingest path.
+
+Anything else — an unknown top-level field, a numeric id, batch-level ``context``, a
+configured PII path that may be present — does not decode as ``WireEvent`` (or is sent back
+by ``WireNormalizer.normalize``) and takes the general path, ``Normalizer.normalize`` on a
+dict, which is the reference: both give the same event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from personify.errors import ValidationError
+from personify.events.normalize import EVENT_TYPES, SHORT_TYPES, Normalizer, identifier_value
+
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class WireEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """A Segment event in its common shape; ``UNSET`` fields were not sent."""
+
+    type: str | UnsetType = UNSET
+    event: str | UnsetType | None = UNSET
+    name: str | UnsetType | None = UNSET
+    category: str | UnsetType | None = UNSET
+    userId: str | UnsetType | None = UNSET
+    anonymousId: str | UnsetType | None = UNSET
+    previousId: str | UnsetType | None = UNSET
+    groupId: str | UnsetType | None = UNSET
+    messageId: str | UnsetType | None = UNSET
+    timestamp: str | UnsetType | None = UNSET
+    originalTimestamp: str | UnsetType | None = UNSET
+    sentAt: str | UnsetType | None = UNSET
+    properties: Raw | UnsetType = UNSET
+    traits: Raw | UnsetType = UNSET
+    context: Raw | UnsetType = UNSET
+    integrations: Raw | UnsetType = UNSET
+    channel: str | UnsetType | None = UNSET
+    version: int | str | UnsetType | None = UNSET
+    writeKey: str | UnsetType | None = UNSET
+    # set by the server only: what a client sends here is dropped or overwritten
+    receivedAt: str | UnsetType | None = UNSET
+    sourceId: str | UnsetType | None = UNSET
+    flags: list[str] | UnsetType | None = UNSET
+
+
+class WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A batch request whose envelope carries nothing the events must inherit but ``sentAt``."""
+
+    batch: list[WireEvent]
+    sentAt: str | UnsetType | None = UNSET
+    writeKey: str | UnsetType | None = UNSET
+
+
+decode_wire_event = msgspec.json.Decoder(WireEvent).decode
+decode_wire_batch = msgspec.json.Decoder(WireBatch).decode
+
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+_NULL = b"null"
+
+
+def wire_to_dict(event: WireEvent) -> dict[str, Any]:
+    """The event as the general path sees it: a dict, nested objects decoded."""
+    decoded: dict[str, Any] = _decode_any(_encode(event))
+    return decoded
+
+
+def _check_object(name: str, raw: Raw | UnsetType) -> None:
+    if raw is UNSET:
+        return
+    text = bytes(raw)
+    if text[:1] == b"{" or text == _NULL:
+        return
+    raise ValidationError(
+        f"{name} must be a JSON object", code="invalid_field", details={"field": name}
+    )
+
+
+class WireNormalizer:
+    """``Normalizer.normalize`` for ``WireEvent``: the same checks, the same event out."""
+
+    def __init__(self, normalizer: Normalizer, pii_paths: list[tuple[str, ...]]) -> None:
+        self._normalizer = normalizer
+        # for each configured PII path: its top-level field and the key that would show its
+        # presence inside that field's raw JSON (None for a top-level path)
+        self._pii_probes = [
+            (path[0], b'"' + path[1].encode() + b'"' if len(path) > 1 else None)
+            for path in pii_paths
+            if path
+        ]
+
+    def needs_general_path(self, event: WireEvent) -> bool:
+        """Whether a configured PII path may be present: then the dict path hashes it."""
+        for field, probe in self._pii_probes:
+            value = getattr(event, field, UNSET)
+            if value is UNSET or value is None:
+                continue
+            if probe is None or type(value) is not Raw or probe in bytes(value):
+                return True
+        return False
+
+    def normalize(
+        self,
+        raw: WireEvent,
+        *,
+        received_at: datetime,
+        received_at_text: str,
+        source_id: str,
+        event_type: str | None = None,
+        sent_at_default: str | UnsetType | None = UNSET,
+    ) -> WireEvent:
+        """The normalised event, a new ``WireEvent`` (``raw`` is left as it was)."""
+        kind = event_type or (raw.type if raw.type is not UNSET else None)
+        if isinstance(kind, str):
+            kind = SHORT_TYPES.get(kind, kind)
+        if not isinstance(kind, str) or kind not in EVENT_TYPES:
+            raise ValidationError(
+                f"type must be one of {sorted(EVENT_TYPES)}",
+                code="invalid_type",
+                details={"field": "type"},
+            )
+        for name in _OBJECT_FIELDS:
+            _check_object(name, getattr(raw, name))
+        user_id = identifier_value("userId", _value(raw.userId))
+        anonymous_id = identifier_value("anonymousId", _value(raw.anonymousId))
+        if user_id is None and anonymous_id is None:
+            raise ValidationError(
+                "an event needs a userId or an anonymousId", code="missing_identity"
+            )
+        previous_id = raw.previousId
+        group_id = raw.groupId
+        if kind == "track":
+            event_name = raw.event
+            if not isinstance(event_name, str) or not event_name.strip():
+                raise ValidationError(
+                    "a track event needs an event name", code="missing_event_name"
+                )
+        elif kind == "alias":
+            previous_id = identifier_value("previousId", _value(raw.previousId))
+            if previous_id is None:
+                raise ValidationError(
+                    "an alias event needs a previousId", code="missing_previous_id"
+                )
+        elif kind == "group":
+            group_id = identifier_value("groupId", _value(raw.groupId))
+            if group_id is None:
+                raise ValidationError("a group event needs a groupId", code="missing_group_id")
+        message_id = identifier_value("messageId", _value(raw.messageId))
+        sent_raw = raw.sentAt if raw.sentAt is not UNSET else sent_at_default
+        original, sent, timestamp, is_future = self._normalizer.corrected_times(
+            _value(raw.originalTimestamp),
+            _value(raw.timestamp),
+            _value(sent_raw),
+            received_at,
+            received_at_text,
+        )
+        event = msgspec.structs.replace(raw)
+        event.type = kind
+        event.userId = user_id if user_id is not None else UNSET
+        event.anonymousId = anonymous_id if anonymous_id is not None else UNSET
+        event.previousId = previous_id
+        event.groupId = group_id
+        event.messageId = message_id or f"personify-{uuid.uuid4()}"
+        event.sentAt = sent if sent is not None else sent_raw
+        if original is not None:
+            event.originalTimestamp = original
+        event.timestamp = timestamp
+        event.writeKey = UNSET
+        event.flags = ["future_timestamp"] if is_future else UNSET
+        event.receivedAt = received_at_text
+        event.sourceId = source_id
+        return event
+
+
+def _value(field: Any) -> Any:
+    """A field's value, None when it was not sent."""
+    return None if field is UNSET else field

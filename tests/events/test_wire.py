@@ -1,0 +1,202 @@
+"""The wire path gives the very event (or the very error) the general dict path gives."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from personify.clock import format_timestamp
+from personify.errors import ValidationError
+from personify.events.hashing import PiiHasher
+from personify.events.normalize import Normalizer
+from personify.events.wire import (
+    WireEvent,
+    WireNormalizer,
+    decode_wire_batch,
+    decode_wire_event,
+    wire_to_dict,
+)
+
+HASHER = PiiHasher(b"key", ["traits.email", "traits.phone", "context.traits.email"])
+NORMALIZER = Normalizer(HASHER)
+WIRE = WireNormalizer(NORMALIZER, HASHER.paths)
+RECEIVED = datetime(2026, 11, 27, 9, 0, 1, 250000, tzinfo=UTC)
+RECEIVED_TEXT = format_timestamp(RECEIVED)
+
+_ids = st.one_of(
+    st.none(),
+    st.sampled_from(["user-1", " padded ", "", "   ", "x" * 513, "nul\x00"]),
+    st.text(max_size=8),
+    st.integers(-5, 5),
+)
+_times = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "2026-11-27T09:00:00.000Z",
+            "2026-11-27T09:00:00Z",
+            "2026-11-27 10:00:00+01:00",
+            "2026-11-27t09:00:00z",
+            "2099-01-01T00:00:00.000Z",
+            "0001-01-01T00:00:00.000Z",
+            "yesterday",
+        ]
+    ),
+    st.integers(0, 3),
+)
+_objects = st.one_of(
+    st.none(),
+    st.dictionaries(st.sampled_from(["a", "email", "phone", "traits"]), st.text(max_size=4)),
+    st.just({"traits": {"email": " Ann@X.com "}}),
+    st.lists(st.integers(), max_size=2),
+    st.text(max_size=3),
+)
+_fields = {
+    "type": st.one_of(st.sampled_from(["track", "t", "page", "alias", "group", "nope"]), _ids),
+    "event": st.one_of(st.sampled_from(["Viewed", "  "]), _ids),
+    "name": _ids,
+    "userId": _ids,
+    "anonymousId": _ids,
+    "previousId": _ids,
+    "groupId": _ids,
+    "messageId": _ids,
+    "timestamp": _times,
+    "originalTimestamp": _times,
+    "sentAt": _times,
+    "properties": _objects,
+    "traits": _objects,
+    "context": _objects,
+    "integrations": _objects,
+    "writeKey": _ids,
+    "flags": st.just(["mine"]),
+    "receivedAt": _times,
+    "sourceId": _ids,
+    "extra": st.integers(),
+}
+_good_times = st.sampled_from(
+    ["2026-11-27T09:00:00.000Z", "2026-11-27T09:00:00Z", "2026-11-27 10:00:00+01:00"]
+)
+_good = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["track", "page", "identify", "alias", "group", "s"]),
+        "event": st.sampled_from(["Viewed", "Order Completed"]),
+        "userId": st.sampled_from(["user-1", " user-2 "]),
+    },
+    optional={
+        "anonymousId": st.sampled_from(["anon-1", "  "]),
+        "previousId": st.sampled_from(["old-1", " old-2"]),
+        "groupId": st.sampled_from(["g-1"]),
+        "messageId": st.sampled_from(["m-1", " m-2 "]),
+        "timestamp": _good_times,
+        "originalTimestamp": _good_times,
+        "sentAt": _good_times,
+        "properties": st.dictionaries(st.sampled_from(["a", "b"]), st.integers(), max_size=2),
+        "context": st.just({"library": {"name": "analytics-python"}}),
+        "integrations": st.just({}),
+        "writeKey": st.just("wk"),
+    },
+)
+# mostly events a client library would send, each with up to two fields swapped for odd ones
+_events = st.one_of(
+    st.tuples(_good, st.fixed_dictionaries({}, optional=_fields)).map(
+        lambda pair: pair[0] | dict(list(pair[1].items())[:2])
+    ),
+    st.fixed_dictionaries({}, optional=_fields),
+)
+
+
+def _general(raw: dict[str, Any], event_type: str | None, sent_at: Any) -> Any:
+    defaults = None if sent_at is None else {"sentAt": sent_at}
+    try:
+        return NORMALIZER.normalize(
+            raw,
+            received_at=RECEIVED,
+            received_at_text=RECEIVED_TEXT,
+            source_id="src",
+            event_type=event_type,
+            defaults=defaults,
+        )
+    except ValidationError as error:
+        return error.code
+
+
+def _wire(raw: WireEvent, event_type: str | None, sent_at: Any) -> Any:
+    try:
+        event = WIRE.normalize(
+            raw,
+            received_at=RECEIVED,
+            received_at_text=RECEIVED_TEXT,
+            source_id="src",
+            event_type=event_type,
+            sent_at_default=msgspec.UNSET if sent_at is None else sent_at,
+        )
+    except ValidationError as error:
+        return error.code
+    return wire_to_dict(event)
+
+
+def _same_generated_id(general: Any, wire: Any) -> None:
+    generated = isinstance(general, dict) and str(general.get("messageId")).startswith("personify-")
+    if generated and isinstance(wire, dict):
+        assert str(wire.get("messageId", "")).startswith("personify-")
+        wire["messageId"] = general["messageId"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _events,
+    st.sampled_from([None, "track", "identify", "a"]),
+    st.sampled_from([None, "2026-11-27T09:00:02.000Z"]),
+)
+def test_the_wire_path_matches_the_general_path(
+    raw: dict[str, Any], event_type: str | None, sent_at: str | None
+) -> None:
+    body = msgspec.json.encode(raw)
+    try:
+        wire_event = decode_wire_event(body)
+    except msgspec.DecodeError:
+        return  # not the common shape: only the general path sees it
+    if WIRE.needs_general_path(wire_event):
+        return
+    general = _general(msgspec.json.decode(body), event_type, sent_at)
+    wire = _wire(wire_event, event_type, sent_at)
+    _same_generated_id(general, wire)
+    assert wire == general
+    # the input is left as it was, for the dead-letter table
+    assert msgspec.json.encode(wire_event) == msgspec.json.encode(decode_wire_event(body))
+
+
+def test_a_common_track_event_takes_the_wire_path() -> None:
+    body = (
+        b'{"type":"track","event":"Viewed","userId":"u1","messageId":"m1",'
+        b'"timestamp":"2026-11-27T09:00:00.000Z","properties":{"price":9.5},'
+        b'"context":{"library":{"name":"analytics-python"}},"integrations":{}}'
+    )
+    event = decode_wire_event(body)
+    assert not WIRE.needs_general_path(event)
+    out = _wire(event, None, "2026-11-27T09:00:01.000Z")
+    assert out["properties"] == {"price": 9.5}
+    assert out["receivedAt"] == RECEIVED_TEXT and out["sourceId"] == "src"
+    assert out["timestamp"] == "2026-11-27T09:00:00.250Z"  # skew-corrected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type":"identify","userId":"u1","traits":{"email":"a@b.c"}}',
+        b'{"type":"track","event":"e","userId":"u1","context":{"traits":{"email":"a@b.c"}}}',
+    ],
+)
+def test_an_event_that_may_carry_pii_takes_the_general_path(body: bytes) -> None:
+    assert WIRE.needs_general_path(decode_wire_event(body))
+
+
+def test_a_batch_envelope_with_shared_context_is_not_the_common_shape() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_wire_batch(b'{"batch":[],"context":{"ip":"1.2.3.4"}}')
+    assert decode_wire_batch(b'{"batch":[],"sentAt":"2026-11-27T09:00:00Z"}').batch == []
