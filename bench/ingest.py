@@ -1,12 +1,12 @@
 """Ingest benchmark: how fast the collector durably takes events, against a bare-ASGI baseline.
 
 Run it with ``make bench`` or ``.venv/bin/python bench/ingest.py [--quick] [--duration S]
-[--connections N] [--rounds R]``. It prints ONE JSON object on stdout (progress goes to
+[--connections N] [--rounds R] [--workers N]``. It prints ONE JSON object on stdout (progress goes to
 stderr) with, all measured on this machine in this run:
 
 * ``baseline`` — ``bench/bare_app.py``, a raw ASGI callable that drains the body and answers
-  ``{"success":true}``, served by uvicorn with the options ``personify serve`` uses (one
-  process, ``--loop auto`` / ``--http auto`` so uvloop and httptools when installed, access
+  ``{"success":true}``, served by uvicorn with the options ``personify serve`` uses (as many
+  processes as ``--workers``, default one, ``--loop auto`` / ``--http auto`` so uvloop and httptools when installed, access
   log off) and hit with the very same ``/v1/track`` requests, so only the app differs;
 * ``track`` — ``POST /v1/track``, one ~400-byte event per request, each with a distinct
   ``messageId``: events per second, p50/p99 latency, and the ratio to the baseline's request
@@ -14,14 +14,14 @@ stderr) with, all measured on this machine in this run:
 * ``batch`` — ``POST /v1/batch`` with 100 such events per request: events per second
   (target >= 100,000 durably appended) and p50/p99 latency per request;
 * ``log_check`` — after the runs each Personify server is killed with SIGKILL (no shutdown
-  flush) and the rows of ``events.db`` table ``log`` are counted: the log must hold at least
+  flush) and the records in ``events.db`` are counted: the log must hold at least
   every event the server acknowledged with a 2xx (it may hold a few more: requests that
   were in flight when wrk stopped were appended but their answers never read);
 * ``setup`` — durability, linger, connections, wrk threads, duration, rounds, CPU pinning,
   CPU count and model, versions, load average before and after.
 
-Every round also records ``server_cpu_us_per_event`` (CPU the server process used, all its
-threads, per acknowledged event, read from /proc) and ``server_cpu_cores`` /
+Every round also records ``server_cpu_us_per_event`` (CPU the server used, all threads of
+its process and its children, per acknowledged event, read from /proc) and ``server_cpu_cores`` /
 ``wrk_cpu_cores``. When other work shares the machine the rates drop but the CPU cost per
 event barely moves, so it is the figure to compare across runs and code changes.
 
@@ -31,8 +31,7 @@ wrk is closed-loop: each connection sends its next request when the previous ans
 so the latencies are those of a saturated server, not of a fixed arrival rate.
 
 Each scenario has its own server and data folder (so one scenario's log does not slow the
-next); every log starts empty, and batch ingest slows as the dedupe index grows (random
-``messageId``s), so the batch figure is for a log of up to about a million events. Scenarios run interleaved, round after round (baseline, track, batch, baseline, ...),
+next); every log starts empty. Scenarios run interleaved, round after round (baseline, track, batch, baseline, ...),
 so that noise from other work on a shared machine hits all three alike; the headline figures
 are medians over the rounds and every round's figures are reported beside them.
 """
@@ -99,6 +98,35 @@ def pinned(argv: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
+def process_tree_cpu_seconds(root: int) -> float | None:
+    """CPU time (user + system) of ``root`` and every descendant still alive, from /proc."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the fields after the ")" that closes the command name: ppid is 4, utime/stime 14/15
+        fields = stat.rsplit(")", 1)[1].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    if root not in cpu:
+        return None
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(cpu[pid] for pid in tree)
+
+
 @dataclass
 class Server:
     """A uvicorn subprocess on a free port, logging to a file in its folder."""
@@ -157,16 +185,11 @@ class Server:
             self.process.wait(timeout=30)
 
     def cpu_seconds(self) -> float | None:
-        """CPU time (user + system, every thread) the server has used, from /proc."""
+        """CPU time (user + system, every thread) of the server and its child processes
+        (``--workers`` children, the event log's sync helper), from /proc."""
         if self.process is None:
             return None
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        # the fields after the ")" that closes the command name; utime and stime are 14 and 15
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return process_tree_cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's log, for error messages."""
@@ -450,6 +473,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn processes of every server, the baseline's included",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
     parser.add_argument(
@@ -504,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--host",
                     "127.0.0.1",
                     "--workers",
-                    "1",
+                    str(args.workers),
                     "--no-access-log",
                     "--log-level",
                     "warning",
@@ -535,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                     "personify.cli",
                     "serve",
                     "--no-worker",
+                    "--workers",
+                    str(args.workers),
                     "--log-level",
                     "warning",
                 ],
@@ -613,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             "durability": args.durability,
             "linger_ms": linger_ms,
             "connections": args.connections,
+            "workers": args.workers,
             "wrk_threads": args.threads,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -623,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                 else "none: the OS schedules servers and wrk over every CPU"
             ),
             "server": (
-                "uvicorn, 1 process, access log off, "
+                f"uvicorn, {args.workers} process(es), access log off, "
                 f"loop {'uvloop' if find_spec('uvloop') else 'asyncio'}, "
                 f"http {'httptools' if find_spec('httptools') else 'h11'}; "
                 "personify serve --no-worker"

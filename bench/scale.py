@@ -66,45 +66,6 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 log = ingest.log
 
 
-def process_tree_cpu_seconds(root: int) -> float | None:
-    """CPU time (user + system) of ``root`` and every descendant still alive, from /proc."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the fields after the ")" that closes the command name: ppid is 4, utime/stime 14/15
-        fields = stat.rsplit(")", 1)[1].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    if root not in cpu:
-        return None
-    tree = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return sum(cpu[pid] for pid in tree)
-
-
-class TreeServer(ingest.Server):
-    """A server whose CPU is that of its whole process tree (``--workers 2`` forks children)."""
-
-    def cpu_seconds(self) -> float | None:
-        """CPU of the supervisor and its workers."""
-        if self.process is None:
-            return None
-        return process_tree_cpu_seconds(self.process.pid)
-
-
 @dataclass
 class Engines:
     """The scaled-out engines of this run and how to remove what the run left in them."""
@@ -392,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                     env.update(engines.env(name))
                 # one source per scenario; scaled out they share the database, hence the name
                 write_key = ingest.create_source(env, folder, f"bench-{name}")
-                server = TreeServer(
+                server = ingest.Server(
                     name,
                     [
                         sys.executable,

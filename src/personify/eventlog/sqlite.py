@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
-import queue
+import logging
 import sqlite3
 import sys
 import threading
@@ -43,7 +41,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -54,9 +52,12 @@ import numpy as np
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
 from personify.eventlog.dedupe_index import DedupeIndex, dedupe_hash
+from personify.eventlog.syncer import FileSyncer
 
 if TYPE_CHECKING:
     from personify.settings import Settings
+
+logger = logging.getLogger("personify.eventlog")
 
 __all__ = ["SQLiteEventLog", "count_records", "dedupe_hash", "iter_records"]
 
@@ -87,7 +88,11 @@ CREATE TABLE IF NOT EXISTS consumer_groups (
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 _POLL_INTERVAL_S = 0.05
 _WRITER_CACHE_KIB = 64 * 1024
-_SWITCH_INTERVAL_S = 0.0002
+# another process holds the write lock: retry after 0.1 ms, doubling up to 2 ms, for 10 s
+_LOCK_RETRY_MIN_S = 0.0001
+_LOCK_RETRY_MAX_S = 0.002
+_LOCK_WAIT_S = 10.0
+_CHECKPOINT_EVERY_BYTES = 8 * 1024 * 1024
 # one (time, offset) mark per this many seconds (at most) maps the dedupe window onto offsets
 _WINDOW_MARK_EVERY_S = 1.0
 _MIGRATE_ROWS = 5000
@@ -118,26 +123,23 @@ def _hash_array(blob: bytes) -> np.ndarray[Any, np.dtype[np.int64]]:
     return np.frombuffer(blob, dtype=np.int64)
 
 
-@dataclass(slots=True)
 class _Pending:
-    records: Sequence[LogRecord]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[AppendResult]]
-    results: list[AppendResult] = field(default_factory=list)
+    """One ``append`` waiting for its transaction (and its fsync)."""
 
+    __slots__ = ("future", "records", "results")
 
-_STOP = object()
+    def __init__(
+        self, records: Sequence[LogRecord], future: asyncio.Future[list[AppendResult]]
+    ) -> None:
+        self.records = records
+        self.future = future
+        self.results: list[AppendResult] = []
 
 
 def _resolve_all(batch: list[_Pending]) -> None:
     for item in batch:
         if not item.future.done():
             item.future.set_result(item.results)
-
-
-def _fail(future: asyncio.Future[list[AppendResult]], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 def _begin_immediate(conn: sqlite3.Connection, timeout_s: float = 10.0) -> None:
@@ -255,10 +257,20 @@ class SQLiteEventLog:
         self._max_batch_events = max_batch_events
         self._max_pending_events = max_pending_events
         self._dedupe_window_s = dedupe_window_s
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
-        self._pending_events = 0
-        self._pending_lock = threading.Lock()
-        self._writer: threading.Thread | None = None
+        self._fsync = durability == "full"
+        self._queued: deque[_Pending] = deque()
+        self._queued_events = 0
+        self._unsynced: list[_Pending] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._file_syncer: FileSyncer | None = None
+        self._checkpointing = False
+        self._bytes_since_checkpoint = 0
+        self._lock_retry_s = _LOCK_RETRY_MIN_S
+        self._locked_since: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoints: ThreadPoolExecutor | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._cursors: dict[tuple[str, str], int] = {}
@@ -382,115 +394,141 @@ class SQLiteEventLog:
             self._index.expire(floor)
 
     async def start(self) -> None:
-        """Create the file and tables, load the dedupe index, and start the writer thread."""
+        """Create the file and tables, load the dedupe index, and open the writer."""
         if self._started:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._prepare_file)
         self._reader = self._connect()
-        # The writer thread drops the GIL at each SQLite call; while the HTTP thread is busy,
-        # taking it back waits out the interpreter's switch interval (5 ms by default), and
-        # every request in the group commit waits with it. A shorter interval bounds that wait.
-        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
-        self._writer = threading.Thread(
-            target=self._write_loop, name="eventlog-writer", daemon=True
-        )
-        self._writer.start()
+        writer = self._connect()
+        try:
+            # commits only write the WAL; ``full`` fsyncs it (off the event loop) before
+            # answering, and checkpoints run on their own connection with the real setting
+            writer.execute("PRAGMA synchronous=OFF")
+            writer.execute("PRAGMA wal_autocheckpoint=0")
+            writer.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
+            # a busy lock is retried from the event loop, never waited for inside SQLite
+            writer.execute("PRAGMA busy_timeout=0")
+            self._checkpointer = self._connect()
+            self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            writer.close()
+            raise BackendUnavailable(
+                f"cannot open the event log at {self.path}: {exc}", code="log_unavailable"
+            ) from exc
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        if self._fsync:
+            self._file_syncer = FileSyncer(Path(f"{self.path}-wal"))
+            self._file_syncer.start(self._loop)
+        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._appended = asyncio.Event()
         self._started = True
 
     async def close(self) -> None:
-        """Write what is queued, then stop the writer and close connections."""
+        """Write and sync what is queued, then close the connections."""
         if not self._started:
             return
         self._started = False
-        self._queue.put(_STOP)
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.join)
-        if self._reader is not None:
-            self._reader.close()
+        syncer = self._file_syncer
+        while self._queued or self._checkpointing or (syncer is not None and syncer.pending):
+            if self._queued:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()
+                self._flush()
+            await asyncio.sleep(0.001)
+        if syncer is not None:
+            syncer.close()
+        if self._checkpoints is not None:
+            self._checkpoints.shutdown()
+        for conn in (self._writer, self._checkpointer, self._reader):
+            if conn is not None:
+                conn.close()
 
     # -- append ------------------------------------------------------------------------------
 
     async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
-        """Queue ``records`` for the writer and wait until they are committed."""
+        """Queue ``records`` for the next group commit and wait until they are durable."""
         if not records:
             return []
         if not self._started:
             raise BackendUnavailable("the event log is not running", code="log_unavailable")
         count = len(records)
-        with self._pending_lock:
-            if self._pending_events + count > self._max_pending_events and self._pending_events:
-                raise BackendUnavailable(
-                    f"the event log has {self._pending_events} events waiting to be written; "
-                    "retry shortly",
-                    code="log_overloaded",
-                )
-            self._pending_events += count
-        loop = asyncio.get_running_loop()
-        pending = _Pending(records, loop, loop.create_future())
-        self._queue.put(pending)
-        results = await pending.future
-        self._appended.set()
-        return results
+        if self._queued_events + count > self._max_pending_events and self._queued_events:
+            raise BackendUnavailable(
+                f"the event log has {self._queued_events} events waiting to be written; "
+                "retry shortly",
+                code="log_overloaded",
+            )
+        loop = self._loop
+        assert loop is not None
+        self._queued_events += count
+        future: asyncio.Future[list[AppendResult]] = loop.create_future()
+        self._queued.append(_Pending(records, future))
+        if self._flush_handle is None:
+            # every append of this turn of the event loop (and, with linger, of the next
+            # few milliseconds) goes into one transaction
+            if self._linger_s > 0:
+                self._flush_handle = loop.call_later(self._linger_s, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
+        return await future
 
-    def _write_loop(self) -> None:
-        conn = self._connect()
-        # Writers in other processes (``--workers N``) queue on this file with a blocking lock,
-        # which the kernel hands over the moment it is released; SQLite's own lock can only be
-        # polled, and polling left the lock idle between one process's commit and the next's.
-        lock_fd = os.open(
-            self.path.with_name(self.path.name + "-writer.lock"), os.O_RDWR | os.O_CREAT, 0o644
-        )
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
-            # waits for the write lock happen in _begin_immediate, at a finer grain
-            conn.execute("PRAGMA busy_timeout=0")
-        try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                assert isinstance(first, _Pending)
-                batch = [first]
-                size = len(first.records)
-                stop = False
-                # what queued while the last commit was being fsynced goes into this one;
-                # linger_ms > 0 additionally waits for stragglers
-                deadline = time.monotonic() + self._linger_s
-                while size < self._max_batch_events:
-                    try:
-                        remaining = deadline - time.monotonic()
-                        item = (
-                            self._queue.get(timeout=remaining)
-                            if remaining > 0
-                            else self._queue.get_nowait()
-                        )
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(item, _Pending)
-                    batch.append(item)
-                    size += len(item.records)
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                try:
-                    self._write_batch(conn, batch)
-                finally:
-                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
-                with self._pending_lock:
-                    self._pending_events -= size
-                if stop:
-                    return
-        finally:
-            os.close(lock_fd)
-            conn.close()
+    def _flush(self) -> None:
+        """Commit what is queued, one transaction per ``max_batch_events``; runs in the loop."""
+        self._flush_handle = None
+        while self._queued:
+            batch = [self._queued.popleft()]
+            size = len(batch[0].records)
+            while self._queued and size + len(self._queued[0].records) <= self._max_batch_events:
+                item = self._queued.popleft()
+                batch.append(item)
+                size += len(item.records)
+            try:
+                outcome = self._commit(batch)
+            except Exception as exc:  # a bug must not leave requests hanging
+                logger.exception("the event log's group commit failed")
+                self._fail_batch(batch, exc)
+                outcome = "failed"
+            if outcome == "locked":
+                # another process holds the write lock: try again in a moment
+                self._queued.extendleft(reversed(batch))
+                assert self._loop is not None
+                self._flush_handle = self._loop.call_later(self._lock_retry_s, self._flush)
+                self._lock_retry_s = min(self._lock_retry_s * 2, _LOCK_RETRY_MAX_S)
+                return
+            self._lock_retry_s = _LOCK_RETRY_MIN_S
+            self._queued_events -= size
+            if outcome == "failed":
+                continue
+            self._appended.set()
+            if self._file_syncer is not None:
+                self._unsynced.extend(batch)
+            else:
+                _resolve_all(batch)
+        if self._unsynced and self._file_syncer is not None:
+            group, self._unsynced = self._unsynced, []
+            self._file_syncer.sync(lambda error: self._synced(group, error))
+        if self._bytes_since_checkpoint >= _CHECKPOINT_EVERY_BYTES and not self._checkpointing:
+            self._start_checkpoint()
 
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending]) -> str:
+        """Write ``batch`` as one transaction: ``"ok"``, ``"locked"`` or ``"failed"``."""
+        conn = self._writer
+        assert conn is not None
         now = time.time()
         try:
-            _begin_immediate(conn)
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) and time.monotonic() < self._lock_deadline():
+                return "locked"
+            self._fail_batch(batch, exc)
+            return "failed"
+        except sqlite3.Error as exc:
+            self._fail_batch(batch, exc)
+            return "failed"
+        self._locked_since = None
+        try:
             try:
                 added = self._write_in_transaction(conn, batch, now)
                 conn.execute("COMMIT")
@@ -498,13 +536,8 @@ class SQLiteEventLog:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            error = BackendUnavailable(
-                f"the event log could not write: {exc}", code="log_unavailable", retry_after_s=1
-            )
-            for item in batch:
-                item.results.clear()
-                item.loop.call_soon_threadsafe(_fail, item.future, error)
-            return
+            self._fail_batch(batch, exc)
+            return "failed"
         # the index learns of the chunk only once it is committed
         if added is not None:
             first_offset, count, hashes = added
@@ -514,13 +547,52 @@ class SQLiteEventLog:
                     index.add(digest, first_offset + position)
             self._next_offset = first_offset + count
             self._mark(now, first_offset + count)
+            self._bytes_since_checkpoint += sum(
+                len(r.payload) for item in batch for r in item.records
+            )
         self._expire(now)
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        return "ok"
+
+    def _lock_deadline(self) -> float:
+        if self._locked_since is None:
+            self._locked_since = time.monotonic()
+        return self._locked_since + _LOCK_WAIT_S
+
+    def _fail_batch(self, batch: list[_Pending], exc: BaseException) -> None:
+        self._locked_since = None
+        error = BackendUnavailable(
+            f"the event log could not write: {exc}", code="log_unavailable", retry_after_s=1
+        )
         for item in batch:
-            by_loop.setdefault(item.loop, []).append(item)
-        # one wake-up per event loop, not one per request
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_resolve_all, items)
+            item.results.clear()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _synced(self, group: list[_Pending], error: BaseException | None) -> None:
+        if error is None:
+            _resolve_all(group)
+        else:
+            # committed but maybe not durable: the client retries, and dedupe answers
+            # "duplicate" with the offset the record already has
+            self._fail_batch(group, error)
+
+    def _start_checkpoint(self) -> None:
+        """Move the WAL into the database file, on a thread (the writer never checkpoints)."""
+        assert self._loop is not None and self._checkpoints is not None
+        self._bytes_since_checkpoint = 0
+        self._checkpointing = True
+        done = self._loop.run_in_executor(self._checkpoints, self._checkpoint)
+        done.add_done_callback(self._checkpointed)
+
+    def _checkpoint(self) -> None:
+        # this connection has the configured synchronous setting, so with ``full`` or
+        # ``normal`` the database file is fsynced before the WAL may be reused
+        if self._checkpointer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpointing = False
 
     def _catch_up(self, conn: sqlite3.Connection) -> int:
         """Index what other writers appended since this one last wrote; the next offset."""
