@@ -78,8 +78,12 @@ class FileSyncer:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the helper and watch its answers from ``loop``."""
         self._loop = loop
+        self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
         try:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _HELPER, str(self.path), str(self.path.parent)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -90,22 +94,35 @@ class FileSyncer:
             raise BackendUnavailable(
                 f"cannot start the event log's sync helper: {exc}", code="log_unavailable"
             ) from exc
-        assert self._process.stdout is not None
-        os.set_blocking(self._process.stdout.fileno(), False)
-        loop.add_reader(self._process.stdout.fileno(), self._on_answers)
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+        self._loop.add_reader(process.stdout.fileno(), self._on_answers)
+        self._process = process
 
     def sync(self, done: Callback) -> None:
         """fsync the file; ``done(None)`` once it is durable, ``done(error)`` if it may not be."""
         process = self._process
-        if process is None or process.stdin is None or process.poll() is not None:
-            done(BackendUnavailable("the event log's sync helper is not running"))
-            return
+        if process is None or process.poll() is not None:
+            # the helper died (its pending syncs were failed when its pipe closed): a new one
+            try:
+                self._discard()
+                self._spawn()
+            except BackendUnavailable as error:
+                done(error)
+                return
+            process = self._process
+        assert process is not None and process.stdin is not None
         try:
             os.write(process.stdin.fileno(), _REQUEST)
         except OSError as exc:
             done(BackendUnavailable(f"the event log's sync helper is gone: {exc}"))
             return
         self._waiting.append(done)
+
+    @property
+    def helper_pid(self) -> int | None:
+        """The helper process's pid while it runs."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def pending(self) -> int:
@@ -122,26 +139,39 @@ class FileSyncer:
         except OSError:
             answers = b""
         if not answers:
-            self._stop_watching()
+            self._discard()
             error = BackendUnavailable("the event log's sync helper exited")
             while self._waiting:
                 self._waiting.popleft()(error)
             return
         for answer in answers:
+            if not self._waiting:
+                break
             done = self._waiting.popleft()
             done(None if answer == _DONE else BackendUnavailable("fsync of the event log failed"))
 
-    def _stop_watching(self) -> None:
-        if self._loop is not None and self._process is not None and self._process.stdout:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(self._process.stdout.fileno())
-
-    def close(self) -> None:
-        """Stop the helper (after the syncs asked for are answered, as it reads them first)."""
+    def _discard(self) -> None:
+        """Stop watching a helper that is gone, and reap it."""
         process = self._process
         if process is None:
             return
-        self._stop_watching()
+        self._process = None
+        if self._loop is not None and process.stdout is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(process.stdout.fileno())
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+    def close(self) -> None:
+        """Stop the helper; call once no sync is pending."""
+        process = self._process
+        if process is None:
+            return
         if process.stdin is not None:
             with contextlib.suppress(OSError):
                 process.stdin.close()
@@ -149,7 +179,4 @@ class FileSyncer:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        self._process = None
+        self._discard()
