@@ -517,6 +517,13 @@ class SQLiteEventLog:
         conn = self._writer
         assert conn is not None
         now = time.time()
+        # hashed before the write lock is taken: other processes wait only for the rows
+        digests = {
+            r.dedupe_key: dedupe_hash(r.dedupe_key)
+            for item in batch
+            for r in item.records
+            if r.dedupe_key is not None
+        }
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -530,7 +537,7 @@ class SQLiteEventLog:
         self._locked_since = None
         try:
             try:
-                added = self._write_in_transaction(conn, batch, now)
+                added = self._write_in_transaction(conn, batch, digests, now)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -608,18 +615,12 @@ class SQLiteEventLog:
         return head
 
     def _write_in_transaction(
-        self, conn: sqlite3.Connection, batch: list[_Pending], now: float
+        self, conn: sqlite3.Connection, batch: list[_Pending], digests: dict[str, int], now: float
     ) -> tuple[int, int, array[int]] | None:
         """Write the batch as one chunk; (first offset, count, hashes) or None if all were
-        duplicates."""
+        duplicates. ``digests`` maps each dedupe key of the batch to its hash."""
         first_offset = self._catch_up(conn)
         self._expire(now)
-        digests = {
-            r.dedupe_key: dedupe_hash(r.dedupe_key)
-            for item in batch
-            for r in item.records
-            if r.dedupe_key is not None
-        }
         known = self._known_offsets(conn, digests) if digests else {}
         next_offset = first_offset
         keys: list[str] = []
