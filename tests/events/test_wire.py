@@ -200,3 +200,25 @@ def test_a_batch_envelope_with_shared_context_is_not_the_common_shape() -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_wire_batch(b'{"batch":[],"context":{"ip":"1.2.3.4"}}')
     assert decode_wire_batch(b'{"batch":[],"sentAt":"2026-11-27T09:00:00Z"}').batch == []
+
+
+@pytest.mark.parametrize(
+    ("body", "may"),
+    [
+        (b'{"type":"track","event":"e","userId":"u","context":{"library":{}}}', False),
+        (b'{"type":"identify","userId":"u","traits":{"plan":"pro"}}', False),
+        (b'{"type":"identify","userId":"u","traits":{"email":"a@b.c"}}', True),
+        (b'{"type":"identify","userId":"u","traits":{"\\u0065mail":"a@b.c"}}', True),
+        (b'{"context":{"traits":{}},"properties":{"email":1}}', True),
+    ],
+)
+def test_a_body_without_every_key_of_a_path_cannot_carry_pii(body: bytes, may: bool) -> None:
+    assert WIRE.may_carry_pii(body) is may
+
+
+def test_an_escaped_key_sends_the_event_to_the_general_path() -> None:
+    event = decode_wire_event(b'{"type":"identify","userId":"u","traits":{"\\u0065mail":"a"}}')
+    assert WIRE.needs_general_path(event)
+    assert not WIRE.needs_general_path(
+        decode_wire_event(b'{"type":"identify","userId":"u","traits":{"plan":"a"}}')
+    )

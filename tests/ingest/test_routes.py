@@ -457,6 +457,23 @@ async def test_pii_is_normalised_and_hashed_and_never_stored_raw(harness: Harnes
         assert raw not in raw_log
 
 
+@pytest.mark.parametrize("path", ["/v1/identify", "/v1/batch"])
+async def test_pii_under_an_escaped_key_is_hashed_too(harness: Harness, path: str) -> None:
+    # "\u0065mail" is "email": JSON lets a client spell any key with escapes
+    event = (
+        b'{"type":"identify","userId":"u1","messageId":"esc",'
+        b'"traits":{"\\u0065mail":"Ann.Lee@Example.com"},"context":{"library":{"name":"x"}}}'
+    )
+    body = event if path == "/v1/identify" else b'{"batch":[' + event + b"]}"
+    headers = {**harness.auth, "content-type": "application/json"}
+    response = await harness.client.post(path, content=body, headers=headers)
+    assert response.status_code == 200
+    [stored] = await harness.logged()
+    assert stored["traits"]["email"].startswith(HASH_PREFIX)
+    raw_log = b"".join(e.payload for e in await harness.services.log.tail(10))
+    assert b"Ann.Lee" not in raw_log and b"ann.lee" not in raw_log
+
+
 async def test_consent_preferences_are_kept_faithfully(harness: Harness) -> None:
     consent = {
         "categoryPreferences": {"Advertising": False, "Analytics": True, "Personalization": False}

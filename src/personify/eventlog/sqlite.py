@@ -413,6 +413,7 @@ class SQLiteEventLog:
             self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             writer.close()
+            self._reader.close()
             raise BackendUnavailable(
                 f"cannot open the event log at {self.path}: {exc}", code="log_unavailable"
             ) from exc
@@ -441,6 +442,8 @@ class SQLiteEventLog:
             syncer.close()
         if self._checkpoints is not None:
             self._checkpoints.shutdown()
+        # the reader closes last: the last connection to close checkpoints the WAL, and the
+        # writer's synchronous=OFF must never be the setting a checkpoint runs with
         for conn in (self._writer, self._checkpointer, self._reader):
             if conn is not None:
                 conn.close()

@@ -69,6 +69,11 @@ decode_wire_batch = msgspec.json.Decoder(WireBatch).decode
 
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 _NULL = b"null"
+_ESCAPE = b"\\u"
+
+
+def _quoted(name: str) -> bytes:
+    return b'"' + name.encode() + b'"'
 
 
 def wire_to_dict(event: WireEvent) -> dict[str, Any]:
@@ -93,21 +98,43 @@ class WireNormalizer:
 
     def __init__(self, normalizer: Normalizer, pii_paths: list[tuple[str, ...]]) -> None:
         self._normalizer = normalizer
-        # for each configured PII path: its top-level field and the key that would show its
-        # presence inside that field's raw JSON (None for a top-level path)
-        self._pii_probes = [
-            (path[0], b'"' + path[1].encode() + b'"' if len(path) > 1 else None)
-            for path in pii_paths
-            if path
-        ]
+        # per top-level field on a configured PII path: the keys whose presence in that
+        # field's raw JSON means the path may be there (None: the field itself is the path)
+        roots: dict[str, list[bytes] | None] = {}
+        for path in pii_paths:
+            if not path:
+                continue
+            if len(path) == 1:
+                roots[path[0]] = None
+                continue
+            probes = roots.setdefault(path[0], [])
+            if probes is not None:
+                probes.append(_quoted(path[1]))
+        self._pii_roots = [(field, None if p is None else tuple(p)) for field, p in roots.items()]
+        # the quoted keys of each path: a value can sit at a path only where all of them occur
+        self._pii_key_sets = [tuple(_quoted(name) for name in path) for path in pii_paths if path]
+
+    def may_carry_pii(self, body: bytes) -> bool:
+        """Whether any event of ``body`` may have a value at a configured PII path.
+
+        False means no event of the body needs ``needs_general_path``: for every path, one
+        of its keys appears nowhere in the body, and no key is written with a \\u escape.
+        """
+        if _ESCAPE in body:
+            return True
+        return any(all(key in body for key in keys) for keys in self._pii_key_sets)
 
     def needs_general_path(self, event: WireEvent) -> bool:
         """Whether a configured PII path may be present: then the dict path hashes it."""
-        for field, probe in self._pii_probes:
+        for field, probes in self._pii_roots:
             value = getattr(event, field, UNSET)
             if value is UNSET or value is None:
                 continue
-            if probe is None or type(value) is not Raw or probe in bytes(value):
+            if probes is None or type(value) is not Raw:
+                return True
+            text = bytes(value)
+            # a key may be written with \\u escapes (an escaped "e" in "email"): look closer
+            if _ESCAPE in text or any(probe in text for probe in probes):
                 return True
         return False
 

@@ -247,7 +247,12 @@ class CollectorRoutes:
         body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
         raw = _decode_event(body)
         source = await self._resolve(_write_key(headers, raw))
-        outcome = await self._collector.collect(source, [raw], event_type=event_type)
+        outcome = await self._collector.collect(
+            source,
+            [raw],
+            event_type=event_type,
+            check_pii=self._collector.may_carry_pii(body),
+        )
         if outcome.errors:
             # the original error keeps its class (413 for an oversized event) and details
             raise outcome.errors[0]
@@ -261,7 +266,10 @@ class CollectorRoutes:
         if isinstance(raw, WireBatch):
             source = await self._resolve(_write_key(headers, raw))
             outcome = await self._collector.collect(
-                source, raw.batch, defaults=None if raw.sentAt is UNSET else {"sentAt": raw.sentAt}
+                source,
+                raw.batch,
+                defaults=None if raw.sentAt is UNSET else {"sentAt": raw.sentAt},
+                check_pii=self._collector.may_carry_pii(body),
             )
             return _batch_answer(outcome)
         if not isinstance(raw, dict) or not isinstance(raw.get("batch"), list):
