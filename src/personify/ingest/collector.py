@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from msgspec import UNSET
@@ -54,8 +53,7 @@ def storable_rejection(hasher: PiiHasher, raw: Any) -> Any:
     return payload
 
 
-@dataclass(frozen=True, slots=True)
-class IngestOutcome:
+class IngestOutcome(NamedTuple):
     """What happened to the events of one request; ``errors[i]`` is why ``rejected[i]`` was."""
 
     accepted: int
@@ -160,7 +158,9 @@ class Collector:
         duplicates = 0
         if records:
             results = await self._log.append(records)
-            duplicates = sum(1 for r in results if r.duplicate)
+            for result in results:
+                if result.duplicate:
+                    duplicates += 1
         if rejected:
             await run_in_threadpool(self._failed.add_many, rejected)
         return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
@@ -155,16 +156,20 @@ def _decode_batch(body: bytes) -> Any:
         return _decode_json(body)
 
 
+@functools.lru_cache(maxsize=1024)
+def _basic_user(credentials: str) -> str:
+    """The user name of Basic credentials (a site sends the same header on every request)."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise Unauthorized("the Basic credentials are malformed", code="invalid_write_key") from exc
+    return decoded.split(":", 1)[0]
+
+
 def _write_key(headers: Mapping[str, str], body: Any) -> str:
     header = headers.get("authorization", "")
     if header[:6].lower() == "basic ":
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise Unauthorized(
-                "the Basic credentials are malformed", code="invalid_write_key"
-            ) from exc
-        user = decoded.split(":", 1)[0]
+        user = _basic_user(header[6:])
         if user:
             return user
     key = body.writeKey if isinstance(body, WireEvent | WireBatch) else None
