@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -159,6 +160,9 @@ class Server:
                 cwd=self.folder,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # its own process group, so that stop() reaches uvicorn's --workers children
+                # and the event log's fsync helpers too
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -174,15 +178,24 @@ class Server:
         raise RuntimeError(f"{self.name} server did not become healthy:\n{self.log_tail()}")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Send ``sig`` and wait for the process to go."""
-        if self.process is None or self.process.poll() is not None:
+        """Send ``sig`` to the server's process group and wait for the server to go.
+
+        A SIGKILLed uvicorn supervisor would otherwise leave its ``--workers`` children
+        serving on the port (and holding the log open) after the benchmark.
+        """
+        if self.process is None:
             return
-        self.process.send_signal(sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+        # the children may outlive the supervisor by a moment
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system, every thread) of the server and its child processes
