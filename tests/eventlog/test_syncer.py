@@ -76,6 +76,21 @@ async def test_a_full_durability_log_keeps_taking_appends_after_its_helper_died(
         await log.close()
 
 
+async def test_the_wal_stays_bounded_under_steady_appends(tmp_path: Path) -> None:
+    # 32 MB through a log that never pauses: checkpoints must let the WAL start over
+    log = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    await log.start()
+    try:
+        payload = b"p" * 4000
+        largest = 0
+        for start in range(0, 8000, 100):
+            await log.append([LogRecord(payload, "k", f"m{i}") for i in range(start, start + 100)])
+            largest = max(largest, (tmp_path / "events.db-wal").stat().st_size)
+    finally:
+        await log.close()
+    assert largest < 24 * 1024 * 1024
+
+
 async def test_checkpoints_move_the_wal_into_the_database_file(tmp_path: Path) -> None:
     log = SQLiteEventLog(tmp_path / "events.db", durability="full")
     await log.start()

@@ -93,6 +93,7 @@ _LOCK_RETRY_MIN_S = 0.0001
 _LOCK_RETRY_MAX_S = 0.002
 _LOCK_WAIT_S = 10.0
 _CHECKPOINT_EVERY_BYTES = 8 * 1024 * 1024
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 # one (time, offset) mark per this many seconds (at most) maps the dedupe window onto offsets
 _WINDOW_MARK_EVERY_S = 1.0
 _MIGRATE_ROWS = 5000
@@ -411,6 +412,8 @@ class SQLiteEventLog:
             writer.execute("PRAGMA busy_timeout=0")
             self._checkpointer = self._connect()
             self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
+            # a WAL that grew past this while a reader held it back is cut down at its restart
+            writer.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         except sqlite3.Error as exc:
             writer.close()
             self._reader.close()
@@ -595,11 +598,15 @@ class SQLiteEventLog:
         done.add_done_callback(self._checkpointed)
 
     def _checkpoint(self) -> None:
-        # this connection has the configured synchronous setting, so with ``full`` or
-        # ``normal`` the database file is fsynced before the WAL may be reused
+        # This connection has the configured synchronous setting, so with ``full`` or
+        # ``normal`` the database file is fsynced before the WAL may be reused. RESTART, not
+        # PASSIVE: it holds the write lock while it copies (the loop retries its commits in
+        # the meantime) and lets the next commit start the WAL from its beginning; a passive
+        # checkpoint racing a writer that never pauses never catches up, and the WAL grows
+        # without bound.
         if self._checkpointer is not None:
             with contextlib.suppress(sqlite3.Error):
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpointing = False
