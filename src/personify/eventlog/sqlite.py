@@ -112,6 +112,16 @@ class _Chunk(NamedTuple):
     keys: list[str]
     payloads: list[bytes]
 
+    def entry(self, index: int) -> LogEntry:
+        """The chunk's ``index``-th record as a log entry."""
+        return LogEntry(
+            0,
+            str(self.first_offset + index),
+            self.keys[index],
+            self.payloads[index],
+            self.appended_at,
+        )
+
 
 def _unpack(row: tuple[Any, ...]) -> _Chunk:
     first_offset, appended_at, keys, payloads = row
@@ -795,16 +805,7 @@ class SQLiteEventLog:
         for chunk in self._chunks_from(position, max_count):
             skip = max(0, position + 1 - chunk.first_offset)
             take = min(len(chunk.payloads), skip + max_count - len(entries))
-            for index in range(skip, take):
-                entries.append(
-                    LogEntry(
-                        0,
-                        str(chunk.first_offset + index),
-                        chunk.keys[index],
-                        chunk.payloads[index],
-                        chunk.appended_at,
-                    )
-                )
+            entries.extend(chunk.entry(index) for index in range(skip, take))
             if len(entries) >= max_count:
                 break
         self._cursors[cursor_key] = int(entries[-1].offset) if entries else position
@@ -904,16 +905,9 @@ class SQLiteEventLog:
                     break
                 for row in rows:
                     chunk = _unpack(row)
-                    for index in range(len(chunk.payloads) - 1, -1, -1):
-                        entries.append(
-                            LogEntry(
-                                0,
-                                str(chunk.first_offset + index),
-                                chunk.keys[index],
-                                chunk.payloads[index],
-                                chunk.appended_at,
-                            )
-                        )
+                    entries.extend(
+                        chunk.entry(index) for index in range(len(chunk.payloads) - 1, -1, -1)
+                    )
                     before = chunk.first_offset
                     if len(entries) >= limit:
                         break

@@ -118,6 +118,44 @@ def partition_key(event: dict[str, Any]) -> str:
     return str(event.get("anonymousId") or event.get("userId") or "")
 
 
+def event_kind(route_type: str | None, sent_type: Any) -> str:
+    """The event's type: the route's (``/v1/track``) or the one it sent, short forms expanded."""
+    kind = route_type or sent_type
+    if isinstance(kind, str):
+        kind = SHORT_TYPES.get(kind, kind)
+    # a list or object is unhashable, so the membership test alone would raise TypeError
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise ValidationError(
+            f"type must be one of {sorted(EVENT_TYPES)}",
+            code="invalid_type",
+            details={"field": "type"},
+        )
+    return kind
+
+
+def identity_ids(
+    kind: str, user_raw: Any, anonymous_raw: Any, event_name: Any, previous_raw: Any, group_raw: Any
+) -> tuple[str | None, str | None, Any, Any]:
+    """Check the ids an event of ``kind`` needs: ``(userId, anonymousId, previousId,
+    groupId)``, cleaned where the kind requires them and left as sent otherwise."""
+    user_id = identifier_value("userId", user_raw)
+    anonymous_id = identifier_value("anonymousId", anonymous_raw)
+    if user_id is None and anonymous_id is None:
+        raise ValidationError("an event needs a userId or an anonymousId", code="missing_identity")
+    if kind == "track":
+        if not isinstance(event_name, str) or not event_name.strip():
+            raise ValidationError("a track event needs an event name", code="missing_event_name")
+    elif kind == "alias":
+        previous_raw = identifier_value("previousId", previous_raw)
+        if previous_raw is None:
+            raise ValidationError("an alias event needs a previousId", code="missing_previous_id")
+    elif kind == "group":
+        group_raw = identifier_value("groupId", group_raw)
+        if group_raw is None:
+            raise ValidationError("a group event needs a groupId", code="missing_group_id")
+    return user_id, anonymous_id, previous_raw, group_raw
+
+
 class Normalizer:
     """Turns what a client sent into the event the log stores."""
 
@@ -155,16 +193,7 @@ class Normalizer:
         event.pop("writeKey", None)
         event.pop("flags", None)  # flags are ours to set, never the client's
 
-        kind = event_type or event.get("type")
-        if isinstance(kind, str):
-            kind = SHORT_TYPES.get(kind, kind)
-        # a list or object is unhashable, so the membership test alone would raise TypeError
-        if not isinstance(kind, str) or kind not in EVENT_TYPES:
-            raise ValidationError(
-                f"type must be one of {sorted(EVENT_TYPES)}",
-                code="invalid_type",
-                details={"field": "type"},
-            )
+        kind = event_kind(event_type, event.get("type"))
         event["type"] = kind
 
         if defaults:
@@ -183,36 +212,23 @@ class Normalizer:
                     f"{name} must be a JSON object", code="invalid_field", details={"field": name}
                 )
 
-        user_id = _identifier(event, "userId")
-        anonymous_id = _identifier(event, "anonymousId")
-        if user_id is None and anonymous_id is None:
-            raise ValidationError(
-                "an event needs a userId or an anonymousId", code="missing_identity"
-            )
+        user_id, anonymous_id, previous_id, group_id = identity_ids(
+            kind,
+            event.get("userId"),
+            event.get("anonymousId"),
+            event.get("event"),
+            event.get("previousId"),
+            event.get("groupId"),
+        )
         event["userId"] = user_id
         event["anonymousId"] = anonymous_id
         if user_id is None:
             del event["userId"]
         if anonymous_id is None:
             del event["anonymousId"]
-
-        if kind == "track":
-            event_name = event.get("event")
-            if not isinstance(event_name, str) or not event_name.strip():
-                raise ValidationError(
-                    "a track event needs an event name", code="missing_event_name"
-                )
-        elif kind == "alias":
-            previous = _identifier(event, "previousId")
-            if previous is None:
-                raise ValidationError(
-                    "an alias event needs a previousId", code="missing_previous_id"
-                )
-            event["previousId"] = previous
+        if kind == "alias":
+            event["previousId"] = previous_id
         elif kind == "group":
-            group_id = _identifier(event, "groupId")
-            if group_id is None:
-                raise ValidationError("a group event needs a groupId", code="missing_group_id")
             event["groupId"] = group_id
 
         message_id = _identifier(event, "messageId")

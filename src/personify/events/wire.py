@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from personify.errors import ValidationError
-from personify.events.normalize import EVENT_TYPES, SHORT_TYPES, Normalizer, identifier_value
+from personify.events.normalize import Normalizer, event_kind, identifier_value, identity_ids
 
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -156,41 +156,22 @@ class WireNormalizer:
         sent_at_default: str | UnsetType | None = UNSET,
     ) -> WireEvent:
         """The normalised event, a new ``WireEvent`` (``raw`` is left as it was)."""
-        kind = event_type or (raw.type if raw.type is not UNSET else None)
-        if isinstance(kind, str):
-            kind = SHORT_TYPES.get(kind, kind)
-        if not isinstance(kind, str) or kind not in EVENT_TYPES:
-            raise ValidationError(
-                f"type must be one of {sorted(EVENT_TYPES)}",
-                code="invalid_type",
-                details={"field": "type"},
-            )
+        kind = event_kind(event_type, _value(raw.type))
         for name in _OBJECT_FIELDS:
             _check_object(name, getattr(raw, name))
-        user_id = identifier_value("userId", _value(raw.userId))
-        anonymous_id = identifier_value("anonymousId", _value(raw.anonymousId))
-        if user_id is None and anonymous_id is None:
-            raise ValidationError(
-                "an event needs a userId or an anonymousId", code="missing_identity"
-            )
-        previous_id = raw.previousId
-        group_id = raw.groupId
-        if kind == "track":
-            event_name = raw.event
-            if not isinstance(event_name, str) or not event_name.strip():
-                raise ValidationError(
-                    "a track event needs an event name", code="missing_event_name"
-                )
-        elif kind == "alias":
-            previous_id = identifier_value("previousId", _value(raw.previousId))
-            if previous_id is None:
-                raise ValidationError(
-                    "an alias event needs a previousId", code="missing_previous_id"
-                )
-        elif kind == "group":
-            group_id = identifier_value("groupId", _value(raw.groupId))
-            if group_id is None:
-                raise ValidationError("a group event needs a groupId", code="missing_group_id")
+        user_id, anonymous_id, previous_id, group_id = identity_ids(
+            kind,
+            _value(raw.userId),
+            _value(raw.anonymousId),
+            raw.event,
+            _value(raw.previousId),
+            _value(raw.groupId),
+        )
+        # ids the kind does not need stay as sent (absent stays absent)
+        if kind != "alias":
+            previous_id = raw.previousId
+        if kind != "group":
+            group_id = raw.groupId
         message_id = identifier_value("messageId", _value(raw.messageId))
         sent_raw = raw.sentAt if raw.sentAt is not UNSET else sent_at_default
         original, sent, timestamp, is_future = self._normalizer.corrected_times(
