@@ -275,6 +275,7 @@ class SQLiteEventLog:
         self._flush_handle: asyncio.Handle | None = None
         self._file_syncer: FileSyncer | None = None
         self._checkpointing = False
+        self._commits_paused = False
         self._bytes_since_checkpoint = 0
         self._lock_retry_s = _LOCK_RETRY_MIN_S
         self._locked_since: float | None = None
@@ -493,6 +494,8 @@ class SQLiteEventLog:
     def _flush(self) -> None:
         """Commit what is queued, one transaction per ``max_batch_events``; runs in the loop."""
         self._flush_handle = None
+        if self._commits_paused:
+            return  # the WAL is being restarted; _checkpointed flushes what queued meanwhile
         while self._queued:
             batch = [self._queued.popleft()]
             size = len(batch[0].records)
@@ -600,26 +603,38 @@ class SQLiteEventLog:
             self._fail_batch(group, error)
 
     def _start_checkpoint(self) -> None:
-        """Move the WAL into the database file, on a thread (the writer never checkpoints)."""
+        """Move the WAL into the database file (the writer connection never checkpoints).
+
+        Two steps on the checkpoint thread, on a connection whose ``synchronous`` is the
+        configured one (so with ``full`` or ``normal`` the database file is fsynced before the
+        WAL may be reused): a PASSIVE checkpoint copies what is there while commits go on;
+        then commits pause and a RESTART checkpoint copies the little that came meanwhile and
+        lets the next commit start the WAL from its beginning. A passive checkpoint alone,
+        racing a writer that never pauses, never catches up and the WAL grows without bound;
+        a restart alone, competing with the loop for the write lock, can starve.
+        """
         assert self._loop is not None and self._checkpoints is not None
         self._bytes_since_checkpoint = 0
         self._checkpointing = True
-        done = self._loop.run_in_executor(self._checkpoints, self._checkpoint)
-        done.add_done_callback(self._checkpointed)
+        done = self._loop.run_in_executor(self._checkpoints, self._checkpoint, "PASSIVE")
+        done.add_done_callback(self._restart_wal)
 
-    def _checkpoint(self) -> None:
-        # This connection has the configured synchronous setting, so with ``full`` or
-        # ``normal`` the database file is fsynced before the WAL may be reused. RESTART, not
-        # PASSIVE: it holds the write lock while it copies (the loop retries its commits in
-        # the meantime) and lets the next commit start the WAL from its beginning; a passive
-        # checkpoint racing a writer that never pauses never catches up, and the WAL grows
-        # without bound.
+    def _checkpoint(self, mode: str) -> None:
         if self._checkpointer is not None:
             with contextlib.suppress(sqlite3.Error):
-                self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)")
+                self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})")
+
+    def _restart_wal(self, done: asyncio.Future[None]) -> None:
+        assert self._loop is not None and self._checkpoints is not None
+        self._commits_paused = True
+        restarted = self._loop.run_in_executor(self._checkpoints, self._checkpoint, "RESTART")
+        restarted.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._commits_paused = False
         self._checkpointing = False
+        if self._queued and self._flush_handle is None:
+            self._flush()
 
     def _catch_up(self, conn: sqlite3.Connection) -> int:
         """Index what other writers appended since this one last wrote; the next offset."""
