@@ -108,3 +108,21 @@ async def test_checkpoints_move_the_wal_into_the_database_file(tmp_path: Path) -
         await log.close()
     # (closing the last connection would checkpoint anyway, so this is checked while open)
     assert moved
+
+
+async def test_after_a_failed_fsync_the_log_takes_no_more_appends(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db", durability="full")
+    await log.start()
+    try:
+        await log.append([LogRecord(b"a", "k", "a")])
+        # the helper syncs the WAL by its path: with the file gone from there, fsync fails
+        (tmp_path / "events.db-wal").rename(tmp_path / "elsewhere")
+        with pytest.raises(BackendUnavailable):
+            await log.append([LogRecord(b"b", "k", "b")])
+        (tmp_path / "elsewhere").rename(tmp_path / "events.db-wal")
+        # not even a retry of the same record is answered "duplicate" now
+        with pytest.raises(BackendUnavailable) as refused:
+            await log.append([LogRecord(b"b", "k", "b")])
+        assert "restart" in refused.value.message
+    finally:
+        await log.close()

@@ -52,7 +52,7 @@ import numpy as np
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
 from personify.eventlog.dedupe_index import DedupeIndex, dedupe_hash
-from personify.eventlog.syncer import FileSyncer
+from personify.eventlog.syncer import FileSyncer, FsyncFailed
 
 if TYPE_CHECKING:
     from personify.settings import Settings
@@ -276,6 +276,7 @@ class SQLiteEventLog:
         self._file_syncer: FileSyncer | None = None
         self._checkpointing = False
         self._commits_paused = False
+        self._broken: BaseException | None = None
         self._bytes_since_checkpoint = 0
         self._lock_retry_s = _LOCK_RETRY_MIN_S
         self._locked_since: float | None = None
@@ -470,6 +471,11 @@ class SQLiteEventLog:
             return []
         if not self._started:
             raise BackendUnavailable("the event log is not running", code="log_unavailable")
+        if self._broken is not None:
+            raise BackendUnavailable(
+                "an fsync of the event log failed; it takes no appends until the server restarts",
+                code="log_unavailable",
+            )
         count = len(records)
         if self._queued_events + count > self._max_pending_events and self._queued_events:
             raise BackendUnavailable(
@@ -597,10 +603,16 @@ class SQLiteEventLog:
     def _synced(self, group: list[_Pending], error: BaseException | None) -> None:
         if error is None:
             _resolve_all(group)
-        else:
-            # committed but maybe not durable: the client retries, and dedupe answers
-            # "duplicate" with the offset the record already has
-            self._fail_batch(group, error)
+            return
+        if isinstance(error, FsyncFailed):
+            # After a failed fsync the kernel may have dropped the dirty pages, and a retry
+            # would be answered "duplicate" from the dedupe index without ever reaching the
+            # disk: take no more appends until a restart rebuilds the index from the file.
+            logger.error("fsync of %s-wal failed; the event log refuses appends", self.path)
+            self._broken = error
+        # otherwise (the helper died) the next fsync covers these writes: the client retries,
+        # and dedupe answers "duplicate" with the offset the record already has
+        self._fail_batch(group, error)
 
     def _start_checkpoint(self) -> None:
         """Move the WAL into the database file (the writer connection never checkpoints).

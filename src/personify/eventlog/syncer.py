@@ -66,6 +66,10 @@ while True:
 Callback = Callable[[BaseException | None], None]
 
 
+class FsyncFailed(BackendUnavailable):
+    """The helper's fsync itself failed: what was written since the last one may be lost."""
+
+
 class FileSyncer:
     """Asks a helper process to fsync ``path``; calls back in the event loop when it has."""
 
@@ -148,7 +152,7 @@ class FileSyncer:
             if not self._waiting:
                 break
             done = self._waiting.popleft()
-            done(None if answer == _DONE else BackendUnavailable("fsync of the event log failed"))
+            done(None if answer == _DONE else FsyncFailed("fsync of the event log failed"))
 
     def _discard(self) -> None:
         """Stop watching a helper that is gone, and reap it."""
