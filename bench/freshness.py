@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,8 @@ from typing import IO, Any
 
 import httpx
 
+from ingest import free_port  # bench/ingest.py
+
 TARGET_P99_MS = 200.0
 PERSONIFY = [sys.executable, "-m", "personify.cli"]
 # the first scaled-out probe waits for the worker to join its consumer group and get partitions
@@ -57,12 +58,6 @@ FIRST_VISIBLE_TIMEOUT_S = 60.0
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:

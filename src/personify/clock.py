@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -55,6 +55,19 @@ class FrozenClock:
 
 
 _encode_datetime = msgspec.json.Encoder().encode
+
+
+def has_timestamp_shape(text: Any) -> bool:
+    """Shaped like ``format_timestamp``'s output (``YYYY-MM-DDTHH:MM:SS.mmmZ``); the digits
+    are not checked, so a caller still parses what it keeps."""
+    return (
+        type(text) is str
+        and len(text) == 24
+        and text[10] == "T"
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[13] == text[16] == ":"
+    )
 
 
 def format_timestamp(moment: datetime) -> str:

@@ -222,52 +222,62 @@ async def test_a_dedupe_hash_collision_never_drops_a_distinct_event(
     assert payloads == [b"alpha", b"gamma", b"beta"]
 
 
-async def test_two_logs_on_one_file_take_turns_on_the_write_lock(tmp_path: Path) -> None:
-    # two instances have two writer threads and connections: the same contention as two
-    # API processes sharing the file, resolved by the fine-grained lock wait
-    first = SQLiteEventLog(tmp_path / "events.db", durability="off")
-    second = SQLiteEventLog(tmp_path / "events.db", durability="off")
-    await first.start()
-    await second.start()
-    try:
+async def test_two_logs_on_one_file_never_reuse_an_offset(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    # two instances are two writer connections with their own dedupe index and head, as two
+    # API processes sharing the file have (in one event loop their commits alternate)
+    first, second = await open_log(), await open_log()
 
-        async def send(log: SQLiteEventLog, name: str) -> None:
-            for start in range(0, 2000, 50):
-                await log.append([record(f"{name}-{i}") for i in range(start, start + 50)])
+    async def send(log: SQLiteEventLog, name: str) -> None:
+        for start in range(0, 2000, 50):
+            await log.append([record(f"{name}-{i}") for i in range(start, start + 50)])
 
-        await asyncio.gather(
-            *(send(log, f"{n}-{i}") for i in range(4) for n, log in [("a", first), ("b", second)])
-        )
-    finally:
-        await first.close()
-        await second.close()
+    await asyncio.gather(
+        *(send(log, f"{n}-{i}") for i in range(4) for n, log in [("a", first), ("b", second)])
+    )
+    offsets = [offset for offset, _, _ in iter_records(tmp_path / "events.db")]
     payloads = [payload for _, _, payload in iter_records(tmp_path / "events.db")]
-    assert len(payloads) == len(set(payloads)) == count_records(tmp_path / "events.db") == 16000
+    assert offsets == list(range(1, 16001))
+    assert len(set(payloads)) == count_records(tmp_path / "events.db") == 16000
 
 
-async def test_dedupe_holds_across_two_writers_on_one_file(tmp_path: Path) -> None:
+async def test_dedupe_holds_across_two_writers_on_one_file(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
     # each writer catches up on the other's chunks once it holds the write lock
-    first = SQLiteEventLog(tmp_path / "events.db", durability="off")
-    second = SQLiteEventLog(tmp_path / "events.db", durability="off")
-    await first.start()
-    await second.start()
-    try:
-        original = await first.append([record("m1"), record("m2")])
-        again = await second.append([record("m2"), record("m3")])
-        assert again[0].duplicate and again[0].offset == original[1].offset
-        assert not again[1].duplicate and int(again[1].offset) == 3
-        back = await first.append([record("m3"), record("m4")])
-        assert back[0].duplicate and back[0].offset == again[1].offset
-        assert int(back[1].offset) == 4
-    finally:
-        await first.close()
-        await second.close()
+    first, second = await open_log(), await open_log()
+    original = await first.append([record("m1"), record("m2")])
+    again = await second.append([record("m2"), record("m3")])
+    assert again[0].duplicate and again[0].offset == original[1].offset
+    assert not again[1].duplicate and int(again[1].offset) == 3
+    back = await first.append([record("m3"), record("m4")])
+    assert back[0].duplicate and back[0].offset == again[1].offset
+    assert int(back[1].offset) == 4
     assert [payload for _, _, payload in iter_records(tmp_path / "events.db")] == [
         b"m1",
         b"m2",
         b"m3",
         b"m4",
     ]
+
+
+async def test_an_append_waits_while_another_process_holds_the_write_lock(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    log = await open_log()
+    holder = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(log.append([record("waited")]))
+        await asyncio.sleep(0.2)
+        assert not pending.done(), "the append must wait for the lock, not fail"
+        # the event loop is not blocked while it waits
+        assert await asyncio.wait_for(asyncio.sleep(0, result="free"), timeout=1) == "free"
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+    assert [r.offset for r in await asyncio.wait_for(pending, timeout=5)] == ["1"]
 
 
 async def test_one_big_chunk_is_read_in_steps(open_log: OpenLog) -> None:

@@ -49,6 +49,11 @@ def error_body(code: str, message: str, details: object = None) -> bytes:
     return msgspec.json.encode({"error": {"code": code, "message": message, "details": details}})
 
 
+def internal_error_body() -> bytes:
+    """The body of a 500: a bug, logged with its traceback; no internals in the answer."""
+    return error_body("internal_error", "an unexpected error occurred; it has been logged")
+
+
 def error_parts(error: errors.PersonifyError) -> tuple[int, bytes, dict[str, str]]:
     """Status, JSON body and extra headers of a Personify error (503s carry ``Retry-After``).
 
@@ -90,7 +95,7 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
     """A bug: log it with its traceback, answer a JSON 500 without internals."""
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return Response(
-        error_body("internal_error", "an unexpected error occurred; it has been logged"),
+        internal_error_body(),
         status_code=500,
         media_type="application/json",
     )

@@ -1,9 +1,11 @@
 """The embedded event log: one SQLite file in WAL mode with group commit.
 
-Group commit: ``append`` hands its records to one writer thread and awaits a future.
-The writer drains everything queued (waiting up to ``linger_ms`` for more), writes it
-in one transaction, and resolves every waiting future together, so many concurrent
-requests share one fsync.
+Group commit: ``append`` queues its records and awaits a future. The first append of a
+turn of the event loop schedules a flush at its end (or ``linger_ms`` later), which writes
+everything queued in one transaction, in the loop itself; with durability ``full`` a helper
+process (``personify.eventlog.syncer``) then fsyncs the WAL, and every waiting future is
+resolved together, so many concurrent requests share one transaction and one fsync.
+Checkpoints run on their own thread and connection (see ``_start_checkpoint``).
 
 Storage: each transaction writes **one row** of table ``chunk`` holding all its records
 (their keys, dedupe keys, dedupe hashes and payloads, packed with msgpack) under the offset
@@ -20,9 +22,9 @@ and tests); ``SELECT sum(count) FROM chunk`` counts the records from the ``sqlit
 Durability (``PERSONIFY_EVENTLOG_DURABILITY``), what a crash can cost once ``append``
 has returned:
 
-* ``full`` (default) — ``synchronous=FULL``: every commit is fsynced before ``append``
-  returns. A process crash or a power loss loses nothing acknowledged.
-* ``normal`` — ``synchronous=NORMAL``: the WAL is fsynced only at checkpoints. A process
+* ``full`` (default): every commit is fsynced before ``append`` returns, and checkpoints
+  run with ``synchronous=FULL``. A process crash or a power loss loses nothing acknowledged.
+* ``normal`` — checkpoints with ``synchronous=NORMAL``: the WAL is fsynced only then. A process
   crash loses nothing; a power loss or kernel crash may lose the commits since the last
   checkpoint (the file stays consistent).
 * ``off`` — ``synchronous=OFF``: no fsync at all. A process crash loses nothing; a power
@@ -40,10 +42,10 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -97,6 +99,8 @@ _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 # one (time, offset) mark per this many seconds (at most) maps the dedupe window onto offsets
 _WINDOW_MARK_EVERY_S = 1.0
 _MIGRATE_ROWS = 5000
+
+_T = TypeVar("_T")
 
 _pack = msgspec.msgpack.Encoder().encode
 _unpack_keys = msgspec.msgpack.Decoder(list[str]).decode
@@ -153,26 +157,6 @@ def _resolve_all(batch: list[_Pending]) -> None:
             item.future.set_result(item.results)
 
 
-def _begin_immediate(conn: sqlite3.Connection, timeout_s: float = 10.0) -> None:
-    """Take the write lock, retrying every fraction of a millisecond while another process has it.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10… up to 100 ms between tries, so two API
-    processes sharing one log spent most of their time asleep; the writer connection has no
-    busy timeout and retries here instead.
-    """
-    deadline = time.monotonic() + timeout_s
-    delay_s = 0.0001
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay_s)
-        delay_s = min(delay_s * 2, 0.002)
-
-
 def _migrate_row_log(conn: sqlite3.Connection) -> None:
     """Move a file written by the row-per-record layout (table ``log``) into chunks.
 
@@ -227,6 +211,19 @@ def _insert_chunk_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) ->
     )
 
 
+def _delete_committed(conn: sqlite3.Connection) -> int:
+    """Delete the chunks every known group has committed in full; how many records went."""
+    floor = conn.execute("SELECT min(committed) FROM consumer_groups").fetchone()[0]
+    if floor is None:
+        return 0
+    condition = "first_offset + count - 1 <= ?"
+    gone = conn.execute(
+        f"SELECT coalesce(sum(count), 0) FROM chunk WHERE {condition}", (floor,)
+    ).fetchone()[0]
+    conn.execute(f"DELETE FROM chunk WHERE {condition}", (floor,))
+    return int(gone)
+
+
 def iter_records(path: Path) -> Iterator[tuple[int, str, bytes]]:
     """Every record in the log file at ``path``, oldest first, as (offset, key, payload)."""
     with contextlib.closing(sqlite3.connect(path, timeout=10.0)) as conn:
@@ -268,7 +265,6 @@ class SQLiteEventLog:
         self._max_batch_events = max_batch_events
         self._max_pending_events = max_pending_events
         self._dedupe_window_s = dedupe_window_s
-        self._fsync = durability == "full"
         self._queued: deque[_Pending] = deque()
         self._queued_events = 0
         self._unsynced: list[_Pending] = []
@@ -286,10 +282,12 @@ class SQLiteEventLog:
         self._checkpoints: ThreadPoolExecutor | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
+        self._committer: sqlite3.Connection | None = None
+        self._committer_lock = threading.Lock()
         self._cursors: dict[tuple[str, str], int] = {}
         self._appended = asyncio.Event()
         self._started = False
-        # writer-thread state: the dedupe index, the offset it has seen up to, window marks
+        # writer state (event loop): the dedupe index, the offset it has seen up to, window marks
         self._index = DedupeIndex()
         self._next_offset = 1
         self._marks: deque[tuple[float, int]] = deque()
@@ -339,7 +337,7 @@ class SQLiteEventLog:
         conn = self._connect()
         try:
             conn.executescript(_SCHEMA)
-            _begin_immediate(conn)
+            conn.execute("BEGIN IMMEDIATE")  # waits out other writers (busy_timeout)
             try:
                 _migrate_row_log(conn)
                 conn.execute("COMMIT")
@@ -413,6 +411,7 @@ class SQLiteEventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._prepare_file)
         self._reader = self._connect()
+        self._committer = self._connect()
         writer = self._connect()
         try:
             # commits only write the WAL; ``full`` fsyncs it (off the event loop) before
@@ -429,12 +428,13 @@ class SQLiteEventLog:
         except sqlite3.Error as exc:
             writer.close()
             self._reader.close()
+            self._committer.close()
             raise BackendUnavailable(
                 f"cannot open the event log at {self.path}: {exc}", code="log_unavailable"
             ) from exc
         self._writer = writer
         self._loop = asyncio.get_running_loop()
-        if self._fsync:
+        if self._synchronous == "FULL":
             self._file_syncer = FileSyncer(Path(f"{self.path}-wal"))
             self._file_syncer.start(self._loop)
         self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -459,7 +459,7 @@ class SQLiteEventLog:
             self._checkpoints.shutdown()
         # the reader closes last: the last connection to close checkpoints the WAL, and the
         # writer's synchronous=OFF must never be the setting a checkpoint runs with
-        for conn in (self._writer, self._checkpointer, self._reader):
+        for conn in (self._writer, self._checkpointer, self._committer, self._reader):
             if conn is not None:
                 conn.close()
 
@@ -572,17 +572,14 @@ class SQLiteEventLog:
             return "failed"
         # the index learns of the chunk only once it is committed
         if added is not None:
-            first_offset, count, hashes = added
+            first_offset, count, hashes, written_bytes = added
             index = self._index
             for position, digest in enumerate(hashes):
                 if digest:
                     index.add(digest, first_offset + position)
             self._next_offset = first_offset + count
             self._mark(now, first_offset + count)
-            self._bytes_since_checkpoint += sum(
-                len(r.payload) for item in batch for r in item.records
-            )
-        self._expire(now)
+            self._bytes_since_checkpoint += written_bytes
         return "ok"
 
     def _lock_deadline(self) -> float:
@@ -663,9 +660,9 @@ class SQLiteEventLog:
 
     def _write_in_transaction(
         self, conn: sqlite3.Connection, batch: list[_Pending], digests: dict[str, int], now: float
-    ) -> tuple[int, int, array[int]] | None:
-        """Write the batch as one chunk; (first offset, count, hashes) or None if all were
-        duplicates. ``digests`` maps each dedupe key of the batch to its hash."""
+    ) -> tuple[int, int, array[int], int] | None:
+        """Write the batch as one chunk: (first offset, count, hashes, payload bytes), or None
+        if all were duplicates. ``digests`` maps each dedupe key of the batch to its hash."""
         first_offset = self._catch_up(conn)
         self._expire(now)
         known = self._known_offsets(conn, digests) if digests else {}
@@ -695,21 +692,14 @@ class SQLiteEventLog:
         count = next_offset - first_offset
         if not count:
             return None
+        packed = _pack(payloads)
         conn.execute(
             "INSERT INTO chunk (first_offset, count, appended_at, hashes, keys, dedupe_keys, "
             "payloads) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                first_offset,
-                count,
-                now,
-                hashes.tobytes(),
-                _pack(keys),
-                _pack(dedupe_keys),
-                _pack(payloads),
-            ),
+            (first_offset, count, now, hashes.tobytes(), _pack(keys), _pack(dedupe_keys), packed),
         )
         conn.execute("UPDATE log_head SET next_offset = ?", (next_offset,))
-        return first_offset, count, hashes
+        return first_offset, count, hashes, len(packed)
 
     def _known_offsets(self, conn: sqlite3.Connection, digests: dict[str, int]) -> dict[str, int]:
         """Offsets of the keys already appended within the window (hash hits, verified)."""
@@ -762,24 +752,35 @@ class SQLiteEventLog:
                 f"the event log could not be read: {exc}", code="log_unavailable"
             ) from exc
 
-    def _execute_write(self, sql: str, params: Sequence[object] = ()) -> int:
-        conn = self._connect()
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work`` in one write transaction on the connection kept for consumer commits and
+        truncation (from worker threads; the event loop's writer connection is its own)."""
+        conn = self._committer
+        if conn is None:
+            raise BackendUnavailable("the event log is not running", code="log_unavailable")
         try:
-            cursor = conn.execute(sql, params)
-            return cursor.rowcount
+            with self._committer_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                return result
         except sqlite3.Error as exc:
             raise BackendUnavailable(
                 f"the event log could not be written: {exc}", code="log_unavailable"
             ) from exc
-        finally:
-            conn.close()
 
     def _committed(self, group: str) -> int:
         rows = self._query("SELECT committed FROM consumer_groups WHERE name = ?", (group,))
         if rows:
             return int(rows[0][0])
-        self._execute_write(
-            "INSERT OR IGNORE INTO consumer_groups (name, committed) VALUES (?, 0)", (group,)
+        self._in_transaction(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO consumer_groups (name, committed) VALUES (?, 0)", (group,)
+            )
         )
         return 0
 
@@ -861,10 +862,12 @@ class SQLiteEventLog:
             return
         highest = max(int(e.offset) for e in entries)
         await asyncio.to_thread(
-            self._execute_write,
-            "INSERT INTO consumer_groups (name, committed) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET committed = MAX(committed, excluded.committed)",
-            (group, highest),
+            self._in_transaction,
+            lambda conn: conn.execute(
+                "INSERT INTO consumer_groups (name, committed) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET committed = MAX(committed, excluded.committed)",
+                (group, highest),
+            ),
         )
 
     def _bounds(self) -> tuple[int, int]:
@@ -892,29 +895,7 @@ class SQLiteEventLog:
     async def truncate(self) -> int:
         """Delete the chunks whose every record all known groups have committed."""
 
-        def run() -> int:
-            rows = self._query("SELECT min(committed) FROM consumer_groups")
-            floor = rows[0][0] if rows else None
-            if floor is None:
-                return 0
-            conn = self._connect()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                condition = "first_offset + count - 1 <= ?"
-                gone = conn.execute(
-                    f"SELECT coalesce(sum(count), 0) FROM chunk WHERE {condition}", (floor,)
-                ).fetchone()[0]
-                conn.execute(f"DELETE FROM chunk WHERE {condition}", (floor,))
-                conn.execute("COMMIT")
-                return int(gone)
-            except sqlite3.Error as exc:
-                raise BackendUnavailable(
-                    f"the event log could not be truncated: {exc}", code="log_unavailable"
-                ) from exc
-            finally:
-                conn.close()
-
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(self._in_transaction, _delete_committed)
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first."""

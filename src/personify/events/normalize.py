@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from personify.clock import format_timestamp
+from personify.clock import format_timestamp, has_timestamp_shape
 from personify.errors import PayloadTooLarge, ValidationError
 from personify.events.hashing import PiiHasher
 
@@ -31,13 +31,9 @@ _MAX_ID_CHARS = 512
 _UTC = UTC
 
 
-def _identifier(event: dict[str, Any], name: str) -> str | None:
-    """An id field as a string: strings are trimmed, numbers accepted; anything else is invalid."""
-    return identifier_value(name, event.get(name))
-
-
 def identifier_value(name: str, value: Any) -> str | None:
-    """``value`` of the id field ``name`` as a clean string, None when absent or blank."""
+    """``value`` of the id field ``name`` as a clean string, None when absent or blank:
+    strings are trimmed, numbers accepted; anything else is invalid."""
     if value is None:
         return None
     if (
@@ -72,17 +68,6 @@ def _clean_identifier(name: str, value: Any) -> str | None:
             details={"field": name},
         )
     return text or None
-
-
-def _is_canonical(text: Any) -> bool:
-    """Already ``YYYY-MM-DDTHH:MM:SS.mmmZ``: re-formatting would give the same string."""
-    return (
-        type(text) is str
-        and len(text) == 24
-        and text[23] == "Z"
-        and text[19] == "."
-        and text[10] == "T"
-    )
 
 
 def parse_timestamp(name: str, value: Any) -> datetime:
@@ -231,7 +216,7 @@ class Normalizer:
         elif kind == "group":
             event["groupId"] = group_id
 
-        message_id = _identifier(event, "messageId")
+        message_id = identifier_value("messageId", event.get("messageId"))
         event["messageId"] = message_id or f"personify-{uuid.uuid4()}"
 
         received_text = received_at_text or format_timestamp(received_at)
@@ -285,10 +270,10 @@ class Normalizer:
         try:
             if client_time is not None:
                 original = (
-                    client_raw if _is_canonical(client_raw) else format_timestamp(client_time)
+                    client_raw if has_timestamp_shape(client_raw) else format_timestamp(client_time)
                 )
             if sent_at is not None:
-                sent = sent_raw if _is_canonical(sent_raw) else format_timestamp(sent_at)
+                sent = sent_raw if has_timestamp_shape(sent_raw) else format_timestamp(sent_at)
             if client_time is not None and sent_at is not None:
                 moment = received_at - (sent_at - client_time)
                 timestamp = format_timestamp(moment)

@@ -13,7 +13,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from personify.api.errors import error_body, error_parts
+from personify.api.errors import error_body, error_parts, internal_error_body
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
 from personify.ingest.routes import CORS_HEADERS, ClientDisconnected, CollectorRoutes
@@ -88,8 +88,7 @@ class IngestFastPath:
             return
         except Exception:
             logger.exception("unhandled error on %s %s", method, path)
-            body = error_body("internal_error", "an unexpected error occurred; it has been logged")
-            await _respond(send, 500, body, _JSON_HEADERS)
+            await _respond(send, 500, internal_error_body(), _JSON_HEADERS)
             return
         if body == _SUCCESS:
             await send({"type": "http.response.start", "status": 200, "headers": _SUCCESS_HEADERS})

@@ -28,18 +28,20 @@ def log_record(normalizer: Normalizer, event: dict[str, Any], source_id: str) ->
     Every way into the log (the HTTP collector, ``personify import``) builds records here, so
     an event sent twice through different paths is still appended once.
     """
-    payload = _encode(event)
-    normalizer.check_size(payload)
-    return LogRecord(payload, partition_key(event), f"{source_id}:{event['messageId']}")
+    return _record(normalizer, _encode(event), partition_key(event), source_id, event["messageId"])
 
 
 def wire_log_record(normalizer: Normalizer, event: WireEvent, source_id: str) -> LogRecord:
     """``log_record`` for an event normalised on the wire path: the same record."""
-    payload = _encode(event)
+    key = str(event.anonymousId or event.userId or "")
+    return _record(normalizer, _encode(event), key, source_id, event.messageId)
+
+
+def _record(
+    normalizer: Normalizer, payload: bytes, key: str, source_id: str, message_id: Any
+) -> LogRecord:
     normalizer.check_size(payload)
-    return LogRecord(
-        payload, str(event.anonymousId or event.userId or ""), f"{source_id}:{event.messageId}"
-    )
+    return LogRecord(payload, key, f"{source_id}:{message_id}")
 
 
 def storable_rejection(hasher: PiiHasher, raw: Any) -> Any:

@@ -140,18 +140,10 @@ def _decode_json(body: bytes) -> Any:
         raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
-def _decode_event(body: bytes) -> Any:
-    """A single event: a ``WireEvent`` when it has the common shape, else decoded JSON."""
+def _decode_shaped(body: bytes, decode_wire: Callable[[bytes], Any]) -> Any:
+    """``body`` as the wire struct when it has the common shape, else as plain JSON."""
     try:
-        return decode_wire_event(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return _decode_json(body)
-
-
-def _decode_batch(body: bytes) -> Any:
-    """A batch body: a ``WireBatch`` when it has the common shape, else decoded JSON."""
-    try:
-        return decode_wire_batch(body)
+        return decode_wire(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return _decode_json(body)
 
@@ -250,7 +242,7 @@ class CollectorRoutes:
         """One event (``/v1/track`` …); returns the success body or raises the event's error."""
         _check_content_type(headers)
         body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
-        raw = _decode_event(body)
+        raw = _decode_shaped(body, decode_wire_event)
         source = await self._resolve(_write_key(headers, raw))
         outcome = await self._collector.collect(
             source,
@@ -267,7 +259,7 @@ class CollectorRoutes:
         """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
         _check_content_type(headers)
         body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
-        raw = _decode_batch(body)
+        raw = _decode_shaped(body, decode_wire_batch)
         if isinstance(raw, WireBatch):
             source = await self._resolve(_write_key(headers, raw))
             outcome = await self._collector.collect(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from personify.clock import format_timestamp, has_timestamp_shape
 from personify.errors import ValidationError
 from personify.events.normalize import EVENT_TYPES, parse_timestamp
 
@@ -29,14 +30,7 @@ def _day_ms(date: str) -> int:
 def parse_ms(name: str, value: Any) -> int:
     """An ISO-8601 timestamp as integer epoch milliseconds (exact, so ordering never drifts)."""
     # fast path: the canonical form ingest writes, 2024-05-01T09:30:00.123Z
-    if (
-        type(value) is str
-        and len(value) == 24
-        and value[10] == "T"
-        and value[23] == "Z"
-        and value[19] == "."
-        and value[13] == value[16] == ":"
-    ):
+    if has_timestamp_shape(value):
         try:
             return (
                 _day_ms(value[:10])
@@ -53,8 +47,7 @@ def parse_ms(name: str, value: Any) -> int:
 
 def format_ms(ms: int) -> str:
     """Epoch milliseconds as the ISO-8601 UTC form events carry (``…T12:00:00.000Z``)."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_timestamp(_EPOCH + timedelta(milliseconds=ms))
 
 
 def datetime_ms(moment: datetime) -> int:

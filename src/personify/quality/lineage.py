@@ -156,15 +156,6 @@ class LineageRepository:
             raise state_unavailable(exc) from exc
         return entry
 
-    def set_output(self, lineage_id: str, *, output: str | None, row_count: int | None) -> None:
-        """Fill in where the dataset was written and how many rows it has."""
-        with self._db.engine.begin() as conn:
-            conn.execute(
-                lineage.update()
-                .where(lineage.c.id == lineage_id)
-                .values(output=output, row_count=row_count)
-            )
-
     def get(self, lineage_id: str) -> LineageRecord:
         """A record by id (or a unique prefix of it); raises ``NotFound``."""
         with self._db.engine.connect() as conn:
