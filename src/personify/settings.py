@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["traits.email", "traits.phone", "context.traits.email"]
     )
 
+    # the compiled common case of ingest normalisation, when it was built; off: Python only
+    ingest_native: bool = True
+
     # Server
     host: str = "127.0.0.1"
     port: int = 8000

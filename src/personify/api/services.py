@@ -94,7 +94,9 @@ class Services:
             api_keys=ApiKeyRepository(db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock),
             failed_events=failed,
             hasher=hasher,
-            collector=Collector(log, normalizer, hasher, failed, clock=clock),
+            collector=Collector(
+                log, normalizer, hasher, failed, clock=clock, native=settings.ingest_native
+            ),
             cache=cache,
             features=features,
             profiles=profiles,

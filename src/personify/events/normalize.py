@@ -155,6 +155,11 @@ class Normalizer:
         self.max_event_bytes = max_event_bytes
         self._future_tolerance = timedelta(seconds=future_tolerance_s)
 
+    @property
+    def future_tolerance(self) -> timedelta:
+        """How far past ``receivedAt`` an event's time may lie before it is flagged."""
+        return self._future_tolerance
+
     def normalize(
         self,
         raw: Any,

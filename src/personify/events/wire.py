@@ -15,14 +15,29 @@ dict, which is the reference: both give the same event.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from personify.errors import ValidationError
+from personify.eventlog.base import LogRecord
 from personify.events.normalize import Normalizer, event_kind, identifier_value, identity_ids
+
+_wire_record: Callable[..., LogRecord | None] | None
+try:
+    from personify.events import _wire_native
+except ImportError:  # built without a C compiler: the Python path does everything
+    _wire_record = None
+else:
+    _wire_native.setup(UNSET, Raw, LogRecord)
+    _wire_record = _wire_native.wire_record
+
+NATIVE_AVAILABLE = _wire_record is not None
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -93,11 +108,20 @@ def _check_object(name: str, raw: Raw | UnsetType) -> None:
     )
 
 
+def epoch_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
 class WireNormalizer:
     """``Normalizer.normalize`` for ``WireEvent``: the same checks, the same event out."""
 
-    def __init__(self, normalizer: Normalizer, pii_paths: list[tuple[str, ...]]) -> None:
+    def __init__(
+        self, normalizer: Normalizer, pii_paths: list[tuple[str, ...]], *, native: bool = True
+    ) -> None:
         self._normalizer = normalizer
+        self._native = _wire_record if native else None
+        self._tolerance_us = normalizer.future_tolerance // _MICROSECOND
         # per top-level field on a configured PII path: the keys whose presence in that
         # field's raw JSON means the path may be there (None: the field itself is the path)
         roots: dict[str, list[bytes] | None] = {}
@@ -144,6 +168,39 @@ class WireNormalizer:
             if _ESCAPE in text or any(probe in text for probe in probes):
                 return True
         return False
+
+    @property
+    def native(self) -> bool:
+        """Whether the compiled common case (``_wire_native.c``) is in use."""
+        return self._native is not None
+
+    def native_record(
+        self,
+        raw: WireEvent,
+        *,
+        received_us: int,
+        received_at_text: str,
+        source_id: str,
+        event_type: str | None = None,
+        sent_at_default: str | UnsetType | None = UNSET,
+    ) -> LogRecord | None:
+        """``wire_log_record(normalize(raw))`` from the compiled code, byte for byte, or None
+        when ``raw`` is not the common case (or nothing is compiled): then the caller takes
+        the Python path, which also raises every validation error. ``received_us`` is
+        ``epoch_us(received_at)``."""
+        if self._native is None:
+            return None
+        record: LogRecord | None = self._native(
+            raw,
+            event_type,
+            received_us,
+            received_at_text,
+            source_id,
+            sent_at_default,
+            self._tolerance_us,
+            self._normalizer.max_event_bytes,
+        )
+        return record
 
     def normalize(
         self,

@@ -14,7 +14,7 @@ from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
-from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
+from personify.events.wire import WireEvent, WireNormalizer, epoch_us, wire_to_dict
 from personify.ingest.sources import Source
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
@@ -75,13 +75,14 @@ class Collector:
         failed_events: FailedEventRepository,
         *,
         clock: Clock | None = None,
+        native: bool = True,
     ) -> None:
         self._log = log
         self._normalizer = normalizer
         self._hasher = hasher
         self._failed = failed_events
         self._clock = clock or SystemClock()
-        self._wire = WireNormalizer(normalizer, hasher.paths)
+        self._wire = WireNormalizer(normalizer, hasher.paths, native=native)
 
     def may_carry_pii(self, body: bytes) -> bool:
         """Whether an event of this request body may have a value at a configured PII path."""
@@ -120,8 +121,8 @@ class Collector:
         """
         received_at = self._clock.now()
         received_text = format_timestamp(received_at)
-        normalize = self._normalizer.normalize
         wire = self._wire
+        received_us = epoch_us(received_at) if wire.native else 0
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []
@@ -129,6 +130,17 @@ class Collector:
         for raw in raws:
             if type(raw) is WireEvent:
                 if not (check_pii and wire.needs_general_path(raw)):
+                    record = wire.native_record(
+                        raw,
+                        received_us=received_us,
+                        received_at_text=received_text,
+                        source_id=source.id,
+                        event_type=event_type,
+                        sent_at_default=sent_at_default,
+                    )
+                    if record is not None:
+                        records.append(record)
+                        continue
                     try:
                         normalized = wire.normalize(
                             raw,
@@ -145,7 +157,7 @@ class Collector:
                     continue
                 raw = wire_to_dict(raw)
             try:
-                event = normalize(
+                event = self._normalizer.normalize(
                     raw,
                     received_at=received_at,
                     source_id=source.id,

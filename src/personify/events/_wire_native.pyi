@@ -1,0 +1,16 @@
+from typing import Any
+
+from personify.eventlog.base import LogRecord
+
+def setup(unset: Any, raw_type: type, record_type: type, /) -> None: ...
+def wire_record(
+    event: Any,
+    route_kind: str | None,
+    received_us: int,
+    received_text: str,
+    source_id: str,
+    sent_default: Any,
+    tolerance_us: int,
+    max_bytes: int,
+    /,
+) -> LogRecord | None: ...
