@@ -17,7 +17,8 @@ stderr) with, all measured on this machine in this run:
   flush) and the records in ``events.db`` are counted: the log must hold at least
   every event the server acknowledged with a 2xx (it may hold a few more: requests that
   were in flight when wrk stopped were appended but their answers never read);
-* ``setup`` — durability, linger, connections, wrk threads, duration, rounds, CPU pinning,
+* ``setup`` — durability, whether the compiled ingest path ran (``--python-only`` turns it
+  off), linger, connections, wrk threads, duration, rounds, CPU pinning,
   CPU count and model, versions, load average before and after.
 
 Every round also records ``server_cpu_us_per_event`` (CPU the server used, all threads of
@@ -506,6 +507,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="none",
         help="split: servers on CPU 0, wrk on the last CPU (taskset)",
     )
+    parser.add_argument(
+        "--python-only",
+        action="store_true",
+        help="PERSONIFY_INGEST_NATIVE=false: ingest without the compiled common case",
+    )
     parser.add_argument("--quick", action="store_true", help="one 3 s round, 1 s warm-up")
     parser.add_argument("--keep-data", action="store_true", help="keep the data folder")
     parser.add_argument("--verbose", action="store_true", help="echo wrk's output to stderr")
@@ -513,6 +519,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
     return args
+
+
+def native_ingest_built() -> bool:
+    """Whether the compiled common case of ingest (``events/_wire_native.c``) was built."""
+    from personify.events.wire import NATIVE_AVAILABLE
+
+    return NATIVE_AVAILABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -568,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = folder / f"{name}-data"
             data_dir.mkdir()
             env = personify_env(data_dir, args.durability, linger_ms)
+            env["PERSONIFY_INGEST_NATIVE"] = "false" if args.python_only else "true"
             write_key = create_source(env, folder)
             server = Server(
                 name,
@@ -655,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_check": log_check,
         "setup": {
             "durability": args.durability,
+            "ingest_native": not args.python_only and native_ingest_built(),
             "linger_ms": linger_ms,
             "connections": args.connections,
             "workers": args.workers,
