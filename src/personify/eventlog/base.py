@@ -17,7 +17,7 @@ Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from personify.registry import EVENTLOG_ADAPTERS, load_adapter
@@ -64,8 +64,9 @@ class EventLog(Protocol):
         """Connect and create what the backend needs (tables, topics, streams)."""
         ...
 
-    async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
-        """Append durably; one result per record, in order."""
+    def append(self, records: Sequence[LogRecord]) -> Awaitable[list[AppendResult]]:
+        """Append durably; one result per record, in order. Adapters may implement it as a
+        coroutine or as a function returning a future; callers only await it."""
         ...
 
     async def read(

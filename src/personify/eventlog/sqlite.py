@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import sys
@@ -132,6 +133,12 @@ def _unpack(row: tuple[Any, ...]) -> _Chunk:
     return _Chunk(
         int(first_offset), float(appended_at), _unpack_keys(keys), _unpack_payloads(payloads)
     )
+
+
+# tuple.__new__ builds the NamedTuple without running its Python __new__ (once per record)
+_new_result: Callable[[tuple[str, bool]], AppendResult] = functools.partial(
+    tuple.__new__, AppendResult
+)
 
 
 def _hash_array(blob: bytes) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -465,10 +472,14 @@ class SQLiteEventLog:
 
     # -- append ------------------------------------------------------------------------------
 
-    async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
-        """Queue ``records`` for the next group commit and wait until they are durable."""
+    def append(self, records: Sequence[LogRecord]) -> asyncio.Future[list[AppendResult]]:
+        """Queue ``records`` for the next group commit; the future resolves once they are
+        durable. A plain function returning the future, not a coroutine: one coroutine
+        frame less on every ingest request."""
         if not records:
-            return []
+            done: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
         if not self._started:
             raise BackendUnavailable("the event log is not running", code="log_unavailable")
         if self._broken is not None:
@@ -495,7 +506,7 @@ class SQLiteEventLog:
                 self._flush_handle = loop.call_later(self._linger_s, self._flush)
             else:
                 self._flush_handle = loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         """Commit what is queued, one transaction per ``max_batch_events``; runs in the loop."""
@@ -687,7 +698,7 @@ class SQLiteEventLog:
                 keys.append(record.key)
                 payloads.append(record.payload)
                 dedupe_keys.append(dedupe_key)
-                results.append(AppendResult(str(next_offset)))
+                results.append(_new_result((str(next_offset), False)))
                 next_offset += 1
         count = next_offset - first_offset
         if not count:

@@ -12,6 +12,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -37,6 +38,8 @@ typedef struct {
     PyObject *raw_type;    /* msgspec.Raw */
     PyObject *record_type; /* eventlog.base.LogRecord */
     PyObject *names[F_COUNT];
+    PyTypeObject *event_type;        /* WireEvent */
+    Py_ssize_t offsets[F_COUNT];     /* where each field's slot lies in a WireEvent */
 } State;
 
 static State state;
@@ -89,16 +92,17 @@ static int buf_key(Buffer *b, int field) {
 
 /* The ASCII bytes of ``value`` when it is a str of printable ASCII that JSON writes as is
  * (no quote, no backslash, no control character), else NULL. */
+static unsigned char PLAIN[256]; /* 1 for a byte JSON writes as is inside a string */
+
 static const char *plain_ascii(PyObject *value, Py_ssize_t *len) {
     if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value)) return NULL;
-    const char *text = (const char *)PyUnicode_1BYTE_DATA(value);
+    const unsigned char *text = PyUnicode_1BYTE_DATA(value);
     Py_ssize_t n = PyUnicode_GET_LENGTH(value);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) return NULL;
-    }
+    unsigned char all = 1;
+    for (Py_ssize_t i = 0; i < n; i++) all &= PLAIN[text[i]];
+    if (!all) return NULL;
     *len = n;
-    return text;
+    return (const char *)text;
 }
 
 static int buf_string(Buffer *b, const char *text, Py_ssize_t n) {
@@ -417,8 +421,17 @@ done:
         memcpy(text + src_len + 1, mid, (size_t)mid_len);
     }
     PyObject *record = NULL;
-    if (key != NULL && dedupe != NULL)
-        record = PyObject_CallFunctionObjArgs(state.record_type, payload, key, dedupe, NULL);
+    if (key != NULL && dedupe != NULL) {
+        /* what tuple.__new__(LogRecord, ...) does; a NamedTuple's own __new__ is Python code */
+        PyTypeObject *type = (PyTypeObject *)state.record_type;
+        record = type->tp_alloc(type, 3);
+        if (record != NULL) {
+            PyTuple_SET_ITEM(record, 0, payload);
+            PyTuple_SET_ITEM(record, 1, key);
+            PyTuple_SET_ITEM(record, 2, dedupe);
+            return record; /* the three references now belong to the record */
+        }
+    }
     Py_DECREF(payload);
     Py_XDECREF(key);
     Py_XDECREF(dedupe);
@@ -448,12 +461,15 @@ static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "source_id and received_text must be str");
         return NULL;
     }
+    if (Py_TYPE(a.raw) != state.event_type) Py_RETURN_NONE;
     PyObject *values[F_COUNT];
     int got = 0;
     PyObject *result = NULL;
     for (; got < F_COUNT; got++) {
-        values[got] = PyObject_GetAttr(a.raw, state.names[got]);
-        if (values[got] == NULL) goto out;
+        /* the struct's slots, read as its member descriptors read them */
+        PyObject *value = *(PyObject **)((char *)a.raw + state.offsets[got]);
+        if (value == NULL) goto fallback;
+        values[got] = Py_NewRef(value);
     }
     /* a client cannot set what the server sets: those take the Python path */
     if (values[F_RECEIVED_AT] != state.unset || values[F_SOURCE_ID] != state.unset ||
@@ -470,32 +486,53 @@ out:
 }
 
 static PyObject *setup(PyObject *self, PyObject *args) {
-    PyObject *unset, *raw_type, *record_type;
-    if (!PyArg_ParseTuple(args, "OOO", &unset, &raw_type, &record_type)) return NULL;
-    if (!PyType_Check(raw_type)) {
-        PyErr_SetString(PyExc_TypeError, "raw_type must be a type");
+    PyObject *unset, *raw_type, *record_type, *event_type;
+    if (!PyArg_ParseTuple(args, "OOOO", &unset, &raw_type, &record_type, &event_type))
+        return NULL;
+    if (!PyType_Check(raw_type) || !PyType_Check(event_type) || !PyType_Check(record_type) ||
+        !PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "setup(UNSET, Raw, LogRecord, WireEvent)");
         return NULL;
     }
-    if (!ready) {
-        for (int i = 0; i < F_COUNT; i++) {
-            state.names[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
-            if (state.names[i] == NULL) return NULL;
+    Py_ssize_t offsets[F_COUNT];
+    PyObject *names[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++) {
+        names[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
+        if (names[i] == NULL) return NULL;
+        /* each field must be a plain object slot: a member descriptor of the type itself */
+        PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)event_type)->tp_dict, names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%U is not an object slot of the event type",
+                             names[i]);
+            return NULL;
         }
-    } else {
+        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    for (int c = 0; c < 256; c++) PLAIN[c] = c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+    if (ready) {
         Py_CLEAR(state.unset);
         Py_CLEAR(state.raw_type);
         Py_CLEAR(state.record_type);
+        Py_CLEAR(state.event_type);
+        for (int i = 0; i < F_COUNT; i++) Py_CLEAR(state.names[i]);
+    }
+    for (int i = 0; i < F_COUNT; i++) {
+        state.names[i] = names[i];
+        state.offsets[i] = offsets[i];
     }
     state.unset = Py_NewRef(unset);
     state.raw_type = Py_NewRef(raw_type);
     state.record_type = Py_NewRef(record_type);
+    state.event_type = (PyTypeObject *)Py_NewRef(event_type);
     ready = 1;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
-     "setup(UNSET, Raw, LogRecord): the types wire_record reads and builds."},
+     "setup(UNSET, Raw, LogRecord, WireEvent): the types wire_record reads and builds."},
     {"wire_record", (PyCFunction)(void (*)(void))wire_record, METH_FASTCALL,
      "wire_record(event, route_kind, received_us, received_text, source_id, sent_default, "
      "tolerance_us, max_bytes) -> LogRecord | None"},

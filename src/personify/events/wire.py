@@ -26,16 +26,6 @@ from personify.errors import ValidationError
 from personify.eventlog.base import LogRecord
 from personify.events.normalize import Normalizer, event_kind, identifier_value, identity_ids
 
-_wire_record: Callable[..., LogRecord | None] | None
-try:
-    from personify.events import _wire_native
-except ImportError:  # built without a C compiler: the Python path does everything
-    _wire_record = None
-else:
-    _wire_native.setup(UNSET, Raw, LogRecord)
-    _wire_record = _wire_native.wire_record
-
-NATIVE_AVAILABLE = _wire_record is not None
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -79,6 +69,17 @@ class WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     writeKey: str | UnsetType | None = UNSET
 
 
+_wire_record: Callable[..., LogRecord | None] | None
+try:
+    from personify.events import _wire_native
+except ImportError:  # built without a C compiler: the Python path does everything
+    _wire_record = None
+else:
+    _wire_native.setup(UNSET, Raw, LogRecord, WireEvent)
+    _wire_record = _wire_native.wire_record
+
+NATIVE_AVAILABLE = _wire_record is not None
+
 decode_wire_event = msgspec.json.Decoder(WireEvent).decode
 decode_wire_batch = msgspec.json.Decoder(WireBatch).decode
 
@@ -120,8 +121,11 @@ class WireNormalizer:
         self, normalizer: Normalizer, pii_paths: list[tuple[str, ...]], *, native: bool = True
     ) -> None:
         self._normalizer = normalizer
-        self._native = _wire_record if native else None
-        self._tolerance_us = normalizer.future_tolerance // _MICROSECOND
+        # the compiled common case, or None: called as native_call(event, route_kind,
+        # received_us, received_at_text, source_id, sent_at_default, tolerance_us,
+        # max_event_bytes) -> LogRecord | None (see native_record)
+        self.native_call = _wire_record if native else None
+        self.tolerance_us = normalizer.future_tolerance // _MICROSECOND
         # per top-level field on a configured PII path: the keys whose presence in that
         # field's raw JSON means the path may be there (None: the field itself is the path)
         roots: dict[str, list[bytes] | None] = {}
@@ -135,8 +139,11 @@ class WireNormalizer:
             if probes is not None:
                 probes.append(_quoted(path[1]))
         self._pii_roots = [(field, None if p is None else tuple(p)) for field, p in roots.items()]
-        # the quoted keys of each path: a value can sit at a path only where all of them occur
-        self._pii_key_sets = [tuple(_quoted(name) for name in path) for path in pii_paths if path]
+        # the quoted keys of each path: a value can sit at a path only where all of them occur;
+        # the leaf first ("email" is in fewer bodies than "traits"), so a miss comes early
+        self._pii_key_sets = [
+            tuple(_quoted(name) for name in reversed(path)) for path in pii_paths if path
+        ]
 
     def may_carry_pii(self, body: bytes) -> bool:
         """Whether any event of ``body`` may have a value at a configured PII path.
@@ -144,12 +151,14 @@ class WireNormalizer:
         False means no event of the body needs ``needs_general_path``: for every path, one
         of its keys appears nowhere in the body, and no key is written with a \\u escape.
         """
-        if _ESCAPE in body:
+        # bytes.find, not ``in``: ``in`` first tries the key as an integer and formats (then
+        # drops) a TypeError each time, which costs more than the search itself
+        if body.find(_ESCAPE) != -1:
             return True
         # plain loops: generator expressions cost more than the searches on small bodies
         for keys in self._pii_key_sets:
             for key in keys:
-                if key not in body:
+                if body.find(key) == -1:
                     break
             else:
                 return True
@@ -165,14 +174,14 @@ class WireNormalizer:
                 return True
             text = bytes(value)
             # a key may be written with \\u escapes (an escaped "e" in "email"): look closer
-            if _ESCAPE in text or any(probe in text for probe in probes):
+            if text.find(_ESCAPE) != -1 or any(text.find(probe) != -1 for probe in probes):
                 return True
         return False
 
     @property
     def native(self) -> bool:
         """Whether the compiled common case (``_wire_native.c``) is in use."""
-        return self._native is not None
+        return self.native_call is not None
 
     def native_record(
         self,
@@ -188,16 +197,16 @@ class WireNormalizer:
         when ``raw`` is not the common case (or nothing is compiled): then the caller takes
         the Python path, which also raises every validation error. ``received_us`` is
         ``epoch_us(received_at)``."""
-        if self._native is None:
+        if self.native_call is None:
             return None
-        record: LogRecord | None = self._native(
+        record: LogRecord | None = self.native_call(
             raw,
             event_type,
             received_us,
             received_at_text,
             source_id,
             sent_at_default,
-            self._tolerance_us,
+            self.tolerance_us,
             self._normalizer.max_event_bytes,
         )
         return record

@@ -27,22 +27,31 @@ _BATCH_PATHS = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
 # analytics.js reports its own delivery metrics here; there is nothing to keep
 _METRICS_PATH = "/v1/m"
 _SUCCESS = b'{"success":true}'
-# the only request headers ingest reads; the rest are never decoded
-_WANTED_HEADERS = frozenset(
-    {b"content-type", b"content-encoding", b"content-length", b"authorization"}
-)
+# the only request headers ingest reads, with their names as str; the rest are never decoded
+_WANTED_HEADERS = {
+    name: name.decode()
+    for name in (b"content-type", b"content-encoding", b"content-length", b"authorization")
+}
 
-_CORS = [(k.encode(), v.encode()) for k, v in CORS_HEADERS.items()]
-_JSON_HEADERS = [(b"content-type", b"application/json"), *_CORS]
+# a preflight answer carries every CORS header; an actual answer needs only the origin one
+# (Allow-Methods, Allow-Headers and Max-Age mean something on preflight answers alone), and
+# each header costs the server's validation on every answer
+_PREFLIGHT = [(k.encode(), v.encode()) for k, v in CORS_HEADERS.items()]
+_JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"access-control-allow-origin", CORS_HEADERS["access-control-allow-origin"].encode()),
+]
 _SUCCESS_HEADERS = [*_JSON_HEADERS, (b"content-length", str(len(_SUCCESS)).encode())]
 
 
 def _ingest_headers(scope: Scope) -> dict[str, str]:
     """The headers ingest reads; ASGI servers hand names over lower-cased, the first wins."""
     found: dict[str, str] = {}
+    wanted = _WANTED_HEADERS
     for name, value in scope["headers"]:
-        if name in _WANTED_HEADERS:
-            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        key = wanted.get(name)
+        if key is not None and key not in found:
+            found[key] = value.decode("latin-1")
     return found
 
 
@@ -61,7 +70,7 @@ class IngestFastPath:
             return
         method = scope["method"]
         if method == "OPTIONS":
-            await _respond(send, 204, b"", _CORS)
+            await _respond(send, 204, b"", _PREFLIGHT)
             return
         if method != "POST":
             body = error_body("method_not_allowed", f"{method} is not allowed on {path}; use POST")

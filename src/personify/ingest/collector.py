@@ -83,10 +83,9 @@ class Collector:
         self._failed = failed_events
         self._clock = clock or SystemClock()
         self._wire = WireNormalizer(normalizer, hasher.paths, native=native)
-
-    def may_carry_pii(self, body: bytes) -> bool:
-        """Whether an event of this request body may have a value at a configured PII path."""
-        return self._wire.may_carry_pii(body)
+        # whether an event of a request body may have a value at a configured PII path (the
+        # wire normaliser's check, bound here: the hot path makes one call, not two)
+        self.may_carry_pii = self._wire.may_carry_pii
 
     def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
         message_id = None
@@ -122,7 +121,9 @@ class Collector:
         received_at = self._clock.now()
         received_text = format_timestamp(received_at)
         wire = self._wire
-        received_us = epoch_us(received_at) if wire.native else 0
+        native = wire.native_call
+        received_us = epoch_us(received_at) if native is not None else 0
+        max_event_bytes = self._normalizer.max_event_bytes
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []
@@ -130,17 +131,21 @@ class Collector:
         for raw in raws:
             if type(raw) is WireEvent:
                 if not (check_pii and wire.needs_general_path(raw)):
-                    record = wire.native_record(
-                        raw,
-                        received_us=received_us,
-                        received_at_text=received_text,
-                        source_id=source.id,
-                        event_type=event_type,
-                        sent_at_default=sent_at_default,
-                    )
-                    if record is not None:
-                        records.append(record)
-                        continue
+                    if native is not None:
+                        # positional, straight into C: this runs once per event
+                        record = native(
+                            raw,
+                            event_type,
+                            received_us,
+                            received_text,
+                            source.id,
+                            sent_at_default,
+                            wire.tolerance_us,
+                            max_event_bytes,
+                        )
+                        if record is not None:
+                            records.append(record)
+                            continue
                     try:
                         normalized = wire.normalize(
                             raw,
