@@ -233,3 +233,31 @@ def test_the_compiled_path_can_be_switched_off() -> None:
         )
         is None
     )
+
+
+_body_parts = st.sampled_from(
+    [b'"email"', b'"phone"', b'"traits"', b'"context"', b"\\u", b"\\\\u", b"\\", b'"', b"x", b"{"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_body_parts, st.binary(max_size=6)), max_size=12))
+def test_the_compiled_pii_pre_check_agrees_with_the_python_one(parts: list[bytes]) -> None:
+    body = b"".join(parts)
+    assert NATIVE.may_carry_pii(body) is PYTHON.may_carry_pii(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "may"),
+    [
+        (TRACK, False),
+        (b'{"type":"identify","userId":"u","traits":{"email":"a@b.c"}}', True),
+        (b'{"context":{"library":{"phone":1}}}', False),  # "traits" nowhere
+        (b'{"context":{"traits":{"email":1}}}', True),
+        (b'{"a":"\\\\u0065"}', True),  # any backslash-u, as bytes.find sees it
+        (b"", False),
+    ],
+)
+def test_the_compiled_pii_pre_check_on_known_bodies(body: bytes, may: bool) -> None:
+    assert NATIVE.may_carry_pii(body) is may
+    assert PYTHON.may_carry_pii(body) is may

@@ -485,6 +485,60 @@ out:
     return result;
 }
 
+/* Which of ``keys`` (bytes, each starting with a quote) occur in ``body``: bit i for keys[i],
+ * and bit 63 when the body holds a \\u escape anywhere. One pass: every occurrence of a key
+ * starts at a quote, so only the quotes are looked at. */
+static PyObject *find_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "find_keys(body, keys: tuple[bytes, ...])");
+        return NULL;
+    }
+    PyObject *keys = args[1];
+    Py_ssize_t count = PyTuple_GET_SIZE(keys);
+    if (count > 62) {
+        PyErr_SetString(PyExc_ValueError, "at most 62 keys");
+        return NULL;
+    }
+    const char *key_text[62];
+    Py_ssize_t key_len[62];
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) < 1 ||
+            PyBytes_AS_STRING(key)[0] != '"') {
+            PyErr_SetString(PyExc_TypeError, "each key is bytes starting with a quote");
+            return NULL;
+        }
+        key_text[k] = PyBytes_AS_STRING(key);
+        key_len[k] = PyBytes_GET_SIZE(key);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const char *text = (const char *)view.buf;
+    const char *end = text + view.len;
+    uint64_t found = 0;
+    uint64_t all = count ? (((uint64_t)1 << count) - 1) : 0;
+    for (const char *at = text; at < end && (found & all) != all;) {
+        const char *quote = memchr(at, '"', (size_t)(end - at));
+        if (quote == NULL) break;
+        for (Py_ssize_t k = 0; k < count; k++) {
+            if (end - quote >= key_len[k] && memcmp(quote, key_text[k], (size_t)key_len[k]) == 0)
+                found |= (uint64_t)1 << k;
+        }
+        at = quote + 1;
+    }
+    for (const char *at = text; at + 1 < end;) {
+        const char *slash = memchr(at, '\\', (size_t)(end - at - 1));
+        if (slash == NULL) break;
+        if (slash[1] == 'u') {
+            found |= (uint64_t)1 << 63;
+            break;
+        }
+        at = slash + 1; /* as bytes.find does: any backslash followed by a u counts */
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(found);
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *unset, *raw_type, *record_type, *event_type;
     if (!PyArg_ParseTuple(args, "OOOO", &unset, &raw_type, &record_type, &event_type))
@@ -536,6 +590,8 @@ static PyMethodDef methods[] = {
     {"wire_record", (PyCFunction)(void (*)(void))wire_record, METH_FASTCALL,
      "wire_record(event, route_kind, received_us, received_text, source_id, sent_default, "
      "tolerance_us, max_bytes) -> LogRecord | None"},
+    {"find_keys", (PyCFunction)(void (*)(void))find_keys, METH_FASTCALL,
+     "find_keys(body, keys) -> int: bit i when keys[i] occurs in body, bit 63 for a \\u escape."},
     {NULL, NULL, 0, NULL},
 };
 

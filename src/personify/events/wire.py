@@ -70,13 +70,17 @@ class WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _wire_record: Callable[..., LogRecord | None] | None
+_find_keys: Callable[[bytes, tuple[bytes, ...]], int] | None
 try:
     from personify.events import _wire_native
 except ImportError:  # built without a C compiler: the Python path does everything
-    _wire_record = None
+    _wire_record = _find_keys = None
 else:
     _wire_native.setup(UNSET, Raw, LogRecord, WireEvent)
     _wire_record = _wire_native.wire_record
+    _find_keys = _wire_native.find_keys
+_ESCAPE_FOUND = 1 << 63
+_MAX_NATIVE_KEYS = 62
 
 NATIVE_AVAILABLE = _wire_record is not None
 
@@ -144,6 +148,13 @@ class WireNormalizer:
         self._pii_key_sets = [
             tuple(_quoted(name) for name in reversed(path)) for path in pii_paths if path
         ]
+        # for find_keys: every distinct key once, and per path the bits of its keys
+        self._pii_keys = tuple(dict.fromkeys(key for keys in self._pii_key_sets for key in keys))
+        self._pii_masks = [
+            sum(1 << self._pii_keys.index(key) for key in set(keys)) for keys in self._pii_key_sets
+        ]
+        use_native = native and _find_keys is not None and len(self._pii_keys) <= _MAX_NATIVE_KEYS
+        self._find_keys = _find_keys if use_native else None
 
     def may_carry_pii(self, body: bytes) -> bool:
         """Whether any event of ``body`` may have a value at a configured PII path.
@@ -151,6 +162,15 @@ class WireNormalizer:
         False means no event of the body needs ``needs_general_path``: for every path, one
         of its keys appears nowhere in the body, and no key is written with a \\u escape.
         """
+        if self._find_keys is not None:
+            # one compiled pass over the body instead of a search per key
+            found = self._find_keys(body, self._pii_keys)
+            if found & _ESCAPE_FOUND:
+                return True
+            for mask in self._pii_masks:  # noqa: SIM110 - a generator costs more here
+                if found & mask == mask:
+                    return True
+            return False
         # bytes.find, not ``in``: ``in`` first tries the key as an integer and formats (then
         # drops) a TypeError each time, which costs more than the search itself
         if body.find(_ESCAPE) != -1:
