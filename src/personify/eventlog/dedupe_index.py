@@ -18,6 +18,7 @@ Expiry is by offset: offsets grow with time, so "appended within the window" is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +29,20 @@ Int64Array = npt.NDArray[np.int64]
 _FREEZE_AT = 65_536
 
 
+def dedupe_hashes(keys: Iterable[str]) -> dict[str, int]:
+    """``dedupe_hash`` of each key, in one comprehension (a commit hashes every record's key,
+    and a function call per key costs as much as the hash)."""
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+    return {
+        key: from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big", signed=True) or 1
+        for key in keys
+    }
+
+
 def dedupe_hash(key: str) -> int:
     """The 64-bit signed hash of a dedupe key, never 0 (0 marks "no dedupe key" in a chunk)."""
-    value = int.from_bytes(
-        hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True
-    )
-    return value or 1
+    return dedupe_hashes((key,))[key]
 
 
 @dataclass(slots=True)

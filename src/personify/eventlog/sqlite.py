@@ -54,7 +54,7 @@ import numpy as np
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
-from personify.eventlog.dedupe_index import DedupeIndex, dedupe_hash
+from personify.eventlog.dedupe_index import DedupeIndex, dedupe_hash, dedupe_hashes
 from personify.eventlog.syncer import FileSyncer, FsyncFailed
 
 if TYPE_CHECKING:
@@ -476,24 +476,16 @@ class SQLiteEventLog:
         """Queue ``records`` for the next group commit; the future resolves once they are
         durable. A plain function returning the future, not a coroutine: one coroutine
         frame less on every ingest request."""
-        if not records:
+        refusal = self._refusal(len(records))
+        if refusal is not None or not records:
+            # the answer (or the refusal) goes through the future too, as from a coroutine
             done: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
-            done.set_result([])
+            if refusal is not None:
+                done.set_exception(refusal)
+            else:
+                done.set_result([])
             return done
-        if not self._started:
-            raise BackendUnavailable("the event log is not running", code="log_unavailable")
-        if self._broken is not None:
-            raise BackendUnavailable(
-                "an fsync of the event log failed; it takes no appends until the server restarts",
-                code="log_unavailable",
-            )
         count = len(records)
-        if self._queued_events + count > self._max_pending_events and self._queued_events:
-            raise BackendUnavailable(
-                f"the event log has {self._queued_events} events waiting to be written; "
-                "retry shortly",
-                code="log_overloaded",
-            )
         loop = self._loop
         assert loop is not None
         self._queued_events += count
@@ -507,6 +499,25 @@ class SQLiteEventLog:
             else:
                 self._flush_handle = loop.call_soon(self._flush)
         return future
+
+    def _refusal(self, count: int) -> BackendUnavailable | None:
+        """Why an append of ``count`` records cannot be taken now, if it cannot."""
+        if not count:
+            return None
+        if not self._started:
+            return BackendUnavailable("the event log is not running", code="log_unavailable")
+        if self._broken is not None:
+            return BackendUnavailable(
+                "an fsync of the event log failed; it takes no appends until the server restarts",
+                code="log_unavailable",
+            )
+        if self._queued_events + count > self._max_pending_events and self._queued_events:
+            return BackendUnavailable(
+                f"the event log has {self._queued_events} events waiting to be written; "
+                "retry shortly",
+                code="log_overloaded",
+            )
+        return None
 
     def _flush(self) -> None:
         """Commit what is queued, one transaction per ``max_batch_events``; runs in the loop."""
@@ -554,12 +565,9 @@ class SQLiteEventLog:
         assert conn is not None
         now = time.time()
         # hashed before the write lock is taken: other processes wait only for the rows
-        digests = {
-            r.dedupe_key: dedupe_hash(r.dedupe_key)
-            for item in batch
-            for r in item.records
-            if r.dedupe_key is not None
-        }
+        digests = dedupe_hashes(
+            r.dedupe_key for item in batch for r in item.records if r.dedupe_key is not None
+        )
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
