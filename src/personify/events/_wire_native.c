@@ -524,9 +524,10 @@ static PyObject *find_keys(PyObject *self, PyObject *const *args, Py_ssize_t nar
     const char *end = text + view.len;
     uint64_t found = 0;
     uint64_t all = count ? (((uint64_t)1 << count) - 1) : 0;
-    /* quotes are a few bytes apart in JSON: a plain loop beats a memchr call per quote */
-    for (const char *quote = text; quote + 1 < end && (found & all) != all; quote++) {
-        if (*quote != '"') continue;
+    for (const char *at = text; at < end && (found & all) != all;) {
+        const char *quote = memchr(at, '"', (size_t)(end - at));
+        if (quote == NULL || quote + 1 == end) break;
+        at = quote + 1;
         uint64_t maybe = by_next[(unsigned char)quote[1]] & ~found;
         while (maybe) {
             int k = __builtin_ctzll(maybe);
