@@ -46,13 +46,13 @@ _SUCCESS_HEADERS = [*_JSON_HEADERS, (b"content-length", str(len(_SUCCESS)).encod
 
 def _ingest_headers(scope: Scope) -> dict[str, str]:
     """The headers ingest reads; ASGI servers hand names over lower-cased, the first wins."""
-    found: dict[str, str] = {}
     wanted = _WANTED_HEADERS
-    for name, value in scope["headers"]:
-        key = wanted.get(name)
-        if key is not None and key not in found:
-            found[key] = value.decode("latin-1")
-    return found
+    # reversed, so that the first of repeated headers is the one left in the dict
+    return {
+        wanted[name]: value.decode("latin-1")
+        for name, value in reversed(scope["headers"])
+        if name in wanted
+    }
 
 
 class IngestFastPath:

@@ -86,6 +86,8 @@ class Collector:
         # whether an event of a request body may have a value at a configured PII path (the
         # wire normaliser's check, bound here: the hot path makes one call, not two)
         self.may_carry_pii = self._wire.may_carry_pii
+        self._received_ms = -1
+        self._received_text = ""
 
     def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
         message_id = None
@@ -119,10 +121,15 @@ class Collector:
         ``BackendUnavailable`` and nothing of this request is acknowledged.
         """
         received_at = self._clock.now()
-        received_text = format_timestamp(received_at)
+        received_us = epoch_us(received_at)
+        # requests of the same millisecond share receivedAt's text
+        if received_us // 1000 == self._received_ms:
+            received_text = self._received_text
+        else:
+            received_text = format_timestamp(received_at)
+            self._received_ms, self._received_text = received_us // 1000, received_text
         wire = self._wire
         native = wire.native_call
-        received_us = epoch_us(received_at) if native is not None else 0
         max_event_bytes = self._normalizer.max_event_bytes
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET
         records: list[LogRecord] = []

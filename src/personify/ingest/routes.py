@@ -243,7 +243,10 @@ class CollectorRoutes:
         _check_content_type(headers)
         body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
         raw = _decode_shaped(body, decode_wire_event)
-        source = await self._resolve(_write_key(headers, raw))
+        write_key = _write_key(headers, raw)
+        hit, source = self._sources.resolve_cached(write_key)
+        if not hit or source is None:
+            source = await self._resolve(write_key)  # a coroutine only when the cache misses
         outcome = await self._collector.collect(
             source,
             [raw],
