@@ -18,7 +18,7 @@ Expiry is by offset: offsets grow with time, so "appended within the window" is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,13 +90,24 @@ class DedupeIndex:
         if len(self._recent) >= self._freeze_at:
             self._freeze()
 
+    def add_run(self, hashes: Sequence[int], first_offset: int) -> None:
+        """Record ``hashes[i]`` at ``first_offset + i`` (a chunk); a 0 hash is no entry."""
+        offsets = range(first_offset, first_offset + len(hashes))
+        if 0 in hashes:
+            self._recent.update((h, o) for h, o in zip(hashes, offsets, strict=True) if h)
+        else:
+            self._recent.update(zip(hashes, offsets, strict=True))
+        if len(self._recent) >= self._freeze_at:
+            self._freeze()
+
     def add_many(self, hashes: Int64Array, offsets: Int64Array) -> None:
         """Record many entries at once (loading at start, or another writer's chunks)."""
         keep = (hashes != 0) & (offsets >= self.floor)
         hashes, offsets = hashes[keep], offsets[keep]
         if len(hashes) < self._freeze_at // 16:
-            for digest, offset in zip(hashes.tolist(), offsets.tolist(), strict=True):
-                self.add(digest, offset)
+            self._recent.update(zip(hashes.tolist(), offsets.tolist(), strict=True))
+            if len(self._recent) >= self._freeze_at:
+                self._freeze()
             return
         # the dict is newer than nothing loaded here only if it is empty; freeze it first so
         # that levels stay ordered by age

@@ -45,6 +45,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
@@ -592,10 +593,7 @@ class SQLiteEventLog:
         # the index learns of the chunk only once it is committed
         if added is not None:
             first_offset, count, hashes, written_bytes = added
-            index = self._index
-            for position, digest in enumerate(hashes):
-                if digest:
-                    index.add(digest, first_offset + position)
+            self._index.add_run(hashes, first_offset)
             self._next_offset = first_offset + count
             self._mark(now, first_offset + count)
             self._bytes_since_checkpoint += written_bytes
@@ -685,6 +683,12 @@ class SQLiteEventLog:
         first_offset = self._catch_up(conn)
         self._expire(now)
         known = self._known_offsets(conn, digests) if digests else {}
+        records = [record for item in batch for record in item.records]
+        if not known and len(digests) == len(records):
+            # the usual chunk: every record has a dedupe key of its own, none seen before,
+            # so every one is appended: built by comprehensions, not record by record
+            hashes_in_order = array("q", digests.values())  # a dict keeps the records' order
+            return self._write_all(conn, batch, records, first_offset, hashes_in_order, now)
         next_offset = first_offset
         keys: list[str] = []
         payloads: list[bytes] = []
@@ -708,9 +712,44 @@ class SQLiteEventLog:
                 dedupe_keys.append(dedupe_key)
                 results.append(_new_result((str(next_offset), False)))
                 next_offset += 1
-        count = next_offset - first_offset
-        if not count:
+        if next_offset == first_offset:
             return None
+        return self._insert_chunk(conn, first_offset, now, hashes, keys, dedupe_keys, payloads)
+
+    def _write_all(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Pending],
+        records: list[LogRecord],
+        first_offset: int,
+        hashes: array[int],
+        now: float,
+    ) -> tuple[int, int, array[int], int]:
+        """``_write_in_transaction`` when every record of ``batch`` is appended."""
+        offset = first_offset
+        for item in batch:
+            end = offset + len(item.records)
+            item.results.extend(map(_new_result, zip(map(str, range(offset, end)), repeat(False))))
+            offset = end
+        keys = [record.key for record in records]
+        payloads = [record.payload for record in records]
+        dedupe_keys: list[str | None] = [record.dedupe_key for record in records]
+        return self._insert_chunk(conn, first_offset, now, hashes, keys, dedupe_keys, payloads)
+
+    def _insert_chunk(
+        self,
+        conn: sqlite3.Connection,
+        first_offset: int,
+        now: float,
+        hashes: array[int],
+        keys: list[str],
+        dedupe_keys: list[str | None],
+        payloads: list[bytes],
+    ) -> tuple[int, int, array[int], int]:
+        """Insert one chunk row and move the head past it: (first offset, count, hashes,
+        payload bytes)."""
+        count = len(payloads)
+        next_offset = first_offset + count
         packed = _pack(payloads)
         conn.execute(
             "INSERT INTO chunk (first_offset, count, appended_at, hashes, keys, dedupe_keys, "
