@@ -261,3 +261,20 @@ def test_the_compiled_pii_pre_check_agrees_with_the_python_one(parts: list[bytes
 def test_the_compiled_pii_pre_check_on_known_bodies(body: bytes, may: bool) -> None:
     assert NATIVE.may_carry_pii(body) is may
     assert PYTHON.may_carry_pii(body) is may
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_common, max_size=6), st.one_of(st.just(msgspec.UNSET), _canonical))
+def test_a_list_of_events_is_built_in_one_call_as_one_by_one(
+    raws: list[dict[str, Any]], sent_at: Any
+) -> None:
+    from personify.events import _wire_native
+
+    events: list[Any] = [decode_wire_event(msgspec.json.encode(raw)) for raw in raws]
+    events.append({"type": "track"})  # not a WireEvent: left to the Python path
+    args = (None, epoch_us(RECEIVED), format_timestamp(RECEIVED), "src_1", sent_at, 3600 * 10**6)
+    records, fallbacks = _wire_native.wire_records(events, *args, 2048)
+    assert records == [_wire_native.wire_record(event, *args, 2048) for event in events]
+    assert records[-1] is None
+    assert fallbacks == sum(record is None for record in records)
+    assert all(type(record) is LogRecord for record in records if record is not None)

@@ -581,3 +581,23 @@ async def test_a_dead_letter_that_cannot_be_kept_fails_the_batch_and_a_retry_los
         assert response.json() == {"success": True, "accepted": 0, "duplicates": 1, "rejected": 1}
         assert [e["messageId"] for e in await h.logged()] == ["good"]
         assert [f["messageId"] for f in await h.failed()] == ["bad"]
+
+
+async def test_a_batch_whose_events_take_both_paths_keeps_their_order(harness: Harness) -> None:
+    """Plain events go through the compiled path, odd ones through Python: one order."""
+    batch = [
+        {"type": "track", "userId": "u1", "event": "Plain", "messageId": "m1"},
+        {"type": "track", "userId": "caf\u00e9", "event": "Accented", "messageId": "m2"},
+        {"type": "track", "userId": "u1", "event": "Plain", "messageId": "m3",
+         "timestamp": "2026-11-27T09:00:00.000Z"},
+        {"type": "alias", "userId": "u1", "previousId": "a1", "messageId": "m4"},
+        {"type": "track", "userId": "u1", "event": "Late", "messageId": "m5",
+         "timestamp": "2026-11-27 10:00:00+01:00"},
+    ]  # fmt: skip
+    response = await harness.client.post("/v1/batch", json={"batch": batch}, headers=harness.auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 5
+    logged = await harness.logged()
+    assert [e["messageId"] for e in logged] == ["m1", "m2", "m3", "m4", "m5"]
+    assert logged[1]["userId"] == "caf\u00e9"
+    assert logged[4]["originalTimestamp"] == "2026-11-27T09:00:00.000Z"

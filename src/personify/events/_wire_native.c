@@ -438,36 +438,15 @@ done:
     return record;
 }
 
-static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (!ready) {
-        PyErr_SetString(PyExc_RuntimeError, "call setup() first");
-        return NULL;
-    }
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "wire_record takes 8 arguments");
-        return NULL;
-    }
-    Args a;
-    a.raw = args[0];
-    a.route_kind = args[1];
-    a.received_us = PyLong_AsLongLong(args[2]);
-    a.received_text = args[3];
-    a.source_id = args[4];
-    a.sent_default = args[5];
-    a.tolerance_us = PyLong_AsLongLong(args[6]);
-    a.max_bytes = PyLong_AsSsize_t(args[7]);
-    if (PyErr_Occurred()) return NULL;
-    if (!PyUnicode_Check(a.source_id) || !PyUnicode_Check(a.received_text)) {
-        PyErr_SetString(PyExc_TypeError, "source_id and received_text must be str");
-        return NULL;
-    }
-    if (Py_TYPE(a.raw) != state.event_type) Py_RETURN_NONE;
+/* The record of one event, None for the Python path, or NULL with an exception set. */
+static PyObject *one_record(Args *a, PyObject *raw) {
+    if (Py_TYPE(raw) != state.event_type) Py_RETURN_NONE;
     PyObject *values[F_COUNT];
     int got = 0;
     PyObject *result = NULL;
     for (; got < F_COUNT; got++) {
         /* the struct's slots, read as its member descriptors read them */
-        PyObject *value = *(PyObject **)((char *)a.raw + state.offsets[got]);
+        PyObject *value = *(PyObject **)((char *)raw + state.offsets[got]);
         if (value == NULL) goto fallback;
         values[got] = Py_NewRef(value);
     }
@@ -475,7 +454,7 @@ static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (values[F_RECEIVED_AT] != state.unset || values[F_SOURCE_ID] != state.unset ||
         values[F_FLAGS] != state.unset)
         goto fallback;
-    result = build(&a, values);
+    result = build(a, values);
     if (result == NULL && !PyErr_Occurred()) goto fallback;
     goto out;
 fallback:
@@ -483,6 +462,66 @@ fallback:
 out:
     for (int i = 0; i < got; i++) Py_DECREF(values[i]);
     return result;
+}
+
+/* args[1:8] of wire_record / wire_records into ``a``; -1 with an exception on bad ones */
+static int parse_args(Args *a, PyObject *const *args) {
+    if (!ready) {
+        PyErr_SetString(PyExc_RuntimeError, "call setup() first");
+        return -1;
+    }
+    a->route_kind = args[1];
+    a->received_us = PyLong_AsLongLong(args[2]);
+    a->received_text = args[3];
+    a->source_id = args[4];
+    a->sent_default = args[5];
+    a->tolerance_us = PyLong_AsLongLong(args[6]);
+    a->max_bytes = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred()) return -1;
+    if (!PyUnicode_Check(a->source_id) || !PyUnicode_Check(a->received_text) ||
+        (a->route_kind != Py_None && !PyUnicode_Check(a->route_kind))) {
+        PyErr_SetString(PyExc_TypeError, "source_id and received_text (and a route kind) are str");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "wire_record takes 8 arguments");
+        return NULL;
+    }
+    Args a;
+    if (parse_args(&a, args) < 0) return NULL;
+    a.raw = args[0];
+    return one_record(&a, args[0]);
+}
+
+/* (records, fallbacks): records[i] is the record of events[i] or None for the Python path;
+ * fallbacks counts the Nones. */
+static PyObject *wire_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wire_records takes a list and 7 more arguments");
+        return NULL;
+    }
+    Args a;
+    if (parse_args(&a, args) < 0) return NULL;
+    PyObject *events = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    PyObject *records = PyList_New(n);
+    if (records == NULL) return NULL;
+    Py_ssize_t fallbacks = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        a.raw = PyList_GET_ITEM(events, i);
+        PyObject *record = one_record(&a, a.raw);
+        if (record == NULL) {
+            Py_DECREF(records);
+            return NULL;
+        }
+        fallbacks += record == Py_None;
+        PyList_SET_ITEM(records, i, record);
+    }
+    return Py_BuildValue("(Nn)", records, fallbacks);
 }
 
 /* Which of ``keys`` (bytes, each starting with a quote) occur in ``body``: bit i for keys[i],
@@ -600,6 +639,8 @@ static PyMethodDef methods[] = {
     {"wire_record", (PyCFunction)(void (*)(void))wire_record, METH_FASTCALL,
      "wire_record(event, route_kind, received_us, received_text, source_id, sent_default, "
      "tolerance_us, max_bytes) -> LogRecord | None"},
+    {"wire_records", (PyCFunction)(void (*)(void))wire_records, METH_FASTCALL,
+     "wire_records(events, <the rest as wire_record>) -> (list[LogRecord | None], fallbacks)"},
     {"find_keys", (PyCFunction)(void (*)(void))find_keys, METH_FASTCALL,
      "find_keys(body, keys) -> int: bit i when keys[i] occurs in body, bit 63 for a \\u escape."},
     {NULL, NULL, 0, NULL},

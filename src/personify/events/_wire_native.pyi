@@ -15,3 +15,14 @@ def wire_record(
     /,
 ) -> LogRecord | None: ...
 def find_keys(body: bytes, keys: tuple[bytes, ...], /) -> int: ...
+def wire_records(
+    events: list[Any],
+    route_kind: str | None,
+    received_us: int,
+    received_text: str,
+    source_id: str,
+    sent_default: Any,
+    tolerance_us: int,
+    max_bytes: int,
+    /,
+) -> tuple[list[LogRecord | None], int]: ...

@@ -70,14 +70,16 @@ class WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _wire_record: Callable[..., LogRecord | None] | None
+_wire_records: Callable[..., tuple[list[LogRecord | None], int]] | None
 _find_keys: Callable[[bytes, tuple[bytes, ...]], int] | None
 try:
     from personify.events import _wire_native
 except ImportError:  # built without a C compiler: the Python path does everything
-    _wire_record = _find_keys = None
+    _wire_record = _wire_records = _find_keys = None
 else:
     _wire_native.setup(UNSET, Raw, LogRecord, WireEvent)
     _wire_record = _wire_native.wire_record
+    _wire_records = _wire_native.wire_records
     _find_keys = _wire_native.find_keys
 _ESCAPE_FOUND = 1 << 63
 _MAX_NATIVE_KEYS = 62
@@ -129,6 +131,8 @@ class WireNormalizer:
         # received_us, received_at_text, source_id, sent_at_default, tolerance_us,
         # max_event_bytes) -> LogRecord | None (see native_record)
         self.native_call = _wire_record if native else None
+        # the same for a list of events in one call: (records or None each, count of None)
+        self.native_many = _wire_records if native else None
         self.tolerance_us = normalizer.future_tolerance // _MICROSECOND
         # per top-level field on a configured PII path: the keys whose presence in that
         # field's raw JSON means the path may be there (None: the field itself is the path)
