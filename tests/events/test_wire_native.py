@@ -278,3 +278,21 @@ def test_a_list_of_events_is_built_in_one_call_as_one_by_one(
     assert records[-1] is None
     assert fallbacks == sum(record is None for record in records)
     assert all(type(record) is LogRecord for record in records if record is not None)
+
+
+@pytest.mark.parametrize("bad", ['"', "\\", "\x00", "\x01", "\x1f", "\x7f", "\u00e9"])
+def test_a_character_that_needs_escaping_anywhere_in_a_long_string_is_left_to_python(
+    bad: str,
+) -> None:
+    for position in range(24):  # before, inside and after each eight-byte word
+        name = "n" * position + bad + "m" * (23 - position)
+        raw = msgspec.json.decode(TRACK) | {"event": name}
+        assert _check(decode_wire_event(msgspec.json.encode(raw))) is None, position
+
+
+def test_every_printable_character_that_needs_no_escaping_is_built_natively() -> None:
+    printable = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
+    raw = msgspec.json.decode(TRACK) | {"event": printable, "userId": printable.strip()}
+    record = _check(decode_wire_event(msgspec.json.encode(raw)))
+    assert record is not None
+    assert msgspec.json.decode(record.payload)["event"] == printable
