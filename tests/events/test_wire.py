@@ -24,7 +24,7 @@ from personify.events.wire import (
 
 HASHER = PiiHasher(b"key", ["traits.email", "traits.phone", "context.traits.email"])
 NORMALIZER = Normalizer(HASHER)
-WIRE = WireNormalizer(NORMALIZER, HASHER.paths)
+WIRE = WireNormalizer(NORMALIZER, HASHER.paths, native=False)  # the Python path (and body scan)
 RECEIVED = datetime(2026, 11, 27, 9, 0, 1, 250000, tzinfo=UTC)
 RECEIVED_TEXT = format_timestamp(RECEIVED)
 

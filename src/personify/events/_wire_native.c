@@ -299,6 +299,7 @@ typedef struct {
     PyObject *sent_default;
     int64_t tolerance_us;
     Py_ssize_t max_bytes;
+    PyObject *pii_roots; /* ((field index, probes or None), ...) */
 } Args;
 
 /* The record, or NULL with no exception set when the Python path must take the event. */
@@ -453,6 +454,53 @@ done:
     return record;
 }
 
+/* Whether a configured PII path may be present in the event (``needs_general_path``): a
+ * root field that is a PII path itself, or a raw object holding one of its next keys or a
+ * \\u escape. 1 yes, 0 no, -1 error. */
+static int may_hold_pii(PyObject *roots, PyObject **values) {
+    Py_ssize_t n = PyTuple_GET_SIZE(roots);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *root = PyTuple_GET_ITEM(roots, i);
+        Py_ssize_t field = PyLong_AsSsize_t(PyTuple_GET_ITEM(root, 0));
+        PyObject *probes = PyTuple_GET_ITEM(root, 1);
+        if (field < 0 || field >= F_COUNT) return -1;
+        PyObject *value = values[field];
+        if (value == state.unset || value == Py_None) continue;
+        if (probes == Py_None || Py_TYPE(value) != (PyTypeObject *)state.raw_type) return 1;
+        Py_buffer view;
+        if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0) return -1;
+        int hit = memmem(view.buf, (size_t)view.len, "\\u", 2) != NULL;
+        for (Py_ssize_t k = 0; !hit && k < PyTuple_GET_SIZE(probes); k++) {
+            PyObject *probe = PyTuple_GET_ITEM(probes, k);
+            hit = memmem(view.buf, (size_t)view.len, PyBytes_AS_STRING(probe),
+                         (size_t)PyBytes_GET_SIZE(probe)) != NULL;
+        }
+        PyBuffer_Release(&view);
+        if (hit) return 1;
+    }
+    return 0;
+}
+
+/* ``roots`` is ((int, tuple[bytes, ...] | None), ...): 0, or -1 with a TypeError */
+static int check_roots(PyObject *roots) {
+    if (!PyTuple_CheckExact(roots)) goto bad;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(roots); i++) {
+        PyObject *root = PyTuple_GET_ITEM(roots, i);
+        if (!PyTuple_CheckExact(root) || PyTuple_GET_SIZE(root) != 2 ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(root, 0)))
+            goto bad;
+        PyObject *probes = PyTuple_GET_ITEM(root, 1);
+        if (probes == Py_None) continue;
+        if (!PyTuple_CheckExact(probes)) goto bad;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(probes); k++)
+            if (!PyBytes_CheckExact(PyTuple_GET_ITEM(probes, k))) goto bad;
+    }
+    return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, "pii_roots is ((field index, (bytes, ...) or None), ...)");
+    return -1;
+}
+
 /* The record of one event, None for the Python path, or NULL with an exception set. */
 static PyObject *one_record(Args *a, PyObject *raw) {
     if (Py_TYPE(raw) != state.event_type) Py_RETURN_NONE;
@@ -469,6 +517,13 @@ static PyObject *one_record(Args *a, PyObject *raw) {
     if (values[F_RECEIVED_AT] != state.unset || values[F_SOURCE_ID] != state.unset ||
         values[F_FLAGS] != state.unset)
         goto fallback;
+    /* an event that may carry PII is hashed by the Python path */
+    int pii = may_hold_pii(a->pii_roots, values);
+    if (pii < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a pii root is no field");
+        goto out;
+    }
+    if (pii) goto fallback;
     result = build(a, values);
     if (result == NULL && !PyErr_Occurred()) goto fallback;
     goto out;
@@ -479,7 +534,7 @@ out:
     return result;
 }
 
-/* args[1:8] of wire_record / wire_records into ``a``; -1 with an exception on bad ones */
+/* args[1:9] of wire_record / wire_records into ``a``; -1 with an exception on bad ones */
 static int parse_args(Args *a, PyObject *const *args) {
     if (!ready) {
         PyErr_SetString(PyExc_RuntimeError, "call setup() first");
@@ -492,7 +547,8 @@ static int parse_args(Args *a, PyObject *const *args) {
     a->sent_default = args[5];
     a->tolerance_us = PyLong_AsLongLong(args[6]);
     a->max_bytes = PyLong_AsSsize_t(args[7]);
-    if (PyErr_Occurred()) return -1;
+    a->pii_roots = args[8];
+    if (PyErr_Occurred() || check_roots(a->pii_roots) < 0) return -1;
     if (!PyUnicode_Check(a->source_id) || !PyUnicode_Check(a->received_text) ||
         (a->route_kind != Py_None && !PyUnicode_Check(a->route_kind))) {
         PyErr_SetString(PyExc_TypeError, "source_id and received_text (and a route kind) are str");
@@ -502,8 +558,8 @@ static int parse_args(Args *a, PyObject *const *args) {
 }
 
 static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "wire_record takes 8 arguments");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "wire_record takes 9 arguments");
         return NULL;
     }
     Args a;
@@ -515,8 +571,8 @@ static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t n
 /* (records, fallbacks): records[i] is the record of events[i] or None for the Python path;
  * fallbacks counts the Nones. */
 static PyObject *wire_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "wire_records takes a list and 7 more arguments");
+    if (nargs != 9 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wire_records takes a list and 8 more arguments");
         return NULL;
     }
     Args a;
@@ -537,50 +593,6 @@ static PyObject *wire_records(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyList_SET_ITEM(records, i, record);
     }
     return Py_BuildValue("(Nn)", records, fallbacks);
-}
-
-/* Which of ``keys`` (bytes, each starting with a quote) occur in ``body``: bit i for keys[i],
- * and bit 63 when the body holds a \\u escape anywhere. */
-static PyObject *find_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyTuple_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "find_keys(body, keys: tuple[bytes, ...])");
-        return NULL;
-    }
-    PyObject *keys = args[1];
-    Py_ssize_t count = PyTuple_GET_SIZE(keys);
-    if (count > 62) {
-        PyErr_SetString(PyExc_ValueError, "at most 62 keys");
-        return NULL;
-    }
-    const char *key_text[62];
-    Py_ssize_t key_len[62];
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *key = PyTuple_GET_ITEM(keys, k);
-        if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) < 1 ||
-            PyBytes_AS_STRING(key)[0] != '"') {
-            PyErr_SetString(PyExc_TypeError, "each key is bytes starting with a quote");
-            return NULL;
-        }
-        key_text[k] = PyBytes_AS_STRING(key);
-        key_len[k] = PyBytes_GET_SIZE(key);
-        if (key_len[k] == 1) {
-            PyErr_SetString(PyExc_ValueError, "a key is more than its quote");
-            return NULL;
-        }
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    const char *text = (const char *)view.buf;
-    uint64_t found = 0;
-    /* one memmem per key: libc searches a long body far faster than a loop over its quotes */
-    for (Py_ssize_t k = 0; k < count; k++) {
-        if (memmem(text, (size_t)view.len, key_text[k], (size_t)key_len[k]) != NULL)
-            found |= (uint64_t)1 << k;
-    }
-    /* as bytes.find does: any backslash followed by a u counts */
-    if (memmem(text, (size_t)view.len, "\\u", 2) != NULL) found |= (uint64_t)1 << 63;
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLongLong(found);
 }
 
 static PyObject *setup(PyObject *self, PyObject *args) {
@@ -633,11 +645,9 @@ static PyMethodDef methods[] = {
      "setup(UNSET, Raw, LogRecord, WireEvent): the types wire_record reads and builds."},
     {"wire_record", (PyCFunction)(void (*)(void))wire_record, METH_FASTCALL,
      "wire_record(event, route_kind, received_us, received_text, source_id, sent_default, "
-     "tolerance_us, max_bytes) -> LogRecord | None"},
+     "tolerance_us, max_bytes, pii_roots) -> LogRecord | None"},
     {"wire_records", (PyCFunction)(void (*)(void))wire_records, METH_FASTCALL,
      "wire_records(events, <the rest as wire_record>) -> (list[LogRecord | None], fallbacks)"},
-    {"find_keys", (PyCFunction)(void (*)(void))find_keys, METH_FASTCALL,
-     "find_keys(body, keys) -> int: bit i when keys[i] occurs in body, bit 63 for a \\u escape."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,9 +12,9 @@ def wire_record(
     sent_default: Any,
     tolerance_us: int,
     max_bytes: int,
+    pii_roots: tuple[tuple[int, tuple[bytes, ...] | None], ...],
     /,
 ) -> LogRecord | None: ...
-def find_keys(body: bytes, keys: tuple[bytes, ...], /) -> int: ...
 def wire_records(
     events: list[Any],
     route_kind: str | None,
@@ -24,5 +24,6 @@ def wire_records(
     sent_default: Any,
     tolerance_us: int,
     max_bytes: int,
+    pii_roots: tuple[tuple[int, tuple[bytes, ...] | None], ...],
     /,
 ) -> tuple[list[LogRecord | None], int]: ...

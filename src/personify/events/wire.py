@@ -71,18 +71,14 @@ class WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 _wire_record: Callable[..., LogRecord | None] | None
 _wire_records: Callable[..., tuple[list[LogRecord | None], int]] | None
-_find_keys: Callable[[bytes, tuple[bytes, ...]], int] | None
 try:
     from personify.events import _wire_native
 except ImportError:  # built without a C compiler: the Python path does everything
-    _wire_record = _wire_records = _find_keys = None
+    _wire_record = _wire_records = None
 else:
     _wire_native.setup(UNSET, Raw, LogRecord, WireEvent)
     _wire_record = _wire_native.wire_record
     _wire_records = _wire_native.wire_records
-    _find_keys = _wire_native.find_keys
-_ESCAPE_FOUND = 1 << 63
-_MAX_NATIVE_KEYS = 62
 
 NATIVE_AVAILABLE = _wire_record is not None
 
@@ -129,7 +125,8 @@ class WireNormalizer:
         self._normalizer = normalizer
         # the compiled common case, or None: called as native_call(event, route_kind,
         # received_us, received_at_text, source_id, sent_at_default, tolerance_us,
-        # max_event_bytes) -> LogRecord | None (see native_record)
+        # max_event_bytes, native_pii_roots) -> LogRecord | None (see native_record); it
+        # leaves every event needs_general_path would send to the dict path to Python
         self.native_call = _wire_record if native else None
         # the same for a list of events in one call: (records or None each, count of None)
         self.native_many = _wire_records if native else None
@@ -147,34 +144,28 @@ class WireNormalizer:
             if probes is not None:
                 probes.append(_quoted(path[1]))
         self._pii_roots = [(field, None if p is None else tuple(p)) for field, p in roots.items()]
+        # the same for the compiled path, fields by their place in WireEvent (a field that is
+        # not one of them cannot be in a WireEvent at all)
+        fields = WireEvent.__struct_fields__
+        self.native_pii_roots = tuple(
+            (fields.index(field), probes) for field, probes in self._pii_roots if field in fields
+        )
         # the quoted keys of each path: a value can sit at a path only where all of them occur;
         # the leaf first ("email" is in fewer bodies than "traits"), so a miss comes early
         self._pii_key_sets = [
             tuple(_quoted(name) for name in reversed(path)) for path in pii_paths if path
         ]
-        # for find_keys: every distinct key once, and per path the bits of its keys
-        self._pii_keys = tuple(dict.fromkeys(key for keys in self._pii_key_sets for key in keys))
-        self._pii_masks = [
-            sum(1 << self._pii_keys.index(key) for key in set(keys)) for keys in self._pii_key_sets
-        ]
-        use_native = native and _find_keys is not None and len(self._pii_keys) <= _MAX_NATIVE_KEYS
-        self._find_keys = _find_keys if use_native else None
 
     def may_carry_pii(self, body: bytes) -> bool:
         """Whether any event of ``body`` may have a value at a configured PII path.
 
         False means no event of the body needs ``needs_general_path``: for every path, one
         of its keys appears nowhere in the body, and no key is written with a \\u escape.
+        Always True with the compiled path, which checks each event's own fields instead:
+        cheaper than a scan of the whole body.
         """
-        if self._find_keys is not None:
-            # one compiled pass over the body instead of a search per key
-            found = self._find_keys(body, self._pii_keys)
-            if found & _ESCAPE_FOUND:
-                return True
-            for mask in self._pii_masks:  # noqa: SIM110 - a generator costs more here
-                if found & mask == mask:
-                    return True
-            return False
+        if self.native_call is not None:
+            return True
         # bytes.find, not ``in``: ``in`` first tries the key as an integer and formats (then
         # drops) a TypeError each time, which costs more than the search itself
         if body.find(_ESCAPE) != -1:
@@ -232,6 +223,7 @@ class WireNormalizer:
             sent_at_default,
             self.tolerance_us,
             self._normalizer.max_event_bytes,
+            self.native_pii_roots,
         )
         return record
 

@@ -117,7 +117,8 @@ class Collector:
         """Validate each event on its own; append the valid ones in one durable call.
 
         ``check_pii=False`` says the request body holds no configured PII path at all
-        (``may_carry_pii``), so events of the common shape skip the per-event look.
+        (``may_carry_pii``), so events of the common shape skip the per-event look. The
+        compiled path looks at each event's own fields whatever it says.
 
         Returns only once the accepted events are durably in the log; a log failure raises
         ``BackendUnavailable`` and nothing of this request is acknowledged.
@@ -139,7 +140,7 @@ class Collector:
         errors: list[ValidationError] = []
         todo: Sequence[Any] = raws
         prebuilt: list[LogRecord | None] | None = None
-        if wire.native_many is not None and not check_pii and len(raws) > 1:
+        if wire.native_many is not None and len(raws) > 1:
             # a batch: every event through the compiled path in one call
             built, fallbacks = wire.native_many(
                 list(raws),
@@ -150,6 +151,7 @@ class Collector:
                 sent_at_default,
                 wire.tolerance_us,
                 max_event_bytes,
+                wire.native_pii_roots,
             )
             if not fallbacks:
                 records, todo = cast(list[LogRecord], built), ()
@@ -161,23 +163,24 @@ class Collector:
                 if record is not None:
                     records.append(record)
                     continue
+            elif native is not None:
+                # positional, straight into C (which leaves events with PII to Python)
+                record = native(
+                    raw,
+                    event_type,
+                    received_us,
+                    received_text,
+                    source.id,
+                    sent_at_default,
+                    wire.tolerance_us,
+                    max_event_bytes,
+                    wire.native_pii_roots,
+                )
+                if record is not None:
+                    records.append(record)
+                    continue
             if type(raw) is WireEvent:
                 if not (check_pii and wire.needs_general_path(raw)):
-                    if native is not None and prebuilt is None:
-                        # positional, straight into C: this runs once per event
-                        record = native(
-                            raw,
-                            event_type,
-                            received_us,
-                            received_text,
-                            source.id,
-                            sent_at_default,
-                            wire.tolerance_us,
-                            max_event_bytes,
-                        )
-                        if record is not None:
-                            records.append(record)
-                            continue
                     try:
                         normalized = wire.normalize(
                             raw,
