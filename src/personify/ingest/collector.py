@@ -133,26 +133,26 @@ class Collector:
             self._received_ms, self._received_text = received_us // 1000, received_text
         wire = self._wire
         native = wire.native_call
-        max_event_bytes = self._normalizer.max_event_bytes
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []
         errors: list[ValidationError] = []
         todo: Sequence[Any] = raws
         prebuilt: list[LogRecord | None] | None = None
+        # what the compiled path takes after the event(s), positionally (see native_record)
+        native_args = (
+            event_type,
+            received_us,
+            received_text,
+            source.id,
+            sent_at_default,
+            wire.tolerance_us,
+            self._normalizer.max_event_bytes,
+            wire.native_pii_roots,
+        )
         if wire.native_many is not None and len(raws) > 1:
             # a batch: every event through the compiled path in one call
-            built, fallbacks = wire.native_many(
-                list(raws),
-                event_type,
-                received_us,
-                received_text,
-                source.id,
-                sent_at_default,
-                wire.tolerance_us,
-                max_event_bytes,
-                wire.native_pii_roots,
-            )
+            built, fallbacks = wire.native_many(list(raws), *native_args)
             if not fallbacks:
                 records, todo = cast(list[LogRecord], built), ()
             else:  # the rest take the Python path below, in the events' order
@@ -164,18 +164,8 @@ class Collector:
                     records.append(record)
                     continue
             elif native is not None:
-                # positional, straight into C (which leaves events with PII to Python)
-                record = native(
-                    raw,
-                    event_type,
-                    received_us,
-                    received_text,
-                    source.id,
-                    sent_at_default,
-                    wire.tolerance_us,
-                    max_event_bytes,
-                    wire.native_pii_roots,
-                )
+                # straight into C, which leaves events with PII to Python
+                record = native(raw, *native_args)
                 if record is not None:
                     records.append(record)
                     continue
