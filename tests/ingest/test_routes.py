@@ -601,3 +601,27 @@ async def test_a_batch_whose_events_take_both_paths_keeps_their_order(harness: H
     assert [e["messageId"] for e in logged] == ["m1", "m2", "m3", "m4", "m5"]
     assert logged[1]["userId"] == "caf\u00e9"
     assert logged[4]["originalTimestamp"] == "2026-11-27T09:00:00.000Z"
+
+
+async def test_the_compiled_path_on_or_off_logs_the_same_events(tmp_path: Path) -> None:
+    """PERSONIFY_INGEST_NATIVE switches the compiled common case; the log cannot tell."""
+    batch = [
+        {**body, "type": kind, "messageId": f"m-{kind}", "timestamp": "2026-11-27T09:00:00.000Z"}
+        for kind, body in SINGLE_EVENTS.items()
+    ] + [
+        {"type": "identify", "userId": "u9", "messageId": "m-pii", "traits": {"email": "A@B.c"}},
+        {"type": "track", "userId": "u9", "messageId": "m-bad"},
+    ]
+    logged: dict[bool, list[dict[str, Any]]] = {}
+    for native in (True, False):
+        clock = FrozenClock(NOW)
+        async with running_app(tmp_path / f"data-{native}", clock=clock, ingest_native=native) as h:
+            response = await h.client.post("/v1/batch", json={"batch": batch}, headers=h.auth)
+            assert response.json()["accepted"] == len(batch) - 1
+            single = {"userId": "u1", "event": "One", "messageId": "m-one"}
+            assert (await h.client.post("/v1/track", json=single, headers=h.auth)).is_success
+            # each run has its own source, so its own sourceId
+            logged[native] = [{**e, "sourceId": None} for e in await h.logged()]
+    assert logged[True] == logged[False]
+    assert [e["messageId"] for e in logged[True]][-1] == "m-one"
+    assert "A@B.c" not in str(logged[True])  # hashed on both paths
