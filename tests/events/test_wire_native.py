@@ -303,3 +303,9 @@ def test_every_printable_character_that_needs_no_escaping_is_built_natively() ->
     record = _check(decode_wire_event(msgspec.json.encode(raw)))
     assert record is not None
     assert msgspec.json.decode(record.payload)["event"] == printable
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_epoch_us_is_exact(moment: datetime) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert epoch_us(moment) == (moment - epoch) // timedelta(microseconds=1)

@@ -10,7 +10,6 @@
  * raw objects msgspec has already validated. What it returns must be byte for byte what
  * ``WireNormalizer.normalize`` + ``wire_log_record`` build; a property test holds it to that.
  */
-#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -454,6 +453,19 @@ done:
     return record;
 }
 
+/* Whether ``needle`` (m >= 1 bytes) occurs in ``hay``: memchr for its first byte, then a
+ * compare. The raw objects searched are short, where libc's memmem costs more to set up. */
+static int contains(const char *hay, Py_ssize_t n, const char *needle, Py_ssize_t m) {
+    const char *end = hay + n;
+    for (const char *at = hay; end - at >= m;) {
+        const char *first = memchr(at, needle[0], (size_t)(end - at - m + 1));
+        if (first == NULL) return 0;
+        if (memcmp(first + 1, needle + 1, (size_t)(m - 1)) == 0) return 1;
+        at = first + 1;
+    }
+    return 0;
+}
+
 /* Whether a configured PII path may be present in the event (``needs_general_path``): a
  * root field that is a PII path itself, or a raw object holding one of its next keys or a
  * \\u escape. 1 yes, 0 no, -1 error. */
@@ -469,11 +481,12 @@ static int may_hold_pii(PyObject *roots, PyObject **values) {
         if (probes == Py_None || Py_TYPE(value) != (PyTypeObject *)state.raw_type) return 1;
         Py_buffer view;
         if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0) return -1;
-        int hit = memmem(view.buf, (size_t)view.len, "\\u", 2) != NULL;
+        const char *text = (const char *)view.buf;
+        int hit = contains(text, view.len, "\\u", 2);
         for (Py_ssize_t k = 0; !hit && k < PyTuple_GET_SIZE(probes); k++) {
             PyObject *probe = PyTuple_GET_ITEM(probes, k);
-            hit = memmem(view.buf, (size_t)view.len, PyBytes_AS_STRING(probe),
-                         (size_t)PyBytes_GET_SIZE(probe)) != NULL;
+            Py_ssize_t size = PyBytes_GET_SIZE(probe);
+            hit = size > 0 && contains(text, view.len, PyBytes_AS_STRING(probe), size);
         }
         PyBuffer_Release(&view);
         if (hit) return 1;
