@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from personify.clock import format_timestamp
+from personify.clock import epoch_us, format_timestamp
 
 
 def test_a_utc_moment_is_written_with_milliseconds_and_a_z() -> None:
@@ -29,3 +29,9 @@ def test_a_utc_moment_is_written_with_milliseconds_and_a_z() -> None:
 def test_every_zone_is_written_as_the_same_instant_in_utc(moment: datetime) -> None:
     expected = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert format_timestamp(moment) == expected
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_epoch_us_is_exact(moment: datetime) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert epoch_us(moment) == (moment - epoch) // timedelta(microseconds=1)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personify.clock import format_timestamp
+from personify.clock import epoch_us, format_timestamp
 from personify.errors import ValidationError
 from personify.eventlog.base import LogRecord
 from personify.events.hashing import PiiHasher
@@ -26,7 +26,6 @@ from personify.events.wire import (
     WireEvent,
     WireNormalizer,
     decode_wire_event,
-    epoch_us,
 )
 from personify.ingest.collector import wire_log_record
 from tests.events.test_wire import _events
@@ -303,9 +302,3 @@ def test_every_printable_character_that_needs_no_escaping_is_built_natively() ->
     record = _check(decode_wire_event(msgspec.json.encode(raw)))
     assert record is not None
     assert msgspec.json.decode(record.payload)["event"] == printable
-
-
-@given(st.datetimes(timezones=st.just(UTC)))
-def test_epoch_us_is_exact(moment: datetime) -> None:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    assert epoch_us(moment) == (moment - epoch) // timedelta(microseconds=1)

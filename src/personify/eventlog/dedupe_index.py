@@ -86,17 +86,16 @@ class DedupeIndex:
 
     def add(self, digest: int, offset: int) -> None:
         """Record that ``offset`` holds a record with hash ``digest``."""
-        self._recent[digest] = offset
-        if len(self._recent) >= self._freeze_at:
-            self._freeze()
+        self._remember(((digest, offset),))
 
     def add_run(self, hashes: Sequence[int], first_offset: int) -> None:
         """Record ``hashes[i]`` at ``first_offset + i`` (a chunk); a 0 hash is no entry."""
-        offsets = range(first_offset, first_offset + len(hashes))
-        if 0 in hashes:
-            self._recent.update((h, o) for h, o in zip(hashes, offsets, strict=True) if h)
-        else:
-            self._recent.update(zip(hashes, offsets, strict=True))
+        pairs = zip(hashes, range(first_offset, first_offset + len(hashes)), strict=True)
+        self._remember((pair for pair in pairs if pair[0]) if 0 in hashes else pairs)
+
+    def _remember(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Take ``(hash, offset)`` pairs into the dict (one ``update``), frozen when full."""
+        self._recent.update(pairs)
         if len(self._recent) >= self._freeze_at:
             self._freeze()
 
@@ -105,9 +104,7 @@ class DedupeIndex:
         keep = (hashes != 0) & (offsets >= self.floor)
         hashes, offsets = hashes[keep], offsets[keep]
         if len(hashes) < self._freeze_at // 16:
-            self._recent.update(zip(hashes.tolist(), offsets.tolist(), strict=True))
-            if len(self._recent) >= self._freeze_at:
-                self._freeze()
+            self._remember(zip(hashes.tolist(), offsets.tolist(), strict=True))
             return
         # the dict is newer than nothing loaded here only if it is empty; freeze it first so
         # that levels stay ordered by age

@@ -37,7 +37,6 @@ typedef struct {
     PyObject *unset;       /* msgspec.UNSET */
     PyObject *raw_type;    /* msgspec.Raw */
     PyObject *record_type; /* eventlog.base.LogRecord */
-    PyObject *names[F_COUNT];
     PyTypeObject *event_type;        /* WireEvent */
     Py_ssize_t offsets[F_COUNT];     /* where each field's slot lies in a WireEvent */
 } State;
@@ -290,7 +289,6 @@ static const char *event_kind(PyObject *route_kind, PyObject *sent_type) {
 }
 
 typedef struct {
-    PyObject *raw;
     PyObject *route_kind;
     int64_t received_us;
     PyObject *received_text;
@@ -577,7 +575,6 @@ static PyObject *wire_record(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     Args a;
     if (parse_args(&a, args) < 0) return NULL;
-    a.raw = args[0];
     return one_record(&a, args[0]);
 }
 
@@ -596,8 +593,7 @@ static PyObject *wire_records(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (records == NULL) return NULL;
     Py_ssize_t fallbacks = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        a.raw = PyList_GET_ITEM(events, i);
-        PyObject *record = one_record(&a, a.raw);
+        PyObject *record = one_record(&a, PyList_GET_ITEM(events, i));
         if (record == NULL) {
             Py_DECREF(records);
             return NULL;
@@ -618,17 +614,14 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t offsets[F_COUNT];
-    PyObject *names[F_COUNT];
     for (int i = 0; i < F_COUNT; i++) {
-        names[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
-        if (names[i] == NULL) return NULL;
         /* each field must be a plain object slot: a member descriptor of the type itself */
-        PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)event_type)->tp_dict, names[i]);
+        PyObject *descr =
+            PyDict_GetItemString(((PyTypeObject *)event_type)->tp_dict, FIELD_NAMES[i]);
         if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
             ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_TypeError, "%U is not an object slot of the event type",
-                             names[i]);
+            PyErr_Format(PyExc_TypeError, "%s is not an object slot of the event type",
+                         FIELD_NAMES[i]);
             return NULL;
         }
         offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
@@ -639,12 +632,8 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         Py_CLEAR(state.raw_type);
         Py_CLEAR(state.record_type);
         Py_CLEAR(state.event_type);
-        for (int i = 0; i < F_COUNT; i++) Py_CLEAR(state.names[i]);
     }
-    for (int i = 0; i < F_COUNT; i++) {
-        state.names[i] = names[i];
-        state.offsets[i] = offsets[i];
-    }
+    memcpy(state.offsets, offsets, sizeof offsets);
     state.unset = Py_NewRef(unset);
     state.raw_type = Py_NewRef(raw_type);
     state.record_type = Py_NewRef(record_type);

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -26,7 +26,6 @@ from personify.errors import ValidationError
 from personify.eventlog.base import LogRecord
 from personify.events.normalize import Normalizer, event_kind, identifier_value, identity_ids
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 _decode_any = msgspec.json.Decoder().decode
@@ -111,13 +110,6 @@ def _check_object(name: str, raw: Raw | UnsetType) -> None:
     )
 
 
-def epoch_us(moment: datetime) -> int:
-    """Microseconds since the Unix epoch of an aware datetime."""
-    # from the timedelta's fields: dividing a timedelta by another costs several times more
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 class WireNormalizer:
     """``Normalizer.normalize`` for ``WireEvent``: the same checks, the same event out."""
 
@@ -125,10 +117,9 @@ class WireNormalizer:
         self, normalizer: Normalizer, pii_paths: list[tuple[str, ...]], *, native: bool = True
     ) -> None:
         self._normalizer = normalizer
-        # the compiled common case, or None: called as native_call(event, route_kind,
-        # received_us, received_at_text, source_id, sent_at_default, tolerance_us,
-        # max_event_bytes, native_pii_roots) -> LogRecord | None (see native_record); it
-        # leaves every event needs_general_path would send to the dict path to Python
+        # the compiled common case, or None: native_call(event, *native_args(...)) ->
+        # LogRecord | None (see native_record); it leaves every event needs_general_path
+        # would send to the dict path to Python
         self.native_call = _wire_record if native else None
         # the same for a list of events in one call: (records or None each, count of None)
         self.native_many = _wire_records if native else None
@@ -200,24 +191,18 @@ class WireNormalizer:
         """Whether the compiled common case (``_wire_native.c``) is in use."""
         return self.native_call is not None
 
-    def native_record(
+    def native_args(
         self,
-        raw: WireEvent,
         *,
         received_us: int,
         received_at_text: str,
         source_id: str,
         event_type: str | None = None,
         sent_at_default: str | UnsetType | None = UNSET,
-    ) -> LogRecord | None:
-        """``wire_log_record(normalize(raw))`` from the compiled code, byte for byte, or None
-        when ``raw`` is not the common case (or nothing is compiled): then the caller takes
-        the Python path, which also raises every validation error. ``received_us`` is
-        ``epoch_us(received_at)``."""
-        if self.native_call is None:
-            return None
-        record: LogRecord | None = self.native_call(
-            raw,
+    ) -> tuple[Any, ...]:
+        """What ``native_call`` and ``native_many`` take after the event(s), in their order;
+        the same for every event of a request. ``received_us`` is ``epoch_us(received_at)``."""
+        return (
             event_type,
             received_us,
             received_at_text,
@@ -227,7 +212,15 @@ class WireNormalizer:
             self._normalizer.max_event_bytes,
             self.native_pii_roots,
         )
-        return record
+
+    def native_record(self, raw: WireEvent, **request: Any) -> LogRecord | None:
+        """``wire_log_record(normalize(raw))`` from the compiled code, byte for byte, or None
+        when ``raw`` is not the common case (or nothing is compiled): then the caller takes
+        the Python path, which also raises every validation error. ``request`` is what
+        ``native_args`` takes."""
+        if self.native_call is None:
+            return None
+        return self.native_call(raw, *self.native_args(**request))
 
     def normalize(
         self,

@@ -10,12 +10,12 @@ import msgspec
 from msgspec import UNSET
 from starlette.concurrency import run_in_threadpool
 
-from personify.clock import Clock, SystemClock, format_timestamp
+from personify.clock import Clock, SystemClock, epoch_us, format_timestamp
 from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
-from personify.events.wire import WireEvent, WireNormalizer, epoch_us, wire_to_dict
+from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
 from personify.ingest.sources import Source
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
@@ -139,16 +139,12 @@ class Collector:
         errors: list[ValidationError] = []
         todo: Sequence[Any] = raws
         prebuilt: list[LogRecord | None] | None = None
-        # what the compiled path takes after the event(s), positionally (see native_record)
-        native_args = (
-            event_type,
-            received_us,
-            received_text,
-            source.id,
-            sent_at_default,
-            wire.tolerance_us,
-            self._normalizer.max_event_bytes,
-            wire.native_pii_roots,
+        native_args = wire.native_args(
+            received_us=received_us,
+            received_at_text=received_text,
+            source_id=source.id,
+            event_type=event_type,
+            sent_at_default=sent_at_default,
         )
         if wire.native_many is not None and len(raws) > 1:
             # a batch: every event through the compiled path in one call

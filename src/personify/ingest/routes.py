@@ -210,6 +210,12 @@ class CollectorRoutes:
         self._tracker_js: bytes | None = None
         self._lookups: dict[str, asyncio.Future[Source | None]] = {}
 
+    def _cached_source(self, write_key: str) -> Source | None:
+        """The active source of ``write_key`` when the cache knows it, else None: then
+        ``await _resolve`` (a coroutine only when the cache cannot answer)."""
+        hit, source = self._sources.resolve_cached(write_key)
+        return source if hit else None
+
     async def _resolve(self, write_key: str) -> Source:
         hit, source = self._sources.resolve_cached(write_key)
         if not hit:
@@ -244,9 +250,7 @@ class CollectorRoutes:
         body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
         raw = _decode_shaped(body, decode_wire_event)
         write_key = _write_key(headers, raw)
-        hit, source = self._sources.resolve_cached(write_key)
-        if not hit or source is None:
-            source = await self._resolve(write_key)  # a coroutine only when the cache misses
+        source = self._cached_source(write_key) or await self._resolve(write_key)
         outcome = await self._collector.collect(
             source,
             [raw],
@@ -264,7 +268,8 @@ class CollectorRoutes:
         body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
         raw = _decode_shaped(body, decode_wire_batch)
         if isinstance(raw, WireBatch):
-            source = await self._resolve(_write_key(headers, raw))
+            write_key = _write_key(headers, raw)
+            source = self._cached_source(write_key) or await self._resolve(write_key)
             outcome = await self._collector.collect(
                 source,
                 raw.batch,
@@ -276,7 +281,8 @@ class CollectorRoutes:
             raise ValidationError(
                 'a batch body is a JSON object with a "batch" array', code="invalid_batch"
             )
-        source = await self._resolve(_write_key(headers, raw))
+        write_key = _write_key(headers, raw)
+        source = self._cached_source(write_key) or await self._resolve(write_key)
         defaults = {k: raw[k] for k in ("context", "integrations", "sentAt") if k in raw}
         outcome = await self._collector.collect(source, raw["batch"], defaults=defaults)
         return _batch_answer(outcome)

@@ -12,19 +12,17 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from personify.clock import format_timestamp, has_timestamp_shape
+from personify.clock import EPOCH, epoch_us, format_timestamp, has_timestamp_shape
 from personify.errors import ValidationError
 from personify.events.normalize import EVENT_TYPES, parse_timestamp
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 
 
 @lru_cache(maxsize=4096)
 def _day_ms(date: str) -> int:
-    return (datetime.fromisoformat(date).replace(tzinfo=UTC) - _EPOCH) // _ONE_MS
+    return epoch_us(datetime.fromisoformat(date).replace(tzinfo=UTC)) // 1000
 
 
 def parse_ms(name: str, value: Any) -> int:
@@ -47,14 +45,14 @@ def parse_ms(name: str, value: Any) -> int:
 
 def format_ms(ms: int) -> str:
     """Epoch milliseconds as the ISO-8601 UTC form events carry (``…T12:00:00.000Z``)."""
-    return format_timestamp(_EPOCH + timedelta(milliseconds=ms))
+    return format_timestamp(EPOCH + timedelta(milliseconds=ms))
 
 
 def datetime_ms(moment: datetime) -> int:
     """An aware datetime as epoch milliseconds."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
+    return epoch_us(moment) // 1000
 
 
 def event_name(event_type: str, event: Mapping[str, Any]) -> str:
