@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml hatch_build.py src/personify/events/_wire_native.c
+$(STAMP): pyproject.toml hatch_build.py src/personify/events/_wire_native.c \
+		src/personify/eventlog/_chunk_native.c
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

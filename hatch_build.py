@@ -1,4 +1,6 @@
-"""Build hook: compiles the C part of ingest, ``src/personify/events/_wire_native.c``.
+"""Build hook: compiles the C parts of ingest, ``src/personify/events/_wire_native.c`` (the
+wire path's common case) and ``src/personify/eventlog/_chunk_native.c`` (the SQLite log's
+commit steps).
 
 It is an accelerator, not a requirement: where no C compiler (or no Python headers) is at
 hand, the build warns and Personify runs its pure-Python path, which gives the same events.
@@ -16,7 +18,10 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("src/personify/events/_wire_native.c")
+SOURCES = (
+    Path("src/personify/events/_wire_native.c"),
+    Path("src/personify/eventlog/_chunk_native.c"),
+)
 
 
 class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
@@ -27,7 +32,17 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel" or os.environ.get("PERSONIFY_NO_NATIVE"):
             return
-        source = Path(self.root) / SOURCE
+        built = [target for source in SOURCES if (target := self._compile(source)) is not None]
+        if not built:
+            return
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+        # ignored by git, so listed as artifacts for the wheel to include them
+        build_data["artifacts"].extend(str(target.relative_to(self.root)) for target in built)
+
+    def _compile(self, relative: Path) -> Path | None:
+        """Compile one C source next to itself; None (and a warning) if that fails."""
+        source = Path(self.root) / relative
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
         target = source.with_name(source.stem + suffix)
         compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
@@ -48,11 +63,8 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or str(exc)
             self.app.display_warning(
-                f"personify: the C ingest path was not built ({detail.strip()[:500]}); "
-                "ingest runs in pure Python"
+                f"personify: {relative.name} was not built ({detail.strip()[:500]}); "
+                "its Python equivalent runs instead"
             )
-            return
-        build_data["pure_python"] = False
-        build_data["infer_tag"] = True
-        # ignored by git, so listed as an artifact for the wheel to include it
-        build_data["artifacts"].append(str(target.relative_to(self.root)))
+            return None
+        return target

@@ -22,13 +22,15 @@ from tests.conftest import make_settings
 OpenLog = Callable[..., Awaitable[SQLiteEventLog]]
 
 
-@pytest.fixture
-async def open_log(tmp_path: Path) -> AsyncIterator[OpenLog]:
-    """Starts logs on ``tmp_path/events.db`` and closes them all at the end."""
+@pytest.fixture(params=[True, False], ids=["compiled", "python"])
+async def open_log(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[OpenLog]:
+    """Starts logs on ``tmp_path/events.db`` and closes them all at the end; every test runs
+    with the compiled commit steps (``_chunk_native``) and with the Python ones."""
     opened: list[SQLiteEventLog] = []
 
     async def factory(**options: Any) -> SQLiteEventLog:
         options.setdefault("durability", "off")
+        options.setdefault("native", request.param)
         log = SQLiteEventLog(tmp_path / "events.db", **options)
         await log.start()
         opened.append(log)

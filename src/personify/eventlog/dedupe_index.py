@@ -13,13 +13,20 @@ size are merged, so a lookup searches a dict and a logarithmic number of arrays.
 
 Expiry is by offset: offsets grow with time, so "appended within the window" is
 "offset ≥ floor" for a floor the log moves forward as time passes.
+
+This is the Python index. Where the C module was built the log uses its ``HashIndex``
+(``personify.eventlog.chunks``): the same behaviour (``DedupeLookup``) from an open-addressing
+table of (hash, offset) pairs, 16 bytes a slot at most three quarters full, rebuilt without
+the expired entries when it fills.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +50,27 @@ def dedupe_hashes(keys: Iterable[str]) -> dict[str, int]:
 def dedupe_hash(key: str) -> int:
     """The 64-bit signed hash of a dedupe key, never 0 (0 marks "no dedupe key" in a chunk)."""
     return dedupe_hashes((key,))[key]
+
+
+class DedupeLookup(Protocol):
+    """What the log asks of a dedupe index (``DedupeIndex`` here, or the compiled one)."""
+
+    @property
+    def floor(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, digest: int, offset: int) -> None: ...
+
+    def add_run(self, hashes: bytes, first_offset: int) -> None: ...
+
+    def add_many(self, hashes: Int64Array, offsets: Int64Array) -> None: ...
+
+    def find(self, digests: list[int]) -> dict[int, int]: ...
+
+    def probe(self, hashes: bytes) -> bool: ...
+
+    def expire(self, floor: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -85,13 +113,25 @@ class DedupeIndex:
         return len(self._levels)
 
     def add(self, digest: int, offset: int) -> None:
-        """Record that ``offset`` holds a record with hash ``digest``."""
-        self._remember(((digest, offset),))
+        """Record that ``offset`` holds a record with hash ``digest`` (0 is no entry)."""
+        if digest:
+            self._remember(((digest, offset),))
 
-    def add_run(self, hashes: Sequence[int], first_offset: int) -> None:
-        """Record ``hashes[i]`` at ``first_offset + i`` (a chunk); a 0 hash is no entry."""
-        pairs = zip(hashes, range(first_offset, first_offset + len(hashes)), strict=True)
-        self._remember((pair for pair in pairs if pair[0]) if 0 in hashes else pairs)
+    def add_run(self, hashes: bytes, first_offset: int) -> None:
+        """Record hash ``i`` of ``hashes`` (native int64, a chunk's column) at
+        ``first_offset + i``; a 0 hash is no entry."""
+        values = array("q")
+        values.frombytes(hashes)
+        pairs = zip(values, range(first_offset, first_offset + len(values)), strict=True)
+        self._remember((pair for pair in pairs if pair[0]) if 0 in values else pairs)
+
+    def probe(self, hashes: bytes) -> bool:
+        """Whether a hash of ``hashes`` (native int64; 0s skipped) is held from the floor on,
+        or repeats within them: if not, every record they belong to is new."""
+        values = array("q")
+        values.frombytes(hashes)
+        keyed = [digest for digest in values if digest]
+        return len(set(keyed)) < len(keyed) or bool(self.find(keyed))
 
     def _remember(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Take ``(hash, offset)`` pairs into the dict (one ``update``), frozen when full."""

@@ -13,7 +13,9 @@ of its first record; the records of a chunk have consecutive offsets. A row per 
 a B-tree insert (and, for the dedupe index, a random page rewritten and fsynced) per event;
 a row per transaction costs one. The dedupe index is kept in memory
 (``personify.eventlog.dedupe_index``) and rebuilt at start from the hashes the chunks of
-the window hold. Several processes may share one file: each writer, once it holds the
+the window hold. What a commit does per record (hash the dedupe keys, look them up, pack
+the columns, answer the results) runs compiled where ``personify.eventlog.chunks`` was built.
+Several processes may share one file: each writer, once it holds the
 write lock, first reads the hashes of chunks other writers appended since its last commit.
 
 ``iter_records`` and ``count_records`` read a file with nothing but ``sqlite3`` (for tools
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sqlite3
 import sys
@@ -45,7 +46,6 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
@@ -55,7 +55,8 @@ import numpy as np
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
-from personify.eventlog.dedupe_index import DedupeIndex, dedupe_hash, dedupe_hashes
+from personify.eventlog.chunks import Columns, chunk_tools, hash_values
+from personify.eventlog.dedupe_index import dedupe_hash
 from personify.eventlog.syncer import FileSyncer, FsyncFailed
 
 if TYPE_CHECKING:
@@ -134,12 +135,6 @@ def _unpack(row: tuple[Any, ...]) -> _Chunk:
     return _Chunk(
         int(first_offset), float(appended_at), _unpack_keys(keys), _unpack_payloads(payloads)
     )
-
-
-# tuple.__new__ builds the NamedTuple without running its Python __new__ (once per record)
-_new_result: Callable[[tuple[str, bool]], AppendResult] = functools.partial(
-    tuple.__new__, AppendResult
-)
 
 
 def _hash_array(blob: bytes) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -262,6 +257,7 @@ class SQLiteEventLog:
         max_batch_events: int = 5000,
         max_pending_events: int = 50_000,
         dedupe_window_s: float = 24 * 3600.0,
+        native: bool = True,
     ) -> None:
         if durability not in _SYNCHRONOUS:
             raise ConfigurationError(
@@ -296,7 +292,8 @@ class SQLiteEventLog:
         self._appended = asyncio.Event()
         self._started = False
         # writer state (event loop): the dedupe index, the offset it has seen up to, window marks
-        self._index = DedupeIndex()
+        self._chunks = chunk_tools(native=native)
+        self._index = self._chunks.new_index()
         self._next_offset = 1
         self._marks: deque[tuple[float, int]] = deque()
         self._last_mark = (0.0, 0)
@@ -318,6 +315,7 @@ class SQLiteEventLog:
             max_batch_events=settings.eventlog_max_batch_events,
             max_pending_events=settings.eventlog_max_pending_events,
             dedupe_window_s=settings.dedupe_window_hours * 3600.0,
+            native=settings.ingest_native,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -364,7 +362,7 @@ class SQLiteEventLog:
         """Fill the dedupe index from the chunks appended within the window."""
         now = time.time()
         cutoff = now - self._dedupe_window_s
-        self._index = DedupeIndex()
+        self._index = self._chunks.new_index()
         self._marks.clear()
         self._last_mark = (0.0, 0)
         head = conn.execute("SELECT next_offset FROM log_head").fetchone()
@@ -565,10 +563,9 @@ class SQLiteEventLog:
         conn = self._writer
         assert conn is not None
         now = time.time()
+        records = [record for item in batch for record in item.records]
         # hashed before the write lock is taken: other processes wait only for the rows
-        digests = dedupe_hashes(
-            r.dedupe_key for item in batch for r in item.records if r.dedupe_key is not None
-        )
+        hashes = self._chunks.record_hashes(records)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -582,7 +579,7 @@ class SQLiteEventLog:
         self._locked_since = None
         try:
             try:
-                added = self._write_in_transaction(conn, batch, digests, now)
+                added = self._write_in_transaction(conn, batch, records, hashes, now)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -676,24 +673,32 @@ class SQLiteEventLog:
         return head
 
     def _write_in_transaction(
-        self, conn: sqlite3.Connection, batch: list[_Pending], digests: dict[str, int], now: float
-    ) -> tuple[int, int, array[int], int] | None:
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Pending],
+        records: list[LogRecord],
+        hashes: bytes,
+        now: float,
+    ) -> tuple[int, int, bytes, int] | None:
         """Write the batch as one chunk: (first offset, count, hashes, payload bytes), or None
-        if all were duplicates. ``digests`` maps each dedupe key of the batch to its hash."""
+        if all were duplicates. ``records`` are the batch's, ``hashes`` their dedupe hashes."""
         first_offset = self._catch_up(conn)
         self._expire(now)
-        known = self._known_offsets(conn, digests) if digests else {}
-        records = [record for item in batch for record in item.records]
-        if not known and len(digests) == len(records):
-            # the usual chunk: every record has a dedupe key of its own, none seen before,
-            # so every one is appended: built by comprehensions, not record by record
-            hashes_in_order = array("q", digests.values())  # a dict keeps the records' order
-            return self._write_all(conn, batch, records, first_offset, hashes_in_order, now)
+        if not self._index.probe(hashes):
+            # the usual chunk: no dedupe key seen before or twice in it, so every record is
+            # appended, in one pass each (compiled where built), not record by record
+            return self._write_all(conn, batch, records, first_offset, hashes, now)
+        digests = {
+            record.dedupe_key: digest
+            for record, digest in zip(records, hash_values(hashes), strict=True)
+            if record.dedupe_key is not None
+        }
+        known = self._known_offsets(conn, digests)
         next_offset = first_offset
         keys: list[str] = []
         payloads: list[bytes] = []
         dedupe_keys: list[str | None] = []
-        hashes: array[int] = array("q")
+        kept: array[int] = array("q")  # the hashes of the records appended
         for item in batch:
             results = item.results
             for record in item.records:
@@ -704,17 +709,18 @@ class SQLiteEventLog:
                         results.append(AppendResult(str(seen), True))
                         continue
                     known[dedupe_key] = next_offset
-                    hashes.append(digests[dedupe_key])
+                    kept.append(digests[dedupe_key])
                 else:
-                    hashes.append(0)
+                    kept.append(0)
                 keys.append(record.key)
                 payloads.append(record.payload)
                 dedupe_keys.append(dedupe_key)
-                results.append(_new_result((str(next_offset), False)))
+                results.append(AppendResult(str(next_offset), False))
                 next_offset += 1
         if next_offset == first_offset:
             return None
-        return self._insert_chunk(conn, first_offset, now, hashes, keys, dedupe_keys, payloads)
+        columns = (_pack(keys), _pack(dedupe_keys), _pack(payloads))
+        return self._insert_chunk(conn, first_offset, len(keys), now, kept.tobytes(), columns)
 
     def _write_all(
         self,
@@ -722,42 +728,41 @@ class SQLiteEventLog:
         batch: list[_Pending],
         records: list[LogRecord],
         first_offset: int,
-        hashes: array[int],
+        hashes: bytes,
         now: float,
-    ) -> tuple[int, int, array[int], int]:
+    ) -> tuple[int, int, bytes, int]:
         """``_write_in_transaction`` when every record of ``batch`` is appended."""
-        offset = first_offset
-        for item in batch:
-            end = offset + len(item.records)
-            item.results.extend(map(_new_result, zip(map(str, range(offset, end)), repeat(False))))
-            offset = end
-        keys = [record.key for record in records]
-        payloads = [record.payload for record in records]
-        dedupe_keys: list[str | None] = [record.dedupe_key for record in records]
-        return self._insert_chunk(conn, first_offset, now, hashes, keys, dedupe_keys, payloads)
+        results = self._chunks.fresh_results(first_offset, len(records))
+        if len(batch) == 1:
+            batch[0].results = results
+        else:
+            start = 0
+            for item in batch:
+                end = start + len(item.records)
+                item.results = results[start:end]
+                start = end
+        columns = self._chunks.pack_columns(records)
+        return self._insert_chunk(conn, first_offset, len(records), now, hashes, columns)
 
     def _insert_chunk(
         self,
         conn: sqlite3.Connection,
         first_offset: int,
+        count: int,
         now: float,
-        hashes: array[int],
-        keys: list[str],
-        dedupe_keys: list[str | None],
-        payloads: list[bytes],
-    ) -> tuple[int, int, array[int], int]:
-        """Insert one chunk row and move the head past it: (first offset, count, hashes,
-        payload bytes)."""
-        count = len(payloads)
-        next_offset = first_offset + count
-        packed = _pack(payloads)
+        hashes: bytes,
+        columns: Columns,
+    ) -> tuple[int, int, bytes, int]:
+        """Insert one chunk row (``columns``: its packed keys, dedupe keys and payloads) and
+        move the head past it: (first offset, count, hashes, payload bytes)."""
+        keys, dedupe_keys, payloads = columns
         conn.execute(
             "INSERT INTO chunk (first_offset, count, appended_at, hashes, keys, dedupe_keys, "
             "payloads) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (first_offset, count, now, hashes.tobytes(), _pack(keys), _pack(dedupe_keys), packed),
+            (first_offset, count, now, hashes, keys, dedupe_keys, payloads),
         )
-        conn.execute("UPDATE log_head SET next_offset = ?", (next_offset,))
-        return first_offset, count, hashes, len(packed)
+        conn.execute("UPDATE log_head SET next_offset = ?", (first_offset + count,))
+        return first_offset, count, hashes, len(payloads)
 
     def _known_offsets(self, conn: sqlite3.Connection, digests: dict[str, int]) -> dict[str, int]:
         """Offsets of the keys already appended within the window (hash hits, verified)."""
