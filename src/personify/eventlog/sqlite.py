@@ -523,6 +523,14 @@ class SQLiteEventLog:
         self._flush_handle = None
         if self._commits_paused:
             return  # the WAL is being restarted; _checkpointed flushes what queued meanwhile
+        syncer = self._file_syncer
+        if syncer is not None and syncer.pending and self._queued_events < self._max_batch_events:
+            # An fsync is running: what queues now could only be acknowledged after the
+            # next one, which starts when this one ends, so it is committed then (_synced),
+            # together with everything else that queued meanwhile. Under load that makes
+            # one transaction per fsync instead of one per turn of the loop, for the same
+            # latency.
+            return
         while self._queued:
             batch = [self._queued.popleft()]
             size = len(batch[0].records)
@@ -612,6 +620,9 @@ class SQLiteEventLog:
                 item.future.set_exception(error)
 
     def _synced(self, group: list[_Pending], error: BaseException | None) -> None:
+        if self._queued and self._flush_handle is None and self._loop is not None:
+            # what queued during the fsync (see _flush) is committed now
+            self._flush_handle = self._loop.call_soon(self._flush)
         if error is None:
             _resolve_all(group)
             return
