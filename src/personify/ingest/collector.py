@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 import msgspec
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from personify.clock import Clock, SystemClock, epoch_us, format_timestamp
 from personify.errors import ValidationError
-from personify.eventlog.base import EventLog, LogRecord
+from personify.eventlog.base import AppendResult, EventLog, LogRecord
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
 from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
@@ -105,6 +106,42 @@ class Collector:
             message_id=message_id,
         )
 
+    def _received(self) -> tuple[datetime, int, str]:
+        """Now, as a request's receive time: the datetime, microseconds since the epoch, and
+        ``receivedAt``'s text (requests of the same millisecond share it)."""
+        received_at = self._clock.now()
+        received_us = epoch_us(received_at)
+        if received_us // 1000 == self._received_ms:
+            return received_at, received_us, self._received_text
+        received_text = format_timestamp(received_at)
+        self._received_ms, self._received_text = received_us // 1000, received_text
+        return received_at, received_us, received_text
+
+    def common_record(self, source: Source, raw: Any, event_type: str | None) -> LogRecord | None:
+        """The log record of one event of a single-event request, from the compiled common
+        case; None when that does not apply (nothing compiled, not a ``WireEvent``, not the
+        common case): then ``collect`` takes the event and decides, errors included.
+
+        The lean way for ``/v1/track`` and its kind: no outcome, no per-event loop. The
+        caller appends the record (``append``) and awaits it before answering."""
+        native = self._wire.native_call
+        if native is None or type(raw) is not WireEvent:
+            return None
+        _, received_us, received_text = self._received()
+        return native(
+            raw,
+            *self._wire.native_args(
+                received_us=received_us,
+                received_at_text=received_text,
+                source_id=source.id,
+                event_type=event_type,
+            ),
+        )
+
+    def append(self, records: Sequence[LogRecord]) -> Awaitable[list[AppendResult]]:
+        """Append ``records`` to the log: durable once the result is awaited."""
+        return self._log.append(records)
+
     async def collect(
         self,
         source: Source,
@@ -123,14 +160,7 @@ class Collector:
         Returns only once the accepted events are durably in the log; a log failure raises
         ``BackendUnavailable`` and nothing of this request is acknowledged.
         """
-        received_at = self._clock.now()
-        received_us = epoch_us(received_at)
-        # requests of the same millisecond share receivedAt's text
-        if received_us // 1000 == self._received_ms:
-            received_text = self._received_text
-        else:
-            received_text = format_timestamp(received_at)
-            self._received_ms, self._received_text = received_us // 1000, received_text
+        received_at, received_us, received_text = self._received()
         wire = self._wire
         native = wire.native_call
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET

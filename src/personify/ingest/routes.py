@@ -251,6 +251,10 @@ class CollectorRoutes:
         raw = _decode_shaped(body, decode_wire_event)
         write_key = _write_key(headers, raw)
         source = self._cached_source(write_key) or await self._resolve(write_key)
+        record = self._collector.common_record(source, raw, event_type)
+        if record is not None:
+            await self._collector.append([record])
+            return _SUCCESS
         outcome = await self._collector.collect(
             source,
             [raw],
