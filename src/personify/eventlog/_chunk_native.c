@@ -422,16 +422,18 @@ static int resize(HashIndex *index, Py_ssize_t wanted_entries) {
     return 0;
 }
 
-static int index_init(HashIndex *index, PyObject *args, PyObject *kwargs) {
+/* an empty index; the table exists from here on, so no method meets a table-less index */
+static PyObject *index_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     static char *names[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, ":HashIndex", names)) return -1;
-    PyMem_Free(index->slots);
-    index->slots = NULL;
-    index->capacity = 0;
-    index->used = 0;
-    index->floor = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, ":HashIndex", names)) return NULL;
+    HashIndex *index = (HashIndex *)type->tp_alloc(type, 0);
+    if (index == NULL) return NULL;
     index->max_offset = -1;
-    return resize(index, 0);
+    if (resize(index, 0) < 0) {
+        Py_DECREF(index);
+        return NULL;
+    }
+    return (PyObject *)index;
 }
 
 static void index_dealloc(HashIndex *index) {
@@ -624,8 +626,7 @@ static PyTypeObject HashIndexType = {
     .tp_methods = index_methods,
     .tp_getset = index_getset,
     .tp_as_sequence = &index_as_sequence,
-    .tp_init = (initproc)index_init,
-    .tp_new = PyType_GenericNew,
+    .tp_new = index_new,
 };
 
 /* -- module --------------------------------------------------------------------------------- */
