@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -132,3 +134,36 @@ async def test_after_a_failed_fsync_the_log_takes_no_more_appends(tmp_path: Path
         assert "restart" in refused.value.message
     finally:
         await log.close()
+
+
+async def test_appends_made_during_an_fsync_share_the_next_transaction(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db", durability="full")
+    await log.start()
+    try:
+        assert log._file_syncer is not None
+        pid = log._file_syncer.helper_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the first commit's fsync stays running
+        try:
+            first = asyncio.ensure_future(log.append([LogRecord(b"a", "k", "a")]))
+            await asyncio.sleep(0.05)
+            later = []
+            for i in range(20):  # each in a turn of the loop of its own
+                later.append(asyncio.ensure_future(log.append([LogRecord(b"b", "k", f"b{i}")])))
+                await asyncio.sleep(0.005)
+            chunks = count_chunks(tmp_path / "events.db")
+            assert chunks == 1, "nothing is committed while the fsync runs"
+            assert not first.done(), "nothing is acknowledged before its fsync"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [r.offset for r in await first] == ["1"]
+        offsets = [r.offset for future in later for r in await future]
+        assert offsets == [str(n) for n in range(2, 22)]
+        assert count_chunks(tmp_path / "events.db") == 2, "the 20 appends shared one commit"
+    finally:
+        await log.close()
+
+
+def count_chunks(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM chunk").fetchone()[0])
