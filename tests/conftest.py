@@ -13,11 +13,12 @@ from personify.settings import Settings
 REQUIRE_SERVICES = os.environ.get("PERSONIFY_REQUIRE_SERVICES") == "1"
 
 
-def service_missing(reason: str) -> None:
-    """Skip when a service is absent, or fail when ``PERSONIFY_REQUIRE_SERVICES=1`` (CI)."""
+def service_missing(reason: str, *, module: bool = False) -> None:
+    """Skip when a service is absent, or fail when ``PERSONIFY_REQUIRE_SERVICES=1`` (CI).
+    ``module=True`` skips the whole module (called at its top level)."""
     if REQUIRE_SERVICES:
         pytest.fail(f"required service unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=module)
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:

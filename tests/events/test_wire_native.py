@@ -6,7 +6,6 @@ included. So for every input: None, or byte for byte ``wire_log_record(normalize
 
 from __future__ import annotations
 
-import os
 import string
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,13 +27,11 @@ from personify.events.wire import (
     decode_wire_event,
 )
 from personify.ingest.collector import wire_log_record
+from tests.conftest import service_missing
 from tests.events.test_wire import _events
 
 if not NATIVE_AVAILABLE:
-    reason = "the C ingest path was not built (no C compiler when installing?)"
-    if os.environ.get("PERSONIFY_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    service_missing("the C ingest path was not built (no C compiler when installing?)", module=True)
 
 HASHER = PiiHasher(b"key", ["traits.email", "traits.phone", "context.traits.email"])
 NORMALIZER = Normalizer(HASHER, max_event_bytes=2048, future_tolerance_s=3600.0)

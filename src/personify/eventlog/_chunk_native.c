@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../_native_buffer.h"
+
 static PyTypeObject *result_type = NULL; /* eventlog.base.AppendResult */
 
 /* -- BLAKE2b (RFC 7693), unkeyed, 8-byte digest --------------------------------------------- */
@@ -153,44 +155,7 @@ static PyObject *record_hashes(PyObject *self, PyObject *records) {
     return out;
 }
 
-static PyObject *key_hash(PyObject *self, PyObject *key) {
-    if (!PyUnicode_Check(key)) {
-        PyErr_SetString(PyExc_TypeError, "key_hash(str)");
-        return NULL;
-    }
-    Py_ssize_t size;
-    const char *text = PyUnicode_AsUTF8AndSize(key, &size);
-    if (text == NULL) return NULL;
-    return PyLong_FromLongLong(dedupe_hash((const uint8_t *)text, (size_t)size));
-}
-
 /* -- msgpack columns ------------------------------------------------------------------------ */
-
-typedef struct {
-    PyObject *bytes;
-    char *data;
-    Py_ssize_t len;
-    Py_ssize_t cap;
-} Buffer;
-
-static int buf_init(Buffer *b, Py_ssize_t cap) {
-    b->bytes = PyBytes_FromStringAndSize(NULL, cap);
-    if (b->bytes == NULL) return -1;
-    b->data = PyBytes_AS_STRING(b->bytes);
-    b->len = 0;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_reserve(Buffer *b, Py_ssize_t extra) {
-    if (b->len + extra <= b->cap) return 0;
-    Py_ssize_t cap = b->cap * 2;
-    if (cap < b->len + extra) cap = b->len + extra;
-    if (_PyBytes_Resize(&b->bytes, cap) < 0) return -1; /* frees it on failure */
-    b->data = PyBytes_AS_STRING(b->bytes);
-    b->cap = cap;
-    return 0;
-}
 
 static inline void put_be(Buffer *b, uint64_t value, int width) {
     for (int i = width - 1; i >= 0; i--) b->data[b->len++] = (char)((value >> (8 * i)) & 0xff);
@@ -218,13 +183,6 @@ static int put_header(Buffer *b, Py_ssize_t n, int fix_base, Py_ssize_t fix_max,
     return 0;
 }
 
-static int put_raw(Buffer *b, const char *text, Py_ssize_t n) {
-    if (buf_reserve(b, n) < 0) return -1;
-    memcpy(b->data + b->len, text, (size_t)n);
-    b->len += n;
-    return 0;
-}
-
 /* 1 packed, 0 not a type handled here, -1 error */
 static int put_str(Buffer *b, PyObject *value) {
     if (!PyUnicode_CheckExact(value)) return 0;
@@ -235,14 +193,14 @@ static int put_str(Buffer *b, PyObject *value) {
         return 0;
     }
     if (put_header(b, size, 0xa0, 32, 0xd9, 0xda, 0xdb) < 0) return -1;
-    return put_raw(b, text, size) < 0 ? -1 : 1;
+    return buf_write(b, text, size) < 0 ? -1 : 1;
 }
 
 static int put_bin(Buffer *b, PyObject *value) {
     if (!PyBytes_CheckExact(value)) return 0;
     Py_ssize_t size = PyBytes_GET_SIZE(value);
     if (put_header(b, size, 0, 0, 0xc4, 0xc5, 0xc6) < 0) return -1;
-    return put_raw(b, PyBytes_AS_STRING(value), size) < 0 ? -1 : 1;
+    return buf_write(b, PyBytes_AS_STRING(value), size) < 0 ? -1 : 1;
 }
 
 static PyObject *pack_columns(PyObject *self, PyObject *records) {
@@ -278,7 +236,7 @@ static PyObject *pack_columns(PyObject *self, PyObject *records) {
     PyObject *out = NULL;
     if (ok && handled) {
         for (int c = 0; ok && c < 3; c++)
-            ok = _PyBytes_Resize(&columns[c].bytes, columns[c].len) == 0;
+            ok = buf_finish(&columns[c]) == 0;
         if (ok) out = PyTuple_Pack(3, columns[0].bytes, columns[1].bytes, columns[2].bytes);
     }
     for (int c = 0; c < 3; c++) Py_XDECREF(columns[c].bytes);
@@ -636,7 +594,6 @@ static PyMethodDef methods[] = {
     {"record_hashes", record_hashes, METH_O,
      "record_hashes(records) -> bytes: each record's dedupe hash as int64 (0: no key), or "
      "None."},
-    {"key_hash", key_hash, METH_O, "key_hash(key) -> the dedupe hash of one key."},
     {"pack_columns", pack_columns, METH_O,
      "pack_columns(records) -> (keys, dedupe_keys, payloads) packed as msgpack arrays, or "
      "None."},

@@ -65,13 +65,6 @@ def fresh_results(first_offset: int, count: int) -> list[AppendResult]:
     return list(map(_new_result, zip(offsets, repeat(False))))
 
 
-def hash_values(hashes: bytes) -> array[int]:
-    """``record_hashes`` bytes as ints."""
-    values = array("q")
-    values.frombytes(hashes)
-    return values
-
-
 @dataclass(frozen=True, slots=True)
 class ChunkTools:
     """The per-record steps of a commit, compiled or in Python."""

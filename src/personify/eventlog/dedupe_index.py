@@ -47,6 +47,13 @@ def dedupe_hashes(keys: Iterable[str]) -> dict[str, int]:
     }
 
 
+def hash_values(hashes: bytes) -> array[int]:
+    """Hashes stored as native int64 bytes (a chunk's ``hashes`` column) as ints."""
+    values = array("q")
+    values.frombytes(hashes)
+    return values
+
+
 def dedupe_hash(key: str) -> int:
     """The 64-bit signed hash of a dedupe key, never 0 (0 marks "no dedupe key" in a chunk)."""
     return dedupe_hashes((key,))[key]
@@ -120,17 +127,14 @@ class DedupeIndex:
     def add_run(self, hashes: bytes, first_offset: int) -> None:
         """Record hash ``i`` of ``hashes`` (native int64, a chunk's column) at
         ``first_offset + i``; a 0 hash is no entry."""
-        values = array("q")
-        values.frombytes(hashes)
+        values = hash_values(hashes)
         pairs = zip(values, range(first_offset, first_offset + len(values)), strict=True)
         self._remember((pair for pair in pairs if pair[0]) if 0 in values else pairs)
 
     def probe(self, hashes: bytes) -> bool:
         """Whether a hash of ``hashes`` (native int64; 0s skipped) is held from the floor on,
         or repeats within them: if not, every record they belong to is new."""
-        values = array("q")
-        values.frombytes(hashes)
-        keyed = [digest for digest in values if digest]
+        keyed = [digest for digest in hash_values(hashes) if digest]
         return len(set(keyed)) < len(keyed) or bool(self.find(keyed))
 
     def _remember(self, pairs: Iterable[tuple[int, int]]) -> None:

@@ -55,8 +55,8 @@ import numpy as np
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
-from personify.eventlog.chunks import Columns, chunk_tools, hash_values
-from personify.eventlog.dedupe_index import dedupe_hash
+from personify.eventlog.chunks import Columns, chunk_tools
+from personify.eventlog.dedupe_index import dedupe_hash, hash_values
 from personify.eventlog.syncer import FileSyncer, FsyncFailed
 
 if TYPE_CHECKING:

@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../_native_buffer.h"
+
 /* field order of WireEvent: the order msgspec encodes them in */
 enum {
     F_TYPE, F_EVENT, F_NAME, F_CATEGORY, F_USER_ID, F_ANONYMOUS_ID, F_PREVIOUS_ID, F_GROUP_ID,
@@ -44,32 +46,7 @@ typedef struct {
 static State state;
 static int ready = 0;
 
-/* -- output buffer ------------------------------------------------------------------------- */
-
-/* the payload is written straight into a bytes object, resized at the end */
-typedef struct {
-    PyObject *bytes;
-    char *data;
-    Py_ssize_t len;
-    Py_ssize_t cap;
-} Buffer;
-
-static int buf_reserve(Buffer *b, Py_ssize_t extra) {
-    if (b->len + extra <= b->cap) return 0;
-    Py_ssize_t cap = b->cap * 2;
-    if (cap < b->len + extra) cap = b->len + extra;
-    if (_PyBytes_Resize(&b->bytes, cap) < 0) return -1; /* frees it on failure */
-    b->data = PyBytes_AS_STRING(b->bytes);
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_write(Buffer *b, const char *text, Py_ssize_t n) {
-    if (buf_reserve(b, n) < 0) return -1;
-    memcpy(b->data + b->len, text, (size_t)n);
-    b->len += n;
-    return 0;
-}
+/* -- output buffer: the payload is written straight into a bytes object ---------------- */
 
 /* ,"name": (no comma before the first field) */
 static int buf_key(Buffer *b, int field) {
@@ -357,10 +334,8 @@ static PyObject *build(Args *a, PyObject **values) {
     if (timestamp_text == NULL) return NULL;
     int is_future = moment_us - a->received_us > a->tolerance_us;
 
-    Buffer b = {NULL, NULL, 0, 1024};
-    b.bytes = PyBytes_FromStringAndSize(NULL, b.cap);
-    if (b.bytes == NULL) return NULL;
-    b.data = PyBytes_AS_STRING(b.bytes);
+    Buffer b;
+    if (buf_init(&b, 1024) < 0) return NULL;
     int rc;
 #define PUT(expr)               \
     do {                        \
@@ -420,7 +395,7 @@ done:
         Py_XDECREF(b.bytes); /* NULL when a resize failed */
         return NULL;         /* with an exception set only when rc < 0 */
     }
-    if (_PyBytes_Resize(&b.bytes, b.len) < 0) return NULL;
+    if (buf_finish(&b) < 0) return NULL;
     PyObject *payload = b.bytes;
     /* the ordering key: the device when known, else the user */
     PyObject *key = anon != NULL ? PyUnicode_FromStringAndSize(anon, anon_len)
