@@ -150,19 +150,22 @@ class Collector:
         event_type: str | None = None,
         defaults: dict[str, Any] | None = None,
         check_pii: bool = True,
+        compiled: bool = True,
     ) -> IngestOutcome:
         """Validate each event on its own; append the valid ones in one durable call.
 
         ``check_pii=False`` says the request body holds no configured PII path at all
         (``may_carry_pii``), so events of the common shape skip the per-event look. The
-        compiled path looks at each event's own fields whatever it says.
+        compiled path looks at each event's own fields whatever it says. ``compiled=False``
+        says the compiled path has already declined these events (``common_record``), so
+        they go straight to Python.
 
         Returns only once the accepted events are durably in the log; a log failure raises
         ``BackendUnavailable`` and nothing of this request is acknowledged.
         """
         received_at, received_us, received_text = self._received()
         wire = self._wire
-        native = wire.native_call
+        native = wire.native_call if compiled else None
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET
         records: list[LogRecord] = []
         rejected: list[NewFailedEvent] = []

@@ -260,6 +260,7 @@ class CollectorRoutes:
             [raw],
             event_type=event_type,
             check_pii=self._collector.may_carry_pii(body),
+            compiled=False,  # common_record has tried it
         )
         if outcome.errors:
             # the original error keeps its class (413 for an oversized event) and details
