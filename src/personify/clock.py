@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
@@ -20,6 +20,10 @@ class Clock(Protocol):
         """The current time as seconds since the epoch."""
         ...
 
+    def now_us(self) -> int:
+        """The current time as whole microseconds since the epoch."""
+        ...
+
 
 class SystemClock:
     """The real wall clock."""
@@ -31,6 +35,12 @@ class SystemClock:
     def time(self) -> float:
         """The current time as seconds since the epoch."""
         return time.time()
+
+    def now_us(self) -> int:
+        """The current time as whole microseconds since the epoch."""
+        # an integer from the kernel's clock: a tenth of what datetime.now() and the
+        # subtraction that turns it into microseconds cost, on every ingest request
+        return time.time_ns() // 1000
 
 
 class FrozenClock:
@@ -47,10 +57,12 @@ class FrozenClock:
         """The frozen time as epoch seconds."""
         return self._now.timestamp()
 
+    def now_us(self) -> int:
+        """The frozen time as whole microseconds since the epoch."""
+        return epoch_us(self._now)
+
     def advance(self, seconds: float) -> None:
         """Move the clock forward by ``seconds``."""
-        from datetime import timedelta
-
         self._now = self._now + timedelta(seconds=seconds)
 
 
@@ -63,6 +75,11 @@ def epoch_us(moment: datetime) -> int:
     # from the timedelta's fields: dividing a timedelta by another costs several times more
     delta = moment - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_us(micros: int) -> datetime:
+    """The aware UTC datetime ``micros`` microseconds after the epoch (``epoch_us``'s inverse)."""
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def has_timestamp_shape(text: Any) -> bool:

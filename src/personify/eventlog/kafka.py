@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -468,6 +468,10 @@ class KafkaEventLog:
             # the records are in the log already; failing now would only make the client send
             # them again. Without the marks a retry may duplicate them, which the worker absorbs.
             logger.warning("Kafka event log: %d dedupe keys not recorded: %s", len(marks), exc)
+
+    def append_one(self, record: LogRecord) -> Awaitable[list[AppendResult]]:
+        """``append([record])``: one record, durable once awaited."""
+        return self.append([record])
 
     async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
         """Produce and wait for the broker's acknowledgement; one result per record, in order."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -379,6 +379,10 @@ class RedisEventLog:
         return await self._scripts[script](keys=list(keys), args=list(args))
 
     # -- append ------------------------------------------------------------------------------
+
+    def append_one(self, record: LogRecord) -> Awaitable[list[AppendResult]]:
+        """``append([record])``: one record, durable once awaited."""
+        return self.append([record])
 
     async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
         """Append atomically with the dedupe check; one result per record, in order."""

@@ -270,6 +270,9 @@ class SQLiteEventLog:
         self._max_pending_events = max_pending_events
         self._dedupe_window_s = dedupe_window_s
         self._queued: deque[_Pending] = deque()
+        # the queued entry append_one adds to (and its records), until a flush takes it
+        self._shared: _Pending | None = None
+        self._shared_records: list[LogRecord] = []
         self._queued_events = 0
         self._unsynced: list[_Pending] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -484,20 +487,54 @@ class SQLiteEventLog:
             else:
                 done.set_result([])
             return done
-        count = len(records)
-        loop = self._loop
-        assert loop is not None
-        self._queued_events += count
-        future: asyncio.Future[list[AppendResult]] = loop.create_future()
-        self._queued.append(_Pending(records, future))
+        return self._enqueue(_Pending(records, self._new_future())).future
+
+    def append_one(self, record: LogRecord) -> asyncio.Future[list[AppendResult]]:
+        """Queue one record; the future resolves once it is durable, to the results of every
+        record that shares it.
+
+        The records appended this way between two flushes share one queue entry and one
+        future (up to ``max_batch_events``): the single-event routes await durability and
+        nothing else, and a future and a queue entry per request cost more than the rest of
+        the commit's per-record work. They all land in the same transaction, so they succeed
+        or fail together.
+        """
+        shared = self._shared
+        if (
+            shared is not None
+            and len(self._shared_records) < self._max_batch_events
+            and self._queued_events < self._max_pending_events
+            and self._started
+            and self._broken is None
+        ):
+            self._shared_records.append(record)
+            self._queued_events += 1
+            return shared.future
+        if self._refusal(1) is not None:
+            return self.append([record])
+        records = [record]
+        shared = self._enqueue(_Pending(records, self._new_future()))
+        self._shared, self._shared_records = shared, records
+        return shared.future
+
+    def _new_future(self) -> asyncio.Future[list[AppendResult]]:
+        assert self._loop is not None
+        return self._loop.create_future()
+
+    def _enqueue(self, item: _Pending) -> _Pending:
+        """Queue ``item`` and make sure a flush is scheduled."""
+        self._queued_events += len(item.records)
+        self._queued.append(item)
         if self._flush_handle is None:
             # every append of this turn of the event loop (and, with linger, of the next
             # few milliseconds) goes into one transaction
+            loop = self._loop
+            assert loop is not None
             if self._linger_s > 0:
                 self._flush_handle = loop.call_later(self._linger_s, self._flush)
             else:
                 self._flush_handle = loop.call_soon(self._flush)
-        return future
+        return item
 
     def _refusal(self, count: int) -> BackendUnavailable | None:
         """Why an append of ``count`` records cannot be taken now, if it cannot."""
@@ -531,6 +568,8 @@ class SQLiteEventLog:
             # one transaction per fsync instead of one per turn of the loop, for the same
             # latency.
             return
+        # what append_one adds from now on goes into a new entry: this one is being written
+        self._shared = None
         while self._queued:
             batch = [self._queued.popleft()]
             size = len(batch[0].records)

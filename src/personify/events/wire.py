@@ -148,6 +148,12 @@ class WireNormalizer:
         self._pii_key_sets = [
             tuple(_quoted(name) for name in reversed(path)) for path in pii_paths if path
         ]
+        # native_args' last three, the same for every request
+        self.native_constants = (
+            self.tolerance_us,
+            normalizer.max_event_bytes,
+            self.native_pii_roots,
+        )
 
     def may_carry_pii(self, body: bytes) -> bool:
         """Whether any event of ``body`` may have a value at a configured PII path.
@@ -208,9 +214,7 @@ class WireNormalizer:
             received_at_text,
             source_id,
             sent_at_default,
-            self.tolerance_us,
-            self._normalizer.max_event_bytes,
-            self.native_pii_roots,
+            *self.native_constants,
         )
 
     def native_record(self, raw: WireEvent, **request: Any) -> LogRecord | None:

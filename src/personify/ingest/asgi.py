@@ -16,7 +16,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from personify.api.errors import error_body, error_parts, internal_error_body
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
-from personify.ingest.routes import CORS_HEADERS, ClientDisconnected, CollectorRoutes
+from personify.ingest.routes import (
+    CORS_HEADERS,
+    ClientDisconnected,
+    CollectorRoutes,
+    request_headers,
+)
 
 logger = logging.getLogger("personify.ingest")
 
@@ -27,12 +32,6 @@ _BATCH_PATHS = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
 # analytics.js reports its own delivery metrics here; there is nothing to keep
 _METRICS_PATH = "/v1/m"
 _SUCCESS = b'{"success":true}'
-# the only request headers ingest reads, with their names as str; the rest are never decoded
-_WANTED_HEADERS = {
-    name: name.decode()
-    for name in (b"content-type", b"content-encoding", b"content-length", b"authorization")
-}
-
 # a preflight answer carries every CORS header; an actual answer needs only the origin one
 # (Allow-Methods, Allow-Headers and Max-Age mean something on preflight answers alone), and
 # each header costs the server's validation on every answer
@@ -42,17 +41,6 @@ _JSON_HEADERS = [
     (b"access-control-allow-origin", CORS_HEADERS["access-control-allow-origin"].encode()),
 ]
 _SUCCESS_HEADERS = [*_JSON_HEADERS, (b"content-length", str(len(_SUCCESS)).encode())]
-
-
-def _ingest_headers(scope: Scope) -> dict[str, str]:
-    """The headers ingest reads; ASGI servers hand names over lower-cased, the first wins."""
-    wanted = _WANTED_HEADERS
-    # reversed, so that the first of repeated headers is the one left in the dict
-    return {
-        wanted[name]: value.decode("latin-1")
-        for name, value in reversed(scope["headers"])
-        if name in wanted
-    }
 
 
 class IngestFastPath:
@@ -76,7 +64,7 @@ class IngestFastPath:
             body = error_body("method_not_allowed", f"{method} is not allowed on {path}; use POST")
             await _respond(send, 405, body, [*_JSON_HEADERS, (b"allow", b"POST, OPTIONS")])
             return
-        headers = _ingest_headers(scope)
+        headers = request_headers(scope["headers"])
         try:
             if event_type is not None:
                 body = await self._routes.single(event_type, headers, receive)

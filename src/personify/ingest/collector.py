@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Awaitable, Sequence
-from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 import msgspec
 from msgspec import UNSET
 from starlette.concurrency import run_in_threadpool
 
-from personify.clock import Clock, SystemClock, epoch_us, format_timestamp
+from personify.clock import Clock, SystemClock, format_timestamp, from_epoch_us
 from personify.errors import ValidationError
 from personify.eventlog.base import AppendResult, EventLog, LogRecord
 from personify.events.hashing import PiiHasher
@@ -91,6 +90,11 @@ class Collector:
         self.may_carry_pii = self._wire.may_carry_pii
         self._received_ms = -1
         self._received_text = ""
+        self._now_us = self._clock.now_us
+        self._native_call = self._wire.native_call
+        self._native_constants = self._wire.native_constants
+        # one record, durable once awaited: the single-event routes' append (see append_one)
+        self.append_one = log.append_one
 
     def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
         message_id = None
@@ -106,16 +110,14 @@ class Collector:
             message_id=message_id,
         )
 
-    def _received(self) -> tuple[datetime, int, str]:
-        """Now, as a request's receive time: the datetime, microseconds since the epoch, and
-        ``receivedAt``'s text (requests of the same millisecond share it)."""
-        received_at = self._clock.now()
-        received_us = epoch_us(received_at)
-        if received_us // 1000 == self._received_ms:
-            return received_at, received_us, self._received_text
-        received_text = format_timestamp(received_at)
-        self._received_ms, self._received_text = received_us // 1000, received_text
-        return received_at, received_us, received_text
+    def _received(self) -> tuple[int, str]:
+        """Now, as a request's receive time: microseconds since the epoch, and ``receivedAt``'s
+        text (requests of the same millisecond share it)."""
+        received_us = self._now_us()
+        if received_us // 1000 != self._received_ms:
+            self._received_ms = received_us // 1000
+            self._received_text = format_timestamp(from_epoch_us(received_us))
+        return received_us, self._received_text
 
     def common_record(self, source: Source, raw: Any, event_type: str | None) -> LogRecord | None:
         """The log record of one event of a single-event request, from the compiled common
@@ -123,19 +125,23 @@ class Collector:
         common case): then ``collect`` takes the event and decides, errors included.
 
         The lean way for ``/v1/track`` and its kind: no outcome, no per-event loop. The
-        caller appends the record (``append``) and awaits it before answering."""
-        native = self._wire.native_call
+        caller appends the record (``append_one``) and awaits it before answering."""
+        native = self._native_call
         if native is None or type(raw) is not WireEvent:
             return None
-        _, received_us, received_text = self._received()
+        # _received, inline: this runs once per single-event request
+        received_us = self._now_us()
+        if received_us // 1000 != self._received_ms:
+            self._received_ms = received_us // 1000
+            self._received_text = format_timestamp(from_epoch_us(received_us))
         return native(
             raw,
-            *self._wire.native_args(
-                received_us=received_us,
-                received_at_text=received_text,
-                source_id=source.id,
-                event_type=event_type,
-            ),
+            event_type,
+            received_us,
+            self._received_text,
+            source.id,
+            UNSET,
+            *self._native_constants,
         )
 
     def append(self, records: Sequence[LogRecord]) -> Awaitable[list[AppendResult]]:
@@ -163,7 +169,8 @@ class Collector:
         Returns only once the accepted events are durably in the log; a log failure raises
         ``BackendUnavailable`` and nothing of this request is acknowledged.
         """
-        received_at, received_us, received_text = self._received()
+        received_us, received_text = self._received()
+        received_at = from_epoch_us(received_us)
         wire = self._wire
         native = wire.native_call if compiled else None
         sent_at_default = defaults.get("sentAt", UNSET) if defaults else UNSET

@@ -12,7 +12,7 @@ import base64
 import binascii
 import functools
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from personify.errors import (
     PayloadTooLarge,
@@ -48,6 +48,8 @@ _SUCCESS = b'{"success":true}'
 _GZIP_SLACK_BYTES = 4096
 
 Handler = Callable[[Request], Awaitable[Response]]
+# a request's headers: lower-case name -> raw value (see request_headers)
+Headers = Mapping[bytes, bytes]
 ErrorRenderer = Callable[[PersonifyError], Response]
 
 
@@ -58,11 +60,19 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def _check_content_type(headers: Mapping[str, str]) -> None:
-    raw = headers.get("content-type", "")
-    if raw == "application/json":
+def request_headers(scope_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """A request's headers by name, as bytes; the first of a repeated header wins.
+
+    ASGI servers hand names over lower-cased. Built in C by ``dict`` (reversed, so that the
+    first of a name is the one left), with no value decoded until a route reads it."""
+    pairs = scope_headers if type(scope_headers) is list else list(scope_headers)
+    return dict(reversed(pairs))
+
+
+def _check_content_type(raw: bytes | None) -> None:
+    if raw is None or raw == b"application/json":
         return
-    media = raw.split(";", 1)[0].strip().lower()
+    media = raw.split(b";", 1)[0].strip().lower().decode("latin-1")
     # the browser library sends text/plain to avoid a CORS preflight
     if media in ("", "application/json", "text/plain") or media.endswith("+json"):
         return
@@ -76,14 +86,21 @@ class ClientDisconnected(Exception):
     """The client went away before sending its whole body."""
 
 
-async def read_body(headers: Mapping[str, str], receive: Receive, limit: int, code: str) -> bytes:
-    """The request body, inflated when gzip-encoded, refused past ``limit`` bytes."""
-    encoding = headers.get("content-encoding", "").strip().lower()
-    declared = headers.get("content-length")
+async def read_body(
+    headers: Headers,
+    receive: Receive,
+    limit: int,
+    code: str,
+    first: Message | None = None,
+) -> bytes:
+    """The request body, inflated when gzip-encoded, refused past ``limit`` bytes.
+    ``first`` is the body's first message when the caller has received it already."""
+    encoding = headers.get(b"content-encoding", b"").strip().lower().decode("latin-1")
+    declared = headers.get(b"content-length")
     wire_limit = limit + _GZIP_SLACK_BYTES if encoding else limit
     if declared is not None and declared.isdigit() and int(declared) > wire_limit:
         raise _too_large(limit, code)
-    message = await receive()
+    message = first if first is not None else await receive()
     if message["type"] == "http.disconnect":
         raise ClientDisconnected
     body: bytes = message.get("body", b"")
@@ -149,7 +166,7 @@ def _decode_shaped(body: bytes, decode_wire: Callable[[bytes], Any]) -> Any:
 
 
 @functools.lru_cache(maxsize=1024)
-def _basic_user(credentials: str) -> str:
+def _basic_user(credentials: bytes) -> str:
     """The user name of Basic credentials (a site sends the same header on every request)."""
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
@@ -158,9 +175,9 @@ def _basic_user(credentials: str) -> str:
     return decoded.split(":", 1)[0]
 
 
-def _write_key(headers: Mapping[str, str], body: Any) -> str:
-    header = headers.get("authorization", "")
-    if header[:6].lower() == "basic ":
+def _write_key(headers: Headers, body: Any) -> str:
+    header = headers.get(b"authorization")
+    if header is not None and header[:6].lower() == b"basic ":
         user = _basic_user(header[6:])
         if user:
             return user
@@ -208,16 +225,12 @@ class CollectorRoutes:
         self.max_event_bytes = max_event_bytes
         self.max_batch_bytes = max_batch_bytes
         self._tracker_js: bytes | None = None
+        self._cached_source = sources.resolve_cached
+        self._append_one = collector.append_one
         self._lookups: dict[str, asyncio.Future[Source | None]] = {}
 
-    def _cached_source(self, write_key: str) -> Source | None:
-        """The active source of ``write_key`` when the cache knows it, else None: then
-        ``await _resolve`` (a coroutine only when the cache cannot answer)."""
-        hit, source = self._sources.resolve_cached(write_key)
-        return source if hit else None
-
     async def _resolve(self, write_key: str) -> Source:
-        hit, source = self._sources.resolve_cached(write_key)
+        hit, source = self._cached_source(write_key)
         if not hit:
             # one lookup per key at a time: when a cached key expires under load, every
             # concurrent request would otherwise query the database on its own thread
@@ -244,16 +257,34 @@ class CollectorRoutes:
 
         return endpoint
 
-    async def single(self, event_type: str, headers: Mapping[str, str], receive: Receive) -> bytes:
-        """One event (``/v1/track`` …); returns the success body or raises the event's error."""
-        _check_content_type(headers)
-        body = await read_body(headers, receive, self.max_event_bytes, "event_too_large")
-        raw = _decode_shaped(body, decode_wire_event)
+    async def single(self, event_type: str, headers: Headers, receive: Receive) -> bytes:
+        """One event (``/v1/track`` …); returns the success body or raises the event's error.
+
+        Written for the common request (one body message, not compressed, the common event
+        shape, a cached write key): every ingest request takes this path, so it makes as
+        few calls as it can and hands anything else to the general helpers."""
+        _check_content_type(headers.get(b"content-type"))
+        limit = self.max_event_bytes
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if (
+            message.get("more_body", False)
+            or message["type"] != "http.request"
+            or b"content-encoding" in headers
+            or len(body) > limit
+        ):
+            body = await read_body(headers, receive, limit, "event_too_large", message)
+        try:
+            raw: Any = decode_wire_event(body)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raw = _decode_json(body)
         write_key = _write_key(headers, raw)
-        source = self._cached_source(write_key) or await self._resolve(write_key)
+        hit, source = self._cached_source(write_key)
+        if not hit or source is None:
+            source = await self._resolve(write_key)
         record = self._collector.common_record(source, raw, event_type)
         if record is not None:
-            await self._collector.append([record])
+            await self._append_one(record)
             return _SUCCESS
         outcome = await self._collector.collect(
             source,
@@ -267,14 +298,14 @@ class CollectorRoutes:
             raise outcome.errors[0]
         return _SUCCESS
 
-    async def batch(self, headers: Mapping[str, str], receive: Receive) -> bytes:
+    async def batch(self, headers: Headers, receive: Receive) -> bytes:
         """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
-        _check_content_type(headers)
+        _check_content_type(headers.get(b"content-type"))
         body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
         raw = _decode_shaped(body, decode_wire_batch)
         if isinstance(raw, WireBatch):
             write_key = _write_key(headers, raw)
-            source = self._cached_source(write_key) or await self._resolve(write_key)
+            source = await self._resolve(write_key)
             outcome = await self._collector.collect(
                 source,
                 raw.batch,
@@ -287,7 +318,7 @@ class CollectorRoutes:
                 'a batch body is a JSON object with a "batch" array', code="invalid_batch"
             )
         write_key = _write_key(headers, raw)
-        source = self._cached_source(write_key) or await self._resolve(write_key)
+        source = await self._resolve(write_key)
         defaults = {k: raw[k] for k in ("context", "integrations", "sentAt") if k in raw}
         outcome = await self._collector.collect(source, raw["batch"], defaults=defaults)
         return _batch_answer(outcome)
