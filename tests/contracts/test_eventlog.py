@@ -169,6 +169,30 @@ async def test_concurrent_appends_all_land_and_keep_key_order(log_factory: LogFa
         assert mine == [f"k{n}:{i}".encode() for i in range(20)]
 
 
+async def test_append_one_lands_durably_in_order_and_deduplicated(
+    log_factory: LogFactory,
+) -> None:
+    log = await log_factory()
+
+    async def writer(key: str) -> None:
+        for i in range(10):
+            await log.append_one(LogRecord(f"{key}:{i}".encode(), key, f"{key}:{i}"))
+
+    # many single appends at once, as the single-event routes make them
+    await asyncio.gather(*(writer(f"k{n}") for n in range(5)))
+    await log.append_one(LogRecord(b"k0:0 again", "k0", "k0:0"))
+    results = await log.append([LogRecord(b"k1:1 again", "k1", "k1:1")])
+    assert results[0].duplicate
+    await log.close()
+    reopened = await log_factory()
+    got = await drain(reopened, "g", "c", 50)
+    assert len(got) == 50
+    for n in range(5):
+        mine = [e.payload for e in got if e.key == f"k{n}"]
+        assert mine == [f"k{n}:{i}".encode() for i in range(10)]
+    assert await reopened.read("g", "c", max_count=10, timeout_ms=200) == []
+
+
 async def test_truncate_keeps_what_a_group_still_needs(log_factory: LogFactory) -> None:
     log = await log_factory()
     await log.append(records("t", 10))

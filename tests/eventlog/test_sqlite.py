@@ -115,6 +115,69 @@ async def test_a_batch_never_exceeds_max_batch_events(open_log: OpenLog, tmp_pat
     assert sizes[0][0] <= 10
 
 
+async def test_single_appends_of_one_turn_share_one_future_and_one_transaction(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    log = await open_log()
+    futures = [log.append_one(record(f"r{i}")) for i in range(100)]
+    assert len({id(f) for f in futures}) == 1
+    await asyncio.gather(*futures)
+    assert query(tmp_path / "events.db", "SELECT first_offset, count FROM chunk") == [(1, 100)]
+
+
+@pytest.mark.parametrize("durability", ["off", "full"])
+async def test_a_single_append_never_joins_an_entry_already_written(
+    open_log: OpenLog, tmp_path: Path, durability: str
+) -> None:
+    log = await open_log(durability=durability)
+    first = log.append_one(record("a"))
+    await asyncio.sleep(0)  # the flush writes "a" (and, with full, starts its fsync)
+    second = log.append_one(record("b"))
+    assert second is not first
+    await asyncio.gather(first, second)
+    assert [e.payload for e in await log.tail(10)] == [b"a", b"b"]
+    assert query(tmp_path / "events.db", "SELECT count FROM chunk") == [(1,), (1,)]
+
+
+async def test_single_appends_never_exceed_max_batch_events(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    log = await open_log(max_batch_events=10)
+    futures = [log.append_one(record(f"r{i}")) for i in range(35)]
+    assert len({id(f) for f in futures}) == 4
+    await asyncio.gather(*futures)
+    sizes = query(tmp_path / "events.db", "SELECT count FROM chunk ORDER BY first_offset")
+    assert sizes == [(10,), (10,), (10,), (5,)]
+    assert [e.payload for e in await log.tail(35)] == [f"r{i}".encode() for i in range(35)]
+
+
+async def test_single_appends_over_the_pending_bound_are_refused(open_log: OpenLog) -> None:
+    log = await open_log(linger_ms=100.0, max_pending_events=10)
+    futures = [log.append_one(record(f"r{i}")) for i in range(15)]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(o, list) for o in outcomes[:10])
+    for refused in outcomes[10:]:
+        assert isinstance(refused, BackendUnavailable)
+        assert refused.code == "log_overloaded"
+    assert [e.payload for e in await log.tail(20)] == [f"r{i}".encode() for i in range(10)]
+    # once the queue drained, single appends are taken again
+    await log.append_one(record("later"))
+    assert (await log.tail(1))[0].payload == b"later"
+
+
+async def test_a_single_append_to_a_stopped_log_is_backend_unavailable(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db", durability="off")
+    with pytest.raises(BackendUnavailable):
+        await log.append_one(record("a"))
+    await log.start()
+    pending = log.append_one(record("b"))
+    await log.close()
+    await pending  # close writes what is queued
+    with pytest.raises(BackendUnavailable):
+        await log.append_one(record("c"))
+    assert [payload for _, _, payload in iter_records(tmp_path / "events.db")] == [b"b"]
+
+
 async def test_over_the_pending_bound_appends_are_refused(open_log: OpenLog) -> None:
     log = await open_log(linger_ms=100.0, max_pending_events=10)
     outcomes = await asyncio.gather(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,6 +216,30 @@ async def test_malformed_basic_credentials_are_401(harness: Harness, header: str
         "/v1/track", json={"userId": "u1", "event": "E"}, headers={"Authorization": header}
     )
     assert_error(response, 401, "invalid_write_key")
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+async def test_the_first_of_a_repeated_header_is_the_one_read(harness: Harness, path: str) -> None:
+    event = {"type": "track", "userId": "u1", "event": "E"}
+    body = json.dumps({"batch": [event]} if path == "/v1/batch" else event).encode()
+    good = harness.auth["Authorization"]
+    bad = basic_auth("wk_unknown")["Authorization"]
+    json_type = ("Content-Type", "application/json")
+    response = await harness.client.post(
+        path, content=body, headers=[json_type, ("Authorization", good), ("Authorization", bad)]
+    )
+    assert response.status_code == 200, response.text
+    response = await harness.client.post(
+        path, content=body, headers=[json_type, ("Authorization", bad), ("Authorization", good)]
+    )
+    assert_error(response, 401, "invalid_write_key")
+    response = await harness.client.post(
+        path,
+        content=body,
+        headers=[("Content-Type", "text/csv"), json_type, ("Authorization", good)],
+    )
+    assert_error(response, 415, "unsupported_media_type")
+    assert len(await harness.logged()) == 1
 
 
 async def test_revoked_write_key_is_401(tmp_path: Path) -> None:
