@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
+import sys
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -22,6 +25,35 @@ from personify.ingest.routes import CollectorRoutes, json_response
 from personify.settings import Settings
 
 _GC_YOUNG_THRESHOLD = 20_000
+# glibc's mallopt parameters, and what the server sets them to (see keep_freed_memory)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024
+_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; whether it could (glibc only).
+
+    A group commit builds buffers of a few MB (the chunk's packed columns, and SQLite's copy
+    of them) and frees them at once. By default glibc serves such sizes with a fresh mmap and
+    gives the pages back on free, so every commit paid a page fault per 4 KB written: about
+    450 ns per record of a 2,700-record chunk, eight times the packing itself. Raised
+    thresholds keep them on the heap (up to 256 MB of free heap is kept before trimming).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+    )
 
 
 def create_app(
@@ -45,6 +77,7 @@ def create_app(
         # of 700 allocations the youngest generation was scanned every few requests, about 4 %
         # of a single-event request's instructions. Every 20,000 it costs a few MB at most.
         gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        keep_freed_memory()
         try:
             yield
         finally:
