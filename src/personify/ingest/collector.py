@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import msgspec
@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from personify.clock import Clock, SystemClock, format_timestamp, from_epoch_us
 from personify.errors import ValidationError
-from personify.eventlog.base import AppendResult, EventLog, LogRecord
+from personify.eventlog.base import EventLog, LogRecord
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
 from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
@@ -129,24 +129,16 @@ class Collector:
         native = self._native_call
         if native is None or type(raw) is not WireEvent:
             return None
-        # _received, inline: this runs once per single-event request
-        received_us = self._now_us()
-        if received_us // 1000 != self._received_ms:
-            self._received_ms = received_us // 1000
-            self._received_text = format_timestamp(from_epoch_us(received_us))
+        received_us, received_text = self._received()
         return native(
             raw,
             event_type,
             received_us,
-            self._received_text,
+            received_text,
             source.id,
             UNSET,
             *self._native_constants,
         )
-
-    def append(self, records: Sequence[LogRecord]) -> Awaitable[list[AppendResult]]:
-        """Append ``records`` to the log: durable once the result is awaited."""
-        return self._log.append(records)
 
     async def collect(
         self,

@@ -274,10 +274,7 @@ class CollectorRoutes:
             or len(body) > limit
         ):
             body = await read_body(headers, receive, limit, "event_too_large", message)
-        try:
-            raw: Any = decode_wire_event(body)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raw = _decode_json(body)
+        raw = _decode_shaped(body, decode_wire_event)
         write_key = _write_key(headers, raw)
         hit, source = self._cached_source(write_key)
         if not hit or source is None:
