@@ -169,6 +169,22 @@ async def test_concurrent_appends_all_land_and_keep_key_order(log_factory: LogFa
         assert mine == [f"k{n}:{i}".encode() for i in range(20)]
 
 
+async def test_append_counted_counts_the_duplicates_and_lands_the_rest(
+    log_factory: LogFactory,
+) -> None:
+    log = await log_factory()
+    assert await log.append_counted(records("c", 3)) == 0
+    assert await log.append_counted([]) == 0
+    # two seen before, one new, and the new one again within the call
+    again = records("c", 2) + records("d", 1) + records("d", 1)
+    assert await log.append_counted(again) == 3
+    await log.close()
+    reopened = await log_factory()
+    got = await drain(reopened, "g", "c", 4)
+    assert sorted(e.payload for e in got) == [b"c-0", b"c-1", b"c-2", b"d-0"]
+    assert await reopened.read("g", "c", max_count=10, timeout_ms=200) == []
+
+
 async def test_append_one_lands_durably_in_order_and_deduplicated(
     log_factory: LogFactory,
 ) -> None:

@@ -151,11 +151,40 @@ async def test_single_appends_never_exceed_max_batch_events(
     assert [e.payload for e in await log.tail(35)] == [f"r{i}".encode() for i in range(35)]
 
 
+async def test_counted_and_plain_appends_share_a_transaction_and_each_gets_its_answer(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    log = await open_log()
+    await log.append([record("old")])
+    plain, counted, single, plain_again = await asyncio.gather(
+        log.append([record("p1"), record("p2")]),
+        log.append_counted([record("c1"), record("old"), record("c2")]),
+        log.append_one(record("s1")),
+        log.append([record("p3")]),
+    )
+    # the second transaction had a duplicate, so it took the record-by-record path
+    assert [(r.offset, r.duplicate) for r in plain] == [("2", False), ("3", False)]
+    assert counted == 1
+    assert single == 0
+    assert [(r.offset, r.duplicate) for r in plain_again] == [("7", False)]
+    assert query(tmp_path / "events.db", "SELECT first_offset, count FROM chunk") == [
+        (1, 1),
+        (2, 6),
+    ]
+    # and without a duplicate, the all-new path answers both kinds the same way
+    plain, counted = await asyncio.gather(
+        log.append([record("p4")]), log.append_counted([record("c3"), record("c4")])
+    )
+    assert [(r.offset, r.duplicate) for r in plain] == [("8", False)]
+    assert counted == 0
+    assert [e.payload for e in await log.tail(3)] == [b"p4", b"c3", b"c4"]
+
+
 async def test_single_appends_over_the_pending_bound_are_refused(open_log: OpenLog) -> None:
     log = await open_log(linger_ms=100.0, max_pending_events=10)
     futures = [log.append_one(record(f"r{i}")) for i in range(15)]
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    assert all(isinstance(o, list) for o in outcomes[:10])
+    assert outcomes[:10] == [0] * 10  # durable, no duplicate among them
     for refused in outcomes[10:]:
         assert isinstance(refused, BackendUnavailable)
         assert refused.code == "log_overloaded"

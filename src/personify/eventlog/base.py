@@ -2,7 +2,7 @@
 
 Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 
-* ``append`` (and ``append_one``) is durable when it returns: the records survive a crash of this process
+* ``append`` (and ``append_counted``, ``append_one``) is durable when it returns: the records survive a crash of this process
   (and, per the adapter's durability setting, of the machine). Records with the same
   ``key`` keep their order. A record whose ``dedupe_key`` was appended within the
   dedupe window is not appended again; its result says ``duplicate=True`` and carries
@@ -67,6 +67,11 @@ class EventLog(Protocol):
     def append(self, records: Sequence[LogRecord]) -> Awaitable[list[AppendResult]]:
         """Append durably; one result per record, in order. Adapters may implement it as a
         coroutine or as a function returning a future; callers only await it."""
+        ...
+
+    def append_counted(self, records: Sequence[LogRecord]) -> Awaitable[int]:
+        """Append durably, as ``append`` does; resolves to how many of ``records`` were
+        duplicates, not to a result per record (what a batch request answers with)."""
         ...
 
     def append_one(self, record: LogRecord) -> Awaitable[object]:

@@ -473,6 +473,10 @@ class KafkaEventLog:
         """``append([record])``: one record, durable once awaited."""
         return self.append([record])
 
+    async def append_counted(self, records: Sequence[LogRecord]) -> int:
+        """``append``, resolving to how many of ``records`` were duplicates."""
+        return sum(result.duplicate for result in await self.append(records))
+
     async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
         """Produce and wait for the broker's acknowledgement; one result per record, in order."""
         if not records:

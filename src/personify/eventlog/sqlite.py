@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import sqlite3
 import sys
 import threading
@@ -106,6 +107,7 @@ _MIGRATE_ROWS = 5000
 _T = TypeVar("_T")
 
 _pack = msgspec.msgpack.Encoder().encode
+_DUPLICATE = operator.attrgetter("duplicate")
 _unpack_keys = msgspec.msgpack.Decoder(list[str]).decode
 _unpack_dedupe_keys = msgspec.msgpack.Decoder(list[str | None]).decode
 _unpack_payloads = msgspec.msgpack.Decoder(list[bytes]).decode
@@ -142,22 +144,32 @@ def _hash_array(blob: bytes) -> np.ndarray[Any, np.dtype[np.int64]]:
 
 
 class _Pending:
-    """One ``append`` waiting for its transaction (and its fsync)."""
+    """One append waiting for its transaction (and its fsync).
 
-    __slots__ = ("future", "records", "results")
+    A ``counted`` entry (``append_counted``, ``append_one``) resolves to how many of its
+    records were duplicates instead of to their results, which are then built only in a
+    chunk that has a duplicate: a batch request needs the count alone, and an
+    ``AppendResult`` per record cost an allocation, an offset formatted as text and a free.
+    """
+
+    __slots__ = ("counted", "future", "records", "results")
 
     def __init__(
-        self, records: Sequence[LogRecord], future: asyncio.Future[list[AppendResult]]
+        self, records: Sequence[LogRecord], future: asyncio.Future[Any], *, counted: bool = False
     ) -> None:
         self.records = records
         self.future = future
+        self.counted = counted
         self.results: list[AppendResult] = []
 
 
 def _resolve_all(batch: list[_Pending]) -> None:
     for item in batch:
         if not item.future.done():
-            item.future.set_result(item.results)
+            if item.counted:
+                item.future.set_result(sum(map(_DUPLICATE, item.results)))
+            else:
+                item.future.set_result(item.results)
 
 
 def _migrate_row_log(conn: sqlite3.Connection) -> None:
@@ -478,20 +490,36 @@ class SQLiteEventLog:
         """Queue ``records`` for the next group commit; the future resolves once they are
         durable. A plain function returning the future, not a coroutine: one coroutine
         frame less on every ingest request."""
-        refusal = self._refusal(len(records))
-        if refusal is not None or not records:
-            # the answer (or the refusal) goes through the future too, as from a coroutine
-            done: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
-            if refusal is not None:
-                done.set_exception(refusal)
-            else:
-                done.set_result([])
-            return done
+        no_results: list[AppendResult] = []
+        refused = self._refused(records, no_results)
+        if refused is not None:
+            return refused
         return self._enqueue(_Pending(records, self._new_future())).future
 
-    def append_one(self, record: LogRecord) -> asyncio.Future[list[AppendResult]]:
-        """Queue one record; the future resolves once it is durable, to the results of every
-        record that shares it.
+    def append_counted(self, records: Sequence[LogRecord]) -> asyncio.Future[int]:
+        """``append``, resolving to how many of ``records`` were duplicates (see _Pending)."""
+        refused = self._refused(records, 0)
+        if refused is not None:
+            return refused
+        return self._enqueue(_Pending(records, self._new_future(), counted=True)).future
+
+    def _refused(self, records: Sequence[LogRecord], empty: _T) -> asyncio.Future[_T] | None:
+        """A future that already holds the answer when ``records`` cannot be queued (the
+        refusal) or need not be (``empty``, for no records), else None."""
+        refusal = self._refusal(len(records))
+        if refusal is None and records:
+            return None
+        # the answer (or the refusal) goes through a future too, as from a coroutine
+        done: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        if refusal is not None:
+            done.set_exception(refusal)
+        else:
+            done.set_result(empty)
+        return done
+
+    def append_one(self, record: LogRecord) -> asyncio.Future[int]:
+        """Queue one record; the future resolves once it is durable, to how many of the
+        records that share it were duplicates.
 
         The records appended this way between two flushes share one queue entry and one
         future (up to ``max_batch_events``): the single-event routes await durability and
@@ -511,13 +539,13 @@ class SQLiteEventLog:
             self._queued_events += 1
             return shared.future
         if self._refusal(1) is not None:
-            return self.append([record])
+            return self.append_counted([record])
         records = [record]
-        shared = self._enqueue(_Pending(records, self._new_future()))
+        shared = self._enqueue(_Pending(records, self._new_future(), counted=True))
         self._shared, self._shared_records = shared, records
         return shared.future
 
-    def _new_future(self) -> asyncio.Future[list[AppendResult]]:
+    def _new_future(self) -> asyncio.Future[Any]:
         assert self._loop is not None
         return self._loop.create_future()
 
@@ -782,14 +810,16 @@ class SQLiteEventLog:
         now: float,
     ) -> tuple[int, int, bytes, int]:
         """``_write_in_transaction`` when every record of ``batch`` is appended."""
-        results = self._chunks.fresh_results(first_offset, len(records))
         if len(batch) == 1:
-            batch[0].results = results
-        else:
+            if not batch[0].counted:
+                batch[0].results = self._chunks.fresh_results(first_offset, len(records))
+        elif not all(item.counted for item in batch):
+            results = self._chunks.fresh_results(first_offset, len(records))
             start = 0
             for item in batch:
                 end = start + len(item.records)
-                item.results = results[start:end]
+                if not item.counted:
+                    item.results = results[start:end]
                 start = end
         columns = self._chunks.pack_columns(records)
         return self._insert_chunk(conn, first_offset, len(records), now, hashes, columns)

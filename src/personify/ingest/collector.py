@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
@@ -20,7 +19,6 @@ from personify.ingest.sources import Source
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
 _encode = msgspec.json.Encoder().encode
-_DUPLICATE = operator.attrgetter("duplicate")
 
 
 def log_record(normalizer: Normalizer, event: dict[str, Any], source_id: str) -> LogRecord:
@@ -227,10 +225,7 @@ class Collector:
             except ValidationError as error:
                 rejected.append(self._dead_letter(raw, source, error))
                 errors.append(error)
-        duplicates = 0
-        if records:
-            results = await self._log.append(records)
-            duplicates = sum(map(_DUPLICATE, results))
+        duplicates = await self._log.append_counted(records) if records else 0
         if rejected:
             await run_in_threadpool(self._failed.add_many, rejected)
         return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors)
