@@ -2,8 +2,9 @@
 
 Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 
-* ``append`` (and ``append_counted``, ``append_one``) is durable when it returns: the records survive a crash of this process
-  (and, per the adapter's durability setting, of the machine). Records with the same
+* ``append`` (and ``append_counted``, ``append_one``) is durable when it returns: the
+  records survive a crash of this process (and, per the adapter's durability setting, of
+  the machine). Records with the same
   ``key`` keep their order. A record whose ``dedupe_key`` was appended within the
   dedupe window is not appended again; its result says ``duplicate=True`` and carries
   the original offset.
