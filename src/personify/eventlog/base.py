@@ -4,10 +4,9 @@ Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 
 * ``append`` (and ``append_counted``, ``append_one``) is durable when it returns: the
   records survive a crash of this process (and, per the adapter's durability setting, of
-  the machine). Records with the same
-  ``key`` keep their order. A record whose ``dedupe_key`` was appended within the
-  dedupe window is not appended again; its result says ``duplicate=True`` and carries
-  the original offset.
+  the machine). Records with the same ``key`` keep their order. A record whose
+  ``dedupe_key`` was appended within the dedupe window is not appended again; its result
+  says ``duplicate=True`` and carries the original offset.
 * ``read`` delivers each record to a consumer group at least once. A consumer that
   stops before ``commit`` gets the uncommitted records again after a restart.
 * ``commit`` acknowledges, per partition, every entry up to the highest given offset.
