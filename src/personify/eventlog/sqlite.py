@@ -59,6 +59,7 @@ from personify.eventlog.base import AppendResult, LogEntry, LogRecord
 from personify.eventlog.chunks import Columns, chunk_tools
 from personify.eventlog.dedupe_index import dedupe_hash, hash_values
 from personify.eventlog.syncer import FileSyncer, FsyncFailed
+from personify.wal import use_wal
 
 if TYPE_CHECKING:
     from personify.settings import Settings
@@ -344,7 +345,7 @@ class SQLiteEventLog:
                 timeout=10.0,
                 cached_statements=256,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
         except sqlite3.Error as exc:

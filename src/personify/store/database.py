@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.registry import scheme_of
 from personify.store import migrations
+from personify.wal import use_wal
 
 if TYPE_CHECKING:
     from personify.settings import Settings
@@ -43,9 +44,9 @@ def lost_a_race(exc: sa.exc.DBAPIError) -> bool:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    use_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
