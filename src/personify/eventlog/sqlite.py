@@ -528,19 +528,13 @@ class SQLiteEventLog:
         the commit's per-record work. They all land in the same transaction, so they succeed
         or fail together.
         """
+        if self._refusal(1) is not None:
+            return self.append_counted([record])  # the refusal, through its future
         shared = self._shared
-        if (
-            shared is not None
-            and len(self._shared_records) < self._max_batch_events
-            and self._queued_events < self._max_pending_events
-            and self._started
-            and self._broken is None
-        ):
+        if shared is not None and len(self._shared_records) < self._max_batch_events:
             self._shared_records.append(record)
             self._queued_events += 1
             return shared.future
-        if self._refusal(1) is not None:
-            return self.append_counted([record])
         records = [record]
         shared = self._enqueue(_Pending(records, self._new_future(), counted=True))
         self._shared, self._shared_records = shared, records
@@ -811,10 +805,7 @@ class SQLiteEventLog:
         now: float,
     ) -> tuple[int, int, bytes, int]:
         """``_write_in_transaction`` when every record of ``batch`` is appended."""
-        if len(batch) == 1:
-            if not batch[0].counted:
-                batch[0].results = self._chunks.fresh_results(first_offset, len(records))
-        elif not all(item.counted for item in batch):
+        if not all(item.counted for item in batch):
             results = self._chunks.fresh_results(first_offset, len(records))
             start = 0
             for item in batch:
