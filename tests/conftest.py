@@ -13,6 +13,12 @@ from personify.settings import Settings
 REQUIRE_SERVICES = os.environ.get("PERSONIFY_REQUIRE_SERVICES") == "1"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow", action="store_true", help="run the long variants (ten times the fuzz bodies)"
+    )
+
+
 def service_missing(reason: str, *, module: bool = False) -> None:
     """Skip when a service is absent, or fail when ``PERSONIFY_REQUIRE_SERVICES=1`` (CI).
     ``module=True`` skips the whole module (called at its top level)."""

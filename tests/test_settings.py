@@ -86,7 +86,7 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert settings.max_batch_bytes == 500 * 1024
     assert settings.dedupe_window_hours == 24.0
     assert settings.future_tolerance_hours == 24.0
-    assert settings.pii_paths == ["traits.email", "traits.phone", "context.traits.email"]
+    assert settings.pii_paths == ["traits.*", "context.traits.*"]
     assert settings.resolved_eventlog_url == f"sqlite:///{tmp_path / 'events.db'}"
     assert settings.resolved_state_url == f"sqlite:///{tmp_path / 'personify.db'}"
     assert settings.resolved_lake_url == str(tmp_path / "lake")

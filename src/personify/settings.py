@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,9 +69,11 @@ class Settings(BaseSettings):
     future_tolerance_hours: float = 24.0
     auth_cache_ttl_s: float = 5.0
     pii_hash_key: str = ""
-    pii_paths: list[str] = Field(
-        default_factory=lambda: ["traits.email", "traits.phone", "context.traits.email"]
-    )
+    # where PII is hashed at ingest: a top-level field, then key names (case and "-", "_",
+    # ".", " " do not matter); a path ending in "*" covers every e-mail and phone key name
+    # docs/ingest.md lists. These two are where the Segment spec puts traits, for every
+    # event type; a list set here replaces them, so keep them in it.
+    pii_paths: list[str] = Field(default_factory=lambda: ["traits.*", "context.traits.*"])
 
     # the compiled common case of ingest normalisation, when it was built; off: Python only
     ingest_native: bool = True
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     # Server
     host: str = "127.0.0.1"
     port: int = 8000
+    # where browsers reach the collector (https://collect.example.com[/prefix]); it goes into
+    # the analytics.js settings document. Unset, the request's Host header stands in, outside
+    # production only (a client chooses its Host header)
+    public_url: str = ""
     run_worker: bool = True
     # the stream worker (in `serve` or `personify worker`) also runs the lake writer
     run_lake_sink: bool = True
@@ -117,6 +124,31 @@ class Settings(BaseSettings):
                 "set it to a long random secret (e.g. `python -c 'import secrets; "
                 "print(secrets.token_hex(32))'`) and keep it stable, or hashed PII stops matching.",
                 code="missing_pii_hash_key",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_public_url(self) -> Settings:
+        self.public_url = self.public_url.strip().rstrip("/")
+        if not self.public_url:
+            return self
+        try:
+            parts = urlsplit(self.public_url)
+            valid = (
+                parts.scheme in ("http", "https")
+                and bool(parts.hostname)
+                and parts.port != 0
+                and "@" not in parts.netloc
+                and not parts.query
+                and not parts.fragment
+            )
+        except ValueError:  # a malformed IPv6 address or port
+            valid = False
+        if not valid:
+            raise ConfigurationError(
+                "PERSONIFY_PUBLIC_URL must be an http:// or https:// URL with a host and no "
+                "credentials, query or fragment, such as https://collect.example.com",
+                code="invalid_public_url",
             )
         return self
 

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from personify.events.hashing import HASH_PREFIX, PiiHasher, normalize_pii
+from personify.errors import ConfigurationError
+from personify.events.hashing import (
+    HASH_PREFIX,
+    PII_KEYS,
+    PiiHasher,
+    is_pii_digest,
+    normalize_pii,
+    pii_key_name,
+)
+from personify.events.normalize import Normalizer
+from tests.conftest import make_settings
 
 PATHS = ["traits.email", "traits.phone", "context.traits.email"]
 
@@ -147,3 +161,158 @@ def test_configured_paths_replace_the_defaults() -> None:
     custom.apply(event)
     assert event["properties"]["customer"]["email"] == custom.hash_value("email", "a@b.c")
     assert event["traits"]["email"] == "kept@b.c"
+
+
+# -- the default paths: every PII key spelling wherever the Segment spec puts traits ----------
+
+DEFAULT_PATHS = make_settings(Path("unused")).pii_paths
+DEFAULT = PiiHasher(b"secret", DEFAULT_PATHS)
+EMAIL_SPELLINGS = [
+    "email", "Email", "EMAIL", "e-mail", "E-Mail", "e_mail", "e.mail", "E MAIL", "emailAddress",
+    "email_address", "EmailAddress", "email-address", "mail", "Mail", "userEmail", "work_email",
+]  # fmt: skip
+PHONE_SPELLINGS = [
+    "phone", "Phone", "PHONE", "phone_number", "phoneNumber", "Phone-Number", "phone number",
+    "mobile", "Mobile", "MOBILE", "mobile_phone", "mobilePhone", "mobileNumber", "cell",
+    "Cell", "cellphone", "cell_phone", "CellPhone", "tel", "Tel", "telephone", "Telephone",
+    "fax", "homePhone", "msisdn",
+]  # fmt: skip
+EVENTS = {
+    "identify": {"userId": "u1"},
+    "track": {"userId": "u1", "event": "Clicked"},
+    "page": {"anonymousId": "a1", "name": "Home"},
+    "screen": {"userId": "u1", "name": "Settings"},
+    "group": {"userId": "u1", "groupId": "g1"},
+    "alias": {"userId": "u1", "previousId": "a1"},
+}
+
+
+def _at(event: dict[str, Any], location: tuple[str, ...]) -> dict[str, Any]:
+    node: Any = event
+    for name in location:
+        node = node[name]
+    assert isinstance(node, dict)
+    return node
+
+
+@pytest.mark.parametrize("location", [("traits",), ("context", "traits")])
+@pytest.mark.parametrize("kind", sorted(EVENTS))
+def test_the_defaults_hash_every_spelling_of_email_and_phone_at_both_trait_locations(
+    kind: str, location: tuple[str, ...]
+) -> None:
+    traits: dict[str, Any] = {"plan": "pro"}
+    for n, key in enumerate(EMAIL_SPELLINGS):
+        traits[key] = f" Ann.Lee{n}@Example.com"
+    for n, key in enumerate(PHONE_SPELLINGS):
+        traits[key] = f"+49 (30) 1234-{n:03d}"
+    nested: dict[str, Any] = traits
+    for name in reversed(location):
+        nested = {name: nested}
+    raw = {"type": kind, **EVENTS[kind], **nested}
+    event = Normalizer(DEFAULT).normalize(raw, received_at=datetime.now(UTC), source_id="src")
+    stored = _at(event, location)
+    for n, key in enumerate(EMAIL_SPELLINGS):
+        assert stored[key] == DEFAULT.hash_value("email", f"ann.lee{n}@example.com"), key
+    for n, key in enumerate(PHONE_SPELLINGS):
+        assert stored[key] == DEFAULT.hash_value("phone", f"49301234{n:03d}"), key
+    assert stored["plan"] == "pro"
+    encoded = msgspec.json.encode(event)
+    assert b"Ann.Lee" not in encoded and b"ann.lee" not in encoded and b"1234-" not in encoded
+
+
+def test_context_traits_phone_is_hashed_by_default() -> None:
+    event: dict[str, Any] = {"context": {"traits": {"phone": "+1 555 0100"}, "ip": "10.0.0.1"}}
+    DEFAULT.apply(event)
+    assert event["context"] == {
+        "traits": {"phone": DEFAULT.hash_value("phone", "15550100")},
+        "ip": "10.0.0.1",
+    }
+
+
+@pytest.mark.parametrize(
+    "key", ["name", "plan", "emailVerified", "phone_type", "mailbox", "telemetry", "cells"]
+)
+def test_keys_that_are_not_pii_names_are_left_alone(key: str) -> None:
+    event: dict[str, Any] = {"traits": {key: "kept"}, "context": {"traits": {key: "kept"}}}
+    DEFAULT.apply(event)
+    assert event == {"traits": {key: "kept"}, "context": {"traits": {key: "kept"}}}
+
+
+def test_booleans_under_pii_names_are_kept() -> None:
+    event: dict[str, Any] = {"traits": {"Email": True, "PHONE": False}}
+    DEFAULT.apply(event)
+    assert event == {"traits": {"Email": True, "PHONE": False}}
+
+
+def test_a_configured_path_matches_keys_by_key_name_below_its_top_level_field() -> None:
+    custom = PiiHasher(b"k", ["properties.customer.email"])
+    event: dict[str, Any] = {"properties": {"Customer": {"E-Mail": "A@B.C"}, "email": "kept"}}
+    custom.apply(event)
+    assert event["properties"]["Customer"]["E-Mail"] == custom.hash_value("email", "a@b.c")
+    assert event["properties"]["email"] == "kept"
+    # the top-level field is the spec's own name: "Properties" is another field
+    other: dict[str, Any] = {"Properties": {"customer": {"email": "kept"}}}
+    custom.apply(other)
+    assert other == {"Properties": {"customer": {"email": "kept"}}}
+
+
+@pytest.mark.parametrize("path", ["*", "*.email", "traits.*.email"])
+def test_a_star_anywhere_but_at_the_end_of_a_path_is_a_configuration_error(path: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        PiiHasher(b"k", [path])
+    assert caught.value.code == "invalid_pii_path"
+
+
+@pytest.mark.parametrize(
+    "key", ["Email", "e-mail", "E_MAIL", "emailAddress", "PHONE", "phone_number", "Mobile"]
+)
+def test_key_names_ignore_case_and_separators(key: str) -> None:
+    assert pii_key_name(key) in PII_KEYS
+
+
+# -- a value that only looks hashed ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "hmac-sha256:someone@example.com",
+        "hmac-sha256:",
+        "hmac-sha256:+1 555 0100",
+        "hmac-sha256:" + "a" * 63,
+        "hmac-sha256:" + "a" * 65,
+        "hmac-sha256:" + "A" * 64,
+        "hmac-sha256:" + "g" * 64,
+        "hmac-sha256:" + "a" * 64 + "\n",
+        " hmac-sha256:" + "a" * 64,
+    ],
+)
+def test_a_value_that_only_starts_like_a_digest_is_hashed(value: str) -> None:
+    event: dict[str, Any] = {"traits": {"email": value}, "context": {"traits": {"phone": value}}}
+    DEFAULT.apply(event)
+    assert event["traits"]["email"] == DEFAULT.hash_value("email", value)
+    assert event["context"]["traits"]["phone"] == DEFAULT.hash_value("phone", value)
+    assert event["traits"]["email"] != value
+
+
+def test_a_digest_of_ours_is_kept_as_it_is() -> None:
+    digest = DEFAULT.hash_value("email", "ann@example.com")
+    assert is_pii_digest(digest)
+    event: dict[str, Any] = {"traits": {"EMAIL": digest}}
+    DEFAULT.apply(event)
+    assert event == {"traits": {"EMAIL": digest}}
+
+
+@given(
+    st.sampled_from(sorted(PII_KEYS)),
+    st.text(min_size=1, max_size=40),
+    st.sampled_from(["", HASH_PREFIX, HASH_PREFIX.upper(), " " + HASH_PREFIX]),
+)
+def test_no_raw_value_survives_under_a_pii_key(name: str, text: str, prefix: str) -> None:
+    value = prefix + text
+    assume(not is_pii_digest(value))
+    event: dict[str, Any] = {"traits": {name.upper(): value}}
+    DEFAULT.apply(event)
+    stored = event["traits"][name.upper()]
+    assert is_pii_digest(stored)
+    assert stored == DEFAULT.hash_value(name, value)

@@ -350,3 +350,45 @@ def test_a_nul_character_in_an_id_is_rejected(field: str) -> None:
     error = rejected({"type": "track", "event": "x", "userId": "u", field: "bad\x00id"})
     assert error.code == "invalid_field"
     assert error.details == {"field": field}
+
+
+# -- errors describe the problem, never the value ---------------------------------------------
+
+TAINT = "Ann.Lee@Example.com"
+
+
+@pytest.mark.parametrize("field", ["timestamp", "originalTimestamp", "sentAt"])
+def test_an_invalid_timestamp_is_named_not_echoed(field: str) -> None:
+    error = rejected({"type": "track", "event": "e", "userId": "u", field: TAINT})
+    assert error.code == "invalid_timestamp"
+    assert error.details == {"field": field}
+    assert field in error.message
+    assert "Ann.Lee" not in error.message
+
+
+_TOP_LEVEL = [
+    "type", "event", "userId", "anonymousId", "previousId", "groupId", "messageId",
+    "timestamp", "originalTimestamp", "sentAt", "properties", "traits", "context",
+    "integrations",
+]  # fmt: skip
+_tainted = st.one_of(
+    st.sampled_from([TAINT, f" {TAINT} ", TAINT * 40, f"{TAINT}\x00", f"2024-05-01T{TAINT}"]),
+    st.text(max_size=8).map(lambda text: text + TAINT),
+    st.lists(st.just(TAINT), min_size=1, max_size=2),
+    st.dictionaries(st.sampled_from(["a", "email"]), st.just(TAINT), min_size=1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(st.sampled_from(_TOP_LEVEL), _tainted, min_size=1, max_size=3),
+    event_type=route_types,
+)
+def test_no_error_repeats_a_value_the_client_sent(
+    fields: dict[str, Any], event_type: str | None
+) -> None:
+    raw = {"type": "track", "event": "e", "userId": "u", **fields}
+    try:
+        normalize(raw, event_type=event_type)
+    except ValidationError as error:
+        assert "ann.lee" not in msgspec.json.encode(error.to_dict()).decode().lower()

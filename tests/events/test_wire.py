@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from personify.clock import format_timestamp
 from personify.errors import ValidationError
-from personify.events.hashing import PiiHasher
+from personify.events.hashing import PII_KEYS, PiiHasher
 from personify.events.normalize import Normalizer
 from personify.events.wire import (
     WireEvent,
@@ -21,6 +22,7 @@ from personify.events.wire import (
     decode_wire_event,
     wire_to_dict,
 )
+from tests.conftest import make_settings
 
 HASHER = PiiHasher(b"key", ["traits.email", "traits.phone", "context.traits.email"])
 NORMALIZER = Normalizer(HASHER)
@@ -222,3 +224,92 @@ def test_an_escaped_key_sends_the_event_to_the_general_path() -> None:
     assert not WIRE.needs_general_path(
         decode_wire_event(b'{"type":"identify","userId":"u","traits":{"plan":"a"}}')
     )
+
+
+# -- the PII probe over key names: false positives cost speed, a miss would store PII raw ------
+
+DEFAULT_HASHER = PiiHasher(b"key", make_settings(Path("unused")).pii_paths)
+DEFAULT_WIRE = WireNormalizer(Normalizer(DEFAULT_HASHER), DEFAULT_HASHER.paths, native=False)
+
+
+def spelled(name: str) -> st.SearchStrategy[str]:
+    """``name`` with each letter in either case and separators anywhere around its letters."""
+    separators = st.sampled_from(["", "", "", "-", "_", ".", " ", "__"])
+    letters = st.tuples(*(st.tuples(st.booleans(), separators) for _ in name))
+    return st.tuples(separators, letters).map(
+        lambda drawn: (
+            drawn[0]
+            + "".join(
+                (c.upper() if up else c) + sep for c, (up, sep) in zip(name, drawn[1], strict=True)
+            )
+        )
+    )
+
+
+pii_keys = st.sampled_from(sorted(PII_KEYS)).flatmap(spelled)
+# keys made of the letters of PII key names, so near misses ("mai", "tele x") come often
+near_keys = st.text(alphabet="acefhillmnoprstxAEILMPT-_. ", max_size=12)
+trait_objects = st.dictionaries(
+    st.one_of(pii_keys, near_keys),
+    st.one_of(st.text(max_size=6), st.integers(), st.booleans(), st.none()),
+    max_size=4,
+)
+
+
+def pii_probe_case(
+    kind: str, traits: dict[str, Any] | None, context_traits: dict[str, Any] | None
+) -> tuple[bytes, bool]:
+    """A wire-shaped event body, and whether the dict path finds PII in it to hash."""
+    raw: dict[str, Any] = {"type": kind, "userId": "u", "event": "e", "messageId": "m"}
+    if traits is not None:
+        raw["traits"] = traits
+    if context_traits is not None:
+        raw["context"] = {"library": {"name": "x"}, "traits": context_traits}
+    body = msgspec.json.encode(raw)
+    hashed = msgspec.json.decode(body)
+    DEFAULT_HASHER.apply(hashed)
+    return body, hashed != msgspec.json.decode(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(["track", "identify", "page", "screen"]),
+    st.none() | trait_objects,
+    st.none() | trait_objects,
+)
+def test_the_probe_finds_every_event_the_dict_path_would_hash(
+    kind: str, traits: dict[str, Any] | None, context_traits: dict[str, Any] | None
+) -> None:
+    body, has_pii = pii_probe_case(kind, traits, context_traits)
+    if has_pii:
+        assert DEFAULT_WIRE.may_carry_pii(body)
+        assert DEFAULT_WIRE.needs_general_path(decode_wire_event(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type":"identify","userId":"u","traits":{"Email":"a@b.c"}}',
+        b'{"type":"identify","userId":"u","traits":{"PHONE":"+1 555"}}',
+        b'{"type":"identify","userId":"u","traits":{"e-mail":"a@b.c"}}',
+        b'{"type":"identify","userId":"u","traits":{"phone_number":"+1 555"}}',
+        b'{"type":"identify","userId":"u","traits":{"Mobile":"+1 555"}}',
+        b'{"type":"track","event":"e","userId":"u","context":{"traits":{"phone":"+1 555"}}}',
+        b'{"type":"page","userId":"u","context":{"Traits":{"EMAIL":"a@b.c"}}}',
+        b'{"type":"page","userId":"u","context":{"traits":{"cell_phone":"+1 555"}}}',
+    ],
+)
+def test_pii_under_any_spelling_takes_the_general_path(body: bytes) -> None:
+    assert DEFAULT_WIRE.may_carry_pii(body)
+    assert DEFAULT_WIRE.needs_general_path(decode_wire_event(body))
+
+
+def test_a_common_event_without_traits_still_takes_the_wire_path() -> None:
+    body = (
+        b'{"type":"track","event":"Viewed","userId":"u1","messageId":"m1",'
+        b'"properties":{"email_sent":true,"phone":"x"},'
+        b'"context":{"library":{"name":"analytics-python"},'
+        b'"userAgent":"Mozilla/5.0 (iPhone) Mobile Safari"}}'
+    )
+    assert not DEFAULT_WIRE.may_carry_pii(body)
+    assert not DEFAULT_WIRE.needs_general_path(decode_wire_event(body))

@@ -28,7 +28,13 @@ from personify.events.wire import (
 )
 from personify.ingest.collector import wire_log_record
 from tests.conftest import service_missing
-from tests.events.test_wire import _events
+from tests.events.test_wire import (
+    DEFAULT_HASHER,
+    DEFAULT_WIRE,
+    _events,
+    pii_probe_case,
+    trait_objects,
+)
 
 if not NATIVE_AVAILABLE:
     service_missing("the C ingest path was not built (no C compiler when installing?)", module=True)
@@ -299,3 +305,59 @@ def test_every_printable_character_that_needs_no_escaping_is_built_natively() ->
     record = _check(decode_wire_event(msgspec.json.encode(raw)))
     assert record is not None
     assert msgspec.json.decode(record.payload)["event"] == printable
+
+
+# -- the compiled PII probe: key names in any case and with any separators --------------------
+
+DEFAULT_NATIVE = WireNormalizer(Normalizer(DEFAULT_HASHER), DEFAULT_HASHER.paths)
+
+
+def _native_default(body: bytes) -> LogRecord | None:
+    return DEFAULT_NATIVE.native_record(
+        decode_wire_event(body),
+        received_us=epoch_us(RECEIVED),
+        received_at_text=format_timestamp(RECEIVED),
+        source_id="src_1",
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(["track", "identify", "page", "screen"]),
+    st.none() | trait_objects,
+    st.none() | trait_objects,
+)
+def test_the_compiled_probe_leaves_every_event_with_pii_to_python(
+    kind: str, traits: dict[str, Any] | None, context_traits: dict[str, Any] | None
+) -> None:
+    body, has_pii = pii_probe_case(kind, traits, context_traits)
+    if has_pii:
+        assert _native_default(body) is None
+    # whatever the Python probe sends to the dict path, the compiled one sends there too
+    if DEFAULT_WIRE.needs_general_path(decode_wire_event(body)):
+        assert _native_default(body) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"traits": {"Email": "Ann@X.com"}},
+        {"traits": {"E-MAIL": "Ann@X.com"}},
+        {"traits": {"PHONE": "+1 555 0100"}},
+        {"traits": {"phone_number": "+1 555 0100"}},
+        {"traits": {"mobile": "+1 555 0100"}},
+        {"context": {"traits": {"phone": "+1 555 0100"}}},
+        {"context": {"TRAITS": {"Cell Phone": "+1 555 0100"}}},
+        {"context": {"traits": {"email_address": "Ann@X.com"}}},
+    ],
+)
+def test_pii_under_any_spelling_is_left_to_the_python_path(change: dict[str, Any]) -> None:
+    raw = msgspec.json.decode(TRACK) | change
+    assert _native_default(msgspec.json.encode(raw)) is None
+
+
+def test_the_common_track_event_is_still_built_natively_with_the_default_paths() -> None:
+    raw = msgspec.json.decode(TRACK)
+    raw["context"]["userAgent"] = "Mozilla/5.0 (iPhone) Mobile Safari"
+    raw["traits"] = {"plan": "pro"}
+    assert _native_default(msgspec.json.encode(raw)) is not None

@@ -128,9 +128,16 @@ def test_lake_batch_fails_duplicates_and_wrong_partitions() -> None:
     frame.loc[2, "event_date"] = date(2020, 1, 1)
     run = _run(lake_batch_checks(CONTEXT), frame)
     assert {
-        ("critical", "message_id", "field_uniqueness"),
+        ("critical", None, "multiple_fields_uniqueness"),
         ("critical", None, "event_date_is_utc_date"),
     } <= _failed(run)
+
+
+def test_lake_batch_takes_one_message_id_from_two_sources() -> None:
+    frame = _events(message_id=["m0", "m0", "m2", "m3", "m4", "m5"])
+    frame.loc[1, "source_id"] = "other"
+    run = _run(lake_batch_checks(CONTEXT), frame)
+    assert run.status == "passed", run.report()
 
 
 def test_lake_batch_warns_when_the_sink_lags() -> None:

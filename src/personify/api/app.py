@@ -19,8 +19,8 @@ from personify.api import errors as api_errors
 from personify.api.admin import admin_routes
 from personify.api.profiles import profile_routes
 from personify.api.services import Services
-from personify.errors import PersonifyError
-from personify.ingest.asgi import IngestFastPath
+from personify.errors import BackendUnavailable, PersonifyError
+from personify.ingest.asgi import IngestFastPath, UnavailableLog
 from personify.ingest.routes import CollectorRoutes, json_response
 from personify.settings import Settings
 
@@ -86,18 +86,38 @@ def create_app(
     async def health(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    async def ready(request: Request) -> Response:
+        # liveness stays /healthz: a stage that died is restarted in-process, so the process
+        # is alive, but not ready while a stage waits to restart
+        stages = services.stages()
+        down = [stage for stage in stages if stage.is_down]
+        if down:
+            names = ", ".join(stage.name for stage in down)
+            error = BackendUnavailable(
+                f"stage {names} is down and restarting; see GET /v1/worker/status",
+                code="stage_down",
+                details={"stages": [stage.summary() for stage in down]},
+            )
+            return api_errors.render_error(error)
+        return json_response({"status": "ready", "stages": [s.summary() for s in stages]})
+
     collector_routes = CollectorRoutes(
         services.collector,
         services.sources,
         api_errors.render_error,
         max_event_bytes=settings.max_event_bytes,
         max_batch_bytes=settings.max_batch_bytes,
+        public_url=settings.public_url,
+        trust_host_header=settings.environment != "production",
     )
+    # the collector's 503s, counted for GET /v1/ingest/status
+    unavailable = UnavailableLog()
     app = Starlette(
         routes=[
             Route("/healthz", health, methods=["GET"]),
+            Route("/readyz", ready, methods=["GET"]),
             *collector_routes.routes(),
-            *admin_routes(services),
+            *admin_routes(services, unavailable),
             *profile_routes(services),
         ],
         exception_handlers={
@@ -108,4 +128,4 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
-    return IngestFastPath(app, collector_routes)
+    return IngestFastPath(app, collector_routes, unavailable)

@@ -9,16 +9,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from personify.api.admin import authenticate, int_param
+from personify.api.admin import authenticate, int_param, invalid_parameter, path_id, text_param
 from personify.api.services import Services
 from personify.errors import ValidationError
 from personify.events.normalize import parse_timestamp
 from personify.ingest.routes import json_response
+from personify.profiles.repository import MAX_CURSOR_CHARS, parse_cursor
 from personify.worker.worker import heartbeat_horizon
+
+# an ISO-8601 time is some 35 characters, with its fraction and offset
+_MAX_TIME_CHARS = 64
 
 
 def _as_of(request: Request) -> datetime | None:
-    raw = request.query_params.get("as_of")
+    raw = text_param(request, "as_of", max_chars=_MAX_TIME_CHARS)
     if raw is None:
         return None
     try:
@@ -31,28 +35,33 @@ def _as_of(request: Request) -> datetime | None:
         ) from exc
 
 
+def _cursor(request: Request) -> str | None:
+    raw = text_param(request, "cursor", max_chars=MAX_CURSOR_CHARS)
+    if raw and parse_cursor(raw) is None:
+        raise invalid_parameter("cursor", "cursor is not one this API returned")
+    return raw
+
+
 def profile_routes(services: Services) -> list[BaseRoute]:
     """``/v1/profiles/{id}``, ``…/history``, ``…/events`` and ``/v1/worker/status``."""
 
     async def profile(request: Request) -> Response:
         await authenticate(services, request)
-        document = await services.profiles.get(request.path_params["id"], as_of=_as_of(request))
+        document = await services.profiles.get(path_id(request), as_of=_as_of(request))
         return json_response(document)
 
     async def history(request: Request) -> Response:
         await authenticate(services, request)
         limit = int_param(request, "limit", 50, low=1, high=500)
         before = int_param(request, "before", 0, low=0, high=2**31)
-        body = await services.profiles.history(
-            request.path_params["id"], before=before or None, limit=limit
-        )
+        body = await services.profiles.history(path_id(request), before=before or None, limit=limit)
         return json_response(body)
 
     async def events(request: Request) -> Response:
         await authenticate(services, request)
         limit = int_param(request, "limit", 50, low=1, high=500)
         body = await services.profiles.timeline(
-            request.path_params["id"], cursor=request.query_params.get("cursor"), limit=limit
+            path_id(request), cursor=_cursor(request), limit=limit
         )
         return json_response(body)
 
@@ -66,6 +75,8 @@ def profile_routes(services: Services) -> list[BaseRoute]:
                 "group": group,
                 "lag": await services.log.lag(group),
                 "inProcess": services.worker.status() if services.worker.running else None,
+                # this process's background stages: state, restarts, last failure
+                "stages": [stage.to_dict() for stage in services.stages()],
                 "workers": [beat.to_dict() for beat in beats],
                 "cache": {
                     "hits": services.profiles.stats.hits,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from personify.auth.keys import ApiKeyRepository
+from personify.auth.revocations import RevocationListener
 from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
-from personify.errors import PersonifyError
 from personify.eventlog.base import EventLog, open_eventlog
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer
@@ -25,6 +23,7 @@ from personify.settings import Settings
 from personify.store.database import Database, open_database
 from personify.store.failed_events import FailedEventRepository
 from personify.worker.heartbeats import HeartbeatRepository
+from personify.worker.supervisor import StageStatus, StageSupervisor
 from personify.worker.worker import StreamWorker
 
 logger = logging.getLogger("personify.services")
@@ -49,14 +48,16 @@ class Services:
     heartbeats: HeartbeatRepository
     worker: StreamWorker
     lake_sink: LakeSink | None = None
-    _lake_stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _lake_task: asyncio.Task[None] | None = None
+    lake_stage: StageSupervisor | None = None
+    revocations: RevocationListener | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
         """Wire every service from settings (nothing is started yet)."""
         clock = clock or SystemClock()
         db = open_database(settings)
+        # revocations by other processes clear the key caches at once (PostgreSQL state only)
+        revocations = RevocationListener(db)
         log = open_eventlog(settings)
         hasher = PiiHasher(settings.resolved_pii_hash_key(), settings.pii_paths)
         normalizer = Normalizer(
@@ -85,13 +86,23 @@ class Services:
         worker = StreamWorker.from_settings(
             settings, log, processor, failed, profiles=profiles, heartbeats=heartbeats, clock=clock
         )
+        lake_sink = (
+            LakeSink.from_settings(settings, log, db=db, clock=clock)
+            if settings.run_lake_sink
+            else None
+        )
         return cls(
             settings=settings,
             clock=clock,
             db=db,
             log=log,
-            sources=SourceRepository(db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock),
-            api_keys=ApiKeyRepository(db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock),
+            sources=SourceRepository(
+                db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock, revocations=revocations
+            ),
+            api_keys=ApiKeyRepository(
+                db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock, revocations=revocations
+            ),
+            revocations=revocations,
             failed_events=failed,
             hasher=hasher,
             collector=Collector(
@@ -102,42 +113,43 @@ class Services:
             profiles=profiles,
             heartbeats=heartbeats,
             worker=worker,
-            lake_sink=LakeSink.from_settings(settings, log, db=db, clock=clock)
-            if settings.run_lake_sink
+            lake_sink=lake_sink,
+            lake_stage=StageSupervisor("lake", lake_sink.run, clock=clock)
+            if lake_sink is not None
             else None,
         )
 
     async def start(self) -> None:
         """Start the ports that run background work (and the stream worker, unless turned off)."""
         await self.log.start()
+        if self.revocations is not None:
+            await self.revocations.start()
         await self.cache.start()
         if self.settings.run_worker:
             self.worker.start()
             self.start_lake_sink()
 
     def start_lake_sink(self) -> None:
-        """Run the lake writer in the background of the current event loop, if configured."""
-        if self.lake_sink is None or self._lake_task is not None:
-            return
-        self._lake_stop = asyncio.Event()
-        self._lake_task = asyncio.create_task(self._run_lake_sink(), name="lake-sink")
+        """Run the lake writer in the background of the current event loop, if configured.
 
-    async def _run_lake_sink(self) -> None:
-        assert self.lake_sink is not None
-        try:
-            await self.lake_sink.run(self._lake_stop)
-        except PersonifyError as error:
-            # a failed critical quality check stops the lake, never the API or the profiles
-            logger.error("lake writer stopped: [%s] %s", error.code, error.message)
+        Whatever ends it (a failed critical quality check, an engine down for good, a bug)
+        stops the lake only, never the API or the profiles: the failure is logged and
+        reported (``stages``), and the writer is started again with backoff.
+        """
+        if self.lake_stage is not None:
+            self.lake_stage.start()
 
     async def stop_lake_sink(self) -> None:
         """Finish the micro-batch in hand and stop the lake writer."""
-        task, self._lake_task = self._lake_task, None
-        if task is None:
-            return
-        self._lake_stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if self.lake_stage is not None:
+            await self.lake_stage.stop()
+
+    def stages(self) -> list[StageStatus]:
+        """The background stages of this process (the stream worker, the lake writer)."""
+        found = [self.worker.stage]
+        if self.lake_stage is not None:
+            found.append(self.lake_stage.status)
+        return found
 
     async def close(self) -> None:
         """Stop and release everything."""
@@ -145,4 +157,6 @@ class Services:
         await self.worker.stop()
         await self.cache.close()
         await self.log.close()
+        if self.revocations is not None:
+            await self.revocations.close()
         self.db.dispose()

@@ -9,7 +9,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from personify.auth.lookup import ExpiringLookup
-from personify.auth.secrets import hash_secret, new_secret
+from personify.auth.revocations import RevocationListener, announce
+from personify.auth.secrets import MAX_SECRET_CHARS, hash_secret, new_secret
 from personify.clock import Clock, SystemClock
 from personify.errors import NotFound, ValidationError
 from personify.store.database import Database, aware, state_unavailable
@@ -49,14 +50,25 @@ def _row_to_key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
 
 
 class ApiKeyRepository:
-    """Stores API keys hashed and resolves a presented secret, with a short cache."""
+    """Stores API keys hashed and resolves a presented secret, with a short cache.
+
+    Secrets longer than ``MAX_SECRET_CHARS`` are never created, looked up or cached. With a
+    ``revocations`` listener, a revocation in another process clears the cache at once.
+    """
 
     def __init__(
-        self, db: Database, *, cache_ttl_s: float = 5.0, clock: Clock | None = None
+        self,
+        db: Database,
+        *,
+        cache_ttl_s: float = 5.0,
+        clock: Clock | None = None,
+        revocations: RevocationListener | None = None,
     ) -> None:
         self._db = db
         self._clock = clock or SystemClock()
         self._cache: ExpiringLookup[ApiKey] = ExpiringLookup(cache_ttl_s)
+        if revocations is not None:
+            revocations.subscribe(self._cache.clear)
 
     def create(
         self, name: str, role: str = "admin", secret: str | None = None
@@ -66,6 +78,12 @@ class ApiKeyRepository:
             raise ValidationError(f"role must be one of {ROLES}", code="invalid_role")
         if not name.strip():
             raise ValidationError("a key needs a name", code="invalid_name")
+        if secret is not None and len(secret) > MAX_SECRET_CHARS:
+            raise ValidationError(
+                f"an API key has at most {MAX_SECRET_CHARS} characters",
+                code="api_key_too_long",
+                details={"maxChars": MAX_SECRET_CHARS},
+            )
         secret = secret or new_secret("pk")
         key = ApiKey(
             id=uuid.uuid4().hex,
@@ -109,16 +127,21 @@ class ApiKeyRepository:
             if result.rowcount == 0:
                 raise NotFound(f"no active API key {key_id_or_name!r}", code="key_not_found")
             row = conn.execute(sa.select(api_keys).where(cond)).first()
+            announce(conn)
         self._cache.clear()
         assert row is not None
         return _row_to_key(row)
 
     def resolve(self, secret: str) -> ApiKey | None:
         """The active key for ``secret``, or None. Cached for ``cache_ttl_s``."""
+        if len(secret) > MAX_SECRET_CHARS:
+            # no key has one (create refuses them): nothing to look up or to remember
+            return None
         digest = hash_secret(secret)
         hit, cached = self._cache.get(digest)
         if hit:
             return cached
+        generation = self._cache.generation
         try:
             with self._db.engine.connect() as conn:
                 row = conn.execute(
@@ -129,5 +152,5 @@ class ApiKeyRepository:
         except sa.exc.OperationalError as exc:
             raise state_unavailable(exc) from exc
         key = _row_to_key(row) if row is not None else None
-        self._cache.put(digest, key)
+        self._cache.put(digest, key, generation=generation)
         return key

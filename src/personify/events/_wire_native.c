@@ -64,6 +64,10 @@ static int buf_key(Buffer *b, int field) {
 
 /* -- values -------------------------------------------------------------------------------- */
 
+/* ASCII lower-cased, 0 for what a PII key name drops ("-", "_", ".", " "): the bytes side of
+ * personify.events.hashing.pii_key_name */
+static unsigned char KEY_FOLD[256];
+
 /* The ASCII bytes of ``value`` when it is a str of printable ASCII that JSON writes as is
  * (no quote, no backslash, no control character), else NULL. */
 static unsigned char PLAIN[256]; /* 1 for a byte JSON writes as is inside a string */
@@ -439,9 +443,28 @@ static int contains(const char *hay, Py_ssize_t n, const char *needle, Py_ssize_
     return 0;
 }
 
+/* Whether the key name ``name`` (m >= 1 bytes, folded, no separator) occurs in ``hay`` read
+ * through KEY_FOLD: letters in either case, separators skipped wherever they are. Any key whose
+ * key name holds ``name`` is found (unless it is written with escapes). */
+static int contains_key_name(const unsigned char *hay, Py_ssize_t n, const unsigned char *name,
+                             Py_ssize_t m) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (KEY_FOLD[hay[i]] != name[0]) continue;
+        Py_ssize_t k = 1;
+        for (Py_ssize_t j = i + 1; k < m && j < n; j++) {
+            unsigned char c = KEY_FOLD[hay[j]];
+            if (c == 0) continue;
+            if (c != name[k]) break;
+            k++;
+        }
+        if (k == m) return 1;
+    }
+    return 0;
+}
+
 /* Whether a configured PII path may be present in the event (``needs_general_path``): a
- * root field that is a PII path itself, or a raw object holding one of its next keys or a
- * \\u escape. 1 yes, 0 no, -1 error. */
+ * root field that is a PII path itself, or a raw object holding a \\u escape or one of its
+ * probes, key names matched as contains_key_name does. 1 yes, 0 no, -1 error. */
 static int may_hold_pii(PyObject *roots, PyObject **values) {
     Py_ssize_t n = PyTuple_GET_SIZE(roots);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -459,7 +482,9 @@ static int may_hold_pii(PyObject *roots, PyObject **values) {
         for (Py_ssize_t k = 0; !hit && k < PyTuple_GET_SIZE(probes); k++) {
             PyObject *probe = PyTuple_GET_ITEM(probes, k);
             Py_ssize_t size = PyBytes_GET_SIZE(probe);
-            hit = size > 0 && contains(text, view.len, PyBytes_AS_STRING(probe), size);
+            hit = size > 0 && contains_key_name((const unsigned char *)text, view.len,
+                                                (const unsigned char *)PyBytes_AS_STRING(probe),
+                                                size);
         }
         PyBuffer_Release(&view);
         if (hit) return 1;
@@ -602,6 +627,8 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
     }
     for (int c = 0; c < 256; c++) PLAIN[c] = c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+    for (int c = 0; c < 256; c++) KEY_FOLD[c] = c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+    KEY_FOLD['-'] = KEY_FOLD['_'] = KEY_FOLD['.'] = KEY_FOLD[' '] = 0;
     if (ready) {
         Py_CLEAR(state.unset);
         Py_CLEAR(state.raw_type);

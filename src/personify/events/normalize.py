@@ -88,8 +88,10 @@ def parse_timestamp(name: str, value: Any) -> datetime:
                 text = text[:-1] + "+00:00"
             moment = datetime.fromisoformat(text)
     except ValueError as exc:
+        # the value is not echoed: whatever a client put here (an e-mail, say) is not ours to
+        # repeat into an answer, a log line or the dead letters
         raise ValidationError(
-            f"{name} is not an ISO-8601 timestamp: {value[:64]!r}",
+            f"{name} is not an ISO-8601 timestamp (expected e.g. 2024-05-01T12:00:00.000Z)",
             code="invalid_timestamp",
             details={"field": name},
         ) from exc

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,11 +25,19 @@ from msgspec import UNSET, Raw, UnsetType
 
 from personify.errors import ValidationError
 from personify.eventlog.base import LogRecord
+from personify.events.decoding import decode_document
+from personify.events.hashing import (
+    ANY_PII_KEY,
+    KEY_FOLD_BYTES,
+    KEY_SEPARATORS,
+    PII_KEYS,
+    key_name_stems,
+    pii_key_name,
+)
 from personify.events.normalize import Normalizer, event_kind, identifier_value, identity_ids
 
 _MICROSECOND = timedelta(microseconds=1)
 
-_decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -89,13 +98,35 @@ _NULL = b"null"
 _ESCAPE = b"\\u"
 
 
-def _quoted(name: str) -> bytes:
-    return b'"' + name.encode() + b'"'
+# bytes JSON may write as an escape other than \u (``\/`` for ``/``): a key name holding
+# one of them is not found for sure by a search of the raw bytes
+_UNSEARCHABLE = frozenset(b'"\\/') | frozenset(range(0x20))
+
+
+def _probes(names: AbstractSet[str] | None) -> tuple[bytes, ...] | None:
+    """What to look for in raw JSON, folded (``_folded``), so that every key whose key name
+    is one of ``names`` is found: the fewest names the others contain. None when a byte
+    search cannot tell (no names, or a name JSON may write escaped)."""
+    if not names:
+        return None
+    probes = tuple(stem.encode() for stem in key_name_stems(names))
+    if any(not probe or not _UNSEARCHABLE.isdisjoint(probe) for probe in probes):
+        return None
+    return probes
+
+
+def _folded(text: bytes) -> bytes:
+    """``text`` as key names are compared: ASCII lower-cased, ``-``, ``_``, ``.``, spaces
+    dropped. A key in it, unless written with escapes, reads as its key name."""
+    return text.translate(KEY_FOLD_BYTES, KEY_SEPARATORS)
 
 
 def wire_to_dict(event: WireEvent) -> dict[str, Any]:
-    """The event as the general path sees it: a dict, nested objects decoded."""
-    decoded: dict[str, Any] = _decode_any(_encode(event))
+    """The event as the general path sees it: a dict, nested objects decoded.
+
+    Raises ``ValidationError`` when a nested object breaks the acceptance rule (see
+    ``personify.events.decoding``); the collector's routes have refused such bodies before."""
+    decoded: dict[str, Any] = decode_document(_encode(event))
     return decoded
 
 
@@ -124,30 +155,40 @@ class WireNormalizer:
         # the same for a list of events in one call: (records or None each, count of None)
         self.native_many = _wire_records if native else None
         self.tolerance_us = normalizer.future_tolerance // _MICROSECOND
-        # per top-level field on a configured PII path: the keys whose presence in that
-        # field's raw JSON means the path may be there (None: the field itself is the path)
-        roots: dict[str, list[bytes] | None] = {}
+        # per top-level field on a PII path: the key names (of the path's next key, or every
+        # PII key for "traits.*") whose presence in that field's raw JSON, folded, means a
+        # path may be there (None: the field itself may be PII, or no byte search can tell).
+        # Keys match whatever their case and separators ("E-Mail"), so the search is made
+        # over folded bytes, and only ever finds more keys than the dict path hashes.
+        names: dict[str, set[str] | None] = {}
         for path in pii_paths:
             if not path:
                 continue
             if len(path) == 1:
-                roots[path[0]] = None
+                names[path[0]] = None
                 continue
-            probes = roots.setdefault(path[0], [])
-            if probes is not None:
-                probes.append(_quoted(path[1]))
-        self._pii_roots = [(field, None if p is None else tuple(p)) for field, p in roots.items()]
+            below = names.setdefault(path[0], set())
+            if below is not None:
+                below.update(PII_KEYS if path[1] == ANY_PII_KEY else (pii_key_name(path[1]),))
+        self._pii_roots = [(field, _probes(below)) for field, below in names.items()]
         # the same for the compiled path, fields by their place in WireEvent (a field that is
         # not one of them cannot be in a WireEvent at all)
         fields = WireEvent.__struct_fields__
         self.native_pii_roots = tuple(
             (fields.index(field), probes) for field, probes in self._pii_roots if field in fields
         )
-        # the quoted keys of each path: a value can sit at a path only where all of them occur;
-        # the leaf first ("email" is in fewer bodies than "traits"), so a miss comes early
-        self._pii_key_sets = [
-            tuple(_quoted(name) for name in reversed(path)) for path in pii_paths if path
-        ]
+        # the key names of each path, as probes: a value can sit at a path only where one
+        # probe of each name occurs; the leaf first ("mail" is in fewer bodies than
+        # "traits"), so a miss comes early. A name no search can tell is left out, which
+        # only makes a path match more bodies (none left: every body may carry PII).
+        self._pii_key_sets: list[list[tuple[bytes, ...]]] = []
+        for path in pii_paths:
+            if path:
+                probes = (
+                    _probes(PII_KEYS if name == ANY_PII_KEY else {pii_key_name(name)})
+                    for name in reversed(path)
+                )
+                self._pii_key_sets.append([group for group in probes if group is not None])
         # native_args' last three, the same for every request
         self.native_constants = (
             self.tolerance_us,
@@ -159,20 +200,24 @@ class WireNormalizer:
         """Whether any event of ``body`` may have a value at a configured PII path.
 
         False means no event of the body needs ``needs_general_path``: for every path, one
-        of its keys appears nowhere in the body, and no key is written with a \\u escape.
+        of its key names appears nowhere in the body (read case- and separator-blind), and
+        no key is written with a \\u escape.
         Always True with the compiled path, which checks each event's own fields instead:
         cheaper than a scan of the whole body.
         """
         if self.native_call is not None:
             return True
+        if not self._pii_key_sets:
+            return False
         # bytes.find, not ``in``: ``in`` first tries the key as an integer and formats (then
         # drops) a TypeError each time, which costs more than the search itself
         if body.find(_ESCAPE) != -1:
             return True
+        folded = _folded(body)
         # plain loops: generator expressions cost more than the searches on small bodies
-        for keys in self._pii_key_sets:
-            for key in keys:
-                if body.find(key) == -1:
+        for groups in self._pii_key_sets:
+            for probes in groups:
+                if not _holds_any(folded, probes):
                     break
             else:
                 return True
@@ -188,7 +233,7 @@ class WireNormalizer:
                 return True
             text = bytes(value)
             # a key may be written with \\u escapes (an escaped "e" in "email"): look closer
-            if text.find(_ESCAPE) != -1 or any(text.find(probe) != -1 for probe in probes):
+            if text.find(_ESCAPE) != -1 or _holds_any(_folded(text), probes):
                 return True
         return False
 
@@ -278,6 +323,10 @@ class WireNormalizer:
         event.receivedAt = received_at_text
         event.sourceId = source_id
         return event
+
+
+def _holds_any(text: bytes, probes: tuple[bytes, ...]) -> bool:
+    return any(text.find(probe) != -1 for probe in probes)
 
 
 def _value(field: Any) -> Any:

@@ -10,16 +10,20 @@ the lifespan) passes through untouched.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from personify.api.errors import error_body, error_parts, internal_error_body
-from personify.errors import BackendUnavailable, PersonifyError
+from personify.errors import BackendUnavailable, PayloadTooLarge, PersonifyError
 from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
 from personify.ingest.routes import (
     CORS_HEADERS,
     ClientDisconnected,
     CollectorRoutes,
+    Headers,
     request_headers,
 )
 
@@ -29,8 +33,11 @@ _SINGLE_PATHS = {f"/v1/{name}": name for name in EVENT_TYPES} | {
     f"/v1/{short}": name for short, name in SHORT_TYPES.items()
 }
 _BATCH_PATHS = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
-# analytics.js reports its own delivery metrics here; there is nothing to keep
+# analytics.js reports its own delivery metrics here; there is nothing to keep, so the body
+# is read (up to the single-event limit) and dropped
 _METRICS_PATH = "/v1/m"
+# a client refused with 503 retries, so under backpressure 503s come by the thousand a second
+_UNAVAILABLE_LOG_INTERVAL_S = 10.0
 _SUCCESS = b'{"success":true}'
 # a preflight answer carries every CORS header; an actual answer needs only the origin one
 # (Allow-Methods, Allow-Headers and Max-Age mean something on preflight answers alone), and
@@ -43,12 +50,58 @@ _JSON_HEADERS = [
 _SUCCESS_HEADERS = [*_JSON_HEADERS, (b"content-length", str(len(_SUCCESS)).encode())]
 
 
+class UnavailableLog:
+    """Counts the collector's 503 answers by code, and logs at most one line per code for
+    every ``interval_s``, saying how many it left out since the previous one."""
+
+    def __init__(
+        self,
+        interval_s: float = _UNAVAILABLE_LOG_INTERVAL_S,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval_s = interval_s
+        self._monotonic = monotonic
+        # keyed by our own error codes, a small fixed set
+        self.counts: dict[str, int] = {}
+        self._next_line: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def record(self, method: str, path: str, error: BackendUnavailable) -> None:
+        """Count one 503 answer, and log it unless its code was logged within the interval."""
+        code = error.code
+        self.counts[code] = self.counts.get(code, 0) + 1
+        now = self._monotonic()
+        if now < self._next_line.get(code, 0.0):
+            self._left_out[code] = self._left_out.get(code, 0) + 1
+            return
+        self._next_line[code] = now + self._interval_s
+        logger.warning(
+            "%s %s -> 503 %s: %s (%d more 503 %s not logged since the last line; at most "
+            "one line per %g s)",
+            method,
+            path,
+            code,
+            error.message,
+            self._left_out.pop(code, 0),
+            code,
+            self._interval_s,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts, as the ingest status shows them."""
+        return {"total": sum(self.counts.values()), "byCode": dict(self.counts)}
+
+
 class IngestFastPath:
     """Serves POST/OPTIONS on the ingest paths; hands every other request to ``app``."""
 
-    def __init__(self, app: ASGIApp, routes: CollectorRoutes) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: CollectorRoutes, unavailable: UnavailableLog | None = None
+    ) -> None:
         self.app = app
         self._routes = routes
+        self.unavailable = unavailable or UnavailableLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -69,14 +122,13 @@ class IngestFastPath:
             if event_type is not None:
                 body = await self._routes.single(event_type, headers, receive)
             elif path == _METRICS_PATH:
-                while (await receive()).get("more_body", False):
-                    pass
+                await _discard_body(headers, receive, self._routes.max_event_bytes)
                 body = _SUCCESS
             else:
                 body = await self._routes.batch(headers, receive)
         except PersonifyError as error:
             if isinstance(error, BackendUnavailable):
-                logger.warning("%s %s -> %s: %s", method, path, error.code, error.message)
+                self.unavailable.record(method, path, error)
             status, body, extra = error_parts(error)
             answer = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in extra.items())]
             await _respond(send, status, body, answer)
@@ -92,6 +144,32 @@ class IngestFastPath:
             await send({"type": "http.response.body", "body": _SUCCESS})
             return
         await _respond(send, 200, body, _JSON_HEADERS)
+
+
+async def _discard_body(headers: Headers, receive: Receive, limit: int) -> None:
+    """Read a body the collector does not keep, refusing it (413) past ``limit`` bytes."""
+    declared = headers.get(b"content-length", b"").lstrip(b"0")
+    # compared as digits first: a header of thousands of digits is no integer to convert
+    if declared.isdigit() and (len(declared) > len(str(limit)) or int(declared) > limit):
+        raise _metrics_too_large(limit)
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise _metrics_too_large(limit)
+        if not message.get("more_body", False):
+            return
+
+
+def _metrics_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is over the {limit}-byte limit",
+        code="metrics_too_large",
+        details={"limit": limit},
+    )
 
 
 async def _respond(

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from personify.clock import Clock, SystemClock, format_timestamp, from_epoch_us
 from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
+from personify.events.decoding import Refused
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
 from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
@@ -44,15 +45,35 @@ def _record(
     return LogRecord(payload, key, f"{source_id}:{message_id}")
 
 
-def storable_rejection(hasher: PiiHasher, raw: Any) -> Any:
+def storable_rejection(hasher: PiiHasher, raw: Any, field: str | None = None) -> Any:
     """A rejected payload as it may be kept: without its write key, PII hashed like an
-    accepted event's."""
+    accepted event's, and without the value of ``field``, the top-level field that failed
+    validation."""
     if not isinstance(raw, dict):
         return raw
     payload = dict(raw)
     payload.pop("writeKey", None)
+    if field is not None and payload.get(field) is not None:
+        # a value that failed its check is of unknown kind (an e-mail sent as the timestamp):
+        # it is not kept, as the error's message does not repeat it
+        payload[field] = None
     hasher.apply(payload)
     return payload
+
+
+def _failed_field(error: ValidationError) -> str | None:
+    """The top-level field an error is about, when it names one."""
+    details = error.details
+    name = details.get("field") if isinstance(details, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _storable_wire(event: WireEvent) -> dict[str, Any] | None:
+    """A rejected wire event as a dict to dead-letter; None when its objects cannot be read."""
+    try:
+        return wire_to_dict(event)
+    except ValidationError:
+        return None
 
 
 class IngestOutcome(NamedTuple):
@@ -94,8 +115,9 @@ class Collector:
         # one record, durable once awaited: the single-event routes' append (see append_one)
         self.append_one = log.append_one
 
-    def _dead_letter(self, raw: Any, source: Source, error: ValidationError) -> NewFailedEvent:
-        message_id = None
+    def _dead_letter(
+        self, raw: Any, source: Source, error: ValidationError, message_id: str | None = None
+    ) -> NewFailedEvent:
         if isinstance(raw, dict):
             mid = raw.get("messageId")
             message_id = str(mid)[:512] if isinstance(mid, str | int) else None
@@ -103,7 +125,7 @@ class Collector:
             stage="ingest",
             code=error.code,
             reason=error.message,
-            payload=storable_rejection(self._hasher, raw),
+            payload=storable_rejection(self._hasher, raw, _failed_field(error)),
             source_id=source.id,
             message_id=message_id,
         )
@@ -176,7 +198,7 @@ class Collector:
             event_type=event_type,
             sent_at_default=sent_at_default,
         )
-        if wire.native_many is not None and len(raws) > 1:
+        if compiled and wire.native_many is not None and len(raws) > 1:
             # a batch: every event through the compiled path in one call
             built, fallbacks = wire.native_many(list(raws), *native_args)
             if not fallbacks:
@@ -195,24 +217,29 @@ class Collector:
                 if record is not None:
                     records.append(record)
                     continue
-            if type(raw) is WireEvent:
-                if not (check_pii and wire.needs_general_path(raw)):
-                    try:
-                        normalized = wire.normalize(
-                            raw,
-                            received_at=received_at,
-                            received_at_text=received_text,
-                            source_id=source.id,
-                            event_type=event_type,
-                            sent_at_default=sent_at_default,
-                        )
-                        records.append(wire_log_record(self._normalizer, normalized, source.id))
-                    except ValidationError as error:
-                        rejected.append(self._dead_letter(wire_to_dict(raw), source, error))
-                        errors.append(error)
-                    continue
-                raw = wire_to_dict(raw)
+            if type(raw) is Refused:
+                # it broke the acceptance rule on its own: nothing of it can be kept
+                rejected.append(self._dead_letter(None, source, raw.error, raw.message_id))
+                errors.append(raw.error)
+                continue
+            if type(raw) is WireEvent and not (check_pii and wire.needs_general_path(raw)):
+                try:
+                    normalized = wire.normalize(
+                        raw,
+                        received_at=received_at,
+                        received_at_text=received_text,
+                        source_id=source.id,
+                        event_type=event_type,
+                        sent_at_default=sent_at_default,
+                    )
+                    records.append(wire_log_record(self._normalizer, normalized, source.id))
+                except ValidationError as error:
+                    rejected.append(self._dead_letter(_storable_wire(raw), source, error))
+                    errors.append(error)
+                continue
             try:
+                if type(raw) is WireEvent:
+                    raw = wire_to_dict(raw)
                 event = self._normalizer.normalize(
                     raw,
                     received_at=received_at,
@@ -223,7 +250,9 @@ class Collector:
                 )
                 records.append(log_record(self._normalizer, event, source.id))
             except ValidationError as error:
-                rejected.append(self._dead_letter(raw, source, error))
+                # a wire event whose objects could not be read has nothing storable
+                storable = None if type(raw) is WireEvent else raw
+                rejected.append(self._dead_letter(storable, source, error))
                 errors.append(error)
         duplicates = await self._log.append_counted(records) if records else 0
         if rejected:

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import binascii
 import functools
+import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET
@@ -24,19 +26,27 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive
 
+from personify.auth.secrets import MAX_SECRET_CHARS
 from personify.errors import (
+    ConfigurationError,
     PayloadTooLarge,
     PersonifyError,
     Unauthorized,
     UnsupportedMediaType,
     ValidationError,
 )
+from personify.events.decoding import (
+    MAX_DEPTH,
+    check_document,
+    decode_batch_events,
+    decode_document,
+)
 from personify.events.wire import WireBatch, WireEvent, decode_wire_batch, decode_wire_event
 from personify.ingest.collector import Collector, IngestOutcome
 from personify.ingest.sources import Source, SourceRepository
 
-_decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
+logger = logging.getLogger("personify.ingest")
 
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
@@ -46,6 +56,13 @@ CORS_HEADERS = {
 }
 _SUCCESS = b'{"success":true}'
 _GZIP_SLACK_BYTES = 4096
+# the base64 of the longest write key with room for a password: Basic credentials beyond it
+# are refused before they are decoded or cached
+_MAX_BASIC_CREDENTIALS_BYTES = 2048
+# how far below a batch body its events sit (the body, then its "batch" array)
+_BATCH_LEVELS = 2
+# the acceptance rule's codes that belong to one event of a batch, not to the request
+_EVENT_LEVEL_CODES = frozenset({"number_out_of_range", "too_deep"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 # a request's headers: lower-case name -> raw value (see request_headers)
@@ -147,27 +164,33 @@ def _too_large(limit: int, code: str) -> PayloadTooLarge:
     )
 
 
-def _decode_json(body: bytes) -> Any:
+def _decode_shaped(body: bytes, decode_wire: Callable[[bytes], Any], max_depth: int) -> Any:
+    """``body`` as the wire struct when it has the common shape, else as plain JSON; either
+    way held to the acceptance rule (``personify.events.decoding``), so that what is taken
+    here can be read by every later stage. Raises ``ValidationError``."""
     if not body.strip():
         raise ValidationError("the request body is empty", code="invalid_json")
     try:
-        return _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        # msgspec lets invalid UTF-8 inside strings escape as UnicodeDecodeError
-        raise ValidationError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+        shaped = decode_wire(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # not the common shape (or not JSON at all: decode_document says which)
+        return decode_document(body, max_depth=max_depth)
+    # the wire struct keeps nested objects as raw bytes, unread: hold them to the rule too
+    check_document(body, max_depth=max_depth)
+    return shaped
 
 
-def _decode_shaped(body: bytes, decode_wire: Callable[[bytes], Any]) -> Any:
-    """``body`` as the wire struct when it has the common shape, else as plain JSON."""
-    try:
-        return decode_wire(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return _decode_json(body)
+def _basic_user(credentials: bytes) -> str:
+    """The user name of Basic credentials; over-long ones are refused unread and uncached."""
+    if len(credentials) > _MAX_BASIC_CREDENTIALS_BYTES:
+        raise _write_key_too_long()
+    return _decoded_basic_user(credentials)
 
 
 @functools.lru_cache(maxsize=1024)
-def _basic_user(credentials: bytes) -> str:
-    """The user name of Basic credentials (a site sends the same header on every request)."""
+def _decoded_basic_user(credentials: bytes) -> str:
+    # cached because a site sends the same header on every request; the length bound above
+    # keeps the cache small
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError) as exc:
@@ -180,15 +203,28 @@ def _write_key(headers: Headers, body: Any) -> str:
     if header is not None and header[:6].lower() == b"basic ":
         user = _basic_user(header[6:])
         if user:
+            if len(user) > MAX_SECRET_CHARS:
+                raise _write_key_too_long()
             return user
     key = body.writeKey if isinstance(body, WireEvent | WireBatch) else None
     if isinstance(body, dict):
         key = body.get("writeKey")
     if isinstance(key, str) and key:
+        if len(key) > MAX_SECRET_CHARS:
+            raise _write_key_too_long()
         return key
     raise Unauthorized(
         "no write key: send it as the Basic auth user name or as writeKey in the body",
         code="missing_write_key",
+    )
+
+
+def _write_key_too_long() -> Unauthorized:
+    # no write key is this long (sources refuse them), so it is refused without a lookup
+    return Unauthorized(
+        f"unknown write key: write keys have at most {MAX_SECRET_CHARS} characters",
+        code="invalid_write_key",
+        details={"maxChars": MAX_SECRET_CHARS},
     )
 
 
@@ -218,6 +254,8 @@ class CollectorRoutes:
         *,
         max_event_bytes: int,
         max_batch_bytes: int,
+        public_url: str = "",
+        trust_host_header: bool = True,
     ) -> None:
         self._collector = collector
         self._sources = sources
@@ -228,6 +266,18 @@ class CollectorRoutes:
         self._cached_source = sources.resolve_cached
         self._append_one = collector.append_one
         self._lookups: dict[str, asyncio.Future[Source | None]] = {}
+        # where browsers reach this server, as analytics.js wants it: "host[/path]/v1" and a
+        # scheme; without it the request's Host header stands in (development only)
+        public = urlsplit(public_url)
+        self._public_api: tuple[str, str] | None = (
+            (f"{public.netloc}{public.path.rstrip('/')}/v1", public.scheme) if public_url else None
+        )
+        self._trust_host_header = trust_host_header
+        if not public_url and not trust_host_header:
+            logger.warning(
+                "PERSONIFY_PUBLIC_URL is not set: GET /v1/projects/{writeKey}/settings (the "
+                "analytics.js settings) answers 500 missing_public_url until it is"
+            )
 
     async def _resolve(self, write_key: str) -> Source:
         hit, source = self._cached_source(write_key)
@@ -274,7 +324,7 @@ class CollectorRoutes:
             or len(body) > limit
         ):
             body = await read_body(headers, receive, limit, "event_too_large", message)
-        raw = _decode_shaped(body, decode_wire_event)
+        raw = _decode_shaped(body, decode_wire_event, MAX_DEPTH)
         write_key = _write_key(headers, raw)
         hit, source = self._cached_source(write_key)
         if not hit or source is None:
@@ -299,7 +349,15 @@ class CollectorRoutes:
         """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
         _check_content_type(headers.get(b"content-type"))
         body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
-        raw = _decode_shaped(body, decode_wire_batch)
+        try:
+            # the events sit two levels down: the body, then its batch array
+            raw = _decode_shaped(body, decode_wire_batch, MAX_DEPTH + _BATCH_LEVELS)
+        except ValidationError as error:
+            if error.code not in _EVENT_LEVEL_CODES:
+                raise
+            # a number or nesting problem is the event's own: refuse it, keep the others
+            envelope, events = decode_batch_events(body)
+            return await self._collect_batch(headers, envelope, events, compiled=False)
         if isinstance(raw, WireBatch):
             write_key = _write_key(headers, raw)
             source = await self._resolve(write_key)
@@ -314,24 +372,53 @@ class CollectorRoutes:
             raise ValidationError(
                 'a batch body is a JSON object with a "batch" array', code="invalid_batch"
             )
-        write_key = _write_key(headers, raw)
+        return await self._collect_batch(headers, raw, raw["batch"])
+
+    async def _collect_batch(
+        self,
+        headers: Headers,
+        envelope: dict[str, Any],
+        events: list[Any],
+        *,
+        compiled: bool = True,
+    ) -> bytes:
+        """A batch decoded as plain JSON: the envelope's fields are the events' defaults."""
+        write_key = _write_key(headers, envelope)
         source = await self._resolve(write_key)
-        defaults = {k: raw[k] for k in ("context", "integrations", "sentAt") if k in raw}
-        outcome = await self._collector.collect(source, raw["batch"], defaults=defaults)
+        defaults: dict[str, Any] = {
+            k: envelope[k] for k in ("context", "integrations", "sentAt") if k in envelope
+        }
+        outcome = await self._collector.collect(
+            source, events, defaults=defaults, compiled=compiled
+        )
         return _batch_answer(outcome)
 
     async def _project_settings(self, request: Request) -> Response:
-        """What analytics.js fetches from its CDN, pointing it back at this host."""
+        """What analytics.js fetches from its CDN, pointing it back at this server.
+
+        The address is ``PERSONIFY_PUBLIC_URL``'s: the Host header is the client's to choose,
+        and a cache in front could hand a forged one to every browser. Outside production an
+        unset URL falls back to the Host header, so a development server works as it is."""
         write_key = request.path_params["write_key"]
         await self._resolve(write_key)
-        host = request.headers.get("host", f"{request.url.hostname}:{request.url.port}")
+        if self._public_api is not None:
+            api_host, protocol = self._public_api
+        elif self._trust_host_header:
+            host = request.headers.get("host", f"{request.url.hostname}:{request.url.port}")
+            api_host, protocol = f"{host}/v1", request.url.scheme
+        else:
+            raise ConfigurationError(
+                "set PERSONIFY_PUBLIC_URL (such as https://collect.example.com) to serve the "
+                "analytics.js settings in production",
+                code="missing_public_url",
+            )
         return json_response(
             {
                 "integrations": {
                     "Segment.io": {
                         "apiKey": write_key,
-                        "apiHost": f"{host}/v1",
-                        "protocol": request.url.scheme,
+                        "apiHost": api_host,
+                        "protocol": protocol,
                     }
                 },
                 "plan": {"track": {"__default": {"enabled": True}}},

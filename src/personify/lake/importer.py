@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import ValidationError
 from personify.eventlog.base import EventLog, LogRecord
+from personify.events.decoding import decode_document
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, parse_timestamp
 from personify.ingest.collector import log_record, storable_rejection
@@ -42,7 +42,6 @@ from personify.quality.runner import QualityRun, enforce, merge_runs, run_checks
 
 FileFormat = Literal["jsonl", "csv", "parquet"]
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 _TYPED_ROOTS = ("properties", "traits", "context", "integrations")
 _SUFFIXES: dict[str, FileFormat] = {
     ".jsonl": "jsonl",
@@ -119,23 +118,21 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
                 continue
             number += 1
             try:
-                yield SourceRow(number, _decode(line), size)
-            except msgspec.DecodeError as exc:
-                text = line.decode("utf-8", "replace").strip()
-                yield SourceRow(
-                    number,
-                    text[:1000],
-                    size,
-                    ValidationError(f"the line is not valid JSON: {exc}", code="invalid_json"),
-                )
+                value = decode_document(line)
+            except ValidationError as error:
+                # an unreadable line cannot have its PII hashed, so none of its text is kept:
+                # the line number says where it is
+                yield SourceRow(number, None, size, error)
+                continue
+            yield SourceRow(number, value, size)
 
 
 def _typed_cell(value: str) -> Any:
     text = value.strip()
     if text[:1] in "{[" or text in ("true", "false", "null") or _looks_numeric(text):
         try:
-            return json.loads(text)
-        except ValueError:
+            return decode_document(text.encode())
+        except ValidationError:
             return value
     return value
 
@@ -234,8 +231,8 @@ def read_parquet(path: Path, *, batch_rows: int = 5000) -> Iterator[SourceRow]:
                 # a JSON string column holding a whole object
                 text = flat.get(name)
                 if isinstance(text, str) and text.strip().startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        flat[name] = json.loads(text)
+                    with contextlib.suppress(ValidationError):
+                        flat[name] = decode_document(text.encode())
             yield SourceRow(number, nest(flat, typed=False), 1)
 
 

@@ -128,13 +128,13 @@ def _coerce(value: Any, target: pa.DataType) -> Any:
     if value is None or isinstance(value, dict | list):
         return None
     if pa.types.is_floating(target):
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             return None
-        if isinstance(value, int | float):
-            return float(value)
         try:
             return float(value)
-        except (TypeError, ValueError, OverflowError):
+        except (ValueError, OverflowError):
+            # JSON integers have no bound (msgspec decodes up to 4,300 digits) and a double
+            # ends near 1.8e308: such a number is NULL here and whole in ``properties``
             return None
     if pa.types.is_boolean(target):
         return value if isinstance(value, bool) else None

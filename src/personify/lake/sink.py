@@ -6,24 +6,32 @@ the batch's highest log offset per partition (see ``personify.lake.table``), and
 committed to the log. On start, and before every write, the offsets are read back from the
 table and entries at or below them are skipped, so a crash anywhere (before the write,
 between the write and the log commit, after both) leaves each event in the lake once.
+
+No event stops the writer: one that cannot become a row is dead-lettered at once, and when
+writing a batch raises anything but a stage error (an engine down, a failed critical
+check), the batch is split until the event to blame is alone; it is dead-lettered after
+``max_attempts`` tries and the offsets move past it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pyarrow as pa
 
 from personify.clock import Clock, SystemClock
-from personify.errors import BackendUnavailable, Conflict
+from personify.errors import BackendUnavailable, ConfigurationError, Conflict
 from personify.eventlog.base import EventLog, LogEntry
 from personify.lake.schema import (
     InvalidLakeEvent,
@@ -35,7 +43,7 @@ from personify.lake.schema import (
 from personify.lake.table import Lake, offset_version
 from personify.quality.checks import QualityContext, lake_batch_checks
 from personify.quality.results import QualityRepository
-from personify.quality.runner import QualityRun, enforce, run_checks
+from personify.quality.runner import QualityCheckFailed, QualityRun, enforce, run_checks
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
 if TYPE_CHECKING:
@@ -59,6 +67,10 @@ _QUALITY_COLUMNS = (
 )
 _RETRY_MAX_S = 30.0
 _CONFLICT_ATTEMPTS = 5
+# what stops the whole sink rather than one event: an engine that is down, a critical check
+# that failed on the batch, settings that cannot work; anything else a write raises is
+# narrowed down to the event that causes it
+_STAGE_ERRORS = (BackendUnavailable, QualityCheckFailed, ConfigurationError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,16 @@ class SinkBatch:
     skipped: int = 0
     dead_lettered: int = 0
     version: int | None = None
+
+    def __add__(self, other: SinkBatch) -> SinkBatch:
+        """Two writes of one batch taken together (the later version wins)."""
+        return SinkBatch(
+            read=self.read + other.read,
+            written=self.written + other.written,
+            skipped=self.skipped + other.skipped,
+            dead_lettered=self.dead_lettered + other.dead_lettered,
+            version=other.version if other.version is not None else self.version,
+        )
 
 
 def default_consumer() -> str:
@@ -94,6 +116,8 @@ class LakeSink:
         failed_events: FailedEventRepository | None = None,
         quality: QualityContext | None = None,
         record_quality: Callable[[QualityRun], None] | None = None,
+        max_attempts: int = 3,
+        retry_backoff_ms: float = 100.0,
         clock: Clock | None = None,
     ) -> None:
         self._log = log
@@ -107,9 +131,15 @@ class LakeSink:
         self._failed = failed_events
         self._quality = quality
         self._record_quality = record_quality
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_s = retry_backoff_ms / 1000.0
         self._clock = clock or SystemClock()
         # entries read but not yet in the lake and committed; kept across a failed write
         self._pending: list[LogEntry] = []
+        # entries of the batch in hand already dead-lettered, so a retry does not repeat them
+        self._dead_lettered: set[tuple[int, str]] = set()
+        # failed writes of an entry alone, by (partition, offset)
+        self._attempts: dict[tuple[int, str], int] = {}
         self._pending_bytes = 0
         self._watermarks: dict[int, int] = {}
         self._last_quality_record = 0.0
@@ -176,18 +206,81 @@ class LakeSink:
 
         Raises ``BackendUnavailable`` when the lake or the log fails (the batch is kept and
         written on the next call) and ``QualityCheckFailed`` when a critical check fails (the
-        batch is neither written nor committed).
+        batch is neither written nor committed). Anything else that writing raises is blamed
+        on one event: see ``_write_isolating``.
         """
         await self._fill()
         if not self._pending:
             return SinkBatch()
         batch = self._take_batch()
-        result = await asyncio.to_thread(self._write, batch)
+        result = await self._write_isolating(batch)
         await self._log.commit(self.group, self.consumer, batch)
         # what a read brought beyond the batch's bounds waits for the next batch
         self._pending = self._pending[len(batch) :]
         self._pending_bytes = sum(len(e.payload) for e in self._pending)
+        self._dead_lettered.clear()
+        self._attempts.clear()
         return result
+
+    async def _write_isolating(self, batch: list[LogEntry]) -> SinkBatch:
+        """Write ``batch``; a failure that is not a stage error is narrowed to its event.
+
+        The failing part is split in halves, each written on its own (in log order, so each
+        partition's offsets only grow), until the entry that fails is alone. That entry is
+        tried ``max_attempts`` times, then dead-lettered (code ``lake_write_failed``) and
+        the offsets move past it, so one event never stops the sink.
+        """
+        total = SinkBatch()
+        parts: deque[list[LogEntry]] = deque([batch])
+        while parts:
+            part = parts.popleft()
+            try:
+                total += await asyncio.to_thread(self._write, part)
+                continue
+            except _STAGE_ERRORS:
+                raise
+            # one event may make the row building, a check or the Delta writer raise
+            # anything; it is found below and dead-lettered with the error as its reason
+            except Exception as exc:  # noqa: BLE001
+                failure = exc
+            if len(part) > 1:
+                middle = len(part) // 2
+                parts.extendleft([part[middle:], part[:middle]])
+                continue
+            entry = part[0]
+            key = (entry.partition, entry.offset)
+            attempts = self._attempts.get(key, 0) + 1
+            if attempts < self._max_attempts and key not in self._dead_lettered:
+                self._attempts[key] = attempts
+                await asyncio.sleep(self._backoff_s * attempts)
+                parts.appendleft(part)
+                continue
+            write_poison = functools.partial(self._write_poison, entry, failure, attempts)
+            total += await asyncio.to_thread(self._retrying, write_poison)
+            self._attempts.pop(key, None)
+        return total
+
+    def _write_poison(self, entry: LogEntry, failure: Exception, attempts: int) -> SinkBatch:
+        """Dead-letter ``entry`` and commit the lake's offsets past it (with no rows)."""
+        key = (entry.partition, entry.offset)
+        self._watermarks = self._lake.watermarks(self.group, {entry.partition})
+        if offset_version(entry.offset) <= self._watermarks.get(entry.partition, -1):
+            return SinkBatch(read=1, skipped=1)
+        if key not in self._dead_lettered:
+            reason = f"{type(failure).__name__}: {failure}"
+            logger.warning(
+                "lake: dead-lettering the entry at %s/%s after %d attempts: %s",
+                entry.partition,
+                entry.offset,
+                attempts,
+                reason,
+                exc_info=failure,
+            )
+            self._dead_letter([_letter(entry, "lake_write_failed", reason, attempts)], log=False)
+            self._dead_lettered.add(key)
+        rows = events_to_table([], partitions=[], offsets=[], existing=self._lake.schema())
+        version = self._lake.append(rows, group=self.group, offsets={entry.partition: entry.offset})
+        return SinkBatch(read=1, dead_lettered=1, version=version)
 
     def _take_batch(self) -> list[LogEntry]:
         size = 0
@@ -198,10 +291,12 @@ class LakeSink:
         return self._pending
 
     def _write(self, batch: Sequence[LogEntry]) -> SinkBatch:
-        dead_lettered: set[tuple[int, str]] = set()
+        return self._retrying(lambda: self._write_once(batch, self._dead_lettered))
+
+    def _retrying(self, write: Callable[[], SinkBatch]) -> SinkBatch:
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             try:
-                return self._write_once(batch, dead_lettered)
+                return write()
             except Conflict as exc:
                 if attempt == _CONFLICT_ATTEMPTS:
                     raise
@@ -234,18 +329,12 @@ class LakeSink:
         if not timestamps_parse([e for _, e in decoded if isinstance(e, dict)]):
             # the slow path, only when some timestamp is broken: find which
             decoded = [(entry, _checked(event)) for entry, event in decoded]
+        invalid = 0
         for entry, event in decoded:
             if isinstance(event, InvalidLakeEvent):
+                invalid += 1
                 if (entry.partition, entry.offset) not in dead_lettered:
-                    dead_lettered.add((entry.partition, entry.offset))
-                    dead.append(
-                        NewFailedEvent(
-                            stage="lake",
-                            code="invalid_lake_event",
-                            reason=str(event),
-                            payload=entry.payload.decode("utf-8", "replace"),
-                        )
-                    )
+                    dead.append(_letter(entry, "invalid_lake_event", str(event)))
                 continue
             identity = (str(event.get("sourceId") or ""), event["messageId"])
             if identity in seen:
@@ -258,6 +347,9 @@ class LakeSink:
         # dead letters first: a crash may repeat one, never lose one
         if dead:
             self._dead_letter(dead)
+            dead_lettered.update(
+                (e.partition, e.offset) for e, v in decoded if isinstance(v, InvalidLakeEvent)
+            )
         version: int | None = None
         if fresh:
             rows = events_to_table(
@@ -278,7 +370,7 @@ class LakeSink:
             read=len(batch),
             written=len(events),
             skipped=skipped + duplicates,
-            dead_lettered=len(dead_lettered),
+            dead_lettered=invalid,
             version=version,
         )
 
@@ -302,8 +394,8 @@ class LakeSink:
                 self._last_quality_record = time.monotonic()
         enforce(run, record)
 
-    def _dead_letter(self, dead: list[NewFailedEvent]) -> None:
-        for item in dead:
+    def _dead_letter(self, dead: list[NewFailedEvent], *, log: bool = True) -> None:
+        for item in dead if log else ():
             logger.warning("lake: dead-lettered an event: %s", item.reason)
         if self._failed is not None:
             self._failed.add_many(dead)
@@ -313,7 +405,10 @@ class LakeSink:
     async def run(self, stop: asyncio.Event) -> None:
         """Write batches until ``stop`` is set; lake or log outages are retried with backoff.
 
-        A failed critical quality check ends the loop by raising ``QualityCheckFailed``.
+        An event that cannot be written is dead-lettered (see ``process_once``). A failed
+        critical quality check ends the loop by raising ``QualityCheckFailed``, and so does
+        anything else no single event is to blame for; the batch in hand is kept, so a next
+        ``run`` (the server's supervisor starts one with backoff) writes it first.
         """
         backoff = 0.5
         while not stop.is_set():
@@ -333,6 +428,27 @@ class LakeSink:
                     await self.process_once()
                 finally:
                     self._linger_s = linger
+
+
+def _letter(entry: LogEntry, code: str, reason: str, attempts: int = 1) -> NewFailedEvent:
+    payload = entry.payload.decode("utf-8", "replace")
+    message_id = source_id = None
+    with contextlib.suppress(msgspec.DecodeError):
+        event = msgspec.json.decode(payload)
+        if isinstance(event, dict):
+            mid, source = event.get("messageId"), event.get("sourceId")
+            # bounded as the columns are, so that recording the letter cannot fail on them
+            message_id = mid[:512] if isinstance(mid, str) else None
+            source_id = source[:64] if isinstance(source, str) else None
+    return NewFailedEvent(
+        stage="lake",
+        code=code,
+        reason=reason,
+        payload=payload,
+        source_id=source_id,
+        message_id=message_id,
+        attempts=attempts,
+    )
 
 
 def _checked(event: dict[str, Any] | InvalidLakeEvent) -> dict[str, Any] | InvalidLakeEvent:

@@ -69,6 +69,7 @@ _JSON_SECTIONS = frozenset({"affinities", "last_events"})
 _NON_NEGATIVE_BUILT_INS = ("events_total", "recency_days", "sessions__")
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
 _encode = msgspec.json.Encoder(order="deterministic").encode
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _TIME = "strftime({0}, '%Y-%m-%dT%H:%M:%S.%gZ') AS {0}"
 # The events as the log carried them: text timestamps, so view_event parses what the worker
@@ -285,12 +286,20 @@ def flatten_document(document: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _double(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except OverflowError:
+        # an integer trait or value beyond a double (JSON integers have no bound): NULL here
+        return None
+
+
 def _column(values: list[Any]) -> pa.Array:
     kinds = {type(v) for v in values if v is not None}
-    if kinds <= {int}:
+    if kinds <= {int} and all(v is None or _INT64_MIN <= v <= _INT64_MAX for v in values):
         return pa.array(values, pa.int64())
     if kinds <= {int, float}:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+        return pa.array([_double(v) for v in values], pa.float64())
     if kinds <= {bool}:
         return pa.array(values, pa.bool_())
     if kinds <= {str}:

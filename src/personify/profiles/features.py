@@ -289,8 +289,13 @@ def as_number(value: Any) -> float | None:
     """A finite number from a JSON number or numeric string; anything else is ``None``."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        # compared as an int first: float() of a JSON integer beyond a double raises
+        if abs(value) > _MAX_NUMBER:
+            return None
         number = float(value)
+    elif isinstance(value, float):
+        number = value
     elif isinstance(value, str):
         try:
             number = float(value.strip())

@@ -25,6 +25,10 @@ from personify.store.tables import (
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 _MAX_MERGE_DEPTH = 64
+# "<event_time_ms>:<sourceId>:<messageId>" with ids of at most 512 characters fits well within
+MAX_CURSOR_CHARS = 1024
+# event times are stored as signed 64-bit integers (SQLite INTEGER, PostgreSQL BIGINT)
+_MIN_TIME_MS, _MAX_TIME_MS = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +107,19 @@ class MergeRecord:
 
 
 def parse_cursor(cursor: str) -> tuple[int, str] | None:
-    """``"<event_time_ms>:<event_key>"`` back into its parts (``None`` if malformed)."""
-    head, sep, tail = cursor.partition(":")
-    if not sep or not head.lstrip("-").isdigit():
+    """``"<event_time_ms>:<event_key>"`` back into its parts; ``None`` unless it could be one
+    this API returned (a time the database can compare with, a key without NUL)."""
+    if len(cursor) > MAX_CURSOR_CHARS or "\x00" in cursor:
         return None
-    return int(head), tail
+    head, sep, tail = cursor.partition(":")
+    digits = head.removeprefix("-")
+    # isdigit() alone takes "²" and other digits int() refuses
+    if not sep or not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        return None
+    time_ms = int(head)
+    if not _MIN_TIME_MS <= time_ms <= _MAX_TIME_MS:
+        return None
+    return time_ms, tail
 
 
 class ProfileRepository:

@@ -4,8 +4,8 @@
 |--------------|----------------------------------------|----------------------------------------------|---------------------------------------------|
 | ``ingest``   | a chunk of normalised events of an     | schema, ids present, known types, track      | messageId unique in the file, timestamps    |
 |              | import, before it is appended          | events named                                 | plausible, rejection rate                   |
-| ``lake_batch``| a micro-batch the lake sink writes    | schema, message_id unique, ids present,      | lag of the batch in the log, timestamps     |
-|              |                                        | event_date = date(timestamp)                 | plausible                                   |
+| ``lake_batch``| a micro-batch the lake sink writes    | schema, (source, message_id) unique, ids     | lag of the batch in the log, timestamps     |
+|              |                                        | present, event_date = date(timestamp)        | plausible                                   |
 | ``lake``     | the lake's events per day of arrival   | the window has events                        | freshness, daily volume against history,    |
 |              |                                        |                                              | share of events without a userId            |
 | ``features`` | a point-in-time feature table          | user_id unique and present, counts >= 0,     | null rate per feature, row count against    |
@@ -181,12 +181,14 @@ def lake_batch_checks(context: QualityContext) -> StageChecks:
     """Checks on a micro-batch the lake sink is about to write."""
     observations: Observations = {}
     columns = dict(_EVENT_COLUMNS)
-    columns["message_id"] = pa.Column(str, nullable=False, unique=True)
+    # a messageId is unique per source only: two sources may both send "1"
+    columns["message_id"] = pa.Column(str, nullable=False)
     columns["source_id"] = pa.Column(str, nullable=False)
     columns["event_date"] = pa.Column(nullable=False)
     critical = pa.DataFrameSchema(
         columns,
         checks=[*_row_checks(), pa.Check(_event_date_matches, name="event_date_is_utc_date")],
+        unique=["source_id", "message_id"],
     )
     warning = pa.DataFrameSchema(
         {

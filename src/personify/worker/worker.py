@@ -6,8 +6,9 @@ Guarantees:
   transaction (which records every applied ``sourceId:messageId``) has committed. A crash
   in between redelivers the batch; the processor skips what it already applied.
 * **Poison events do not stop the stream.** An entry that cannot be read (not JSON, no
-  messageId or timestamp) is dead-lettered at once: retrying cannot change its bytes. When
-  applying a batch raises, the batch is split in halves until the failing entry is alone;
+  messageId or timestamp, or anything else reading it raises) is dead-lettered at once:
+  retrying cannot change its bytes. When applying a batch raises anything (other than an
+  engine being down), the batch is split in halves until the failing entry is alone;
   that entry is retried ``max_attempts`` times (with backoff), then dead-lettered with its
   reason and attempt count, and committed like any other, so the group's lag does not grow.
   An entry the log has delivered more than ``max_deliveries`` times (the worker died on it
@@ -15,6 +16,9 @@ Guarantees:
 * **Engines that are down are waited for**, not blamed on events: ``BackendUnavailable``
   retries the same batch with exponential backoff until the engine answers or the worker
   is stopped. A ``Conflict`` (another worker changed a profile first) retries at once.
+* **The background worker comes back.** If a run still ends on an error (a bug, a driver
+  surprise), the batch in hand is kept, and ``start()``'s supervisor logs the error once,
+  reports it and runs the worker again with backoff (``personify.worker.supervisor``).
 * The log may reorder across partitions; nothing here depends on order (see
   ``personify.profiles.state``).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -44,6 +49,7 @@ from personify.profiles.processor import ApplyResult, ProfileProcessor
 from personify.profiles.service import ProfileService
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 from personify.worker.heartbeats import Heartbeat, HeartbeatRepository
+from personify.worker.supervisor import StageStatus, StageSupervisor
 
 if TYPE_CHECKING:
     from personify.settings import Settings
@@ -176,8 +182,10 @@ class StreamWorker:
         self._heartbeat_s = heartbeat_s
         self._clock = clock or SystemClock()
         self._attempts: dict[tuple[int, str], int] = {}
+        # entries read but not committed yet: a run that ended on them starts with them again
+        self._in_hand: list[LogEntry] = []
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._stage = StageSupervisor("worker", self._run_stage, clock=self._clock)
         self._last_beat = 0.0
         self._last_lag = 0.0
         self.stats = WorkerStats(started_at=self._clock.now())
@@ -214,33 +222,40 @@ class StreamWorker:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run in the background of the current event loop (``personify serve``)."""
-        if self._task is None or self._task.done():
-            self._stop = asyncio.Event()
-            self._task = asyncio.create_task(self.run(), name=f"stream-worker-{self.group}")
+        """Run in the background of the current event loop (``personify serve``), restarted
+        with backoff if the run ever ends on an error (see ``personify.worker.supervisor``)."""
+        self._stage.start()
 
     @property
     def running(self) -> bool:
-        """Whether the background task is alive."""
-        return self._task is not None and not self._task.done()
+        """Whether the background task is alive (running, or waiting to restart)."""
+        return self._stage.running
+
+    @property
+    def stage(self) -> StageStatus:
+        """The background stage's state, restarts and last failure."""
+        return self._stage.status
 
     def request_stop(self) -> None:
         """Ask ``run`` to return after the batch in hand (safe from a signal handler)."""
         self._stop.set()
+        self._stage.request_stop()
 
     async def stop(self) -> None:
         """Finish the batch in hand, then stop; uncommitted entries are redelivered later."""
         self._stop.set()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        await asyncio.wait([task])
-        if not task.cancelled():
-            # an error that ended the task was logged (and kept in stats) when it happened
-            task.exception()
+        await self._stage.stop()
+
+    async def _run_stage(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        await self.run()
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """Process batches until stopped; with ``until_idle``, until the group has no lag."""
+        """Process batches until stopped; with ``until_idle``, until the group has no lag.
+
+        An error outside the application of one event (an engine down for good, a bug) ends
+        the run; the entries in hand are kept, and the next run starts with them.
+        """
         logger.info("worker %s consuming group %r", self.consumer, self.group)
         await self._forget_silent_workers()
         while not self._stop.is_set():
@@ -249,10 +264,8 @@ class StreamWorker:
             except _Stopped:
                 break
             except Exception as exc:
-                # a bug outside event application (bookkeeping, a driver surprise): stop, as
-                # carrying on could commit past entries this process already read; a restart
-                # reads them again. Inside `personify serve` the status route shows it.
-                logger.exception("worker %s stopped by an unexpected error", self.consumer)
+                # kept for the status route; the traceback is logged once by whoever runs
+                # this (the stage supervisor, or the command that exits on it)
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 raise
             if handled == 0 and until_idle:
@@ -263,11 +276,14 @@ class StreamWorker:
 
     async def step(self) -> int:
         """Read one batch, apply it, commit it; returns how many entries it held."""
-        entries = await self._read(self._poll_timeout_ms)
+        # the log delivers an entry to a consumer once: what a failed run read is in hand
+        entries = self._in_hand or await self._read(self._poll_timeout_ms)
         if entries:
+            self._in_hand = entries
             with collector_paused():
                 await self._apply_all(await self._prepare(entries))
             await self._commit(entries)
+            self._in_hand = []
             self.stats.batches += 1
             self.stats.entries_read += len(entries)
             self.stats.last_batch_at = self._clock.now()
@@ -316,6 +332,11 @@ class StreamWorker:
                 unreadable.append((entry, "undecodable", f"not JSON: {exc}", 1))
             except ValidationError as exc:
                 unreadable.append((entry, exc.code, exc.message, 1))
+            # whatever reading one entry raises concerns that entry alone: it is dead-lettered
+            # with the error, and the batch goes on
+            except Exception as exc:
+                logger.warning("worker %s cannot read an entry", self.consumer, exc_info=exc)
+                unreadable.append((entry, "processing_failed", f"{type(exc).__name__}: {exc}", 1))
         return readable, unreadable
 
     async def _apply_all(self, readable: list[_Item]) -> None:
@@ -329,7 +350,7 @@ class StreamWorker:
                 raise
             # a poison event may raise anything; it is isolated below and dead-lettered
             # with its reason, which is the point of catching everything here
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if len(chunk) > 1:
                     middle = len(chunk) // 2
                     pending.appendleft(chunk[middle:])
@@ -353,6 +374,8 @@ class StreamWorker:
                     attempts,
                     type(exc).__name__,
                     reason,
+                    # a PersonifyError names its cause; anything else is a bug to be found
+                    exc_info=None if isinstance(exc, PersonifyError) else exc,
                 )
                 await self._dead_letter(
                     item.entry, code, f"{type(exc).__name__}: {reason}", attempts, item
@@ -363,7 +386,11 @@ class StreamWorker:
             self.stats.events_applied += result.applied
             self.stats.duplicates += result.duplicates
             if self._profiles is not None and result.touched:
-                await self._profiles.invalidate(result.touched)
+                # committed already: a redelivery would find the events applied and touch
+                # nothing, so a cache that is down is waited for here
+                await self._until_written(
+                    functools.partial(self._profiles.invalidate, result.touched)
+                )
 
     async def _apply(self, chunk: list[_Item]) -> ApplyResult:
         """Apply with waits for a down engine and immediate retries on conflicts."""
@@ -419,9 +446,10 @@ class StreamWorker:
         source_id = message_id = None
         if item is not None:
             payload = dict(item.event.data)
-            message_id = item.event.message_id
+            # bounded as the columns are, so that recording the letter cannot fail on them
+            message_id = item.event.message_id[:512]
             source = item.event.data.get("sourceId")
-            source_id = source if isinstance(source, str) else None
+            source_id = source[:64] if isinstance(source, str) else None
         else:
             text = entry.payload.decode("utf-8", errors="replace")
             try:
