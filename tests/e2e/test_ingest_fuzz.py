@@ -43,7 +43,8 @@ from tests.e2e.conftest import ServerProcess, make_server
 
 pytestmark = pytest.mark.e2e
 
-BODIES = int(os.environ.get("FUZZ_BODIES", 5_000))
+# PERSONIFY_TEST_FUZZ_BODIES overrides the count, for a quick local run
+BODIES = int(os.environ.get("PERSONIFY_TEST_FUZZ_BODIES", "5000"))
 SINGLE_ROUTES = ["track", "identify", "page", "screen", "group", "alias", "t", "i", "p", "g"]
 BATCH_ROUTES = ["batch", "import", "b"]
 # requests sent per Hypothesis example
