@@ -1,6 +1,5 @@
-"""Build hook: compiles the C parts of ingest, ``src/personify/events/_wire_native.c`` (the
-wire path's common case) and ``src/personify/eventlog/_chunk_native.c`` (the SQLite log's
-commit steps).
+"""Build hook: compiles the C part of ingest, ``src/personify/ingest/_wire_native.c`` (the
+wire path's common case).
 
 It is an accelerator, not a requirement: where no C compiler (or no Python headers) is at
 hand, the build warns and Personify runs its pure-Python path, which gives the same events.
@@ -18,10 +17,7 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCES = (
-    Path("src/personify/events/_wire_native.c"),
-    Path("src/personify/eventlog/_chunk_native.c"),
-)
+SOURCES = (Path("src/personify/ingest/_wire_native.c"),)
 
 
 class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]

@@ -522,8 +522,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def native_ingest_built() -> bool:
-    """Whether the compiled common case of ingest (``events/_wire_native.c``) was built."""
-    from personify.events.wire import NATIVE_AVAILABLE
+    """Whether the compiled common case of ingest (``ingest/_wire_native.c``) was built."""
+    from personify.ingest.wire import NATIVE_AVAILABLE
 
     return NATIVE_AVAILABLE
 

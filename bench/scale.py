@@ -185,9 +185,9 @@ def drain(env: dict[str, str], processes: int, total: int, folder: Path) -> dict
     """Start ``processes`` workers with ``--drain`` and time them from first to last commit."""
     import sqlalchemy as sa
 
+    from personify.profiles.tables import applied_events
     from personify.settings import Settings
     from personify.store.database import Database
-    from personify.store.tables import applied_events
 
     settings = Settings(_env_file=None, **_settings_from_env(env))  # type: ignore[arg-type]
     db = Database(settings.resolved_state_url)

@@ -39,16 +39,16 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from personify.api.services import Services
+from personify.cli.tuning import tune_process
 from personify.clock import format_timestamp
 from personify.eventlog.base import LogRecord
 from personify.events.normalize import partition_key
 from personify.profiles.events import view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.state import ProfileState, apply_event, compact_state, encode_state
+from personify.profiles.tables import profile_merges, profiles
+from personify.runtime import Runtime
 from personify.settings import Settings
-from personify.store.tables import profile_merges, profiles
-from personify.worker.worker import collector_paused
 
 TARGET_EVENTS_PER_S = 20_000
 _AGENTS = [
@@ -152,17 +152,15 @@ def baseline_in_memory(payloads: list[bytes]) -> dict[str, Any]:
     features = FeatureSet()
     started, cpu = time.perf_counter(), time.process_time()
     states: dict[str, ProfileState] = {}
-    # the same conditions as the worker, which pauses the cyclic collector during a batch
-    with collector_paused():
-        for payload in payloads:
-            event = view_event(msgspec.json.decode(payload))
-            state = states.get(event.ids[0])
-            if state is None:
-                state = states[event.ids[0]] = ProfileState()
-            apply_event(state, event, features)
-        for state in states.values():
-            compact_state(state, features)
-            encode_state(state)
+    for payload in payloads:
+        event = view_event(msgspec.json.decode(payload))
+        state = states.get(event.ids[0])
+        if state is None:
+            state = states[event.ids[0]] = ProfileState()
+        apply_event(state, event, features)
+    for state in states.values():
+        compact_state(state, features)
+        encode_state(state)
     elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     return {
         "events_per_s": round(len(payloads) / elapsed),
@@ -198,7 +196,7 @@ async def run_worker(
         run_worker=False,
         worker_batch_size=batch,
     )
-    services = Services.build(settings)
+    services = Runtime.build(settings)
     await services.start()
     try:
         for start in range(0, len(payloads), 5000):
@@ -242,8 +240,10 @@ def main() -> None:
 
     events = shop_traffic(args.events, args.users)
     payloads = [msgspec.json.encode(e) for e in events]
-    # the generated traffic lives as long as the run; keep the cyclic collector off it, as a
-    # worker process that reads the log does not hold it at all
+    # the collector and allocator as `personify worker` sets them; the generated traffic lives
+    # as long as the run, so it is frozen out of the collector's sight, as a worker process
+    # that reads the log does not hold it at all
+    tune_process()
     gc.collect()
     gc.freeze()
     progress(

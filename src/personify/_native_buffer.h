@@ -1,6 +1,6 @@
 /*
- * A bytes object written in place: what both compiled modules (events/_wire_native.c and
- * eventlog/_chunk_native.c) build their output in. ``buf_init`` allocates ``cap`` bytes,
+ * A bytes object written in place: what the compiled module (ingest/_wire_native.c) builds
+ * its output in. ``buf_init`` allocates ``cap`` bytes,
  * the writers grow it by doubling, and ``buf_finish`` cuts it to what was written.
  */
 #ifndef PERSONIFY_NATIVE_BUFFER_H

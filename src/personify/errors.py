@@ -11,7 +11,7 @@
     ├── BackendUnavailable         an engine is down, full or over its bound; retry later (HTTP 503)
     └── ConfigurationError         settings are missing or contradictory; fix them and restart
 
-HTTP status codes are assigned in exactly one place: ``personify.api.errors``.
+HTTP status codes are assigned in exactly one place: ``personify.http_errors``.
 """
 
 from __future__ import annotations

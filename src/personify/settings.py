@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     eventlog_linger_ms: float = 0.0
     eventlog_max_batch_events: int = 5000
     eventlog_max_pending_events: int = 50_000
+    # memory the SQLite log's dedupe index may hold; beyond it, it reads from files on disk
+    eventlog_dedupe_memory_mb: float = Field(default=64.0, ge=1.0, le=1024.0 * 1024.0)
 
     # Event log (Redis Streams / Kafka)
     # an entry pending this long on a consumer is taken over by another one (Redis XAUTOCLAIM)
@@ -86,6 +88,9 @@ class Settings(BaseSettings):
     # production only (a client chooses its Host header)
     public_url: str = ""
     run_worker: bool = True
+    # `personify serve` and `personify worker` retune the garbage collector and glibc's
+    # allocator at start-up (personify.cli.tuning); an embedded app or a test never does
+    process_tuning: bool = True
     # the stream worker (in `serve` or `personify worker`) also runs the lake writer
     run_lake_sink: bool = True
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from personify import errors
-from personify.api.errors import status_for
+from personify.http_errors import status_for
 from tests.api import Harness, assert_error, running_app
 
 

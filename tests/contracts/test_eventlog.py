@@ -169,15 +169,12 @@ async def test_concurrent_appends_all_land_and_keep_key_order(log_factory: LogFa
         assert mine == [f"k{n}:{i}".encode() for i in range(20)]
 
 
-async def test_append_counted_counts_the_duplicates_and_lands_the_rest(
-    log_factory: LogFactory,
-) -> None:
+async def test_duplicates_are_answered_and_the_rest_lands(log_factory: LogFactory) -> None:
     log = await log_factory()
-    assert await log.append_counted(records("c", 3)) == 0
-    assert await log.append_counted([]) == 0
+    assert not any(r.duplicate for r in await log.append(records("c", 3)))
     # two seen before, one new, and the new one again within the call
     again = records("c", 2) + records("d", 1) + records("d", 1)
-    assert await log.append_counted(again) == 3
+    assert [r.duplicate for r in await log.append(again)] == [True, True, False, True]
     await log.close()
     reopened = await log_factory()
     got = await drain(reopened, "g", "c", 4)
@@ -185,20 +182,23 @@ async def test_append_counted_counts_the_duplicates_and_lands_the_rest(
     assert await reopened.read("g", "c", max_count=10, timeout_ms=200) == []
 
 
-async def test_append_one_lands_durably_in_order_and_deduplicated(
+async def test_concurrent_single_appends_land_durably_in_order_and_deduplicated(
     log_factory: LogFactory,
 ) -> None:
     log = await log_factory()
+    offsets: dict[str, str] = {}
 
     async def writer(key: str) -> None:
         for i in range(10):
-            await log.append_one(LogRecord(f"{key}:{i}".encode(), key, f"{key}:{i}"))
+            (result,) = await log.append([LogRecord(f"{key}:{i}".encode(), key, f"{key}:{i}")])
+            assert not result.duplicate
+            offsets[f"{key}:{i}"] = result.offset
 
     # many single appends at once, as the single-event routes make them
     await asyncio.gather(*(writer(f"k{n}") for n in range(5)))
-    await log.append_one(LogRecord(b"k0:0 again", "k0", "k0:0"))
-    results = await log.append([LogRecord(b"k1:1 again", "k1", "k1:1")])
-    assert results[0].duplicate
+    assert len(set(offsets.values())) == 50
+    (again,) = await log.append([LogRecord(b"k0:0 again", "k0", "k0:0")])
+    assert again.duplicate and again.offset == offsets["k0:0"]
     await log.close()
     reopened = await log_factory()
     got = await drain(reopened, "g", "c", 50)

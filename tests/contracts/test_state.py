@@ -22,14 +22,16 @@ from personify.clock import FrozenClock
 from personify.errors import BackendUnavailable, Conflict, ValidationError
 from personify.events.normalize import partition_key
 from personify.ingest.sources import SourceRepository
+from personify.ingest.tables import sources
 from personify.profiles.events import ProfileEvent, view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.state import encode_state
-from personify.store import migrations, tables
+from personify.profiles.tables import applied_events, identities, profile_merges, profiles
 from personify.store.database import Database, lost_a_race
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
+from personify.store.tables import failed_events
 from personify.worker.heartbeats import Heartbeat, HeartbeatRepository
 from tests.contracts.conftest import StateFactory
 from tests.postgres import fresh_schema
@@ -39,25 +41,24 @@ FEATURES = FeatureSet()
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 # the same instants, written with a +02:00 offset, as a caller's datetime may carry
 PLUS_TWO = timezone(timedelta(hours=2))
-ALL_TABLES = {t.name for t in tables.metadata.sorted_tables}
 
 
 def _profiles(db: Database) -> dict[str, str]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.select(tables.profiles.c.profile_id, tables.profiles.c.state))
+        rows = conn.execute(sa.select(profiles.c.profile_id, profiles.c.state))
         return {str(k): str(v) for k, v in rows}
 
 
 def _graph(db: Database) -> dict[str, str]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.select(tables.identities.c.identity, tables.identities.c.profile_id))
+        rows = conn.execute(sa.select(identities.c.identity, identities.c.profile_id))
         return {str(k): str(v) for k, v in rows}
 
 
 def _applied(db: Database) -> int:
     with db.engine.connect() as conn:
         return int(
-            conn.execute(sa.select(sa.func.count()).select_from(tables.applied_events)).scalar_one()
+            conn.execute(sa.select(sa.func.count()).select_from(applied_events)).scalar_one()
         )
 
 
@@ -80,61 +81,7 @@ def _apply_retrying(processor: ProfileProcessor, batch: Sequence[ProfileEvent]) 
     raise AssertionError("a batch kept conflicting")
 
 
-# -- migrations -------------------------------------------------------------------------------
-
-
-def test_a_fresh_database_gets_every_migration_once(open_state: StateFactory) -> None:
-    db = open_state(auto_upgrade=False)
-    assert db.upgrade() == list(range(1, len(migrations.MIGRATIONS) + 1))
-    assert db.upgrade() == []
-    assert open_state().upgrade() == []
-    assert set(sa.inspect(db.engine).get_table_names()) >= ALL_TABLES
-    with db.engine.connect() as conn:
-        versions = conn.execute(sa.select(tables.schema_version.c.version)).scalars().all()
-    assert sorted(versions) == list(range(1, len(migrations.MIGRATIONS) + 1))
-
-
-def test_upgrading_an_old_schema_keeps_its_data(open_state: StateFactory) -> None:
-    db = open_state(auto_upgrade=False)
-    with db.engine.begin() as conn:
-        migrations.current_version(conn)
-        migrations.MIGRATIONS[0](conn)
-        conn.execute(tables.schema_version.insert().values(version=1, applied_at=T0))
-    source, key = SourceRepository(db).create("web")
-    FailedEventRepository(db).add_many(
-        [NewFailedEvent(stage="ingest", code="invalid", reason="r", payload={"a": 1})]
-    )
-
-    assert db.upgrade() == list(range(2, len(migrations.MIGRATIONS) + 1))
-    again = open_state()
-    resolved = SourceRepository(again).resolve(key)
-    assert resolved is not None
-    assert resolved.id == source.id
-    assert [f.payload for f in FailedEventRepository(again).list()] == [{"a": 1}]
-    ProfileProcessor(again, FEATURES).apply([view_event(event("page", "m1", 0, user_id="jo"))])
-    assert ProfileRepository(again, FEATURES).find("jo") is not None
-
-
-def test_processes_starting_together_apply_each_migration_once(open_state: StateFactory) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def boot() -> None:
-        start.wait()
-        try:
-            open_state()
-        except Exception as exc:  # noqa: BLE001 - any failure of a racing upgrade is the bug
-            errors.append(exc)
-
-    threads = [threading.Thread(target=boot) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    with open_state().engine.connect() as conn:
-        versions = conn.execute(sa.select(tables.schema_version.c.version)).scalars().all()
-    assert sorted(versions) == list(range(1, len(migrations.MIGRATIONS) + 1))
+# -- reaching the database ------------------------------------------------------------------
 
 
 def test_an_unreachable_postgresql_is_backend_unavailable() -> None:
@@ -211,7 +158,7 @@ def test_row_ids_go_past_32_bits(open_state: StateFactory) -> None:
     big = 2**31 + 7
     with db.engine.begin() as conn:
         conn.execute(
-            tables.failed_events.insert().values(
+            failed_events.insert().values(
                 id=big,
                 stage="worker",
                 code="c",
@@ -222,7 +169,7 @@ def test_row_ids_go_past_32_bits(open_state: StateFactory) -> None:
             )
         )
         conn.execute(
-            tables.profile_merges.insert().values(
+            profile_merges.insert().values(
                 id=big,
                 into_profile_id="a",
                 from_profile_id="b",
@@ -244,8 +191,8 @@ def test_times_are_stored_as_instants_whatever_their_offset(open_state: StateFac
     with db.engine.connect() as conn:
         later = conn.execute(
             sa.select(sa.func.count())
-            .select_from(tables.sources)
-            .where(tables.sources.c.created_at > (T0 - timedelta(minutes=1)).astimezone(PLUS_TWO))
+            .select_from(sources)
+            .where(sources.c.created_at > (T0 - timedelta(minutes=1)).astimezone(PLUS_TWO))
         ).scalar_one()
     assert later == 1
 
@@ -410,12 +357,10 @@ def test_a_postgresql_deadlock_is_a_lost_race(postgres_database: str) -> None:
         for pid in ("a", "b")
     ]
     with db.engine.begin() as conn:
-        conn.execute(tables.profiles.insert(), rows)
+        conn.execute(profiles.insert(), rows)
 
     def bump(conn: sa.Connection, pid: str) -> None:
-        conn.execute(
-            tables.profiles.update().where(tables.profiles.c.profile_id == pid).values(version=2)
-        )
+        conn.execute(profiles.update().where(profiles.c.profile_id == pid).values(version=2))
 
     failures: list[sa.exc.DBAPIError] = []
     first, second = db.engine.connect(), db.engine.connect()

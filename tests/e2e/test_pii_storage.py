@@ -32,7 +32,7 @@ from personify.eventlog.sqlite import iter_records
 from personify.events.hashing import HASH_PREFIX, PII_KEYS, PiiHasher, normalize_pii
 from personify.lake.sink import LAKE_GROUP
 from tests.e2e.conftest import ServerProcess, make_server
-from tests.events.test_wire import spelled
+from tests.ingest.test_wire import spelled
 
 pytestmark = pytest.mark.e2e
 

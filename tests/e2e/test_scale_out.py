@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -32,8 +33,10 @@ import pytest
 import sqlalchemy as sa
 
 from personify.api.app import create_app
-from personify.api.services import Services
-from personify.store import tables
+from personify.profiles import tables as profile_tables
+from personify.runtime import Runtime
+from personify.store import tables as store_tables
+from personify.worker import tables as worker_tables
 from tests.conftest import make_settings
 from tests.contracts.conftest import REDIS_URL, drop_redis_keys
 from tests.e2e.conftest import PERSONIFY, ServerProcess, cli, printed_secret, server_env
@@ -52,8 +55,18 @@ PARTITIONS = 4
 # the client sends faster than two workers on two shared cores apply, so the workers always
 # have a backlog (and are in the middle of a batch) when one of them dies
 SEND_EVENTS_PER_S = 4000.0
-# a worker dies once the workers together have applied this share of the events
+# a worker dies once the workers together have applied this share of the events (and, on
+# Redis, once it holds entries it has read and not acknowledged)
 KILL_AT_SHARE = 0.3
+# the kill is triggered by the state of the run, never by its speed: past this share of the
+# batches the client slows to one batch per TRICKLE_INTERVAL_S until the worker is dead (so
+# the workers keep reading new entries, and so hold some, without the client running out),
+# and it sends the last HELD_BATCHES only after the kill, so that the kill is always mid-stream
+SLOW_DOWN_AT_SHARE = 0.5
+TRICKLE_INTERVAL_S = 0.25
+HELD_BATCHES = 10
+# should the trickle end before the victim was seen holding entries, it dies this long after
+GRACE_S = 10.0
 # every RESEND_EVERY-th batch is sent twice, as by a client whose first answer was lost
 RESEND_EVERY = 7
 SETTLE_TIMEOUT_S = 120.0
@@ -95,11 +108,13 @@ def read_state(engine: sa.Engine) -> tuple[dict[str, str], dict[str, str], dict[
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(
-                tables.profiles.c.profile_id, tables.profiles.c.state, tables.profiles.c.version
+                profile_tables.profiles.c.profile_id,
+                profile_tables.profiles.c.state,
+                profile_tables.profiles.c.version,
             )
         ).all()
         graph = conn.execute(
-            sa.select(tables.identities.c.identity, tables.identities.c.profile_id)
+            sa.select(profile_tables.identities.c.identity, profile_tables.identities.c.profile_id)
         ).all()
     return (
         {str(r[0]): str(r[1]) for r in rows},
@@ -110,7 +125,7 @@ def read_state(engine: sa.Engine) -> tuple[dict[str, str], dict[str, str], dict[
 
 async def _embedded_run(data_dir: Path) -> Outcome:
     settings = make_settings(data_dir, run_worker=False, worker_poll_timeout_ms=50)
-    services = Services.build(settings)
+    services = Runtime.build(settings)
     await services.start()
     try:
         _, write_key = services.sources.create("reference")
@@ -229,7 +244,7 @@ def _count_rows(engine: sa.Engine, table: sa.Table) -> int:
 
 def _applied_by(engine: sa.Engine, pid: int) -> int:
     """Events the worker with process id ``pid`` reported applied in its last heartbeat."""
-    beats = tables.worker_heartbeats
+    beats = worker_tables.worker_heartbeats
     with engine.connect() as conn:
         value = conn.execute(
             sa.select(beats.c.events_applied).where(beats.c.consumer.like(f"%-{pid}"))
@@ -316,8 +331,11 @@ async def _drive(deployment: Deployment, engine: sa.Engine, stream: str | None) 
     total = sum(len(b) for b in all_batches)
     victim, survivor = deployment.workers
     killed_at: dict[str, Any] = {}
+    killed = asyncio.Event()
     reads = {"found": 0, "missing": 0}
     sending = True
+    slow_from = int(len(all_batches) * SLOW_DOWN_AT_SHARE)
+    held_from = len(all_batches) - HELD_BATCHES
     headers = {"Authorization": f"Bearer {deployment.admin_key}"}
 
     async with httpx.AsyncClient() as client:
@@ -327,11 +345,21 @@ async def _drive(deployment: Deployment, engine: sa.Engine, stream: str | None) 
             started = time.monotonic()
             sends: list[asyncio.Task[None]] = []
             for number, batch in enumerate(all_batches):
-                # paced, open loop: batch n leaves at n * BATCH / rate seconds
-                delay = started + number * BATCH / SEND_EVENTS_PER_S - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if number >= held_from:
+                    await killed.wait()
+                elif number >= slow_from and not killed.is_set():
+                    # one batch at a time until the kill: the workers keep reading entries
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(killed.wait(), TRICKLE_INTERVAL_S)
+                else:
+                    # paced, open loop: batch n leaves at n * BATCH / rate seconds
+                    delay = started + number * BATCH / SEND_EVENTS_PER_S - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 sends.append(asyncio.create_task(sender.send(client, number, batch)))
+                if number + 1 == held_from and not killed.is_set():
+                    # nothing more comes in before the kill
+                    killed_at["trickle_done_at"] = time.monotonic()
             await asyncio.gather(*sends)
             sending = False
 
@@ -352,22 +380,26 @@ async def _drive(deployment: Deployment, engine: sa.Engine, stream: str | None) 
         async def kill_mid_stream() -> None:
             # both workers must be consuming (so the victim owns partitions or entries)
             while True:
-                applied = await asyncio.to_thread(_count_rows, engine, tables.applied_events)
+                applied = await asyncio.to_thread(
+                    _count_rows, engine, profile_tables.applied_events
+                )
                 by_victim = await asyncio.to_thread(_applied_by, engine, victim.pid)
                 if applied >= total * KILL_AT_SHARE and by_victim > 0:
                     break
                 await asyncio.sleep(0.05)
             killed_at["victim_applied"] = by_victim
             if stream is not None:
-                # Redis tells which consumer holds what: kill it while it holds entries
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
+                # Redis tells which consumer holds what: kill it while it holds entries (the
+                # client trickles batches in until then)
+                killed_at["holding_entries"] = False
+                while time.monotonic() < killed_at.get("trickle_done_at", math.inf) + GRACE_S:
                     if await _victim_has_pending(stream, f"-{victim.pid}"):
                         killed_at["holding_entries"] = True
                         break
                     await asyncio.sleep(0.002)
             victim.kill()
             killed_at.update(applied=applied, sent=sender.acknowledged)
+            killed.set()
 
         await asyncio.gather(produce(), kill_mid_stream(), browse())
         assert killed_at["sent"] < total, "the worker was killed after the client had finished"
@@ -376,7 +408,7 @@ async def _drive(deployment: Deployment, engine: sa.Engine, stream: str | None) 
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status = await _status(client, nodes[0], deployment.admin_key)
-            if status["lag"] == 0 and _count_rows(engine, tables.applied_events) >= total:
+            if status["lag"] == 0 and _count_rows(engine, profile_tables.applied_events) >= total:
                 break
             await asyncio.sleep(0.25)
         else:
@@ -498,8 +530,8 @@ def test_two_apis_and_two_workers_survive_a_killed_worker(
 
         total = USERS * EVENTS_PER_USER
         assert report["status"]["lag"] == report["other_status"]["lag"] == 0
-        assert _count_rows(engine, tables.applied_events) == total
-        assert _count_rows(engine, tables.failed_events) == 0, deployment.logs()
+        assert _count_rows(engine, profile_tables.applied_events) == total
+        assert _count_rows(engine, store_tables.failed_events) == 0, deployment.logs()
         assert graph == reference.graph
         assert states.keys() == reference.states.keys()
         differing = [p for p in states if states[p] != reference.states[p]]

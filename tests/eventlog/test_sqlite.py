@@ -15,22 +15,21 @@ import pydantic
 import pytest
 
 from personify.errors import BackendUnavailable, ConfigurationError
-from personify.eventlog.base import LogRecord
+from personify.eventlog.base import AppendResult, LogRecord, count_duplicates, open_eventlog
 from personify.eventlog.sqlite import SQLiteEventLog, count_records, dedupe_hash, iter_records
+from personify.registry import SQLiteLogConfig
 from tests.conftest import make_settings
 
 OpenLog = Callable[..., Awaitable[SQLiteEventLog]]
 
 
-@pytest.fixture(params=[True, False], ids=["compiled", "python"])
-async def open_log(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[OpenLog]:
-    """Starts logs on ``tmp_path/events.db`` and closes them all at the end; every test runs
-    with the compiled commit steps (``_chunk_native``) and with the Python ones."""
+@pytest.fixture
+async def open_log(tmp_path: Path) -> AsyncIterator[OpenLog]:
+    """Starts logs on ``tmp_path/events.db`` and closes them all at the end."""
     opened: list[SQLiteEventLog] = []
 
     async def factory(**options: Any) -> SQLiteEventLog:
         options.setdefault("durability", "off")
-        options.setdefault("native", request.param)
         log = SQLiteEventLog(tmp_path / "events.db", **options)
         await log.start()
         opened.append(log)
@@ -69,6 +68,23 @@ async def test_settings_choose_the_durability(tmp_path: Path) -> None:
             assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
     finally:
         await log.close()
+
+
+def test_the_registry_builds_the_logs_config_from_settings(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, eventlog_dedupe_memory_mb=8, eventlog_max_batch_events=77, dedupe_window_hours=2
+    )
+    log = open_eventlog(settings, f"sqlite:///{tmp_path / 'e.db'}")
+    assert isinstance(log, SQLiteEventLog)
+    assert log.config == SQLiteLogConfig(
+        tmp_path / "e.db",
+        durability=settings.eventlog_durability,
+        max_batch_events=77,
+        dedupe_window_s=7200.0,
+        dedupe_memory_bytes=8 * 1024 * 1024,
+    )
+    with pytest.raises(pydantic.ValidationError):
+        make_settings(tmp_path, eventlog_dedupe_memory_mb=0)
 
 
 def test_an_invalid_durability_is_a_configuration_error(tmp_path: Path) -> None:
@@ -115,13 +131,16 @@ async def test_a_batch_never_exceeds_max_batch_events(open_log: OpenLog, tmp_pat
     assert sizes[0][0] <= 10
 
 
-async def test_single_appends_of_one_turn_share_one_future_and_one_transaction(
+async def test_single_appends_of_one_turn_share_one_queue_entry_and_one_transaction(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
     log = await open_log()
-    futures = [log.append_one(record(f"r{i}")) for i in range(100)]
-    assert len({id(f) for f in futures}) == 1
-    await asyncio.gather(*futures)
+    futures = [log.append([record(f"r{i}")]) for i in range(100)]
+    assert len(log._queued) == 1, "single appends between two flushes share one entry"
+    results = await asyncio.gather(*futures)
+    assert [(r[0].offset, r[0].duplicate) for r in results] == [
+        (str(i), False) for i in range(1, 101)
+    ]
     assert query(tmp_path / "events.db", "SELECT first_offset, count FROM chunk") == [(1, 100)]
 
 
@@ -130,11 +149,10 @@ async def test_a_single_append_never_joins_an_entry_already_written(
     open_log: OpenLog, tmp_path: Path, durability: str
 ) -> None:
     log = await open_log(durability=durability)
-    first = log.append_one(record("a"))
+    first = log.append([record("a")])
     await asyncio.sleep(0)  # the flush writes "a" (and, with full, starts its fsync)
-    second = log.append_one(record("b"))
-    assert second is not first
-    await asyncio.gather(first, second)
+    second = log.append([record("b")])
+    assert [r[0].offset for r in await asyncio.gather(first, second)] == ["1", "2"]
     assert [e.payload for e in await log.tail(10)] == [b"a", b"b"]
     assert query(tmp_path / "events.db", "SELECT count FROM chunk") == [(1,), (1,)]
 
@@ -143,67 +161,73 @@ async def test_single_appends_never_exceed_max_batch_events(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
     log = await open_log(max_batch_events=10)
-    futures = [log.append_one(record(f"r{i}")) for i in range(35)]
-    assert len({id(f) for f in futures}) == 4
+    futures = [log.append([record(f"r{i}")]) for i in range(35)]
+    assert len(log._queued) == 4
     await asyncio.gather(*futures)
     sizes = query(tmp_path / "events.db", "SELECT count FROM chunk ORDER BY first_offset")
     assert sizes == [(10,), (10,), (10,), (5,)]
     assert [e.payload for e in await log.tail(35)] == [f"r{i}".encode() for i in range(35)]
 
 
-async def test_counted_and_plain_appends_share_a_transaction_and_each_gets_its_answer(
+async def test_single_and_batch_appends_share_a_transaction_and_each_gets_its_answer(
     open_log: OpenLog, tmp_path: Path
 ) -> None:
     log = await open_log()
     await log.append([record("old")])
-    plain, counted, single, plain_again = await asyncio.gather(
+    plain, mixed, single, old_again, plain_again = await asyncio.gather(
         log.append([record("p1"), record("p2")]),
-        log.append_counted([record("c1"), record("old"), record("c2")]),
-        log.append_one(record("s1")),
+        log.append([record("c1"), record("old"), record("c2")]),
+        log.append([record("s1")]),
+        log.append([record("old")]),
         log.append([record("p3")]),
     )
-    # the second transaction had a duplicate, so it took the record-by-record path
+    # the second transaction had duplicates, so it took the record-by-record path
     assert [(r.offset, r.duplicate) for r in plain] == [("2", False), ("3", False)]
-    assert counted == 1
-    assert single == 0
+    assert [(r.offset, r.duplicate) for r in mixed] == [("4", False), ("1", True), ("5", False)]
+    # the three single appends shared one entry, behind the two batches
+    assert [(r.offset, r.duplicate) for r in single] == [("6", False)]
+    assert [(r.offset, r.duplicate) for r in old_again] == [("1", True)]
     assert [(r.offset, r.duplicate) for r in plain_again] == [("7", False)]
     assert query(tmp_path / "events.db", "SELECT first_offset, count FROM chunk") == [
         (1, 1),
         (2, 6),
     ]
-    # and without a duplicate, the all-new path answers both kinds the same way
-    plain, counted = await asyncio.gather(
-        log.append([record("p4")]), log.append_counted([record("c3"), record("c4")])
+    # and without a duplicate, the all-new path answers every kind
+    plain, single, batch = await asyncio.gather(
+        log.append([record("p4")]),
+        log.append([record("s2")]),
+        log.append([record("c3"), record("c4")]),
     )
-    assert [(r.offset, r.duplicate) for r in plain] == [("8", False)]
-    assert counted == 0
-    assert [e.payload for e in await log.tail(3)] == [b"p4", b"c3", b"c4"]
+    # the first single append opened the shared entry, so both singles come first
+    assert [r.offset for r in [*plain, *single, *batch]] == ["8", "9", "10", "11"]
+    assert [e.payload for e in await log.tail(4)] == [b"p4", b"s2", b"c3", b"c4"]
 
 
 async def test_single_appends_over_the_pending_bound_are_refused(open_log: OpenLog) -> None:
     log = await open_log(linger_ms=100.0, max_pending_events=10)
-    futures = [log.append_one(record(f"r{i}")) for i in range(15)]
+    futures = [log.append([record(f"r{i}")]) for i in range(15)]
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    assert outcomes[:10] == [0] * 10  # durable, no duplicate among them
+    for landed in outcomes[:10]:
+        assert not isinstance(landed, BaseException) and not landed[0].duplicate
     for refused in outcomes[10:]:
         assert isinstance(refused, BackendUnavailable)
         assert refused.code == "log_overloaded"
     assert [e.payload for e in await log.tail(20)] == [f"r{i}".encode() for i in range(10)]
     # once the queue drained, single appends are taken again
-    await log.append_one(record("later"))
+    await log.append([record("later")])
     assert (await log.tail(1))[0].payload == b"later"
 
 
 async def test_a_single_append_to_a_stopped_log_is_backend_unavailable(tmp_path: Path) -> None:
     log = SQLiteEventLog(tmp_path / "events.db", durability="off")
     with pytest.raises(BackendUnavailable):
-        await log.append_one(record("a"))
+        await log.append([record("a")])
     await log.start()
-    pending = log.append_one(record("b"))
+    pending = log.append([record("b")])
     await log.close()
     await pending  # close writes what is queued
     with pytest.raises(BackendUnavailable):
-        await log.append_one(record("c"))
+        await log.append([record("c")])
     assert [payload for _, _, payload in iter_records(tmp_path / "events.db")] == [b"b"]
 
 
@@ -214,7 +238,7 @@ async def test_over_the_pending_bound_appends_are_refused(open_log: OpenLog) -> 
         log.append([record(f"b{i}") for i in range(8)]),
         return_exceptions=True,
     )
-    assert isinstance(outcomes[0], list) and len(outcomes[0]) == 8
+    assert not isinstance(outcomes[0], BaseException) and len(outcomes[0]) == 8
     refused = outcomes[1]
     assert isinstance(refused, BackendUnavailable)
     assert refused.code == "log_overloaded"
@@ -304,7 +328,7 @@ async def test_a_dedupe_hash_collision_never_drops_a_distinct_event(
     await log.close()
     # forge a collision in the real file: the hash stored for "gamma" is now "beta"'s, so the
     # index rebuilt at start sends "beta" to gamma's record
-    forged = array("q", [dedupe_hash("alpha"), dedupe_hash("beta")]).tobytes()
+    forged = array("Q", [dedupe_hash("alpha"), dedupe_hash("beta")]).tobytes()
     with closing(sqlite3.connect(tmp_path / "events.db")) as conn:
         conn.execute("UPDATE chunk SET hashes = ?", (forged,))
         conn.commit()
@@ -441,3 +465,67 @@ async def test_a_file_in_the_row_per_record_layout_is_moved_into_chunks(tmp_path
         await log.close()
     tables = {name for (name,) in query(path, "SELECT name FROM sqlite_master")}
     assert "log" not in tables and "dedupe" not in tables
+
+
+async def test_dedupe_stays_exact_beyond_its_memory_budget(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    # a budget of 64 KiB holds a few thousand entries; the rest go to runs on disk
+    log = await open_log(dedupe_memory_bytes=64 * 1024)
+    first = [await log.append([record(f"m{b}-{i}") for i in range(500)]) for b in range(40)]
+    assert log._writer.index.run_count >= 2, "20,000 keys must not fit a 64 KiB budget"
+    assert log.dedupe_index_bytes <= 64 * 1024
+    # every key is found again, oldest and newest, with its original offset
+    again = await log.append([record(f"m{b}-{i}") for b in (0, 17, 39) for i in (0, 250, 499)])
+    expected = [first[b][i].offset for b in (0, 17, 39) for i in (0, 250, 499)]
+    assert [(r.offset, r.duplicate) for r in again] == [(o, True) for o in expected]
+    # and nothing new is taken for a duplicate
+    fresh = await log.append([record(f"new{i}") for i in range(300)])
+    assert not any(r.duplicate for r in fresh)
+    assert count_records(tmp_path / "events.db") == 20_300
+    await log.close()
+    # the index rebuilt at start, within the budget, answers the same
+    reopened = await open_log(dedupe_memory_bytes=64 * 1024)
+    back = await reopened.append([record("m3-7"), record("new299"), record("other")])
+    assert [(r.offset, r.duplicate) for r in back] == [
+        (first[3][7].offset, True),
+        (fresh[299].offset, True),
+        ("20301", False),
+    ]
+
+
+async def test_a_file_with_blake2b_hashes_is_rehashed(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SQLiteEventLog(path, durability="off")
+    await log.start()
+    first = await log.append([record("m1"), record("m2"), record("free", dedupe=False)])
+    await log.close()
+    # the layout before the xxh3 hashes: BLAKE2b digests and no user_version
+    old = array("q", [1234, 5678, 0]).tobytes()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE chunk SET hashes = ?", (old,))
+        conn.execute("PRAGMA user_version = 0")
+        conn.commit()
+    reopened = SQLiteEventLog(path, durability="off")
+    await reopened.start()
+    try:
+        again = await reopened.append([record("m2"), record("m3")])
+        assert [(r.offset, r.duplicate) for r in again] == [(first[1].offset, True), ("4", False)]
+    finally:
+        await reopened.close()
+    stored = query(path, "SELECT hashes FROM chunk ORDER BY first_offset")[0][0]
+    assert stored == array("Q", [dedupe_hash("m1"), dedupe_hash("m2"), 0]).tobytes()
+    assert query(path, "PRAGMA user_version") == [(1,)]
+
+
+async def test_all_new_results_read_as_a_list_and_count_their_duplicates(
+    open_log: OpenLog,
+) -> None:
+    log = await open_log()
+    results = await log.append([record(f"r{i}") for i in range(5)])
+    expected = [AppendResult(str(i), False) for i in range(1, 6)]
+    assert results == expected and list(results) == expected and len(results) == 5
+    assert results[-1] == expected[-1] and list(results[1:3]) == expected[1:3]
+    assert count_duplicates(results) == 0
+    mixed = await log.append([record("r0"), record("new")])
+    assert count_duplicates(mixed) == 1

@@ -15,7 +15,7 @@ import pytest
 from personify.errors import BackendUnavailable
 from personify.eventlog.base import LogRecord
 from personify.eventlog.sqlite import SQLiteEventLog
-from personify.eventlog.syncer import FileSyncer
+from personify.eventlog.sqlite.syncer import FileSyncer
 
 
 @pytest.fixture

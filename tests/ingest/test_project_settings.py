@@ -22,6 +22,9 @@ async def test_the_configured_public_url_wins_over_the_host_header(tmp_path: Pat
         assert integration["apiHost"] == "collect.example.com/pfy/v1"
         assert integration["protocol"] == "https"
         assert "evil" not in response.text
+        # analytics.js's own counters would go to Segment's servers without a host of ours
+        metrics = response.json()["metrics"]
+        assert metrics == {"host": "collect.example.com/pfy/v1", "sampleRate": 0}
 
 
 async def test_production_never_takes_the_host_header(tmp_path: Path) -> None:

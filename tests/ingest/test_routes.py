@@ -138,22 +138,67 @@ async def test_health(harness: Harness) -> None:
 # -- CORS ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/v1/track", "/v1/t", "/v1/batch", "/v1/m"])
-async def test_preflight_allows_any_origin_without_credentials(harness: Harness, path: str) -> None:
+# what Segment's libraries send: analytics.js adds x-retry-count to every retry
+SEGMENT_HEADERS = ["content-type", "authorization", "content-encoding", "x-retry-count"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/v1/track", "POST"),
+        ("/v1/t", "POST"),
+        ("/v1/batch", "POST"),
+        ("/v1/b", "POST"),
+        ("/v1/m", "POST"),
+        ("/v1/projects/wk_any/settings", "GET"),
+    ],
+)
+async def test_preflight_allows_any_origin_without_credentials(
+    harness: Harness, path: str, method: str
+) -> None:
     response = await harness.client.options(
         path,
         headers={
             "Origin": "https://shop.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type, authorization",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": ",".join(SEGMENT_HEADERS),
         },
     )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == "*"
-    assert "POST" in response.headers["access-control-allow-methods"]
-    allowed = response.headers["access-control-allow-headers"].lower()
-    assert "content-type" in allowed and "authorization" in allowed
+    assert method in response.headers["access-control-allow-methods"]
+    allowed = {
+        name.strip().lower() for name in response.headers["access-control-allow-headers"].split(",")
+    }
+    assert allowed >= set(SEGMENT_HEADERS)
     assert "access-control-allow-credentials" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("POST", "/v1/t", 401, "missing_write_key"),
+        ("POST", "/v1/batch", 401, "missing_write_key"),
+        ("GET", "/v1/track", 405, "method_not_allowed"),
+        ("GET", "/v1/projects/wk_nope/settings", 401, "invalid_write_key"),
+    ],
+)
+async def test_collector_errors_repeat_code_and_message_at_the_top_level(
+    harness: Harness, method: str, path: str, status: int, code: str
+) -> None:
+    # Segment's and RudderStack's libraries read body["code"] and body["message"]
+    response = await harness.client.request(
+        method, path, content=b'{"batch": []}' if method == "POST" else None
+    )
+    error = assert_error(response, status, code)
+    body = response.json()
+    assert (body["code"], body["message"]) == (code, error["message"])
+
+
+async def test_admin_errors_keep_the_one_shape(harness: Harness) -> None:
+    response = await harness.client.get("/v1/failed-events")
+    assert response.status_code == 401
+    assert set(response.json()) == {"error"}
 
 
 async def test_error_responses_carry_cors_headers(harness: Harness) -> None:

@@ -17,7 +17,6 @@ import msgspec
 import pytest
 
 from personify.api.app import create_app
-from personify.api.services import Services
 from personify.clock import format_timestamp
 from personify.eventlog.base import LogRecord
 from personify.eventlog.sqlite import SQLiteEventLog
@@ -25,6 +24,7 @@ from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
 from personify.lake.schema import events_to_table
 from personify.lake.table import Lake
+from personify.runtime import Runtime
 from tests.conftest import make_settings
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -116,7 +116,7 @@ class Served:
     """The real app over a temporary data folder, with its supervised worker and lake writer
     running: a write key for ingest, an httpx client that holds an admin key."""
 
-    def __init__(self, services: Services, client: httpx.AsyncClient, write_key: str) -> None:
+    def __init__(self, services: Runtime, client: httpx.AsyncClient, write_key: str) -> None:
         self.services = services
         self.client = client
         self.write_key = write_key
@@ -195,7 +195,7 @@ async def serving(data_dir: Path, **overrides: Any) -> AsyncIterator[Served]:
     }
     values.update(overrides)
     settings = make_settings(data_dir, **values)
-    services = Services.build(settings)
+    services = Runtime.build(settings)
     app = create_app(settings, services=services)
     await services.start()
     try:

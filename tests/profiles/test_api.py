@@ -11,14 +11,14 @@ import httpx
 import pytest
 
 from personify.api.app import create_app
-from personify.api.services import Services
+from personify.runtime import Runtime
 from tests.conftest import make_settings
 
 
 class Api:
     """An httpx client on the app, with the worker driven by the test."""
 
-    def __init__(self, services: Services, client: httpx.AsyncClient, admin: str, write: str):
+    def __init__(self, services: Runtime, client: httpx.AsyncClient, admin: str, write: str):
         self.services = services
         self.client = client
         self.admin = {"Authorization": f"Bearer {admin}"}
@@ -43,7 +43,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         worker_poll_timeout_ms=50,
         cache_invalidation_ttl_s=0.05,
     )
-    services = Services.build(settings)
+    services = Runtime.build(settings)
     app = create_app(settings, services=services)
     await services.start()
     _, write_key = services.sources.create("web")

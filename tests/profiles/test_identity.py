@@ -16,8 +16,8 @@ from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.state import ProfileState
+from personify.profiles.tables import identities, profiles
 from personify.store.database import Database
-from personify.store.tables import identities, profiles
 from tests.profiles.factory import event
 
 FEATURES = FeatureSet()

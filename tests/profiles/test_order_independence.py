@@ -21,8 +21,8 @@ from personify.profiles.state import (
     encode_state,
     merge_states,
 )
+from personify.profiles.tables import applied_events, identities, profiles
 from personify.store.database import Database
-from personify.store.tables import applied_events, identities, profiles
 from tests.profiles.factory import BASE, event
 
 FEATURES = FeatureSet()

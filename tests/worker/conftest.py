@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from personify.api.services import Services
 from personify.eventlog.base import LogRecord
 from personify.events.normalize import partition_key
-from personify.store.tables import identities, profiles
+from personify.profiles.tables import identities, profiles
+from personify.runtime import Runtime
 from tests.conftest import make_settings
 from tests.profiles.factory import encode
 
@@ -30,31 +30,31 @@ def worker_settings(data_dir: Path, **overrides: Any) -> Any:
 
 
 @pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[Services]:
-    """Services whose worker is not running: tests call ``worker.run(until_idle=True)``."""
-    built = Services.build(worker_settings(tmp_path / "data"))
+async def services(tmp_path: Path) -> AsyncIterator[Runtime]:
+    """Runtime whose worker is not running: tests call ``worker.run(until_idle=True)``."""
+    built = Runtime.build(worker_settings(tmp_path / "data"))
     await built.start()
     yield built
     await built.close()
 
 
-async def append(services: Services, events: Sequence[dict[str, Any]]) -> None:
+async def append(services: Runtime, events: Sequence[dict[str, Any]]) -> None:
     """Put events straight into the log, as the collector would."""
     await services.log.append([LogRecord(encode(e), partition_key(e)) for e in events])
 
 
-async def append_raw(services: Services, payloads: Sequence[bytes]) -> None:
+async def append_raw(services: Runtime, payloads: Sequence[bytes]) -> None:
     """Put arbitrary bytes into the log (a broken producer)."""
     await services.log.append([LogRecord(p, "raw") for p in payloads])
 
 
-def stored_profiles(services: Services) -> dict[str, str]:
+def stored_profiles(services: Runtime) -> dict[str, str]:
     """Every profile's stored state, by profile id."""
     with services.db.engine.connect() as conn:
         return dict(conn.execute(sa.select(profiles.c.profile_id, profiles.c.state)).all())
 
 
-def identity_graph(services: Services) -> dict[str, str]:
+def identity_graph(services: Runtime) -> dict[str, str]:
     """Every identity's profile id."""
     with services.db.engine.connect() as conn:
         return dict(conn.execute(sa.select(identities.c.identity, identities.c.profile_id)).all())

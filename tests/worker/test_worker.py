@@ -9,8 +9,8 @@ from pathlib import Path
 
 import msgspec
 
-from personify.api.services import Services
 from personify.profiles.events import view_event
+from personify.runtime import Runtime
 from personify.worker.heartbeats import Heartbeat
 from tests.profiles.factory import event, shop_events
 from tests.worker.conftest import (
@@ -21,7 +21,7 @@ from tests.worker.conftest import (
 )
 
 
-async def test_the_worker_applies_the_log_and_leaves_no_lag(services: Services) -> None:
+async def test_the_worker_applies_the_log_and_leaves_no_lag(services: Runtime) -> None:
     events = shop_events(20, 25)
     await append(services, events)
     assert await services.log.lag("worker") == len(events)
@@ -35,7 +35,7 @@ async def test_the_worker_applies_the_log_and_leaves_no_lag(services: Services) 
     assert document["features"]["events_total"] == 25
 
 
-async def test_redelivered_events_change_nothing(services: Services) -> None:
+async def test_redelivered_events_change_nothing(services: Runtime) -> None:
     events = shop_events(10, 20)
     await append(services, events)
     await services.worker.run(until_idle=True)
@@ -49,8 +49,8 @@ async def test_redelivered_events_change_nothing(services: Services) -> None:
 
 async def test_a_crash_between_applying_and_committing_is_harmless(tmp_path: Path) -> None:
     events = shop_events(10, 20)
-    clean = Services.build(worker_settings(tmp_path / "clean"))
-    crashed = Services.build(worker_settings(tmp_path / "crashed"))
+    clean = Runtime.build(worker_settings(tmp_path / "clean"))
+    crashed = Runtime.build(worker_settings(tmp_path / "crashed"))
     for target in (clean, crashed):
         await target.start()
         await append(target, events)
@@ -67,7 +67,7 @@ async def test_a_crash_between_applying_and_committing_is_harmless(tmp_path: Pat
         await target.close()
 
 
-async def test_profiles_read_after_an_update_are_never_stale(services: Services) -> None:
+async def test_profiles_read_after_an_update_are_never_stale(services: Runtime) -> None:
     await append(services, [event("track", "m1", 0, user_id="kim", name="Clicked")])
     await services.worker.run(until_idle=True)
     await asyncio.sleep(0.1)  # the invalidation marker (50 ms here) has expired
@@ -89,7 +89,7 @@ async def test_profiles_read_after_an_update_are_never_stale(services: Services)
 
 
 async def test_the_in_process_worker_follows_the_collector(tmp_path: Path) -> None:
-    services = Services.build(worker_settings(tmp_path / "data", run_worker=True))
+    services = Runtime.build(worker_settings(tmp_path / "data", run_worker=True))
     await services.start()
     try:
         source, _ = services.sources.create("web")
@@ -111,7 +111,7 @@ async def test_the_in_process_worker_follows_the_collector(tmp_path: Path) -> No
     assert not services.worker.running
 
 
-async def test_heartbeats_report_the_worker_and_forget_dead_ones(services: Services) -> None:
+async def test_heartbeats_report_the_worker_and_forget_dead_ones(services: Runtime) -> None:
     long_ago = services.clock.now() - timedelta(days=2)
     services.heartbeats.beat(
         Heartbeat("worker-gone-123", "worker", long_ago, long_ago, 5, 0, 0, 0.0, 0)

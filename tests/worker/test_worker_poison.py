@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from personify.api.services import Services
+from personify.runtime import Runtime
 from personify.store.failed_events import NewFailedEvent
 from personify.worker.replay import replay_failed
 from tests.profiles.factory import encode, event
@@ -16,7 +16,7 @@ def good(n: int) -> list[dict[str, object]]:
 
 
 async def test_unreadable_events_are_dead_lettered_and_the_rest_applied(
-    services: Services,
+    services: Runtime,
 ) -> None:
     await append(services, good(5))
     await append_raw(
@@ -51,7 +51,7 @@ async def test_unreadable_events_are_dead_lettered_and_the_rest_applied(
 async def test_an_event_whose_application_fails_is_retried_then_dead_lettered(
     tmp_path: Path,
 ) -> None:
-    services = Services.build(
+    services = Runtime.build(
         worker_settings(tmp_path / "data", profile_max_identities=2, worker_max_attempts=3)
     )
     await services.start()
@@ -83,7 +83,7 @@ async def test_an_event_whose_application_fails_is_retried_then_dead_lettered(
         await services.close()
 
     # the fix: raise the limit; then the dead letter goes back into the log and applies
-    fixed = Services.build(worker_settings(tmp_path / "data", profile_max_identities=10))
+    fixed = Runtime.build(worker_settings(tmp_path / "data", profile_max_identities=10))
     await fixed.start()
     try:
         outcome = await replay_failed(fixed.log, fixed.failed_events)
@@ -100,7 +100,7 @@ async def test_an_event_whose_application_fails_is_retried_then_dead_lettered(
         await fixed.close()
 
 
-async def test_replaying_an_already_applied_event_changes_nothing(services: Services) -> None:
+async def test_replaying_an_already_applied_event_changes_nothing(services: Runtime) -> None:
     data = event("track", "once", 0, user_id="amy", name="Clicked")
     await append(services, [data])
     await services.worker.run(until_idle=True)

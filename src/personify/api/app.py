@@ -1,110 +1,111 @@
-"""The ASGI app factory: builds the services from settings and mounts every router."""
+"""The ASGI app factory: the Litestar app over one ``Runtime``, with the collector's fast path
+in front.
+
+Nothing here tunes the process (garbage collector, allocator): an embedder's or a test's
+process is its own. ``personify serve`` and ``personify worker`` do that at start-up
+(``personify.cli.tuning``).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import gc
-import sys
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
+from starlette.routing import Router as StarletteRouter
+from starlette.types import ASGIApp
 
 from personify.api import errors as api_errors
-from personify.api.admin import admin_routes
-from personify.api.profiles import profile_routes
-from personify.api.services import Services
+from personify.api.admin import admin_router
+from personify.api.collector import collector_handlers
+from personify.api.documents import ErrorDocument, Health, Readiness
+from personify.api.profiles import profile_router
+from personify.api.reference import openapi_config, reference_router
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.ingest.asgi import IngestFastPath, UnavailableLog
-from personify.ingest.routes import CollectorRoutes, json_response
+from personify.ingest.routes import CollectorRoutes
+from personify.runtime import Runtime
 from personify.settings import Settings
 
-_GC_YOUNG_THRESHOLD = 20_000
-# glibc's mallopt parameters, and what the server sets them to (see keep_freed_memory)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024
-_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+@get("/healthz", tags=["health"], sync_to_thread=False)
+def health() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse; whether it could (glibc only).
+@get(
+    "/readyz",
+    tags=["health"],
+    sync_to_thread=False,
+    responses={
+        503: ResponseSpec(ErrorDocument, description="stage_down: a background stage is restarting")
+    },
+)
+def ready(runtime: NamedDependency[Runtime]) -> Readiness:
+    """Readiness: every background stage of this process (worker, lake writer) is running."""
+    # liveness stays /healthz: a stage that died is restarted in-process, so the process
+    # is alive, but not ready while a stage waits to restart
+    stages = runtime.stages()
+    down = [stage for stage in stages if stage.is_down]
+    if down:
+        names = ", ".join(stage.name for stage in down)
+        raise BackendUnavailable(
+            f"stage {names} is down and restarting; see GET /v1/worker/status",
+            code="stage_down",
+            details={"stages": [stage.summary() for stage in down]},
+        )
+    return Readiness(status="ready", stages=[s.summary() for s in stages])
 
-    A group commit builds buffers of a few MB (the chunk's packed columns, and SQLite's copy
-    of them) and frees them at once. By default glibc serves such sizes with a fresh mmap and
-    gives the pages back on free, so every commit paid a page fault per 4 KB written: about
-    450 ns per record of a 2,700-record chunk, eight times the packing itself. Raised
-    thresholds keep them on the heap (up to 256 MB of free heap is kept before trimming).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-        and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
-    )
+
+def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Provide]:
+    """What handlers may ask for by name: the runtime and the ports they use."""
+
+    def value(thing: Any) -> Provide:
+        def provide() -> Any:
+            return thing
+
+        return Provide(provide, use_cache=True, sync_to_thread=False)
+
+    return {
+        "runtime": value(runtime),
+        "log": value(runtime.log),
+        "profiles": value(runtime.profiles),
+        "dead_letters": value(runtime.failed_events),
+        "unavailable": value(unavailable),
+    }
 
 
 def create_app(
-    settings: Settings | None = None, *, services: Services | None = None
+    settings: Settings | None = None, *, services: Runtime | None = None
 ) -> IngestFastPath:
     """The Personify ASGI app. Settings are read from the environment when not given.
 
-    The collector's POST routes are served by ``IngestFastPath`` before Starlette sees the
-    request; the Starlette app behind it (``.app``) serves everything else and the lifespan.
+    ``services`` is a runtime built by the caller (a test, an embedder); without it one is
+    built from ``settings``. Either way the app's lifespan starts and closes it. The
+    collector's POST routes are served by ``IngestFastPath`` before Litestar sees the
+    request; the Litestar app behind it (``.app``) serves everything else and the lifespan.
     """
     settings = settings or (services.settings if services else Settings())
-    services = services or Services.build(settings)
+    runtime = services or Runtime.build(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await services.start()
-        # Everything built at start (modules, settings, connections) lives as long as the
-        # process; frozen, the cyclic collector stops rescanning it every few requests.
-        gc.freeze()
-        # A request allocates a few dozen tracked objects that die with it; at Python's default
-        # of 700 allocations the youngest generation was scanned every few requests, about 4 %
-        # of a single-event request's instructions. Every 20,000 it costs a few MB at most.
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        keep_freed_memory()
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.start()
         try:
             yield
         finally:
-            await services.close()
-
-    async def health(request: Request) -> Response:
-        return json_response({"status": "ok"})
-
-    async def ready(request: Request) -> Response:
-        # liveness stays /healthz: a stage that died is restarted in-process, so the process
-        # is alive, but not ready while a stage waits to restart
-        stages = services.stages()
-        down = [stage for stage in stages if stage.is_down]
-        if down:
-            names = ", ".join(stage.name for stage in down)
-            error = BackendUnavailable(
-                f"stage {names} is down and restarting; see GET /v1/worker/status",
-                code="stage_down",
-                details={"stages": [stage.summary() for stage in down]},
-            )
-            return api_errors.render_error(error)
-        return json_response({"status": "ready", "stages": [s.summary() for s in stages]})
+            await runtime.close()
 
     collector_routes = CollectorRoutes(
-        services.collector,
-        services.sources,
-        api_errors.render_error,
+        runtime.collector,
+        runtime.sources,
+        api_errors.render_collector_error,
         max_event_bytes=settings.max_event_bytes,
         max_batch_bytes=settings.max_batch_bytes,
         public_url=settings.public_url,
@@ -112,20 +113,36 @@ def create_app(
     )
     # the collector's 503s, counted for GET /v1/ingest/status
     unavailable = UnavailableLog()
-    app = Starlette(
-        routes=[
-            Route("/healthz", health, methods=["GET"]),
-            Route("/readyz", ready, methods=["GET"]),
-            *collector_routes.routes(),
-            *admin_routes(services, unavailable),
-            *profile_routes(services),
+    app = Litestar(
+        route_handlers=[
+            health,
+            ready,
+            admin_router(),
+            profile_router(),
+            *collector_handlers(),
+            reference_router(),
         ],
+        dependencies=_dependencies(runtime, unavailable),
         exception_handlers={
             PersonifyError: api_errors.personify_error_handler,
             HTTPException: api_errors.http_error_handler,
             Exception: api_errors.unexpected_error_handler,
         },
-        lifespan=lifespan,
+        lifespan=[lifespan],
+        openapi_config=openapi_config(),
+        state=State(
+            {
+                "runtime": runtime,
+                # the API key guard reads the keys from here (guards take no dependencies)
+                "api_keys": runtime.api_keys,
+                # the collector's GET routes are its own Starlette endpoints
+                "collector_pages": StarletteRouter(routes=collector_routes.routes()),
+            }
+        ),
+        # logging is the process's to configure, not the app's
+        logging_config=None,
     )
-    app.state.services = services
-    return IngestFastPath(app, collector_routes, unavailable)
+    # Litestar's own signature names its ASGI message types; it is an ASGI app all the same
+    fast_path = IngestFastPath(cast("ASGIApp", app), collector_routes, unavailable)
+    app.state.ingest = fast_path
+    return fast_path

@@ -1,33 +1,30 @@
-"""The one place where errors become HTTP: status codes and the JSON error body.
-
-Every error answer is ``{"error": {"code": "...", "message": "...", "details": ...}}``.
-"""
+"""Errors as the API framework's responses: Litestar's exception handlers and the collector's
+Starlette routes, both rendering through ``personify.http_errors`` (the statuses and the one
+JSON error shape)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
-import msgspec
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from litestar import Request as LitestarRequest
+from litestar import Response as LitestarResponse
+from litestar.exceptions import HTTPException as LitestarHTTPException
+from litestar.exceptions import ValidationException as LitestarValidationException
 from starlette.responses import Response
 
 from personify import errors
+from personify.http_errors import (
+    collector_error_parts,
+    error_body,
+    error_parts,
+    internal_error_body,
+)
 
 logger = logging.getLogger("personify.api")
 
-_STATUS: list[tuple[type[errors.PersonifyError], int]] = [
-    (errors.PayloadTooLarge, 413),
-    (errors.ValidationError, 400),
-    (errors.UnsupportedMediaType, 415),
-    (errors.Unauthorized, 401),
-    (errors.Forbidden, 403),
-    (errors.NotFound, 404),
-    (errors.Conflict, 409),
-    (errors.BackendUnavailable, 503),
-    (errors.ConfigurationError, 500),
-]
-
+# our codes for the statuses the framework raises itself
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -36,33 +33,10 @@ _HTTP_CODES = {
 }
 
 
-def status_for(error: errors.PersonifyError) -> int:
-    """The HTTP status of a Personify error."""
-    for kind, status in _STATUS:
-        if isinstance(error, kind):
-            return status
-    return 500
-
-
-def error_body(code: str, message: str, details: object = None) -> bytes:
-    """The JSON error document."""
-    return msgspec.json.encode({"error": {"code": code, "message": message, "details": details}})
-
-
-def internal_error_body() -> bytes:
-    """The body of a 500: a bug, logged with its traceback; no internals in the answer."""
-    return error_body("internal_error", "an unexpected error occurred; it has been logged")
-
-
-def error_parts(error: errors.PersonifyError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, JSON body and extra headers of a Personify error (503s carry ``Retry-After``).
-
-    Shared by Starlette's handlers and the raw ASGI ingest path, so both answer alike.
-    """
-    headers = {}
-    if isinstance(error, errors.BackendUnavailable):
-        headers["retry-after"] = str(error.retry_after_s)
-    return status_for(error), error_body(error.code, error.message, error.details), headers
+def render_collector_error(error: errors.PersonifyError) -> Response:
+    """The response for a Personify error on a collector route."""
+    status, body, headers = collector_error_parts(error)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def render_error(error: errors.PersonifyError) -> Response:
@@ -71,31 +45,50 @@ def render_error(error: errors.PersonifyError) -> Response:
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-async def personify_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette handler for ``PersonifyError``."""
+def _litestar_response(
+    status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> LitestarResponse[bytes]:
+    return LitestarResponse(
+        body, status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def personify_error_handler(
+    request: LitestarRequest[Any, Any, Any], exc: Exception
+) -> LitestarResponse[bytes]:
+    """Litestar handler for ``PersonifyError``: the same parts as the ingest fast path's."""
     assert isinstance(exc, errors.PersonifyError)
     if isinstance(exc, errors.BackendUnavailable | errors.ConfigurationError):
         logger.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
-    return render_error(exc)
+    return _litestar_response(*error_parts(exc))
 
 
-async def http_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 answers, in our JSON shape."""
-    assert isinstance(exc, HTTPException)
+def http_error_handler(
+    request: LitestarRequest[Any, Any, Any], exc: Exception
+) -> LitestarResponse[bytes]:
+    """Litestar's own answers (no route, wrong method, a parameter that fails its type or
+    bounds) in our JSON shape; a 5xx among them is answered like any bug."""
+    assert isinstance(exc, LitestarHTTPException)
+    if exc.status_code >= 500:
+        return unexpected_error_handler(request, exc)
+    if isinstance(exc, LitestarValidationException):
+        # the parameter is named, its value never repeated
+        problems = exc.extra if isinstance(exc.extra, list) else []
+        first = problems[0] if problems and isinstance(problems[0], dict) else {}
+        name = str(first.get("key") or "request")
+        reason = str(first.get("message") or "is not valid")
+        error = errors.ValidationError(
+            f"{name}: {reason}", code="invalid_parameter", details={"parameter": name}
+        )
+        return _litestar_response(*error_parts(error))
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return Response(
-        error_body(code, str(exc.detail)),
-        status_code=exc.status_code,
-        media_type="application/json",
-        headers=exc.headers,
-    )
+    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+    return _litestar_response(exc.status_code, error_body(code, exc.detail), headers)
 
 
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+def unexpected_error_handler(
+    request: LitestarRequest[Any, Any, Any], exc: Exception
+) -> LitestarResponse[bytes]:
     """A bug: log it with its traceback, answer a JSON 500 without internals."""
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(
-        internal_error_body(),
-        status_code=500,
-        media_type="application/json",
-    )
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _litestar_response(500, internal_error_body())

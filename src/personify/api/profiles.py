@@ -3,93 +3,138 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from litestar import Router, get
+from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter, QueryParameter
 
-from personify.api.admin import authenticate, int_param, invalid_parameter, path_id, text_param
-from personify.api.services import Services
+from personify.api.admin import MAX_ID_CHARS, NO_NUL, invalid_parameter
+from personify.api.documents import (
+    CacheStats,
+    Profile,
+    ProfileEvents,
+    ProfileHistory,
+    WorkerStatus,
+    admin_responses,
+)
+from personify.api.guards import BEARER_SECURITY, api_key
 from personify.errors import ValidationError
 from personify.events.normalize import parse_timestamp
-from personify.ingest.routes import json_response
 from personify.profiles.repository import MAX_CURSOR_CHARS, parse_cursor
+from personify.profiles.service import ProfileService
+from personify.runtime import Runtime
 from personify.worker.worker import heartbeat_horizon
 
 # an ISO-8601 time is some 35 characters, with its fraction and offset
 _MAX_TIME_CHARS = 64
 
+ProfileId = Annotated[
+    str,
+    PathParameter(
+        max_length=MAX_ID_CHARS,
+        pattern=NO_NUL,
+        description="a userId, an anonymousId or a profile id",
+    ),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
 
-def _as_of(request: Request) -> datetime | None:
-    raw = text_param(request, "as_of", max_chars=_MAX_TIME_CHARS)
+
+def _as_of(raw: str | None) -> datetime | None:
     if raw is None:
         return None
     try:
         return parse_timestamp("as_of", raw)
     except ValidationError as exc:
-        raise ValidationError(
-            "as_of must be an ISO-8601 time such as 2024-05-01T12:00:00Z",
-            code="invalid_parameter",
-            details={"parameter": "as_of"},
+        raise invalid_parameter(
+            "as_of", "as_of must be an ISO-8601 time such as 2024-05-01T12:00:00Z"
         ) from exc
 
 
-def _cursor(request: Request) -> str | None:
-    raw = text_param(request, "cursor", max_chars=MAX_CURSOR_CHARS)
-    if raw and parse_cursor(raw) is None:
+@get(
+    "/v1/profiles/{id:str}",
+    responses={
+        200: ResponseSpec(Profile, description="the profile document"),
+        **admin_responses(found=True),
+    },
+)
+async def profile(
+    profiles: NamedDependency[ProfileService],
+    id: ProfileId,
+    as_of: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=_MAX_TIME_CHARS,
+            description="an ISO-8601 time: the profile as it was then",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """The profile that any of its ids belongs to: ids, traits, features, consent."""
+    return await profiles.get(id, as_of=_as_of(as_of))
+
+
+@get("/v1/profiles/{id:str}/history", responses=admin_responses(found=True))
+async def history(
+    profiles: NamedDependency[ProfileService],
+    id: ProfileId,
+    limit: Limit = 50,
+    before: Annotated[
+        int, QueryParameter(ge=0, le=2**31, description="the `next` of the previous page")
+    ] = 0,
+) -> ProfileHistory:
+    """The profile's versions, newest first, and the merges that formed it."""
+    body = await profiles.history(id, before=before or None, limit=limit)
+    return ProfileHistory(**body)
+
+
+@get("/v1/profiles/{id:str}/events", responses=admin_responses(found=True))
+async def events(
+    profiles: NamedDependency[ProfileService],
+    id: ProfileId,
+    limit: Limit = 50,
+    cursor: Annotated[
+        str | None,
+        QueryParameter(max_length=MAX_CURSOR_CHARS, description="the `next` of the previous page"),
+    ] = None,
+) -> ProfileEvents:
+    """The events applied to the profile, newest first."""
+    if cursor and parse_cursor(cursor) is None:
         raise invalid_parameter("cursor", "cursor is not one this API returned")
-    return raw
+    body = await profiles.timeline(id, cursor=cursor, limit=limit)
+    return ProfileEvents(**body)
 
 
-def profile_routes(services: Services) -> list[BaseRoute]:
-    """``/v1/profiles/{id}``, ``…/history``, ``…/events`` and ``/v1/worker/status``."""
+@get("/v1/worker/status", responses=admin_responses(parameters=False))
+async def worker_status(runtime: NamedDependency[Runtime]) -> WorkerStatus:
+    """The stream worker: lag, this process's worker and stages, every live worker's beat."""
+    group = runtime.worker.group
+    since = heartbeat_horizon(runtime.clock.now(), runtime.settings.worker_heartbeat_s)
+    beats = await sync_to_thread(runtime.heartbeats.recent, since=since, group=group)
+    stats = runtime.profiles.stats
+    return WorkerStatus(
+        group=group,
+        lag=await runtime.log.lag(group),
+        inProcess=runtime.worker.status() if runtime.worker.running else None,
+        # this process's background stages: state, restarts, last failure
+        stages=[stage.to_dict() for stage in runtime.stages()],
+        workers=[beat.to_dict() for beat in beats],
+        cache=CacheStats(
+            hits=stats.hits,
+            misses=stats.misses,
+            fills=stats.fills,
+            invalidations=stats.invalidations,
+        ),
+    )
 
-    async def profile(request: Request) -> Response:
-        await authenticate(services, request)
-        document = await services.profiles.get(path_id(request), as_of=_as_of(request))
-        return json_response(document)
 
-    async def history(request: Request) -> Response:
-        await authenticate(services, request)
-        limit = int_param(request, "limit", 50, low=1, high=500)
-        before = int_param(request, "before", 0, low=0, high=2**31)
-        body = await services.profiles.history(path_id(request), before=before or None, limit=limit)
-        return json_response(body)
-
-    async def events(request: Request) -> Response:
-        await authenticate(services, request)
-        limit = int_param(request, "limit", 50, low=1, high=500)
-        body = await services.profiles.timeline(
-            path_id(request), cursor=_cursor(request), limit=limit
-        )
-        return json_response(body)
-
-    async def worker_status(request: Request) -> Response:
-        await authenticate(services, request)
-        group = services.worker.group
-        since = heartbeat_horizon(services.clock.now(), services.settings.worker_heartbeat_s)
-        beats = await run_in_threadpool(services.heartbeats.recent, since=since, group=group)
-        return json_response(
-            {
-                "group": group,
-                "lag": await services.log.lag(group),
-                "inProcess": services.worker.status() if services.worker.running else None,
-                # this process's background stages: state, restarts, last failure
-                "stages": [stage.to_dict() for stage in services.stages()],
-                "workers": [beat.to_dict() for beat in beats],
-                "cache": {
-                    "hits": services.profiles.stats.hits,
-                    "misses": services.profiles.stats.misses,
-                    "fills": services.profiles.stats.fills,
-                    "invalidations": services.profiles.stats.invalidations,
-                },
-            }
-        )
-
-    return [
-        Route("/v1/profiles/{id}", profile, methods=["GET"]),
-        Route("/v1/profiles/{id}/history", history, methods=["GET"]),
-        Route("/v1/profiles/{id}/events", events, methods=["GET"]),
-        Route("/v1/worker/status", worker_status, methods=["GET"]),
-    ]
+def profile_router() -> Router:
+    """The profile and worker routes, behind the API key guard."""
+    return Router(
+        "/",
+        route_handlers=[profile, history, events, worker_status],
+        guards=[api_key],
+        security=BEARER_SECURITY,
+        tags=["profiles"],
+    )

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from personify.auth.lookup import ExpiringLookup
 from personify.auth.revocations import RevocationListener, announce
 from personify.auth.secrets import MAX_SECRET_CHARS, hash_secret, new_secret
+from personify.auth.tables import api_keys
 from personify.clock import Clock, SystemClock
 from personify.errors import NotFound, ValidationError
-from personify.store.database import Database, aware, state_unavailable
-from personify.store.tables import api_keys
+from personify.store.database import Database, aware
 
 # admin: everything; read: GET endpoints only
 ROLES = ("admin", "read")
@@ -93,7 +93,7 @@ class ApiKeyRepository:
             created_at=self._clock.now(),
             revoked_at=None,
         )
-        with self._db.engine.begin() as conn:
+        with self._db.begin() as conn:
             conn.execute(
                 api_keys.insert().values(
                     id=key.id,
@@ -110,7 +110,7 @@ class ApiKeyRepository:
 
     def list(self) -> list[ApiKey]:
         """Every key, newest first."""
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at.desc()))
             return [_row_to_key(r) for r in rows]
 
@@ -118,7 +118,7 @@ class ApiKeyRepository:
         """Revoke a key by id or name; raises ``NotFound``."""
         now = self._clock.now()
         cond = sa.or_(api_keys.c.id == key_id_or_name, api_keys.c.name == key_id_or_name)
-        with self._db.engine.begin() as conn:
+        with self._db.begin() as conn:
             result = conn.execute(
                 api_keys.update()
                 .where(cond, api_keys.c.revoked_at.is_(None))
@@ -142,15 +142,12 @@ class ApiKeyRepository:
         if hit:
             return cached
         generation = self._cache.generation
-        try:
-            with self._db.engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(api_keys).where(
-                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
-                    )
-                ).first()
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        with self._db.connect() as conn:
+            row = conn.execute(
+                sa.select(api_keys).where(
+                    api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
         key = _row_to_key(row) if row is not None else None
         self._cache.put(digest, key, generation=generation)
         return key

@@ -12,12 +12,12 @@ import httpx
 import uvicorn
 
 from personify.api.app import create_app
-from personify.api.services import Services
 from personify.cli.shop import generate_shop
 from personify.errors import Conflict
 from personify.lake.sink import LAKE_GROUP
 from personify.lake.table import Lake
 from personify.lake.warehouse import StateProfiles, Warehouse
+from personify.runtime import Runtime
 from personify.settings import Settings
 
 # Fixed, well-known demo credentials so the README's curl calls work as printed.
@@ -84,7 +84,7 @@ def _scripted_events(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-def seed(services: Services) -> None:
+def seed(services: Runtime) -> None:
     """Create the demo source and admin key if they are not there yet."""
     with contextlib.suppress(Conflict):
         services.sources.create("demo", write_key=DEMO_WRITE_KEY)
@@ -114,7 +114,7 @@ async def _send_shop(base_url: str, echo: Callable[[str], None]) -> None:
     echo(f"replayed a generated shop: {len(events)} events of 150 visitors through POST /v1/batch")
 
 
-async def _wait_for_lake(services: Services, timeout_s: float = 30.0) -> bool:
+async def _wait_for_lake(services: Runtime, timeout_s: float = 30.0) -> bool:
     """Wait until the lake writer has committed everything in the log."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
@@ -124,7 +124,7 @@ async def _wait_for_lake(services: Services, timeout_s: float = 30.0) -> bool:
     return False
 
 
-def _lake_query(settings: Settings, services: Services, query: str) -> str:
+def _lake_query(settings: Settings, services: Runtime, query: str) -> str:
     with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(services.db)) as warehouse:
         return warehouse.render(query)
 
@@ -178,7 +178,7 @@ def run_demo(
     echo_json: Callable[[Any], None],
 ) -> None:
     """Seed, start the server, replay the scripted events through HTTP, keep serving."""
-    services = Services.build(settings)
+    services = Runtime.build(settings)
     seed(services)
     app = create_app(settings, services=services)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

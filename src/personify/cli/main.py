@@ -72,7 +72,7 @@ def serve(
         # the app factory runs in each uvicorn process and reads its settings from the environment
         os.environ["PERSONIFY_RUN_WORKER"] = "false"
     uvicorn.run(
-        "personify.api.app:create_app",
+        "personify.cli.main:served_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
@@ -80,6 +80,23 @@ def serve(
         log_level=log_level,
         access_log=False,
     )
+
+
+def served_app() -> Any:
+    """The app ``personify serve`` runs; uvicorn calls this in each of its processes.
+
+    Unlike ``create_app`` alone, it tunes the process it runs in (unless
+    ``PERSONIFY_PROCESS_TUNING=false``): the process is a server and nothing else.
+    """
+    from personify.api.app import create_app
+    from personify.cli.tuning import freeze_startup_objects, tune_process
+
+    settings = Settings()
+    app = create_app(settings)
+    if settings.process_tuning:
+        tune_process()
+        freeze_startup_objects()
+    return app
 
 
 def _sources(ctx: _Context) -> SourceRepository:
@@ -247,7 +264,8 @@ def worker(ctx: _Context, drain: bool, batch_size: int | None) -> None:
     """Run a stream worker: apply the event log to profiles until SIGTERM or Ctrl+C."""
     import signal
 
-    from personify.api.services import Services
+    from personify.cli.tuning import freeze_startup_objects, tune_process
+    from personify.runtime import Runtime
     from personify.worker.worker import WorkerStats
 
     update: dict[str, Any] = {"run_worker": False}
@@ -256,8 +274,11 @@ def worker(ctx: _Context, drain: bool, batch_size: int | None) -> None:
     settings = ctx.settings.model_copy(update=update)
 
     async def run() -> WorkerStats:
-        services = Services.build(settings)
+        services = Runtime.build(settings)
         await services.start()
+        if settings.process_tuning:
+            tune_process()
+            freeze_startup_objects()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, services.worker.request_stop)
@@ -310,12 +331,19 @@ def db() -> None:
 @db.command("upgrade")
 @pass_ctx
 def db_upgrade(ctx: _Context) -> None:
-    """Apply pending schema migrations."""
+    """Run the pending schema migrations (Alembic) on the state database."""
     from personify.store.database import open_database
+    from personify.store.migrations import head
 
     database = open_database(ctx.settings, auto_upgrade=False)
-    applied = database.upgrade()
-    click.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
+    try:
+        applied = database.upgrade()
+    finally:
+        database.dispose()
+    if applied:
+        click.echo(f"applied migrations: {', '.join(applied)} (now at {head()})")
+    else:
+        click.echo(f"schema is up to date (at {head()})")
 
 
 def _echo_json(value: Any) -> None:
@@ -333,9 +361,9 @@ def demo(ctx: _Context, port: int, no_serve: bool) -> None:
     run_demo(ctx.settings, port=port, serve=not no_serve, echo=click.echo, echo_json=_echo_json)
 
 
-# -- lake, import, sql, quality, lineage (personify.lake.cli) --------------------------------
+# -- lake, import, sql, quality, lineage (personify.cli.lake) --------------------------------
 
-from personify.lake.cli import COMMANDS as _LAKE_COMMANDS  # noqa: E402
+from personify.cli.lake import COMMANDS as _LAKE_COMMANDS  # noqa: E402
 
 for _command in _LAKE_COMMANDS:
     main.add_command(_command)

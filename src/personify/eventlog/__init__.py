@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from personify.eventlog.base import AppendResult, EventLog, LogEntry, LogRecord, open_eventlog
+from personify.eventlog.base import (
+    AppendResult,
+    EventLog,
+    LogEntry,
+    LogRecord,
+    count_duplicates,
+    open_eventlog,
+)
 
-__all__ = ["AppendResult", "EventLog", "LogEntry", "LogRecord", "open_eventlog"]
+__all__ = [
+    "AppendResult",
+    "EventLog",
+    "LogEntry",
+    "LogRecord",
+    "count_duplicates",
+    "open_eventlog",
+]

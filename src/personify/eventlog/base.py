@@ -2,11 +2,11 @@
 
 Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 
-* ``append`` (and ``append_counted``, ``append_one``) is durable when it returns: the
-  records survive a crash of this process (and, per the adapter's durability setting, of
-  the machine). Records with the same ``key`` keep their order. A record whose
-  ``dedupe_key`` was appended within the dedupe window is not appended again; its result
-  says ``duplicate=True`` and carries the original offset.
+* ``append`` is durable when it returns: the records survive a crash of this process
+  (and, per the adapter's durability setting, of the machine). Records with the same
+  ``key`` keep their order. A record whose ``dedupe_key`` was appended within the dedupe
+  window is not appended again; its result says ``duplicate=True`` and carries the
+  original offset.
 * ``read`` delivers each record to a consumer group at least once. A consumer that
   stops before ``commit`` gets the uncommitted records again after a restart.
 * ``commit`` acknowledges, per partition, every entry up to the highest given offset.
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from personify.registry import EVENTLOG_ADAPTERS, load_adapter
+from personify.registry import EVENTLOG_ADAPTERS, eventlog_config, load_adapter
 
 if TYPE_CHECKING:
     from personify.settings import Settings
@@ -64,21 +64,12 @@ class EventLog(Protocol):
         """Connect and create what the backend needs (tables, topics, streams)."""
         ...
 
-    def append(self, records: Sequence[LogRecord]) -> Awaitable[list[AppendResult]]:
+    def append(self, records: Sequence[LogRecord]) -> Awaitable[Sequence[AppendResult]]:
         """Append durably; one result per record, in order. Adapters may implement it as a
-        coroutine or as a function returning a future; callers only await it."""
-        ...
-
-    def append_counted(self, records: Sequence[LogRecord]) -> Awaitable[int]:
-        """Append durably, as ``append`` does; resolves to how many of ``records`` were
-        duplicates, not to a result per record (what a batch request answers with)."""
-        ...
-
-    def append_one(self, record: LogRecord) -> Awaitable[object]:
-        """Append one record durably, as ``append([record])`` does, when awaited; what the
-        awaitable resolves to says nothing about the record. The single-event ingest routes
-        use it: an adapter may let the records of one write share a single waiter (the
-        SQLite log does), where ``append`` keeps one per call for its results."""
+        coroutine or as a function returning a future; callers only await it. How an
+        adapter groups concurrent appends (the SQLite log commits every append of a turn of
+        the event loop in one transaction) is its own business. The results may be a lazy
+        sequence (see ``count_duplicates``)."""
         ...
 
     async def read(
@@ -108,9 +99,19 @@ class EventLog(Protocol):
         ...
 
 
+def count_duplicates(results: Sequence[AppendResult]) -> int:
+    """How many of ``results`` are duplicates. A result sequence that knows (an ``int``
+    attribute ``duplicates``, as the SQLite log's all-new results have) answers without
+    building each result; any other is counted."""
+    known = getattr(results, "duplicates", None)
+    if isinstance(known, int):
+        return known
+    return sum(1 for result in results if result.duplicate)
+
+
 def open_eventlog(settings: Settings, url: str | None = None) -> EventLog:
     """Build (but not start) the event log adapter that ``url`` (or the settings) names."""
     url = url or settings.resolved_eventlog_url
     adapter = load_adapter(EVENTLOG_ADAPTERS, url, "event log")
-    log: EventLog = adapter.from_url(url, settings)
+    log: EventLog = adapter(eventlog_config(url, settings))
     return log

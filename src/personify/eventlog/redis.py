@@ -35,14 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from personify.errors import BackendUnavailable, ConfigurationError
 from personify.eventlog.base import AppendResult, LogEntry, LogRecord
 from personify.redis_pool import RedisError, ResponseError, aioredis, connect
+from personify.registry import RedisLogConfig, redis_log_config
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -226,7 +226,6 @@ end
 return acked
 """
 
-_DEFAULT_STREAM = "events"
 # overridable per URL with ?max_connections=N
 _MAX_CONNECTIONS = 64
 _CONNECTION_WAIT_S = 10.0
@@ -281,26 +280,19 @@ def _entry(entry_id: Any, raw_fields: Any, delivery_count: int = 1) -> LogEntry 
 class RedisEventLog:
     """The ``EventLog`` on one Redis stream with consumer groups (one partition, 0)."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        stream: str = _DEFAULT_STREAM,
-        dedupe_window_s: float = 24 * 3600.0,
-        max_entries: int = 1_000_000,
-        claim_idle_ms: int = 60_000,
-    ) -> None:
-        if not stream:
-            raise ConfigurationError(f"redis event log URL {url!r} names an empty stream")
-        if claim_idle_ms <= 0:
+    def __init__(self, config: RedisLogConfig) -> None:
+        if not config.stream:
+            raise ConfigurationError(f"redis event log URL {config.url!r} names an empty stream")
+        if config.claim_idle_ms <= 0:
             raise ConfigurationError("PERSONIFY_EVENTLOG_CLAIM_IDLE_MS must be positive")
-        self.url = url
-        self.stream = stream
-        self._dedupe_ttl_ms = max(1, round(dedupe_window_s * 1000))
-        self._max_entries = max(0, max_entries)
-        self._claim_idle_ms = claim_idle_ms
+        self.config = config
+        self.url = config.url
+        self.stream = config.stream
+        self._dedupe_ttl_ms = max(1, round(config.dedupe_window_s * 1000))
+        self._max_entries = max(0, config.max_entries)
+        self._claim_idle_ms = config.claim_idle_ms
         # half the idle time: an entry waits at most 1.5x the idle time before it moves
-        self._claim_every_s = min(max(claim_idle_ms / 2000.0, 0.05), 30.0)
+        self._claim_every_s = min(max(config.claim_idle_ms / 2000.0, 0.05), 30.0)
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._readers: dict[tuple[str, str], _ReaderState] = {}
@@ -309,18 +301,7 @@ class RedisEventLog:
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> RedisEventLog:
         """``redis://host:6379/0?stream=events``; other query parameters go to redis-py."""
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        stream = next((v for k, v in query if k == "stream"), _DEFAULT_STREAM)
-        rest = urlencode([(k, v) for k, v in query if k != "stream"])
-        connection_url = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
-        return cls(
-            connection_url,
-            stream=stream,
-            dedupe_window_s=settings.dedupe_window_hours * 3600.0,
-            max_entries=settings.eventlog_stream_max_entries,
-            claim_idle_ms=settings.eventlog_claim_idle_ms,
-        )
+        return cls(redis_log_config(url, settings))
 
     @property
     def dedupe_prefix(self) -> str:
@@ -379,14 +360,6 @@ class RedisEventLog:
         return await self._scripts[script](keys=list(keys), args=list(args))
 
     # -- append ------------------------------------------------------------------------------
-
-    def append_one(self, record: LogRecord) -> Awaitable[list[AppendResult]]:
-        """``append([record])``: one record, durable once awaited."""
-        return self.append([record])
-
-    async def append_counted(self, records: Sequence[LogRecord]) -> int:
-        """``append``, resolving to how many of ``records`` were duplicates."""
-        return sum(result.duplicate for result in await self.append(records))
 
     async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
         """Append atomically with the dedupe check; one result per record, in order."""

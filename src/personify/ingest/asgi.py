@@ -16,9 +16,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from personify.api.errors import error_body, error_parts, internal_error_body
 from personify.errors import BackendUnavailable, PayloadTooLarge, PersonifyError
 from personify.events.normalize import EVENT_TYPES, SHORT_TYPES
+from personify.http_errors import (
+    INTERNAL_ERROR_MESSAGE,
+    collector_error_body,
+    collector_error_parts,
+)
 from personify.ingest.routes import (
     CORS_HEADERS,
     ClientDisconnected,
@@ -39,6 +43,7 @@ _METRICS_PATH = "/v1/m"
 # a client refused with 503 retries, so under backpressure 503s come by the thousand a second
 _UNAVAILABLE_LOG_INTERVAL_S = 10.0
 _SUCCESS = b'{"success":true}'
+_INTERNAL_ERROR = collector_error_body("internal_error", INTERNAL_ERROR_MESSAGE)
 # a preflight answer carries every CORS header; an actual answer needs only the origin one
 # (Allow-Methods, Allow-Headers and Max-Age mean something on preflight answers alone), and
 # each header costs the server's validation on every answer
@@ -114,7 +119,9 @@ class IngestFastPath:
             await _respond(send, 204, b"", _PREFLIGHT)
             return
         if method != "POST":
-            body = error_body("method_not_allowed", f"{method} is not allowed on {path}; use POST")
+            body = collector_error_body(
+                "method_not_allowed", f"{method} is not allowed on {path}; use POST"
+            )
             await _respond(send, 405, body, [*_JSON_HEADERS, (b"allow", b"POST, OPTIONS")])
             return
         headers = request_headers(scope["headers"])
@@ -129,7 +136,7 @@ class IngestFastPath:
         except PersonifyError as error:
             if isinstance(error, BackendUnavailable):
                 self.unavailable.record(method, path, error)
-            status, body, extra = error_parts(error)
+            status, body, extra = collector_error_parts(error)
             answer = [*_JSON_HEADERS, *((k.encode(), v.encode()) for k, v in extra.items())]
             await _respond(send, status, body, answer)
             return
@@ -137,7 +144,7 @@ class IngestFastPath:
             return
         except Exception:
             logger.exception("unhandled error on %s %s", method, path)
-            await _respond(send, 500, internal_error_body(), _JSON_HEADERS)
+            await _respond(send, 500, _INTERNAL_ERROR, _JSON_HEADERS)
             return
         if body == _SUCCESS:
             await send({"type": "http.response.start", "status": 200, "headers": _SUCCESS_HEADERS})

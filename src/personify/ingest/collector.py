@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple, cast
 
 import msgspec
@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from personify.clock import Clock, SystemClock, format_timestamp, from_epoch_us
 from personify.errors import ValidationError
-from personify.eventlog.base import EventLog, LogRecord
+from personify.eventlog.base import AppendResult, EventLog, LogRecord, count_duplicates
 from personify.events.decoding import Refused
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, partition_key
-from personify.events.wire import WireEvent, WireNormalizer, wire_to_dict
 from personify.ingest.sources import Source
+from personify.ingest.wire import WireEvent, WireNormalizer, wire_to_dict
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
 _encode = msgspec.json.Encoder().encode
@@ -112,8 +112,6 @@ class Collector:
         self._now_us = self._clock.now_us
         self._native_call = self._wire.native_call
         self._native_constants = self._wire.native_constants
-        # one record, durable once awaited: the single-event routes' append (see append_one)
-        self.append_one = log.append_one
 
     def _dead_letter(
         self, raw: Any, source: Source, error: ValidationError, message_id: str | None = None
@@ -138,6 +136,11 @@ class Collector:
             self._received_ms = received_us // 1000
             self._received_text = format_timestamp(from_epoch_us(received_us))
         return received_us, self._received_text
+
+    def append_one(self, record: LogRecord) -> Awaitable[Sequence[AppendResult]]:
+        """Append one record (the single-event routes'); durable once awaited. The SQLite log
+        lets the single appends of one turn of the event loop share a transaction."""
+        return self._log.append((record,))
 
     def common_record(self, source: Source, raw: Any, event_type: str | None) -> LogRecord | None:
         """The log record of one event of a single-event request, from the compiled common
@@ -254,7 +257,7 @@ class Collector:
                 storable = None if type(raw) is WireEvent else raw
                 rejected.append(self._dead_letter(storable, source, error))
                 errors.append(error)
-        duplicates = await self._log.append_counted(records) if records else 0
+        duplicates = count_duplicates(await self._log.append(records)) if records else 0
         if rejected:
             await run_in_threadpool(self._failed.add_many, rejected)
         return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors)

@@ -41,9 +41,9 @@ from personify.events.decoding import (
     decode_batch_events,
     decode_document,
 )
-from personify.events.wire import WireBatch, WireEvent, decode_wire_batch, decode_wire_event
 from personify.ingest.collector import Collector, IngestOutcome
 from personify.ingest.sources import Source, SourceRepository
+from personify.ingest.wire import WireBatch, WireEvent, decode_wire_batch, decode_wire_event
 
 _encode = msgspec.json.Encoder().encode
 logger = logging.getLogger("personify.ingest")
@@ -51,9 +51,15 @@ logger = logging.getLogger("personify.ingest")
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
     "access-control-allow-methods": "POST, GET, OPTIONS",
-    "access-control-allow-headers": "Content-Type, Authorization, Content-Encoding",
+    # every header Segment's libraries send: analytics.js adds X-Retry-Count to each retry,
+    # and a browser blocks a request with a header the preflight answer does not allow
+    "access-control-allow-headers": "Content-Type, Authorization, Content-Encoding, X-Retry-Count",
     "access-control-max-age": "86400",
 }
+# analytics.js reports counters of its own (to POST {host}/m, which the collector discards):
+# none are sampled, and the host is ours, so that no visitor's browser talks to a third party
+# even when a page turns the sampling back on
+_METRICS_SAMPLE_RATE = 0
 _SUCCESS = b'{"success":true}'
 _GZIP_SLACK_BYTES = 4096
 # the base64 of the longest write key with room for a password: Basic credentials beyond it
@@ -421,6 +427,7 @@ class CollectorRoutes:
                         "protocol": protocol,
                     }
                 },
+                "metrics": {"host": api_host, "sampleRate": _METRICS_SAMPLE_RATE},
                 "plan": {"track": {"__default": {"enabled": True}}},
                 "edgeFunction": {},
                 "analyticsNextEnabled": True,

@@ -13,8 +13,8 @@ from personify.auth.revocations import RevocationListener, announce
 from personify.auth.secrets import MAX_SECRET_CHARS, hash_secret, new_secret
 from personify.clock import Clock, SystemClock
 from personify.errors import Conflict, NotFound, ValidationError
-from personify.store.database import Database, aware, state_unavailable
-from personify.store.tables import sources
+from personify.ingest.tables import sources
+from personify.store.database import Database, aware
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ class SourceRepository:
             revoked_at=None,
         )
         try:
-            with self._db.engine.begin() as conn:
+            with self._db.begin() as conn:
                 conn.execute(
                     sources.insert().values(
                         id=source.id,
@@ -115,7 +115,7 @@ class SourceRepository:
 
     def get(self, id_or_name: str) -> Source:
         """A source by id or name; raises ``NotFound``."""
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             row = conn.execute(
                 sa.select(sources).where(
                     sa.or_(sources.c.id == id_or_name, sources.c.name == id_or_name)
@@ -127,14 +127,14 @@ class SourceRepository:
 
     def list(self) -> list[Source]:
         """Every source, oldest first."""
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = conn.execute(sa.select(sources).order_by(sources.c.created_at))
             return [_row_to_source(r) for r in rows]
 
     def revoke(self, id_or_name: str) -> Source:
         """Revoke a source's write key; its events get 401 from then on."""
         source = self.get(id_or_name)
-        with self._db.engine.begin() as conn:
+        with self._db.begin() as conn:
             conn.execute(
                 sources.update()
                 .where(sources.c.id == source.id, sources.c.revoked_at.is_(None))
@@ -154,16 +154,13 @@ class SourceRepository:
         if hit:
             return cached
         generation = self._cache.generation
-        try:
-            with self._db.engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(sources).where(
-                        sources.c.write_key_hash == digest,
-                        sources.c.revoked_at.is_(None),
-                    )
-                ).first()
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        with self._db.connect() as conn:
+            row = conn.execute(
+                sa.select(sources).where(
+                    sources.c.write_key_hash == digest,
+                    sources.c.revoked_at.is_(None),
+                )
+            ).first()
         source = _row_to_source(row) if row is not None else None
         self._cache.put(digest, source, generation=generation)
         return source

@@ -213,8 +213,8 @@ class StateProfiles:
         """Whether the state database holds profiles (the worker has run)."""
         import sqlalchemy as sa
 
+        from personify.profiles.tables import identities
         from personify.store.database import state_unavailable
-        from personify.store.tables import identities
 
         try:
             with self._db.engine.connect() as conn:
@@ -228,7 +228,7 @@ class StateProfiles:
         """Every known id and the canonical profile id it resolves to."""
         import sqlalchemy as sa
 
-        from personify.store.tables import identities
+        from personify.profiles.tables import identities
 
         with self._db.engine.connect() as conn:
             rows = conn.execute(sa.select(identities.c.identity, identities.c.profile_id)).all()
@@ -244,7 +244,7 @@ class StateProfiles:
         import sqlalchemy as sa
 
         from personify.profiles.state import decode_state
-        from personify.store.tables import profiles
+        from personify.profiles.tables import profiles
 
         query = sa.select(
             profiles.c.profile_id,

@@ -43,14 +43,14 @@ from personify.profiles.state import (
     merge_states,
     needs_compaction,
 )
-from personify.store.database import Database, lost_a_race
-from personify.store.tables import (
+from personify.profiles.tables import (
     applied_events,
     identities,
     profile_merges,
     profile_versions,
     profiles,
 )
+from personify.store.database import Database, lost_a_race
 
 EVENT_COLUMNS = (
     "event_key",

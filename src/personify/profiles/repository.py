@@ -13,14 +13,14 @@ from personify.profiles.events import format_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.history import apply_diff, changed_sections
 from personify.profiles.state import ProfileState, decode_state, merge_states
-from personify.store.database import Database, aware, state_unavailable
-from personify.store.tables import (
+from personify.profiles.tables import (
     applied_events,
     identities,
     profile_merges,
     profile_versions,
     profiles,
 )
+from personify.store.database import Database, aware
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -144,11 +144,8 @@ class ProfileRepository:
             )
             .where(identities.c.identity == identity)
         )
-        try:
-            with self._db.engine.connect() as conn:
-                row = conn.execute(query).first()
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        with self._db.connect() as conn:
+            row = conn.execute(query).first()
         if row is None:
             return None
         return StoredProfile(
@@ -161,7 +158,7 @@ class ProfileRepository:
 
     def resolve(self, identity: str) -> str | None:
         """The canonical profile id of ``identity``."""
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             value = conn.execute(
                 sa.select(identities.c.profile_id).where(identities.c.identity == identity)
             ).scalar()
@@ -175,7 +172,7 @@ class ProfileRepository:
         if before is not None:
             query = query.where(profile_versions.c.version < before)
         query = query.order_by(profile_versions.c.version.desc()).limit(limit)
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = list(conn.execute(query))
         return [
             ProfileVersion(
@@ -197,7 +194,7 @@ class ProfileRepository:
             .where(profile_merges.c.into_profile_id == profile_id)
             .order_by(profile_merges.c.merged_at, profile_merges.c.id)
         )
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = list(conn.execute(query))
         return [
             MergeRecord(
@@ -231,7 +228,7 @@ class ProfileRepository:
         query = query.order_by(
             applied_events.c.event_time_ms.desc(), applied_events.c.event_key.desc()
         ).limit(limit)
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = list(conn.execute(query))
         return [TimelineEvent(r.event_key, int(r.event_time_ms), _decode(r.payload)) for r in rows]
 
@@ -242,15 +239,12 @@ class ProfileRepository:
         merged into it after ``at`` contributes its own state as of ``at`` (recursively),
         combined with the same merge the worker uses. ``None`` if nothing existed yet.
         """
-        try:
-            return self._as_of(profile_id, at, 0)
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        return self._as_of(profile_id, at, 0)
 
     def _as_of(self, profile_id: str, at: datetime, depth: int) -> ProfileState | None:
         if depth > _MAX_MERGE_DEPTH:
             return None
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             document = self._own_document_as_of(conn, profile_id, at)
             later = list(
                 conn.execute(

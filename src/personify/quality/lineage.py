@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.errors import NotFound
-from personify.store.database import Database, aware, state_unavailable
-from personify.store.tables import lineage
+from personify.quality.tables import lineage
+from personify.store.database import Database, aware
 
 
 @functools.cache
@@ -134,31 +134,28 @@ class LineageRepository:
             output=output,
             row_count=row_count,
         )
-        try:
-            with self._db.engine.begin() as conn:
-                conn.execute(
-                    lineage.insert().values(
-                        id=entry.id,
-                        kind=entry.kind,
-                        created_at=entry.created_at,
-                        lake_uri=entry.lake_uri,
-                        lake_versions=_json(entry.lake_versions),
-                        time_start=entry.time_start,
-                        time_end=entry.time_end,
-                        parameters=_json(entry.parameters),
-                        code_version=entry.code_version,
-                        inputs=_json(entry.inputs),
-                        output=entry.output,
-                        row_count=entry.row_count,
-                    )
+        with self._db.begin() as conn:
+            conn.execute(
+                lineage.insert().values(
+                    id=entry.id,
+                    kind=entry.kind,
+                    created_at=entry.created_at,
+                    lake_uri=entry.lake_uri,
+                    lake_versions=_json(entry.lake_versions),
+                    time_start=entry.time_start,
+                    time_end=entry.time_end,
+                    parameters=_json(entry.parameters),
+                    code_version=entry.code_version,
+                    inputs=_json(entry.inputs),
+                    output=entry.output,
+                    row_count=entry.row_count,
                 )
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+            )
         return entry
 
     def get(self, lineage_id: str) -> LineageRecord:
         """A record by id (or a unique prefix of it); raises ``NotFound``."""
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = list(
                 conn.execute(
                     sa.select(lineage)
@@ -175,7 +172,7 @@ class LineageRepository:
         query = sa.select(lineage).order_by(lineage.c.created_at.desc()).limit(limit)
         if kind is not None:
             query = query.where(lineage.c.kind == kind)
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             return [_row_to_record(r) for r in conn.execute(query)]
 
 

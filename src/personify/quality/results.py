@@ -9,8 +9,8 @@ import msgspec
 import sqlalchemy as sa
 
 from personify.quality.runner import CheckResult, QualityRun
-from personify.store.database import Database, aware, state_unavailable
-from personify.store.tables import quality_runs
+from personify.quality.tables import quality_runs
+from personify.store.database import Database, aware
 
 
 def _row_to_run(row: sa.Row[tuple[object, ...]]) -> QualityRun:
@@ -48,16 +48,13 @@ class QualityRepository:
             "lineage_id": run.lineage_id,
             "created_at": run.created_at,
         }
-        try:
-            with self._db.engine.begin() as conn:
-                conn.execute(quality_runs.insert().values(**values))
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        with self._db.begin() as conn:
+            conn.execute(quality_runs.insert().values(**values))
 
     def latest(self, stage: str | None = None, *, limit: int = 1) -> list[QualityRun]:
         """The newest ``limit`` runs of ``stage`` (of every stage when None), newest first."""
         runs: list[QualityRun] = []
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             if stage is None:
                 distinct = sa.select(quality_runs.c.stage).distinct()
                 stages = sorted(s for (s,) in conn.execute(distinct))
@@ -85,13 +82,13 @@ class QualityRepository:
             .order_by(quality_runs.c.created_at.desc())
             .limit(limit)
         )
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             counts = [int(c) for (c,) in conn.execute(query)]
         return list(reversed(counts))
 
     def prune(self, stage: str, *, keep: int, before: datetime | None = None) -> int:
         """Delete all but the newest ``keep`` runs of ``stage`` (only older than ``before``)."""
-        with self._db.engine.begin() as conn:
+        with self._db.begin() as conn:
             cutoff = conn.execute(
                 sa.select(quality_runs.c.created_at)
                 .where(quality_runs.c.stage == stage)

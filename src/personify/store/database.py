@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,11 +27,39 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def state_unavailable(exc: sa.exc.OperationalError) -> BackendUnavailable:
+def state_unavailable(exc: sa.exc.DBAPIError) -> BackendUnavailable:
     """The error for a state database that cannot be reached, opened or written (HTTP 503)."""
     return BackendUnavailable(
         f"the state database is unreachable: {exc.orig}", code="state_unavailable"
     )
+
+
+def is_unavailable(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a driver error means the database is down or cut off, not that a statement failed.
+
+    ``OperationalError`` (refused, reset, locked, out of space) and ``InterfaceError`` (a
+    connection the driver already found closed) are the engine's state; any error on a
+    connection SQLAlchemy has just invalidated is too. Integrity and data errors are not.
+    """
+    return (
+        isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+        or exc.connection_invalidated
+    )
+
+
+@contextlib.contextmanager
+def reachable() -> Iterator[None]:
+    """Turn a driver error that means the state database is down into ``BackendUnavailable``.
+
+    Repositories read and write inside it, so every route answers 503 (with ``Retry-After``)
+    and never 500 when the database goes away, whichever query it was on.
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if is_unavailable(exc):
+            raise state_unavailable(exc) from exc
+        raise
 
 
 # serialization_failure, deadlock_detected: PostgreSQL aborted the transaction because of a
@@ -95,12 +125,23 @@ class Database:
         if auto_upgrade:
             self.upgrade()
 
-    def upgrade(self) -> list[int]:
-        """Apply pending migrations."""
-        try:
+    def upgrade(self) -> list[str]:
+        """Run the pending migrations; returns the revisions applied, oldest first."""
+        with reachable():
             return migrations.upgrade(self.engine)
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """A connection for reads; a database that is down raises ``BackendUnavailable``."""
+        with reachable(), self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """A connection in a transaction committed at the end (rolled back on error); a
+        database that is down raises ``BackendUnavailable``."""
+        with reachable(), self.engine.begin() as conn:
+            yield conn
 
     def dispose(self) -> None:
         """Close every pooled connection."""

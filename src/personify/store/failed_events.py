@@ -11,7 +11,7 @@ import msgspec
 import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
-from personify.store.database import Database, aware, state_unavailable
+from personify.store.database import Database, aware
 from personify.store.tables import failed_events
 
 
@@ -99,11 +99,8 @@ class FailedEventRepository:
             }
             for item in items
         ]
-        try:
-            with self._db.engine.begin() as conn:
-                conn.execute(failed_events.insert(), rows)
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        with self._db.begin() as conn:
+            conn.execute(failed_events.insert(), rows)
 
     def list(
         self,
@@ -120,11 +117,8 @@ class FailedEventRepository:
         if not include_replayed:
             query = query.where(failed_events.c.replayed_at.is_(None))
         query = query.order_by(failed_events.c.id).limit(limit)
-        try:
-            with self._db.engine.connect() as conn:
-                rows = [row._mapping for row in conn.execute(query)]
-        except sa.exc.OperationalError as exc:
-            raise state_unavailable(exc) from exc
+        with self._db.connect() as conn:
+            rows = [row._mapping for row in conn.execute(query)]
         return [
             FailedEvent(
                 id=m["id"],
@@ -145,7 +139,7 @@ class FailedEventRepository:
         """Record that these dead letters were fed back into the log."""
         if not ids:
             return
-        with self._db.engine.begin() as conn:
+        with self._db.begin() as conn:
             conn.execute(
                 failed_events.update()
                 .where(failed_events.c.id.in_(list(ids)))

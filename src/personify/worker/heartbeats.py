@@ -8,9 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from personify.errors import BackendUnavailable
 from personify.store.database import Database, aware
-from personify.store.tables import worker_heartbeats
+from personify.worker.tables import worker_heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +59,14 @@ class HeartbeatRepository:
             "events_per_s": beat.events_per_s,
             "lag": beat.lag,
         }
-        try:
-            with self._db.engine.begin() as conn:
-                updated = conn.execute(
-                    worker_heartbeats.update()
-                    .where(worker_heartbeats.c.consumer == beat.consumer)
-                    .values(**values)
-                ).rowcount
-                if not updated:
-                    conn.execute(
-                        worker_heartbeats.insert().values(consumer=beat.consumer, **values)
-                    )
-        except sa.exc.OperationalError as exc:
-            raise BackendUnavailable(
-                f"cannot record the worker heartbeat: {exc.orig}", code="state_unavailable"
-            ) from exc
+        with self._db.begin() as conn:
+            updated = conn.execute(
+                worker_heartbeats.update()
+                .where(worker_heartbeats.c.consumer == beat.consumer)
+                .values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(worker_heartbeats.insert().values(consumer=beat.consumer, **values))
 
     def recent(self, *, since: datetime, group: str | None = None) -> list[Heartbeat]:
         """Heartbeats updated at or after ``since``, newest first."""
@@ -82,7 +74,7 @@ class HeartbeatRepository:
         if group:
             query = query.where(worker_heartbeats.c.group_name == group)
         query = query.order_by(worker_heartbeats.c.updated_at.desc())
-        with self._db.engine.connect() as conn:
+        with self._db.connect() as conn:
             rows = list(conn.execute(query))
         return [
             Heartbeat(
@@ -101,15 +93,8 @@ class HeartbeatRepository:
 
     def prune(self, *, older_than: timedelta, now: datetime) -> int:
         """Forget workers silent for longer than ``older_than``."""
-        try:
-            with self._db.engine.begin() as conn:
-                deleted = conn.execute(
-                    worker_heartbeats.delete().where(
-                        worker_heartbeats.c.updated_at < now - older_than
-                    )
-                )
-                return int(deleted.rowcount)
-        except sa.exc.OperationalError as exc:
-            raise BackendUnavailable(
-                f"cannot prune worker heartbeats: {exc.orig}", code="state_unavailable"
-            ) from exc
+        with self._db.begin() as conn:
+            deleted = conn.execute(
+                worker_heartbeats.delete().where(worker_heartbeats.c.updated_at < now - older_than)
+            )
+            return int(deleted.rowcount)

@@ -1,0 +1,134 @@
+"""The JSON documents the admin API answers with, as the OpenAPI document describes them.
+
+Open-ended parts (a profile's traits, a stored event, a dead letter's payload) are objects of
+any shape; everything else is typed, and the contract test holds every answer to these shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+
+
+class ErrorInfo(msgspec.Struct):
+    """What went wrong: a machine-readable ``code``, a message for people, and details."""
+
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorDocument(msgspec.Struct):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorInfo
+
+
+class Health(msgspec.Struct):
+    """The process is alive."""
+
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    """Every background stage of this process is running."""
+
+    status: str
+    stages: list[dict[str, Any]]
+
+
+class FailedEventPage(msgspec.Struct):
+    """Dead letters, oldest first; ``next`` is the ``after`` of the next page."""
+
+    data: list[dict[str, Any]]
+    next: int | None
+
+
+class LogStatus(msgspec.Struct):
+    """How many records a consumer group has not committed yet."""
+
+    group: str
+    lag: int
+
+
+class UnavailableCounts(msgspec.Struct):
+    """The collector's 503 answers since start, by error code."""
+
+    total: int
+    byCode: dict[str, int]
+
+
+class IngestStatus(msgspec.Struct):
+    """The collector's state in this process."""
+
+    unavailable: UnavailableCounts
+
+
+class CacheStats(msgspec.Struct):
+    """The profile cache's counters in this process."""
+
+    hits: int
+    misses: int
+    fills: int
+    invalidations: int
+
+
+class WorkerStatus(msgspec.Struct):
+    """The stream worker: lag, this process's worker and stages, every live worker's beat."""
+
+    group: str
+    lag: int
+    inProcess: dict[str, Any] | None
+    stages: list[dict[str, Any]]
+    workers: list[dict[str, Any]]
+    cache: CacheStats
+
+
+class Profile(msgspec.Struct):
+    """A profile: its ids, traits, features and consent, as of now or of ``as_of``."""
+
+    profileId: str
+
+
+class ProfileHistory(msgspec.Struct):
+    """A profile's versions newest first, and the merges that formed it."""
+
+    profileId: str
+    data: list[dict[str, Any]]
+    merges: list[dict[str, Any]]
+    next: int | None
+
+
+class ProfileEvents(msgspec.Struct):
+    """A profile's applied events, newest first; ``next`` is the ``cursor`` of the next page."""
+
+    profileId: str
+    data: list[dict[str, Any]]
+    next: str | None
+
+
+def error_response(description: str) -> ResponseSpec:
+    """An error answer in the one shape."""
+    return ResponseSpec(data_container=ErrorDocument, description=description)
+
+
+UNAVAILABLE = ResponseSpec(
+    data_container=ErrorDocument,
+    description="an engine (state database, event log, cache) is down: retry after Retry-After",
+)
+
+
+def admin_responses(*, parameters: bool = True, found: bool = False) -> dict[int, ResponseSpec]:
+    """The error answers of an admin route (Bearer API key)."""
+    responses = {
+        401: error_response("missing_api_key, or invalid_api_key (unknown or revoked)"),
+        403: error_response("the key lacks the role the route needs"),
+        503: UNAVAILABLE,
+    }
+    if parameters:
+        responses[400] = error_response("invalid_parameter: details.parameter names it")
+    if found:
+        responses[404] = error_response("no profile has that id (profile_not_found)")
+    return responses

@@ -1,0 +1,368 @@
+"""The ``EventLog`` adapter on one Kafka topic (see the package's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from personify.errors import BackendUnavailable, ConfigurationError
+from personify.eventlog.base import AppendResult, LogEntry, LogRecord
+from personify.eventlog.kafka.client import (
+    ADMIN_TIMEOUT_S,
+    AdminClient,
+    ClientThread,
+    KafkaError,
+    KafkaException,
+    KafkaProducer,
+    Message,
+    NewTopic,
+    error_code,
+    unavailable,
+)
+from personify.eventlog.kafka.dedupe import RedisDedupeIndex
+from personify.eventlog.kafka.members import Member
+from personify.eventlog.kafka.probes import TopicProbe
+from personify.registry import KafkaLogConfig, kafka_log_config
+
+if TYPE_CHECKING:
+    from personify.settings import Settings
+
+logger = logging.getLogger("personify.eventlog")
+
+T = TypeVar("T")
+
+_TOPIC_READY_TIMEOUT_S = 15.0
+
+
+def _settle(future: asyncio.Future[str], error: KafkaError | None, offset: str) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(unavailable("append", error))
+    else:
+        future.set_result(offset)
+
+
+class KafkaEventLog:
+    """The ``EventLog`` on one Kafka topic with consumer groups and a Redis dedupe index."""
+
+    def __init__(self, config: KafkaLogConfig) -> None:
+        if not config.topic or "/" in config.topic:
+            raise ConfigurationError(f"kafka event log topic {config.topic!r} is not a topic name")
+        if config.partitions < 1:
+            raise ConfigurationError("a Kafka event log topic needs at least one partition")
+        self.config = config
+        self.bootstrap_servers = config.bootstrap_servers
+        self.topic = config.topic
+        self.partitions = config.partitions
+        self._dedupe = RedisDedupeIndex(
+            config.dedupe_url, config.topic, window_s=config.dedupe_window_s
+        )
+        self._admin: AdminClient | None = None
+        self._producer: KafkaProducer | None = None
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self._members: dict[tuple[str, str], Member] = {}
+        self._members_lock = asyncio.Lock()
+        self._probe: TopicProbe | None = None
+        self._admin_thread: ClientThread | None = None
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> KafkaEventLog:
+        """``kafka://host:9092/topic?partitions=N``."""
+        return cls(kafka_log_config(url, settings))
+
+    @property
+    def dedupe_prefix(self) -> str:
+        """Where this topic's dedupe keys live in Redis."""
+        return self._dedupe.prefix
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.config.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, min(3000, self.config.session_timeout_ms // 3)),
+            "fetch.wait.max.ms": self.config.fetch_wait_ms,
+            "logger": logger,
+        }
+
+    async def start(self) -> None:
+        """Create the topic if missing, then connect the producer and the dedupe index."""
+        if self._producer is not None:
+            return
+        self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        self._admin_thread = ClientThread(f"kafka-admin-{self.topic}")
+        try:
+            await self._admin_thread.run(self._ensure_topic)
+            await self._dedupe.start()
+        except BackendUnavailable:
+            self._admin_thread.shutdown()
+            self._admin = self._admin_thread = None
+            raise
+        self._probe = TopicProbe(
+            self.topic,
+            self.partitions,
+            self._admin,
+            self._admin_thread,
+            self._consumer_config(),
+            delete_records=self.config.delete_records,
+        )
+        self._producer = KafkaProducer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": self.config.linger_ms,
+                # the Java client's partitioner: a key maps to the same partition everywhere
+                "partitioner": "murmur2_random",
+                "delivery.timeout.ms": self.config.delivery_timeout_ms,
+                "logger": logger,
+            }
+        )
+        self._stop_polling.clear()
+        self._poller = threading.Thread(
+            target=self._serve_delivery_reports, name=f"kafka-producer-{self.topic}", daemon=True
+        )
+        self._poller.start()
+
+    def _ensure_topic(self) -> None:
+        admin = self._require(self._admin)
+        try:
+            existing = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+            if self.topic not in existing:
+                topic = NewTopic(
+                    self.topic,
+                    num_partitions=self.partitions,
+                    replication_factor=self.config.replication_factor,
+                )
+                for future in admin.create_topics(
+                    [topic], request_timeout=ADMIN_TIMEOUT_S
+                ).values():
+                    try:
+                        future.result(timeout=ADMIN_TIMEOUT_S)
+                    except KafkaException as exc:
+                        if error_code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
+                            raise
+            deadline = time.monotonic() + _TOPIC_READY_TIMEOUT_S
+            while True:
+                metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics.get(self.topic)
+                if metadata is not None and metadata.error is None and metadata.partitions:
+                    self.partitions = len(metadata.partitions)
+                    return
+                if time.monotonic() > deadline:
+                    raise BackendUnavailable(
+                        f"Kafka topic {self.topic!r} did not appear", code="log_unavailable"
+                    )
+                time.sleep(0.1)
+        except KafkaException as exc:
+            raise unavailable(f"create topic {self.topic!r}", exc) from exc
+
+    def _serve_delivery_reports(self) -> None:
+        producer = self._producer
+        while producer is not None and not self._stop_polling.is_set():
+            producer.poll(0.05)
+
+    async def close(self) -> None:
+        """Flush pending appends, leave the consumer groups, release connections."""
+        members, self._members = list(self._members.values()), {}
+        for member in members:
+            try:
+                await member.thread.run(member.close)
+            except KafkaException as exc:
+                # the group notices a silent member after the session timeout instead
+                logger.warning(
+                    "Kafka consumer %s/%s did not leave cleanly: %s", member.group, member.name, exc
+                )
+            member.thread.shutdown()
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await probe.close()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            self._stop_polling.set()
+            if self._poller is not None:
+                await asyncio.to_thread(self._poller.join)
+            left = await asyncio.to_thread(producer.flush, self.config.delivery_timeout_ms / 1000.0)
+            if left:
+                logger.error("Kafka event log closed with %d appends undelivered", left)
+        if self._admin_thread is not None:
+            self._admin_thread.shutdown()
+        self._admin = self._admin_thread = None
+        await self._dedupe.close()
+
+    @staticmethod
+    def _require(client: T | None) -> T:
+        if client is None:
+            raise BackendUnavailable("the event log is not running", code="log_unavailable")
+        return client
+
+    # -- append ------------------------------------------------------------------------------
+
+    async def append(self, records: Sequence[LogRecord]) -> list[AppendResult]:
+        """Produce and wait for the broker's acknowledgement; one result per record, in order."""
+        if not records:
+            return []
+        producer = self._require(self._producer)
+        first_of: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        for index, record in enumerate(records):
+            if record.dedupe_key is None:
+                continue
+            if record.dedupe_key in first_of:
+                repeats.append((index, first_of[record.dedupe_key]))
+            else:
+                first_of[record.dedupe_key] = index
+        known = await self._dedupe.known(list(first_of))
+        offsets: list[str | None] = [None] * len(records)
+        duplicate = [False] * len(records)
+        for key, offset in known.items():
+            offsets[first_of[key]] = offset
+            duplicate[first_of[key]] = True
+        repeated = {index for index, _ in repeats}
+
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[int, asyncio.Future[str]]] = []
+        refused: BackendUnavailable | None = None
+        for index, record in enumerate(records):
+            if duplicate[index] or index in repeated:
+                continue
+            future: asyncio.Future[str] = loop.create_future()
+            try:
+                producer.produce(
+                    self.topic,
+                    value=record.payload,
+                    key=record.key.encode(),
+                    on_delivery=functools.partial(self._delivered, loop, future),
+                )
+            except BufferError as exc:
+                refused = BackendUnavailable(
+                    "the Kafka producer queue is full; retry shortly", code="log_overloaded"
+                )
+                refused.__cause__ = exc
+                break
+            except KafkaException as exc:
+                refused = unavailable("append", exc)
+                refused.__cause__ = exc
+                break
+            sent.append((index, future))
+
+        outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        marks: dict[str, str] = {}
+        failure: BaseException | None = None
+        for (index, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                continue
+            offsets[index] = outcome
+            dedupe_key = records[index].dedupe_key
+            if dedupe_key is not None:
+                marks[dedupe_key] = outcome
+        await self._dedupe.mark(marks)
+        # what was produced before a refusal is in the log and marked; the caller retries the
+        # rest (and, deduplicated, the rest only)
+        if refused is not None:
+            raise refused
+        if failure is not None:
+            raise failure
+        for index, first in repeats:
+            offsets[index] = offsets[first]
+            duplicate[index] = True
+        return [
+            AppendResult(str(offset), is_duplicate)
+            for offset, is_duplicate in zip(offsets, duplicate, strict=True)
+        ]
+
+    @staticmethod
+    def _delivered(
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[str],
+        error: KafkaError | None,
+        message: Message,
+    ) -> None:
+        offset = "" if error is not None else f"{message.partition()}:{message.offset()}"
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, future, error, offset)
+
+    # -- read side ---------------------------------------------------------------------------
+
+    async def _member(self, group: str, consumer: str) -> Member:
+        async with self._members_lock:
+            member = self._members.get((group, consumer))
+            if member is None:
+                self._require(self._producer)
+                member = Member(self.topic, group, consumer, self._consumer_config())
+                try:
+                    await member.thread.run(member.subscribe)
+                except KafkaException as exc:
+                    member.thread.shutdown()
+                    raise unavailable("join its consumer group", exc) from exc
+                self._members[(group, consumer)] = member
+            return member
+
+    async def read(
+        self, group: str, consumer: str, *, max_count: int = 500, timeout_ms: int = 1000
+    ) -> list[LogEntry]:
+        """Entries after this consumer's positions (the group's commits when it joins)."""
+        member = await self._member(group, consumer)
+        try:
+            return await member.thread.run(
+                member.poll, max(1, max_count), max(timeout_ms, 0) / 1000.0
+            )
+        except KafkaException as exc:
+            raise unavailable("read", exc) from exc
+
+    def owned_partitions(self, group: str, consumer: str) -> frozenset[int]:
+        """The partitions the group's coordinator gave this consumer at its last rebalance."""
+        member = self._members.get((group, consumer))
+        return member.owned if member is not None else frozenset()
+
+    async def commit(self, group: str, consumer: str, entries: Sequence[LogEntry]) -> None:
+        """Commit, per partition, the offset after the highest entry given."""
+        if not entries:
+            return
+        offsets: dict[int, int] = {}
+        for entry in entries:
+            offsets[entry.partition] = max(offsets.get(entry.partition, 0), int(entry.offset) + 1)
+        member = self._members.get((group, consumer))
+        if member is None:
+            # joining the group just to commit would start a rebalance; not committing only
+            # means these entries are delivered again (at least once)
+            logger.warning(
+                "commit for %s/%s, which has read nothing from this log, is dropped",
+                group,
+                consumer,
+            )
+            return
+        try:
+            await member.thread.run(member.commit, offsets)
+        except KafkaException as exc:
+            raise unavailable("commit", exc) from exc
+
+    # -- offsets, lag, truncate, tail ----------------------------------------------------------
+
+    async def lag(self, group: str) -> int:
+        """Sum over partitions of high watermark minus the group's committed offset."""
+        return await self._require(self._probe).lag(group)
+
+    async def truncate(self) -> int:
+        """Delete the records every known group has committed; returns how many went.
+
+        Returns 0 without asking when ``eventlog_kafka_delete_records`` is off (brokers
+        without DeleteRecords, like tansu's memory engine).
+        """
+        return await self._require(self._probe).truncate()
+
+    async def tail(self, limit: int = 20) -> list[LogEntry]:
+        """The newest ``limit`` entries across partitions by append time, oldest first."""
+        return await self._require(self._probe).tail(limit)

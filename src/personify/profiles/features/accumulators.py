@@ -1,0 +1,52 @@
+"""The per-profile state of one feature: stamped values and hourly accumulators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Stamped(msgspec.Struct, array_like=True):
+    """A value with the (event time, messageId) that last-writer-wins orders by."""
+
+    ts: int
+    mid: str
+    value: Any = None
+
+
+def latest(a: Stamped | None, b: Stamped | None) -> Stamped | None:
+    """The later of two stamped values (commutative, associative, idempotent)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a.ts, a.mid) >= (b.ts, b.mid) else b
+
+
+def earliest(a: Stamped | None, b: Stamped | None) -> Stamped | None:
+    """The earlier of two stamped values."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a.ts, a.mid) <= (b.ts, b.mid) else b
+
+
+class Accumulator(msgspec.Struct, omit_defaults=True):
+    """One feature (one group of it): all-time totals plus hourly buckets for finite windows."""
+
+    n: int = 0
+    sum: int = 0
+    min: float | None = None
+    max: float | None = None
+    first: Stamped | None = None
+    last: Stamped | None = None
+    hours: dict[str, int] = {}
+    hour_sum: dict[str, int] = {}
+    hour_min: dict[str, float] = {}
+    hour_max: dict[str, float] = {}
+
+
+FeatureState = dict[str, dict[str, Accumulator]]  # definition name -> group -> accumulator
+AffinityState = dict[str, dict[str, dict[str, int]]]  # dimension -> value -> UTC day -> micro

@@ -1,0 +1,73 @@
+"""The tables profiles own: the identity graph, profiles, their history and timeline."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from personify.store.tables import RowId, Timestamp, metadata
+
+# Event times are epoch milliseconds in BIGINT columns: exact, portable and cheap to write on
+# the worker's hot path. JSON documents are Text.
+
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("identity", sa.String(512), primary_key=True),
+    sa.Column("profile_id", sa.String(512), nullable=False),
+    sa.Column("linked_at", Timestamp(), nullable=False),
+    sa.Index("identities_profile", "profile_id"),
+)
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("profile_id", sa.String(512), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("first_seen_ms", sa.BigInteger, nullable=True),
+    sa.Column("last_seen_ms", sa.BigInteger, nullable=True),
+    sa.Column("personalization_allowed", sa.Boolean, nullable=False),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("updated_at", Timestamp(), nullable=False),
+)
+
+profile_versions = sa.Table(
+    "profile_versions",
+    metadata,
+    sa.Column("profile_id", sa.String(512), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("changed_at", Timestamp(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("event_time_ms", sa.BigInteger, nullable=True),
+    sa.Column("message_ids", sa.Text, nullable=False),
+    sa.Column("diff", sa.Text, nullable=False),
+    sa.Column("snapshot", sa.Text, nullable=True),
+)
+
+# one row per applied event: the exactly-once guard (event_key = "sourceId:messageId") and
+# the profile's timeline (the event JSON as it was in the log)
+applied_events = sa.Table(
+    "applied_events",
+    metadata,
+    sa.Column("event_key", sa.String(600), primary_key=True),
+    sa.Column("profile_id", sa.String(512), nullable=False),
+    sa.Column("event_time_ms", sa.BigInteger, nullable=False),
+    sa.Column("message_id", sa.String(512), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("applied_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Index("applied_events_timeline", "profile_id", "event_time_ms", "event_key"),
+)
+
+profile_merges = sa.Table(
+    "profile_merges",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("into_profile_id", sa.String(512), nullable=False),
+    sa.Column("from_profile_id", sa.String(512), nullable=False),
+    sa.Column("ids", sa.Text, nullable=False),
+    sa.Column("message_ids", sa.Text, nullable=False),
+    sa.Column("merged_at", Timestamp(), nullable=False),
+    sa.Index("profile_merges_into", "into_profile_id", "merged_at"),
+)

@@ -1,0 +1,164 @@
+"""The composition root: builds every adapter of one process from ``Settings``.
+
+The app factory (``personify.api.app``), the CLI and the demo all wire through here, so an
+adapter is chosen and constructed in exactly one place; the faces receive a ``Runtime`` and
+take what they need from it (the API through dependency injection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from personify.auth.keys import ApiKeyRepository
+from personify.auth.revocations import RevocationListener
+from personify.cache.base import Cache, open_cache
+from personify.clock import Clock, SystemClock
+from personify.eventlog.base import EventLog, open_eventlog
+from personify.events.hashing import PiiHasher
+from personify.events.normalize import Normalizer
+from personify.ingest.collector import Collector
+from personify.ingest.sources import SourceRepository
+from personify.lake.sink import LakeSink
+from personify.profiles.features import FeatureSet, load_profile_config
+from personify.profiles.processor import ProfileProcessor
+from personify.profiles.repository import ProfileRepository
+from personify.profiles.service import ProfileService
+from personify.settings import Settings
+from personify.store.database import Database, open_database
+from personify.store.failed_events import FailedEventRepository
+from personify.worker.heartbeats import HeartbeatRepository
+from personify.worker.supervisor import StageStatus, StageSupervisor
+from personify.worker.worker import StreamWorker
+
+
+@dataclass
+class Runtime:
+    """The wired-up ports and repositories of one process (nothing runs until ``start``)."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    log: EventLog
+    sources: SourceRepository
+    api_keys: ApiKeyRepository
+    failed_events: FailedEventRepository
+    hasher: PiiHasher
+    collector: Collector
+    cache: Cache
+    features: FeatureSet
+    profiles: ProfileService
+    heartbeats: HeartbeatRepository
+    worker: StreamWorker
+    lake_sink: LakeSink | None = None
+    lake_stage: StageSupervisor | None = None
+    revocations: RevocationListener | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
+        """Wire every service from settings (nothing is started yet)."""
+        clock = clock or SystemClock()
+        db = open_database(settings)
+        # revocations by other processes clear the key caches at once (PostgreSQL state only)
+        revocations = RevocationListener(db)
+        log = open_eventlog(settings)
+        hasher = PiiHasher(settings.resolved_pii_hash_key(), settings.pii_paths)
+        normalizer = Normalizer(
+            hasher,
+            max_event_bytes=settings.max_event_bytes,
+            future_tolerance_s=settings.future_tolerance_hours * 3600.0,
+        )
+        failed = FailedEventRepository(db, clock=clock)
+        features = FeatureSet(load_profile_config(settings.features_file))
+        cache = open_cache(settings)
+        profiles = ProfileService(
+            ProfileRepository(db, features),
+            cache,
+            features,
+            clock=clock,
+            invalidation_ttl_s=settings.cache_invalidation_ttl_s,
+        )
+        heartbeats = HeartbeatRepository(db)
+        processor = ProfileProcessor(
+            db,
+            features,
+            clock=clock,
+            max_identities=settings.profile_max_identities,
+            snapshot_every=settings.profile_snapshot_every,
+        )
+        worker = StreamWorker.from_settings(
+            settings, log, processor, failed, profiles=profiles, heartbeats=heartbeats, clock=clock
+        )
+        lake_sink = (
+            LakeSink.from_settings(settings, log, db=db, clock=clock)
+            if settings.run_lake_sink
+            else None
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            db=db,
+            log=log,
+            sources=SourceRepository(
+                db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock, revocations=revocations
+            ),
+            api_keys=ApiKeyRepository(
+                db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock, revocations=revocations
+            ),
+            revocations=revocations,
+            failed_events=failed,
+            hasher=hasher,
+            collector=Collector(
+                log, normalizer, hasher, failed, clock=clock, native=settings.ingest_native
+            ),
+            cache=cache,
+            features=features,
+            profiles=profiles,
+            heartbeats=heartbeats,
+            worker=worker,
+            lake_sink=lake_sink,
+            lake_stage=StageSupervisor("lake", lake_sink.run, clock=clock)
+            if lake_sink is not None
+            else None,
+        )
+
+    async def start(self) -> None:
+        """Start the ports that run background work (and the stream worker, unless turned off)."""
+        await self.log.start()
+        if self.revocations is not None:
+            await self.revocations.start()
+        await self.cache.start()
+        if self.settings.run_worker:
+            self.worker.start()
+            self.start_lake_sink()
+
+    def start_lake_sink(self) -> None:
+        """Run the lake writer in the background of the current event loop, if configured.
+
+        Whatever ends it (a failed critical quality check, an engine down for good, a bug)
+        stops the lake only, never the API or the profiles: the failure is logged and
+        reported (``stages``), and the writer is started again with backoff.
+        """
+        if self.lake_stage is not None:
+            self.lake_stage.start()
+
+    async def stop_lake_sink(self) -> None:
+        """Finish the micro-batch in hand and stop the lake writer."""
+        if self.lake_stage is not None:
+            await self.lake_stage.stop()
+
+    def stages(self) -> list[StageStatus]:
+        """The background stages of this process (the stream worker, the lake writer)."""
+        found = [self.worker.stage]
+        if self.lake_stage is not None:
+            found.append(self.lake_stage.status)
+        return found
+
+    async def close(self) -> None:
+        """Stop and release everything."""
+        await self.stop_lake_sink()
+        await self.worker.stop()
+        await self.cache.close()
+        await self.log.close()
+        if self.revocations is not None:
+            await self.revocations.close()
+        self.db.dispose()

@@ -1,0 +1,1 @@
+"""Tests of the state database: migrations, and how a database that goes away is reported."""
