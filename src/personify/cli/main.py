@@ -1,45 +1,25 @@
-"""``personify``: serve, manage sources and keys, look at events, run the demo."""
+"""``personify``: the root command, ``serve``, ``worker`` and ``demo``; every domain's commands
+(sources and keys, events, profiles, db, lake, import, sql, quality, lineage) live in their own
+modules and are added here."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import TYPE_CHECKING, Any
+import signal
+from typing import Any
 
 import click
-import msgspec
 
-from personify.errors import PersonifyError
+from personify.cli.context import CliContext, PersonifyGroup, echo_json, pass_ctx
+from personify.cli.db import db
+from personify.cli.events import events
+from personify.cli.imports import import_events
+from personify.cli.keys import keys, sources
+from personify.cli.lake import lake
+from personify.cli.profiles import profiles
+from personify.cli.quality import lineage, quality
+from personify.cli.sql import sql
 from personify.settings import Settings
-
-if TYPE_CHECKING:
-    from personify.auth.keys import ApiKeyRepository
-    from personify.ingest.sources import SourceRepository
-
-
-class _Context:
-    def __init__(self) -> None:
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = Settings()
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(_Context, ensure=True)
-
-
-class PersonifyGroup(click.Group):
-    """Turns a ``PersonifyError`` into a one-line message and exit code 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PersonifyError as error:
-            click.echo(f"error [{error.code}]: {error.message}", err=True)
-            sys.exit(1)
 
 
 @click.group(cls=PersonifyGroup)
@@ -56,7 +36,12 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True)
 @pass_ctx
 def serve(
-    ctx: _Context, host: str | None, port: int | None, workers: int, no_worker: bool, log_level: str
+    ctx: CliContext,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    no_worker: bool,
+    log_level: str,
 ) -> None:
     """Run the HTTP API (and, unless --no-worker, a stream worker) with uvicorn.
 
@@ -99,159 +84,7 @@ def served_app() -> Any:
     return app
 
 
-def _sources(ctx: _Context) -> SourceRepository:
-    from personify.ingest.sources import SourceRepository
-    from personify.store.database import open_database
-
-    return SourceRepository(open_database(ctx.settings))
-
-
-def _api_keys(ctx: _Context) -> ApiKeyRepository:
-    from personify.auth.keys import ApiKeyRepository
-    from personify.store.database import open_database
-
-    return ApiKeyRepository(open_database(ctx.settings))
-
-
-# -- sources ---------------------------------------------------------------------------------
-
-
-@main.group()
-def sources() -> None:
-    """Event sources and their write keys."""
-
-
-@sources.command("create")
-@click.argument("name")
-@pass_ctx
-def sources_create(ctx: _Context, name: str) -> None:
-    """Create a source and print its write key (shown only once)."""
-    source, key = _sources(ctx).create(name)
-    click.echo(f"source {source.name} ({source.id})")
-    click.echo(f"write key: {key}")
-
-
-@sources.command("list")
-@pass_ctx
-def sources_list(ctx: _Context) -> None:
-    """List sources."""
-    for s in _sources(ctx).list():
-        state = "active" if s.is_active else f"revoked {s.revoked_at:%Y-%m-%d %H:%M}"
-        click.echo(f"{s.id}  {s.name:<24} {s.write_key_prefix}…  {state}")
-
-
-@sources.command("revoke")
-@click.argument("source")
-@pass_ctx
-def sources_revoke(ctx: _Context, source: str) -> None:
-    """Revoke a source's write key (by id or name)."""
-    revoked = _sources(ctx).revoke(source)
-    click.echo(f"revoked source {revoked.name} ({revoked.id})")
-
-
-# -- keys ------------------------------------------------------------------------------------
-
-
-@main.group()
-def keys() -> None:
-    """API keys for the admin endpoints."""
-
-
-@keys.command("create")
-@click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "read"]), default="admin", show_default=True)
-@pass_ctx
-def keys_create(ctx: _Context, name: str, role: str) -> None:
-    """Create an API key and print it (shown only once; stored hashed)."""
-    key, secret = _api_keys(ctx).create(name, role)
-    click.echo(f"key {key.name} ({key.id}, role {key.role})")
-    click.echo(f"api key: {secret}")
-
-
-@keys.command("list")
-@pass_ctx
-def keys_list(ctx: _Context) -> None:
-    """List API keys (never their secrets)."""
-    for k in _api_keys(ctx).list():
-        state = "active" if k.is_active else "revoked"
-        click.echo(f"{k.id}  {k.name:<24} {k.role:<6} {k.prefix}…  {state}")
-
-
-@keys.command("revoke")
-@click.argument("key")
-@pass_ctx
-def keys_revoke(ctx: _Context, key: str) -> None:
-    """Revoke an API key by id or name."""
-    revoked = _api_keys(ctx).revoke(key)
-    click.echo(f"revoked key {revoked.name} ({revoked.id})")
-
-
-# -- events ----------------------------------------------------------------------------------
-
-
-@main.group()
-def events() -> None:
-    """Look at the event log."""
-
-
-@events.command("tail")
-@click.option("-n", "--lines", default=20, show_default=True, help="how many of the newest events")
-@click.option("-f", "--follow", is_flag=True, help="keep printing new events")
-@pass_ctx
-def events_tail(ctx: _Context, lines: int, follow: bool) -> None:
-    """Print the newest events, one JSON document per line."""
-    from personify.eventlog.base import open_eventlog
-
-    async def run() -> None:
-        log = open_eventlog(ctx.settings)
-        await log.start()
-        try:
-            seen: set[str] = set()
-            while True:
-                for entry in await log.tail(lines):
-                    marker = f"{entry.partition}:{entry.offset}"
-                    if marker in seen:
-                        continue
-                    seen.add(marker)
-                    click.echo(entry.payload.decode())
-                if not follow:
-                    return
-                await asyncio.sleep(0.5)
-        finally:
-            await log.close()
-
-    asyncio.run(run())
-
-
-@events.command("replay-failed")
-@click.option("--id", "ids", multiple=True, type=int, help="only this dead letter (repeatable)")
-@click.option("--limit", default=1000, show_default=True, help="at most this many")
-@pass_ctx
-def events_replay_failed(ctx: _Context, ids: tuple[int, ...], limit: int) -> None:
-    """Re-append the stream worker's dead letters to the log (they keep their messageId)."""
-    from personify.eventlog.base import open_eventlog
-    from personify.store.database import open_database
-    from personify.store.failed_events import FailedEventRepository
-    from personify.worker.replay import ReplayOutcome, replay_failed
-
-    async def run() -> ReplayOutcome:
-        log = open_eventlog(ctx.settings)
-        await log.start()
-        try:
-            failed = FailedEventRepository(open_database(ctx.settings))
-            return await replay_failed(log, failed, ids=ids, limit=limit)
-        finally:
-            await log.close()
-
-    outcome = asyncio.run(run())
-    click.echo(f"replayed {len(outcome.replayed)} dead letters: {outcome.replayed}")
-    if outcome.skipped:
-        click.echo(
-            f"not replayed (unknown, not from the worker, or already replayed): {outcome.skipped}"
-        )
-
-
-# -- stream worker and profiles --------------------------------------------------------------
+# -- the stream worker --------------------------------------------------------------
 
 
 @main.command()
@@ -260,9 +93,8 @@ def events_replay_failed(ctx: _Context, ids: tuple[int, ...], limit: int) -> Non
     "--batch-size", type=int, default=None, help="entries per read (PERSONIFY_WORKER_BATCH_SIZE)"
 )
 @pass_ctx
-def worker(ctx: _Context, drain: bool, batch_size: int | None) -> None:
+def worker(ctx: CliContext, drain: bool, batch_size: int | None) -> None:
     """Run a stream worker: apply the event log to profiles until SIGTERM or Ctrl+C."""
-    import signal
 
     from personify.cli.tuning import freeze_startup_objects, tune_process
     from personify.runtime import Runtime
@@ -297,73 +129,16 @@ def worker(ctx: _Context, drain: bool, batch_size: int | None) -> None:
     )
 
 
-@main.group()
-def profiles() -> None:
-    """User profiles."""
-
-
-@profiles.command("show")
-@click.argument("identity")
-@click.option("--as-of", default=None, help="ISO-8601 time: the profile as it was then")
-@pass_ctx
-def profiles_show(ctx: _Context, identity: str, as_of: str | None) -> None:
-    """Print the profile of IDENTITY (a userId, anonymousId or profile id) as JSON."""
-    from personify.cache.memory import MemoryCache
-    from personify.events.normalize import parse_timestamp
-    from personify.profiles.features import FeatureSet, load_profile_config
-    from personify.profiles.repository import ProfileRepository
-    from personify.profiles.service import ProfileService
-    from personify.store.database import open_database
-
-    moment = parse_timestamp("--as-of", as_of) if as_of else None
-    features = FeatureSet(load_profile_config(ctx.settings.features_file))
-    service = ProfileService(
-        ProfileRepository(open_database(ctx.settings), features), MemoryCache(), features
-    )
-    _echo_json(asyncio.run(service.get(identity, as_of=moment)))
-
-
-@main.group()
-def db() -> None:
-    """The state database."""
-
-
-@db.command("upgrade")
-@pass_ctx
-def db_upgrade(ctx: _Context) -> None:
-    """Run the pending schema migrations (Alembic) on the state database."""
-    from personify.store.database import open_database
-    from personify.store.migrations import head
-
-    database = open_database(ctx.settings, auto_upgrade=False)
-    try:
-        applied = database.upgrade()
-    finally:
-        database.dispose()
-    if applied:
-        click.echo(f"applied migrations: {', '.join(applied)} (now at {head()})")
-    else:
-        click.echo(f"schema is up to date (at {head()})")
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-
-
 @main.command()
 @click.option("--port", default=8000, show_default=True)
 @click.option("--no-serve", is_flag=True, help="seed and exit instead of serving")
 @pass_ctx
-def demo(ctx: _Context, port: int, no_serve: bool) -> None:
+def demo(ctx: CliContext, port: int, no_serve: bool) -> None:
     """Seed an embedded demo (source, admin key, scripted events) and serve it on PORT."""
     from personify.cli.demo import run_demo
 
-    run_demo(ctx.settings, port=port, serve=not no_serve, echo=click.echo, echo_json=_echo_json)
+    run_demo(ctx.settings, port=port, serve=not no_serve, echo=click.echo, echo_json=echo_json)
 
 
-# -- lake, import, sql, quality, lineage (personify.cli.lake) --------------------------------
-
-from personify.cli.lake import COMMANDS as _LAKE_COMMANDS  # noqa: E402
-
-for _command in _LAKE_COMMANDS:
+for _command in (sources, keys, events, profiles, db, lake, import_events, sql, quality, lineage):
     main.add_command(_command)

@@ -12,13 +12,13 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "../_native_buffer.h"
 
-/* field order of WireEvent: the order msgspec encodes them in */
+/* field order of WireEvent: the order msgspec encodes them in, and the order of
+ * msgspec.structs.astuple's values (setup checks it against __struct_fields__) */
 enum {
     F_TYPE, F_EVENT, F_NAME, F_CATEGORY, F_USER_ID, F_ANONYMOUS_ID, F_PREVIOUS_ID, F_GROUP_ID,
     F_MESSAGE_ID, F_TIMESTAMP, F_ORIGINAL_TIMESTAMP, F_SENT_AT, F_PROPERTIES, F_TRAITS,
@@ -40,7 +40,7 @@ typedef struct {
     PyObject *raw_type;    /* msgspec.Raw */
     PyObject *record_type; /* eventlog.base.LogRecord */
     PyTypeObject *event_type;        /* WireEvent */
-    Py_ssize_t offsets[F_COUNT];     /* where each field's slot lies in a WireEvent */
+    PyObject *astuple;               /* msgspec.structs.astuple */
 } State;
 
 static State state;
@@ -416,7 +416,8 @@ done:
     if (key != NULL && dedupe != NULL) {
         /* what tuple.__new__(LogRecord, ...) does; a NamedTuple's own __new__ is Python code */
         PyTypeObject *type = (PyTypeObject *)state.record_type;
-        record = type->tp_alloc(type, 3);
+        allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+        record = alloc != NULL ? alloc(type, 3) : NULL;
         if (record != NULL) {
             PyTuple_SET_ITEM(record, 0, payload);
             PyTuple_SET_ITEM(record, 1, key);
@@ -515,15 +516,16 @@ bad:
 /* The record of one event, None for the Python path, or NULL with an exception set. */
 static PyObject *one_record(Args *a, PyObject *raw) {
     if (Py_TYPE(raw) != state.event_type) Py_RETURN_NONE;
-    PyObject *values[F_COUNT];
-    int got = 0;
+    /* the field values through msgspec's public API, never its object layout: the tuple
+     * holds its own references, so ``values`` borrows from it while it lives */
+    PyObject *fields = PyObject_CallOneArg(state.astuple, raw);
+    if (fields == NULL) return NULL;
     PyObject *result = NULL;
-    for (; got < F_COUNT; got++) {
-        /* the struct's slots, read as its member descriptors read them */
-        PyObject *value = *(PyObject **)((char *)raw + state.offsets[got]);
-        if (value == NULL) goto fallback;
-        values[got] = Py_NewRef(value);
+    if (!PyTuple_CheckExact(fields) || PyTuple_GET_SIZE(fields) != F_COUNT) {
+        PyErr_SetString(PyExc_TypeError, "astuple gave no tuple of every WireEvent field");
+        goto out;
     }
+    PyObject **values = &PyTuple_GET_ITEM(fields, 0);
     /* a client cannot set what the server sets: those take the Python path */
     if (values[F_RECEIVED_AT] != state.unset || values[F_SOURCE_ID] != state.unset ||
         values[F_FLAGS] != state.unset)
@@ -541,7 +543,7 @@ static PyObject *one_record(Args *a, PyObject *raw) {
 fallback:
     result = Py_NewRef(Py_None);
 out:
-    for (int i = 0; i < got; i++) Py_DECREF(values[i]);
+    Py_DECREF(fields);
     return result;
 }
 
@@ -604,28 +606,36 @@ static PyObject *wire_records(PyObject *self, PyObject *const *args, Py_ssize_t 
     return Py_BuildValue("(Nn)", records, fallbacks);
 }
 
+/* 0 when ``event_type.__struct_fields__`` (msgspec's public list of a Struct's fields, in
+ * astuple's order) is FIELD_NAMES, else -1 with a TypeError */
+static int check_fields(PyObject *event_type) {
+    PyObject *names = PyObject_GetAttrString(event_type, "__struct_fields__");
+    if (names == NULL) return -1;
+    int ok = PyTuple_Check(names) && PyTuple_GET_SIZE(names) == F_COUNT;
+    for (int i = 0; ok && i < F_COUNT; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        ok = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, FIELD_NAMES[i]) == 0;
+    }
+    Py_DECREF(names);
+    if (!ok) {
+        PyErr_SetString(PyExc_TypeError, "the event type's fields are not the ones compiled in");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
-    PyObject *unset, *raw_type, *record_type, *event_type;
-    if (!PyArg_ParseTuple(args, "OOOO", &unset, &raw_type, &record_type, &event_type))
+    PyObject *unset, *raw_type, *record_type, *event_type, *astuple;
+    if (!PyArg_ParseTuple(args, "OOOOO", &unset, &raw_type, &record_type, &event_type,
+                          &astuple))
         return NULL;
     if (!PyType_Check(raw_type) || !PyType_Check(event_type) || !PyType_Check(record_type) ||
-        !PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "setup(UNSET, Raw, LogRecord, WireEvent)");
+        !PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type) ||
+        !PyCallable_Check(astuple)) {
+        PyErr_SetString(PyExc_TypeError, "setup(UNSET, Raw, LogRecord, WireEvent, astuple)");
         return NULL;
     }
-    Py_ssize_t offsets[F_COUNT];
-    for (int i = 0; i < F_COUNT; i++) {
-        /* each field must be a plain object slot: a member descriptor of the type itself */
-        PyObject *descr =
-            PyDict_GetItemString(((PyTypeObject *)event_type)->tp_dict, FIELD_NAMES[i]);
-        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "%s is not an object slot of the event type",
-                         FIELD_NAMES[i]);
-            return NULL;
-        }
-        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-    }
+    if (check_fields(event_type) < 0) return NULL;
     for (int c = 0; c < 256; c++) PLAIN[c] = c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
     for (int c = 0; c < 256; c++) KEY_FOLD[c] = c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
     KEY_FOLD['-'] = KEY_FOLD['_'] = KEY_FOLD['.'] = KEY_FOLD[' '] = 0;
@@ -634,19 +644,21 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         Py_CLEAR(state.raw_type);
         Py_CLEAR(state.record_type);
         Py_CLEAR(state.event_type);
+        Py_CLEAR(state.astuple);
     }
-    memcpy(state.offsets, offsets, sizeof offsets);
     state.unset = Py_NewRef(unset);
     state.raw_type = Py_NewRef(raw_type);
     state.record_type = Py_NewRef(record_type);
     state.event_type = (PyTypeObject *)Py_NewRef(event_type);
+    state.astuple = Py_NewRef(astuple);
     ready = 1;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
-     "setup(UNSET, Raw, LogRecord, WireEvent): the types wire_record reads and builds."},
+     "setup(UNSET, Raw, LogRecord, WireEvent, astuple): the types wire_record reads and "
+     "builds, and msgspec.structs.astuple, which reads a WireEvent's fields."},
     {"wire_record", (PyCFunction)(void (*)(void))wire_record, METH_FASTCALL,
      "wire_record(event, route_kind, received_us, received_text, source_id, sent_default, "
      "tolerance_us, max_bytes, pii_roots) -> LogRecord | None"},

@@ -1,8 +1,16 @@
+from collections.abc import Callable
 from typing import Any
 
 from personify.eventlog.base import LogRecord
 
-def setup(unset: Any, raw_type: type, record_type: type, event_type: type, /) -> None: ...
+def setup(
+    unset: Any,
+    raw_type: type,
+    record_type: type,
+    event_type: type,
+    astuple: Callable[[Any], tuple[Any, ...]],
+    /,
+) -> None: ...
 def wire_record(
     event: Any,
     route_kind: str | None,

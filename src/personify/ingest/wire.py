@@ -84,7 +84,8 @@ try:
 except ImportError:  # built without a C compiler: the Python path does everything
     _wire_record = _wire_records = None
 else:
-    _wire_native.setup(UNSET, Raw, LogRecord, WireEvent)
+    # the fields are read through msgspec's public astuple, never by the struct's layout
+    _wire_native.setup(UNSET, Raw, LogRecord, WireEvent, msgspec.structs.astuple)
     _wire_record = _wire_native.wire_record
     _wire_records = _wire_native.wire_records
 
