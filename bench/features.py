@@ -76,7 +76,8 @@ def build_lake(folder: Path, events: int, users: int, end: datetime) -> Lake:
 def measure(lake_path: str, as_of: datetime, what: str) -> dict[str, float | int]:
     """In this fresh process: ``features_as_of`` or the baseline scan; time and peak memory."""
     from personify.lake.warehouse import Warehouse
-    from personify.predict.training import _EVENTS, features_as_of
+    from personify.predict.features import features_as_of
+    from personify.predict.replay import _EVENTS
     from personify.profiles.features import FeatureSet
 
     lake = Lake(lake_path)

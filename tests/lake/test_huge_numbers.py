@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from personify.cli.main import main
 from personify.lake.schema import events_to_table, row_to_event
 from personify.lake.table import Lake
-from personify.predict.training import feature_table
+from personify.predict.features import feature_table
 from tests.lake.conftest import T0, Served, cli_env, fill_log, normalized, track
 
 DIGITS_310 = "9" * 310

@@ -22,15 +22,14 @@ from personify.eventlog.sqlite import SQLiteEventLog
 from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.lake.warehouse import Warehouse
-from personify.predict.training import (
-    FeatureJob,
+from personify.predict.features import (
     feature_table,
     features_as_of,
     flatten_document,
     profile_documents,
-    replay_profiles,
-    replay_shards,
 )
+from personify.predict.replay import replay_profiles, replay_shards
+from personify.predict.training import FeatureJob
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureDefinition, FeatureSet, ProfileConfig
 from personify.profiles.processor import ProfileProcessor

@@ -1,2 +1,3 @@
-"""Predictions: point-in-time features and training frames from the lake (``training``); the
-churn and lifetime-value models build on them."""
+"""Predictions. Today the first half: profiles replayed from the lake as of a cut-off T
+(``replay``), point-in-time feature tables (``features``) and labelled training frames
+(``training``); the churn and lifetime-value models build on them."""
