@@ -11,9 +11,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+from tests.conftest import service_missing
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext
 
 PERSONIFY = [sys.executable, "-m", "personify.cli"]
 
@@ -138,3 +144,45 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# headless, and none of the background traffic this machine's closed network refuses
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright, shared by a module's tests."""
+    if not CHROMIUM.exists():
+        service_missing("chromium is not installed at /usr/bin/chromium")
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        service_missing("chromium tests need the playwright package")
+        raise
+    with sync_playwright() as driver:
+        try:
+            chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Error as exc:
+            service_missing(f"chromium does not start: {exc}")
+            raise
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile: no cookies, empty localStorage."""
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()

@@ -31,22 +31,12 @@ from tests.e2e.conftest import ServerProcess, cli, free_port, make_server
 from tests.e2e.proxy import RecordingProxy
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext
+    from playwright.sync_api import BrowserContext
 
 pytestmark = pytest.mark.e2e
 
 ASSETS = Path(__file__).parent / "analytics_js"
 PACKAGE = "@segment/analytics-next"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARRIVAL_TIMEOUT_S = 30.0
 NPM_TIMEOUT_S = 300
 
@@ -88,34 +78,6 @@ def analytics_js(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     bundles = folder / "node_modules" / PACKAGE / "dist" / "umd"
     assert (bundles / "standalone.js").exists(), f"no standalone bundle in {bundles}"
     return bundles
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium driven by Playwright, shared by the module's tests."""
-    if not CHROMIUM.exists():
-        service_missing("chromium is not installed at /usr/bin/chromium")
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError:
-        service_missing("chromium tests need the playwright package")
-        raise
-    with sync_playwright() as driver:
-        try:
-            chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except Error as exc:
-            service_missing(f"chromium does not start: {exc}")
-            raise
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    """A fresh browser profile: no cookies, empty localStorage."""
-    ctx = browser.new_context()
-    yield ctx
-    ctx.close()
 
 
 @dataclass

@@ -27,24 +27,13 @@ import pytest
 from personify.eventlog.sqlite import SQLiteEventLog
 from personify.events.hashing import HASH_PREFIX
 from personify.events.normalize import parse_timestamp
-from tests.conftest import service_missing
 from tests.e2e.conftest import ServerProcess, make_server
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page, Request, Route
+    from playwright.sync_api import BrowserContext, Page, Request, Route
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ARRIVAL_TIMEOUT_S = 10.0
 # events that a test page keeps queued: nothing but a beacon or a new page sends them
@@ -54,34 +43,6 @@ STORED_QUEUES = (
     "() => Object.keys(localStorage).filter(k => k.startsWith('pfy_q.'))"
     ".map(k => JSON.parse(localStorage.getItem(k)))"
 )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium driven by Playwright, shared by the module's tests."""
-    if not CHROMIUM.exists():
-        service_missing("chromium is not installed at /usr/bin/chromium")
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError:
-        service_missing("chromium tests need the playwright package")
-        raise
-    with sync_playwright() as driver:
-        try:
-            chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except Error as exc:
-            service_missing(f"chromium does not start: {exc}")
-            raise
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    """A fresh browser profile: no cookies, empty localStorage."""
-    ctx = browser.new_context()
-    yield ctx
-    ctx.close()
 
 
 @dataclass
