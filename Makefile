@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format bench clean
+.PHONY: help install demo test sanitize lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,22 @@ demo: $(STAMP) ## start an embedded demo: a demo source, scripted events, the se
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/pytest -q
+
+# the native tests against a build of the C ingest module with AddressSanitizer and
+# UndefinedBehaviorSanitizer; Python itself is not instrumented, so the runtimes are preloaded
+sanitize: $(STAMP) ## run the C ingest module's tests under ASan and UBSan (a separate build)
+	@command -v gcc >/dev/null || (echo "make sanitize needs gcc" >&2; exit 1)
+	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	so="$$dir/_wire_native$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" && \
+	include="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" && \
+	gcc -fsanitize=address,undefined -fno-omit-frame-pointer -O1 -g -fPIC -shared -Wall \
+		-I "$$include" src/personify/ingest/_wire_native.c -o "$$so" && \
+	PERSONIFY_TEST_NATIVE_MODULE="$$so" \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(BIN)/python -m pytest -q -p tests.native_build -p no:cacheprovider \
+		tests/ingest/test_wire_native.py tests/ingest/test_wire_differential.py
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict on src, the import layers
 	$(BIN)/ruff check src tests bench

@@ -199,9 +199,9 @@ _plain = st.fixed_dictionaries(
         "type": st.sampled_from(["track", "identify", "page", "screen", "t", "i", "p", "s"]),
         "event": _clean,
         "messageId": _clean,
+        "userId": _clean,
     },
     optional={
-        "userId": _clean,
         "anonymousId": _clean,
         "name": _clean,
         "timestamp": _canonical,
@@ -227,7 +227,7 @@ def _with_message_id(event: Any, number: int) -> Any:
     """``event`` with a messageId of its own, so that no body is a duplicate of another: the
     records of every body are compared, not only those of the first."""
     if type(event) is dict and type(event.get("messageId")) is str:
-        return event | {"messageId": f"{event['messageId']}{number}"}
+        return event | {"messageId": f"{event['messageId']}~{number}"}
     return event
 
 
@@ -291,25 +291,29 @@ def _defaults(envelope: dict[str, Any]) -> dict[str, Any]:
     return {k: envelope[k] for k in ("context", "integrations", "sentAt") if k in envelope}
 
 
-async def _answer(collector: Collector, kind: Any, body: bytes) -> Any:
-    """What the request's answer and dead letters depend on."""
+async def _answer(collector: Collector, kind: Any, body: bytes) -> tuple[Any, bool]:
+    """What the request's answer and dead letters depend on, and whether the compiled path
+    built the record of a single event. A single event is answered alike whether it was
+    stored or a duplicate; the stored records tell them apart."""
     try:
-        outcome = await (
-            _batch(collector, body) if kind == "batch" else _single(collector, body, kind)
-        )
+        if kind == "batch":
+            outcome = await _batch(collector, body)
+        else:
+            outcome = await _single(collector, body, kind)
     except ValidationError as error:
-        return ("refused", error.code, error.details)
+        return ("refused", error.code, error.details), False
     if outcome is None:
-        return _BUILT
+        return _ACCEPTED, True
     letters = [
         (letter.code, letter.reason, msgspec.json.encode(letter.payload), letter.message_id)
         for letter in outcome.rejected
     ]
-    return ("accepted", outcome.accepted, outcome.duplicates, letters)
+    if kind != "batch" and not letters:
+        return _ACCEPTED, False
+    return ("accepted", outcome.accepted, outcome.duplicates, letters), False
 
 
-# the answer to a single event the compiled path built
-_BUILT = ("accepted", 1, 0, [])
+_ACCEPTED = ("accepted",)
 
 
 def _stored(entries: list[Any]) -> list[tuple[str, bytes]]:
@@ -335,10 +339,10 @@ async def _differences(
         assert native._wire.native and not python._wire.native
         built = 0
         for kind, body in bodies:
-            expected = await _answer(python, kind, body)
-            answer = await _answer(native, kind, body)
+            expected, _ = await _answer(python, kind, body)
+            answer, compiled = await _answer(native, kind, body)
             assert answer == expected, body
-            built += answer is _BUILT
+            built += compiled
         stored_native, stored_python = [_stored(await log.tail(10**6)) for log in logs]
         assert stored_native == stored_python
         return built
@@ -374,4 +378,5 @@ def test_the_compiled_and_the_python_path_store_the_same_records(tmp_path: Path)
     finally:
         db.dispose()
     assert sent >= BODIES_PER_RUN
-    print("SENT", sent, "BUILT", built)
+    # the common case is common enough here for the compiled path to be held to much
+    assert built >= sent // 10
