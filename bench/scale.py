@@ -20,7 +20,11 @@ For each backend the 1-process scenario is the baseline measured in the same run
 other work on the machine hits all of them alike; headline figures are medians over the
 rounds. ``server_cpu_us_per_event`` counts the CPU of every process of the server (uvicorn's
 supervisor and its workers), so it stays comparable when the rates are squeezed by a shared
-machine. ``log_check`` verifies every acknowledged event is in the log (SQLite: rows of the
+machine. ``cpu_us_per_event`` breaks the CPU per acknowledged event down into the API server
+and each engine's processes (``tansu``, ``redis-server``, ``postgres``, by command name, so
+other users of the machine's Redis and PostgreSQL count too), which shows which process bounds
+a rate. ``--scenarios scaled_1,embedded_1`` runs only those (ratios need both of a pair).
+``log_check`` verifies every acknowledged event is in the log (SQLite: rows of the
 ``log`` table; Kafka: records in the topic, through the adapter). Everything shares the
 machine's cores with the load generator (and, scaled out, with the broker, Redis and
 PostgreSQL): on 2 cores a second API process cannot double the rate; see ``setup``.
@@ -43,6 +47,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -63,6 +68,10 @@ PARTITIONS = 4
 WORKER_KAFKA_SESSION_TIMEOUT_MS = 6000
 DRAIN_TIMEOUT_S = 600.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("embedded_1", "embedded_2", "scaled_1", "scaled_2")
+# the engines' processes, by their command name; Redis and PostgreSQL are the machine's own,
+# so whatever else uses them during a run counts too
+ENGINE_COMMANDS = ("tansu", "redis-server", "postgres")
 log = ingest.log
 
 
@@ -120,19 +129,34 @@ def start_engines(kafka: str | None) -> Engines:
 
 def stop_engines(engines: Engines) -> None:
     """Drop the database and the run's Redis keys; stop the broker this run started."""
-    from tests.contracts.conftest import drop_redis_keys
     from tests.postgres import drop_database
 
     drop_database(engines.state_url)
-    asyncio.run(
-        drop_redis_keys(
-            engines.redis_url,
-            f"{engines.cache_prefix}*",
-            f"personify:kafka:{engines.topic('')}*",
-        )
+    drop_redis_keys(
+        engines.redis_url, f"{engines.cache_prefix}*", f"personify:kafka:{engines.topic('')}*"
     )
     if engines.broker is not None:
         engines.broker.stop()
+
+
+def drop_redis_keys(url: str, *patterns: str) -> None:
+    """Delete the keys matching ``patterns`` in chunks: a run leaves millions of dedupe keys,
+    more than one ``DEL`` finishes within the client's timeout."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for pattern in patterns:
+            chunk: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=10_000):
+                chunk.append(key)
+                if len(chunk) == 10_000:
+                    client.unlink(*chunk)
+                    chunk.clear()
+            if chunk:
+                client.unlink(*chunk)
+    finally:
+        client.close()
 
 
 def kafka_log_count(env: dict[str, str]) -> int:
@@ -179,6 +203,52 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def engines_cpu_seconds() -> dict[str, float]:
+    """CPU (user + system) of every live process of each engine, from /proc."""
+    cpu = dict.fromkeys(ENGINE_COMMANDS, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if command in cpu:
+            cpu[command] += _cpu_seconds(int(entry.name))
+    return cpu
+
+
+class EngineWrk(ingest.Wrk):
+    """``ingest.Wrk`` that also counts the engines' CPU during each run."""
+
+    def run(self, scenario: ingest.Scenario, duration_s: float) -> dict[str, Any]:
+        """One wrk run; adds ``engine_cpu_us_per_event``: the engines' CPU per event."""
+        before = engines_cpu_seconds()
+        figures = super().run(scenario, duration_s)
+        after = engines_cpu_seconds()
+        events = max(figures["events_per_s"] * figures["duration_s"], 1.0)
+        # a process that exited during the run would count negative: leave it out
+        figures["engine_cpu_us_per_event"] = {
+            name: round(max(after[name] - before[name], 0.0) * 1e6 / events, 1)
+            for name in ENGINE_COMMANDS
+        }
+        return figures
+
+
+def cpu_breakdown(scenario: ingest.Scenario) -> dict[str, float]:
+    """Median CPU per acknowledged event of the API server and of each engine, in µs."""
+    rounds = scenario.rounds
+    breakdown = {
+        "api_server": statistics.median(r["server_cpu_us_per_event"] for r in rounds),
+        **{
+            name: statistics.median(r["engine_cpu_us_per_event"][name] for r in rounds)
+            for name in ENGINE_COMMANDS
+        },
+    }
+    breakdown["total"] = sum(breakdown.values())
+    return {name: round(value, 1) for name, value in breakdown.items()}
 
 
 def drain(env: dict[str, str], processes: int, total: int, folder: Path) -> dict[str, Any]:
@@ -317,9 +387,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-events", type=int, default=60_000, help="events drained by the workers (0: skip)"
     )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated ingest scenarios to run (of {', '.join(SCENARIOS)})",
+    )
     parser.add_argument("--quick", action="store_true", help="one 3 s round, 1 s warm-up")
     parser.add_argument("--verbose", action="store_true", help="echo wrk's output to stderr")
     args = parser.parse_args(argv)
+    args.scenarios = [name for name in args.scenarios.split(",") if name]
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown or not args.scenarios:
+        parser.error(f"unknown scenarios {unknown}; choose among {', '.join(SCENARIOS)}")
     if args.quick:
         args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
         args.worker_events = min(args.worker_events, 20_000)
@@ -340,12 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios: list[ingest.Scenario] = []
     try:
         with ingest.scratch_folder(keep=False) as folder:
-            for name, processes, scaled in (
-                ("embedded_1", 1, False),
-                ("embedded_2", 2, False),
-                ("scaled_1", 1, True),
-                ("scaled_2", 2, True),
-            ):
+            for name in (n for n in SCENARIOS if n in args.scenarios):
+                processes, scaled = int(name[-1]), name.startswith("scaled")
                 data_dir = folder / f"{name}-data"
                 data_dir.mkdir()
                 env = ingest.personify_env(data_dir, "full", linger_ms)
@@ -381,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                         ingest.basic_auth(write_key),
                     )
                 )
-            wrk = ingest.Wrk(
+            wrk = EngineWrk(
                 connections=args.connections, threads=args.threads, cpus=None, verbose=args.verbose
             )
             ingest.run_rounds(
@@ -410,7 +485,17 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "what": "POST /v1/batch, 100 events per request, events/s acknowledged (medians)",
     }
+    for scenario in scenarios:
+        summaries[scenario.name]["cpu_us_per_event"] = cpu_breakdown(scenario)
     for backend in ("embedded", "scaled"):
+        if f"{backend}_1" not in summaries or f"{backend}_2" not in summaries:
+            # a partial run (--scenarios): the figures it has, without the ratio
+            result[backend] = {
+                label: summaries[f"{backend}_{n}"]
+                for n, label in ((1, "baseline_1_process"), (2, "2_processes"))
+                if f"{backend}_{n}" in summaries
+            }
+            continue
         one, two = summaries[f"{backend}_1"], summaries[f"{backend}_2"]
         result[backend] = {
             "baseline_1_process": one,
@@ -429,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             3,
         )
         for n in (1, 2)
+        if f"scaled_{n}" in summaries and f"embedded_{n}" in summaries
     }
     result["log_check"] = log_check
     result["workers"] = workers

@@ -285,3 +285,40 @@ async def test_a_burst_of_concurrent_appends_waits_for_dedupe_connections(
     assert len({r[0].offset for r in results}) == 500
     assert not any(r[0].duplicate for r in results)
     assert await log.lag(group) == 500
+
+
+async def test_dedupe_keys_of_any_text_are_found_at_their_own_position(
+    open_log: OpenLog, group: str
+) -> None:
+    # the dedupe scripts take the keys run together with their byte lengths: spaces, line
+    # breaks, digits and multi-byte characters must not shift one key onto another
+    log = await open_log(partitions=2)
+    keys = ["a b", "12", "1", "line\nbreak", "émoji 🎉", "", "x" * 300, "a"]
+    first = await log.append([LogRecord(k.encode(), "user-1", k) for k in keys[::2]])
+    mixed = await log.append([LogRecord(k.encode(), "user-1", k) for k in keys])
+    assert [r.duplicate for r in mixed] == [i % 2 == 0 for i in range(len(keys))]
+    assert [r.offset for r in mixed[::2]] == [r.offset for r in first]
+    again = await log.append([LogRecord(k.encode(), "user-1", k) for k in reversed(keys)])
+    assert all(r.duplicate for r in again)
+    assert [r.offset for r in again] == [r.offset for r in reversed(mixed)]
+    assert await log.lag(group) == len(keys)
+
+
+async def test_a_refused_record_is_not_acknowledged_nor_marked(
+    open_log: OpenLog, group: str
+) -> None:
+    log = await open_log(partitions=2)
+    # larger than the producer's message.max.bytes: produce() refuses it on the spot
+    too_big = b"x" * 2_000_000
+    batch = [
+        LogRecord(b"small-0", "user-1", "small-0"),
+        LogRecord(too_big, "user-1", "big"),
+        LogRecord(b"small-1", "user-1", "small-1"),
+    ]
+    with pytest.raises(BackendUnavailable):
+        await log.append(batch)
+    # what was produced before the refusal is in the log and deduplicated; the rest is not
+    # taken for a duplicate when the client sends it again
+    retry = await log.append([batch[0], LogRecord(b"big, smaller", "user-1", "big"), batch[2]])
+    assert [r.duplicate for r in retry] == [True, False, False]
+    assert await log.lag(group) == 3

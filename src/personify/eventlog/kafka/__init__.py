@@ -12,7 +12,8 @@ timestamp (the producer's clock, or the broker's with ``LogAppendTime`` topics).
 * **Append.** An idempotent producer (``enable.idempotence``, ``acks=all``) keyed by
   ``LogRecord.key`` with the Java-compatible murmur2 partitioner, so one user's events land
   in one partition, in order, without duplicates from producer retries. ``produce`` never
-  blocks; a thread serves the delivery reports and ``append`` awaits them.
+  blocks; while appends wait, a task on the event loop serves the delivery reports with
+  ``poll(0)`` every millisecond, and each ``append`` awaits one future for its whole batch.
 * **Dedupe.** Kafka cannot check and append in one step, so the dedupe index lives in Redis
   (``eventlog_dedupe_url``, required; ``dedupe.RedisDedupeIndex``).
 * **Read/commit.** One consumer per (group, consumer) with ``enable.auto.commit=false``;

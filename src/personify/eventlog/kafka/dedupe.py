@@ -5,11 +5,12 @@ Kafka cannot check and append in one step, so keys are looked up before producin
 acknowledgement and the mark, a failed mark, or two concurrent appends of one key can leave a
 duplicate in the log; the worker's ``messageId`` idempotency absorbs it.
 
-Each step is one Lua script call per batch, not one command per key: the look-up answers only
-the keys it found (a batch of new events gets an empty reply) and the mark is a single
-command, so the per-key work is Redis's, in C, instead of redis-py packing and parsing a
-pipeline of commands in the API process. The scripts touch several keys, so the index needs
-one Redis (or one cluster slot), which a plain ``redis://`` URL is.
+Each step is one Lua script call per batch, not one command per key, and its keys travel as
+two arguments (their byte lengths, then the keys run together) instead of one argument each:
+redis-py packs every argument in Python, so per-key commands or arguments would put that work
+in the API process, per event. The look-up answers only the keys it found (a batch of new
+events gets an empty reply). The scripts name their keys themselves rather than in ``KEYS``,
+so the index needs one Redis, not a cluster, which a ``redis://`` URL is.
 """
 
 from __future__ import annotations
@@ -27,28 +28,52 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("personify.eventlog")
 
-# the 1-based positions of the keys that are set, each followed by its value
+# Both scripts take ARGV[1] = the key prefix, ARGV[2] = the dedupe keys' byte lengths (space
+# separated), ARGV[3] = the dedupe keys run together. The look-up returns the 1-based
+# position of each key that is set, followed by its value.
 _KNOWN_LUA = """
-local values = redis.call('MGET', unpack(KEYS))
+local prefix, keys, names, at = ARGV[1], ARGV[3], {}, 1
+for size in string.gmatch(ARGV[2], '%d+') do
+  names[#names + 1] = prefix .. string.sub(keys, at, at + size - 1)
+  at = at + size
+end
 local found = {}
-for i = 1, #KEYS do
-  if values[i] then
-    found[#found + 1] = i
-    found[#found + 1] = values[i]
+-- unpack() is bounded by Lua's C stack (LUAI_MAXCSTACK, 8000)
+for first = 1, #names, 1000 do
+  local last = math.min(first + 999, #names)
+  local values = redis.call('MGET', unpack(names, first, last))
+  for i = first, last do
+    local value = values[i - first + 1]
+    if value then
+      found[#found + 1] = i
+      found[#found + 1] = value
+    end
   end
 end
 return found
 """
-# ARGV[1] is the TTL in ms, ARGV[i + 1] the value of KEYS[i]
+# ARGV[4] = the TTL in ms, ARGV[5] = the keys' offsets in order, space separated
 _MARK_LUA = """
-local ttl = ARGV[1]
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ttl)
+local prefix, keys, ttl, at, n = ARGV[1], ARGV[3], ARGV[4], 1, 0
+local sizes = {}
+for size in string.gmatch(ARGV[2], '%d+') do
+  sizes[#sizes + 1] = tonumber(size)
 end
-return #KEYS
+for offset in string.gmatch(ARGV[5], '%S+') do
+  n = n + 1
+  local size = sizes[n]
+  redis.call('SET', prefix .. string.sub(keys, at, at + size - 1), offset, 'NX', 'PX', ttl)
+  at = at + size
+end
+return n
 """
-# Lua's unpack() is bounded by the C stack (LUAI_MAXCSTACK, 8000): larger look-ups go in parts
-_KEYS_PER_CALL = 4000
+
+
+def _packed(keys: Sequence[str]) -> tuple[str, bytes]:
+    """The keys as the scripts take them: their byte lengths, and the keys run together."""
+    encoded = [key.encode() for key in keys]
+    return " ".join(map(str, map(len, encoded))), b"".join(encoded)
+
 
 _CONNECTIONS = 32  # overridable with ?max_connections=N in the dedupe URL
 _WAIT_S = 10.0
@@ -106,29 +131,27 @@ class RedisDedupeIndex:
         if not keys:
             return {}
         script = self._require(self._known_script)
-        prefix = self.prefix
-        known: dict[str, str] = {}
-        for start in range(0, len(keys), _KEYS_PER_CALL):
-            part = keys[start : start + _KEYS_PER_CALL]
-            try:
-                found: list[Any] = await script(keys=[prefix + k for k in part])
-            except RedisError as exc:
-                raise BackendUnavailable(
-                    f"the Kafka event log could not check its dedupe index: {exc}",
-                    code="log_unavailable",
-                ) from exc
-            for at in range(0, len(found), 2):
-                known[part[int(found[at]) - 1]] = bytes(found[at + 1]).decode()
-        return known
+        sizes, joined = _packed(keys)
+        try:
+            found: list[Any] = await script(args=[self.prefix, sizes, joined])
+        except RedisError as exc:
+            raise BackendUnavailable(
+                f"the Kafka event log could not check its dedupe index: {exc}",
+                code="log_unavailable",
+            ) from exc
+        return {
+            keys[int(found[at]) - 1]: bytes(found[at + 1]).decode()
+            for at in range(0, len(found), 2)
+        }
 
     async def mark(self, marks: dict[str, str]) -> None:
         """Remember ``key -> offset`` for keys whose records the broker acknowledged."""
         if not marks:
             return
         script = self._require(self._mark_script)
-        prefix = self.prefix
+        sizes, joined = _packed(list(marks))
         try:
-            await script(keys=[prefix + k for k in marks], args=[self._ttl_ms, *marks.values()])
+            await script(args=[self.prefix, sizes, joined, self._ttl_ms, " ".join(marks.values())])
         except RedisError as exc:
             # the records are in the log already; failing now would only make the client send
             # them again. Without the marks a retry may duplicate them, which the worker absorbs.

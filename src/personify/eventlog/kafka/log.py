@@ -38,15 +38,55 @@ logger = logging.getLogger("personify.eventlog")
 T = TypeVar("T")
 
 _TOPIC_READY_TIMEOUT_S = 15.0
+# how often delivery reports are served while appends wait for them; it adds at most this
+# much to an append's latency, on top of linger.ms and the broker's round trip
+_POLL_INTERVAL_S = 0.001
 
 
-def _settle(future: asyncio.Future[str], error: KafkaError | None, offset: str) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(unavailable("append", error))
-    else:
-        future.set_result(offset)
+class _Deliveries:
+    """The delivery reports of one ``append``; its future is done once every record has one.
+
+    Reports are served by ``poll`` on the event loop's own thread
+    (``KafkaEventLog._serve_delivery_reports``), so settling needs no lock and no cross-thread
+    wake-up; only ``close``'s final flush, on another thread, hands the result over with
+    ``call_soon_threadsafe``.
+    """
+
+    __slots__ = ("_expected", "_reported", "_thread", "error", "future", "loop", "offsets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        # "" stays for a record whose delivery failed (or that was never produced)
+        self.offsets = [""] * size
+        self.error: KafkaError | None = None
+        self._thread = threading.get_ident()
+        self._reported = 0
+        self._expected = -1  # unknown until every produce() of the batch returned
+
+    def report(self, slot: int, error: KafkaError | None, message: Message) -> None:
+        """One record's delivery report."""
+        if error is None:
+            self.offsets[slot] = f"{message.partition()}:{message.offset()}"
+        elif self.error is None:
+            self.error = error
+        self._reported += 1
+        if self._reported == self._expected:
+            if threading.get_ident() == self._thread:
+                self._settle()
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    self.loop.call_soon_threadsafe(self._settle)
+
+    def expect(self, produced: int) -> None:
+        """Every produce() returned: ``produced`` reports will come."""
+        self._expected = produced
+        if self._reported == produced:
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 class KafkaEventLog:
@@ -66,8 +106,9 @@ class KafkaEventLog:
         )
         self._admin: AdminClient | None = None
         self._producer: KafkaProducer | None = None
-        self._poller: threading.Thread | None = None
-        self._stop_polling = threading.Event()
+        # appends awaiting delivery reports, and the task that serves them while there are any
+        self._in_flight = 0
+        self._pump: asyncio.Task[None] | None = None
         self._members: dict[tuple[str, str], Member] = {}
         self._members_lock = asyncio.Lock()
         self._probe: TopicProbe | None = None
@@ -130,11 +171,6 @@ class KafkaEventLog:
                 "logger": logger,
             }
         )
-        self._stop_polling.clear()
-        self._poller = threading.Thread(
-            target=self._serve_delivery_reports, name=f"kafka-producer-{self.topic}", daemon=True
-        )
-        self._poller.start()
 
     def _ensure_topic(self) -> None:
         admin = self._require(self._admin)
@@ -168,10 +204,23 @@ class KafkaEventLog:
         except KafkaException as exc:
             raise unavailable(f"create topic {self.topic!r}", exc) from exc
 
-    def _serve_delivery_reports(self) -> None:
-        producer = self._producer
-        while producer is not None and not self._stop_polling.is_set():
-            producer.poll(0.05)
+    async def _serve_delivery_reports(self, producer: KafkaProducer) -> None:
+        # poll(0) never blocks, and the reports' callbacks run here, on the loop's thread: a
+        # thread blocked in poll() would take the GIL back once per record to run them,
+        # contending with the loop for it
+        while self._in_flight and self._producer is producer:
+            try:
+                producer.poll(0)
+            except KafkaException as exc:
+                # a fatal producer error: the waiting records still get (failed) reports
+                logger.error("Kafka producer for %s: %s", self.topic, exc)
+            await asyncio.sleep(_POLL_INTERVAL_S)
+
+    def _ensure_pump(self, producer: KafkaProducer) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(
+                self._serve_delivery_reports(producer), name=f"kafka-producer-{self.topic}"
+            )
 
     async def close(self) -> None:
         """Flush pending appends, leave the consumer groups, release connections."""
@@ -190,9 +239,11 @@ class KafkaEventLog:
             await probe.close()
         producer, self._producer = self._producer, None
         if producer is not None:
-            self._stop_polling.set()
-            if self._poller is not None:
-                await asyncio.to_thread(self._poller.join)
+            pump, self._pump = self._pump, None
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
             left = await asyncio.to_thread(producer.flush, self.config.delivery_timeout_ms / 1000.0)
             if left:
                 logger.error("Kafka event log closed with %d appends undelivered", left)
@@ -231,50 +282,55 @@ class KafkaEventLog:
             duplicate[first_of[key]] = True
         repeated = {index for index, _ in repeats}
 
-        loop = asyncio.get_running_loop()
-        sent: list[tuple[int, asyncio.Future[str]]] = []
+        todo = [
+            index for index in range(len(records)) if not duplicate[index] and index not in repeated
+        ]
+        deliveries = _Deliveries(asyncio.get_running_loop(), len(todo))
+        topic, produce, report = self.topic, producer.produce, deliveries.report
+        produced = 0
         refused: BackendUnavailable | None = None
-        for index, record in enumerate(records):
-            if duplicate[index] or index in repeated:
-                continue
-            future: asyncio.Future[str] = loop.create_future()
-            try:
-                producer.produce(
-                    self.topic,
+        try:
+            for slot, index in enumerate(todo):
+                record = records[index]
+                produce(
+                    topic,
                     value=record.payload,
                     key=record.key.encode(),
-                    on_delivery=functools.partial(self._delivered, loop, future),
+                    on_delivery=functools.partial(report, slot),
                 )
-            except BufferError as exc:
-                refused = BackendUnavailable(
-                    "the Kafka producer queue is full; retry shortly", code="log_overloaded"
-                )
-                refused.__cause__ = exc
-                break
-            except KafkaException as exc:
-                refused = unavailable("append", exc)
-                refused.__cause__ = exc
-                break
-            sent.append((index, future))
+                produced += 1
+        except BufferError as exc:
+            refused = BackendUnavailable(
+                "the Kafka producer queue is full; retry shortly", code="log_overloaded"
+            )
+            refused.__cause__ = exc
+        except KafkaException as exc:
+            refused = unavailable("append", exc)
+            refused.__cause__ = exc
+        deliveries.expect(produced)
+        self._in_flight += 1
+        try:
+            self._ensure_pump(producer)
+            await deliveries.future
+        finally:
+            self._in_flight -= 1
 
-        outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
         marks: dict[str, str] = {}
-        failure: BaseException | None = None
-        for (index, _), outcome in zip(sent, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failure = failure or outcome
+        for slot, index in enumerate(todo[:produced]):
+            offset = deliveries.offsets[slot]
+            if not offset:
                 continue
-            offsets[index] = outcome
+            offsets[index] = offset
             dedupe_key = records[index].dedupe_key
             if dedupe_key is not None:
-                marks[dedupe_key] = outcome
+                marks[dedupe_key] = offset
         await self._dedupe.mark(marks)
         # what was produced before a refusal is in the log and marked; the caller retries the
         # rest (and, deduplicated, the rest only)
         if refused is not None:
             raise refused
-        if failure is not None:
-            raise failure
+        if deliveries.error is not None:
+            raise unavailable("append", deliveries.error)
         for index, first in repeats:
             offsets[index] = offsets[first]
             duplicate[index] = True
@@ -282,17 +338,6 @@ class KafkaEventLog:
             AppendResult(str(offset), is_duplicate)
             for offset, is_duplicate in zip(offsets, duplicate, strict=True)
         ]
-
-    @staticmethod
-    def _delivered(
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[str],
-        error: KafkaError | None,
-        message: Message,
-    ) -> None:
-        offset = "" if error is not None else f"{message.partition()}:{message.offset()}"
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle, future, error, offset)
 
     # -- read side ---------------------------------------------------------------------------
 
