@@ -222,8 +222,10 @@ def send_generated(client: httpx.Client, server: ServerProcess, sent: Sent, exam
         shared_placements: list[tuple[tuple[str, ...], str, str]] = []
         if shared is not None:
             # batch-level context is merged into each event: its traits are theirs
+            # one value per key, the last drawn, as event_of's object keeps it
+            last = {(location, key): form for location, key, form in shared}
             shared_placements = [
-                (location, key, sent.value(form)) for location, key, form in shared
+                (location, key, sent.value(form)) for (location, key), form in last.items()
             ]
             body["context"] = event_of("track", "shared", shared_placements).get("context", {})
         response = post(client, server, "batch", body)
