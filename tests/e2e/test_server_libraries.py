@@ -10,6 +10,7 @@ on. A proxy between the library and ``personify serve`` counts the requests.
 
 from __future__ import annotations
 
+import importlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,12 +50,13 @@ def proxy(revoked: tuple[ServerProcess, str]) -> Iterator[RecordingProxy]:
     recorder.stop()
 
 
-def segment_client(
-    write_key: str, host: str, on_error: Callable[[Exception, list[Any]], None]
+def sdk_client(
+    module: str, write_key: str, host: str, on_error: Callable[[Exception, list[Any]], None]
 ) -> Any:
-    from segment.analytics import Client
-
-    return Client(
+    """An unmodified server library's client (``segment.analytics.client`` or
+    ``rudderstack.analytics.client``): both take the same options."""
+    client_type = importlib.import_module(module).Client
+    return client_type(
         write_key=write_key,
         host=host,
         on_error=on_error,
@@ -62,21 +64,18 @@ def segment_client(
         upload_interval=0.05,
         timeout=10,
     )
+
+
+def segment_client(
+    write_key: str, host: str, on_error: Callable[[Exception, list[Any]], None]
+) -> Any:
+    return sdk_client("segment.analytics.client", write_key, host, on_error)
 
 
 def rudderstack_client(
     write_key: str, host: str, on_error: Callable[[Exception, list[Any]], None]
 ) -> Any:
-    from rudderstack.analytics.client import Client
-
-    return Client(
-        write_key=write_key,
-        host=host,
-        on_error=on_error,
-        max_retries=MAX_RETRIES,
-        upload_interval=0.05,
-        timeout=10,
-    )
+    return sdk_client("rudderstack.analytics.client", write_key, host, on_error)
 
 
 def api_error_class(library: str) -> type[Exception]:

@@ -39,12 +39,6 @@ def render_collector_error(error: errors.PersonifyError) -> Response:
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def render_error(error: errors.PersonifyError) -> Response:
-    """The response for a Personify error."""
-    status, body, headers = error_parts(error)
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
 def _litestar_response(
     status: int, body: bytes, headers: Mapping[str, str] | None = None
 ) -> LitestarResponse[bytes]:
