@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     eventlog_kafka_delivery_timeout_ms: int = 30_000
     # false for brokers without DeleteRecords (tansu's memory engine): truncate then removes nothing
     eventlog_kafka_delete_records: bool = True
+    # the SQLite and Redis Streams logs drop an entry once every consumer group has committed
+    # past it and it is older than this; `personify events trim` or the scheduled job does it
+    eventlog_retention_hours: float = Field(default=24.0, ge=0.0)
+    eventlog_trim_interval_s: float = Field(default=300.0, gt=0.0)
 
     # Ingest
     max_event_bytes: int = 32 * 1024
@@ -117,6 +121,13 @@ class Settings(BaseSettings):
     features_file: Path | None = None
     profile_max_identities: int = 1000
     profile_snapshot_every: int = 50
+    # applied_events rows (dedupe keys and timeline payloads) are kept this long after they
+    # were applied; older timeline is read from the lake, and a resend older than this is
+    # applied again (docs/profiles.md, "Retention")
+    profile_timeline_retention_days: float = Field(default=30.0, ge=0.0)
+    # profile versions older than this are compacted into one snapshot version per profile
+    profile_history_retention_days: float = Field(default=30.0, ge=0.0)
+    profile_prune_interval_s: float = Field(default=3600.0, gt=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

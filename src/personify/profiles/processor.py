@@ -29,14 +29,16 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.errors import BackendUnavailable, Conflict, ValidationError
+from personify.profiles.batch import BatchStage, ProfileBatch, StagedProfile
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import ProfileEvent, datetime_ms
 from personify.profiles.features import FeatureSet
+from personify.profiles.features.plan import FeaturePlan
 from personify.profiles.history import diff_documents
 from personify.profiles.identity import UnionFind, canonical_id
 from personify.profiles.state import (
     ProfileState,
-    apply_event,
+    apply_batch,
     compact_state,
     decode_state,
     encode_state,
@@ -109,6 +111,7 @@ class ProfileProcessor:
         clock: Clock | None = None,
         max_identities: int = 1000,
         snapshot_every: int = 50,
+        stages: Sequence[BatchStage] = (),
     ) -> None:
         self._db = db
         self.features = features
@@ -116,6 +119,8 @@ class ProfileProcessor:
         self._max_identities = max_identities
         self._snapshot_every = max(1, snapshot_every)
         self._sql = _Statements()
+        self._plan = FeaturePlan(features)
+        self.stages = tuple(stages)
 
     def apply(
         self, events: Sequence[ProfileEvent], payloads: Sequence[str] | None = None
@@ -200,12 +205,28 @@ class ProfileProcessor:
             components[links.find(profile_id)][1].add(profile_id)
 
         loaded = self._load(conn, sorted({p for _, pids in components.values() for p in pids}))
+        parts = [self._gather(items, sorted(pids), loaded) for items, pids in components.values()]
+        # one columnar batch of every fresh event, each resolved to its component's index
+        batch_events: list[ProfileEvent] = []
+        batch_profiles: list[int] = []
+        for index, part in enumerate(parts):
+            batch_events.extend(event for event, _ in part.items)
+            batch_profiles.extend([index] * len(part.items))
+        batch = ProfileBatch(batch_events, batch_profiles, len(parts))
+        for index, part in enumerate(parts):
+            batch.raise_latest(index, part.latest_before)
+        apply_batch([part.state for part in parts], batch, self._plan)
         writer = _BatchWriter(now, now_ms)
-        touched = [
-            self._component(items, sorted(pids), loaded, owner, writer)
-            for items, pids in components.values()
+        staged = [
+            self._store(index, part, loaded, owner, writer) for index, part in enumerate(parts)
         ]
         writer.flush(conn, self._sql)
+        for stage in self.stages:
+            stage.apply(conn, batch, staged)
+        touched = [
+            TouchedProfile(s.profile_id, s.version, tuple(sorted(s.state.all_ids())), s.merged_from)
+            for s in staged
+        ]
         return ApplyResult(len(fresh), duplicates, touched)
 
     def _load(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, _Loaded]:
@@ -224,29 +245,42 @@ class ProfileProcessor:
             )
         return loaded
 
-    def _component(
+    def _gather(
         self,
         items: list[tuple[ProfileEvent, str]],
         profile_ids: list[str],
         loaded: dict[str, _Loaded],
-        owner: dict[str, str],
-        writer: _BatchWriter,
-    ) -> TouchedProfile:
-        features = self.features
+    ) -> _Component:
+        """A component's stored profiles, merged into one state for the batch to apply to."""
         states = {pid: decode_state(loaded[pid].blob) for pid in profile_ids}
         ids_before = {pid: s.all_ids() for pid, s in states.items()}
-        largest_before = max((len(ids) for ids in ids_before.values()), default=0)
         # stored states are compacted, and merge_states compacts
         if len(profile_ids) == 1:
             state = states[profile_ids[0]]
         else:
             state = ProfileState()
             for pid in profile_ids:
-                merge_states(state, states[pid], features)
-        latest_before = state.last_seen
-        earliest_event = min(event.ts for event, _ in items)
-        for event, _ in items:
-            apply_event(state, event, features)
+                merge_states(state, states[pid], self.features)
+        return _Component(
+            items=items,
+            profile_ids=profile_ids,
+            state=state,
+            ids_before=ids_before,
+            latest_before=state.last_seen,
+        )
+
+    def _store(
+        self,
+        index: int,
+        part: _Component,
+        loaded: dict[str, _Loaded],
+        owner: dict[str, str],
+        writer: _BatchWriter,
+    ) -> StagedProfile:
+        """Check, compact and encode a component's applied state; queue its rows."""
+        features = self.features
+        state, items = part.state, part.items
+        largest_before = max((len(ids) for ids in part.ids_before.values()), default=0)
         ids = state.all_ids()
         if len(ids) > self._max_identities and len(ids) > largest_before:
             raise ValidationError(
@@ -257,12 +291,13 @@ class ProfileProcessor:
                 details={"ids": sorted(ids)[:20]},
             )
         profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
-        if needs_compaction(state, features, latest_before, earliest_event):
+        earliest_event = min(event.ts for event, _ in items)
+        if needs_compaction(state, features, part.latest_before, earliest_event):
             compact_state(state, features)
         blob = encode_state(state).decode()
         message_ids = [event.message_id for event, _ in items]
-        merged_from = tuple(pid for pid in profile_ids if pid != profile_id)
-        existing = loaded.get(profile_id) if profile_id in states else None
+        merged_from = tuple(pid for pid in part.profile_ids if pid != profile_id)
+        existing = loaded.get(profile_id) if profile_id in part.ids_before else None
         old_document = _decode(existing.blob) if existing else {}
         version = existing.version + 1 if existing else 1
         allowed = personalization_allowed(state, features)
@@ -275,7 +310,7 @@ class ProfileProcessor:
             allowed,
         )
         for pid in merged_from:
-            writer.merge(pid, loaded[pid].version, profile_id, ids_before[pid], message_ids)
+            writer.merge(pid, loaded[pid].version, profile_id, part.ids_before[pid], message_ids)
         # ids of merged profiles are already rows (re-pointed); only first-seen ids are new
         for identity in sorted({i for event, _ in items for i in event.ids}):
             if identity not in owner:
@@ -287,7 +322,18 @@ class ProfileProcessor:
         snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
         event_time = max(event.ts for event, _ in items)
         writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
-        return TouchedProfile(profile_id, version, tuple(sorted(ids)), merged_from)
+        return StagedProfile(index, profile_id, version, state, merged_from)
+
+
+@dataclass(slots=True)
+class _Component:
+    """One connected set of ids in a batch: its events and its merged stored state."""
+
+    items: list[tuple[ProfileEvent, str]]
+    profile_ids: list[str]
+    state: ProfileState
+    ids_before: dict[str, set[str]]
+    latest_before: int | None
 
 
 class _BatchWriter:

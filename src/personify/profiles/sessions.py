@@ -27,7 +27,8 @@ class Session(msgspec.Struct, array_like=True):
 Sessions = dict[str, Session]  # start (epoch ms, zero-padded text) -> session
 
 
-def _key(start_ms: int) -> str:
+def session_key(start_ms: int) -> str:
+    """The key of a session starting at ``start_ms`` (zero-padded, so keys sort by time)."""
     # zero-padded, so the stored JSON's sorted keys are in time order for any date
     return f"{start_ms:015d}"
 
@@ -49,7 +50,7 @@ def add_to_sessions(sessions: Sessions, ts: int, *, is_page: bool, gap_ms: int) 
                 last.pages += pages
                 last.events += 1
             else:
-                sessions[_key(ts)] = Session(ts, pages, 1)
+                sessions[session_key(ts)] = Session(ts, pages, 1)
             return
     _add_anywhere(sessions, ts, pages, gap_ms)
     ordered = sorted(sessions.items(), key=lambda item: int(item[0]))
@@ -62,7 +63,7 @@ def _add_anywhere(sessions: Sessions, ts: int, pages: int, gap_ms: int) -> None:
     index = bisect_right(starts, ts) - 1
     before = starts[index] if index >= 0 else None
     after = starts[index + 1] if index + 1 < len(starts) else None
-    previous = sessions[_key(before)] if before is not None else None
+    previous = sessions[session_key(before)] if before is not None else None
     joins_previous = previous is not None and ts <= previous.end + gap_ms
     joins_next = after is not None and after - ts <= gap_ms
     if joins_previous and previous is not None:
@@ -70,15 +71,17 @@ def _add_anywhere(sessions: Sessions, ts: int, pages: int, gap_ms: int) -> None:
         previous.pages += pages
         previous.events += 1
         if joins_next and after is not None:
-            following = sessions.pop(_key(after))
+            following = sessions.pop(session_key(after))
             previous.end = max(previous.end, following.end)
             previous.pages += following.pages
             previous.events += following.events
     elif joins_next and after is not None:
-        following = sessions.pop(_key(after))
-        sessions[_key(ts)] = Session(following.end, following.pages + pages, following.events + 1)
+        following = sessions.pop(session_key(after))
+        sessions[session_key(ts)] = Session(
+            following.end, following.pages + pages, following.events + 1
+        )
     else:
-        sessions[_key(ts)] = Session(ts, pages, 1)
+        sessions[session_key(ts)] = Session(ts, pages, 1)
 
 
 def merge_sessions(into: Sessions, other: Sessions, *, gap_ms: int) -> None:
@@ -96,10 +99,10 @@ def merge_sessions(into: Sessions, other: Sessions, *, gap_ms: int) -> None:
             current[3] += events
             continue
         if current is not None:
-            into[_key(current[0])] = Session(current[1], current[2], current[3])
+            into[session_key(current[0])] = Session(current[1], current[2], current[3])
         current = [start, end, pages, events]
     if current is not None:
-        into[_key(current[0])] = Session(current[1], current[2], current[3])
+        into[session_key(current[0])] = Session(current[1], current[2], current[3])
 
 
 def retention_floor(latest_ms: int, retention_ms: int) -> int:

@@ -13,11 +13,13 @@ messageId in the same transaction that stores the state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 
+from personify.profiles.batch import Groups, ProfileBatch, group_rows
 from personify.profiles.consent import consent_preferences
 from personify.profiles.context import campaign_of, context_fields
 from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, ProfileEvent, format_ms
@@ -36,12 +38,15 @@ from personify.profiles.features import (
     update_affinities,
     update_features,
 )
+from personify.profiles.features.plan import FeaturePlan
 from personify.profiles.sessions import (
     Session,
+    Sessions,
     add_to_sessions,
     merge_sessions,
     prune_sessions,
     retention_floor,
+    session_key,
     summarize_sessions,
 )
 
@@ -141,24 +146,39 @@ def needs_compaction(
 
 
 def apply_event(state: ProfileState, event: ProfileEvent, features: FeatureSet) -> None:
-    """Apply one event to ``state`` in place (a pure function of the two: no I/O, no clock)."""
-    ts, message_id, data = event.ts, event.message_id, event.data
+    """Apply one event to ``state`` in place (a pure function of the two: no I/O, no clock).
+
+    The reference for ``apply_batch``, which gives the same state for a whole batch; batch
+    recomputations over the lake (``personify.predict``) use this one.
+    """
+    ts, message_id = event.ts, event.message_id
     state.events += 1
     first, last = state.first_seen, state.last_seen
     if first is None or ts < first:
         state.first_seen = ts
     if last is None or ts > last:
         state.last_seen = last = ts
+    seen = state.last_events.get(event.name)
+    if seen is None or ts > seen.ts or (ts == seen.ts and message_id > seen.mid):
+        state.last_events[event.name] = Stamped(ts, message_id)
+    apply_event_details(state, event)
+    add_to_sessions(
+        state.sessions, ts, is_page=event.type in _PAGE_TYPES, gap_ms=features.session_gap_ms
+    )
+    update_features(state.features, features, event, keep_from_ms=last)
+    update_affinities(state.affinities, features, event, keep_from_ms=last)
+
+
+def apply_event_details(state: ProfileState, event: ProfileEvent) -> None:
+    """The parts of applying an event that read its JSON: ids, traits, groups, context,
+    consent and campaigns (last-writer-wins per key by event time, then messageId)."""
+    ts, message_id, data = event.ts, event.message_id, event.data
     if event.user_id:
         state.user_ids.add(event.user_id)
     if event.anonymous_id:
         state.anonymous_ids.add(event.anonymous_id)
     if event.previous_id:
         state.previous_ids.add(event.previous_id)
-    seen = state.last_events.get(event.name)
-    if seen is None or ts > seen.ts or (ts == seen.ts and message_id > seen.mid):
-        state.last_events[event.name] = Stamped(ts, message_id)
-
     context = data.get("context")
     if type(context) is not dict:
         context = _EMPTY
@@ -199,11 +219,82 @@ def apply_event(state: ProfileState, event: ProfileEvent, features: FeatureSet) 
         state.first_touch = earliest(state.first_touch, touch)
         state.last_touch = latest(state.last_touch, touch)
 
-    add_to_sessions(
-        state.sessions, ts, is_page=event.type in _PAGE_TYPES, gap_ms=features.session_gap_ms
-    )
-    update_features(state.features, features, event, keep_from_ms=last)
-    update_affinities(state.affinities, features, event, keep_from_ms=last)
+
+def apply_batch(states: Sequence[ProfileState], batch: ProfileBatch, plan: FeaturePlan) -> None:
+    """Apply a batch to its profiles' states (in place): ``states[p]`` is profile ``p`` of
+    ``batch.profile``, and ``batch.latest_ms`` already counts each state's ``last_seen``.
+
+    The result equals ``apply_event`` of every event in any order. Counters, first/last
+    seen, last events, sessions, features and affinities are group-bys over the columns;
+    ids, traits, groups, context, consent and campaigns read each event's JSON
+    (``apply_event_details``), in batch order, which the last-writer-wins rule makes
+    irrelevant.
+    """
+    if batch.size == 0:
+        return
+    for event, p in zip(batch.events, batch.profile.tolist(), strict=True):
+        apply_event_details(states[p], event)
+    by_profile = group_rows(batch.profile, batch.ts, batch.mid_rank)
+    starts = by_profile.starts
+    ends = np.append(starts[1:], batch.size) - 1
+    order = by_profile.order
+    owners = batch.profile[order[starts]].tolist()
+    earliest_ts = batch.ts[order[starts]].tolist()
+    latest_ts = batch.ts[order[ends]].tolist()
+    counts = by_profile.sizes(batch.size).tolist()
+    for p, count, low, high in zip(owners, counts, earliest_ts, latest_ts, strict=True):
+        state = states[p]
+        state.events += count
+        if state.first_seen is None or low < state.first_seen:
+            state.first_seen = low
+        if state.last_seen is None or high > state.last_seen:
+            state.last_seen = high
+    _apply_last_events(states, batch)
+    _apply_sessions(states, batch, by_profile, plan.features.session_gap_ms)
+    plan.apply(batch, [s.features for s in states], [s.affinities for s in states])
+
+
+def _apply_last_events(states: Sequence[ProfileState], batch: ProfileBatch) -> None:
+    # sorted by (profile, name, time, messageId): the last row of each (profile, name) run
+    # is its latest event
+    groups = group_rows(batch.profile, batch.name_code, batch.ts, batch.mid_rank)
+    order = groups.order
+    run = batch.profile[order] * (len(batch.names) + 1) + batch.name_code[order]
+    is_last = np.append(run[1:] != run[:-1], True)
+    events = batch.events
+    profiles = batch.profile
+    for row in order[is_last].tolist():
+        event = events[row]
+        last_events = states[int(profiles[row])].last_events
+        seen = last_events.get(event.name)
+        if seen is None or (event.ts, event.message_id) > (seen.ts, seen.mid):
+            last_events[event.name] = Stamped(event.ts, event.message_id)
+
+
+def _apply_sessions(
+    states: Sequence[ProfileState], batch: ProfileBatch, by_profile: Groups, gap_ms: int
+) -> None:
+    # rows sorted by (profile, time): a session starts at a profile's first row or after a gap
+    order = by_profile.order
+    profile = batch.profile[order]
+    ts = batch.ts[order]
+    opens = np.ones(batch.size, dtype=np.bool_)
+    opens[1:] = (profile[1:] != profile[:-1]) | (ts[1:] - ts[:-1] > gap_ms)
+    starts = np.flatnonzero(opens)
+    ends = np.append(starts[1:], batch.size) - 1
+    pages = np.add.reduceat(batch.is_page[order].astype(np.int64), starts).tolist()
+    sizes = np.diff(np.append(starts, batch.size)).tolist()
+    spans: dict[int, Sessions] = {}
+    for p, start, end, page_count, size in zip(
+        profile[starts].tolist(), ts[starts].tolist(), ts[ends].tolist(), pages, sizes, strict=True
+    ):
+        spans.setdefault(p, {})[session_key(start)] = Session(end, page_count, size)
+    for p, delta in spans.items():
+        sessions = states[p].sessions
+        if not sessions:
+            sessions.update(delta)
+        else:
+            merge_sessions(sessions, delta, gap_ms=gap_ms)
 
 
 def _merge_stamped(into: dict[str, Stamped], other: Mapping[str, Stamped]) -> None:
