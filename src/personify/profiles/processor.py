@@ -64,10 +64,11 @@ EVENT_COLUMNS = (
     "applied_at_ms",
     "payload",
 )
-_CHUNK = 500  # ids per IN (...) query, well under every engine's bound on parameters
+_CHUNK = 512  # ids per IN (...) query, well under every engine's bound on parameters
 _MAX_NAME_CHARS = 512
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
+_decode_parts = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,13 @@ class ApplyResult:
 class _Loaded:
     version: int
     blob: str
+
+
+def _padded_size(count: int) -> int:
+    size = 8
+    while size < count:
+        size *= 2
+    return min(size, _CHUNK)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -298,7 +306,6 @@ class ProfileProcessor:
         message_ids = [event.message_id for event, _ in items]
         merged_from = tuple(pid for pid in part.profile_ids if pid != profile_id)
         existing = loaded.get(profile_id) if profile_id in part.ids_before else None
-        old_document = _decode(existing.blob) if existing else {}
         version = existing.version + 1 if existing else 1
         allowed = personalization_allowed(state, features)
         writer.profile(
@@ -318,11 +325,24 @@ class ProfileProcessor:
         for event, payload in items:
             writer.event(event, payload, profile_id)
         kind = "merge" if merged_from else ("update" if existing else "create")
-        diff = diff_documents(old_document, msgspec.to_builtins(state, order="deterministic"))
+        diff = _diff_blobs(existing.blob if existing else None, blob)
         snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
         event_time = max(event.ts for event, _ in items)
         writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
         return StagedProfile(index, profile_id, version, state, merged_from)
+
+
+def _diff_blobs(old: str | None, new: str) -> dict[str, Any]:
+    """``diff_documents`` of two stored states, decoding only the top-level parts that differ.
+
+    Unchanged parts have equal bytes (the encoding is canonical), so they are compared as raw
+    JSON and never decoded; the diff is the same as that of the whole documents.
+    """
+    old_parts = _decode_parts(old) if old else {}
+    new_parts = _decode_parts(new)
+    before = {k: _decode(v) for k, v in old_parts.items() if new_parts.get(k) != v}
+    after = {k: _decode(v) for k, v in new_parts.items() if old_parts.get(k) != v}
+    return diff_documents(before, after)
 
 
 @dataclass(slots=True)
@@ -619,13 +639,16 @@ class _Statements:
         """``SELECT key, *columns WHERE key IN (values)``, a chunk at a time."""
         found: list[tuple[Any, ...]] = []
         for chunk in _chunks(values):
-            size = len(chunk)
+            # padded (repeating its last value) to a power of two, so that a few statements
+            # compiled once serve every batch instead of one per distinct chunk length
+            size = _padded_size(len(chunk))
+            padded = [*chunk, *([chunk[-1]] * (size - len(chunk)))]
             names = [f"v{i}" for i in range(size)]
 
-            def build(size: int = size, names: list[str] = names) -> sa.ClauseElement:
+            def build(names: list[str] = names) -> sa.ClauseElement:
                 return sa.select(key, *columns).where(key.in_([sa.bindparam(n) for n in names]))
 
             compiled = self._compiled(conn, (key.table.name, key.name, size), build)
-            params = compiled.params(dict(zip(names, chunk, strict=True)))
+            params = compiled.params(dict(zip(names, padded, strict=True)))
             found.extend(tuple(row) for row in conn.exec_driver_sql(compiled.sql, params))
         return found
