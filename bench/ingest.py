@@ -378,6 +378,9 @@ def versions() -> dict[str, str]:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
+    if shutil.which("wrk") is None:
+        found["wrk"] = "not installed"
+        return found
     done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     found["wrk"] = (done.stdout or done.stderr).splitlines()[0].strip()
     return found

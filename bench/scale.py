@@ -34,9 +34,18 @@ traffic (``bench/worker.py``'s generator: browsing, identify, second devices, al
 orders, each with a browser context) are put in a fresh log, then drained by ``personify
 worker --drain`` processes into a fresh state database: ``embedded_1`` (SQLite log and state,
 one worker), ``scaled_1`` and ``scaled_2`` (Kafka topic with 4 partitions, PostgreSQL, Redis
-cache; one and two workers). The rate is measured between the first and the last committed
-batch (seen in ``applied_events``), so process start and the consumer group join are not
-counted; ``cpu_us_per_event`` is the workers' own CPU (user + system) per event.
+cache; one and two workers), ``redis_1`` and ``redis_2`` (a fresh Redis stream,
+``redis://…/0?stream=<name>``, PostgreSQL, Redis cache; one and two workers);
+``--worker-logs sqlite,kafka,redis`` picks among them. Progress is read from the log: the
+worker group's lag, which drops when a worker commits a batch. The rate is measured between
+the first and the last commit seen, so process start and the consumer group join are not
+counted. In that window ``cpu_us_per_event`` is the workers' own CPU (user + system) per
+event and ``engine_cpu_us_per_event`` that of ``tansu``, ``redis-server`` and ``postgres``
+(by command name, as for ingest); ``cores`` the cores each kept busy and the whole
+machine's (``/proc/stat``), from which ``bound_by`` says what bounds the rate: ``cores``
+(the machine ≥ 90 % busy), ``worker`` (a worker process at ≥ 0.85 cores) or ``latency``
+(neither). ``kafka_2_over_1`` / ``redis_2_over_1``: two workers over one, for the rate and
+for the CPU per event (a second worker that adds no coordination cost keeps it at 1.0).
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ WORKER_KAFKA_SESSION_TIMEOUT_MS = 6000
 DRAIN_TIMEOUT_S = 600.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("embedded_1", "embedded_2", "scaled_1", "scaled_2")
+WORKER_LOGS = ("sqlite", "kafka", "redis")
 # the engines' processes, by their command name; Redis and PostgreSQL are the machine's own,
 # so whatever else uses them during a run counts too
 ENGINE_COMMANDS = ("tansu", "redis-server", "postgres")
@@ -88,6 +98,10 @@ class Engines:
 
     def topic(self, scenario: str) -> str:
         """The scenario's own topic, so its log can be counted on its own."""
+        return f"personify-bench-{self.tag}-{scenario}"
+
+    def stream(self, scenario: str) -> str:
+        """The scenario's own Redis stream (the log on Redis Streams)."""
         return f"personify-bench-{self.tag}-{scenario}"
 
     def env(self, scenario: str) -> dict[str, str]:
@@ -133,7 +147,12 @@ def stop_engines(engines: Engines) -> None:
 
     drop_database(engines.state_url)
     drop_redis_keys(
-        engines.redis_url, f"{engines.cache_prefix}*", f"personify:kafka:{engines.topic('')}*"
+        engines.redis_url,
+        f"{engines.cache_prefix}*",
+        f"personify:kafka:{engines.topic('')}*",
+        # Redis Streams logs and their dedupe keys (``{stream}:dedupe:…``)
+        f"{engines.stream('')}*",
+        f"{{{engines.stream('')}*",
     )
     if engines.broker is not None:
         engines.broker.stop()
@@ -251,17 +270,71 @@ def cpu_breakdown(scenario: ingest.Scenario) -> dict[str, float]:
     return {name: round(value, 1) for name, value in breakdown.items()}
 
 
+@dataclass
+class Look:
+    """One look at a drain: time, events committed, and the CPU seconds spent so far."""
+
+    at: float
+    done: int
+    workers: list[float]
+    engines: dict[str, float]
+    machine: float
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def bounding_resource(cores: dict[str, Any], cpu_count: int) -> dict[str, str]:
+    """Which resource bounds a drain, from the cores each process kept busy.
+
+    ``cores``: the machine's cores are (nearly) all busy, whoever uses them; ``worker``: no
+    full machine, but a worker process ran at about one core (its Python thread is the
+    limit); ``latency``: neither, so the workers spend their time waiting on engines.
+    """
+    users = {f"worker {n}": c for n, c in enumerate(cores["workers"])} | {
+        name: cores[name] for name in ENGINE_COMMANDS
+    }
+    top = max(users, key=lambda name: users[name])
+    shares = ", ".join(f"{name} {value:.2f}" for name, value in users.items())
+    machine = cores["machine"]
+    if machine >= 0.9 * cpu_count:
+        return {
+            "resource": "cores",
+            "detail": f"the machine's {cpu_count} cores were {machine / cpu_count:.0%} busy "
+            f"(cores used: {shares}; the rest is other work on the machine)",
+        }
+    worst = max(cores["workers"])
+    if worst >= 0.85:
+        return {
+            "resource": "worker",
+            "detail": f"a worker process ran at {worst:.2f} cores, its Python thread's limit, "
+            f"with the machine at {machine:.2f} of {cpu_count} cores ({shares})",
+        }
+    return {
+        "resource": "latency",
+        "detail": f"no core was full (machine {machine:.2f} of {cpu_count}, {shares}; "
+        f"largest {top}): the workers wait on round trips to the engines",
+    }
+
+
 def drain(env: dict[str, str], processes: int, total: int, folder: Path) -> dict[str, Any]:
     """Start ``processes`` workers with ``--drain`` and time them from first to last commit."""
-    import sqlalchemy as sa
+    return asyncio.run(_drain(env, processes, total, folder))
 
-    from personify.profiles.tables import applied_events
+
+async def _drain(env: dict[str, str], processes: int, total: int, folder: Path) -> dict[str, Any]:
+    from personify.eventlog.base import open_eventlog
     from personify.settings import Settings
-    from personify.store.database import Database
 
     settings = Settings(_env_file=None, **_settings_from_env(env))  # type: ignore[arg-type]
-    db = Database(settings.resolved_state_url)
-    count_query = sa.select(sa.func.count()).select_from(applied_events)
+    # progress is read from the log (the group's lag, which drops when a worker commits a
+    # batch), a public port: the state database's layout is the worker's own business
+    log_ = open_eventlog(settings)
+    await log_.start()
     workers = []
     for n in range(processes):
         with (folder / f"worker-{n}.log").open("ab") as out:
@@ -274,47 +347,120 @@ def drain(env: dict[str, str], processes: int, total: int, folder: Path) -> dict
                     stderr=subprocess.STDOUT,
                 )
             )
-    # (time, events applied, CPU of the workers so far) at the first and the latest look
-    first: tuple[float, int, float] | None = None
-    last = (0.0, 0, 0.0)
+    worker_cpu = [0.0] * processes
+    first: Look | None = None
+    last: Look | None = None
+    done = 0
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     try:
-        while last[1] < total:
+        while done < total:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"workers applied {last[1]} of {total} events in time")
-            if all(w.poll() is not None for w in workers):
-                raise RuntimeError(f"workers exited after {last[1]} of {total} events")
-            cpu = sum(_cpu_seconds(w.pid) for w in workers)
-            with db.engine.connect() as conn:
-                applied = int(conn.execute(count_query).scalar_one())
-            now = time.monotonic()
-            if applied and first is None:
-                first = (now, applied, cpu)
-            last = (now, applied, cpu)
-            time.sleep(0.02)
+                raise RuntimeError(f"workers committed {done} of {total} events in time")
+            # a worker that has exited reads 0: keep the CPU it had used
+            worker_cpu = [
+                max(c, _cpu_seconds(w.pid)) for c, w in zip(worker_cpu, workers, strict=True)
+            ]
+            # never backwards: a group's committed offsets can read as missing mid-rebalance
+            done = max(done, total - await log_.lag(settings.worker_group))
+            if done < total and all(w.poll() is not None for w in workers):
+                tails = "\n".join(
+                    f"worker {n} (exit {w.returncode}):\n"
+                    + "\n".join((folder / f"worker-{n}.log").read_text().splitlines()[-15:])
+                    for n, w in enumerate(workers)
+                )
+                raise RuntimeError(f"workers exited after {done} of {total} events:\n{tails}")
+            if done and (last is None or done != last.done):
+                look = Look(
+                    time.monotonic(),
+                    done,
+                    list(worker_cpu),
+                    engines_cpu_seconds(),
+                    machine_busy_seconds(),
+                )
+                first = first or look
+                last = look
+            await asyncio.sleep(0.05)
         for worker in workers:
-            worker.wait(timeout=120)
+            await asyncio.to_thread(worker.wait, 120)
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-        db.dispose()
-    assert first is not None
-    seconds = last[0] - first[0]
-    measured = total - first[1]
+        await log_.close()
+    assert first is not None and last is not None
+    seconds = last.at - first.at
+    measured = total - first.done
+    if seconds <= 0 or not measured:
+        # everything was committed between two looks: no window to measure
+        return {"events_per_s": None, "measured_events": measured, "seconds": seconds}
+    worker_seconds = [b - a for a, b in zip(first.workers, last.workers, strict=True)]
+    engine_seconds = {
+        name: max(last.engines[name] - first.engines[name], 0.0) for name in ENGINE_COMMANDS
+    }
+    cores: dict[str, Any] = {
+        "workers": [round(s / seconds, 2) for s in worker_seconds],
+        **{name: round(s / seconds, 2) for name, s in engine_seconds.items()},
+        "machine": round((last.machine - first.machine) / seconds, 2),
+    }
+    worker_us = sum(worker_seconds) * 1e6 / measured
+    engine_us = {name: s * 1e6 / measured for name, s in engine_seconds.items()}
     return {
-        "events_per_s": round(measured / seconds) if seconds > 0 else None,
+        "events_per_s": round(measured / seconds),
         "measured_events": measured,
         "seconds": round(seconds, 3),
-        # the CPU of the batches in the window (the last look may trail its commit a little)
-        "cpu_us_per_event": round((last[2] - first[2]) * 1e6 / measured, 1) if measured else None,
+        # the CPU of the batches in the window (a look may trail its commit a little)
+        "cpu_us_per_event": round(worker_us, 1),
+        "engine_cpu_us_per_event": {name: round(us, 1) for name, us in engine_us.items()},
+        "total_cpu_us_per_event": round(worker_us + sum(engine_us.values()), 1),
+        "cores": cores,
+        "bound_by": bounding_resource(cores, os.cpu_count() or 1),
         "exit_codes": [w.returncode for w in workers],
     }
 
 
-def worker_benchmark(engines: Engines, folder: Path, count: int) -> dict[str, Any]:
-    """Drain the same events with 1 embedded worker, then 1 and 2 scaled-out workers."""
+# the drains: name, worker processes, log backend ("sqlite", "kafka", "redis")
+WORKER_SCENARIOS = (
+    ("embedded_1", 1, "sqlite"),
+    ("scaled_1", 1, "kafka"),
+    ("scaled_2", 2, "kafka"),
+    ("redis_1", 1, "redis"),
+    ("redis_2", 2, "redis"),
+)
+
+
+def worker_env(engines: Engines, name: str, backend: str, folder: Path) -> dict[str, str]:
+    """The environment of one drain's processes (state URL added by the caller)."""
+    env = ingest.personify_env(folder / "data", "full", ingest.default_linger_ms())
+    env["PERSONIFY_RUN_WORKER"] = "false"
+    if backend == "kafka":
+        env.update(engines.env(f"workers-{name}"))
+        env["PERSONIFY_EVENTLOG_KAFKA_SESSION_TIMEOUT_MS"] = str(WORKER_KAFKA_SESSION_TIMEOUT_MS)
+    elif backend == "redis":
+        env["PERSONIFY_EVENTLOG_URL"] = f"{engines.redis_url}?stream={engines.stream(name)}"
+        env["PERSONIFY_CACHE_URL"] = f"{engines.redis_url}?prefix={engines.cache_prefix}"
+    return env
+
+
+def pair(results: dict[str, Any], one: str, two: str) -> dict[str, Any]:
+    """Two workers over one: the rate and the CPU per event (workers', and all of it)."""
+    a, b = results[one], results[two]
+    if not a["events_per_s"] or not b["events_per_s"]:
+        return {"events_per_s": None}
+    return {
+        "events_per_s": round(b["events_per_s"] / a["events_per_s"], 3),
+        "worker_cpu_us_per_event": round(b["cpu_us_per_event"] / a["cpu_us_per_event"], 3),
+        "total_cpu_us_per_event": round(
+            b["total_cpu_us_per_event"] / a["total_cpu_us_per_event"], 3
+        ),
+        "bound_by_1": a["bound_by"]["resource"],
+        "bound_by_2": b["bound_by"]["resource"],
+    }
+
+
+def worker_benchmark(engines: Engines, folder: Path, count: int, logs: list[str]) -> dict[str, Any]:
+    """Drain the same events with 1 embedded worker, then 1 and 2 workers on Kafka and on
+    Redis Streams, each with a fresh PostgreSQL database for state."""
     import msgspec
     from tests.postgres import create_database, drop_database
 
@@ -324,44 +470,51 @@ def worker_benchmark(engines: Engines, folder: Path, count: int) -> dict[str, An
     payloads = [msgspec.json.encode(e) for e in events]
     log(f"workers: {len(events)} events, {sum(map(len, payloads)) // len(payloads)} bytes each")
     results: dict[str, Any] = {}
-    for name, processes, scaled in (
-        ("embedded_1", 1, False),
-        ("scaled_1", 1, True),
-        ("scaled_2", 2, True),
-    ):
+    for name, processes, backend in WORKER_SCENARIOS:
+        if backend not in logs:
+            continue
         scenario_dir = folder / f"workers-{name}"
         scenario_dir.mkdir()
-        env = ingest.personify_env(scenario_dir / "data", "full", ingest.default_linger_ms())
-        env["PERSONIFY_RUN_WORKER"] = "false"
+        env = worker_env(engines, name, backend, scenario_dir)
         state_url = None
-        if scaled:
-            state_url = create_database("personify_bench_workers")
-            env.update(engines.env(f"workers-{name}"))
-            env["PERSONIFY_STATE_URL"] = state_url
-            env["PERSONIFY_EVENTLOG_KAFKA_SESSION_TIMEOUT_MS"] = str(
-                WORKER_KAFKA_SESSION_TIMEOUT_MS
-            )
+        if backend != "sqlite":
+            state_url = env["PERSONIFY_STATE_URL"] = create_database("personify_bench_workers")
         try:
             fill_log(env, payloads, events)
             log(f"workers {name}: log filled; draining with {processes} worker(s)")
             results[name] = drain(env, processes, len(events), scenario_dir)
-            log(f"workers {name}: {results[name]['events_per_s']} events/s")
+            figures = results[name]
+            log(
+                f"workers {name}: {figures['events_per_s']} events/s, "
+                f"workers {figures.get('cpu_us_per_event')} µs/event, "
+                f"all {figures.get('total_cpu_us_per_event')} µs/event, "
+                f"bound by {figures.get('bound_by', {}).get('resource')}"
+            )
         finally:
             if state_url is not None:
                 drop_database(state_url)
-    one = results["embedded_1"]["events_per_s"]
-    return {
+            if backend == "redis":
+                drop_redis_keys(
+                    engines.redis_url, engines.stream(name), f"{{{engines.stream(name)}}}:*"
+                )
+    out: dict[str, Any] = {
         "events": len(events),
         "users": max(1, count // 25),
         "batch_size": _default("worker_batch_size"),
-        "baseline_embedded_1": results["embedded_1"],
-        "scaled_1": results["scaled_1"],
-        "scaled_2": results["scaled_2"],
-        "ratio_scaled_1_to_embedded_1": round(results["scaled_1"]["events_per_s"] / one, 3),
-        "ratio_scaled_2_to_scaled_1": round(
-            results["scaled_2"]["events_per_s"] / results["scaled_1"]["events_per_s"], 3
-        ),
+        "baseline_embedded_1": results.get("embedded_1"),
     }
+    out |= {name: results[name] for name, _, _ in WORKER_SCENARIOS[1:] if name in results}
+    one = (results.get("embedded_1") or {}).get("events_per_s")
+    for name in ("scaled_1", "redis_1"):
+        if name in results and one and results[name]["events_per_s"]:
+            out[f"ratio_{name}_to_embedded_1"] = round(results[name]["events_per_s"] / one, 3)
+    if "scaled_1" in results and "scaled_2" in results:
+        ratios = pair(results, "scaled_1", "scaled_2")
+        out["ratio_scaled_2_to_scaled_1"] = ratios["events_per_s"]
+        out["kafka_2_over_1"] = ratios
+    if "redis_1" in results and "redis_2" in results:
+        out["redis_2_over_1"] = pair(results, "redis_1", "redis_2")
+    return out
 
 
 def _default(name: str) -> Any:
@@ -388,17 +541,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--worker-events", type=int, default=60_000, help="events drained by the workers (0: skip)"
     )
     parser.add_argument(
+        "--worker-logs",
+        default=",".join(WORKER_LOGS),
+        help="comma-separated logs the workers part drains: sqlite (embedded, one worker), "
+        "kafka and redis (Redis Streams; one and two workers, PostgreSQL state)",
+    )
+    parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
-        help=f"comma-separated ingest scenarios to run (of {', '.join(SCENARIOS)})",
+        help=f"comma-separated ingest scenarios to run (of {', '.join(SCENARIOS)}; "
+        "'none' runs the workers part alone)",
     )
     parser.add_argument("--quick", action="store_true", help="one 3 s round, 1 s warm-up")
     parser.add_argument("--verbose", action="store_true", help="echo wrk's output to stderr")
     args = parser.parse_args(argv)
-    args.scenarios = [name for name in args.scenarios.split(",") if name]
+    none = args.scenarios == "none"
+    args.scenarios = [] if none else [name for name in args.scenarios.split(",") if name]
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
-    if unknown or not args.scenarios:
+    if unknown or not (args.scenarios or none):
         parser.error(f"unknown scenarios {unknown}; choose among {', '.join(SCENARIOS)}")
+    args.worker_logs = [name for name in args.worker_logs.split(",") if name]
+    if set(args.worker_logs) - set(WORKER_LOGS):
+        parser.error(f"--worker-logs takes {', '.join(WORKER_LOGS)}")
+    if none and not args.worker_events:
+        parser.error("--scenarios none with --worker-events 0 leaves nothing to run")
     if args.quick:
         args.duration, args.rounds, args.warmup = 3.0, 1, 1.0
         args.worker_events = min(args.worker_events, 20_000)
@@ -408,7 +574,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON object."""
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
+    if args.scenarios and shutil.which("wrk") is None:
         log("wrk is not installed: `apt-get install wrk` (or run `make bench`)")
         return 2
     load_before = os.getloadavg()
@@ -472,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             log_check = {s.name: _log_check(s) for s in scenarios}
             workers = (
-                worker_benchmark(engines, folder, args.worker_events)
+                worker_benchmark(engines, folder, args.worker_events, args.worker_logs)
                 if args.worker_events
                 else None
             )
