@@ -18,7 +18,11 @@ from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer
 from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
+from personify.jobs.retention import retention_jobs
+from personify.jobs.schedule import Scheduler
 from personify.lake.sink import LakeSink
+from personify.lake.table import Lake
+from personify.lake.timeline import LakeTimeline
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
@@ -52,6 +56,8 @@ class Runtime:
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
+    # profile pruning and log trimming, run beside the stream worker (``run_worker``)
+    scheduler: Scheduler | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -70,13 +76,7 @@ class Runtime:
         failed = FailedEventRepository(db, clock=clock)
         features = FeatureSet(load_profile_config(settings.features_file))
         cache = open_cache(settings)
-        profiles = ProfileService(
-            ProfileRepository(db, features),
-            cache,
-            features,
-            clock=clock,
-            invalidation_ttl_s=settings.cache_invalidation_ttl_s,
-        )
+        profiles = profile_service(settings, db, cache, features, clock=clock)
         heartbeats = HeartbeatRepository(db)
         processor = ProfileProcessor(
             db,
@@ -84,6 +84,7 @@ class Runtime:
             clock=clock,
             max_identities=settings.profile_max_identities,
             snapshot_every=settings.profile_snapshot_every,
+            state_cache_mb=settings.worker_state_cache_mb,
         )
         worker = StreamWorker.from_settings(
             settings, log, processor, failed, profiles=profiles, heartbeats=heartbeats, clock=clock
@@ -119,6 +120,7 @@ class Runtime:
             lake_stage=StageSupervisor("lake", lake_sink.run, clock=clock)
             if lake_sink is not None
             else None,
+            scheduler=Scheduler(retention_jobs(settings, db, log, clock=clock), clock=clock),
         )
 
     async def start(self) -> None:
@@ -130,6 +132,8 @@ class Runtime:
         if self.settings.run_worker:
             self.worker.start()
             self.start_lake_sink()
+            if self.scheduler is not None:
+                self.scheduler.start()
 
     def start_lake_sink(self) -> None:
         """Run the lake writer in the background of the current event loop, if configured.
@@ -155,6 +159,8 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop and release everything."""
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.stop_lake_sink()
         await self.worker.stop()
         await self.cache.close()
@@ -162,3 +168,30 @@ class Runtime:
         if self.revocations is not None:
             await self.revocations.close()
         self.db.dispose()
+
+
+def profile_service(
+    settings: Settings,
+    db: Database,
+    cache: Cache,
+    features: FeatureSet,
+    *,
+    clock: Clock | None = None,
+) -> ProfileService:
+    """Profile reads over the state database, with the timeline older than the state
+    database keeps read from the lake."""
+    # an event applied before the prune cutoff can carry a time up to the future tolerance
+    # later than when it was applied: only events older than that may be missing
+    archive_after_s = (
+        settings.profile_timeline_retention_days * 86_400.0
+        - settings.future_tolerance_hours * 3_600.0
+    )
+    return ProfileService(
+        ProfileRepository(db, features),
+        cache,
+        features,
+        clock=clock,
+        invalidation_ttl_s=settings.cache_invalidation_ttl_s,
+        archive=LakeTimeline(Lake.from_settings(settings)),
+        archive_after_s=archive_after_s,
+    )

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     features_file: Path | None = None
     profile_max_identities: int = 1000
     profile_snapshot_every: int = 50
+    # decoded states of recently written profiles the worker keeps, so that a profile it
+    # wrote last is not decoded again (each entry is valid for one stored version only)
+    worker_state_cache_mb: float = Field(default=128.0, ge=0.0)
     # applied_events rows (dedupe keys and timeline payloads) are kept this long after they
     # were applied; older timeline is read from the lake, and a resend older than this is
     # applied again (docs/profiles.md, "Retention")

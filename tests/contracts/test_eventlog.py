@@ -229,6 +229,38 @@ async def test_truncate_keeps_what_a_group_still_needs(log_factory: LogFactory) 
     assert await reopened.lag("slow") == 0
 
 
+async def test_truncate_honours_both_the_commits_and_the_retention(
+    log_factory: LogFactory,
+) -> None:
+    log = await log_factory()
+    await log.append(records("r", 6))
+    done = await drain(log, "done", "c", 6)
+    late = await drain(log, "late", "c", 6)
+    await log.commit("done", "c", done)
+    await log.commit("late", "c", late)
+    # every group committed everything, but nothing is an hour old yet: nothing goes
+    assert await log.truncate(retention_s=3600) == 0
+    assert [e.payload for e in await log.tail(10)] == [f"r-{i}".encode() for i in range(6)]
+    # two hours on, the records are old enough; a group that committed only two keeps the rest
+    await log.append(records("s", 4))
+    later = time.time() + 7200
+    await log.commit("done", "c", await drain(log, "done", "c", 4))
+    more = await drain(log, "late", "c", 4)
+    await log.commit("late", "c", more[:1])
+    removed = await log.truncate(retention_s=3600, now=later)
+    # a backend may remove less (whole chunks; Kafka without DeleteRecords) but never more
+    assert 0 <= removed <= 7
+    left = [e.payload for e in await log.tail(20)]
+    assert len(left) == 10 - removed
+    assert left[-3:] == [b"s-1", b"s-2", b"s-3"]
+    assert await log.lag("late") == 3
+    # what the late group has not committed is still delivered after a restart
+    await log.close()
+    reopened = await log_factory()
+    again = await drain(reopened, "late", "c2", 3)
+    assert [e.payload for e in again] == [b"s-1", b"s-2", b"s-3"]
+
+
 @pytest.mark.parametrize("n", [1, 1000])
 async def test_large_appends_are_read_back_completely(log_factory: LogFactory, n: int) -> None:
     log = await log_factory()

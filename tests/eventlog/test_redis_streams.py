@@ -249,3 +249,31 @@ async def test_a_burst_of_concurrent_appends_waits_for_connections(open_log: Ope
     )
     assert len({r[0].offset for r in results}) == 500
     assert await log.lag("g") == 500
+
+
+async def test_truncate_trims_at_the_lower_of_the_ack_floor_and_the_retention(
+    open_log: OpenLog,
+) -> None:
+    log = await open_log()
+    await log.append(records("old", 3))
+    await asyncio.sleep(0.02)
+    # one append: the pending entry usually shares the new ones' millisecond, so the floor
+    # (its id) and the cutoff (<ms>-0) differ only in the sequence part
+    await log.append(records("new", 3) + records("pending", 1))
+    entries = await drain(log, "g", "c", 7)
+    await log.commit("g", "c", entries[:6])
+    old_at, new_at = entries[2].appended_at, entries[3].appended_at
+    assert old_at < new_at
+    # committed but younger than the retention: nothing goes
+    assert await log.truncate(retention_s=60.0, now=old_at + 1.0) == 0
+    # ids are milliseconds: a cutoff at new_at keeps new_at's entries and removes older ones
+    assert await log.truncate(retention_s=60.0, now=new_at + 60.0) == 3
+    assert [e.payload for e in await log.tail(10)] == [
+        b"new-0",
+        b"new-1",
+        b"new-2",
+        b"pending-0",
+    ]
+    # old enough but not acknowledged: the pending entry stays
+    assert await log.truncate(retention_s=60.0, now=new_at + 3600.0) == 3
+    assert [e.payload for e in await log.tail(10)] == [b"pending-0"]

@@ -529,3 +529,35 @@ async def test_all_new_results_read_as_a_list_and_count_their_duplicates(
     assert count_duplicates(results) == 0
     mixed = await log.append([record("r0"), record("new")])
     assert count_duplicates(mixed) == 1
+
+
+async def test_truncate_removes_only_committed_chunks_older_than_the_retention(
+    open_log: OpenLog,
+) -> None:
+    log = await open_log()
+    await log.append([record(f"old{i}") for i in range(3)])
+    await asyncio.sleep(0.05)
+    await log.append([record(f"new{i}") for i in range(3)])
+    await log.append([record("pending")])
+    entries = await log.read("g", "c", max_count=6, timeout_ms=0)
+    await log.commit("g", "c", entries)
+    old_at, new_at = entries[0].appended_at, entries[3].appended_at
+    assert old_at < new_at
+    # at new_at + 60 with a 60 s retention, only the first chunk is old enough
+    assert await log.truncate(retention_s=60.0, now=(old_at + new_at) / 2 + 60.0) == 3
+    assert [e.payload for e in await log.tail(10)] == [b"new0", b"new1", b"new2", b"pending"]
+    # much later, the second chunk goes too; the uncommitted one stays whatever its age
+    assert await log.truncate(retention_s=60.0, now=new_at + 3600.0) == 3
+    assert [e.payload for e in await log.tail(10)] == [b"pending"]
+    assert await log.lag("g") == 1
+
+
+async def test_truncate_deletes_many_chunks_in_bounded_transactions(open_log: OpenLog) -> None:
+    log = await open_log()
+    # more chunks than one truncate transaction takes (256)
+    for i in range(600):
+        await log.append([record(f"c{i}")])
+    entries = await log.read("g", "c", max_count=600, timeout_ms=0)
+    await log.commit("g", "c", entries)
+    assert await log.truncate(retention_s=0.0, now=time.time() + 1) == 600
+    assert await log.tail(5) == []

@@ -268,3 +268,54 @@ def test_a_stage_writes_in_the_batch_transaction_and_fails_it_whole(tmp_path: An
         assert ids == {"a-1", "u-2"}
     finally:
         db.dispose()
+
+
+# -- the state cache ----------------------------------------------------------------------------
+
+
+def _stored(db: Database) -> dict[str, str]:
+    with db.engine.connect() as conn:
+        return dict(conn.execute(sa.select(profiles.c.profile_id, profiles.c.state)).all())
+
+
+def _views(*events: dict[str, Any]) -> list[Any]:
+    return [view_event(e) for e in events]
+
+
+def test_a_cached_state_is_not_used_once_another_writer_changed_the_profile(
+    tmp_path: Any,
+) -> None:
+    first, second, third = (
+        event("track", f"m-{i}", i, user_id="u", name="Product Viewed") for i in range(3)
+    )
+    shared = Database(f"sqlite:///{tmp_path / 'shared.db'}")
+    alone = Database(f"sqlite:///{tmp_path / 'alone.db'}")
+    try:
+        one, other = ProfileProcessor(shared, FEATURES), ProfileProcessor(shared, FEATURES)
+        one.apply(_views(first))
+        other.apply(_views(second))  # version 2, written by the other worker
+        one.apply(_views(third))  # must read version 2, not its own version 1
+        ProfileProcessor(alone, FEATURES).apply(_views(first, second, third))
+        assert _stored(shared) == _stored(alone)
+    finally:
+        shared.dispose()
+        alone.dispose()
+
+
+def test_a_batch_that_fails_leaves_no_trace_in_the_cache(tmp_path: Any) -> None:
+    db = _database(tmp_path)
+    reference = Database(f"sqlite:///{tmp_path / 'reference.db'}")
+    try:
+        processor = ProfileProcessor(db, FeatureSet(), stages=[CountingStage(fail_on="u")])
+        good = event("page", "m-1", 1, anonymous_id="a")
+        processor.apply(_views(good))
+        # applied to the cached state in place, then refused by the stage: rolled back
+        with pytest.raises(ValidationError):
+            processor.apply(_views(event("identify", "m-2", 2, user_id="u", anonymous_id="a")))
+        later = event("page", "m-3", 3, anonymous_id="a")
+        processor.apply(_views(later))
+        ProfileProcessor(reference, FeatureSet()).apply(_views(good, later))
+        assert _stored(db) == _stored(reference)
+    finally:
+        db.dispose()
+        reference.dispose()

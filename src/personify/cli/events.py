@@ -1,4 +1,4 @@
-"""The event log from the command line: ``personify events tail``, ``replay-failed``."""
+"""The event log from the command line: ``personify events tail``, ``replay-failed``, ``trim``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from personify.cli.context import CliContext, pass_ctx
+from personify.cli.context import CliContext, echo_json, pass_ctx
 
 
 @click.group()
@@ -69,3 +69,23 @@ def events_replay_failed(ctx: CliContext, ids: tuple[int, ...], limit: int) -> N
         click.echo(
             f"not replayed (unknown, not from the worker, or already replayed): {outcome.skipped}"
         )
+
+
+@events.command("trim")
+@pass_ctx
+def events_trim(ctx: CliContext) -> None:
+    """Remove the log records every consumer group has committed and that are older than
+    PERSONIFY_EVENTLOG_RETENTION_HOURS, once; print what went."""
+    from personify.eventlog.base import open_eventlog
+    from personify.jobs.retention import LogTrimmer
+
+    async def run() -> dict[str, object]:
+        log = open_eventlog(ctx.settings)
+        await log.start()
+        try:
+            trimmer = LogTrimmer(log, retention_hours=ctx.settings.eventlog_retention_hours)
+            return (await trimmer.trim()).to_dict()
+        finally:
+            await log.close()
+
+    echo_json(asyncio.run(run()))

@@ -1,4 +1,5 @@
-"""``personify profiles show``: a profile now or as it was."""
+"""``personify profiles show`` (a profile now or as it was), ``events`` (its timeline) and
+``prune`` (the retention job, once)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,36 @@ def profiles_show(ctx: CliContext, identity: str, as_of: str | None) -> None:
         ProfileRepository(open_database(ctx.settings), features), MemoryCache(), features
     )
     echo_json(asyncio.run(service.get(identity, as_of=moment)))
+
+
+@profiles.command("events")
+@click.argument("identity")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--cursor", default=None, help="the `next` of the previous page")
+@pass_ctx
+def profiles_events(ctx: CliContext, identity: str, limit: int, cursor: str | None) -> None:
+    """Print a page of IDENTITY's events, newest first, as the API's /events answers it
+    (older than the state database keeps: from the lake)."""
+    from personify.cache.memory import MemoryCache
+    from personify.profiles.features import FeatureSet, load_profile_config
+    from personify.runtime import profile_service
+    from personify.store.database import open_database
+
+    features = FeatureSet(load_profile_config(ctx.settings.features_file))
+    service = profile_service(ctx.settings, open_database(ctx.settings), MemoryCache(), features)
+    echo_json(asyncio.run(service.timeline(identity, cursor=cursor, limit=limit)))
+
+
+@profiles.command("prune")
+@pass_ctx
+def profiles_prune(ctx: CliContext) -> None:
+    """Delete timeline rows and compact versions past their retention, once; print what went.
+
+    ``personify serve`` does this every PERSONIFY_PROFILE_PRUNE_INTERVAL_S; run it from cron
+    where no server does (scaled out with --no-worker).
+    """
+    from personify.profiles.retention import ProfilePruner
+    from personify.store.database import open_database
+
+    pruner = ProfilePruner.from_settings(ctx.settings, open_database(ctx.settings))
+    echo_json(pruner.prune().to_dict())

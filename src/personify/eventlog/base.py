@@ -11,7 +11,9 @@ Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
   stops before ``commit`` gets the uncommitted records again after a restart.
 * ``commit`` acknowledges, per partition, every entry up to the highest given offset.
 * ``lag`` counts the records a group has not committed.
-* ``truncate`` removes records that every known group has committed.
+* ``truncate`` removes records that every known group has committed, and only those
+  appended more than ``retention_s`` before ``now``; it never removes a record some known
+  group has not committed, nor one younger than the retention.
 * Any driver failure, a full disk or a full queue raises ``BackendUnavailable``.
 """
 
@@ -86,8 +88,10 @@ class EventLog(Protocol):
         """How many records ``group`` has not committed yet."""
         ...
 
-    async def truncate(self) -> int:
-        """Remove records every known group has committed; returns how many went."""
+    async def truncate(self, *, retention_s: float = 0.0, now: float | None = None) -> int:
+        """Remove records every known group has committed that were appended more than
+        ``retention_s`` seconds before ``now`` (epoch seconds, the current time by default);
+        returns how many went. A backend may remove fewer (Kafka without DeleteRecords)."""
         ...
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:

@@ -24,7 +24,8 @@ URL: ``redis://host:6379/0?stream=events`` (``rediss://`` for TLS). Offsets are 
   so the worker can dead-letter poison entries after ``eventlog_max_deliveries``.
 * **Commit** ``XACK``\\s the given ids and this consumer's older pending ids.
 * **Lag** is the group's ``lag`` (not yet delivered) plus its ``pending`` (delivered, not
-  acknowledged), from ``XINFO GROUPS``; **truncate** is ``XTRIM MINID`` at the floor.
+  acknowledged), from ``XINFO GROUPS``; **truncate** is ``XTRIM MINID`` at the floor, or
+  lower, at the retention cutoff (``now - retention``, as an id), when that comes first.
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acknowledged
 append survives a crash of Redis; with ``everysec`` up to a second may be lost.
@@ -133,7 +134,8 @@ return results
 """
 )
 
-# KEYS[1] stream. Returns how many entries went.
+# KEYS[1] stream; ARGV[1] the retention cutoff in epoch ms (entries with an id below it are
+# old enough). Trims below min(floor, cutoff). Returns how many entries went.
 _TRUNCATE = (
     _HELPERS
     + """
@@ -143,6 +145,11 @@ end
 local floor_ms, floor_seq = safe_floor(KEYS[1])
 if not floor_ms then
   return 0
+end
+local cutoff_ms = tonumber(ARGV[1])
+-- the lower of the two ids: <floor_ms>-<floor_seq> and <cutoff_ms>-0
+if cutoff_ms < floor_ms or (cutoff_ms == floor_ms and floor_seq > 0) then
+  floor_ms, floor_seq = cutoff_ms, 0
 end
 return redis.call('XTRIM', KEYS[1], 'MINID', format_id(floor_ms, floor_seq))
 """
@@ -544,10 +551,12 @@ class RedisEventLog:
             return pending + await self._count_after(_text(info["last-delivered-id"]))
         return pending + int(lag)
 
-    async def truncate(self) -> int:
-        """Remove the entries every group has acknowledged; returns how many went."""
+    async def truncate(self, *, retention_s: float = 0.0, now: float | None = None) -> int:
+        """Remove the entries every group has acknowledged and that are older than
+        ``retention_s`` (``XTRIM MINID`` at the lower of the two); returns how many went."""
+        cutoff_ms = max(0, int(((time.time() if now is None else now) - retention_s) * 1000))
         with self._errors("truncate"):
-            return int(await self._run("truncate", [self.stream], []))
+            return int(await self._run("truncate", [self.stream], [cutoff_ms]))
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first."""

@@ -19,6 +19,7 @@ retries the batch.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,6 +121,7 @@ class ProfileProcessor:
         max_identities: int = 1000,
         snapshot_every: int = 50,
         stages: Sequence[BatchStage] = (),
+        state_cache_mb: float = 64.0,
     ) -> None:
         self._db = db
         self.features = features
@@ -129,6 +131,7 @@ class ProfileProcessor:
         self._sql = _Statements()
         self._plan = FeaturePlan(features)
         self.stages = tuple(stages)
+        self._cache = StateCache(round(state_cache_mb * 1024 * 1024))
 
     def apply(
         self, events: Sequence[ProfileEvent], payloads: Sequence[str] | None = None
@@ -144,7 +147,9 @@ class ProfileProcessor:
             payloads = [_encode(e.data).decode() for e in events]
         try:
             with self._db.engine.begin() as conn:
-                return self._apply(conn, events, payloads)
+                result = self._apply(conn, events, payloads)
+            self._cache.commit()
+            return result
         except sa.exc.IntegrityError as exc:
             raise Conflict(
                 "another writer changed these profiles; retry the batch",
@@ -165,6 +170,10 @@ class ProfileProcessor:
             raise BackendUnavailable(
                 f"the state database is unavailable: {exc.orig}", code="state_unavailable"
             ) from exc
+        finally:
+            # states the cache lent to a batch that did not commit were changed in place:
+            # they match no stored version any more
+            self._cache.discard_pending()
 
     def _apply(
         self, conn: sa.Connection, events: Sequence[ProfileEvent], payloads: Sequence[str]
@@ -260,7 +269,10 @@ class ProfileProcessor:
         loaded: dict[str, _Loaded],
     ) -> _Component:
         """A component's stored profiles, merged into one state for the batch to apply to."""
-        states = {pid: decode_state(loaded[pid].blob) for pid in profile_ids}
+        states = {
+            pid: self._cache.state(pid, loaded[pid].version, loaded[pid].blob)
+            for pid in profile_ids
+        }
         ids_before = {pid: s.all_ids() for pid, s in states.items()}
         # stored states are compacted, and merge_states compacts
         if len(profile_ids) == 1:
@@ -329,6 +341,7 @@ class ProfileProcessor:
         snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
         event_time = max(event.ts for event, _ in items)
         writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
+        self._cache.stage(profile_id, version, blob, state, gone=merged_from)
         return StagedProfile(index, profile_id, version, state, merged_from)
 
 
@@ -343,6 +356,74 @@ def _diff_blobs(old: str | None, new: str) -> dict[str, Any]:
     before = {k: _decode(v) for k, v in old_parts.items() if new_parts.get(k) != v}
     after = {k: _decode(v) for k, v in new_parts.items() if old_parts.get(k) != v}
     return diff_documents(before, after)
+
+
+class StateCache:
+    """Decoded states of recently written profiles, each valid for one stored version.
+
+    The worker reads every touched profile's version and stored JSON in one query per
+    batch; when the version is the one this process wrote last, the state it kept is used
+    and the JSON is not decoded again. Any other writer (another worker, a merge elsewhere)
+    changes the version, so a stale entry is never used. States a batch gets from the cache
+    are changed in place: entries are replaced only when the batch commits, and every entry
+    a failed batch took is dropped. Bounded by ``max_bytes`` (least recently written go first;
+    a decoded state takes about eight times its JSON).
+    """
+
+    _BYTES_PER_JSON_BYTE = 8
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[int, ProfileState, int]] = OrderedDict()
+        self._bytes = 0
+        self._lent: set[str] = set()
+        self._pending: list[tuple[str, int, str, ProfileState, tuple[str, ...]]] = []
+        self.hits = 0
+        self.misses = 0
+
+    def state(self, profile_id: str, version: int, blob: str) -> ProfileState:
+        """The state of ``profile_id`` at ``version`` (kept, or decoded from ``blob``)."""
+        entry = self._entries.get(profile_id)
+        if entry is not None and entry[0] == version:
+            self.hits += 1
+            self._lent.add(profile_id)
+            return entry[1]
+        self.misses += 1
+        return decode_state(blob)
+
+    def stage(
+        self, profile_id: str, version: int, blob: str, state: ProfileState, gone: tuple[str, ...]
+    ) -> None:
+        """Remember ``state`` as ``profile_id``'s ``version`` once the batch commits."""
+        if self._max_bytes:
+            self._pending.append((profile_id, version, blob, state, gone))
+
+    def commit(self) -> None:
+        """The batch committed: its states are the stored versions now."""
+        for profile_id, version, blob, state, gone in self._pending:
+            for other in gone:
+                self._drop(other)
+            self._drop(profile_id)
+            size = len(blob) * self._BYTES_PER_JSON_BYTE
+            self._entries[profile_id] = (version, state, size)
+            self._bytes += size
+        self._pending.clear()
+        self._lent.clear()
+        while self._bytes > self._max_bytes and self._entries:
+            _, (_, _, size) = self._entries.popitem(last=False)
+            self._bytes -= size
+
+    def discard_pending(self) -> None:
+        """Forget what a batch that did not commit staged, and what it borrowed."""
+        for profile_id in self._lent:
+            self._drop(profile_id)
+        self._lent.clear()
+        self._pending.clear()
+
+    def _drop(self, profile_id: str) -> None:
+        entry = self._entries.pop(profile_id, None)
+        if entry is not None:
+            self._bytes -= entry[2]
 
 
 @dataclass(slots=True)
@@ -545,7 +626,9 @@ class _Compiled:
         compiled: Any = statement.compile(dialect=conn.dialect)
         self.sql = str(compiled)
         self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        self.processors: dict[str, Any] = dict(compiled._bind_processors)
+        self.processors: dict[str, Any] = {
+            name: _remember_last(processor) for name, processor in compiled._bind_processors.items()
+        }
 
     def params(self, row: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         processors = self.processors
@@ -561,6 +644,21 @@ class _Compiled:
                 for name in self.order
             ]
         )
+
+
+def _remember_last(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``processor`` with its last answer kept: a batch binds one ``now`` on every row."""
+    last: list[Any] = [_NOTHING, None]
+
+    def process(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, processor(value)
+        return last[1]
+
+    return process
+
+
+_NOTHING = object()
 
 
 class _Statements:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -85,6 +86,23 @@ class TimelineEvent:
         return f"{self.event_time_ms}:{self.event_key}"
 
 
+class TimelineArchive(Protocol):
+    """Where a profile's events older than the state database keeps are read from (the lake)."""
+
+    def events(
+        self,
+        ids: Sequence[str],
+        *,
+        before: tuple[int, str] | None,
+        until_ms: int,
+        limit: int,
+    ) -> list[TimelineEvent]:
+        """Up to ``limit`` events of any of ``ids`` with an event time before ``until_ms``,
+        newest first by (event time, event key), older than the cursor ``before`` if given;
+        each event once."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MergeRecord:
     """A profile merged into another: which ids came along, when, from which events."""
@@ -163,6 +181,16 @@ class ProfileRepository:
                 sa.select(identities.c.profile_id).where(identities.c.identity == identity)
             ).scalar()
         return str(value) if value is not None else None
+
+    def ids(self, profile_id: str) -> list[str]:
+        """Every id (userId, anonymousId, previousId) that resolves to ``profile_id``."""
+        with self._db.connect() as conn:
+            found = conn.execute(
+                sa.select(identities.c.identity)
+                .where(identities.c.profile_id == profile_id)
+                .order_by(identities.c.identity)
+            ).scalars()
+            return [str(identity) for identity in found]
 
     def versions(
         self, profile_id: str, *, before: int | None = None, limit: int = 50
@@ -268,30 +296,40 @@ class ProfileRepository:
     def _own_document_as_of(
         self, conn: sa.Connection, profile_id: str, at: datetime
     ) -> dict[str, Any] | None:
-        base = conn.execute(
-            sa.select(sa.func.max(profile_versions.c.version)).where(
-                profile_versions.c.profile_id == profile_id,
-                profile_versions.c.changed_at <= at,
-                profile_versions.c.snapshot.is_not(None),
-            )
-        ).scalar()
-        if base is None:
-            return None
-        rows = conn.execute(
-            sa.select(
-                profile_versions.c.version, profile_versions.c.diff, profile_versions.c.snapshot
-            )
-            .where(
-                profile_versions.c.profile_id == profile_id,
-                profile_versions.c.version >= base,
-                profile_versions.c.changed_at <= at,
-            )
-            .order_by(profile_versions.c.version)
+        return replay_document(conn, profile_id, at=at)
+
+
+def replay_document(
+    conn: sa.Connection,
+    profile_id: str,
+    *,
+    at: datetime | None = None,
+    through_version: int | None = None,
+) -> dict[str, Any] | None:
+    """The profile's own stored state document as of ``at`` and/or as of version
+    ``through_version``: the latest snapshot at or before the bound, with the diffs after it
+    replayed. ``None`` when no snapshot lies within the bound."""
+    bounds: list[sa.ColumnElement[bool]] = [profile_versions.c.profile_id == profile_id]
+    if at is not None:
+        bounds.append(profile_versions.c.changed_at <= at)
+    if through_version is not None:
+        bounds.append(profile_versions.c.version <= through_version)
+    base = conn.execute(
+        sa.select(sa.func.max(profile_versions.c.version)).where(
+            *bounds, profile_versions.c.snapshot.is_not(None)
         )
-        document: dict[str, Any] = {}
-        for version, diff, snapshot in rows:
-            if version == base:
-                document = _decode(snapshot)
-            else:
-                apply_diff(document, _decode(diff))
-        return document
+    ).scalar()
+    if base is None:
+        return None
+    rows = conn.execute(
+        sa.select(profile_versions.c.version, profile_versions.c.diff, profile_versions.c.snapshot)
+        .where(*bounds, profile_versions.c.version >= base)
+        .order_by(profile_versions.c.version)
+    )
+    document: dict[str, Any] = {}
+    for version, diff, snapshot in rows:
+        if version == base:
+            document = _decode(snapshot)
+        else:
+            apply_diff(document, _decode(diff))
+    return document

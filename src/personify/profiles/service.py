@@ -24,7 +24,13 @@ from personify.profiles.document import present_profile
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.processor import TouchedProfile
-from personify.profiles.repository import ProfileRepository, StoredProfile, parse_cursor
+from personify.profiles.repository import (
+    ProfileRepository,
+    StoredProfile,
+    TimelineArchive,
+    TimelineEvent,
+    parse_cursor,
+)
 from personify.profiles.state import ProfileState, decode_state
 
 INVALIDATED = b"\x00invalidated"
@@ -79,12 +85,18 @@ class ProfileService:
         *,
         clock: Clock | None = None,
         invalidation_ttl_s: float = 2.0,
+        archive: TimelineArchive | None = None,
+        archive_after_s: float = 0.0,
     ) -> None:
         self.repository = repository
         self.cache = cache
         self.features = features
         self._clock = clock or SystemClock()
         self._invalidation_ttl_s = invalidation_ttl_s
+        # events with an event time older than ``archive_after_s`` before now may have been
+        # pruned from the state database; the timeline reads those from ``archive`` too
+        self._archive = archive
+        self._archive_after_ms = round(archive_after_s * 1000)
         self.stats = CacheStats()
 
     async def load(self, identity: str) -> LoadedProfile | None:
@@ -183,14 +195,39 @@ class ProfileService:
                     details={"parameter": "cursor"},
                 )
         profile_id = await self._resolve(identity)
-        events = await asyncio.to_thread(
-            self.repository.timeline, profile_id, before=before, limit=limit
-        )
+        events = await asyncio.to_thread(self._timeline_page, profile_id, before, limit)
         return {
             "profileId": profile_id,
             "data": [e.payload for e in events],
             "next": events[-1].cursor if len(events) == limit else None,
         }
+
+    def _timeline_page(
+        self, profile_id: str, before: tuple[int, str] | None, limit: int
+    ) -> list[TimelineEvent]:
+        """One page newest first: the state database's events, merged with the archive's
+        where the page reaches back past what the state database is sure to hold.
+
+        Both sources are asked for their newest ``limit`` events below the cursor, so the
+        merged top ``limit`` is exact (no gap, no duplicate) whichever source holds what.
+        """
+        kept = self.repository.timeline(profile_id, before=before, limit=limit)
+        if self._archive is None:
+            return kept
+        horizon_ms = datetime_ms(self._clock.now()) - self._archive_after_ms
+        if len(kept) == limit and kept[-1].event_time_ms >= horizon_ms:
+            # a full page, all newer than anything pruning can have removed
+            return kept
+        older = self._archive.events(
+            self.repository.ids(profile_id), before=before, until_ms=horizon_ms, limit=limit
+        )
+        if not older:
+            return kept
+        merged = {event.event_key: event for event in older}
+        # the state database's copy wins: it is the payload exactly as it was applied
+        merged.update((event.event_key, event) for event in kept)
+        page = sorted(merged.values(), key=lambda e: (e.event_time_ms, e.event_key), reverse=True)
+        return page[:limit]
 
     async def invalidate(self, touched: Sequence[TouchedProfile]) -> None:
         """Mark every id of every touched profile as changed (see the module docstring)."""

@@ -42,6 +42,8 @@ profile_versions = sa.Table(
     sa.Column("message_ids", sa.Text, nullable=False),
     sa.Column("diff", sa.Text, nullable=False),
     sa.Column("snapshot", sa.Text, nullable=True),
+    # the retention job finds the versions older than its cutoff (revision 0002)
+    sa.Index("profile_versions_changed", "changed_at"),
 )
 
 # one row per applied event: the exactly-once guard (event_key = "sourceId:messageId") and
@@ -58,6 +60,8 @@ applied_events = sa.Table(
     sa.Column("applied_at_ms", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Index("applied_events_timeline", "profile_id", "event_time_ms", "event_key"),
+    # the retention job deletes the rows applied before its cutoff (revision 0002)
+    sa.Index("applied_events_applied", "applied_at_ms"),
 )
 
 profile_merges = sa.Table(

@@ -400,13 +400,15 @@ class KafkaEventLog:
         """Sum over partitions of high watermark minus the group's committed offset."""
         return await self._require(self._probe).lag(group)
 
-    async def truncate(self) -> int:
-        """Delete the records every known group has committed; returns how many went.
+    async def truncate(self, *, retention_s: float = 0.0, now: float | None = None) -> int:
+        """Delete the records every known group has committed and that are older than
+        ``retention_s``; returns how many went.
 
         Returns 0 without asking when ``eventlog_kafka_delete_records`` is off (brokers
-        without DeleteRecords, like tansu's memory engine).
+        without DeleteRecords, like tansu's memory engine): the topic's own retention
+        settings bound it then.
         """
-        return await self._require(self._probe).truncate()
+        return await self._require(self._probe).truncate(retention_s=retention_s, now=now)
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries across partitions by append time, oldest first."""

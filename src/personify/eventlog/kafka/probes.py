@@ -192,11 +192,24 @@ class TopicProbe:
                 readers.append(name)
         return readers
 
-    def _delete_below(self, ends: dict[int, tuple[int, int]]) -> int:
+    def _aged_ends(
+        self, probe: KafkaConsumer, ends: dict[int, tuple[int, int]], cutoff_ms: int
+    ) -> dict[int, int]:
+        """Per partition, the first offset appended at or after ``cutoff_ms`` (the high
+        watermark when every record is older): nothing from there on is old enough to go."""
+        asked = [TopicPartition(self.topic, p, cutoff_ms) for p in ends]
+        aged = {p: high for p, (_low, high) in ends.items()}
+        for tp in probe.offsets_for_times(asked, timeout=ADMIN_TIMEOUT_S):
+            # -1: no record at or after the cutoff
+            if tp.error is None and tp.offset >= 0:
+                aged[tp.partition] = min(aged[tp.partition], int(tp.offset))
+        return aged
+
+    def _delete_below(self, ends: dict[int, tuple[int, int]], aged: dict[int, int]) -> int:
         readers = self._readers()
         if not readers:
             return 0
-        floor = {p: high for p, (_low, high) in ends.items()}
+        floor = dict(aged)
         for group in readers:
             committed = self._group_offsets(group, list(ends))
             for p, (low, _high) in ends.items():
@@ -217,8 +230,9 @@ class TopicProbe:
             removed += max(0, int(result.low_watermark) - ends[tp.partition][0])
         return removed
 
-    async def truncate(self) -> int:
-        """Delete the records every known group has committed; returns how many went.
+    async def truncate(self, *, retention_s: float = 0.0, now: float | None = None) -> int:
+        """Delete the records every known group has committed and that were appended more
+        than ``retention_s`` before ``now``; returns how many went.
 
         Returns 0 without asking when ``eventlog_kafka_delete_records`` is off (brokers
         without DeleteRecords, like tansu's memory engine).
@@ -226,8 +240,12 @@ class TopicProbe:
         if not self._delete_records:
             return 0
         ends = await self._in_probe(self._ends)
+        cutoff_ms = max(0, int(((time.time() if now is None else now) - retention_s) * 1000))
+        aged = await self._in_probe(
+            functools.partial(self._aged_ends, ends=ends, cutoff_ms=cutoff_ms)
+        )
         try:
-            return await self._admin_thread.run(self._delete_below, ends)
+            return await self._admin_thread.run(self._delete_below, ends, aged)
         except KafkaException as exc:
             raise unavailable("delete records", exc) from exc
 

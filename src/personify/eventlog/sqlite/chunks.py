@@ -187,17 +187,32 @@ def stored_dedupe_keys(conn: sqlite3.Connection, offsets: list[int]) -> dict[int
     return found
 
 
-def delete_committed(conn: sqlite3.Connection) -> int:
-    """Delete the chunks every known group has committed in full; how many records went."""
+def delete_committed(
+    conn: sqlite3.Connection, *, appended_before: float | None = None, max_chunks: int = 0
+) -> tuple[int, bool]:
+    """Delete chunks every known group has committed in full (and, with ``appended_before``,
+    appended before that epoch time); at most ``max_chunks`` of them when it is positive.
+    Returns how many records went, and whether more such chunks are left."""
     floor = conn.execute("SELECT min(committed) FROM consumer_groups").fetchone()[0]
     if floor is None:
-        return 0
+        return 0, False
     condition = "first_offset + count - 1 <= ?"
-    gone = conn.execute(
-        f"SELECT coalesce(sum(count), 0) FROM chunk WHERE {condition}", (floor,)
-    ).fetchone()[0]
-    conn.execute(f"DELETE FROM chunk WHERE {condition}", (floor,))
-    return int(gone)
+    params: list[object] = [floor]
+    if appended_before is not None:
+        condition += " AND appended_at < ?"
+        params.append(appended_before)
+    limit = f" ORDER BY first_offset LIMIT {int(max_chunks)}" if max_chunks > 0 else ""
+    rows = conn.execute(
+        f"SELECT first_offset, count FROM chunk WHERE {condition}{limit}", params
+    ).fetchall()
+    if not rows:
+        return 0, False
+    conn.execute(
+        f"DELETE FROM chunk WHERE first_offset IN (SELECT first_offset FROM chunk "
+        f"WHERE {condition}{limit})",
+        params,
+    )
+    return sum(int(count) for _, count in rows), max_chunks > 0 and len(rows) == max_chunks
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, str, bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import sys
 import threading
@@ -23,6 +24,8 @@ from personify.eventlog.sqlite.chunks import Chunk, delete_committed, unpack
 
 _T = TypeVar("_T")
 _POLL_INTERVAL_S = 0.05
+# chunks deleted per truncate transaction: each holds the file's write lock only briefly
+_TRUNCATE_CHUNKS = 256
 
 
 class ConsumerGroups:
@@ -190,9 +193,21 @@ class ConsumerGroups:
 
         return await asyncio.to_thread(count)
 
-    async def truncate(self) -> int:
-        """Delete the chunks whose every record all known groups have committed."""
-        return await asyncio.to_thread(self._in_transaction, delete_committed)
+    async def truncate(self, *, retention_s: float = 0.0, now: float | None = None) -> int:
+        """Delete the chunks whose every record all known groups have committed and that
+        were appended more than ``retention_s`` before ``now`` (epoch seconds; the time by
+        default), a bounded number of chunks per transaction so appends are never held up
+        for long; returns how many records went."""
+        cutoff = (time.time() if now is None else now) - retention_s
+        trim = functools.partial(
+            delete_committed, appended_before=cutoff, max_chunks=_TRUNCATE_CHUNKS
+        )
+        removed = 0
+        while True:
+            gone, more = await asyncio.to_thread(self._in_transaction, trim)
+            removed += gone
+            if not more:
+                return removed
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first."""

@@ -478,9 +478,10 @@ class SQLiteEventLog:
         """Records after the group's committed offset."""
         return await self._consumers.lag(group)
 
-    async def truncate(self) -> int:
-        """Delete the chunks whose every record all known groups have committed."""
-        return await self._consumers.truncate()
+    async def truncate(self, *, retention_s: float = 0.0, now: float | None = None) -> int:
+        """Delete the chunks whose every record all known groups have committed and that
+        are older than ``retention_s``."""
+        return await self._consumers.truncate(retention_s=retention_s, now=now)
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first."""
