@@ -124,9 +124,6 @@ class _Item:
     payload: str
 
 
-_Decoded = tuple[list[_Item], list[tuple[LogEntry, str, str, int]]]
-
-
 class _Stopped(Exception):
     """The worker was asked to stop while it waited for an engine."""
 
@@ -169,8 +166,6 @@ class StreamWorker:
         self._attempts: dict[tuple[int, str], int] = {}
         # entries read but not committed yet: a run that ended on them starts with them again
         self._in_hand: list[LogEntry] = []
-        # the next batch, read and decoded while the one in hand is applied
-        self._prefetch: asyncio.Future[tuple[list[LogEntry], _Decoded | None]] | None = None
         self._stop = asyncio.Event()
         self._stage = StageSupervisor("worker", self._run_stage, clock=self._clock)
         self._last_beat = 0.0
@@ -232,7 +227,6 @@ class StreamWorker:
         """Finish the batch in hand, then stop; uncommitted entries are redelivered later."""
         self._stop.set()
         await self._stage.stop()
-        await self._cancel_prefetch()
 
     async def _run_stage(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -260,29 +254,15 @@ class StreamWorker:
                 await self._refresh_lag(force=True)
                 if self.stats.lag == 0:
                     break
-        await self._drain_prefetch()
         await self._beat(force=True)
 
     async def step(self) -> int:
-        """Read one batch, apply it, commit it; returns how many entries it held.
-
-        While a batch is applied, the next one is read and decoded (``_prefetch``): decoding
-        is Python work that overlaps the database's share of applying, which runs without
-        the interpreter lock. The prefetched entries are this consumer's like the ones in
-        hand: a run that ends keeps them, and the next step starts with them.
-        """
+        """Read one batch, apply it, commit it; returns how many entries it held."""
         # the log delivers an entry to a consumer once: what a failed run read is in hand
-        entries, decoded = self._in_hand, None
-        if not entries:
-            entries, decoded = await self._next_batch()
+        entries = self._in_hand or await self._read(self._poll_timeout_ms)
         if entries:
             self._in_hand = entries
-            if decoded is None:
-                decoded = await asyncio.to_thread(self._decode_all, entries)
-            readable = await self._dead_letter_unreadable(decoded)
-            if self._prefetch is None and not self._stop.is_set():
-                self._prefetch = asyncio.ensure_future(self._fetch())
-            await self._apply_all(readable)
+            await self._apply_all(await self._prepare(entries))
             await self._commit(entries)
             self._in_hand = []
             self.stats.batches += 1
@@ -292,34 +272,6 @@ class StreamWorker:
         await self._refresh_lag()
         await self._beat()
         return len(entries)
-
-    async def _next_batch(self) -> tuple[list[LogEntry], _Decoded | None]:
-        """The prefetched batch if there is one (waiting for it), else a fresh read."""
-        prefetch, self._prefetch = self._prefetch, None
-        if prefetch is not None:
-            return await prefetch
-        return await self._read(self._poll_timeout_ms), None
-
-    async def _fetch(self) -> tuple[list[LogEntry], _Decoded | None]:
-        entries = await self._read(self._poll_timeout_ms)
-        if not entries:
-            return entries, None
-        return entries, await asyncio.to_thread(self._decode_all, entries)
-
-    async def _drain_prefetch(self) -> None:
-        """Apply what was prefetched before a run ends (no new prefetch starts once stop is
-        set), so that a clean stop leaves no read entries behind for the log to redeliver."""
-        if self._prefetch is not None:
-            with contextlib.suppress(_Stopped):
-                await self.step()
-
-    async def _cancel_prefetch(self) -> None:
-        # entries a cancelled read had taken stay uncommitted: the log redelivers them
-        prefetch, self._prefetch = self._prefetch, None
-        if prefetch is not None and not prefetch.done():
-            prefetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prefetch
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -333,14 +285,17 @@ class StreamWorker:
             await self._sleep(self._backoff_s * 10)
             return []
 
-    async def _dead_letter_unreadable(self, decoded: _Decoded) -> list[_Item]:
-        """Dead-letter the entries that cannot be read (retrying cannot help)."""
-        readable, unreadable = decoded
+    async def _prepare(self, entries: Sequence[LogEntry]) -> list[_Item]:
+        """Decode entries; dead-letter those that cannot be read (retrying cannot help)."""
+        # decoding a large batch takes tens of milliseconds: off the event loop
+        readable, unreadable = await asyncio.to_thread(self._decode_all, entries)
         for entry, code, reason, attempts in unreadable:
             await self._dead_letter(entry, code, reason, attempts)
         return readable
 
-    def _decode_all(self, entries: Sequence[LogEntry]) -> _Decoded:
+    def _decode_all(
+        self, entries: Sequence[LogEntry]
+    ) -> tuple[list[_Item], list[tuple[LogEntry, str, str, int]]]:
         readable: list[_Item] = []
         unreadable: list[tuple[LogEntry, str, str, int]] = []
         for entry in entries:
