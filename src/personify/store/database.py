@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +146,29 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def copy_rows(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert ``rows`` (tuples in ``columns`` order) with PostgreSQL's ``COPY … FROM STDIN``.
+
+    Part of ``conn``'s transaction. Driver errors come out as SQLAlchemy's (a duplicate key
+    is ``IntegrityError``, a lost connection ``OperationalError``), as from ``execute``.
+    """
+    if conn.dialect.name != "postgresql":
+        raise ConfigurationError("COPY is PostgreSQL's", code="unsupported_backend")
+    # psycopg's connection (the only PostgreSQL driver we use), whose cursors copy
+    driver: Any = conn.connection.dbapi_connection
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(
+            statement, None, exc, conn.dialect.loaded_dbapi.Error
+        ) from exc
 
 
 def open_database(settings: Settings, *, auto_upgrade: bool = True) -> Database:
