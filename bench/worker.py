@@ -76,16 +76,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def shop_traffic(events: int, users: int, *, seed: int = 1) -> list[dict[str, Any]]:
-    """``events`` normalised events of ``users`` people over three days, in time order."""
+def shop_traffic(
+    events: int, users: int, *, seed: int = 1, days: float = 3.0
+) -> list[dict[str, Any]]:
+    """``events`` normalised events of ``users`` people over ``days`` days (each person's
+    visits start at a random moment in them), in time order."""
     rng = random.Random(seed)
-    start = datetime.now(UTC) - timedelta(days=3)
+    start = datetime.now(UTC) - timedelta(days=days)
     per_user = max(1, events // users)
     out: list[tuple[float, dict[str, Any]]] = []
     for u in range(users):
         user_id = f"user-{u:06d}"
         devices = [(f"anon-{u:06d}-{d}", rng.choice(_AGENTS)) for d in range(rng.randint(1, 3))]
-        minute = rng.uniform(0, 3 * 24 * 60 - per_user * 3)
+        minute = rng.uniform(0, days * 24 * 60 - per_user * 3)
         identified = False
         for n in range(per_user):
             minute += rng.expovariate(1 / 2) if rng.random() < 0.9 else rng.uniform(35, 240)

@@ -5,11 +5,17 @@ One call of ``ProfileProcessor.apply``:
 1. drops events whose key (``sourceId:messageId``) is already in ``applied_events``, or is
    repeated in the batch;
 2. groups the rest with the existing identities into connected sets of ids (union-find);
-3. loads each touched profile once, merges the profiles a set now links, applies the
-   set's events, and picks the canonical id (``identity.canonical_id``);
-4. writes, with ``executemany``: the profile rows (optimistic version check), the new
-   identities, the re-pointed identities and timeline rows of merged profiles, the
-   ``applied_events`` rows, one version row per profile and one row per merge.
+3. loads every touched profile in bulk (one ``IN`` query per 512 ids; a state this process
+   wrote last comes from ``StateCache`` instead of being decoded again) and merges the
+   profiles a set now links;
+4. applies the whole batch as columns (``ProfileBatch``, ``apply_batch``: group-bys over
+   numpy columns, see ``personify.profiles.features.plan``), then picks each profile's
+   canonical id (``identity.canonical_id``);
+5. writes, with one ``executemany`` per table (``COPY`` on PostgreSQL for the per-event and
+   per-profile rows): the profile rows (optimistic version check), the new identities, the
+   re-pointed identities and timeline rows of merged profiles, the ``applied_events`` rows,
+   one version row per profile and one row per merge;
+6. runs the batch stages (``BatchStage``) over the same batch, in the same transaction.
 
 All of it commits together, so a crash at any point leaves either everything or nothing;
 a redelivered event then finds its key and is skipped. A concurrent writer that changed a
