@@ -17,7 +17,8 @@ from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.retention import ProfilePruner
-from personify.profiles.tables import applied_events, profile_versions
+from personify.profiles.state import is_compressed
+from personify.profiles.tables import applied_events, profile_versions, profiles
 from personify.store.database import Database
 from tests.postgres import fresh_schema, postgres_database
 from tests.profiles.factory import event
@@ -60,6 +61,17 @@ def versions_of(db: Database, profile_id: str) -> list[tuple[int, bool]]:
             .order_by(profile_versions.c.version)
         )
         return [(int(version), snapshot is not None) for version, snapshot in rows]
+
+
+def at_rest(db: Database, profile_id: str) -> bool:
+    """Whether the profile's row holds its only version's state, compressed."""
+    with db.connect() as conn:
+        flag, state = conn.execute(
+            sa.select(profiles.c.history_in_row, profiles.c.state).where(
+                profiles.c.profile_id == profile_id
+            )
+        ).one()
+    return bool(flag) and is_compressed(state)
 
 
 def track(message_id: str, minutes: float, user: str) -> dict[str, Any]:
@@ -163,8 +175,11 @@ def test_compacted_history_answers_as_of_after_the_cutoff_as_before(db: Database
     kept = versions_of(db, "dan")
     assert kept[0] == (newest_old, True)
     assert [v for v, _ in kept] == [v for v, _ in dan_versions if v >= newest_old]
-    # eve: her newest version stays, as a snapshot
-    assert versions_of(db, "eve") == [(3, True)]
+    # eve: not written since the cutoff, so at rest: her newest version stays, its state
+    # kept once, compressed in her row
+    assert versions_of(db, "eve") == [(3, False)]
+    assert at_rest(db, "eve")
+    assert not at_rest(db, "dan")
     assert result.versions_deleted == (len(old) - 1) + 2
     assert result.profiles_compacted >= 2
     # /history pages through what is left; a second prune has nothing to fold
@@ -196,3 +211,49 @@ def test_a_profile_merged_away_keeps_answering_as_of(db: Database) -> None:
 
     assert [_document(repository, profile_id, m) for m in probes] == before
     assert before[0] is not None
+
+
+def test_a_profile_at_rest_keeps_its_state_once_and_wakes_up_whole(db: Database) -> None:
+    clock = FrozenClock(T0)
+    processor = ProfileProcessor(db, FEATURES, clock=clock)
+    repository = ProfileRepository(db, FEATURES)
+    for n in range(3):
+        processor.apply([view_event(track(f"g{n}", n, "gil"))])
+        clock.advance(DAY_S)
+    clock.advance(40 * DAY_S)
+    written = [T0 + timedelta(days=n) for n in range(3)]
+    before = [_document(repository, "gil", m) for m in [*written, clock.now()]]
+    stored_before = repository.find("gil")
+    assert stored_before is not None
+
+    result = pruner(db, clock).prune()
+
+    assert result.profiles_at_rest == 1
+    assert at_rest(db, "gil")
+    assert versions_of(db, "gil") == [(3, False)]
+    stored = repository.find("gil")
+    assert stored is not None
+    assert (stored.version, stored.blob) == (stored_before.version, stored_before.blob)
+    # times before the compacted version have no history left; from it on, as before
+    assert [_document(repository, "gil", m) for m in [written[2], clock.now()]] == before[2:]
+
+    # the worker wakes it (from its cached state, the same version): the version row gets
+    # its snapshot back, the row is plain again, and every time still answers as before
+    woke_at = clock.now()
+    clock.advance(60)
+    processor.apply([view_event(track("g-late", 60 * 24 * 44, "gil"))])
+    assert not at_rest(db, "gil")
+    assert versions_of(db, "gil") == [(3, True), (4, False)]
+    assert _document(repository, "gil", woke_at) == before[3]
+    reference = Database("sqlite://")
+    try:
+        ProfileProcessor(reference, FEATURES, clock=FrozenClock(T0)).apply(
+            [view_event(track(f"g{n}", n, "gil")) for n in range(3)]
+            + [view_event(track("g-late", 60 * 24 * 44, "gil"))]
+        )
+        expected = ProfileRepository(reference, FEATURES).find("gil")
+        woken = repository.find("gil")
+        assert expected is not None and woken is not None
+        assert woken.blob == expected.blob
+    finally:
+        reference.dispose()

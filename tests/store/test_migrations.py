@@ -66,12 +66,26 @@ def _fill(db: Database) -> tuple[str, str]:
     FailedEventRepository(db).add_many(
         [NewFailedEvent(stage="ingest", code="invalid", reason="r", payload={"a": 1})]
     )
-    ProfileProcessor(db, FEATURES).apply(
-        [
-            view_event(event("page", "m1", 0, anonymous_id="dev-1")),
-            view_event(event("identify", "m2", 1, user_id="jo", anonymous_id="dev-1")),
-        ]
-    )
+    # profiles as today's worker writes them, moved into the old schema's columns (the
+    # worker writes columns later revisions added)
+    scratch = Database("sqlite://")
+    try:
+        ProfileProcessor(scratch, FEATURES).apply(
+            [
+                view_event(event("page", "m1", 0, anonymous_id="dev-1")),
+                view_event(event("identify", "m2", 1, user_id="jo", anonymous_id="dev-1")),
+            ]
+        )
+        old = sa.MetaData()
+        with scratch.engine.connect() as source, db.engine.begin() as target:
+            for name in ("identities", "profiles", "applied_events", "profile_versions"):
+                table = sa.Table(name, old, autoload_with=target)
+                rows = source.execute(sa.select(metadata.tables[name])).mappings().all()
+                target.execute(
+                    table.insert(), [{c.name: row[c.name] for c in table.columns} for row in rows]
+                )
+    finally:
+        scratch.dispose()
     return write_key, secret
 
 

@@ -51,6 +51,7 @@ from personify.profiles.state import (
     encode_state,
     merge_states,
     needs_compaction,
+    state_json,
 )
 from personify.profiles.tables import (
     applied_events,
@@ -111,6 +112,7 @@ class ApplyResult:
 class _Loaded:
     version: int
     blob: str
+    history_in_row: bool
 
 
 def _padded_size(count: int) -> int:
@@ -264,9 +266,12 @@ class ProfileProcessor:
 
     def _load(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, _Loaded]:
         loaded = {
-            str(profile_id): _Loaded(int(version), str(blob))
-            for profile_id, version, blob in self._sql.select_in(
-                conn, profiles.c.profile_id, (profiles.c.version, profiles.c.state), profile_ids
+            str(profile_id): _Loaded(int(version), str(blob), bool(in_row))
+            for profile_id, version, blob, in_row in self._sql.select_in(
+                conn,
+                profiles.c.profile_id,
+                (profiles.c.version, profiles.c.state, profiles.c.history_in_row),
+                profile_ids,
             )
         }
         missing = set(profile_ids) - set(loaded)
@@ -336,16 +341,30 @@ class ProfileProcessor:
         existing = loaded.get(profile_id) if profile_id in part.ids_before else None
         version = existing.version + 1 if existing else 1
         allowed = personalization_allowed(state, features)
+        for pid in part.profile_ids:
+            # a profile at rest kept its version's state only in its row, which this batch
+            # replaces (or deletes): the version row gets it back first
+            stored = loaded[pid]
+            if stored.history_in_row:
+                writer.restore_snapshot(pid, stored.version, _text(state_json(stored.blob)))
         writer.profile(
             profile_id,
             existing.version if existing else None,
+            existing.history_in_row if existing else False,
             version,
             blob,
             state,
             allowed,
         )
         for pid in merged_from:
-            writer.merge(pid, loaded[pid].version, profile_id, part.ids_before[pid], message_ids)
+            writer.merge(
+                pid,
+                loaded[pid].version,
+                loaded[pid].history_in_row,
+                profile_id,
+                part.ids_before[pid],
+                message_ids,
+            )
         # ids of merged profiles are already rows (re-pointed); only first-seen ids are new
         for identity in sorted({i for event, _ in items for i in event.ids}):
             if identity not in owner:
@@ -353,7 +372,7 @@ class ProfileProcessor:
         for event, payload in items:
             writer.event(event, payload, profile_id)
         kind = "merge" if merged_from else ("update" if existing else "create")
-        diff = _diff_blobs(existing.blob if existing else None, blob)
+        diff = _diff_blobs(state_json(existing.blob) if existing else None, blob)
         snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
         event_time = max(event.ts for event, _ in items)
         writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
@@ -361,7 +380,7 @@ class ProfileProcessor:
         return StagedProfile(index, profile_id, version, state, merged_from)
 
 
-def _diff_blobs(old: str | None, new: str) -> dict[str, Any]:
+def _diff_blobs(old: bytes | str | None, new: str) -> dict[str, Any]:
     """``diff_documents`` of two stored states, decoding only the top-level parts that differ.
 
     Unchanged parts have equal bytes (the encoding is canonical), so they are compared as raw
@@ -467,11 +486,13 @@ class _BatchWriter:
         self.identities: list[dict[str, Any]] = []
         self.events: list[tuple[Any, ...]] = []
         self.versions: list[dict[str, Any]] = []
+        self.snapshots: list[dict[str, Any]] = []
 
     def profile(
         self,
         profile_id: str,
         old_version: int | None,
+        old_in_row: bool,
         version: int,
         blob: str,
         state: ProfileState,
@@ -486,6 +507,7 @@ class _BatchWriter:
                     "first_seen_ms": state.first_seen,
                     "last_seen_ms": state.last_seen,
                     "personalization_allowed": allowed,
+                    "history_in_row": False,
                     "created_at": self.now,
                     "updated_at": self.now,
                 }
@@ -495,6 +517,7 @@ class _BatchWriter:
                 {
                     "b_profile_id": profile_id,
                     "b_version": old_version,
+                    "b_in_row": old_in_row,
                     "new_version": version,
                     "new_state": blob,
                     "new_first_seen_ms": state.first_seen,
@@ -508,11 +531,14 @@ class _BatchWriter:
         self,
         from_id: str,
         from_version: int,
+        from_in_row: bool,
         into_id: str,
         from_ids: set[str],
         message_ids: list[str],
     ) -> None:
-        self.deletes.append({"b_profile_id": from_id, "b_version": from_version})
+        self.deletes.append(
+            {"b_profile_id": from_id, "b_version": from_version, "b_in_row": from_in_row}
+        )
         self.repoints.append({"b_from": from_id, "b_into": into_id})
         self.merges.append(
             {
@@ -523,6 +549,9 @@ class _BatchWriter:
                 "merged_at": self.now,
             }
         )
+
+    def restore_snapshot(self, profile_id: str, version: int, snapshot: str) -> None:
+        self.snapshots.append({"b_profile_id": profile_id, "b_version": version, "s": snapshot})
 
     def identity(self, identity: str, profile_id: str) -> None:
         self.identities.append(
@@ -571,6 +600,7 @@ class _BatchWriter:
         # every writer locks profile rows in one order, so concurrent batches do not deadlock
         self.updates.sort(key=lambda row: str(row["b_profile_id"]))
         self.deletes.sort(key=lambda row: str(row["b_profile_id"]))
+        sql.run(conn, "restore snapshots", _restore_snapshot, self.snapshots)
         sql.checked(conn, "update", _update_profile, self.updates)
         sql.checked(conn, "delete", _delete_profile, self.deletes)
         sql.run(conn, "repoint identities", _repoint_identities, self.repoints)
@@ -599,8 +629,12 @@ def _update_profile() -> sa.ClauseElement:
         .where(
             profiles.c.profile_id == sa.bindparam("b_profile_id"),
             profiles.c.version == sa.bindparam("b_version"),
+            # a prune that moved the version's state into the row since this batch read it
+            # makes the batch retry (and put the state back into the version row)
+            profiles.c.history_in_row == sa.bindparam("b_in_row"),
         )
         .values(
+            history_in_row=sa.false(),
             version=sa.bindparam("new_version"),
             state=sa.bindparam("new_state"),
             first_seen_ms=sa.bindparam("new_first_seen_ms"),
@@ -615,7 +649,23 @@ def _delete_profile() -> sa.ClauseElement:
     return profiles.delete().where(
         profiles.c.profile_id == sa.bindparam("b_profile_id"),
         profiles.c.version == sa.bindparam("b_version"),
+        profiles.c.history_in_row == sa.bindparam("b_in_row"),
     )
+
+
+def _restore_snapshot() -> sa.ClauseElement:
+    return (
+        profile_versions.update()
+        .where(
+            profile_versions.c.profile_id == sa.bindparam("b_profile_id"),
+            profile_versions.c.version == sa.bindparam("b_version"),
+        )
+        .values(snapshot=sa.bindparam("s"))
+    )
+
+
+def _text(blob: bytes | str) -> str:
+    return blob.decode() if isinstance(blob, bytes) else blob
 
 
 def _repoint_identities() -> sa.ClauseElement:

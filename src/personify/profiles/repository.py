@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from personify.profiles.events import format_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.history import apply_diff, changed_sections
-from personify.profiles.state import ProfileState, decode_state, merge_states
+from personify.profiles.state import ProfileState, decode_state, merge_states, state_json
 from personify.profiles.tables import (
     applied_events,
     identities,
@@ -169,7 +169,8 @@ class ProfileRepository:
         return StoredProfile(
             profile_id=row.profile_id,
             version=int(row.version),
-            blob=str(row.state),
+            # JSON, also when stored compressed (the cache embeds it as raw JSON)
+            blob=_json_text(state_json(row.state)),
             created_at=aware(row.created_at),  # type: ignore[arg-type]
             updated_at=aware(row.updated_at),  # type: ignore[arg-type]
         )
@@ -319,6 +320,21 @@ def replay_document(
             *bounds, profile_versions.c.snapshot.is_not(None)
         )
     ).scalar()
+    # a profile at rest keeps its only version's state in its row (``personify.profiles.
+    # retention``): that version is the profile's newest, so nothing is replayed after it
+    at_rest = conn.execute(
+        sa.select(profiles.c.version, profiles.c.state, profiles.c.updated_at).where(
+            profiles.c.profile_id == profile_id, profiles.c.history_in_row.is_(True)
+        )
+    ).first()
+    if (
+        at_rest is not None
+        and (through_version is None or at_rest.version <= through_version)
+        and (at is None or aware(at_rest.updated_at) <= at)  # type: ignore[operator]
+        and (base is None or at_rest.version > base)
+    ):
+        document: dict[str, Any] = _decode(state_json(at_rest.state))
+        return document
     if base is None:
         return None
     rows = conn.execute(
@@ -326,10 +342,14 @@ def replay_document(
         .where(*bounds, profile_versions.c.version >= base)
         .order_by(profile_versions.c.version)
     )
-    document: dict[str, Any] = {}
+    document = {}
     for version, diff, snapshot in rows:
         if version == base:
             document = _decode(snapshot)
         else:
             apply_diff(document, _decode(diff))
     return document
+
+
+def _json_text(blob: bytes | str) -> str:
+    return blob.decode() if isinstance(blob, bytes) else blob

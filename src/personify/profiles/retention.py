@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock
 from personify.profiles.events import MS_PER_DAY, datetime_ms, format_ms
 from personify.profiles.repository import replay_document
-from personify.profiles.tables import applied_events, profile_versions
+from personify.profiles.state import compress_state
+from personify.profiles.tables import applied_events, profile_versions, profiles
 from personify.store.database import Database, lost_a_race
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ _T = TypeVar("_T")
 _encode = msgspec.json.encode
 # a transaction that PostgreSQL aborted for a concurrent one (the worker) is run again
 _RACE_ATTEMPTS = 5
+_EMPTY_DIFF = '{"set":[],"unset":[]}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class PruneResult:
     events_deleted: int
     versions_deleted: int
     profiles_compacted: int
+    profiles_at_rest: int
     timeline_cutoff_ms: int
     history_cutoff: datetime
     elapsed_s: float
@@ -61,6 +64,7 @@ class PruneResult:
             "eventsDeleted": self.events_deleted,
             "versionsDeleted": self.versions_deleted,
             "profilesCompacted": self.profiles_compacted,
+            "profilesAtRest": self.profiles_at_rest,
             "timelineCutoff": format_ms(self.timeline_cutoff_ms),
             "historyCutoff": self.history_cutoff.isoformat(),
             "elapsedSeconds": round(self.elapsed_s, 3),
@@ -107,10 +111,12 @@ class ProfilePruner:
         history_cutoff = now - self._history_retention
         events = self.prune_timeline(timeline_cutoff_ms)
         versions, profiles = self.compact_history(history_cutoff)
+        at_rest = self.rest_profiles(history_cutoff)
         return PruneResult(
             events_deleted=events,
             versions_deleted=versions,
             profiles_compacted=profiles,
+            profiles_at_rest=at_rest,
             timeline_cutoff_ms=timeline_cutoff_ms,
             history_cutoff=history_cutoff,
             elapsed_s=time.monotonic() - started,
@@ -175,7 +181,8 @@ class ProfilePruner:
                     profile_versions.c.profile_id == profile_id,
                     profile_versions.c.version == newest,
                 )
-                .values(snapshot=_encode(document).decode())
+                # its diff was from a version that no longer exists: no replay reads it
+                .values(snapshot=_encode(document).decode(), diff=_EMPTY_DIFF)
             )
             deleted += conn.execute(
                 profile_versions.delete().where(
@@ -184,6 +191,69 @@ class ProfilePruner:
                 )
             ).rowcount
         return deleted
+
+    def rest_profiles(self, cutoff: datetime) -> int:
+        """Put the profiles not written since ``cutoff`` at rest; returns how many.
+
+        A profile at rest keeps its state once: compressed in its row (``compress_state``),
+        with ``history_in_row`` set, while its only version row (every older one was folded
+        into it) keeps no snapshot and no diff. Replays read that version's state from the
+        row, and the worker puts it back into the version row before it writes the next one
+        (``ProfileProcessor``), so nothing of the history is lost.
+        """
+        rested = 0
+        after = ""
+        query = (
+            sa.select(profiles.c.profile_id, profiles.c.version, profiles.c.state)
+            .where(
+                profiles.c.updated_at < cutoff,
+                profiles.c.history_in_row.is_(False),
+                profiles.c.profile_id > sa.bindparam("after"),
+            )
+            .order_by(profiles.c.profile_id)
+            .limit(self._chunk_profiles)
+        )
+        while True:
+            with self._db.connect() as conn:
+                page = [
+                    (str(pid), int(version), str(state))
+                    for pid, version, state in conn.execute(query, {"after": after})
+                ]
+            if not page:
+                return rested
+            rested += self._in_transaction(functools.partial(self._rest, page=page))
+            after = page[-1][0]
+
+    def _rest(self, conn: sa.Connection, *, page: list[tuple[str, int, str]]) -> int:
+        rested = 0
+        versions = profile_versions.c
+        for profile_id, version, state in page:
+            kept = conn.execute(
+                sa.select(versions.version).where(
+                    versions.profile_id == profile_id, versions.version <= version
+                )
+            ).scalars()
+            if list(kept) != [version]:
+                continue  # versions the fold left whole (no snapshot to start from)
+            # the version check: a worker that wrote meanwhile keeps its newer row
+            moved = conn.execute(
+                profiles.update()
+                .where(
+                    profiles.c.profile_id == profile_id,
+                    profiles.c.version == version,
+                    profiles.c.history_in_row.is_(False),
+                )
+                .values(state=compress_state(state), history_in_row=True)
+            ).rowcount
+            if not moved:
+                continue
+            conn.execute(
+                profile_versions.update()
+                .where(versions.profile_id == profile_id, versions.version == version)
+                .values(snapshot=None, diff=_EMPTY_DIFF)
+            )
+            rested += 1
+        return rested
 
     def _in_transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
         attempts = 0

@@ -27,6 +27,10 @@ profiles = sa.Table(
     sa.Column("first_seen_ms", sa.BigInteger, nullable=True),
     sa.Column("last_seen_ms", sa.BigInteger, nullable=True),
     sa.Column("personalization_allowed", sa.Boolean, nullable=False),
+    # the row's state is the only copy of its version's state (history compacted at rest,
+    # ``personify.profiles.retention``): the worker puts it back into the version row before
+    # it writes the next version
+    sa.Column("history_in_row", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", Timestamp(), nullable=False),
     sa.Column("updated_at", Timestamp(), nullable=False),
 )
