@@ -111,7 +111,7 @@ class ApplyResult:
 @dataclass(slots=True)
 class _Loaded:
     version: int
-    blob: str
+    blob: bytes | str
     history_in_row: bool
 
 
@@ -266,7 +266,8 @@ class ProfileProcessor:
 
     def _load(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, _Loaded]:
         loaded = {
-            str(profile_id): _Loaded(int(version), str(blob), bool(in_row))
+            # the state is text, or bytes when SQLite holds it compressed at rest
+            str(profile_id): _Loaded(int(version), blob, bool(in_row))
             for profile_id, version, blob, in_row in self._sql.select_in(
                 conn,
                 profiles.c.profile_id,
@@ -416,7 +417,7 @@ class StateCache:
         self.hits = 0
         self.misses = 0
 
-    def state(self, profile_id: str, version: int, blob: str) -> ProfileState:
+    def state(self, profile_id: str, version: int, blob: bytes | str) -> ProfileState:
         """The state of ``profile_id`` at ``version`` (kept, or decoded from ``blob``)."""
         entry = self._entries.get(profile_id)
         if entry is not None and entry[0] == version:

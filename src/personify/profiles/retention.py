@@ -216,7 +216,7 @@ class ProfilePruner:
         while True:
             with self._db.connect() as conn:
                 page = [
-                    (str(pid), int(version), str(state))
+                    (str(pid), int(version), state)
                     for pid, version, state in conn.execute(query, {"after": after})
                 ]
             if not page:
@@ -224,7 +224,7 @@ class ProfilePruner:
             rested += self._in_transaction(functools.partial(self._rest, page=page))
             after = page[-1][0]
 
-    def _rest(self, conn: sa.Connection, *, page: list[tuple[str, int, str]]) -> int:
+    def _rest(self, conn: sa.Connection, *, page: list[tuple[str, int, bytes | str]]) -> int:
         rested = 0
         versions = profile_versions.c
         for profile_id, version, state in page:
@@ -243,14 +243,18 @@ class ProfilePruner:
                     profiles.c.version == version,
                     profiles.c.history_in_row.is_(False),
                 )
-                .values(state=compress_state(state), history_in_row=True)
+                .values(
+                    state=compress_state(state, binary=conn.dialect.name == "sqlite"),
+                    history_in_row=True,
+                )
             ).rowcount
             if not moved:
                 continue
             conn.execute(
                 profile_versions.update()
                 .where(versions.profile_id == profile_id, versions.version == version)
-                .values(snapshot=None, diff=_EMPTY_DIFF)
+                # the batch's messageIds go too: their timeline rows were pruned before
+                .values(snapshot=None, diff=_EMPTY_DIFF, message_ids="[]")
             )
             rested += 1
         return rested

@@ -95,30 +95,56 @@ def decode_state(blob: bytes | str) -> ProfileState:
     return _decoder.decode(state_json(blob))
 
 
-# a state at rest (not written for a retention) is kept compressed: zlib, as base64 text so
-# that every engine's text column holds it; canonical JSON never starts with this prefix
-_AT_REST = "z:"
+# A state at rest (not written for a retention, ``personify.profiles.retention``) is kept
+# zlib-compressed with a preset dictionary of the keys and values every state repeats: about
+# a quarter of its JSON. "z1:" names this format; the dictionary is part of it and never
+# changes (a new one gets a new prefix, and the old one stays readable). SQLite keeps the
+# bytes; engines whose text columns take only text get them in base64.
+_AT_REST = "z1:"
+_AT_REST_BYTES = b"z1:"
+_AT_REST_DICTIONARY = (
+    b'{"user_ids":["anonymous_ids":["previous_ids":["events":"first_seen":"last_seen":'
+    b'"last_events":{"$identify":["$page":["$screen":["$alias":["$group":["Order Completed":['
+    b'"Product Viewed":["Product Clicked":["Product Added":["Video Played":['
+    b'"traits":{"groups":{"context":{"browser":["Chrome"]"Safari"]"Firefox"]"Edge"]'
+    b'"device_type":["desktop"]"mobile"]"tablet"]"locale":["en-US"]"os":["Windows"]"macOS"]'
+    b'"iOS"]"Android"]"Linux"]"referrer":["google.com"]"country":["city":["timezone":['
+    b'"utm_source":["utm_medium":["utm_campaign":["first_touch":["last_touch":["consent":['
+    b'"sessions":{"0017":["features":{"average_order_value":{"":{"n":"sum":'
+    b'"days_since_last_order":{"":{"n":"last":["event_counts":{"$identify":{"n":"hours":{'
+    b'"$page":{"n":"hours":{"Order Completed":{"n":"hours":{"Product Viewed":{"n":"hours":{'
+    b'"last_order_at":{"":{"n":"last":["orders":{"":{"n":"hours":{"revenue":{"":{"n":"sum":'
+    b'"hour_sum":{"hour_min":{"hour_max":{"first":["min":"max":'
+    b'"affinities":{"content_category":{"product_category":{"tag":{,null],000000}'
+)
 
 
-def compress_state(blob: bytes | str) -> str:
-    """``blob`` (a stored state) compressed for a profile at rest (about a third the size)."""
+def compress_state(blob: bytes | str, *, binary: bool) -> bytes | str:
+    """``blob`` (a stored state) compressed for a profile at rest: bytes when ``binary``
+    (SQLite), else base64 text (PostgreSQL's text)."""
     json = state_json(blob)
-    raw = json.encode() if isinstance(json, str) else json
-    return _AT_REST + base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+    compressor = zlib.compressobj(9, zdict=_AT_REST_DICTIONARY)
+    packed = compressor.compress(json.encode() if isinstance(json, str) else json)
+    packed += compressor.flush()
+    if binary:
+        return _AT_REST_BYTES + packed
+    return _AT_REST + base64.b64encode(packed).decode("ascii")
 
 
 def is_compressed(blob: bytes | str) -> bool:
     """Whether ``blob`` was stored by ``compress_state``."""
     if isinstance(blob, str):
         return blob.startswith(_AT_REST)
-    return isinstance(blob, bytes) and blob.startswith(b"z:")
+    return isinstance(blob, bytes) and blob.startswith(_AT_REST_BYTES)
 
 
 def state_json(blob: bytes | str) -> bytes | str:
     """The canonical JSON of a stored state, whether it is stored plain or compressed."""
-    if is_compressed(blob):
-        return zlib.decompress(base64.b64decode(blob[2:]))
-    return blob
+    if not is_compressed(blob):
+        return blob
+    packed = base64.b64decode(blob[3:]) if isinstance(blob, str) else blob[3:]
+    decompressor = zlib.decompressobj(zdict=_AT_REST_DICTIONARY)
+    return decompressor.decompress(packed) + decompressor.flush()
 
 
 def _write_traits(
