@@ -387,8 +387,11 @@ def _diff_blobs(old: bytes | str | None, new: str) -> dict[str, Any]:
     Unchanged parts have equal bytes (the encoding is canonical), so they are compared as raw
     JSON and never decoded; the diff is the same as that of the whole documents.
     """
-    old_parts = _decode_parts(old) if old else {}
     new_parts = _decode_parts(new)
+    if not old:
+        # from nothing, every part is set whole: its stored JSON is the value, as it is
+        return {"set": [[[key], raw] for key, raw in new_parts.items()], "unset": []}
+    old_parts = _decode_parts(old)
     before = {k: _decode(v) for k, v in old_parts.items() if new_parts.get(k) != v}
     after = {k: _decode(v) for k, v in new_parts.items() if old_parts.get(k) != v}
     return diff_documents(before, after)
