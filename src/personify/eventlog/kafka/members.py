@@ -22,6 +22,11 @@ from personify.eventlog.kafka.client import (
 logger = logging.getLogger("personify.eventlog")
 
 
+# how long a read that has its first entry waits for more to fill the batch: short beside
+# the worker's own per-batch time, so freshness at low rates barely moves
+READ_LINGER_S = 0.02
+
+
 class Member:
     """One consumer in one group: its own librdkafka consumer and thread."""
 
@@ -54,13 +59,17 @@ class Member:
             self.committed.pop(partition, None)
 
     def poll(self, max_count: int, timeout_s: float) -> list[LogEntry]:
-        """Wait up to ``timeout_s`` for one entry, then take what else is already fetched."""
+        """Wait up to ``timeout_s`` for one entry, then gather up to ``max_count`` for at most
+        ``READ_LINGER_S`` more."""
         first = self.consumer.poll(timeout_s)
         if first is None:
             return []
         messages = [first]
         if max_count > 1:
-            messages.extend(self.consumer.consume(max_count - 1, 0))
+            # what is fetched already is only the consumer's share of a fetch: with the
+            # partitions split between several workers, taking just that would halve each
+            # worker's batch, and a worker's cost per event grows as its batch shrinks
+            messages.extend(self.consumer.consume(max_count - 1, READ_LINGER_S))
         entries: list[LogEntry] = []
         errors: list[KafkaError] = []
         for message in messages:
