@@ -195,22 +195,37 @@ def _rule_rows(
     weights: list[int],
 ) -> None:
     prefix = rule.rule.dimension + "\x00"
+    # a batch repeats a few categories and tags many times: each text is cleaned once
+    keys: dict[str, str] = {}
+    weight = rule.weight_micro
     for row in selected:
         event = events[row]
         if rule.where and not all(f.matches(event) for f in rule.where):
             continue
-        found: set[str] = set()
+        found: set[str] | None = None
         for path in rule.paths:
             for value in path.values(event):
                 kind = type(value)
-                if kind is str or kind is int or kind is float:
+                if kind is str:
+                    key = keys.get(value)
+                    if key is None:
+                        text = value.strip().lower()[:MAX_AFFINITY_VALUE_CHARS]
+                        key = keys[value] = prefix + text if text else ""
+                elif kind is int or kind is float:
                     text = str(value).strip().lower()[:MAX_AFFINITY_VALUE_CHARS]
-                    if text:
-                        found.add(text)
-        for text in found:
-            rows.append(row)
-            texts.append(prefix + text)
-            weights.append(rule.weight_micro)
+                    key = prefix + text
+                else:
+                    continue
+                if key:
+                    if found is None:
+                        found = {key}
+                    else:
+                        found.add(key)
+        if found:
+            for key in found:
+                rows.append(row)
+                texts.append(key)
+                weights.append(weight)
 
 
 # -- merge ----------------------------------------------------------------------------------
@@ -244,7 +259,8 @@ def _merge_feature(
     micro = None
     if aggregation in ("sum", "avg") and rows.numbers is not None:
         micro = _micro(rows.numbers)
-        for acc, total in zip(accumulators, _sums(micro, groups), strict=True):
+        totals = _sums(micro, groups.order, groups.starts)
+        for acc, total in zip(accumulators, totals, strict=True):
             acc.sum += total
     elif aggregation in ("min", "max") and rows.numbers is not None:
         reduce = np.minimum if aggregation == "min" else np.maximum
@@ -270,12 +286,13 @@ def _micro(numbers: npt.NDArray[np.float64]) -> list[int] | Int64s:
     return np.rint(scaled).astype(np.int64)
 
 
-def _sums(micro: list[int] | Int64s, groups: Groups) -> list[int]:
+def _sums(micro: list[int] | Int64s, order: Int64s, starts: Int64s) -> list[int]:
+    """Sum of ``micro`` over each group of rows (``order`` sorts them, ``starts`` opens each)."""
     if isinstance(micro, list):
-        ordered = [micro[i] for i in groups.order.tolist()]
-        bounds = [*groups.starts.tolist(), len(ordered)]
+        ordered = [micro[i] for i in order.tolist()]
+        bounds = [*starts.tolist(), len(ordered)]
         return [sum(ordered[a:b]) for a, b in itertools.pairwise(bounds)]
-    return [int(x) for x in np.add.reduceat(micro[groups.order], groups.starts).tolist()]
+    return [int(x) for x in np.add.reduceat(micro[order], starts).tolist()]
 
 
 def _merge_stamped(
@@ -335,12 +352,7 @@ def _merge_hours(
             bucket = accumulators[owner].hours
             bucket[text] = bucket.get(text, 0) + count
     if aggregation in ("sum", "avg") and micro is not None:
-        if isinstance(micro, list):
-            ordered = [micro[i] for i in order.tolist()]
-            bounds = [*hourly.starts.tolist(), len(ordered)]
-            totals = [sum(ordered[a:b]) for a, b in itertools.pairwise(bounds)]
-        else:
-            totals = [int(x) for x in np.add.reduceat(micro[order], hourly.starts).tolist()]
+        totals = _sums(micro, order, hourly.starts)
         for owner, text, total in zip(owners, hours, totals, strict=True):
             bucket = accumulators[owner].hour_sum
             bucket[text] = bucket.get(text, 0) + total
