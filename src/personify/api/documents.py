@@ -84,6 +84,8 @@ class WorkerStatus(msgspec.Struct):
     stages: list[dict[str, Any]]
     workers: list[dict[str, Any]]
     cache: CacheStats
+    # this process's scheduled jobs (profile pruning, log trimming): runs, failures, last result
+    jobs: list[dict[str, Any]] = []
 
 
 class Profile(msgspec.Struct):

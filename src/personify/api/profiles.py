@@ -126,6 +126,9 @@ async def worker_status(runtime: NamedDependency[Runtime]) -> WorkerStatus:
             fills=stats.fills,
             invalidations=stats.invalidations,
         ),
+        jobs=[job.to_dict() for job in runtime.scheduler.status()]
+        if runtime.scheduler is not None and runtime.scheduler.running
+        else [],
     )
 
 
