@@ -179,10 +179,12 @@ class FeaturePlan:
         firsts = groups.firsts
         profile = batch.profile[event[firsts]].tolist()
         day = batch.day[event[firsts]].tolist()
+        pairs = [key.split("\x00", 1) for key in keys]
+        day_texts = {d: str(d) for d in set(day)}
         for p, code, d, total in zip(profile, key_code[firsts].tolist(), day, totals, strict=True):
-            dimension, value = keys[code].split("\x00", 1)
+            dimension, value = pairs[code]
             days = affinities[p].setdefault(dimension, {}).setdefault(value, {})
-            text = str(d)
+            text = day_texts[d]
             days[text] = days.get(text, 0) + total
 
 
