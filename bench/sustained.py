@@ -208,11 +208,16 @@ def admin_key(env: dict[str, str], cwd: Path) -> str:
     raise RuntimeError(f"no api key in {done.stdout!r}")
 
 
-def start_server(name: str, folder: Path, *, worker: bool) -> tuple[ingest.Server, str, str]:
-    """A fresh ``personify serve`` in its own data folder, with a write key and an admin key."""
+def start_server(
+    name: str, folder: Path, *, worker: bool, lake_process: bool = False
+) -> tuple[ingest.Server, str, str]:
+    """A fresh ``personify serve`` in its own data folder, with a write key and an admin key;
+    with ``lake_process``, serve runs no lake writer (``PERSONIFY_RUN_LAKE_SINK=false``)."""
     data_dir = folder / f"{name}-data"
     data_dir.mkdir()
     env = ingest.personify_env(data_dir, "full", ingest.default_linger_ms())
+    if lake_process:
+        env["PERSONIFY_RUN_LAKE_SINK"] = "false"
     write_key = ingest.create_source(env, folder, "bench")
     key = admin_key(env, folder)
     argv = [sys.executable, "-m", "personify.cli", "serve", "--log-level", "warning"]
@@ -295,19 +300,50 @@ async def drive(
     return sent, samples
 
 
+def start_lake_process(server: ingest.Server, folder: Path) -> subprocess.Popen[bytes]:
+    """``personify lake sink`` on the server's data folder: the lake writer in its own process."""
+    log = (folder / f"{server.name}-lake.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "personify.cli", "lake", "sink"],
+        env={**server.env, "PERSONIFY_RUN_LAKE_SINK": "true"},
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run_step(args: argparse.Namespace, folder: Path, rate: int, number: int) -> dict[str, Any]:
     """One rate on a fresh server: load for ``--duration`` seconds, then the verdict."""
-    server, write_key, key = start_server(f"step{number}-{rate}", folder, worker=True)
+    server, write_key, key = start_server(
+        f"step{number}-{rate}", folder, worker=True, lake_process=args.lake_process
+    )
+    lake = start_lake_process(server, folder) if args.lake_process else None
+    lake_cpu = 0.0
     try:
         load = Load(
             server.port, request_templates(args.pool, server.port, write_key), args.connections
         )
         cpu_before, own_before = server.cpu_seconds() or 0.0, time.process_time()
+        lake_before = ingest.process_tree_cpu_seconds(lake.pid) if lake else 0.0
         sent, samples = asyncio.run(drive(server, load, key, rate, args.duration))
         seconds = args.duration
         server_cpu = (server.cpu_seconds() or 0.0) - cpu_before
         own_cpu = time.process_time() - own_before
+        if lake is not None:
+            lake_cpu = (ingest.process_tree_cpu_seconds(lake.pid) or 0.0) - (lake_before or 0.0)
     finally:
+        if lake is not None:
+            stop_process(lake)
         server.stop()
     figures = sent | {
         "acknowledged_events": load.acknowledged_events,
@@ -325,6 +361,10 @@ def run_step(args: argparse.Namespace, folder: Path, rate: int, number: int) -> 
         "p99_ms": percentile(load.latencies_ms, 99),
         "server_cpu_us_per_event": round(server_cpu * 1e6 / acknowledged, 1),
         "server_cpu_cores": round(server_cpu / seconds, 2),
+        "lake_process_cpu_us_per_event": round(lake_cpu * 1e6 / acknowledged, 1)
+        if args.lake_process
+        else None,
+        "lake_process_cpu_cores": round(lake_cpu / seconds, 2) if args.lake_process else None,
         "load_generator_cpu_cores": round(own_cpu / seconds, 2),
         "lag_samples": samples,
     }
@@ -409,6 +449,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--pool", type=int, default=50_000, help="distinct events cycled")
     parser.add_argument(
+        "--lake-process",
+        action="store_true",
+        help="serve without its lake writer, and `personify lake sink` in a process of its own",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="15 s steps, at most 4, a 3 s baseline"
     )
     args = parser.parse_args(argv)
@@ -450,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         "meets_target": rate >= TARGET_EVENTS_PER_S,
         "steps": steps,
         "setup": {
+            "lake_writer": "personify lake sink, a process of its own"
+            if args.lake_process
+            else "inside serve",
             "duration_s": args.duration,
             "connections": args.connections,
             "baseline_connections": args.baseline_connections,
