@@ -52,6 +52,7 @@ from personify.profiles.state import (
     merge_states,
     needs_compaction,
     state_json,
+    state_text,
 )
 from personify.profiles.tables import (
     applied_events,
@@ -139,7 +140,7 @@ class ProfileProcessor:
         max_identities: int = 1000,
         snapshot_every: int = 50,
         stages: Sequence[BatchStage] = (),
-        state_cache_mb: float = 64.0,
+        state_cache_mb: float = 128.0,
     ) -> None:
         self._db = db
         self.features = features
@@ -347,7 +348,7 @@ class ProfileProcessor:
             # replaces (or deletes): the version row gets it back first
             stored = loaded[pid]
             if stored.history_in_row:
-                writer.restore_snapshot(pid, stored.version, _text(state_json(stored.blob)))
+                writer.restore_snapshot(pid, stored.version, state_text(stored.blob))
         writer.profile(
             profile_id,
             existing.version if existing else None,
@@ -666,10 +667,6 @@ def _restore_snapshot() -> sa.ClauseElement:
         )
         .values(snapshot=sa.bindparam("s"))
     )
-
-
-def _text(blob: bytes | str) -> str:
-    return blob.decode() if isinstance(blob, bytes) else blob
 
 
 def _repoint_identities() -> sa.ClauseElement:

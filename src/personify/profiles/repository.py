@@ -13,7 +13,13 @@ import sqlalchemy as sa
 from personify.profiles.events import format_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.history import apply_diff, changed_sections
-from personify.profiles.state import ProfileState, decode_state, merge_states, state_json
+from personify.profiles.state import (
+    ProfileState,
+    decode_state,
+    merge_states,
+    state_json,
+    state_text,
+)
 from personify.profiles.tables import (
     applied_events,
     identities,
@@ -170,7 +176,7 @@ class ProfileRepository:
             profile_id=row.profile_id,
             version=int(row.version),
             # JSON, also when stored compressed (the cache embeds it as raw JSON)
-            blob=_json_text(state_json(row.state)),
+            blob=state_text(row.state),
             created_at=aware(row.created_at),  # type: ignore[arg-type]
             updated_at=aware(row.updated_at),  # type: ignore[arg-type]
         )
@@ -349,7 +355,3 @@ def replay_document(
         else:
             apply_diff(document, _decode(diff))
     return document
-
-
-def _json_text(blob: bytes | str) -> str:
-    return blob.decode() if isinstance(blob, bytes) else blob

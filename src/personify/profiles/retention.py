@@ -227,13 +227,16 @@ class ProfilePruner:
     def _rest(self, conn: sa.Connection, *, page: list[tuple[str, int, bytes | str]]) -> int:
         rested = 0
         versions = profile_versions.c
+        # every version row of the page's profiles, in one query
+        stored: dict[str, list[int]] = {}
+        for profile_id, version in conn.execute(
+            sa.select(versions.profile_id, versions.version).where(
+                versions.profile_id.in_([profile_id for profile_id, _, _ in page])
+            )
+        ):
+            stored.setdefault(str(profile_id), []).append(int(version))
         for profile_id, version, state in page:
-            kept = conn.execute(
-                sa.select(versions.version).where(
-                    versions.profile_id == profile_id, versions.version <= version
-                )
-            ).scalars()
-            if list(kept) != [version]:
+            if sorted(v for v in stored.get(profile_id, ()) if v <= version) != [version]:
                 continue  # versions the fold left whole (no snapshot to start from)
             # the version check: a worker that wrote meanwhile keeps its newer row
             moved = conn.execute(

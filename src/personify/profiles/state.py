@@ -138,6 +138,12 @@ def is_compressed(blob: bytes | str) -> bool:
     return isinstance(blob, bytes) and blob.startswith(_AT_REST_BYTES)
 
 
+def state_text(blob: bytes | str) -> str:
+    """``state_json`` as text: what a version's snapshot or a cached document holds."""
+    json = state_json(blob)
+    return json.decode() if isinstance(json, bytes) else json
+
+
 def state_json(blob: bytes | str) -> bytes | str:
     """The canonical JSON of a stored state, whether it is stored plain or compressed."""
     if not is_compressed(blob):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from personify.profiles.batch import Groups, Int64s, ProfileBatch, codes_of, group_rows
+from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR
 from personify.profiles.features.accumulators import (
     Accumulator,
     AffinityState,
@@ -158,7 +159,7 @@ class FeaturePlan:
 
     def _apply_affinities(self, batch: ProfileBatch, affinities: Sequence[AffinityState]) -> None:
         features = self.features
-        latest_day = batch.latest_ms // 86_400_000
+        latest_day = batch.latest_ms // MS_PER_DAY
         keep_from_day = latest_day[batch.profile] - features.affinity_keep_days
         kept = batch.day > keep_from_day
         events = batch.events
@@ -336,7 +337,7 @@ def _merge_hours(
     aggregation = feature.definition.aggregation
     event = rows.event
     hour = batch.hour[event]
-    latest_hour = batch.latest_ms // 3_600_000
+    latest_hour = batch.latest_ms // MS_PER_HOUR
     kept = np.flatnonzero(hour > latest_hour[profile] - feature.keep_hours)
     if not len(kept):
         return

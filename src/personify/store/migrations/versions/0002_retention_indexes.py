@@ -6,8 +6,6 @@ Revises: 0001
 Create Date: 2026-12-06
 
 Only indexes are added, so processes of the previous release keep running beside this one.
-``if_not_exists``: a database adopted from before Alembic may have been created from the
-live table definitions, which already carry them.
 """
 
 from __future__ import annotations
@@ -21,12 +19,8 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "applied_events_applied", "applied_events", ["applied_at_ms"], if_not_exists=True
-    )
-    op.create_index(
-        "profile_versions_changed", "profile_versions", ["changed_at"], if_not_exists=True
-    )
+    op.create_index("applied_events_applied", "applied_events", ["applied_at_ms"])
+    op.create_index("profile_versions_changed", "profile_versions", ["changed_at"])
 
 
 def downgrade() -> None:

@@ -21,11 +21,6 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    # a database adopted from before Alembic may have been created from the live table
-    # definitions, which already carry the column
-    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("profiles")}
-    if "history_in_row" in columns:
-        return
     op.add_column(
         "profiles",
         sa.Column("history_in_row", sa.Boolean(), nullable=False, server_default=sa.false()),
