@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from personify.errors import ValidationError
 from personify.profiles.events import view_event
@@ -16,8 +19,8 @@ from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.state import ProfileState
-from personify.profiles.tables import identities, profiles
-from personify.store.database import Database
+from personify.profiles.tables import identities, profile_versions, profiles
+from personify.store.database import Database, aware
 from tests.profiles.factory import event
 
 FEATURES = FeatureSet()
@@ -195,3 +198,98 @@ def test_duplicates_in_one_batch_and_across_batches_apply_once(
     result = processor.apply([first])
     assert (result.applied, result.duplicates) == (0, 1)
     assert state_of(repository, "fay")[1].events == 1
+
+
+def test_an_id_that_comes_back_as_a_profile_goes_on_with_its_history(
+    db: Database, processor: ProfileProcessor, repository: ProfileRepository
+) -> None:
+    # "c" is an anonymousId first, merged into userId "u1", then arrives as a userId: the
+    # smallest userId names the profile, so "c" is a profile id again, with earlier versions
+    apply(processor, event("track", "m1", 0, anonymous_id="c", name="Viewed"))
+    apply(processor, event("identify", "m2", 1, user_id="u1", anonymous_id="c"))
+    with db.engine.connect() as conn:
+        merged_at = conn.execute(sa.select(sa.func.max(profile_versions.c.changed_at))).scalar()
+    apply(processor, event("identify", "m3", 2, user_id="c"))
+
+    profile_id, state = state_of(repository, "u1")
+    assert profile_id == "c"
+    assert state.user_ids == {"u1", "c"} and state.events == 3
+    assert profile_count(db) == 1
+    versions = repository.versions("c")
+    assert [v.version for v in versions] == [2, 1]
+    assert versions[0].kind == "merge"
+    # replays start at the version that brought the id back, not at the earlier one
+    now = datetime.now(UTC)
+    as_of = repository.state_as_of("c", now)
+    assert as_of is not None and as_of.events == 3 and as_of.user_ids == {"u1", "c"}
+    # between the merge into "u1" and the comeback, "c" was part of "u1" only: never twice
+    between = aware(merged_at)
+    assert between is not None
+    assert repository.state_as_of("c", between) is not None
+    assert repository.state_as_of("c", between).events == 2  # type: ignore[union-attr]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["track", "identify", "alias"]),
+                st.sampled_from([None, "a", "c", "u1", "u2"]),
+                st.sampled_from([None, "a", "b", "c", "d"]),
+                st.sampled_from(["a", "c", "u1", "u3"]),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_ids_shared_by_user_and_anonymous_ids_never_conflict(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[list[tuple[str, str | None, str | None, str]]],
+) -> None:
+    database = Database(f"sqlite:///{tmp_path_factory.mktemp('ids') / 'state.db'}")
+    try:
+        processor = ProfileProcessor(database, FEATURES)
+        counter = itertools.count()
+        for batch in batches:
+            events = []
+            for kind, user_id, anonymous_id, previous_id in batch:
+                n = next(counter)
+                extra: dict[str, Any] = {}
+                if kind == "alias":
+                    user_id = user_id or "u2"
+                    extra["previousId"] = previous_id
+                if user_id is None and anonymous_id is None:
+                    anonymous_id = "b"
+                name = "Viewed" if kind == "track" else None
+                events.append(
+                    view_event(
+                        event(
+                            kind,
+                            f"m{n}",
+                            n,
+                            user_id=user_id,
+                            anonymous_id=anonymous_id,
+                            name=name,
+                            **extra,
+                        )
+                    )
+                )
+            processor.apply(events)
+        with database.engine.connect() as conn:
+            owners = {
+                str(i): str(p)
+                for i, p in conn.execute(sa.select(identities.c.identity, identities.c.profile_id))
+            }
+            rows = set(conn.execute(sa.select(profiles.c.profile_id)).scalars())
+        # every id resolves to a stored profile named by its own smallest id
+        assert set(owners.values()) == rows
+        for profile_id in rows:
+            assert owners[profile_id] == profile_id
+    finally:
+        database.dispose()

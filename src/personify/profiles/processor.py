@@ -171,7 +171,7 @@ class ProfileProcessor:
             return result
         except sa.exc.IntegrityError as exc:
             raise Conflict(
-                "another writer changed these profiles; retry the batch",
+                f"another writer changed these profiles ({exc.orig}); retry the batch",
                 code="profile_conflict",
             ) from exc
         except sa.exc.DataError as exc:
@@ -252,9 +252,16 @@ class ProfileProcessor:
         for index, part in enumerate(parts):
             batch.raise_latest(index, part.latest_before)
         apply_batch([part.state for part in parts], batch, self._plan)
+        for part in parts:
+            state = part.state
+            part.profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
+        earlier = self._earlier_versions(
+            conn, sorted({p.profile_id for p in parts if p.profile_id not in p.ids_before})
+        )
         writer = _BatchWriter(now, now_ms)
         staged = [
-            self._store(index, part, loaded, owner, writer) for index, part in enumerate(parts)
+            self._store(index, part, loaded, owner, earlier, writer)
+            for index, part in enumerate(parts)
         ]
         writer.flush(conn, self._sql)
         for stage in self.stages:
@@ -284,6 +291,25 @@ class ProfileProcessor:
                 code="profile_conflict",
             )
         return loaded
+
+    def _earlier_versions(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, int]:
+        """The newest history version of each of ``profile_ids`` that has no profile row.
+
+        A profile id is the smallest userId, else the smallest other id, so it can come back
+        after its profile was merged away: an anonymousId "c" merged into userId "u1" is the
+        id again once "c" arrives as a userId too. Its versions go on after the earlier ones.
+        """
+        if not profile_ids:
+            return {}
+        found: dict[str, int] = {}
+        for chunk in _chunks(profile_ids):
+            query = (
+                sa.select(profile_versions.c.profile_id, sa.func.max(profile_versions.c.version))
+                .where(profile_versions.c.profile_id.in_(chunk))
+                .group_by(profile_versions.c.profile_id)
+            )
+            found.update((str(pid), int(version)) for pid, version in conn.execute(query))
+        return found
 
     def _gather(
         self,
@@ -318,6 +344,7 @@ class ProfileProcessor:
         part: _Component,
         loaded: dict[str, _Loaded],
         owner: dict[str, str],
+        earlier: dict[str, int],
         writer: _BatchWriter,
     ) -> StagedProfile:
         """Check, compact and encode a component's applied state; queue its rows."""
@@ -333,7 +360,7 @@ class ProfileProcessor:
                 code="identity_limit",
                 details={"ids": sorted(ids)[:20]},
             )
-        profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
+        profile_id = part.profile_id
         earliest_event = min(event.ts for event, _ in items)
         if needs_compaction(state, features, part.latest_before, earliest_event):
             compact_state(state, features)
@@ -341,7 +368,7 @@ class ProfileProcessor:
         message_ids = [event.message_id for event, _ in items]
         merged_from = tuple(pid for pid in part.profile_ids if pid != profile_id)
         existing = loaded.get(profile_id) if profile_id in part.ids_before else None
-        version = existing.version + 1 if existing else 1
+        version = existing.version + 1 if existing else earlier.get(profile_id, 0) + 1
         allowed = personalization_allowed(state, features)
         for pid in part.profile_ids:
             # a profile at rest kept its version's state only in its row, which this batch
@@ -375,7 +402,8 @@ class ProfileProcessor:
             writer.event(event, payload, profile_id)
         kind = "merge" if merged_from else ("update" if existing else "create")
         diff = _diff_blobs(state_json(existing.blob) if existing else None, blob)
-        snapshot = blob if version == 1 or version % self._snapshot_every == 0 else None
+        # a profile id (re)created starts its replay here, whatever history it had before
+        snapshot = blob if existing is None or version % self._snapshot_every == 0 else None
         event_time = max(event.ts for event, _ in items)
         writer.version(profile_id, version, kind, event_time, message_ids, diff, snapshot)
         self._cache.stage(profile_id, version, blob, state, gone=merged_from)
@@ -475,6 +503,8 @@ class _Component:
     state: ProfileState
     ids_before: dict[str, set[str]]
     latest_before: int | None
+    # the component's profile id once the batch is applied (``canonical_id`` of its state)
+    profile_id: str = ""
 
 
 class _BatchWriter:

@@ -303,7 +303,26 @@ class ProfileRepository:
     def _own_document_as_of(
         self, conn: sa.Connection, profile_id: str, at: datetime
     ) -> dict[str, Any] | None:
-        return replay_document(conn, profile_id, at=at)
+        document = replay_document(conn, profile_id, at=at)
+        if document is None:
+            return None
+        # an id can come back as a profile after it was merged away: between the two it was
+        # no profile of its own (its state was in the profile it was merged into)
+        merged_away = conn.execute(
+            sa.select(sa.func.max(profile_merges.c.merged_at)).where(
+                profile_merges.c.from_profile_id == profile_id, profile_merges.c.merged_at <= at
+            )
+        ).scalar()
+        if merged_away is None:
+            return document
+        changed = conn.execute(
+            sa.select(sa.func.max(profile_versions.c.changed_at)).where(
+                profile_versions.c.profile_id == profile_id, profile_versions.c.changed_at <= at
+            )
+        ).scalar()
+        if changed is None or aware(changed) < aware(merged_away):  # type: ignore[operator]
+            return None
+        return document
 
 
 def replay_document(

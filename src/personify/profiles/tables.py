@@ -78,4 +78,6 @@ profile_merges = sa.Table(
     sa.Column("message_ids", sa.Text, nullable=False),
     sa.Column("merged_at", Timestamp(), nullable=False),
     sa.Index("profile_merges_into", "into_profile_id", "merged_at"),
+    # whether a profile id had been merged away at a time, when the id came back (revision 0004)
+    sa.Index("profile_merges_from", "from_profile_id", "merged_at"),
 )
