@@ -2,7 +2,8 @@
 
     PersonifyError                 base of everything below; carries a machine-readable ``code``
     ├── ValidationError            the input breaks the contract; fix the request (HTTP 400)
-    │   └── PayloadTooLarge        an event or a batch exceeds its size limit (HTTP 413)
+    │   ├── PayloadTooLarge        an event or a batch exceeds its size limit (HTTP 413)
+    │   └── InvalidDefinition      a well-formed definition breaks its own rules (HTTP 422)
     ├── UnsupportedMediaType       the body's Content-Type is not JSON or text/plain (HTTP 415)
     ├── Unauthorized               no credentials, or an unknown/revoked key (HTTP 401)
     ├── Forbidden                  valid credentials without the needed role (HTTP 403)
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "Forbidden",
+    "InvalidDefinition",
     "NotFound",
     "PayloadTooLarge",
     "PersonifyError",
@@ -52,6 +54,14 @@ class ValidationError(PersonifyError):
     """The input breaks the contract. The message says which field and why."""
 
     default_code = "invalid_input"
+
+
+class InvalidDefinition(ValidationError):
+    """A definition (a segment's condition, …) that parses but breaks its rules: an unknown
+    operator, a wrong type, a window that cannot be read, a loop between segments. The
+    details list every problem with a JSON pointer to where it is."""
+
+    default_code = "invalid_definition"
 
 
 class PayloadTooLarge(ValidationError):

@@ -17,6 +17,7 @@ from personify import errors
 
 _STATUS: list[tuple[type[errors.PersonifyError], int]] = [
     (errors.PayloadTooLarge, 413),
+    (errors.InvalidDefinition, 422),
     (errors.ValidationError, 400),
     (errors.UnsupportedMediaType, 415),
     (errors.Unauthorized, 401),

@@ -20,6 +20,7 @@ from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
+from personify.jobs.segments import segment_jobs
 from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.lake.timeline import LakeTimeline
@@ -27,6 +28,10 @@ from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.service import ProfileService
+from personify.segments.relay import MembershipRelay
+from personify.segments.repository import SegmentRepository
+from personify.segments.stage import SegmentStage
+from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
 from personify.store.database import Database, open_database
 from personify.store.failed_events import FailedEventRepository
@@ -53,6 +58,9 @@ class Runtime:
     profiles: ProfileService
     heartbeats: HeartbeatRepository
     worker: StreamWorker
+    segments: SegmentRepository
+    segment_sweep: SegmentSweep
+    segment_relay: MembershipRelay
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -78,6 +86,9 @@ class Runtime:
         cache = open_cache(settings)
         profiles = profile_service(settings, db, cache, features, clock=clock)
         heartbeats = HeartbeatRepository(db)
+        segments = SegmentRepository(db, clock=clock)
+        segment_stage = SegmentStage(segments, features, clock=clock)
+        relay = MembershipRelay(db, log)
         processor = ProfileProcessor(
             db,
             features,
@@ -85,10 +96,19 @@ class Runtime:
             max_identities=settings.profile_max_identities,
             snapshot_every=settings.profile_snapshot_every,
             state_cache_mb=settings.worker_state_cache_mb,
+            stages=[segment_stage],
         )
         worker = StreamWorker.from_settings(
-            settings, log, processor, failed, profiles=profiles, heartbeats=heartbeats, clock=clock
+            settings,
+            log,
+            processor,
+            failed,
+            profiles=profiles,
+            heartbeats=heartbeats,
+            after_batch=[relay.flush],
+            clock=clock,
         )
+        sweep = SegmentSweep(db, segment_stage, clock=clock)
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -116,11 +136,20 @@ class Runtime:
             profiles=profiles,
             heartbeats=heartbeats,
             worker=worker,
+            segments=segments,
             lake_sink=lake_sink,
             lake_stage=StageSupervisor("lake", lake_sink.run, clock=clock)
             if lake_sink is not None
             else None,
-            scheduler=Scheduler(retention_jobs(settings, db, log, clock=clock), clock=clock),
+            segment_sweep=sweep,
+            segment_relay=relay,
+            scheduler=Scheduler(
+                [
+                    *retention_jobs(settings, db, log, clock=clock),
+                    *segment_jobs(settings, sweep, relay),
+                ],
+                clock=clock,
+            ),
         )
 
     async def start(self) -> None:

@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     # profile versions older than this are compacted into one snapshot version per profile
     profile_history_retention_days: float = Field(default=30.0, ge=0.0)
     profile_prune_interval_s: float = Field(default=3600.0, gt=0.0)
+    # how often profiles whose segment windows slid are evaluated again (docs/segments.md)
+    segment_sweep_interval_s: float = Field(default=60.0, gt=0.0)
+    # how often membership events left in the outbox are appended to the log (the worker
+    # also appends them after every batch)
+    segment_relay_interval_s: float = Field(default=10.0, gt=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from personify.errors import ValidationError
 from personify.profiles.batch import ProfileBatch, StagedProfile, group_rows
+from personify.profiles.counters import CounterSpec
 from personify.profiles.events import view_event
 from personify.profiles.features import FeatureDefinition, FeatureSet, ProfileConfig
 from personify.profiles.features.plan import FeaturePlan
@@ -193,6 +194,9 @@ class NoOpStage:
     def __init__(self) -> None:
         self.seen: list[tuple[int, list[str]]] = []
 
+    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
+        return ()
+
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, staged: Sequence[StagedProfile]
     ) -> None:
@@ -206,6 +210,9 @@ class CountingStage:
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.fail_on = fail_on
+
+    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
+        return ()
 
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, staged: Sequence[StagedProfile]

@@ -28,6 +28,7 @@ from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, ProfileEvent
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from personify.profiles.counters import CounterSpec
     from personify.profiles.state import ProfileState
 
 Int64s = npt.NDArray[np.int64]
@@ -140,12 +141,18 @@ class StagedProfile:
 class BatchStage(Protocol):
     """A step over an applied batch, run in the transaction that stores its profiles.
 
-    ``name`` appears in errors and metrics. ``apply`` gets the connection of the batch's
+    ``name`` appears in errors and metrics. ``counters`` names the event counters the stage
+    reads from profile states (``personify.profiles.counters``): the batch keeps them as it
+    applies, before ``apply`` runs. ``apply`` gets the connection of the batch's
     transaction, the batch's columns and every touched profile (``profiles[p]`` is the
-    profile at index ``p`` of ``batch.profile``). It must not commit.
+    profile at index ``p`` of ``batch.profile``). Neither may commit.
     """
 
     name: str
+
+    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
+        """The event counters this stage reads (none: an empty sequence)."""
+        ...
 
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, profiles: Sequence[StagedProfile]

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock
 from personify.errors import BackendUnavailable, Conflict, ValidationError
 from personify.profiles.batch import BatchStage, ProfileBatch, StagedProfile
+from personify.profiles.counters import CounterPlan
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import ProfileEvent, datetime_ms
 from personify.profiles.features import FeatureSet
@@ -151,6 +152,7 @@ class ProfileProcessor:
         self._plan = FeaturePlan(features)
         self.stages = tuple(stages)
         self._cache = StateCache(round(state_cache_mb * 1024 * 1024))
+        self._counters: CounterPlan | None = None
 
     def apply(
         self, events: Sequence[ProfileEvent], payloads: Sequence[str] | None = None
@@ -251,7 +253,7 @@ class ProfileProcessor:
         batch = ProfileBatch(batch_events, batch_profiles, len(parts))
         for index, part in enumerate(parts):
             batch.raise_latest(index, part.latest_before)
-        apply_batch([part.state for part in parts], batch, self._plan)
+        apply_batch([part.state for part in parts], batch, self._plan, self._counter_plan(conn))
         for part in parts:
             state = part.state
             part.profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
@@ -271,6 +273,16 @@ class ProfileProcessor:
             for s in staged
         ]
         return ApplyResult(len(fresh), duplicates, touched)
+
+    def _counter_plan(self, conn: sa.Connection) -> CounterPlan | None:
+        """The event counters the stages read, compiled again only when they change."""
+        if not self.stages:
+            return None
+        specs = [spec for stage in self.stages for spec in stage.counters(conn)]
+        ids = frozenset(spec.id for spec in specs)
+        if self._counters is None or self._counters.ids != ids:
+            self._counters = CounterPlan(specs)
+        return self._counters
 
     def _load(self, conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, _Loaded]:
         loaded = {

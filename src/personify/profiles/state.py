@@ -24,6 +24,7 @@ import numpy as np
 from personify.profiles.batch import Groups, ProfileBatch, group_rows
 from personify.profiles.consent import consent_preferences
 from personify.profiles.context import campaign_of, context_fields
+from personify.profiles.counters import CounterPlan, apply_counters
 from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, ProfileEvent, format_ms
 from personify.profiles.features import (
     Accumulator,
@@ -75,6 +76,10 @@ class ProfileState(msgspec.Struct, omit_defaults=True):
     sessions: dict[str, Session] = {}
     features: dict[str, dict[str, Accumulator]] = {}
     affinities: dict[str, dict[str, dict[str, int]]] = {}
+    # event counters the stages read (``personify.profiles.counters``): times by counter id
+    # for windowed ones, numbers for all-time ones
+    counters: dict[str, list[int]] = {}
+    counter_totals: dict[str, int] = {}
 
     def all_ids(self) -> set[str]:
         """Every identity that resolves to this profile."""
@@ -280,7 +285,12 @@ def apply_event_details(state: ProfileState, event: ProfileEvent) -> None:
         state.last_touch = latest(state.last_touch, touch)
 
 
-def apply_batch(states: Sequence[ProfileState], batch: ProfileBatch, plan: FeaturePlan) -> None:
+def apply_batch(
+    states: Sequence[ProfileState],
+    batch: ProfileBatch,
+    plan: FeaturePlan,
+    counters: CounterPlan | None = None,
+) -> None:
     """Apply a batch to its profiles' states (in place): ``states[p]`` is profile ``p`` of
     ``batch.profile``, and ``batch.latest_ms`` already counts each state's ``last_seen``.
 
@@ -312,6 +322,8 @@ def apply_batch(states: Sequence[ProfileState], batch: ProfileBatch, plan: Featu
     _apply_last_events(states, batch)
     _apply_sessions(states, batch, by_profile, plan.features.session_gap_ms)
     plan.apply(batch, [s.features for s in states], [s.affinities for s in states])
+    if counters is not None:
+        apply_counters(states, batch, counters)
 
 
 def _apply_last_events(states: Sequence[ProfileState], batch: ProfileBatch) -> None:
@@ -387,6 +399,11 @@ def merge_states(into: ProfileState, other: ProfileState, features: FeatureSet) 
     merge_sessions(into.sessions, other.sessions, gap_ms=features.session_gap_ms)
     merge_features(into.features, other.features)
     merge_affinities(into.affinities, other.affinities)
+    for counter_id, times in other.counters.items():
+        # the next batch trims them (``trim_counters``), with the windows it knows
+        into.counters[counter_id] = sorted([*into.counters.get(counter_id, ()), *times])
+    for counter_id, total in other.counter_totals.items():
+        into.counter_totals[counter_id] = into.counter_totals.get(counter_id, 0) + total
     compact_state(into, features)
 
 

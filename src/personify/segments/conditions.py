@@ -45,6 +45,12 @@ _WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhdw])")
 _UNIT_MS: Final = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
+# the track events the worker appends when a profile enters or exits a segment
+SEGMENT_ENTERED = "Segment Entered"
+SEGMENT_EXITED = "Segment Exited"
+MEMBERSHIP_EVENTS = frozenset({SEGMENT_ENTERED, SEGMENT_EXITED})
+
+
 def json_pointer(parts: tuple[str | int, ...]) -> str:
     """The RFC 6901 pointer of a location (``~`` is written ``~0`` and ``/`` is ``~1``)."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)

@@ -88,6 +88,16 @@ def _compile(node: Condition) -> Evaluate:
     raise TypeError(f"not a condition: {node!r}")
 
 
+def _reads_features(node: Condition) -> bool:
+    if isinstance(node, ValueLeaf):
+        return node.source == "feature"
+    if isinstance(node, Not):
+        return _reads_features(node.child)
+    if isinstance(node, AllOf | AnyOf):
+        return any(_reads_features(c) for c in node.children)
+    return False
+
+
 def _segment_keys(node: Condition) -> frozenset[str]:
     if isinstance(node, SegmentLeaf):
         return frozenset((node.key,))
@@ -101,17 +111,19 @@ def _segment_keys(node: Condition) -> frozenset[str]:
 class Predicate:
     """A compiled condition: ``evaluate(context)`` is true when the profile belongs.
 
-    ``counters`` are the event counters it reads (see ``event_counters``) and
+    ``counters`` are the event counters it reads (see ``event_counters``),
     ``segment_keys`` the segments whose membership it reads, so a caller can evaluate those
-    first.
+    first, and ``reads_features`` whether it reads the profile's features (which a caller
+    then computes).
     """
 
-    __slots__ = ("_evaluate", "condition", "counters", "segment_keys")
+    __slots__ = ("_evaluate", "condition", "counters", "reads_features", "segment_keys")
 
     def __init__(self, condition: Condition) -> None:
         self.condition = condition
         self.counters = event_counters(condition)
         self.segment_keys = _segment_keys(condition)
+        self.reads_features = _reads_features(condition)
         self._evaluate = _compile(condition)
 
     def evaluate(self, context: EvaluationContext) -> bool:
@@ -125,5 +137,5 @@ def compile_condition(
     key: str | None = None,
     segments: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> Predicate:
-    """Validate (as ``parse_condition``, raising ``ValidationError``) and compile a condition."""
+    """Validate (as ``parse_condition``, raising ``InvalidDefinition``) and compile a condition."""
     return Predicate(parse_condition(condition, key=key, segments=segments))

@@ -1,6 +1,6 @@
 """Validation of a condition as saved: every problem found, each with its JSON pointer.
 
-``parse_condition`` either returns the condition's tree or raises one ``ValidationError``
+``parse_condition`` either returns the condition's tree or raises one ``InvalidDefinition``
 (code ``invalid_condition``) whose ``details["errors"]`` lists **every** problem, each
 ``{"pointer", "code", "message"}`` with an RFC 6901 pointer into the condition
 (``/all/1/where/0/op``); a ``segment_cycle`` problem also holds the loop in ``cycle``.
@@ -12,9 +12,10 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from personify.errors import ValidationError
+from personify.errors import InvalidDefinition
 from personify.segments.conditions import (
     MAX_PATH_CHARS,
+    MEMBERSHIP_EVENTS,
     AllOf,
     AnyOf,
     Comparison,
@@ -194,6 +195,16 @@ class _Parser:
         if not isinstance(name, str) or not name.strip():
             self.problem((*at, "event"), "invalid_value", "event must be an event name")
             ok = False
+        elif name.strip() in MEMBERSHIP_EVENTS:
+            # the worker appends these itself: a rule counting them could feed on its own
+            # entries and exits, and flip on every one
+            self.problem(
+                (*at, "event"),
+                "membership_event",
+                f"{name.strip()!r} events are the segments' own; use a segment leaf "
+                '({"segment": KEY}) to test membership',
+            )
+            ok = False
         within_ms = None
         if "within" in node:
             within_ms = parse_window_ms(node["within"])
@@ -298,7 +309,7 @@ def parse_condition(
     key: str | None = None,
     segments: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> Condition:
-    """Validate a condition and return its tree; raise ``ValidationError`` listing every problem.
+    """Validate a condition and return its tree; raise ``InvalidDefinition`` listing every problem.
 
     With ``segments`` (every other segment's key and condition, ``None`` for a segment
     without a rule, such as a cluster), a reference to a key it lacks is ``unknown_segment``
@@ -331,7 +342,7 @@ def parse_condition(
         message = f"invalid condition at {first['pointer'] or '/'}: {first['message']}"
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise ValidationError(
+        raise InvalidDefinition(
             message, code="invalid_condition", details={"errors": parser.problems}
         )
     return tree
@@ -349,7 +360,7 @@ def _leaves(tree: Condition) -> Iterator[Condition]:
 
 def event_counters(condition: Any) -> tuple[EventCounter, ...]:
     """The distinct event counters a condition (raw JSON or a parsed tree) needs, in the order
-    they first appear; raises ``ValidationError`` for an invalid condition."""
+    they first appear; raises ``InvalidDefinition`` for an invalid condition."""
     tree = (
         condition
         if isinstance(condition, ValueLeaf | EventLeaf | SegmentLeaf | AllOf | AnyOf | Not)

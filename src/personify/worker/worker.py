@@ -128,6 +128,10 @@ class _Stopped(Exception):
     """The worker was asked to stop while it waited for an engine."""
 
 
+async def _discard(hook: Callable[[], Awaitable[object]]) -> None:
+    await hook()
+
+
 class StreamWorker:
     """Consumes the event log as one member of a consumer group and applies it to profiles."""
 
@@ -147,9 +151,12 @@ class StreamWorker:
         retry_backoff_ms: float = 100.0,
         max_deliveries: int = 5,
         heartbeat_s: float = 2.0,
+        after_batch: Sequence[Callable[[], Awaitable[object]]] = (),
         clock: Clock | None = None,
     ) -> None:
         self._log = log
+        # run after each committed batch (the membership events' relay to the log)
+        self._after_batch = tuple(after_batch)
         self._processor = processor
         self._failed = failed_events
         self._profiles = profiles
@@ -182,6 +189,7 @@ class StreamWorker:
         *,
         profiles: ProfileService | None = None,
         heartbeats: HeartbeatRepository | None = None,
+        after_batch: Sequence[Callable[[], Awaitable[object]]] = (),
         clock: Clock | None = None,
     ) -> StreamWorker:
         """A worker configured by the ``worker_*`` settings."""
@@ -198,6 +206,7 @@ class StreamWorker:
             retry_backoff_ms=settings.worker_retry_backoff_ms,
             max_deliveries=settings.eventlog_max_deliveries,
             heartbeat_s=settings.worker_heartbeat_s,
+            after_batch=after_batch,
             clock=clock,
         )
 
@@ -265,6 +274,8 @@ class StreamWorker:
             await self._apply_all(await self._prepare(entries))
             await self._commit(entries)
             self._in_hand = []
+            for hook in self._after_batch:
+                await self._until_written(functools.partial(_discard, hook))
             self.stats.batches += 1
             self.stats.entries_read += len(entries)
             self.stats.last_batch_at = self._clock.now()

@@ -37,6 +37,7 @@ TABLE_MODULES = (
     "personify.ingest.tables",
     "personify.profiles.tables",
     "personify.worker.tables",
+    "personify.segments.tables",
 )
 
 # the first revision: the schema as the pre-Alembic migrations left it

@@ -1,0 +1,43 @@
+"""The segment jobs ``personify serve`` schedules: the window sweep and the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from personify.jobs.schedule import PeriodicJob
+from personify.segments.relay import MembershipRelay
+from personify.segments.sweep import SegmentSweep
+from personify.settings import Settings
+
+__all__ = ["segment_jobs"]
+
+
+def segment_jobs(
+    settings: Settings, sweep: SegmentSweep, relay: MembershipRelay
+) -> list[PeriodicJob]:
+    """The sweep every ``segment_sweep_interval_s`` (its events relayed at once), and the
+    relay of whatever the outbox still holds every ``segment_relay_interval_s``."""
+
+    async def run_sweep() -> dict[str, Any]:
+        result = (await asyncio.to_thread(sweep.sweep)).to_dict()
+        result["eventsAppended"] = await relay.flush()
+        return result
+
+    async def run_relay() -> dict[str, Any]:
+        return {"eventsAppended": await relay.flush()}
+
+    return [
+        PeriodicJob(
+            "segment-sweep",
+            run_sweep,
+            settings.segment_sweep_interval_s,
+            first_delay_s=settings.segment_sweep_interval_s,
+        ),
+        PeriodicJob(
+            "segment-relay",
+            run_relay,
+            settings.segment_relay_interval_s,
+            first_delay_s=settings.segment_relay_interval_s,
+        ),
+    ]

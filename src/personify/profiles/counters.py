@@ -1,0 +1,144 @@
+"""Event counters kept in profile states, for the stages that need them (rule segments).
+
+A stage names the counters it reads (``CounterSpec``: an event name, a test on the event's
+properties and a window); the worker keeps each one per profile as the batch applies, so
+evaluating a rule never scans a user's history:
+
+* a counter with a window keeps the times of its events that can still be inside the window:
+  those later than the profile's ``last_seen`` minus the window. Any time at or after the
+  profile's newest event, its count is the number of those times inside the window;
+* an all-time counter keeps a number.
+
+The result is the same for the same events in any order, late ones included: an event that
+arrives after its window has passed the profile's newest event is not kept, exactly as it
+would have been dropped had it arrived in order. A counter no stage names any more is dropped
+from the states the worker writes. A windowed counter keeps at most ``MAX_COUNTED`` times
+(the newest); a count above that reads as ``MAX_COUNTED``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from personify.profiles.batch import ProfileBatch
+    from personify.profiles.state import ProfileState
+
+__all__ = ["MAX_COUNTED", "CounterPlan", "CounterSpec", "apply_counters", "counted", "next_expiry"]
+
+MAX_COUNTED = 10_000
+
+
+class CounterSpec(Protocol):
+    """What one counter counts: ``event`` (``*`` for any), a properties test and a window."""
+
+    @property
+    def id(self) -> str:
+        """A stable id: equal specs have equal ids."""
+        ...
+
+    @property
+    def event(self) -> str:
+        """The event name it counts, ``*`` for every event."""
+        ...
+
+    @property
+    def within_ms(self) -> int | None:
+        """The window; ``None`` counts all time."""
+        ...
+
+    def matches(self, name: str, properties: Mapping[str, Any] | None) -> bool:
+        """Whether an event of this name and properties counts."""
+        ...
+
+
+class CounterPlan:
+    """A set of counter specs, indexed by event name for the worker's pass over a batch."""
+
+    def __init__(self, specs: Sequence[CounterSpec] = ()) -> None:
+        unique = {spec.id: spec for spec in specs}
+        self.specs = tuple(unique.values())
+        self.ids = frozenset(unique)
+        self.within_ms = {spec.id: spec.within_ms for spec in self.specs}
+        self._by_name: dict[str, tuple[CounterSpec, ...]] = {}
+        for spec in self.specs:
+            if spec.event != "*":
+                self._by_name[spec.event] = (*self._by_name.get(spec.event, ()), spec)
+        self._any = tuple(spec for spec in self.specs if spec.event == "*")
+
+    def for_name(self, name: str) -> tuple[CounterSpec, ...]:
+        """The specs an event of this name may count in."""
+        named = self._by_name.get(name, ())
+        return named + self._any if self._any else named
+
+
+def apply_counters(states: Sequence[ProfileState], batch: ProfileBatch, plan: CounterPlan) -> None:
+    """Count the batch's events into their profiles' counters, then trim every touched state
+    to what can still count (after ``apply_batch`` has set each state's ``last_seen``)."""
+    if plan.specs:
+        for event, p in zip(batch.events, batch.profile.tolist(), strict=True):
+            specs = plan.for_name(event.name)
+            if not specs:
+                continue
+            properties = event.data.get("properties")
+            if type(properties) is not dict:
+                properties = None
+            state = states[p]
+            for spec in specs:
+                if not spec.matches(event.name, properties):
+                    continue
+                if spec.within_ms is None:
+                    state.counter_totals[spec.id] = state.counter_totals.get(spec.id, 0) + 1
+                else:
+                    state.counters.setdefault(spec.id, []).append(event.ts)
+    for p in set(batch.profile.tolist()):
+        state = states[p]
+        if state.counters or state.counter_totals:
+            trim_counters(state, plan)
+
+
+def trim_counters(state: ProfileState, plan: CounterPlan) -> None:
+    """Drop the counters ``plan`` lacks and the times that can no longer count; sort the rest."""
+    for counter_id in [c for c in state.counter_totals if c not in plan.ids]:
+        del state.counter_totals[counter_id]
+    newest = state.last_seen
+    for counter_id, times in list(state.counters.items()):
+        within = plan.within_ms.get(counter_id)
+        if within is None or newest is None:
+            del state.counters[counter_id]
+            continue
+        times.sort()
+        start = bisect.bisect_right(times, newest - within)
+        start = max(start, len(times) - MAX_COUNTED)
+        if start >= len(times):
+            del state.counters[counter_id]
+        elif start:
+            state.counters[counter_id] = times[start:]
+
+
+def counted(state: ProfileState, spec: CounterSpec, at_ms: int) -> int:
+    """How many of the profile's events ``spec`` counts at ``at_ms`` (window ``(at - w, at]``)."""
+    if spec.within_ms is None:
+        return state.counter_totals.get(spec.id, 0)
+    times = state.counters.get(spec.id)
+    if not times:
+        return 0
+    return bisect.bisect_right(times, at_ms) - bisect.bisect_right(times, at_ms - spec.within_ms)
+
+
+def next_expiry(state: ProfileState, plan: CounterPlan, after_ms: int) -> int | None:
+    """The first time after ``after_ms`` when an event leaves one of the profile's windows
+    (its time plus the window): no count changes before then without a new event."""
+    due: int | None = None
+    for counter_id, times in state.counters.items():
+        within = plan.within_ms.get(counter_id)
+        if within is None or not times:
+            continue
+        # the oldest time still inside the window at after_ms leaves it first
+        index = bisect.bisect_right(times, after_ms - within)
+        if index < len(times):
+            leaves = times[index] + within
+            due = leaves if due is None else min(due, leaves)
+    return due

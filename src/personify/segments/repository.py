@@ -1,0 +1,565 @@
+"""Segment definitions (with every version), their memberships, and the compiled set the worker
+evaluates.
+
+A definition is saved only when its condition is valid against every other active segment
+(``InvalidDefinition``, HTTP 422, with a JSON pointer per problem). Each save is a new version;
+deleting archives (a new version too), and is refused while an active segment refers to it.
+Each change raises the table's ``revision``, so a worker notices it with one small query per
+batch (``CompiledSegments.fingerprint``) and compiles the set again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from personify.clock import Clock, SystemClock
+from personify.errors import Conflict, InvalidDefinition, NotFound, ValidationError
+from personify.profiles.state import decode_state, state_text
+from personify.profiles.tables import profiles
+from personify.segments.conditions import EventCounter
+from personify.segments.membership import MembershipChanges
+from personify.segments.predicates import Predicate, compile_condition
+from personify.segments.tables import segment_definitions, segment_members, segment_versions
+from personify.store.database import Database, aware
+
+__all__ = [
+    "ACTIVE",
+    "ARCHIVED",
+    "CompiledSegment",
+    "CompiledSegments",
+    "MemberPage",
+    "Membership",
+    "SegmentDefinition",
+    "SegmentRepository",
+]
+
+ACTIVE = "active"
+ARCHIVED = "archived"
+RULE = "rule"
+# keys name segments in conditions and URLs: letters, digits and - _ . (a cluster's segments,
+# later, are KEY/NAME)
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_MAX_NAME_CHARS = 200
+_MAX_DESCRIPTION_CHARS = 10_000
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+# profiles read at a time when a segment's members exit together
+_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDefinition:
+    """One segment as saved (its newest version)."""
+
+    key: str
+    name: str
+    description: str
+    kind: str
+    condition: Any
+    version: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of ``GET /v1/segments/{key}``."""
+        return {
+            "key": self.key,
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind,
+            "condition": self.condition,
+            "version": self.version,
+            "status": self.status,
+            "createdAt": self.created_at.isoformat(),
+            "updatedAt": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A profile's stay in a segment (open while ``exited_at`` is ``None``)."""
+
+    segment_key: str
+    profile_id: str
+    segment_version: int
+    entered_at: datetime
+    entry_reason: str
+    exited_at: datetime | None = None
+    exit_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of one membership."""
+        return {
+            "segment": self.segment_key,
+            "profileId": self.profile_id,
+            "segmentVersion": self.segment_version,
+            "enteredAt": self.entered_at.isoformat(),
+            "entryReason": self.entry_reason,
+            "exitedAt": self.exited_at.isoformat() if self.exited_at else None,
+            "exitReason": self.exit_reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MemberPage:
+    """One page of a segment's current members, by profile id; ``next`` is the cursor."""
+
+    members: list[Membership]
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSegment:
+    """An active rule segment compiled for evaluation."""
+
+    key: str
+    version: int
+    predicate: Predicate
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSegments:
+    """Every active rule segment, in an order where a segment comes after those it reads."""
+
+    segments: tuple[CompiledSegment, ...] = ()
+    fingerprint: tuple[int, int, int] = (0, 0, 0)
+    counters: tuple[EventCounter, ...] = field(default=())
+    uses_features: bool = False
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise ValidationError(
+            "a segment key is 1-100 letters, digits, '-', '_' or '.', starting with a letter "
+            "or digit",
+            code="invalid_key",
+            details={"field": "key"},
+        )
+
+
+def _check_text(name: str, value: Any, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise ValidationError(
+            f"{name} must be text of at most {limit} characters",
+            code="invalid_field",
+            details={"field": name},
+        )
+    return value
+
+
+def _definition(row: Any) -> SegmentDefinition:
+    return SegmentDefinition(
+        key=row.key,
+        name=row.name,
+        description=row.description,
+        kind=row.kind,
+        condition=_decode(row.condition) if row.condition is not None else None,
+        version=int(row.version),
+        status=row.status,
+        created_at=aware(row.created_at),  # type: ignore[arg-type]
+        updated_at=aware(row.updated_at),  # type: ignore[arg-type]
+    )
+
+
+def _membership(row: Any) -> Membership:
+    return Membership(
+        segment_key=row.segment_key,
+        profile_id=row.profile_id,
+        segment_version=int(row.segment_version),
+        entered_at=aware(row.entered_at),  # type: ignore[arg-type]
+        entry_reason=row.entry_reason,
+        exited_at=aware(row.exited_at),
+        exit_reason=row.exit_reason,
+    )
+
+
+_FINGERPRINT = sa.select(
+    sa.func.count(),
+    sa.func.coalesce(sa.func.max(segment_definitions.c.revision), 0),
+    sa.func.coalesce(sa.func.sum(segment_definitions.c.revision), 0),
+)
+
+
+def segments_fingerprint(conn: sa.Connection) -> tuple[int, int, int]:
+    """A value that changes whenever any definition changes (count, max and sum of revisions)."""
+    count, top, total = conn.execute(_FINGERPRINT).one()
+    return int(count), int(top), int(total)
+
+
+def compile_segments(rows: Sequence[tuple[str, int, Any]]) -> tuple[CompiledSegment, ...]:
+    """Compile ``(key, version, condition)`` rows, ordered so that a segment follows every
+    segment its condition refers to (the definitions were checked for loops when saved)."""
+    compiled = {
+        key: CompiledSegment(key, version, compile_condition(cond)) for key, version, cond in rows
+    }
+    ordered: list[CompiledSegment] = []
+    placed: set[str] = set()
+
+    def place(key: str, trail: frozenset[str]) -> None:
+        if key in placed or key not in compiled or key in trail:
+            return
+        for ref in sorted(compiled[key].predicate.segment_keys):
+            place(ref, trail | {key})
+        placed.add(key)
+        ordered.append(compiled[key])
+
+    for key in sorted(compiled):
+        place(key, frozenset())
+    return tuple(ordered)
+
+
+class SegmentRepository:
+    """Saves and reads segment definitions and memberships in the state database."""
+
+    def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
+        self._db = db
+        self._clock = clock or SystemClock()
+        self._compiled = CompiledSegments()
+
+    # -- definitions -------------------------------------------------------------------------
+
+    def create(
+        self, key: str, *, name: str | None = None, description: str = "", condition: Any
+    ) -> SegmentDefinition:
+        """Save a new rule segment (version 1, or the next version of an archived one).
+
+        Raises ``ValidationError`` for a bad key, name or description, ``InvalidDefinition``
+        for a bad condition and ``Conflict`` when an active segment has the key already.
+        """
+        _check_key(key)
+        name = _check_text("name", key if name is None else name, _MAX_NAME_CHARS)
+        description = _check_text("description", description, _MAX_DESCRIPTION_CHARS)
+        with self._db.begin() as conn:
+            existing = self._row(conn, key)
+            if existing is not None and existing.status == ACTIVE:
+                raise Conflict(f"segment {key!r} exists already", code="segment_exists")
+            self._check_condition(conn, key, condition)
+            version = int(existing.version) + 1 if existing is not None else 1
+            return self._save(conn, key, name, description, condition, version, ACTIVE, existing)
+
+    def update(
+        self,
+        key: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        condition: Any = None,
+    ) -> SegmentDefinition:
+        """Save a new version of an active segment; what is not given is kept."""
+        with self._db.begin() as conn:
+            existing = self._active(conn, key)
+            name = _check_text("name", existing.name if name is None else name, _MAX_NAME_CHARS)
+            description = _check_text(
+                "description",
+                existing.description if description is None else description,
+                _MAX_DESCRIPTION_CHARS,
+            )
+            if condition is None:
+                condition = _decode(existing.condition)
+            else:
+                self._check_condition(conn, key, condition)
+            version = int(existing.version) + 1
+            return self._save(conn, key, name, description, condition, version, ACTIVE, existing)
+
+    def archive(self, key: str) -> SegmentDefinition:
+        """Archive a segment (its members exit); refused while an active segment reads it."""
+        with self._db.begin() as conn:
+            existing = self._active(conn, key)
+            users = [
+                other
+                for other, condition in self._active_conditions(conn).items()
+                if other != key
+                and condition is not None
+                and key in compile_condition(condition).segment_keys
+            ]
+            if users:
+                raise Conflict(
+                    f"segment {key!r} is used by {', '.join(sorted(users))}; change those first",
+                    code="segment_in_use",
+                    details={"usedBy": sorted(users)},
+                )
+            condition = _decode(existing.condition) if existing.condition else None
+            saved = self._save(
+                conn,
+                key,
+                existing.name,
+                existing.description,
+                condition,
+                int(existing.version) + 1,
+                ARCHIVED,
+                existing,
+            )
+            self._close_all(conn, key, int(existing.version))
+            return saved
+
+    def _close_all(self, conn: sa.Connection, key: str, version: int) -> None:
+        """Every member of an archived segment exits, with an event each."""
+        m = segment_members.c
+        open_rows = [
+            (int(row_id), str(profile_id))
+            for row_id, profile_id in conn.execute(
+                sa.select(m.id, m.profile_id).where(m.segment_key == key, m.exited_at.is_(None))
+            )
+        ]
+        changes = MembershipChanges(self._clock.now())
+        for start in range(0, len(open_rows), _PAGE):
+            page = open_rows[start : start + _PAGE]
+            # a profile named by a userId has one: its events say userId, others anonymousId
+            users = {
+                str(profile_id)
+                for profile_id, blob in conn.execute(
+                    sa.select(profiles.c.profile_id, profiles.c.state).where(
+                        profiles.c.profile_id.in_([pid for _, pid in page])
+                    )
+                )
+                if decode_state(state_text(blob)).user_ids
+            }
+            for row_id, profile_id in page:
+                changes.exit(row_id, profile_id, profile_id in users, key, version, "archived")
+        changes.flush(conn)
+
+    def get(self, key: str) -> SegmentDefinition:
+        """The segment's newest version (archived ones too); ``NotFound`` if it never existed."""
+        with self._db.connect() as conn:
+            row = self._row(conn, key)
+        if row is None:
+            raise NotFound(f"no segment {key!r}", code="segment_not_found")
+        return _definition(row)
+
+    def definitions(self, *, include_archived: bool = False) -> list[SegmentDefinition]:
+        """Every segment by key (active ones only unless ``include_archived``)."""
+        query = sa.select(segment_definitions).order_by(segment_definitions.c.key)
+        if not include_archived:
+            query = query.where(segment_definitions.c.status == ACTIVE)
+        with self._db.connect() as conn:
+            return [_definition(row) for row in conn.execute(query)]
+
+    def versions(self, key: str) -> list[dict[str, Any]]:
+        """Every saved version of a segment, newest first."""
+        query = (
+            sa.select(segment_versions)
+            .where(segment_versions.c.key == key)
+            .order_by(segment_versions.c.version.desc())
+        )
+        with self._db.connect() as conn:
+            rows = list(conn.execute(query))
+        if not rows:
+            raise NotFound(f"no segment {key!r}", code="segment_not_found")
+        return [
+            {
+                "version": int(r.version),
+                "name": r.name,
+                "description": r.description,
+                "condition": _decode(r.condition) if r.condition is not None else None,
+                "status": r.status,
+                "savedAt": aware(r.saved_at).isoformat(),  # type: ignore[union-attr]
+            }
+            for r in rows
+        ]
+
+    def compiled(self, conn: sa.Connection) -> CompiledSegments:
+        """The active rule segments compiled, read again only when a definition changed."""
+        fingerprint = segments_fingerprint(conn)
+        if fingerprint == self._compiled.fingerprint:
+            return self._compiled
+        rows = [
+            (str(key), int(version), _decode(condition))
+            for key, version, condition in conn.execute(
+                sa.select(
+                    segment_definitions.c.key,
+                    segment_definitions.c.version,
+                    segment_definitions.c.condition,
+                ).where(
+                    segment_definitions.c.status == ACTIVE,
+                    segment_definitions.c.kind == RULE,
+                )
+            )
+        ]
+        segments = compile_segments(rows)
+        counters: dict[str, EventCounter] = {}
+        for segment in segments:
+            for counter in segment.predicate.counters:
+                counters.setdefault(counter.id, counter)
+        self._compiled = CompiledSegments(
+            segments=segments,
+            fingerprint=fingerprint,
+            counters=tuple(counters.values()),
+            uses_features=any(s.predicate.reads_features for s in segments),
+        )
+        return self._compiled
+
+    # -- memberships -------------------------------------------------------------------------
+
+    def members(self, key: str, *, limit: int = 100, after: str | None = None) -> MemberPage:
+        """A page of the segment's current members by profile id, after cursor ``after``."""
+        self.get(key)
+        query = (
+            sa.select(segment_members)
+            .where(segment_members.c.segment_key == key, segment_members.c.exited_at.is_(None))
+            .order_by(segment_members.c.profile_id)
+            .limit(limit + 1)
+        )
+        if after:
+            query = query.where(segment_members.c.profile_id > after)
+        with self._db.connect() as conn:
+            rows = [_membership(row) for row in conn.execute(query)]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return MemberPage(rows, rows[-1].profile_id if more and rows else None)
+
+    def profile_segments(self, profile_id: str) -> list[dict[str, Any]]:
+        """The segments a profile is in now: ``[{"key", "since"}]`` by key."""
+        query = (
+            sa.select(segment_members.c.segment_key, segment_members.c.entered_at)
+            .where(
+                segment_members.c.profile_id == profile_id, segment_members.c.exited_at.is_(None)
+            )
+            .order_by(segment_members.c.segment_key)
+        )
+        with self._db.connect() as conn:
+            return [
+                {"key": key, "since": aware(since).isoformat()}  # type: ignore[union-attr]
+                for key, since in conn.execute(query)
+            ]
+
+    def memberships(self, profile_id: str) -> list[Membership]:
+        """A profile's whole membership history, newest entry first."""
+        query = (
+            sa.select(segment_members)
+            .where(segment_members.c.profile_id == profile_id)
+            .order_by(segment_members.c.entered_at.desc(), segment_members.c.id.desc())
+        )
+        with self._db.connect() as conn:
+            return [_membership(row) for row in conn.execute(query)]
+
+    def stats(self, key: str, *, days: int = 30) -> dict[str, Any]:
+        """The segment's size now, and at the end of each of the last ``days`` UTC days."""
+        definition = self.get(key)
+        now = self._clock.now()
+        end = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        points = [end - timedelta(days=n) for n in range(days - 1, -1, -1)]
+        m = segment_members.c
+        with self._db.connect() as conn:
+            size = conn.execute(
+                sa.select(sa.func.count()).where(m.segment_key == key, m.exited_at.is_(None))
+            ).scalar_one()
+            series = []
+            for point in [*points[1:], now]:
+                count = conn.execute(
+                    sa.select(sa.func.count()).where(
+                        m.segment_key == key,
+                        m.entered_at <= point,
+                        sa.or_(m.exited_at.is_(None), m.exited_at > point),
+                    )
+                ).scalar_one()
+                series.append({"at": point.isoformat(), "size": int(count)})
+            entered, exited = conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.count(m.exited_at),
+                ).where(m.segment_key == key)
+            ).one()
+        return {
+            "key": key,
+            "version": definition.version,
+            "status": definition.status,
+            "size": int(size),
+            "entries": int(entered),
+            "exits": int(exited),
+            "series": series,
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _row(self, conn: sa.Connection, key: str) -> Any:
+        return conn.execute(
+            sa.select(segment_definitions).where(segment_definitions.c.key == key)
+        ).first()
+
+    def _active(self, conn: sa.Connection, key: str) -> Any:
+        row = self._row(conn, key)
+        if row is None or row.status != ACTIVE:
+            raise NotFound(f"no active segment {key!r}", code="segment_not_found")
+        return row
+
+    def _active_conditions(self, conn: sa.Connection) -> dict[str, Any]:
+        return {
+            str(key): _decode(condition) if condition is not None else None
+            for key, condition in conn.execute(
+                sa.select(segment_definitions.c.key, segment_definitions.c.condition).where(
+                    segment_definitions.c.status == ACTIVE
+                )
+            )
+        }
+
+    def _check_condition(self, conn: sa.Connection, key: str, condition: Any) -> None:
+        if condition is None:
+            raise InvalidDefinition(
+                "a rule segment needs a condition",
+                code="invalid_condition",
+                details={"errors": [{"pointer": "", "code": "missing", "message": "no condition"}]},
+            )
+        others = {k: c for k, c in self._active_conditions(conn).items() if k != key}
+        compile_condition(condition, key=key, segments=others)
+
+    def _save(
+        self,
+        conn: sa.Connection,
+        key: str,
+        name: str,
+        description: str,
+        condition: Any,
+        version: int,
+        status: str,
+        existing: Any,
+    ) -> SegmentDefinition:
+        now = self._clock.now()
+        top = conn.execute(sa.select(sa.func.max(segment_definitions.c.revision))).scalar()
+        # microseconds, and always past the last: concurrent saves on PostgreSQL still differ
+        revision = max(int(top or 0) + 1, int(now.timestamp() * 1_000_000))
+        text = _encode(condition).decode() if condition is not None else None
+        values = {
+            "name": name,
+            "description": description,
+            "kind": RULE,
+            "condition": text,
+            "version": version,
+            "status": status,
+            "revision": revision,
+            "updated_at": now,
+        }
+        if existing is None:
+            conn.execute(segment_definitions.insert().values(key=key, created_at=now, **values))
+        else:
+            changed = conn.execute(
+                segment_definitions.update()
+                .where(
+                    segment_definitions.c.key == key,
+                    segment_definitions.c.version == existing.version,
+                )
+                .values(**values)
+            ).rowcount
+            if changed != 1:
+                raise Conflict(
+                    f"segment {key!r} changed meanwhile; read it again", code="segment_changed"
+                )
+        conn.execute(
+            segment_versions.insert().values(
+                key=key,
+                version=version,
+                name=name,
+                description=description,
+                condition=text,
+                status=status,
+                saved_at=now,
+            )
+        )
+        return _definition(self._row(conn, key))

@@ -1,0 +1,74 @@
+"""The tables segments own: definitions with their versions, memberships with their history,
+the outbox of membership events, and when each profile's windows next change."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from personify.store.tables import RowId, Timestamp, metadata
+
+# one row per segment; ``revision`` is a number that grows with every change of any segment,
+# so the worker notices a change with one cheap query per batch
+segment_definitions = sa.Table(
+    "segment_definitions",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("condition", sa.Text, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("updated_at", Timestamp(), nullable=False),
+)
+
+# every version of every definition, as it was saved
+segment_versions = sa.Table(
+    "segment_versions",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("condition", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("saved_at", Timestamp(), nullable=False),
+)
+
+# one row per stay of a profile in a segment: open while ``exited_at`` is null
+segment_members = sa.Table(
+    "segment_members",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("segment_key", sa.String(200), nullable=False),
+    sa.Column("profile_id", sa.String(512), nullable=False),
+    sa.Column("segment_version", sa.Integer, nullable=False),
+    sa.Column("entered_at", Timestamp(), nullable=False),
+    sa.Column("entry_reason", sa.String(32), nullable=False),
+    sa.Column("exited_at", Timestamp(), nullable=True),
+    sa.Column("exit_reason", sa.String(32), nullable=True),
+    sa.Index("segment_members_profile", "profile_id", "exited_at"),
+    sa.Index("segment_members_segment", "segment_key", "exited_at", "profile_id"),
+)
+
+# membership events written in the transaction that changed the membership, appended to the
+# event log after it commits (and deleted once appended)
+segment_outbox = sa.Table(
+    "segment_outbox",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("partition_key", sa.String(512), nullable=False),
+    sa.Column("message_id", sa.String(200), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
+# when a profile's windowed counters next lose an event: the sweep re-evaluates it then
+segment_due = sa.Table(
+    "segment_due",
+    metadata,
+    sa.Column("profile_id", sa.String(512), primary_key=True),
+    sa.Column("due_ms", sa.BigInteger, nullable=False),
+    sa.Index("segment_due_time", "due_ms"),
+)

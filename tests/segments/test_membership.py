@@ -1,0 +1,242 @@
+"""Real-time membership: the worker's segment stage, the sweep, archiving and the relay, on a
+real SQLite file and a real PostgreSQL, with a clock the tests move."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+
+from personify.clock import FrozenClock, format_timestamp
+from personify.eventlog.sqlite import SQLiteEventLog
+from personify.profiles.events import view_event
+from personify.profiles.features import FeatureSet
+from personify.profiles.processor import ProfileProcessor
+from personify.segments.relay import MembershipRelay
+from personify.segments.repository import SegmentRepository
+from personify.segments.stage import SegmentStage
+from personify.segments.sweep import SegmentSweep
+from personify.segments.tables import segment_due, segment_members, segment_outbox
+from personify.store.database import Database
+from tests.postgres import fresh_schema, postgres_database
+
+__all__ = ["postgres_database"]
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+FEATURES = FeatureSet()
+SHOES = {
+    "event": "Product Viewed",
+    "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+    "within": "7d",
+    "count": {"op": "gte", "value": 3},
+}
+
+
+class World:
+    """A state database with the worker's processor, the segment stage and a movable clock."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.clock = FrozenClock(T0)
+        self.segments = SegmentRepository(db, clock=self.clock)
+        self.stage = SegmentStage(self.segments, FEATURES, clock=self.clock)
+        self.processor = ProfileProcessor(db, FEATURES, clock=self.clock, stages=[self.stage])
+        self.sweep = SegmentSweep(db, self.stage, clock=self.clock)
+        self.sent = 0
+
+    def send(self, *, minutes_ago: float = 0.0, **fields: Any) -> None:
+        """Apply one event that happened ``minutes_ago`` before the clock's now."""
+        self.sent += 1
+        when = format_timestamp(self.clock.now() - timedelta(minutes=minutes_ago))
+        data = {
+            "type": "track",
+            "messageId": f"m-{self.sent}",
+            "timestamp": when,
+            "receivedAt": when,
+            "sourceId": "src",
+            **fields,
+        }
+        self.processor.apply([view_event(data)])
+
+    def view(self, who: str, category: str, **extra: Any) -> None:
+        self.send(
+            anonymousId=who, event="Product Viewed", properties={"category": category}, **extra
+        )
+
+    def members(self, key: str) -> set[str]:
+        with self.db.connect() as conn:
+            m = segment_members.c
+            return set(
+                conn.execute(
+                    sa.select(m.profile_id).where(m.segment_key == key, m.exited_at.is_(None))
+                ).scalars()
+            )
+
+    def history(self, profile_id: str) -> list[tuple[str, str | None, str | None]]:
+        with self.db.connect() as conn:
+            m = segment_members.c
+            return [
+                (str(k), r, x)
+                for k, r, x in conn.execute(
+                    sa.select(m.segment_key, m.entry_reason, m.exit_reason)
+                    .where(m.profile_id == profile_id)
+                    .order_by(m.id)
+                )
+            ]
+
+    def outbox(self) -> list[dict[str, Any]]:
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(segment_outbox.c.payload).order_by(segment_outbox.c.id))
+            return [msgspec.json.decode(payload) for payload in rows.scalars()]
+
+
+@pytest.fixture
+def sqlite_world(tmp_path: Path) -> Iterator[World]:
+    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+    yield World(db)
+    db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+    else:
+        db = Database(fresh_schema(request.getfixturevalue("postgres_database")))
+    yield World(db)
+    db.dispose()
+
+
+def test_a_profile_enters_on_its_third_view_and_leaves_when_the_window_slides_past(
+    world: World,
+) -> None:
+    world.segments.create("shoe-fans", condition=SHOES)
+    world.view("a1", "shoes", minutes_ago=60)
+    world.view("a1", "hats", minutes_ago=50)
+    world.view("a1", "shoes", minutes_ago=40)
+    assert world.members("shoe-fans") == set()
+    world.view("a1", "shoes", minutes_ago=30)
+    assert world.members("shoe-fans") == {"a1"}
+    entered = world.outbox()
+    assert [(e["event"], e["anonymousId"], e["properties"]) for e in entered] == [
+        ("Segment Entered", "a1", {"segment": "shoe-fans", "version": 1, "reason": "rule"})
+    ]
+    assert "userId" not in entered[0]
+
+    # nothing is due until the oldest counted view leaves its window
+    world.clock.advance(timedelta(days=7).total_seconds() - 61 * 60)
+    assert world.sweep.sweep().profiles == 0
+    assert world.members("shoe-fans") == {"a1"}
+    # the first view (60 minutes before T0) is out: two views left, no new event needed
+    world.clock.advance(120)
+    result = world.sweep.sweep()
+    assert (result.profiles, result.exits) == (1, 1)
+    assert world.members("shoe-fans") == set()
+    assert world.history("a1") == [("shoe-fans", "rule", "sweep")]
+    assert world.outbox()[-1]["event"] == "Segment Exited"
+    assert world.outbox()[-1]["properties"]["reason"] == "sweep"
+    # the other two views leave later: the profile stays due until its counters are empty
+    world.clock.advance(timedelta(hours=1).total_seconds())
+    assert world.sweep.sweep().profiles == 1
+    with world.db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(segment_due)).scalar() == 0
+
+
+def test_a_late_event_outside_its_window_changes_nothing(sqlite_world: World) -> None:
+    world = sqlite_world
+    world.segments.create("shoe-fans", condition=SHOES)
+    world.view("a1", "shoes")
+    world.view("a1", "shoes")
+    # eight days old when it arrives: it never counts, whatever the order
+    world.view("a1", "shoes", minutes_ago=8 * 24 * 60)
+    assert world.members("shoe-fans") == set()
+    world.view("a1", "shoes", minutes_ago=5)
+    assert world.members("shoe-fans") == {"a1"}
+
+
+def test_traits_segments_of_segments_and_consent(sqlite_world: World) -> None:
+    world = sqlite_world
+    world.segments.create("pro", condition={"trait": "plan", "op": "eq", "value": "pro"})
+    world.segments.create("shoe-fans", condition=SHOES)
+    world.segments.create(
+        "pro-shoe-fans", condition={"all": [{"segment": "pro"}, {"segment": "shoe-fans"}]}
+    )
+    world.send(type="identify", userId="u1", anonymousId="a1", context={"traits": {"plan": "pro"}})
+    assert world.members("pro") == {"u1"} and world.members("pro-shoe-fans") == set()
+    for _ in range(3):
+        world.view("a1", "shoes")
+    assert world.members("pro-shoe-fans") == {"u1"}
+    entered = [e for e in world.outbox() if e["event"] == "Segment Entered"]
+    # a profile named by a userId is told about as one
+    assert {e["userId"] for e in entered} == {"u1"}
+
+    world.send(
+        type="identify",
+        userId="u1",
+        context={"consent": {"categoryPreferences": {"personalization": False}}},
+    )
+    assert world.members("pro") == set() and world.members("pro-shoe-fans") == set()
+    reasons = {x for _, _, x in world.history("u1")}
+    assert reasons == {"consent"}
+
+
+def test_a_merge_keeps_one_stay_and_tells_no_one(sqlite_world: World) -> None:
+    world = sqlite_world
+    world.segments.create("shoe-fans", condition=SHOES)
+    for _ in range(3):
+        world.view("a1", "shoes")
+    for _ in range(3):
+        world.view("a2", "shoes")
+    assert world.members("shoe-fans") == {"a1", "a2"}
+    before = len(world.outbox())
+    world.send(type="identify", userId="u1", anonymousId="a1")
+    world.send(type="identify", userId="u1", anonymousId="a2")
+    assert world.members("shoe-fans") == {"u1"}
+    assert len(world.outbox()) == before
+    assert world.history("u1") == [("shoe-fans", "rule", None), ("shoe-fans", "rule", "merged")]
+
+
+def test_archiving_a_segment_ends_every_stay_with_an_event(sqlite_world: World) -> None:
+    world = sqlite_world
+    world.segments.create("shoe-fans", condition=SHOES)
+    for who in ("a1", "a2"):
+        for _ in range(3):
+            world.view(who, "shoes")
+    world.segments.archive("shoe-fans")
+    assert world.members("shoe-fans") == set()
+    exits = [e for e in world.outbox() if e["event"] == "Segment Exited"]
+    assert sorted(e["anonymousId"] for e in exits) == ["a1", "a2"]
+    assert {e["properties"]["reason"] for e in exits} == {"archived"}
+    # with no rule left, the worker stops counting: the counters leave the states
+    world.view("a1", "shoes")
+    with world.db.connect() as conn:
+        state = conn.execute(sa.text("SELECT state FROM profiles WHERE profile_id='a1'")).scalar()
+    assert '"counters"' not in str(state)
+
+
+async def test_the_relay_appends_each_event_once(sqlite_world: World, tmp_path: Path) -> None:
+    world = sqlite_world
+    log = SQLiteEventLog(tmp_path / "log")
+    await log.start()
+    try:
+        relay = MembershipRelay(world.db, log, page_size=2)
+        world.segments.create("shoe-fans", condition=SHOES)
+        for who in ("a1", "a2", "a3"):
+            for _ in range(3):
+                world.view(who, "shoes")
+        assert relay.pending() == 3
+        assert await relay.flush() == 3
+        assert relay.pending() == 0
+        entries = await log.read("g", "c", max_count=10, timeout_ms=100)
+        names = sorted(msgspec.json.decode(e.payload)["anonymousId"] for e in entries)
+        assert names == ["a1", "a2", "a3"]
+        # the worker reads them like any event: a profile's timeline shows its entries
+        view = view_event(msgspec.json.decode(entries[0].payload))
+        assert view.name == "Segment Entered"
+    finally:
+        await log.close()
