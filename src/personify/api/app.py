@@ -26,6 +26,7 @@ from personify.api.collector import collector_handlers
 from personify.api.documents import ErrorDocument, Health, Readiness
 from personify.api.profiles import profile_router
 from personify.api.reference import openapi_config, reference_router
+from personify.api.segments import segment_router
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.ingest.asgi import IngestFastPath, UnavailableLog
 from personify.ingest.routes import CollectorRoutes
@@ -76,6 +77,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "runtime": value(runtime),
         "log": value(runtime.log),
         "profiles": value(runtime.profiles),
+        "segments": value(runtime.segments),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
     }
@@ -119,6 +121,7 @@ def create_app(
             ready,
             admin_router(),
             profile_router(),
+            segment_router(),
             *collector_handlers(),
             reference_router(),
         ],

@@ -88,10 +88,19 @@ class WorkerStatus(msgspec.Struct):
     jobs: list[dict[str, Any]] = []
 
 
+class ProfileSegment(msgspec.Struct):
+    """A segment the profile is in, and since when (ISO-8601 UTC)."""
+
+    key: str
+    since: str
+
+
 class Profile(msgspec.Struct):
-    """A profile: its ids, traits, features and consent, as of now or of ``as_of``."""
+    """A profile: its ids, traits, features and consent, as of now or of ``as_of``, and the
+    segments it is in then."""
 
     profileId: str
+    segments: list[ProfileSegment]
 
 
 class ProfileHistory(msgspec.Struct):
@@ -109,6 +118,78 @@ class ProfileEvents(msgspec.Struct):
     profileId: str
     data: list[dict[str, Any]]
     next: str | None
+
+
+class Segment(msgspec.Struct):
+    """A segment's newest version; ``condition`` is its JSON condition (``docs/segments.md``)."""
+
+    key: str
+    name: str
+    description: str
+    kind: str
+    condition: Any
+    version: int
+    status: str
+    createdAt: str
+    updatedAt: str
+
+
+class SegmentList(msgspec.Struct):
+    """Segments by key."""
+
+    data: list[Segment]
+
+
+class SegmentVersion(msgspec.Struct):
+    """One saved version of a segment."""
+
+    version: int
+    name: str
+    description: str
+    condition: Any
+    status: str
+    savedAt: str
+
+
+class SegmentVersions(msgspec.Struct):
+    """Every saved version of a segment, newest first."""
+
+    key: str
+    data: list[SegmentVersion]
+
+
+class SegmentMember(msgspec.Struct):
+    """A current member: since when, and by which version of the segment it entered."""
+
+    profileId: str
+    since: str
+    segmentVersion: int
+
+
+class SegmentMembers(msgspec.Struct):
+    """Current members by profile id; ``next`` is the ``cursor`` of the next page."""
+
+    data: list[SegmentMember]
+    next: str | None
+
+
+class SegmentSize(msgspec.Struct):
+    """How many profiles were in the segment at a moment."""
+
+    at: str
+    size: int
+
+
+class SegmentStats(msgspec.Struct):
+    """A segment's size now, entries and exits ever, and its size at the end of each day."""
+
+    key: str
+    version: int
+    status: str
+    size: int
+    entries: int
+    exits: int
+    series: list[SegmentSize]
 
 
 def error_response(description: str) -> ResponseSpec:

@@ -26,6 +26,7 @@ from personify.events.normalize import parse_timestamp
 from personify.profiles.repository import MAX_CURSOR_CHARS, parse_cursor
 from personify.profiles.service import ProfileService
 from personify.runtime import Runtime
+from personify.segments.repository import SegmentRepository
 from personify.worker.worker import heartbeat_horizon
 
 # an ISO-8601 time is some 35 characters, with its fraction and offset
@@ -53,6 +54,26 @@ def _as_of(raw: str | None) -> datetime | None:
         ) from exc
 
 
+def _segments_at(
+    segments: SegmentRepository, profile_id: str, as_of: datetime | None
+) -> list[dict[str, Any]]:
+    """The segments the profile is in now, or was in at ``as_of`` (from its membership
+    history, so the document read as of a time agrees with itself)."""
+    if as_of is None:
+        return segments.profile_segments(profile_id)
+    # the stays covering that moment: entered by then and not yet exited (stays in one segment
+    # never overlap, so each key comes once)
+    stays = [
+        stay
+        for stay in segments.memberships(profile_id)
+        if stay.entered_at <= as_of and (stay.exited_at is None or stay.exited_at > as_of)
+    ]
+    return [
+        {"key": stay.segment_key, "since": stay.entered_at.isoformat()}
+        for stay in sorted(stays, key=lambda stay: stay.segment_key)
+    ]
+
+
 @get(
     "/v1/profiles/{id:str}",
     responses={
@@ -62,6 +83,7 @@ def _as_of(raw: str | None) -> datetime | None:
 )
 async def profile(
     profiles: NamedDependency[ProfileService],
+    segments: NamedDependency[SegmentRepository],
     id: ProfileId,
     as_of: Annotated[
         str | None,
@@ -71,8 +93,13 @@ async def profile(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    """The profile that any of its ids belongs to: ids, traits, features, consent."""
-    return await profiles.get(id, as_of=_as_of(as_of))
+    """The profile that any of its ids belongs to: ids, traits, features, consent, and the
+    segments it is in."""
+    moment = _as_of(as_of)
+    document = await profiles.get(id, as_of=moment)
+    member_of = await sync_to_thread(_segments_at, segments, document["profileId"], moment)
+    # a new dict: the service may hand out the document it keeps in its cache
+    return {**document, "segments": member_of}
 
 
 @get("/v1/profiles/{id:str}/history", responses=admin_responses(found=True))

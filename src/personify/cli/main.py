@@ -1,6 +1,6 @@
 """``personify``: the root command, ``serve``, ``worker`` and ``demo``; every domain's commands
-(sources and keys, events, profiles, db, lake, import, sql, quality, lineage) live in their own
-modules and are added here."""
+(sources and keys, events, profiles, segments, db, lake, import, sql, quality, lineage) live in
+their own modules and are added here."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from personify.cli.keys import keys, sources
 from personify.cli.lake import lake
 from personify.cli.profiles import profiles
 from personify.cli.quality import lineage, quality
+from personify.cli.segments import segments
 from personify.cli.sql import sql
 from personify.settings import Settings
 
@@ -140,5 +141,17 @@ def demo(ctx: CliContext, port: int, no_serve: bool) -> None:
     run_demo(ctx.settings, port=port, serve=not no_serve, echo=click.echo, echo_json=echo_json)
 
 
-for _command in (sources, keys, events, profiles, db, lake, import_events, sql, quality, lineage):
+for _command in (
+    sources,
+    keys,
+    events,
+    profiles,
+    segments,
+    db,
+    lake,
+    import_events,
+    sql,
+    quality,
+    lineage,
+):
     main.add_command(_command)

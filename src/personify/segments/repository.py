@@ -136,7 +136,7 @@ class CompiledSegments:
 
 
 def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not _KEY.match(key):
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise ValidationError(
             "a segment key is 1-100 letters, digits, '-', '_' or '.', starting with a letter "
             "or digit",

@@ -1,0 +1,241 @@
+"""Segment routes (Bearer API key): rule segments, their versions, members and sizes.
+
+Reads need the ``read`` role, writes the ``admin`` role. A condition that breaks the language
+(``docs/segments.md``) is a 422 whose ``error.details.errors`` points at each problem.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, Router, delete, get, patch, post
+from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody, PathParameter, QueryParameter
+
+from personify.api.admin import MAX_ID_CHARS, MAX_NAME_CHARS, NO_NUL
+from personify.api.documents import (
+    Segment,
+    SegmentList,
+    SegmentMember,
+    SegmentMembers,
+    SegmentStats,
+    SegmentVersion,
+    SegmentVersions,
+    admin_responses,
+    error_response,
+)
+from personify.api.errors import personify_error_handler
+from personify.api.guards import BEARER_SECURITY, api_key
+from personify.errors import ValidationError
+from personify.segments.repository import SegmentDefinition, SegmentRepository
+
+# the role a route needs (see ``personify.api.guards``)
+ADMIN = {"role": "admin"}
+
+SegmentKey = Annotated[
+    str,
+    PathParameter(max_length=MAX_NAME_CHARS, pattern=NO_NUL, description="a segment key"),
+]
+
+
+class NewSegment(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/segments``."""
+
+    key: Annotated[
+        str,
+        msgspec.Meta(description="1-100 letters, digits, '-', '_' or '.', starting with one"),
+    ]
+    condition: Annotated[Any, msgspec.Meta(description="the JSON condition (docs/segments.md)")]
+    name: Annotated[
+        str | None, msgspec.Meta(description="up to 200 characters (the key when absent)")
+    ] = None
+    description: Annotated[str, msgspec.Meta(description="up to 10,000 characters")] = ""
+
+
+class SegmentChange(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``PATCH /v1/segments/{key}``: what is given changes, the rest is kept."""
+
+    name: str | None = None
+    description: str | None = None
+    condition: Any = None
+
+
+def _not_found() -> dict[int, ResponseSpec]:
+    return {404: error_response("segment_not_found: no segment has that key")}
+
+
+def _document(definition: SegmentDefinition) -> Segment:
+    return msgspec.convert(definition.to_dict(), Segment)
+
+
+def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A body nested past what the JSON decoder recurses into is bad input, not a bug."""
+    error = ValidationError(
+        "the JSON body nests too deeply (a condition nests at most 16 levels)",
+        code="invalid_json",
+    )
+    return personify_error_handler(request, error)
+
+
+@get("/v1/segments", responses=admin_responses())
+async def list_segments(
+    segments: NamedDependency[SegmentRepository],
+    archived: Annotated[bool, QueryParameter(description="include archived segments")] = False,
+) -> SegmentList:
+    """Every segment by key (active ones unless ``archived=true``)."""
+    found = await sync_to_thread(segments.definitions, include_archived=archived)
+    return SegmentList(data=[_document(definition) for definition in found])
+
+
+@post(
+    "/v1/segments",
+    opt=ADMIN,
+    responses={
+        **admin_responses(),
+        400: error_response(
+            "invalid_key, invalid_field (details.field), invalid_json, or invalid_parameter "
+            "(a body that is not the documented object)"
+        ),
+        409: error_response("segment_exists: an active segment has that key"),
+        422: error_response("invalid_condition: details.errors has a JSON pointer per problem"),
+    },
+)
+async def create_segment(
+    segments: NamedDependency[SegmentRepository], data: JSONBody[NewSegment]
+) -> Segment:
+    """Save a new rule segment (version 1, or the next version of an archived key)."""
+    definition = await sync_to_thread(
+        segments.create,
+        data.key,
+        name=data.name,
+        description=data.description,
+        condition=data.condition,
+    )
+    return _document(definition)
+
+
+@get("/v1/segments/{key:str}", responses={**admin_responses(), **_not_found()})
+async def show_segment(segments: NamedDependency[SegmentRepository], key: SegmentKey) -> Segment:
+    """A segment's newest version (archived ones too)."""
+    return _document(await sync_to_thread(segments.get, key))
+
+
+@patch(
+    "/v1/segments/{key:str}",
+    opt=ADMIN,
+    responses={
+        **admin_responses(),
+        **_not_found(),
+        400: error_response(
+            "nothing_to_change, invalid_field (details.field), invalid_json, or "
+            "invalid_parameter (a body that is not the documented object)"
+        ),
+        409: error_response("segment_changed: it changed meanwhile; read it again"),
+        422: error_response("invalid_condition: details.errors has a JSON pointer per problem"),
+    },
+)
+async def update_segment(
+    segments: NamedDependency[SegmentRepository], key: SegmentKey, data: JSONBody[SegmentChange]
+) -> Segment:
+    """Save a new version of an active segment with the given name, description, condition."""
+    if data.name is None and data.description is None and data.condition is None:
+        raise ValidationError(
+            "give at least one of name, description or condition", code="nothing_to_change"
+        )
+    definition = await sync_to_thread(
+        segments.update,
+        key,
+        name=data.name,
+        description=data.description,
+        condition=data.condition,
+    )
+    return _document(definition)
+
+
+@delete(
+    "/v1/segments/{key:str}",
+    opt=ADMIN,
+    # the archived definition is the answer, so not the 204 Litestar gives a DELETE
+    status_code=200,
+    responses={
+        **admin_responses(),
+        **_not_found(),
+        409: error_response("segment_in_use: active segments read it (details.usedBy)"),
+    },
+)
+async def archive_segment(segments: NamedDependency[SegmentRepository], key: SegmentKey) -> Segment:
+    """Archive a segment (a new version; its members exit); refused while another reads it."""
+    return _document(await sync_to_thread(segments.archive, key))
+
+
+@get("/v1/segments/{key:str}/versions", responses={**admin_responses(), **_not_found()})
+async def segment_versions(
+    segments: NamedDependency[SegmentRepository], key: SegmentKey
+) -> SegmentVersions:
+    """Every saved version of a segment, newest first."""
+    versions = await sync_to_thread(segments.versions, key)
+    return SegmentVersions(key=key, data=msgspec.convert(versions, list[SegmentVersion]))
+
+
+@get("/v1/segments/{key:str}/members", responses={**admin_responses(), **_not_found()})
+async def segment_members(
+    segments: NamedDependency[SegmentRepository],
+    key: SegmentKey,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="page size")] = 100,
+    cursor: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=MAX_ID_CHARS, pattern=NO_NUL, description="the `next` of the previous page"
+        ),
+    ] = None,
+) -> SegmentMembers:
+    """A page of the segment's current members, by profile id."""
+    page = await sync_to_thread(segments.members, key, limit=limit, after=cursor)
+    return SegmentMembers(
+        data=[
+            SegmentMember(
+                profileId=member.profile_id,
+                since=member.entered_at.isoformat(),
+                segmentVersion=member.segment_version,
+            )
+            for member in page.members
+        ],
+        next=page.next,
+    )
+
+
+@get("/v1/segments/{key:str}/stats", responses={**admin_responses(), **_not_found()})
+async def segment_stats(
+    segments: NamedDependency[SegmentRepository],
+    key: SegmentKey,
+    days: Annotated[
+        int, QueryParameter(ge=1, le=366, description="days of daily sizes in `series`")
+    ] = 30,
+) -> SegmentStats:
+    """The segment's size now, entries and exits ever, and its size at the end of each day."""
+    return msgspec.convert(await sync_to_thread(segments.stats, key, days=days), SegmentStats)
+
+
+def segment_router() -> Router:
+    """The segment routes, behind the API key guard (writes need the admin role)."""
+    return Router(
+        "/",
+        route_handlers=[
+            list_segments,
+            create_segment,
+            show_segment,
+            update_segment,
+            archive_segment,
+            segment_versions,
+            segment_members,
+            segment_stats,
+        ],
+        guards=[api_key],
+        security=BEARER_SECURITY,
+        tags=["segments"],
+        # msgspec raises RecursionError (not a decode error) on a body nested thousands deep
+        exception_handlers={RecursionError: _too_deep},
+    )

@@ -1,0 +1,175 @@
+"""``personify segments …``: rule segments from the command line (list, show, create, update,
+delete), their current members (as JSON lines or a CSV file) and their sizes."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import msgspec
+
+from personify.cli.context import CliContext, echo_json, pass_ctx
+
+if TYPE_CHECKING:
+    from personify.segments.repository import Membership, SegmentRepository
+
+# members read per query when printing or exporting a whole segment
+_PAGE = 1000
+CSV_COLUMNS = ("profile_id", "since", "segment_version")
+
+
+def _repository(ctx: CliContext) -> SegmentRepository:
+    from personify.segments.repository import SegmentRepository
+    from personify.store.database import open_database
+
+    return SegmentRepository(open_database(ctx.settings))
+
+
+def _condition(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """The ``--condition`` option: JSON text, or ``@path`` to read it from a file."""
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+
+
+def _condition_option(*, required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--condition",
+        required=required,
+        callback=_condition,
+        help="the JSON condition, or @FILE holding it (docs/segments.md)",
+    )
+
+
+def _members(repository: SegmentRepository, key: str, limit: int | None) -> Iterator[Membership]:
+    """The segment's current members by profile id, at most ``limit`` of them."""
+    after: str | None = None
+    left = limit
+    while left is None or left > 0:
+        size = _PAGE if left is None else min(_PAGE, left)
+        page = repository.members(key, limit=size, after=after)
+        yield from page.members
+        if left is not None:
+            left -= len(page.members)
+        if page.next is None:
+            return
+        after = page.next
+
+
+@click.group()
+def segments() -> None:
+    """Rule segments: definitions, members, sizes."""
+
+
+@segments.command("list")
+@click.option("--archived", is_flag=True, help="include archived segments")
+@pass_ctx
+def segments_list(ctx: CliContext, archived: bool) -> None:
+    """List segments: key, version, status, name."""
+    for d in _repository(ctx).definitions(include_archived=archived):
+        click.echo(f"{d.key:<24} v{d.version:<4} {d.status:<8} {d.name}")
+
+
+@segments.command("show")
+@click.argument("key")
+@pass_ctx
+def segments_show(ctx: CliContext, key: str) -> None:
+    """Print segment KEY (its newest version) as JSON."""
+    echo_json(_repository(ctx).get(key).to_dict())
+
+
+@segments.command("create")
+@click.argument("key")
+@_condition_option(required=True)
+@click.option("--name", default=None, help="a name for people (the key if not given)")
+@click.option("--description", default="", help="what the segment is for")
+@pass_ctx
+def segments_create(
+    ctx: CliContext, key: str, condition: Any, name: str | None, description: str
+) -> None:
+    """Save a new rule segment KEY and print it as JSON."""
+    created = _repository(ctx).create(key, name=name, description=description, condition=condition)
+    echo_json(created.to_dict())
+
+
+@segments.command("update")
+@click.argument("key")
+@_condition_option(required=False)
+@click.option("--name", default=None, help="a new name")
+@click.option("--description", default=None, help="a new description")
+@pass_ctx
+def segments_update(
+    ctx: CliContext, key: str, condition: Any, name: str | None, description: str | None
+) -> None:
+    """Save a new version of segment KEY with what is given and print it as JSON."""
+    if condition is None and name is None and description is None:
+        raise click.UsageError("give at least one of --condition, --name or --description")
+    updated = _repository(ctx).update(key, name=name, description=description, condition=condition)
+    echo_json(updated.to_dict())
+
+
+@segments.command("delete")
+@click.argument("key")
+@pass_ctx
+def segments_delete(ctx: CliContext, key: str) -> None:
+    """Archive segment KEY (refused while another segment reads it) and print it as JSON."""
+    echo_json(_repository(ctx).archive(key).to_dict())
+
+
+@segments.command("members")
+@click.argument("key")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="write a CSV file (profile_id,since,segment_version) instead of JSON lines",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most this many")
+@pass_ctx
+def segments_members(ctx: CliContext, key: str, output: Path | None, limit: int | None) -> None:
+    """Print segment KEY's current members by profile id, one JSON object a line, or write
+    them to a CSV file."""
+    repository = _repository(ctx)
+    # an unknown key is an error before any file is made
+    repository.get(key)
+    members = _members(repository, key, limit)
+    if output is None:
+        for member in members:
+            line = {
+                "profileId": member.profile_id,
+                "since": member.entered_at.isoformat(),
+                "segmentVersion": member.segment_version,
+            }
+            click.echo(msgspec.json.encode(line).decode())
+        return
+    count = 0
+    with output.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(CSV_COLUMNS)
+        for member in members:
+            writer.writerow(
+                (member.profile_id, member.entered_at.isoformat(), member.segment_version)
+            )
+            count += 1
+    click.echo(f"wrote {count} members of {key} to {output}")
+
+
+@segments.command("stats")
+@click.argument("key")
+@click.option("--days", type=click.IntRange(1, 366), default=30, show_default=True)
+@pass_ctx
+def segments_stats(ctx: CliContext, key: str, days: int) -> None:
+    """Print segment KEY's size now, entries and exits, and its size at each day's end."""
+    echo_json(_repository(ctx).stats(key, days=days))
