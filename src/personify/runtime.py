@@ -28,6 +28,7 @@ from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.service import ProfileService
+from personify.segments.backfill import SegmentBackfill
 from personify.segments.relay import MembershipRelay
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage
@@ -61,6 +62,7 @@ class Runtime:
     segments: SegmentRepository
     segment_sweep: SegmentSweep
     segment_relay: MembershipRelay
+    segment_backfill: SegmentBackfill
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -109,6 +111,7 @@ class Runtime:
             clock=clock,
         )
         sweep = SegmentSweep(db, segment_stage, clock=clock)
+        backfill = SegmentBackfill(db, segment_stage, clock=clock)
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -143,10 +146,11 @@ class Runtime:
             else None,
             segment_sweep=sweep,
             segment_relay=relay,
+            segment_backfill=backfill,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
-                    *segment_jobs(settings, sweep, relay),
+                    *segment_jobs(settings, sweep, relay, backfill),
                 ],
                 clock=clock,
             ),

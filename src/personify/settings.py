@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     # how often membership events left in the outbox are appended to the log (the worker
     # also appends them after every batch)
     segment_relay_interval_s: float = Field(default=10.0, gt=0.0)
+    # how often serve looks for a backfill to run (a rule saved since the last pass)
+    segment_backfill_interval_s: float = Field(default=5.0, gt=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

@@ -159,3 +159,49 @@ def test_stats(run: Invoke, data_dir: Path) -> None:
     assert (stats["key"], stats["size"], stats["entries"], stats["exits"]) == ("vip", 2, 2, 0)
     assert len(stats["series"]) == 5 and stats["series"][-1]["size"] == 2
     assert run("segments", "stats", "vip", "--days", "0").exit_code == 2
+
+
+def test_backfill_evaluates_stored_profiles_and_appends_their_events(
+    run: Invoke, data_dir: Path
+) -> None:
+    from personify.profiles.events import view_event
+    from personify.profiles.features import FeatureSet
+    from personify.profiles.processor import ProfileProcessor
+
+    db = open_database(make_settings(data_dir))
+    try:
+        when = datetime.now(UTC).isoformat()
+        events = [
+            {
+                "type": "identify",
+                "messageId": f"m{n}",
+                "userId": f"u{n}",
+                "timestamp": when,
+                "context": {"traits": {"plan": "pro" if n % 2 else "free"}},
+            }
+            for n in range(10)
+        ]
+        ProfileProcessor(db, FeatureSet()).apply([view_event(e) for e in events])
+    finally:
+        db.dispose()
+
+    ok(run("segments", "create", "pro", "--condition", json.dumps(PRO)))
+    result = run("segments", "backfill")
+    ok(result)
+    # the progress bar goes to stderr, the result alone to stdout
+    assert "profiles [" in result.stderr and "10/10" in result.stderr
+    done = json.loads(result.stdout)
+    assert (done["backfills"], done["profiles"], done["entries"]) == (1, 10, 5)
+    assert done["eventsAppended"] == 5
+    shown = json.loads(ok(run("segments", "show", "pro")))
+    assert shown["backfill"]["status"] == "done"
+    assert (shown["backfill"]["done"], shown["backfill"]["total"]) == (10, 10)
+    members = [
+        json.loads(line)["profileId"] for line in ok(run("segments", "members", "pro")).splitlines()
+    ]
+    assert members == ["u1", "u3", "u5", "u7", "u9"]
+    # nothing waits: a second pass does nothing
+    again = json.loads(ok(run("segments", "backfill", "--quiet")))
+    assert (again["backfills"], again["profiles"], again["eventsAppended"]) == (0, 0, 0)
+    swept = json.loads(ok(run("segments", "sweep")))
+    assert swept["profiles"] == 0

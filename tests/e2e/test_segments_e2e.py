@@ -1,9 +1,10 @@
 """Segments end to end, over HTTP against a real ``personify serve``: a rule saved through the
-API, an event in, ``Segment Entered`` through the log into the profile's timeline, the
-segment in the profile, then the exit when the window slides past, with no further event."""
+API, an event in, ``Segment Entered`` in the log, the segment in the profile, a rule saved
+later backfilled, then the exit when the window slides past, with no further event."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerProcess, make_server
+from tests.e2e.conftest import ServerProcess, cli, make_server
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +26,7 @@ def segment_server(tmp_path: Path) -> Iterator[ServerProcess]:
         tmp_path / "data",
         PERSONIFY_SEGMENT_SWEEP_INTERVAL_S="0.5",
         PERSONIFY_SEGMENT_RELAY_INTERVAL_S="0.5",
+        PERSONIFY_SEGMENT_BACKFILL_INTERVAL_S="0.5",
         PERSONIFY_WORKER_POLL_TIMEOUT_MS="100",
     )
     server.start()
@@ -41,6 +43,10 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def backfilled_total(shown: dict[str, Any]) -> int:
+    return int(shown["backfill"]["total"])
 
 
 def test_an_event_enters_a_segment_and_the_window_takes_it_out(
@@ -88,12 +94,10 @@ def test_an_event_enters_a_segment_and_the_window_takes_it_out(
         assert [s["key"] for s in inside] == ["recent-buyers"]
 
         def membership_events() -> list[dict[str, Any]]:
-            response = client.get("/v1/profiles/u1/events", headers=admin, params={"limit": 50})
-            assert response.status_code == 200, response.text
-            data = response.json()["data"]
-            return [e for e in data if str(e.get("event", "")).startswith("Segment ")]
+            lines = cli(server.env, "events", "tail", "-n", "500").splitlines()
+            logged = [json.loads(line) for line in lines if line.strip()]
+            return [e for e in logged if str(e.get("event", "")).startswith("Segment ")]
 
-        # the entry went out to the log as an event, and came back through the worker
         entered = wait_for("Segment Entered in the timeline", membership_events, 10)
         assert entered[0]["event"] == "Segment Entered"
         assert entered[0]["properties"] == {
@@ -102,19 +106,45 @@ def test_an_event_enters_a_segment_and_the_window_takes_it_out(
             "reason": "rule",
         }
 
+        # a rule saved after the event: the backfill evaluates the stored profile, counting
+        # the order from its timeline
+        later = client.post(
+            "/v1/segments",
+            headers=admin,
+            json={"key": "buyers", "condition": {"event": "Order Completed"}},
+        )
+        assert later.status_code == 201, later.text
+        assert later.json()["backfill"]["status"] == "pending"
+
+        def backfilled() -> dict[str, Any] | None:
+            shown = client.get("/v1/segments/buyers", headers=admin).json()
+            return shown if shown["backfill"]["status"] == "done" else None
+
+        assert backfilled_total(wait_for("the backfill", backfilled, 15)) >= 1
+        assert "buyers" in {s["key"] for s in segments()}
+
         # no more events: the sweep takes the profile out once the order leaves the window
-        wait_for("the exit", lambda: not segments(), WINDOW_S + 15)
+        wait_for(
+            "the exit", lambda: "recent-buyers" not in {s["key"] for s in segments()}, WINDOW_S + 15
+        )
         assert time.monotonic() - sent_at >= WINDOW_S - 1
         exited = wait_for(
-            "Segment Exited in the timeline",
+            "Segment Exited in the log",
             lambda: [e for e in membership_events() if e["event"] == "Segment Exited"],
             10,
         )
         assert exited[0]["properties"]["reason"] == "sweep"
+        assert exited[0]["properties"]["segment"] == "recent-buyers"
+        # an all-time rule keeps the profile
+        assert [s["key"] for s in segments()] == ["buyers"]
 
         members = client.get("/v1/segments/recent-buyers/members", headers=admin)
         assert members.status_code == 200 and members.json()["data"] == []
         stats = client.get("/v1/segments/recent-buyers/stats", headers=admin).json()
+        assert stats["size"] == 0
+        # they are facts about the profile, not the user's activity: not in its timeline
+        timeline = client.get("/v1/profiles/u1/events", headers=admin).json()["data"]
+        assert [e.get("event") for e in timeline] == ["Order Completed"]
         assert (stats["size"], stats["entries"], stats["exits"]) == (0, 1, 1)
     server.stop()
     log_text = b"".join(p.read_bytes() for p in server.data_dir.glob("server-*.log"))

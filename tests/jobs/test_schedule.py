@@ -102,7 +102,13 @@ async def test_serve_prunes_profiles_and_trims_the_log_on_its_schedule(tmp_path:
         status = await served.client.get("/v1/worker/status")
         assert status.status_code == 200, status.text
         jobs = {job["job"]: job for job in status.json()["jobs"]}
-        assert set(jobs) == {"profile-prune", "eventlog-trim", "segment-sweep", "segment-relay"}
+        assert set(jobs) == {
+            "profile-prune",
+            "eventlog-trim",
+            "segment-sweep",
+            "segment-relay",
+            "segment-backfill",
+        }
         assert jobs["profile-prune"]["runs"] >= 1 and jobs["profile-prune"]["failures"] == 0
         assert jobs["profile-prune"]["lastResult"]["eventsDeleted"] >= 0
         # the profile is still whole, and its timeline comes from the lake now

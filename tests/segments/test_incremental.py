@@ -1,7 +1,8 @@
 """Incremental membership equals brute force: for generated rules and generated histories
-(late events, duplicates, shuffled arrival, any batching), the segments the worker keeps,
-through its counters, stage and sweep on a real SQLite file, are exactly the segments a
-brute-force evaluation of the same rule over the user's raw events gives at the same time."""
+(late events, duplicates, shuffled arrival, any batching, rules saved part-way and
+backfilled), the segments the worker keeps, through its counters, stage, backfill and sweep
+on a real SQLite file, are exactly the segments a brute-force evaluation of the same rule over
+the user's raw events gives at the same time."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from personify.clock import FrozenClock, from_epoch_us
 from personify.profiles.events import MS_PER_DAY, parse_ms, view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
+from personify.segments.backfill import SegmentBackfill
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage
 from personify.segments.sweep import SegmentSweep
@@ -69,8 +71,6 @@ def test_incremental_membership_equals_brute_force(
     try:
         clock = FrozenClock(from_epoch_us(T * 1000))
         repository = SegmentRepository(db, clock=clock)
-        for n, rule in enumerate(rules):
-            repository.create(f"s{n}", condition=rule)
         stage = SegmentStage(repository, FEATURES, clock=clock)
         processor = ProfileProcessor(db, FEATURES, clock=clock, stages=[stage])
         sweep = SegmentSweep(db, stage, clock=clock)
@@ -82,10 +82,24 @@ def test_incremental_membership_equals_brute_force(
         # shuffled, some sent twice, in batches of any size
         arrivals = history + [ev for ev in history if rng.random() < 0.3]
         rng.shuffle(arrivals)
+        # the rules are saved after some of the events applied: those count from the timeline
+        saved_after = rng.randint(0, len(arrivals))
+        for event_ in arrivals[:saved_after]:
+            processor.apply([view_event(event_)])
+        arrivals = arrivals[saved_after:]
+        for n, rule in enumerate(rules):
+            repository.create(f"s{n}", condition=rule)
+        # the rules are evaluated for the profiles stored before them, by a backfill pass
+        # that may come before or after the rest of the events
+        backfill_first = rng.random() < 0.5
+        if backfill_first:
+            SegmentBackfill(db, stage, clock=clock).run()
         while arrivals:
             size = rng.randint(1, 4)
             batch, arrivals = arrivals[:size], arrivals[size:]
             processor.apply([view_event(ev) for ev in batch])
+        if not backfill_first:
+            SegmentBackfill(db, stage, clock=clock).run()
 
         def expected(at_ms: int) -> set[str]:
             if not history:

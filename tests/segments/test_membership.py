@@ -240,3 +240,20 @@ async def test_the_relay_appends_each_event_once(sqlite_world: World, tmp_path: 
         assert view.name == "Segment Entered"
     finally:
         await log.close()
+
+
+def test_a_rule_saved_later_counts_the_events_before_it(sqlite_world: World) -> None:
+    world = sqlite_world
+    world.view("a1", "shoes", minutes_ago=90)
+    world.view("a1", "shoes", minutes_ago=80)
+    # far outside the window: never counted
+    world.view("a1", "shoes", minutes_ago=9 * 24 * 60)
+    world.segments.create("shoe-fans", condition=SHOES)
+    world.view("a1", "hats")
+    assert world.members("shoe-fans") == set()
+    world.view("a1", "shoes")
+    assert world.members("shoe-fans") == {"a1"}
+    # and the rule's window ends with the views it counted from the timeline
+    world.clock.advance(timedelta(days=7).total_seconds() - 85 * 60)
+    world.sweep.sweep()
+    assert world.members("shoe-fans") == set()

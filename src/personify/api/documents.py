@@ -120,8 +120,21 @@ class ProfileEvents(msgspec.Struct):
     next: str | None
 
 
+class SegmentBackfill(msgspec.Struct):
+    """The newest backfill of a segment: every stored profile evaluated again after a save."""
+
+    version: int
+    status: str
+    done: int
+    total: int
+    requestedAt: str | None
+    startedAt: str | None
+    finishedAt: str | None
+
+
 class Segment(msgspec.Struct):
-    """A segment's newest version; ``condition`` is its JSON condition (``docs/segments.md``)."""
+    """A segment's newest version; ``condition`` is its JSON condition (``docs/segments.md``);
+    ``backfill`` is the progress of evaluating every stored profile after the last save."""
 
     key: str
     name: str
@@ -132,6 +145,7 @@ class Segment(msgspec.Struct):
     status: str
     createdAt: str
     updatedAt: str
+    backfill: SegmentBackfill | None = None
 
 
 class SegmentList(msgspec.Struct):

@@ -1,5 +1,6 @@
 """``personify segments …``: rule segments from the command line (list, show, create, update,
-delete), their current members (as JSON lines or a CSV file) and their sizes."""
+delete), their current members (as JSON lines or a CSV file), their sizes, and the backfill
+and sweep passes that ``personify serve`` otherwise schedules."""
 
 from __future__ import annotations
 
@@ -173,3 +174,78 @@ def segments_members(ctx: CliContext, key: str, output: Path | None, limit: int 
 def segments_stats(ctx: CliContext, key: str, days: int) -> None:
     """Print segment KEY's size now, entries and exits, and its size at each day's end."""
     echo_json(_repository(ctx).stats(key, days=days))
+
+
+def _relay_events(ctx: CliContext, db: Any) -> int:
+    """Append the membership events a pass left in the outbox to the event log."""
+    import asyncio
+
+    from personify.eventlog.base import open_eventlog
+    from personify.segments.relay import MembershipRelay
+
+    async def run() -> int:
+        log = open_eventlog(ctx.settings)
+        await log.start()
+        try:
+            return await MembershipRelay(db, log).flush()
+        finally:
+            await log.close()
+
+    return asyncio.run(run())
+
+
+def _stage(ctx: CliContext) -> tuple[Any, Any]:
+    from personify.profiles.features import FeatureSet, load_profile_config
+    from personify.segments.stage import SegmentStage
+    from personify.store.database import open_database
+
+    db = open_database(ctx.settings)
+    features = FeatureSet(load_profile_config(ctx.settings.features_file))
+    return db, SegmentStage(_repository_on(db), features)
+
+
+def _repository_on(db: Any) -> SegmentRepository:
+    from personify.segments.repository import SegmentRepository
+
+    return SegmentRepository(db)
+
+
+@segments.command("backfill")
+@click.option("--quiet", is_flag=True, help="no progress bar, only the result")
+@pass_ctx
+def segments_backfill(ctx: CliContext, quiet: bool) -> None:
+    """Evaluate every stored profile against the rules saved since the last pass, now.
+
+    ``personify serve`` runs a pass on its own whenever a rule is saved
+    (PERSONIFY_SEGMENT_BACKFILL_INTERVAL_S); run this where no server does, or to wait for
+    it. Prints what the pass did, and the membership events it appended to the log.
+    """
+    from personify.segments.backfill import SegmentBackfill
+
+    db, stage = _stage(ctx)
+    backfill = SegmentBackfill(db, stage)
+    if quiet:
+        result = backfill.run()
+    else:
+
+        def progress(done: int, total: int) -> None:
+            # a bar on stderr, redrawn in place; stdout keeps only the JSON result
+            filled = round(30 * done / total) if total else 30
+            bar = "#" * filled + "-" * (30 - filled)
+            click.echo(f"\rprofiles [{bar}] {done}/{total}", nl=False, err=True)
+
+        result = backfill.run(progress=progress)
+        click.echo("", err=True)
+    echo_json({**result.to_dict(), "eventsAppended": _relay_events(ctx, db)})
+
+
+@segments.command("sweep")
+@pass_ctx
+def segments_sweep(ctx: CliContext) -> None:
+    """Evaluate again the profiles whose windows slid by now, once (serve does it every
+    PERSONIFY_SEGMENT_SWEEP_INTERVAL_S); prints what changed."""
+    from personify.segments.sweep import SegmentSweep
+
+    db, stage = _stage(ctx)
+    result = SegmentSweep(db, stage).sweep()
+    echo_json({**result.to_dict(), "eventsAppended": _relay_events(ctx, db)})

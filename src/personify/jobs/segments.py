@@ -1,4 +1,5 @@
-"""The segment jobs ``personify serve`` schedules: the window sweep and the outbox relay."""
+"""The segment jobs ``personify serve`` schedules: the window sweep, the outbox relay and the
+backfill of rules saved since the last pass."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from typing import Any
 
 from personify.jobs.schedule import PeriodicJob
+from personify.segments.backfill import SegmentBackfill
 from personify.segments.relay import MembershipRelay
 from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
@@ -14,10 +16,11 @@ __all__ = ["segment_jobs"]
 
 
 def segment_jobs(
-    settings: Settings, sweep: SegmentSweep, relay: MembershipRelay
+    settings: Settings, sweep: SegmentSweep, relay: MembershipRelay, backfill: SegmentBackfill
 ) -> list[PeriodicJob]:
-    """The sweep every ``segment_sweep_interval_s`` (its events relayed at once), and the
-    relay of whatever the outbox still holds every ``segment_relay_interval_s``."""
+    """The sweep every ``segment_sweep_interval_s`` (its events relayed at once), the relay
+    of whatever the outbox still holds every ``segment_relay_interval_s``, and a backfill
+    pass when one waits, looked for every ``segment_backfill_interval_s``."""
 
     async def run_sweep() -> dict[str, Any]:
         result = (await asyncio.to_thread(sweep.sweep)).to_dict()
@@ -26,6 +29,11 @@ def segment_jobs(
 
     async def run_relay() -> dict[str, Any]:
         return {"eventsAppended": await relay.flush()}
+
+    async def run_backfill() -> dict[str, Any]:
+        result = (await asyncio.to_thread(backfill.run)).to_dict()
+        result["eventsAppended"] = await relay.flush()
+        return result
 
     return [
         PeriodicJob(
@@ -39,5 +47,11 @@ def segment_jobs(
             run_relay,
             settings.segment_relay_interval_s,
             first_delay_s=settings.segment_relay_interval_s,
+        ),
+        PeriodicJob(
+            "segment-backfill",
+            run_backfill,
+            settings.segment_backfill_interval_s,
+            first_delay_s=settings.segment_backfill_interval_s,
         ),
     ]

@@ -22,13 +22,30 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+import sqlalchemy as sa
+
+from personify.profiles.tables import applied_events
+
 if TYPE_CHECKING:
     from personify.profiles.batch import ProfileBatch
     from personify.profiles.state import ProfileState
 
-__all__ = ["MAX_COUNTED", "CounterPlan", "CounterSpec", "apply_counters", "counted", "next_expiry"]
+__all__ = [
+    "MAX_COUNTED",
+    "CounterPlan",
+    "CounterSpec",
+    "apply_counters",
+    "count_at",
+    "fill_counters",
+    "next_expiry",
+    "trim_counters",
+]
 
 MAX_COUNTED = 10_000
+# profiles whose timelines are read in one query when counters are filled
+_FILL_CHUNK = 500
+_decoder = msgspec.json.Decoder()
 
 
 class CounterSpec(Protocol):
@@ -87,20 +104,81 @@ def apply_counters(states: Sequence[ProfileState], batch: ProfileBatch, plan: Co
                 properties = None
             state = states[p]
             for spec in specs:
-                if not spec.matches(event.name, properties):
-                    continue
-                if spec.within_ms is None:
-                    state.counter_totals[spec.id] = state.counter_totals.get(spec.id, 0) + 1
-                else:
-                    state.counters.setdefault(spec.id, []).append(event.ts)
+                if spec.matches(event.name, properties):
+                    _count(state, spec, event.ts)
     for p in set(batch.profile.tolist()):
         state = states[p]
-        if state.counters or state.counter_totals:
+        if state.counters or state.counter_totals or state.counted:
             trim_counters(state, plan)
+
+
+def fill_counters(
+    conn: sa.Connection, states: Mapping[str, ProfileState], plan: CounterPlan
+) -> int:
+    """Count, from each stored profile's timeline, the counters of ``plan`` it does not hold
+    yet (a rule saved since it was last written); returns how many profiles needed it.
+
+    ``states`` are stored profiles by id, before the batch in hand applies. A state marks
+    the counters it holds completely (``counted``), so each profile is counted from its
+    timeline once per new counter. The timeline holds the events of the last
+    ``profile_timeline_retention_days``: a window longer than that, or an all-time counter,
+    counts what it holds.
+    """
+    need = {pid: plan.ids - s.counted for pid, s in states.items() if plan.ids - s.counted}
+    if not need:
+        return 0
+    missing = {counter_id for ids in need.values() for counter_id in ids}
+    windows = [plan.within_ms[c] for c in missing]
+    floor: int | None = None
+    if None not in windows:
+        newest = [states[pid].last_seen for pid in need]
+        if None not in newest:
+            floor = min(n for n in newest if n is not None) - max(w for w in windows if w)
+    e = applied_events.c
+    profile_ids = sorted(need)
+    for start in range(0, len(profile_ids), _FILL_CHUNK):
+        query = sa.select(e.profile_id, e.event_time_ms, e.name, e.payload).where(
+            e.profile_id.in_(profile_ids[start : start + _FILL_CHUNK])
+        )
+        if floor is not None:
+            query = query.where(e.event_time_ms > floor)
+        for profile_id, ts, name, payload in conn.execute(query):
+            wanted = need[str(profile_id)]
+            specs = [spec for spec in plan.for_name(str(name)) if spec.id in wanted]
+            if not specs:
+                continue
+            properties = _decode_event(payload).get("properties")
+            if type(properties) is not dict:
+                properties = None
+            state = states[str(profile_id)]
+            for spec in specs:
+                if spec.matches(str(name), properties):
+                    _count(state, spec, int(ts))
+    for profile_id, ids in need.items():
+        state = states[profile_id]
+        state.counted |= ids
+        trim_counters(state, plan)
+    return len(need)
+
+
+def _count(state: ProfileState, spec: CounterSpec, ts: int) -> None:
+    if spec.within_ms is None:
+        state.counter_totals[spec.id] = state.counter_totals.get(spec.id, 0) + 1
+    else:
+        state.counters.setdefault(spec.id, []).append(ts)
+
+
+def _decode_event(payload: str) -> dict[str, Any]:
+    try:
+        event = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 def trim_counters(state: ProfileState, plan: CounterPlan) -> None:
     """Drop the counters ``plan`` lacks and the times that can no longer count; sort the rest."""
+    state.counted &= plan.ids
     for counter_id in [c for c in state.counter_totals if c not in plan.ids]:
         del state.counter_totals[counter_id]
     newest = state.last_seen
@@ -118,7 +196,7 @@ def trim_counters(state: ProfileState, plan: CounterPlan) -> None:
             state.counters[counter_id] = times[start:]
 
 
-def counted(state: ProfileState, spec: CounterSpec, at_ms: int) -> int:
+def count_at(state: ProfileState, spec: CounterSpec, at_ms: int) -> int:
     """How many of the profile's events ``spec`` counts at ``at_ms`` (window ``(at - w, at]``)."""
     if spec.within_ms is None:
         return state.counter_totals.get(spec.id, 0)

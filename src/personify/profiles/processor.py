@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock
 from personify.errors import BackendUnavailable, Conflict, ValidationError
 from personify.profiles.batch import BatchStage, ProfileBatch, StagedProfile
-from personify.profiles.counters import CounterPlan
+from personify.profiles.counters import CounterPlan, fill_counters
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import ProfileEvent, datetime_ms
 from personify.profiles.features import FeatureSet
@@ -243,7 +243,18 @@ class ProfileProcessor:
             components[links.find(profile_id)][1].add(profile_id)
 
         loaded = self._load(conn, sorted({p for _, pids in components.values() for p in pids}))
-        parts = [self._gather(items, sorted(pids), loaded) for items, pids in components.values()]
+        stored = {
+            pid: self._cache.state(pid, found.version, found.blob) for pid, found in loaded.items()
+        }
+        counters = self._counter_plan(conn)
+        if counters is not None:
+            # a rule saved since a profile was written counts its past events first
+            fill_counters(conn, stored, counters)
+        parts = [self._gather(items, sorted(pids), stored) for items, pids in components.values()]
+        if counters is not None:
+            # every stored state holds every counter now, and a new profile has no past
+            for part in parts:
+                part.state.counted = set(counters.ids)
         # one columnar batch of every fresh event, each resolved to its component's index
         batch_events: list[ProfileEvent] = []
         batch_profiles: list[int] = []
@@ -253,7 +264,7 @@ class ProfileProcessor:
         batch = ProfileBatch(batch_events, batch_profiles, len(parts))
         for index, part in enumerate(parts):
             batch.raise_latest(index, part.latest_before)
-        apply_batch([part.state for part in parts], batch, self._plan, self._counter_plan(conn))
+        apply_batch([part.state for part in parts], batch, self._plan, counters)
         for part in parts:
             state = part.state
             part.profile_id = canonical_id(state.user_ids, state.anonymous_ids | state.previous_ids)
@@ -327,13 +338,10 @@ class ProfileProcessor:
         self,
         items: list[tuple[ProfileEvent, str]],
         profile_ids: list[str],
-        loaded: dict[str, _Loaded],
+        stored: dict[str, ProfileState],
     ) -> _Component:
         """A component's stored profiles, merged into one state for the batch to apply to."""
-        states = {
-            pid: self._cache.state(pid, loaded[pid].version, loaded[pid].blob)
-            for pid in profile_ids
-        }
+        states = {pid: stored[pid] for pid in profile_ids}
         ids_before = {pid: s.all_ids() for pid, s in states.items()}
         # stored states are compacted, and merge_states compacts
         if len(profile_ids) == 1:

@@ -80,6 +80,8 @@ class ProfileState(msgspec.Struct, omit_defaults=True):
     # for windowed ones, numbers for all-time ones
     counters: dict[str, list[int]] = {}
     counter_totals: dict[str, int] = {}
+    # the counters this state holds completely (counted from its timeline, or since it began)
+    counted: set[str] = set()
 
     def all_ids(self) -> set[str]:
         """Every identity that resolves to this profile."""

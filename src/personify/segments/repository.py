@@ -26,7 +26,12 @@ from personify.profiles.tables import profiles
 from personify.segments.conditions import EventCounter
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import Predicate, compile_condition
-from personify.segments.tables import segment_definitions, segment_members, segment_versions
+from personify.segments.tables import (
+    segment_backfills,
+    segment_definitions,
+    segment_members,
+    segment_versions,
+)
 from personify.store.database import Database, aware
 
 __all__ = [
@@ -67,10 +72,13 @@ class SegmentDefinition:
     status: str
     created_at: datetime
     updated_at: datetime
+    # the newest backfill of the segment: status, done, total and its times
+    backfill: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``GET /v1/segments/{key}``."""
         return {
+            "backfill": self.backfill,
             "key": self.key,
             "name": self.name,
             "description": self.description,
@@ -155,8 +163,28 @@ def _check_text(name: str, value: Any, limit: int) -> str:
     return value
 
 
-def _definition(row: Any) -> SegmentDefinition:
+def _iso(moment: datetime | None) -> str | None:
+    found = aware(moment)
+    return found.isoformat() if found is not None else None
+
+
+def _backfill(row: Any) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        "version": int(row.segment_version),
+        "status": row.status,
+        "done": int(row.done),
+        "total": int(row.total),
+        "requestedAt": _iso(row.requested_at),
+        "startedAt": _iso(row.started_at),
+        "finishedAt": _iso(row.finished_at),
+    }
+
+
+def _definition(row: Any, backfill: dict[str, Any] | None = None) -> SegmentDefinition:
     return SegmentDefinition(
+        backfill=backfill,
         key=row.key,
         name=row.name,
         description=row.description,
@@ -330,17 +358,24 @@ class SegmentRepository:
         """The segment's newest version (archived ones too); ``NotFound`` if it never existed."""
         with self._db.connect() as conn:
             row = self._row(conn, key)
+            backfill = self._newest_backfill(conn, key)
         if row is None:
             raise NotFound(f"no segment {key!r}", code="segment_not_found")
-        return _definition(row)
+        return _definition(row, backfill)
 
     def definitions(self, *, include_archived: bool = False) -> list[SegmentDefinition]:
         """Every segment by key (active ones only unless ``include_archived``)."""
         query = sa.select(segment_definitions).order_by(segment_definitions.c.key)
         if not include_archived:
             query = query.where(segment_definitions.c.status == ACTIVE)
+        b = segment_backfills.c
+        newest = sa.select(sa.func.max(b.id)).group_by(b.segment_key).scalar_subquery()
         with self._db.connect() as conn:
-            return [_definition(row) for row in conn.execute(query)]
+            backfills = {
+                str(row.segment_key): _backfill(row)
+                for row in conn.execute(sa.select(segment_backfills).where(b.id.in_(newest)))
+            }
+            return [_definition(row, backfills.get(row.key)) for row in conn.execute(query)]
 
     def versions(self, key: str) -> list[dict[str, Any]]:
         """Every saved version of a segment, newest first."""
@@ -484,6 +519,17 @@ class SegmentRepository:
             sa.select(segment_definitions).where(segment_definitions.c.key == key)
         ).first()
 
+    def _newest_backfill(self, conn: sa.Connection, key: str) -> dict[str, Any] | None:
+        b = segment_backfills.c
+        return _backfill(
+            conn.execute(
+                sa.select(segment_backfills)
+                .where(b.segment_key == key)
+                .order_by(b.id.desc())
+                .limit(1)
+            ).first()
+        )
+
     def _active(self, conn: sa.Connection, key: str) -> Any:
         row = self._row(conn, key)
         if row is None or row.status != ACTIVE:
@@ -551,6 +597,18 @@ class SegmentRepository:
                 raise Conflict(
                     f"segment {key!r} changed meanwhile; read it again", code="segment_changed"
                 )
+        if status == ACTIVE:
+            # every stored profile is evaluated again, in the background (``backfill``)
+            conn.execute(
+                segment_backfills.insert().values(
+                    segment_key=key,
+                    segment_version=version,
+                    status="pending",
+                    total=0,
+                    done=0,
+                    requested_at=now,
+                )
+            )
         conn.execute(
             segment_versions.insert().values(
                 key=key,
@@ -562,4 +620,4 @@ class SegmentRepository:
                 saved_at=now,
             )
         )
-        return _definition(self._row(conn, key))
+        return _definition(self._row(conn, key), self._newest_backfill(conn, key))

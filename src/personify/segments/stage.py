@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.profiles.batch import ProfileBatch, StagedProfile
-from personify.profiles.counters import CounterPlan, CounterSpec, counted, next_expiry
+from personify.profiles.counters import CounterPlan, CounterSpec, count_at, next_expiry
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
@@ -48,7 +48,7 @@ def evaluate_profile_segments(
     context = EvaluationContext(
         traits={k: s.value for k, s in state.traits.items() if s.value is not None},
         features=evaluate_profile(state, features, at_ms) if compiled.uses_features else {},
-        event_counts=lambda counter: counted(state, counter, at_ms),
+        event_counts=lambda counter: count_at(state, counter, at_ms),
         # filled as the rules are evaluated: a rule comes after the segments it reads
         segments=members,
     )
@@ -129,6 +129,11 @@ class SegmentStage:
         self._clock = clock or SystemClock()
         self._current = CompiledSegments()
         self._plan = CounterPlan()
+
+    @property
+    def plan(self) -> CounterPlan:
+        """The counters of the rules as last read by ``counters``."""
+        return self._plan
 
     def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
         """The counters of every active rule (read again when a definition changed)."""

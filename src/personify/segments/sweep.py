@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.profiles.batch import StagedProfile
+from personify.profiles.counters import fill_counters
 from personify.profiles.events import datetime_ms
 from personify.profiles.state import decode_state, state_text
 from personify.profiles.tables import profiles
@@ -93,6 +94,8 @@ class SegmentSweep:
                     for i, (pid, version, blob) in enumerate(rows)
                 ]
                 self._stage.counters(conn)
+                # a rule saved since a profile was written counts its past events first
+                fill_counters(conn, {p.profile_id: p.state for p in staged}, self._stage.plan)
                 changes = self._stage.evaluate(conn, staged, now, reason="sweep")
                 # a profile merged away meanwhile has nothing left to sweep
                 gone = sorted(set(due) - {p.profile_id for p in staged})

@@ -1,5 +1,5 @@
 """The tables segments own: definitions with their versions, memberships with their history,
-the outbox of membership events, and when each profile's windows next change."""
+the outbox of membership events, when each profile's windows next change, and backfills."""
 
 from __future__ import annotations
 
@@ -71,4 +71,23 @@ segment_due = sa.Table(
     sa.Column("profile_id", sa.String(512), primary_key=True),
     sa.Column("due_ms", sa.BigInteger, nullable=False),
     sa.Index("segment_due_time", "due_ms"),
+)
+
+# a pass that evaluates every stored profile again after definitions changed (a new or edited
+# rule): one row per saved version, served by whichever pass started after it was saved
+segment_backfills = sa.Table(
+    "segment_backfills",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("segment_key", sa.String(200), nullable=False),
+    sa.Column("segment_version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("total", sa.BigInteger, nullable=False),
+    sa.Column("done", sa.BigInteger, nullable=False),
+    sa.Column("requested_at", Timestamp(), nullable=False),
+    sa.Column("started_at", Timestamp(), nullable=True),
+    sa.Column("updated_at", Timestamp(), nullable=True),
+    sa.Column("finished_at", Timestamp(), nullable=True),
+    sa.Index("segment_backfills_key", "segment_key", "id"),
+    sa.Index("segment_backfills_status", "status", "id"),
 )

@@ -46,6 +46,7 @@ from personify.eventlog.base import EventLog, LogEntry
 from personify.profiles.events import ProfileEvent, view_event
 from personify.profiles.processor import ApplyResult, ProfileProcessor
 from personify.profiles.service import ProfileService
+from personify.segments.membership import MEMBERSHIP_SOURCE
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 from personify.worker.heartbeats import Heartbeat, HeartbeatRepository
 from personify.worker.supervisor import StageStatus, StageSupervisor
@@ -319,7 +320,13 @@ class StreamWorker:
                 continue
             try:
                 text = entry.payload.decode("utf-8")
-                readable.append(_Item(entry, view_event(_decode(text)), text))
+                event = view_event(_decode(text))
+                if event.data.get("sourceId") == MEMBERSHIP_SOURCE:
+                    # the segments' own Segment Entered/Exited: facts about the profile the
+                    # membership table holds already, not the user's activity (applied, they
+                    # would move last seen and recency, and every rule would run again)
+                    continue
+                readable.append(_Item(entry, event, text))
             except (UnicodeDecodeError, msgspec.DecodeError) as exc:
                 unreadable.append((entry, "undecodable", f"not JSON: {exc}", 1))
             except ValidationError as exc:

@@ -1,5 +1,5 @@
 """Segments: definitions and their versions, memberships with history, the membership
-events' outbox, and when each profile's windows next change.
+events' outbox, when each profile's windows next change, and backfills.
 
 Revision ID: 0005
 Revises: 0004
@@ -78,9 +78,25 @@ def upgrade() -> None:
         sa.Column("due_ms", sa.BigInteger, nullable=False),
     )
     op.create_index("segment_due_time", "segment_due", ["due_ms"])
+    op.create_table(
+        "segment_backfills",
+        sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+        sa.Column("segment_key", sa.String(200), nullable=False),
+        sa.Column("segment_version", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("total", sa.BigInteger, nullable=False),
+        sa.Column("done", sa.BigInteger, nullable=False),
+        sa.Column("requested_at", _time(), nullable=False),
+        sa.Column("started_at", _time(), nullable=True),
+        sa.Column("updated_at", _time(), nullable=True),
+        sa.Column("finished_at", _time(), nullable=True),
+    )
+    op.create_index("segment_backfills_key", "segment_backfills", ["segment_key", "id"])
+    op.create_index("segment_backfills_status", "segment_backfills", ["status", "id"])
 
 
 def downgrade() -> None:
+    op.drop_table("segment_backfills")
     op.drop_table("segment_due")
     op.drop_table("segment_outbox")
     op.drop_table("segment_members")
