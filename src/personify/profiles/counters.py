@@ -66,6 +66,11 @@ class CounterSpec(Protocol):
         """The window; ``None`` counts all time."""
         ...
 
+    @property
+    def match_id(self) -> str:
+        """Equal for specs that count the same events (they differ only in their window)."""
+        ...
+
     def matches(self, name: str, properties: Mapping[str, Any] | None) -> bool:
         """Whether an event of this name and properties counts."""
         ...
@@ -79,14 +84,22 @@ class CounterPlan:
         self.specs = tuple(unique.values())
         self.ids = frozenset(unique)
         self.within_ms = {spec.id: spec.within_ms for spec in self.specs}
-        self._by_name: dict[str, tuple[CounterSpec, ...]] = {}
+        # specs that count the same events share one test per event (``match_id``)
+        groups: dict[str, list[CounterSpec]] = {}
         for spec in self.specs:
-            if spec.event != "*":
-                self._by_name[spec.event] = (*self._by_name.get(spec.event, ()), spec)
-        self._any = tuple(spec for spec in self.specs if spec.event == "*")
+            groups.setdefault(spec.match_id, []).append(spec)
+        self._by_name: dict[str, tuple[tuple[CounterSpec, ...], ...]] = {}
+        self._any: tuple[tuple[CounterSpec, ...], ...] = ()
+        for group in groups.values():
+            event = group[0].event
+            if event == "*":
+                self._any = (*self._any, tuple(group))
+            else:
+                self._by_name[event] = (*self._by_name.get(event, ()), tuple(group))
 
-    def for_name(self, name: str) -> tuple[CounterSpec, ...]:
-        """The specs an event of this name may count in."""
+    def for_name(self, name: str) -> tuple[tuple[CounterSpec, ...], ...]:
+        """The specs an event of this name may count in, in groups that count the same events
+        (test the first of a group: the others agree)."""
         named = self._by_name.get(name, ())
         return named + self._any if self._any else named
 
@@ -96,16 +109,17 @@ def apply_counters(states: Sequence[ProfileState], batch: ProfileBatch, plan: Co
     to what can still count (after ``apply_batch`` has set each state's ``last_seen``)."""
     if plan.specs:
         for event, p in zip(batch.events, batch.profile.tolist(), strict=True):
-            specs = plan.for_name(event.name)
-            if not specs:
+            groups = plan.for_name(event.name)
+            if not groups:
                 continue
             properties = event.data.get("properties")
             if type(properties) is not dict:
                 properties = None
             state = states[p]
-            for spec in specs:
-                if spec.matches(event.name, properties):
-                    _count(state, spec, event.ts)
+            for group in groups:
+                if group[0].matches(event.name, properties):
+                    for spec in group:
+                        _count(state, spec, event.ts)
     for p in set(batch.profile.tolist()):
         state = states[p]
         if state.counters or state.counter_totals or state.counted:
@@ -144,7 +158,9 @@ def fill_counters(
             query = query.where(e.event_time_ms > floor)
         for profile_id, ts, name, payload in conn.execute(query):
             wanted = need[str(profile_id)]
-            specs = [spec for spec in plan.for_name(str(name)) if spec.id in wanted]
+            specs = [
+                spec for group in plan.for_name(str(name)) for spec in group if spec.id in wanted
+            ]
             if not specs:
                 continue
             properties = _decode_event(payload).get("properties")

@@ -75,6 +75,8 @@ def _path_parts(path: str) -> tuple[str, ...]:
 def resolve_path(root: Any, parts: tuple[str, ...]) -> Any:
     """The value at a dotted path, or ``MISSING``. At each level the longest run of parts that
     is a key wins, so a key that itself holds dots (``v1.2``) is still reachable."""
+    if len(parts) == 1:
+        return root.get(parts[0], MISSING) if isinstance(root, Mapping) else MISSING
     node = root
     i = 0
     while i < len(parts):
@@ -132,11 +134,16 @@ class EventCounter:
     where: tuple[PropertyFilter, ...]
     within_ms: int | None
     id: str = field(init=False)
+    # equal for counters that count the same events and differ only in their window
+    match_id: str = field(init=False, repr=False, compare=False)
     _tests: tuple[tuple[tuple[str, ...], Any], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         object.__setattr__(self, "id", hashlib.sha256(text.encode()).hexdigest()[:16])
+        what = {"event": self.event, "where": [f.to_json() for f in self.where]}
+        text = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        object.__setattr__(self, "match_id", hashlib.sha256(text.encode()).hexdigest()[:16])
         tests = tuple(
             (_path_parts(f.path), build_test(f.comparison.op, f.comparison.value))
             for f in self.where

@@ -88,13 +88,13 @@ def _compile(node: Condition) -> Evaluate:
     raise TypeError(f"not a condition: {node!r}")
 
 
-def _reads_features(node: Condition) -> bool:
+def _reads(node: Condition, source: str) -> bool:
     if isinstance(node, ValueLeaf):
-        return node.source == "feature"
+        return node.source == source
     if isinstance(node, Not):
-        return _reads_features(node.child)
+        return _reads(node.child, source)
     if isinstance(node, AllOf | AnyOf):
-        return any(_reads_features(c) for c in node.children)
+        return any(_reads(c, source) for c in node.children)
     return False
 
 
@@ -111,19 +111,31 @@ def _segment_keys(node: Condition) -> frozenset[str]:
 class Predicate:
     """A compiled condition: ``evaluate(context)`` is true when the profile belongs.
 
-    ``counters`` are the event counters it reads (see ``event_counters``),
-    ``segment_keys`` the segments whose membership it reads, so a caller can evaluate those
-    first, and ``reads_features`` whether it reads the profile's features (which a caller
-    then computes).
+    What it reads, so that a caller evaluates only what an event can change: ``counters``
+    (the event counters, see ``event_counters``) and ``event_names`` (their event names,
+    ``*`` for any), ``segment_keys`` (the segments whose membership it reads: evaluate those
+    first), ``reads_features``, ``reads_traits`` and ``reads_predictions``.
     """
 
-    __slots__ = ("_evaluate", "condition", "counters", "reads_features", "segment_keys")
+    __slots__ = (
+        "_evaluate",
+        "condition",
+        "counters",
+        "event_names",
+        "reads_features",
+        "reads_predictions",
+        "reads_traits",
+        "segment_keys",
+    )
 
     def __init__(self, condition: Condition) -> None:
         self.condition = condition
         self.counters = event_counters(condition)
+        self.event_names = frozenset(c.event for c in self.counters)
         self.segment_keys = _segment_keys(condition)
-        self.reads_features = _reads_features(condition)
+        self.reads_features = _reads(condition, "feature")
+        self.reads_traits = _reads(condition, "trait")
+        self.reads_predictions = _reads(condition, "prediction")
         self._evaluate = _compile(condition)
 
     def evaluate(self, context: EvaluationContext) -> bool:

@@ -15,9 +15,11 @@ profiles whose windows slid without a new event from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
@@ -29,30 +31,94 @@ from personify.profiles.features import FeatureSet
 from personify.profiles.state import ProfileState, evaluate_profile
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import EvaluationContext
-from personify.segments.repository import CompiledSegments, SegmentRepository
+from personify.segments.repository import CompiledSegment, CompiledSegments, SegmentRepository
 from personify.segments.tables import segment_due, segment_members
 
 __all__ = ["SegmentStage", "evaluate_profile_segments", "reconcile"]
 
 # IN lists are cut to this many values (SQLite binds at most 32,766 parameters)
 _CHUNK = 500
+# event types that change counters and features only, unless their context carries traits
+_ACTIVITY_TYPES = frozenset({"track", "page", "screen"})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChange:
+    """What a batch changed of one profile, as far as rules can tell: the names of its new
+    events, and whether it may have changed anything else (traits, consent, ids)."""
+
+    names: frozenset[str]
+    everything: bool
+
+
+def batch_changes(batch: ProfileBatch, events_after: Sequence[int]) -> list[BatchChange]:
+    """What the batch changed of each of its profiles (by index; ``events_after`` is each
+    one's event count once the batch applied): track, page and screen events without context
+    traits or consent change their counters and features only."""
+    sizes = np.bincount(batch.profile, minlength=batch.profiles).tolist()
+    names: list[set[str]] = [set() for _ in range(batch.profiles)]
+    everything = [False] * batch.profiles
+    for p, (count, state_events) in enumerate(zip(sizes, events_after, strict=True)):
+        # a profile whose every event is in this batch is new: no rule has answered for it
+        everything[p] = count == state_events
+    for event, p in zip(batch.events, batch.profile.tolist(), strict=True):
+        names[p].add(event.name)
+        if not everything[p]:
+            context = event.data.get("context")
+            everything[p] = event.type not in _ACTIVITY_TYPES or (
+                type(context) is dict and ("traits" in context or "consent" in context)
+            )
+    return [BatchChange(frozenset(n), e) for n, e in zip(names, everything, strict=True)]
+
+
+def _is_affected(segment: CompiledSegment, change: BatchChange, affected: set[str]) -> bool:
+    # traits and consent change only with ``everything``; predictions are not in the state
+    predicate = segment.predicate
+    return (
+        predicate.reads_features
+        or bool(predicate.event_names & change.names)
+        or ("*" in predicate.event_names and bool(change.names))
+        or bool(predicate.segment_keys & affected)
+    )
 
 
 def evaluate_profile_segments(
-    state: ProfileState, compiled: CompiledSegments, features: FeatureSet, at_ms: int
+    state: ProfileState,
+    compiled: CompiledSegments,
+    features: FeatureSet,
+    at_ms: int,
+    *,
+    change: BatchChange | None = None,
+    current: Collection[str] = (),
 ) -> set[str]:
-    """The keys of the rule segments ``state`` belongs to at ``at_ms``."""
+    """The keys of the rule segments ``state`` belongs to at ``at_ms``.
+
+    With ``change`` (what a batch changed), a rule that reads nothing the batch changed
+    keeps its ``current`` answer: an event leaf of another event, a trait leaf when no
+    trait can have changed. What time alone changes (a window sliding) is the sweep's.
+    """
     if not compiled.segments or not personalization_allowed(state, features):
         return set()
-    members: set[str] = set()
+    if change is not None and change.everything:
+        change = None
+    todo: list[CompiledSegment] = []
+    affected: set[str] = set()
+    for segment in compiled.segments:
+        if change is None or _is_affected(segment, change, affected):
+            todo.append(segment)
+            affected.add(segment.key)
+    members = {key for key in current if key not in affected}
+    if not todo:
+        return members
+    reads_features = any(s.predicate.reads_features for s in todo)
     context = EvaluationContext(
         traits={k: s.value for k, s in state.traits.items() if s.value is not None},
-        features=evaluate_profile(state, features, at_ms) if compiled.uses_features else {},
+        features=evaluate_profile(state, features, at_ms) if reads_features else {},
         event_counts=lambda counter: count_at(state, counter, at_ms),
         # filled as the rules are evaluated: a rule comes after the segments it reads
         segments=members,
     )
-    for segment in compiled.segments:
+    for segment in todo:
         if segment.predicate.evaluate(context):
             members.add(segment.key)
     return members
@@ -147,7 +213,11 @@ class SegmentStage:
     ) -> None:
         """Evaluate, and write the membership changes, for every touched profile."""
         now = self._clock.now()
-        self.evaluate(conn, profiles, now, reason="rule")
+        events_after = [0] * batch.profiles
+        for profile in profiles:
+            events_after[profile.index] = profile.state.events
+        changes = batch_changes(batch, events_after)
+        self.evaluate(conn, profiles, now, reason="rule", changes_by_index=changes)
 
     def evaluate(
         self,
@@ -156,8 +226,12 @@ class SegmentStage:
         now: datetime,
         *,
         reason: str,
+        changes_by_index: Sequence[BatchChange] | None = None,
     ) -> MembershipChanges:
-        """Evaluate ``profiles`` at ``now`` and write what changed; returns the changes."""
+        """Evaluate ``profiles`` at ``now`` and write what changed; returns the changes.
+
+        With ``changes_by_index`` (``batch_changes`` of the batch that touched them), only
+        the rules that read what changed are evaluated again."""
         compiled = self._current
         changes = MembershipChanges(now)
         if not compiled.segments:
@@ -178,12 +252,20 @@ class SegmentStage:
         due: dict[str, int | None] = {}
         for profile in profiles:
             state = profile.state
-            members = evaluate_profile_segments(state, compiled, self._features, at_ms)
+            held = current.get(profile.profile_id, {})
+            change = (
+                changes_by_index[profile.index]
+                if changes_by_index is not None and not profile.merged_from
+                else None
+            )
+            members = evaluate_profile_segments(
+                state, compiled, self._features, at_ms, change=change, current=held
+            )
             reconcile(
                 changes,
                 profile.profile_id,
                 state,
-                current.get(profile.profile_id, {}),
+                held,
                 members,
                 compiled,
                 self._features,
