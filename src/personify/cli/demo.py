@@ -84,12 +84,37 @@ def _scripted_events(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
+# rule segments the worker keeps current while the demo's traffic arrives (docs/segments.md)
+DEMO_SEGMENTS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "shoe-browsers",
+        "Viewed shoes 3+ times this week",
+        {
+            "event": "Product Viewed",
+            "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+            "within": "7d",
+            "count": {"op": "gte", "value": 3},
+        },
+    ),
+    ("buyers", "Ordered in the last 30 days", {"event": "Order Completed", "within": "30d"}),
+    ("pro-plan", "On the pro plan", {"trait": "plan", "op": "eq", "value": "pro"}),
+    (
+        "shoe-buyers",
+        "Shoe browsers who bought",
+        {"all": [{"segment": "shoe-browsers"}, {"segment": "buyers"}]},
+    ),
+]
+
+
 def seed(services: Runtime) -> None:
-    """Create the demo source and admin key if they are not there yet."""
+    """Create the demo source, admin key and segments if they are not there yet."""
     with contextlib.suppress(Conflict):
         services.sources.create("demo", write_key=DEMO_WRITE_KEY)
     if services.api_keys.resolve(DEMO_ADMIN_KEY) is None:
         services.api_keys.create("demo-admin", "admin", secret=DEMO_ADMIN_KEY)
+    for key, name, condition in DEMO_SEGMENTS:
+        with contextlib.suppress(Conflict):
+            services.segments.create(key, name=name, condition=condition)
 
 
 async def _send_scripted_events(base_url: str, echo: Callable[[str], None]) -> None:
@@ -116,9 +141,14 @@ async def _send_shop(base_url: str, echo: Callable[[str], None]) -> None:
 
 async def _wait_for_lake(services: Runtime, timeout_s: float = 30.0) -> bool:
     """Wait until the lake writer has committed everything in the log."""
+    return await _wait_for_group(services, LAKE_GROUP, timeout_s)
+
+
+async def _wait_for_group(services: Runtime, group: str, timeout_s: float = 30.0) -> bool:
+    """Wait until consumer group ``group`` has committed everything in the log."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
-        if await services.log.lag(LAKE_GROUP) == 0:
+        if await services.log.lag(group) == 0:
             return True
         await asyncio.sleep(0.2)
     return False
@@ -210,6 +240,16 @@ def run_demo(
             echo(
                 "(the stream worker has not applied the scripted events yet; see /v1/worker/status)"
             )
+        if profile is not None and await _wait_for_group(services, settings.worker_group):
+            echo("The worker keeps rule segments current as events apply:")
+            for key, name, _ in DEMO_SEGMENTS:
+                size = (await asyncio.to_thread(services.segments.stats, key, days=1))["size"]
+                echo(f"  {key:<14} {size:>4} members  ({name})")
+            echo(
+                f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' "
+                f"{base_url}/v1/segments/shoe-browsers/members"
+            )
+            echo("")
         if settings.run_worker and settings.run_lake_sink and await _wait_for_lake(services):
             echo("Every event is also in the Delta Lake; the warehouse queries it with SQL:")
             echo(f'  personify sql "{DEMO_QUERY}"')
