@@ -7,6 +7,7 @@ take what they need from it (the API through dependency injection).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from personify.auth.keys import ApiKeyRepository
@@ -20,10 +21,11 @@ from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
-from personify.jobs.segments import segment_jobs
+from personify.jobs.segments import rfm_jobs, segment_jobs
 from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.lake.timeline import LakeTimeline
+from personify.lake.warehouse import StateProfiles, Warehouse
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
@@ -31,6 +33,7 @@ from personify.profiles.service import ProfileService
 from personify.segments.backfill import SegmentBackfill
 from personify.segments.relay import MembershipRelay
 from personify.segments.repository import SegmentRepository
+from personify.segments.rfm_runner import RfmRunner, RfmRunResult
 from personify.segments.stage import SegmentStage
 from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
@@ -63,6 +66,7 @@ class Runtime:
     segment_sweep: SegmentSweep
     segment_relay: MembershipRelay
     segment_backfill: SegmentBackfill
+    rfm: RfmRunner
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -112,6 +116,7 @@ class Runtime:
         )
         sweep = SegmentSweep(db, segment_stage, clock=clock)
         backfill = SegmentBackfill(db, segment_stage, clock=clock)
+        rfm = RfmRunner(db, segments, clock=clock)
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -147,14 +152,20 @@ class Runtime:
             segment_sweep=sweep,
             segment_relay=relay,
             segment_backfill=backfill,
+            rfm=rfm,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
                     *segment_jobs(settings, sweep, relay, backfill),
+                    *rfm_jobs(settings, functools.partial(run_rfm, settings, db, rfm)),
                 ],
                 clock=clock,
             ),
         )
+
+    def run_rfm(self) -> RfmRunResult:
+        """An RFM run over the lake now (``personify.segments.rfm``)."""
+        return run_rfm(self.settings, self.db, self.rfm)
 
     async def start(self) -> None:
         """Start the ports that run background work (and the stream worker, unless turned off)."""
@@ -201,6 +212,12 @@ class Runtime:
         if self.revocations is not None:
             await self.revocations.close()
         self.db.dispose()
+
+
+def run_rfm(settings: Settings, db: Database, runner: RfmRunner) -> RfmRunResult:
+    """An RFM run over the lake at its newest version (users as the state's profiles)."""
+    with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(db)) as warehouse:
+        return runner.run(warehouse)
 
 
 def profile_service(

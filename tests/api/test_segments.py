@@ -409,3 +409,40 @@ async def test_the_routes_are_in_the_openapi_document(harness: Harness) -> None:
     assert (days["schema"]["minimum"], days["schema"]["maximum"]) == (1, 366)
     profile = paths["/v1/profiles/{id}"]["get"]["responses"]["200"]
     assert profile["content"]["application/json"]["schema"]
+
+
+async def test_rfm_runs_over_the_api(harness: Harness) -> None:
+    missing = await harness.client.get("/v1/rfm", headers=harness.admin)
+    assert_error(missing, 404, "rfm_not_run")
+    # a read key reads, only an admin key runs
+    _key, secret = harness.services.api_keys.create("reader-rfm", "read")
+    reader = {"Authorization": f"Bearer {secret}"}
+    refused = await harness.client.post("/v1/rfm/runs", headers=reader)
+    assert refused.status_code == 403, refused.text
+
+    ran = await harness.client.post("/v1/rfm/runs", headers=harness.admin)
+    assert ran.status_code == 201, ran.text
+    run = ran.json()
+    assert run["buyers"] == 0 and len(run["cutPoints"]["recencyDays"]) == 4
+    assert run["cells"][0] == "rfm-champions"
+    shown = await harness.client.get("/v1/rfm", headers=reader)
+    assert shown.status_code == 200 and shown.json()["run"] == run["run"]
+
+    # the cells are segments, kept by the runs: listed, readable, not editable
+    listed = await harness.client.get("/v1/segments", headers=harness.admin)
+    keys = {s["key"] for s in listed.json()["data"]}
+    assert {"rfm-champions", "rfm-at_risk", "rfm-lost"} <= keys
+    cell = await harness.client.get("/v1/segments/rfm-loyal", headers=harness.admin)
+    assert cell.json()["kind"] == "rfm" and cell.json()["version"] == run["run"]
+    edit = await harness.client.patch(
+        "/v1/segments/rfm-loyal", json={"name": "mine"}, headers=harness.admin
+    )
+    assert_error(edit, 409, "segment_managed")
+    taken = await harness.client.post(
+        "/v1/segments",
+        json={"key": "rfm-mine", "condition": {"segment": "rfm-loyal"}},
+        headers=harness.admin,
+    )
+    assert_error(taken, 400, "invalid_key")
+    # a rule may read a cell
+    await create(harness, "loyal-too", {"segment": "rfm-loyal"})

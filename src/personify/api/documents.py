@@ -120,6 +120,27 @@ class ProfileEvents(msgspec.Struct):
     next: str | None
 
 
+class RfmCutPoints(msgspec.Struct):
+    """The 20th, 40th, 60th and 80th percentiles of every buyer's figures."""
+
+    recencyDays: list[float]
+    frequency: list[float]
+    monetary: list[float]
+
+
+class RfmRun(msgspec.Struct):
+    """An RFM run: when, over how many buyers and which lake version, its cut points, and the
+    segments of its cells (``docs/segments.md``, RFM)."""
+
+    run: int
+    computedAt: str
+    buyers: int
+    lakeVersion: int | None
+    cutPoints: RfmCutPoints
+    cells: list[str]
+    elapsedSeconds: float | None = None
+
+
 class SegmentBackfill(msgspec.Struct):
     """The newest backfill of a segment: every stored profile evaluated again after a save."""
 

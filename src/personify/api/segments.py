@@ -1,4 +1,4 @@
-"""Segment routes (Bearer API key): rule segments, their versions, members and sizes.
+"""Segment routes (Bearer API key): rule segments, their versions, members and sizes; RFM runs.
 
 Reads need the ``read`` role, writes the ``admin`` role. A condition that breaks the language
 (``docs/segments.md``) is a 422 whose ``error.details.errors`` points at each problem.
@@ -17,6 +17,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from personify.api.admin import MAX_ID_CHARS, MAX_NAME_CHARS, NO_NUL
 from personify.api.documents import (
+    RfmRun,
     Segment,
     SegmentList,
     SegmentMember,
@@ -29,7 +30,8 @@ from personify.api.documents import (
 )
 from personify.api.errors import personify_error_handler
 from personify.api.guards import BEARER_SECURITY, api_key
-from personify.errors import ValidationError
+from personify.errors import NotFound, ValidationError
+from personify.runtime import Runtime
 from personify.segments.repository import SegmentDefinition, SegmentRepository
 
 # the role a route needs (see ``personify.api.guards``)
@@ -219,6 +221,36 @@ async def segment_stats(
     return msgspec.convert(await sync_to_thread(segments.stats, key, days=days), SegmentStats)
 
 
+@get(
+    "/v1/rfm",
+    responses={
+        **admin_responses(),
+        404: error_response("rfm_not_run: no RFM run yet (POST /v1/rfm/runs)"),
+    },
+)
+async def rfm_model(runtime: NamedDependency[Runtime]) -> RfmRun:
+    """The newest RFM run: its quintile cut points and the cells (segments ``rfm-<cell>``)."""
+    model = await sync_to_thread(runtime.rfm.current)
+    if model is None:
+        raise NotFound("no RFM run yet; POST /v1/rfm/runs makes one", code="rfm_not_run")
+    return msgspec.convert(model.to_dict(), RfmRun)
+
+
+@post(
+    "/v1/rfm/runs",
+    opt=ADMIN,
+    responses={
+        **admin_responses(),
+        503: error_response("lake_unavailable or warehouse_unavailable: the lake cannot be read"),
+    },
+)
+async def rfm_run(runtime: NamedDependency[Runtime]) -> RfmRun:
+    """Score every buyer in the lake now: a new run's cut points; a backfill then puts every
+    buyer in its cell (``backfill`` of ``GET /v1/segments/rfm-champions``)."""
+    result = await sync_to_thread(runtime.run_rfm)
+    return msgspec.convert(result.to_dict(), RfmRun)
+
+
 def segment_router() -> Router:
     """The segment routes, behind the API key guard (writes need the admin role)."""
     return Router(
@@ -232,6 +264,8 @@ def segment_router() -> Router:
             segment_versions,
             segment_members,
             segment_stats,
+            rfm_model,
+            rfm_run,
         ],
         guards=[api_key],
         security=BEARER_SECURITY,

@@ -18,6 +18,7 @@ from personify.lake.sink import LAKE_GROUP
 from personify.lake.table import Lake
 from personify.lake.warehouse import StateProfiles, Warehouse
 from personify.runtime import Runtime
+from personify.segments.rfm import RFM_CELLS, rfm_key
 from personify.settings import Settings
 
 # Fixed, well-known demo credentials so the README's curl calls work as printed.
@@ -154,6 +155,21 @@ async def _wait_for_group(services: Runtime, group: str, timeout_s: float = 30.0
     return False
 
 
+async def _show_rfm(services: Runtime, base_url: str, echo: Callable[[str], None]) -> None:
+    """Score every buyer over the lake (an RFM run), put them in their cells, print sizes."""
+    run = await asyncio.to_thread(services.run_rfm)
+    await asyncio.to_thread(services.segment_backfill.run)
+    await services.segment_relay.flush()
+    echo(f"RFM over the lake: {run.model.buyers} buyers scored; the cells are segments:")
+    sizes = []
+    for cell in RFM_CELLS:
+        stats = await asyncio.to_thread(services.segments.stats, rfm_key(cell), days=1)
+        sizes.append(f"{rfm_key(cell)} {stats['size']}")
+    echo("  " + ", ".join(sizes))
+    echo(f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/rfm")
+    echo("")
+
+
 def _lake_query(settings: Settings, services: Runtime, query: str) -> str:
     with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(services.db)) as warehouse:
         return warehouse.render(query)
@@ -255,6 +271,7 @@ def run_demo(
             echo(f'  personify sql "{DEMO_QUERY}"')
             echo(await asyncio.to_thread(_lake_query, settings, services, DEMO_QUERY))
             echo("")
+            await _show_rfm(services, base_url, echo)
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")

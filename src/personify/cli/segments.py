@@ -249,3 +249,30 @@ def segments_sweep(ctx: CliContext) -> None:
     db, stage = _stage(ctx)
     result = SegmentSweep(db, stage).sweep()
     echo_json({**result.to_dict(), "eventsAppended": _relay_events(ctx, db)})
+
+
+@segments.command("rfm")
+@click.option("--show", is_flag=True, help="print the newest run instead of making one")
+@pass_ctx
+def segments_rfm(ctx: CliContext, show: bool) -> None:
+    """Score every buyer in the lake now: an RFM run's quintile cut points (serve makes one
+    every PERSONIFY_SEGMENT_RFM_INTERVAL_S). The cells are segments rfm-<cell>; a backfill
+    (serve's, or ``personify segments backfill``) puts every buyer in its cell."""
+    from personify.runtime import run_rfm
+    from personify.segments.rfm_runner import RfmRunner
+
+    db = _open(ctx)
+    runner = RfmRunner(db, _repository_on(db))
+    if show:
+        model = runner.current()
+        if model is None:
+            raise click.ClickException("no RFM run yet: run `personify segments rfm`")
+        echo_json(model.to_dict())
+        return
+    echo_json(run_rfm(ctx.settings, db, runner).to_dict())
+
+
+def _open(ctx: CliContext) -> Any:
+    from personify.store.database import open_database
+
+    return open_database(ctx.settings)

@@ -1,18 +1,20 @@
-"""The segment jobs ``personify serve`` schedules: the window sweep, the outbox relay and the
-backfill of rules saved since the last pass."""
+"""The segment jobs ``personify serve`` schedules: the window sweep, the outbox relay, the
+backfill of rules saved since the last pass, and RFM runs."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from personify.jobs.schedule import PeriodicJob
 from personify.segments.backfill import SegmentBackfill
 from personify.segments.relay import MembershipRelay
+from personify.segments.rfm_runner import RfmRunResult
 from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
 
-__all__ = ["segment_jobs"]
+__all__ = ["rfm_jobs", "segment_jobs"]
 
 
 def segment_jobs(
@@ -54,4 +56,23 @@ def segment_jobs(
             settings.segment_backfill_interval_s,
             first_delay_s=settings.segment_backfill_interval_s,
         ),
+    ]
+
+
+def rfm_jobs(settings: Settings, run: Callable[[], RfmRunResult]) -> list[PeriodicJob]:
+    """An RFM run over the lake every ``segment_rfm_interval_s`` (a day), where the lake is
+    written (``run_lake_sink``)."""
+    if not settings.run_lake_sink:
+        return []
+
+    async def run_rfm() -> dict[str, Any]:
+        return (await asyncio.to_thread(run)).to_dict()
+
+    return [
+        PeriodicJob(
+            "segment-rfm",
+            run_rfm,
+            settings.segment_rfm_interval_s,
+            first_delay_s=settings.segment_rfm_interval_s,
+        )
     ]

@@ -26,6 +26,7 @@ from personify.profiles.tables import profiles
 from personify.segments.conditions import EventCounter
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import Predicate, compile_condition
+from personify.segments.rfm import RFM_CELLS, RFM_PREFIX, RfmModel, RfmRuns, rfm_key
 from personify.segments.tables import (
     segment_backfills,
     segment_definitions,
@@ -48,6 +49,7 @@ __all__ = [
 ACTIVE = "active"
 ARCHIVED = "archived"
 RULE = "rule"
+RFM = "rfm"
 # keys name segments in conditions and URLs: letters, digits and - _ . (a cluster's segments,
 # later, are KEY/NAME)
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -141,6 +143,21 @@ class CompiledSegments:
     fingerprint: tuple[int, int, int] = (0, 0, 0)
     counters: tuple[EventCounter, ...] = field(default=())
     uses_features: bool = False
+    # the newest RFM run: its cells are segments too (``personify.segments.rfm``)
+    rfm: RfmModel | None = None
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """The version of every segment evaluated: rules, and RFM cells (the run's id)."""
+        found = {s.key: s.version for s in self.segments}
+        if self.rfm is not None:
+            found.update((rfm_key(cell), self.rfm.run_id) for cell in RFM_CELLS)
+        return found
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is evaluated at all."""
+        return bool(self.segments) or self.rfm is not None
 
 
 def _check_key(key: str) -> None:
@@ -263,6 +280,12 @@ class SegmentRepository:
         for a bad condition and ``Conflict`` when an active segment has the key already.
         """
         _check_key(key)
+        if key.startswith(RFM_PREFIX):
+            raise ValidationError(
+                f"keys starting with {RFM_PREFIX!r} are the RFM cells' (docs/segments.md)",
+                code="invalid_key",
+                details={"field": "key"},
+            )
         name = _check_text("name", key if name is None else name, _MAX_NAME_CHARS)
         description = _check_text("description", description, _MAX_DESCRIPTION_CHARS)
         with self._db.begin() as conn:
@@ -419,6 +442,7 @@ class SegmentRepository:
             )
         ]
         segments = compile_segments(rows)
+        rfm = RfmRuns(self._db).newest(conn)
         counters: dict[str, EventCounter] = {}
         for segment in segments:
             for counter in segment.predicate.counters:
@@ -428,6 +452,7 @@ class SegmentRepository:
             fingerprint=fingerprint,
             counters=tuple(counters.values()),
             uses_features=any(s.predicate.reads_features for s in segments),
+            rfm=rfm,
         )
         return self._compiled
 
@@ -534,7 +559,21 @@ class SegmentRepository:
         row = self._row(conn, key)
         if row is None or row.status != ACTIVE:
             raise NotFound(f"no active segment {key!r}", code="segment_not_found")
+        if row.kind != RULE:
+            raise Conflict(
+                f"segment {key!r} is kept by its {row.kind} runs; it cannot be edited or deleted",
+                code="segment_managed",
+            )
         return row
+
+    def save_rfm_cells(self, conn: sa.Connection, run_id: int) -> None:
+        """Make every RFM cell an active segment at version ``run_id`` (with a backfill)."""
+        for cell in RFM_CELLS:
+            key = rfm_key(cell)
+            existing = self._row(conn, key)
+            name = f"RFM: {cell.replace('_', ' ')}"
+            description = f"buyers in the RFM cell {cell} (docs/segments.md, RFM)"
+            self._save(conn, key, name, description, None, run_id, ACTIVE, existing, kind=RFM)
 
     def _active_conditions(self, conn: sa.Connection) -> dict[str, Any]:
         return {
@@ -566,6 +605,8 @@ class SegmentRepository:
         version: int,
         status: str,
         existing: Any,
+        *,
+        kind: str = RULE,
     ) -> SegmentDefinition:
         now = self._clock.now()
         top = conn.execute(sa.select(sa.func.max(segment_definitions.c.revision))).scalar()
@@ -575,7 +616,7 @@ class SegmentRepository:
         values = {
             "name": name,
             "description": description,
-            "kind": RULE,
+            "kind": kind,
             "condition": text,
             "version": version,
             "status": status,

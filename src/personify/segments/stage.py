@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from personify.profiles.state import ProfileState, evaluate_profile
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import EvaluationContext
 from personify.segments.repository import CompiledSegment, CompiledSegments, SegmentRepository
+from personify.segments.rfm import ORDER_EVENT, RFM_CELLS, cell_of, profile_figures, rfm_key
 from personify.segments.tables import segment_due, segment_members
 
 __all__ = ["SegmentStage", "evaluate_profile_segments", "reconcile"]
@@ -97,23 +99,33 @@ def evaluate_profile_segments(
     keeps its ``current`` answer: an event leaf of another event, a trait leaf when no
     trait can have changed. What time alone changes (a window sliding) is the sweep's.
     """
-    if not compiled.segments or not personalization_allowed(state, features):
+    if not compiled.active or not personalization_allowed(state, features):
         return set()
     if change is not None and change.everything:
         change = None
+    rfm = compiled.rfm
+    # RFM cells change with orders (and with time alone: the sweep's)
+    rfm_affected = rfm is not None and (change is None or ORDER_EVENT in change.names)
+    affected: set[str] = {rfm_key(cell) for cell in RFM_CELLS} if rfm_affected else set()
     todo: list[CompiledSegment] = []
-    affected: set[str] = set()
     for segment in compiled.segments:
         if change is None or _is_affected(segment, change, affected):
             todo.append(segment)
             affected.add(segment.key)
     members = {key for key in current if key not in affected}
-    if not todo:
+    if not todo and not rfm_affected:
         return members
-    reads_features = any(s.predicate.reads_features for s in todo)
+    document: dict[str, Any] | None = None
+    if rfm_affected or any(s.predicate.reads_features for s in todo):
+        document = evaluate_profile(state, features, at_ms)
+    if rfm is not None and rfm_affected and document is not None:
+        figures = profile_figures(state, document, at_ms)
+        if figures is not None:
+            r, f, _ = rfm.scores(*figures[:3])
+            members.add(rfm_key(cell_of(r, f)))
     context = EvaluationContext(
         traits={k: s.value for k, s in state.traits.items() if s.value is not None},
-        features=evaluate_profile(state, features, at_ms) if reads_features else {},
+        features=document if document is not None else {},
         event_counts=lambda counter: count_at(state, counter, at_ms),
         # filled as the rules are evaluated: a rule comes after the segments it reads
         segments=members,
@@ -122,6 +134,21 @@ def evaluate_profile_segments(
         if segment.predicate.evaluate(context):
             members.add(segment.key)
     return members
+
+
+def next_change_ms(
+    state: ProfileState, compiled: CompiledSegments, plan: CounterPlan, at_ms: int
+) -> int | None:
+    """The first time after ``at_ms`` when time alone may change a membership: an event
+    leaving a window, or a buyer's RFM recency score dropping."""
+    due = next_expiry(state, plan, at_ms)
+    if compiled.rfm is not None:
+        last = state.last_events.get(ORDER_EVENT)
+        if last is not None:
+            change = compiled.rfm.next_recency_change_ms(last.ts, at_ms)
+            if change is not None:
+                due = change if due is None else min(due, change)
+    return due
 
 
 def open_memberships(
@@ -153,7 +180,7 @@ def reconcile(
     reason: str,
 ) -> None:
     """Record the entries and exits that take ``profile_id`` from ``current`` to ``members``."""
-    versions = {s.key: s.version for s in compiled.segments}
+    versions = compiled.versions
     is_user = bool(state.user_ids)
     withdrawn = not personalization_allowed(state, features)
     for key, row_ids in sorted(current.items()):
@@ -234,7 +261,7 @@ class SegmentStage:
         the rules that read what changed are evaluated again."""
         compiled = self._current
         changes = MembershipChanges(now)
-        if not compiled.segments:
+        if not compiled.active:
             # archiving a segment closes its stays, so none is open without an active rule
             return changes
         at_ms = datetime_ms(now)
@@ -271,7 +298,7 @@ class SegmentStage:
                 self._features,
                 reason,
             )
-            due[profile.profile_id] = next_expiry(state, self._plan, at_ms)
+            due[profile.profile_id] = next_change_ms(state, compiled, self._plan, at_ms)
         changes.flush(conn)
         write_due(conn, due, forget=list(merged))
         return changes

@@ -1,5 +1,6 @@
 """The tables segments own: definitions with their versions, memberships with their history,
-the outbox of membership events, when each profile's windows next change, and backfills."""
+the outbox of membership events, when each profile's windows next change, backfills, and
+RFM runs."""
 
 from __future__ import annotations
 
@@ -90,4 +91,16 @@ segment_backfills = sa.Table(
     sa.Column("finished_at", Timestamp(), nullable=True),
     sa.Index("segment_backfills_key", "segment_key", "id"),
     sa.Index("segment_backfills_status", "status", "id"),
+)
+
+# RFM runs: the quintile cut points of every buyer's recency, frequency and monetary figures,
+# and the lake version they were read from (``personify.segments.rfm``)
+rfm_runs = sa.Table(
+    "rfm_runs",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("computed_at", Timestamp(), nullable=False),
+    sa.Column("buyers", sa.BigInteger, nullable=False),
+    sa.Column("cut_points", sa.Text, nullable=False),
+    sa.Column("lake_version", sa.BigInteger, nullable=True),
 )

@@ -1,5 +1,5 @@
 """Segments: definitions and their versions, memberships with history, the membership
-events' outbox, when each profile's windows next change, and backfills.
+events' outbox, when each profile's windows next change, backfills, and RFM runs.
 
 Revision ID: 0005
 Revises: 0004
@@ -93,9 +93,18 @@ def upgrade() -> None:
     )
     op.create_index("segment_backfills_key", "segment_backfills", ["segment_key", "id"])
     op.create_index("segment_backfills_status", "segment_backfills", ["status", "id"])
+    op.create_table(
+        "rfm_runs",
+        sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+        sa.Column("computed_at", _time(), nullable=False),
+        sa.Column("buyers", sa.BigInteger, nullable=False),
+        sa.Column("cut_points", sa.Text, nullable=False),
+        sa.Column("lake_version", sa.BigInteger, nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rfm_runs")
     op.drop_table("segment_backfills")
     op.drop_table("segment_due")
     op.drop_table("segment_outbox")
