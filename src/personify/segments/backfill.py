@@ -24,9 +24,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
-from personify.profiles.batch import StagedProfile
-from personify.profiles.counters import fill_counters
-from personify.profiles.state import decode_state, state_text
 from personify.profiles.tables import profiles
 from personify.segments.stage import SegmentStage
 from personify.segments.tables import segment_backfills
@@ -120,14 +117,8 @@ class SegmentBackfill:
                     .with_for_update()
                 ).all()
                 if rows:
-                    staged = [
-                        StagedProfile(i, str(pid), int(version), decode_state(state_text(blob)), ())
-                        for i, (pid, version, blob) in enumerate(rows)
-                    ]
-                    self._stage.counters(conn)
-                    fill_counters(conn, {p.profile_id: p.state for p in staged}, self._stage.plan)
-                    changes = self._stage.evaluate(
-                        conn, staged, self._clock.now(), reason="backfill"
+                    changes, _ = self._stage.evaluate_stored(
+                        conn, rows, self._clock.now(), reason="backfill"
                     )
                     entries += len(changes.entries)
                     exits += len(changes.exits)

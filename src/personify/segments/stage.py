@@ -25,11 +25,17 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.profiles.batch import ProfileBatch, StagedProfile
-from personify.profiles.counters import CounterPlan, CounterSpec, count_at, next_expiry
+from personify.profiles.counters import (
+    CounterPlan,
+    CounterSpec,
+    count_at,
+    fill_counters,
+    next_expiry,
+)
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
-from personify.profiles.state import ProfileState, evaluate_profile
+from personify.profiles.state import ProfileState, decode_state, evaluate_profile, state_text
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import EvaluationContext
 from personify.segments.repository import CompiledSegment, CompiledSegments, SegmentRepository
@@ -234,6 +240,23 @@ class SegmentStage:
         if self._plan.ids != frozenset(c.id for c in self._current.counters):
             self._plan = CounterPlan(self._current.counters)
         return self._current.counters
+
+    def evaluate_stored(
+        self, conn: sa.Connection, rows: Sequence[Any], now: datetime, *, reason: str
+    ) -> tuple[MembershipChanges, list[str]]:
+        """Evaluate stored profiles (``(profile_id, version, state)`` rows, read with their
+        locks) at ``now``, for the sweep and the backfill; returns the changes and the ids.
+
+        The rules are read again first, and a rule saved since a profile was written counts
+        its past events from the timeline (``fill_counters``)."""
+        staged = [
+            StagedProfile(i, str(pid), int(version), decode_state(state_text(blob)), ())
+            for i, (pid, version, blob) in enumerate(rows)
+        ]
+        self.counters(conn)
+        fill_counters(conn, {p.profile_id: p.state for p in staged}, self._plan)
+        changes = self.evaluate(conn, staged, now, reason=reason)
+        return changes, [p.profile_id for p in staged]
 
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, profiles: Sequence[StagedProfile]

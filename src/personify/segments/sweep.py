@@ -17,10 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
-from personify.profiles.batch import StagedProfile
-from personify.profiles.counters import fill_counters
 from personify.profiles.events import datetime_ms
-from personify.profiles.state import decode_state, state_text
 from personify.profiles.tables import profiles
 from personify.segments.stage import SegmentStage, write_due
 from personify.segments.tables import segment_due
@@ -89,16 +86,9 @@ class SegmentSweep:
                     .order_by(profiles.c.profile_id)
                     .with_for_update()
                 ).all()
-                staged = [
-                    StagedProfile(i, str(pid), int(version), decode_state(state_text(blob)), ())
-                    for i, (pid, version, blob) in enumerate(rows)
-                ]
-                self._stage.counters(conn)
-                # a rule saved since a profile was written counts its past events first
-                fill_counters(conn, {p.profile_id: p.state for p in staged}, self._stage.plan)
-                changes = self._stage.evaluate(conn, staged, now, reason="sweep")
+                changes, swept_ids = self._stage.evaluate_stored(conn, rows, now, reason="sweep")
                 # a profile merged away meanwhile has nothing left to sweep
-                gone = sorted(set(due) - {p.profile_id for p in staged})
+                gone = sorted(set(due) - set(swept_ids))
                 write_due(conn, {}, forget=gone)
                 # a profile still due at now (nothing to evaluate) must not be taken again
                 conn.execute(
