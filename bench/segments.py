@@ -16,9 +16,9 @@ Run it with ``.venv/bin/python bench/segments.py [--events N] [--users U] [--bat
   touched profile in the profiles' transaction, and the relay appends the ``Segment Entered``
   / ``Segment Exited`` events to the log after each batch. Those come after the shop's events
   in the log, so ``run_worker`` stops before them; a second timed drain (``membership_drain``)
-  applies them (and what they cause) until the log has no lag. ``events_per_s`` is the first
-  drain's rate, ``events_per_s_all_in`` the shop's events over both drains' time: the
-  sustained rate with the feedback paid. ``ratio`` is ``segments_100 / none`` of the all-in
+  reads them (the worker skips them: not the user's activity) until the log has no lag.
+  ``events_per_s`` is the first drain's rate, ``events_per_s_all_in`` the shop's events over
+  both drains' time: the sustained rate with the membership events paid. ``ratio`` is ``segments_100 / none`` of the all-in
   rates (target 0.7); ``ratio_first_drain`` of the first drains alone. ``members`` counts the
   open memberships at the end, and how many of the 100 segments have any.
 * ``sweep`` — N profiles (``--sweep-profiles``, 1,000,000 by default), each with windowed
