@@ -76,7 +76,10 @@ def resolve_path(root: Any, parts: tuple[str, ...]) -> Any:
     """The value at a dotted path, or ``MISSING``. At each level the longest run of parts that
     is a key wins, so a key that itself holds dots (``v1.2``) is still reachable."""
     if len(parts) == 1:
-        return root.get(parts[0], MISSING) if isinstance(root, Mapping) else MISSING
+        # a decoded JSON object is a dict: the common case skips the ABC check
+        if type(root) is dict or isinstance(root, Mapping):
+            return root.get(parts[0], MISSING)
+        return MISSING
     node = root
     i = 0
     while i < len(parts):
@@ -164,7 +167,12 @@ class EventCounter:
         if self.event != "*" and name != self.event:
             return False
         props = properties if properties is not None else {}
-        return all(test(resolve_path(props, parts)) for parts, test in self._tests)
+        tests = self._tests
+        if len(tests) == 1:
+            # one filter is the common case: no generator
+            parts, test = tests[0]
+            return bool(test(resolve_path(props, parts)))
+        return all(test(resolve_path(props, parts)) for parts, test in tests)
 
     def covers(self, ts_ms: int, at_ms: int) -> bool:
         """Whether an event at ``ts_ms`` is inside the window at ``at_ms``."""
