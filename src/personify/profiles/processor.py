@@ -63,6 +63,7 @@ from personify.profiles.tables import (
     profiles,
 )
 from personify.store.database import Database, copy_rows, lost_a_race
+from personify.store.statements import Statements
 
 EVENT_COLUMNS = (
     "event_key",
@@ -742,98 +743,8 @@ def _insert_merge() -> sa.ClauseElement:
     )
 
 
-class _Compiled:
-    """A statement compiled once for one dialect, run through the driver's ``executemany``.
-
-    SQLAlchemy's per-row parameter handling costs more than SQLite's insert itself on the
-    worker's hot path, so rows go to the driver directly, with the dialect's own bind
-    processors (e.g. datetimes on SQLite) applied to the columns that have one.
-    """
-
-    def __init__(self, conn: sa.Connection, statement: sa.ClauseElement) -> None:
-        compiled: Any = statement.compile(dialect=conn.dialect)
-        self.sql = str(compiled)
-        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        self.processors: dict[str, Any] = {
-            name: _remember_last(processor) for name, processor in compiled._bind_processors.items()
-        }
-
-    def params(self, row: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        processors = self.processors
-        if self.order is None:
-            if not processors:
-                return row
-            return {k: processors[k](v) if k in processors else v for k, v in row.items()}
-        if not processors:
-            return tuple([row[name] for name in self.order])
-        return tuple(
-            [
-                processors[name](row[name]) if name in processors else row[name]
-                for name in self.order
-            ]
-        )
-
-
-def _remember_last(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``processor`` with its last answer kept: a batch binds one ``now`` on every row."""
-    last: list[Any] = [_NOTHING, None]
-
-    def process(value: Any) -> Any:
-        if value is not last[0]:
-            last[0], last[1] = value, processor(value)
-        return last[1]
-
-    return process
-
-
-_NOTHING = object()
-
-
-class _Statements:
+class _Statements(Statements):
     """Compiled statements of one processor, by name (and IN-list size for the lookups)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, Any], _Compiled] = {}
-
-    def _compiled(
-        self, conn: sa.Connection, name: Any, build: Callable[[], sa.ClauseElement]
-    ) -> _Compiled:
-        key = (conn.dialect.name, name)
-        compiled = self._cache.get(key)
-        if compiled is None:
-            compiled = self._cache[key] = _Compiled(conn, build())
-        return compiled
-
-    def run(
-        self,
-        conn: sa.Connection,
-        name: str,
-        build: Callable[[], sa.ClauseElement],
-        rows: list[dict[str, Any]],
-    ) -> int:
-        """Execute the statement once per row (one ``executemany``); returns rows matched."""
-        if not rows:
-            return 0
-        compiled = self._compiled(conn, name, build)
-        params = [compiled.params(row) for row in rows]
-        return int(conn.exec_driver_sql(compiled.sql, params).rowcount)
-
-    def run_tuples(
-        self,
-        conn: sa.Connection,
-        name: str,
-        build: Callable[[], sa.ClauseElement],
-        columns: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-    ) -> None:
-        """``run`` for rows given as tuples in ``columns`` order (no dict per row)."""
-        if not rows:
-            return
-        compiled = self._compiled(conn, name, build)
-        if compiled.order == columns and not compiled.processors:
-            conn.exec_driver_sql(compiled.sql, rows)
-            return
-        self.run(conn, name, build, [dict(zip(columns, row, strict=True)) for row in rows])
 
     def checked(
         self,
@@ -874,7 +785,7 @@ class _Statements:
             def build(names: list[str] = names) -> sa.ClauseElement:
                 return sa.select(key, *columns).where(key.in_([sa.bindparam(n) for n in names]))
 
-            compiled = self._compiled(conn, (key.table.name, key.name, size), build)
+            compiled = self.compiled(conn, (key.table.name, key.name, size), build)
             params = compiled.params(dict(zip(names, padded, strict=True)))
             found.extend(tuple(row) for row in conn.exec_driver_sql(compiled.sql, params))
         return found

@@ -12,7 +12,6 @@ second append of the same one.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,10 +19,12 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+import xxhash
 
 from personify.clock import format_timestamp
 from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
 from personify.segments.tables import segment_members, segment_outbox
+from personify.store.statements import Statements
 
 __all__ = ["MEMBERSHIP_SOURCE", "MembershipChanges"]
 
@@ -32,9 +33,10 @@ MEMBERSHIP_SOURCE = "personify-segments"
 _encode = msgspec.json.encode
 
 
-def _message_id(*parts: object) -> str:
-    text = "\x1f".join(str(p) for p in parts)
-    return "seg-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+def _message_id(name: str, key: str, version: int, profile_id: str, when: str) -> str:
+    # 128 bits of a fast non-cryptographic hash: an id, not a secret
+    text = f"{name}\x1f{key}\x1f{version}\x1f{profile_id}\x1f{when}"
+    return "seg-" + xxhash.xxh3_128_hexdigest(text.encode())
 
 
 @dataclass
@@ -45,6 +47,11 @@ class MembershipChanges:
     entries: list[dict[str, Any]] = field(default_factory=list)
     exits: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    _when: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        # every event of a transaction happens at its one time: formatted once
+        self._when = format_timestamp(self.at)
 
     def enter(self, profile_id: str, is_user: bool, key: str, version: int, reason: str) -> None:
         """``profile_id`` enters segment ``key``."""
@@ -76,7 +83,7 @@ class MembershipChanges:
     def _event(
         self, name: str, profile_id: str, is_user: bool, key: str, version: int, reason: str
     ) -> None:
-        when = format_timestamp(self.at)
+        when = self._when
         message_id = _message_id(name, key, version, profile_id, when)
         payload: dict[str, Any] = {
             "type": "track",
@@ -103,14 +110,31 @@ class MembershipChanges:
 
     def flush(self, conn: sa.Connection) -> None:
         """Write the rows and the outbox with ``conn`` (in the caller's transaction)."""
-        if self.exits:
-            conn.execute(
-                segment_members.update()
-                .where(segment_members.c.id == sa.bindparam("b_id"))
-                .values(exited_at=sa.bindparam("b_exited"), exit_reason=sa.bindparam("b_reason")),
-                self.exits,
-            )
-        if self.entries:
-            conn.execute(segment_members.insert(), self.entries)
-        if self.events:
-            conn.execute(segment_outbox.insert(), self.events)
+        _STATEMENTS.run(conn, "exit", _exit, self.exits)
+        _STATEMENTS.run(conn, "enter", _enter, self.entries)
+        _STATEMENTS.run(conn, "outbox", _outbox, self.events)
+
+
+def _without_id(table: sa.Table) -> sa.Insert:
+    # the id is the database's to assign
+    return table.insert().values({c.name: sa.bindparam(c.name) for c in table.c if c.name != "id"})
+
+
+def _exit() -> sa.ClauseElement:
+    return (
+        segment_members.update()
+        .where(segment_members.c.id == sa.bindparam("b_id"))
+        .values(exited_at=sa.bindparam("b_exited"), exit_reason=sa.bindparam("b_reason"))
+    )
+
+
+def _enter() -> sa.ClauseElement:
+    return _without_id(segment_members)
+
+
+def _outbox() -> sa.ClauseElement:
+    return _without_id(segment_outbox)
+
+
+# compiled once per dialect: a sweep or a batch writes thousands of these rows
+_STATEMENTS = Statements()
