@@ -4,48 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
-import pytest
-from click.testing import CliRunner, Result
 
 from personify.auth.keys import ApiKeyRepository
-from personify.cli.main import main
 from personify.eventlog.base import LogRecord, open_eventlog
 from personify.ingest.sources import SourceRepository
 from personify.store.database import open_database
 from personify.store.migrations import head
+from tests.cli.conftest import Invoke, ok
 from tests.conftest import make_settings
-
-Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def run(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    # the CLI reads .env from the working directory; run it where there is none
-    monkeypatch.chdir(data_dir.parent)
-    env = {
-        "PERSONIFY_DATA_DIR": str(data_dir),
-        "PERSONIFY_PII_HASH_KEY": "x",
-        "PERSONIFY_ENVIRONMENT": "test",
-    }
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-
-    return invoke
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_sources_create_prints_a_write_key_that_works(run: Invoke, data_dir: Path) -> None:

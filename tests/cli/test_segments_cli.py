@@ -4,47 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from click.testing import CliRunner, Result
-
-from personify.cli.main import main
 from personify.segments.tables import segment_members
 from personify.store.database import open_database
+from tests.cli.conftest import Invoke, ok
 from tests.conftest import make_settings
 
-Invoke = Callable[..., Result]
 PRO = {"trait": "plan", "op": "eq", "value": "pro"}
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def run(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    # the CLI reads .env from the working directory; run it where there is none
-    monkeypatch.chdir(data_dir.parent)
-    env = {
-        "PERSONIFY_DATA_DIR": str(data_dir),
-        "PERSONIFY_PII_HASH_KEY": "x",
-        "PERSONIFY_ENVIRONMENT": "test",
-    }
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
-
-    return invoke
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def add_members(data_dir: Path, key: str, profile_ids: list[str], entered: datetime) -> None:

@@ -45,10 +45,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
         time.sleep(0.2)
 
 
-def backfilled_total(shown: dict[str, Any]) -> int:
-    return int(shown["backfill"]["total"])
-
-
 def test_an_event_enters_a_segment_and_the_window_takes_it_out(
     segment_server: ServerProcess,
 ) -> None:
@@ -120,7 +116,7 @@ def test_an_event_enters_a_segment_and_the_window_takes_it_out(
             shown = client.get("/v1/segments/buyers", headers=admin).json()
             return shown if shown["backfill"]["status"] == "done" else None
 
-        assert backfilled_total(wait_for("the backfill", backfilled, 15)) >= 1
+        assert wait_for("the backfill", backfilled, 15)["backfill"]["total"] >= 1
         assert "buyers" in {s["key"] for s in segments()}
 
         # no more events: the sweep takes the profile out once the order leaves the window

@@ -186,7 +186,14 @@ def test_group_rows_orders_by_every_key_and_opens_each_group() -> None:
 # -- batch stages -------------------------------------------------------------------------------
 
 
-class NoOpStage:
+class CountingNothing:
+    """A stage that reads no event counter from the profile states."""
+
+    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
+        return ()
+
+
+class NoOpStage(CountingNothing):
     """The smallest stage: looks at the batch and changes nothing."""
 
     name = "no-op"
@@ -194,25 +201,19 @@ class NoOpStage:
     def __init__(self) -> None:
         self.seen: list[tuple[int, list[str]]] = []
 
-    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
-        return ()
-
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, staged: Sequence[StagedProfile]
     ) -> None:
         self.seen.append((batch.size, sorted(p.profile_id for p in staged)))
 
 
-class CountingStage:
+class CountingStage(CountingNothing):
     """Writes per-profile event counts with the batch's connection (a columnar pass)."""
 
     name = "counting"
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.fail_on = fail_on
-
-    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
-        return ()
 
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, staged: Sequence[StagedProfile]

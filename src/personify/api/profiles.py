@@ -54,26 +54,6 @@ def _as_of(raw: str | None) -> datetime | None:
         ) from exc
 
 
-def _segments_at(
-    segments: SegmentRepository, profile_id: str, as_of: datetime | None
-) -> list[dict[str, Any]]:
-    """The segments the profile is in now, or was in at ``as_of`` (from its membership
-    history, so the document read as of a time agrees with itself)."""
-    if as_of is None:
-        return segments.profile_segments(profile_id)
-    # the stays covering that moment: entered by then and not yet exited (stays in one segment
-    # never overlap, so each key comes once)
-    stays = [
-        stay
-        for stay in segments.memberships(profile_id)
-        if stay.entered_at <= as_of and (stay.exited_at is None or stay.exited_at > as_of)
-    ]
-    return [
-        {"key": stay.segment_key, "since": stay.entered_at.isoformat()}
-        for stay in sorted(stays, key=lambda stay: stay.segment_key)
-    ]
-
-
 @get(
     "/v1/profiles/{id:str}",
     responses={
@@ -97,7 +77,7 @@ async def profile(
     segments it is in."""
     moment = _as_of(as_of)
     document = await profiles.get(id, as_of=moment)
-    member_of = await sync_to_thread(_segments_at, segments, document["profileId"], moment)
+    member_of = await sync_to_thread(segments.profile_segments, document["profileId"], at=moment)
     # a new dict: the service may hand out the document it keeps in its cache
     return {**document, "segments": member_of}
 

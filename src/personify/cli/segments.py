@@ -16,17 +16,25 @@ from personify.cli.context import CliContext, echo_json, pass_ctx
 
 if TYPE_CHECKING:
     from personify.segments.repository import Membership, SegmentRepository
+    from personify.segments.stage import SegmentStage
+    from personify.store.database import Database
 
 # members read per query when printing or exporting a whole segment
 _PAGE = 1000
 CSV_COLUMNS = ("profile_id", "since", "segment_version")
 
 
-def _repository(ctx: CliContext) -> SegmentRepository:
+def _open(ctx: CliContext) -> tuple[Database, SegmentRepository]:
+    """The state database and the segments in it."""
     from personify.segments.repository import SegmentRepository
     from personify.store.database import open_database
 
-    return SegmentRepository(open_database(ctx.settings))
+    db = open_database(ctx.settings)
+    return db, SegmentRepository(db)
+
+
+def _repository(ctx: CliContext) -> SegmentRepository:
+    return _open(ctx)[1]
 
 
 def _condition(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
@@ -176,7 +184,7 @@ def segments_stats(ctx: CliContext, key: str, days: int) -> None:
     echo_json(_repository(ctx).stats(key, days=days))
 
 
-def _relay_events(ctx: CliContext, db: Any) -> int:
+def _relay_events(ctx: CliContext, db: Database) -> int:
     """Append the membership events a pass left in the outbox to the event log."""
     import asyncio
 
@@ -194,20 +202,14 @@ def _relay_events(ctx: CliContext, db: Any) -> int:
     return asyncio.run(run())
 
 
-def _stage(ctx: CliContext) -> tuple[Any, Any]:
+def _stage(ctx: CliContext) -> tuple[Database, SegmentStage]:
+    """The state database and the worker's segment stage over it (for the passes)."""
     from personify.profiles.features import FeatureSet, load_profile_config
     from personify.segments.stage import SegmentStage
-    from personify.store.database import open_database
 
-    db = open_database(ctx.settings)
+    db, repository = _open(ctx)
     features = FeatureSet(load_profile_config(ctx.settings.features_file))
-    return db, SegmentStage(_repository_on(db), features)
-
-
-def _repository_on(db: Any) -> SegmentRepository:
-    from personify.segments.repository import SegmentRepository
-
-    return SegmentRepository(db)
+    return db, SegmentStage(repository, features)
 
 
 @segments.command("backfill")
@@ -261,8 +263,8 @@ def segments_rfm(ctx: CliContext, show: bool) -> None:
     from personify.runtime import run_rfm
     from personify.segments.rfm_runner import RfmRunner
 
-    db = _open(ctx)
-    runner = RfmRunner(db, _repository_on(db))
+    db, repository = _open(ctx)
+    runner = RfmRunner(db, repository)
     if show:
         model = runner.current()
         if model is None:
@@ -270,9 +272,3 @@ def segments_rfm(ctx: CliContext, show: bool) -> None:
         echo_json(model.to_dict())
         return
     echo_json(run_rfm(ctx.settings, db, runner).to_dict())
-
-
-def _open(ctx: CliContext) -> Any:
-    from personify.store.database import open_database
-
-    return open_database(ctx.settings)

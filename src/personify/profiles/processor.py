@@ -63,7 +63,7 @@ from personify.profiles.tables import (
     profiles,
 )
 from personify.store.database import Database, copy_rows, lost_a_race
-from personify.store.statements import Statements
+from personify.store.statements import Statements, insert_without_id
 
 EVENT_COLUMNS = (
     "event_key",
@@ -737,10 +737,7 @@ def _repoint_events() -> sa.ClauseElement:
 
 
 def _insert_merge() -> sa.ClauseElement:
-    # the id is the database's to assign
-    return profile_merges.insert().values(
-        {c.name: sa.bindparam(c.name) for c in profile_merges.c if c.name != "id"}
-    )
+    return insert_without_id(profile_merges)
 
 
 class _Statements(Statements):

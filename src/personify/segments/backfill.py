@@ -74,16 +74,6 @@ class SegmentBackfill:
         self._clock = clock or SystemClock()
         self._page_size = max(1, page_size)
 
-    def pending(self) -> int:
-        """How many backfills wait for a pass (pending, or left running by a stopped one)."""
-        b = segment_backfills.c
-        with self._db.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count()).where(b.status.in_([PENDING, RUNNING]))
-                ).scalar_one()
-            )
-
     def run(self, *, progress: Progress | None = None) -> BackfillResult:
         """One pass over every profile, if any backfill waits; ``progress(done, total)`` is
         called after each page."""
@@ -117,7 +107,7 @@ class SegmentBackfill:
                     .with_for_update()
                 ).all()
                 if rows:
-                    changes, _ = self._stage.evaluate_stored(
+                    changes = self._stage.evaluate_stored(
                         conn, rows, self._clock.now(), reason="backfill"
                     )
                     entries += len(changes.entries)
@@ -125,23 +115,22 @@ class SegmentBackfill:
                     done += len(rows)
                     after = str(rows[-1][0])
                 finished = len(rows) < self._page_size
+                # profiles created meanwhile are counted as they are reached
+                total = max(total, done)
                 now = self._clock.now()
                 conn.execute(
                     segment_backfills.update()
                     .where(b.id.in_(waiting))
                     .values(
                         done=done,
-                        # profiles created meanwhile are counted as they are reached
-                        total=sa.func.max(b.total, done)
-                        if conn.dialect.name == "sqlite"
-                        else sa.func.greatest(b.total, done),
+                        total=total,
                         updated_at=now,
                         status=DONE if finished else RUNNING,
                         finished_at=now if finished else None,
                     )
                 )
             if progress is not None:
-                progress(done, max(total, done))
+                progress(done, total)
             if finished:
                 return BackfillResult(
                     len(waiting), done, entries, exits, time.monotonic() - started

@@ -30,7 +30,7 @@ it. A run:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -207,7 +207,10 @@ def _choose_k(
 
 
 def _match(
-    previous: ClusterRun, centroids: Matrix, project: Any, max_distance: float
+    previous: ClusterRun,
+    centroids: Matrix,
+    project: Callable[[Matrix], Matrix],
+    max_distance: float,
 ) -> dict[int, str]:
     """New cluster index → previous key, by the Hungarian algorithm on centroid distances in
     this run's space (previous centroids taken through original units)."""
@@ -329,17 +332,38 @@ def fit_clustering(
     else:
         k = min(int(spec.k), len(points) - 1)
     labels, centroids = _fit_labels(spec.algorithm, k, spec.seed, points)
-    k = len(centroids)
-
-    def project(rows: Matrix) -> Matrix:
-        standard_rows = (rows - mean) / scale
-        return standard_rows @ components.T if components is not None else standard_rows
-
-    matched = _match(previous, centroids, project, spec.max_match_distance) if previous else {}
+    sample = _sample(len(points), spec.sample_size, rng)
+    distinct = len(set(labels[sample].tolist()) - {NOISE})
+    clustered = labels != NOISE
+    run = ClusterRun(
+        spec=spec,
+        mean=mean,
+        scale=scale,
+        components=components,
+        centroids=centroids,
+        keys=[],
+        labels=[],
+        k=len(centroids),
+        silhouette=(
+            round(
+                float(silhouette_score(points[sample], labels[sample], random_state=spec.seed)), 6
+            )
+            if 2 <= distinct < len(sample)
+            else None
+        ),
+        davies_bouldin=(
+            round(float(davies_bouldin_score(points[clustered], labels[clustered])), 6)
+            if len(set(labels[clustered].tolist())) >= 2
+            else None
+        ),
+        candidates=candidates,
+    )
+    # the previous run's centroids are measured in this run's space
+    matched = _match(previous, centroids, run.project, spec.max_match_distance) if previous else {}
     taken = set(previous.keys) if previous else set()
-    keys: list[str] = []
+    keys = run.keys
     fresh = 0
-    for index in range(k):
+    for index in range(run.k):
         if index in matched:
             keys.append(matched[index])
             continue
@@ -350,33 +374,7 @@ def fit_clustering(
                 break
         taken.add(candidate)
         keys.append(candidate)
-    row_keys: list[str | None] = [keys[i] if i != NOISE else None for i in labels.tolist()]
-    sample = _sample(len(points), spec.sample_size, rng)
-    distinct = len(set(labels[sample].tolist()) - {NOISE})
-    silhouette = (
-        round(float(silhouette_score(points[sample], labels[sample], random_state=spec.seed)), 6)
-        if 2 <= distinct < len(sample)
-        else None
-    )
-    clustered = labels != NOISE
-    davies = (
-        round(float(davies_bouldin_score(points[clustered], labels[clustered])), 6)
-        if len(set(labels[clustered].tolist())) >= 2
-        else None
-    )
-    run = ClusterRun(
-        spec=spec,
-        mean=mean,
-        scale=scale,
-        components=components,
-        centroids=centroids,
-        keys=keys,
-        labels=row_keys,
-        k=k,
-        silhouette=silhouette,
-        davies_bouldin=davies,
-        candidates=candidates,
-    )
+    run.labels = [keys[i] if i != NOISE else None for i in labels.tolist()]
     run.clusters = _describe(spec, data, labels, keys, run.centroids_original())
     before = set(previous.keys) if previous else set()
     changes: dict[str, list[Any]] = {
@@ -385,7 +383,7 @@ def fit_clustering(
         "disappeared": sorted(before - set(keys)),
     }
     if previous_labels is not None:
-        old = [previous_labels.get(i) for i in range(len(row_keys))]
-        changes.update(_splits_and_merges(old, row_keys))
+        old = [previous_labels.get(i) for i in range(len(run.labels))]
+        changes.update(_splits_and_merges(old, run.labels))
     run.changes = changes
     return run

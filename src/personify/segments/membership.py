@@ -24,7 +24,7 @@ import xxhash
 from personify.clock import format_timestamp
 from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
 from personify.segments.tables import segment_members, segment_outbox
-from personify.store.statements import Statements
+from personify.store.statements import Statements, insert_without_id
 
 __all__ = ["MEMBERSHIP_SOURCE", "MembershipChanges"]
 
@@ -115,11 +115,6 @@ class MembershipChanges:
         _STATEMENTS.run(conn, "outbox", _outbox, self.events)
 
 
-def _without_id(table: sa.Table) -> sa.Insert:
-    # the id is the database's to assign
-    return table.insert().values({c.name: sa.bindparam(c.name) for c in table.c if c.name != "id"})
-
-
 def _exit() -> sa.ClauseElement:
     return (
         segment_members.update()
@@ -129,11 +124,11 @@ def _exit() -> sa.ClauseElement:
 
 
 def _enter() -> sa.ClauseElement:
-    return _without_id(segment_members)
+    return insert_without_id(segment_members)
 
 
 def _outbox() -> sa.ClauseElement:
-    return _without_id(segment_outbox)
+    return insert_without_id(segment_outbox)
 
 
 # compiled once per dialect: a sweep or a batch writes thousands of these rows

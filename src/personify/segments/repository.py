@@ -11,7 +11,7 @@ batch (``CompiledSegments.fingerprint``) and compiles the set again.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,18 +105,6 @@ class Membership:
     exited_at: datetime | None = None
     exit_reason: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of one membership."""
-        return {
-            "segment": self.segment_key,
-            "profileId": self.profile_id,
-            "segmentVersion": self.segment_version,
-            "enteredAt": self.entered_at.isoformat(),
-            "entryReason": self.entry_reason,
-            "exitedAt": self.exited_at.isoformat() if self.exited_at else None,
-            "exitReason": self.exit_reason,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class MemberPage:
@@ -145,14 +133,8 @@ class CompiledSegments:
     uses_features: bool = False
     # the newest RFM run: its cells are segments too (``personify.segments.rfm``)
     rfm: RfmModel | None = None
-
-    @property
-    def versions(self) -> dict[str, int]:
-        """The version of every segment evaluated: rules, and RFM cells (the run's id)."""
-        found = {s.key: s.version for s in self.segments}
-        if self.rfm is not None:
-            found.update((rfm_key(cell), self.rfm.run_id) for cell in RFM_CELLS)
-        return found
+    # the version of every segment evaluated: rules, and RFM cells (the run's id)
+    versions: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -453,6 +435,10 @@ class SegmentRepository:
             counters=tuple(counters.values()),
             uses_features=any(s.predicate.reads_features for s in segments),
             rfm=rfm,
+            versions={
+                **{s.key: s.version for s in segments},
+                **({rfm_key(cell): rfm.run_id for cell in RFM_CELLS} if rfm else {}),
+            },
         )
         return self._compiled
 
@@ -475,30 +461,28 @@ class SegmentRepository:
         rows = rows[:limit]
         return MemberPage(rows, rows[-1].profile_id if more and rows else None)
 
-    def profile_segments(self, profile_id: str) -> list[dict[str, Any]]:
-        """The segments a profile is in now: ``[{"key", "since"}]`` by key."""
+    def profile_segments(
+        self, profile_id: str, *, at: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The segments a profile is in now, or was in at ``at`` (from its membership
+        history): ``[{"key", "since"}]`` by key. Stays in one segment never overlap, so each
+        key comes once."""
+        m = segment_members.c
+        held = (
+            m.exited_at.is_(None)
+            if at is None
+            else sa.and_(m.entered_at <= at, sa.or_(m.exited_at.is_(None), m.exited_at > at))
+        )
         query = (
-            sa.select(segment_members.c.segment_key, segment_members.c.entered_at)
-            .where(
-                segment_members.c.profile_id == profile_id, segment_members.c.exited_at.is_(None)
-            )
-            .order_by(segment_members.c.segment_key)
+            sa.select(m.segment_key, m.entered_at)
+            .where(m.profile_id == profile_id, held)
+            .order_by(m.segment_key)
         )
         with self._db.connect() as conn:
             return [
                 {"key": key, "since": aware(since).isoformat()}  # type: ignore[union-attr]
                 for key, since in conn.execute(query)
             ]
-
-    def memberships(self, profile_id: str) -> list[Membership]:
-        """A profile's whole membership history, newest entry first."""
-        query = (
-            sa.select(segment_members)
-            .where(segment_members.c.profile_id == profile_id)
-            .order_by(segment_members.c.entered_at.desc(), segment_members.c.id.desc())
-        )
-        with self._db.connect() as conn:
-            return [_membership(row) for row in conn.execute(query)]
 
     def stats(self, key: str, *, days: int = 30) -> dict[str, Any]:
         """The segment's size now, and at the end of each of the last ``days`` UTC days."""
@@ -507,26 +491,22 @@ class SegmentRepository:
         end = now.replace(hour=0, minute=0, second=0, microsecond=0)
         points = [end - timedelta(days=n) for n in range(days - 1, -1, -1)]
         m = segment_members.c
+        ends = [*points[1:], now]
+
+        def held(at: datetime) -> sa.ColumnElement[Any]:
+            inside = sa.and_(m.entered_at <= at, sa.or_(m.exited_at.is_(None), m.exited_at > at))
+            return sa.func.coalesce(sa.func.sum(sa.case((inside, 1), else_=0)), 0)
+
+        # one pass over the segment's stays: every figure is a sum over them
+        query = sa.select(
+            sa.func.count(),
+            sa.func.count(m.exited_at),
+            sa.func.coalesce(sa.func.sum(sa.case((m.exited_at.is_(None), 1), else_=0)), 0),
+            *(held(at) for at in ends),
+        ).where(m.segment_key == key)
         with self._db.connect() as conn:
-            size = conn.execute(
-                sa.select(sa.func.count()).where(m.segment_key == key, m.exited_at.is_(None))
-            ).scalar_one()
-            series = []
-            for point in [*points[1:], now]:
-                count = conn.execute(
-                    sa.select(sa.func.count()).where(
-                        m.segment_key == key,
-                        m.entered_at <= point,
-                        sa.or_(m.exited_at.is_(None), m.exited_at > point),
-                    )
-                ).scalar_one()
-                series.append({"at": point.isoformat(), "size": int(count)})
-            entered, exited = conn.execute(
-                sa.select(
-                    sa.func.count(),
-                    sa.func.count(m.exited_at),
-                ).where(m.segment_key == key)
-            ).one()
+            entered, exited, size, *sizes = conn.execute(query).one()
+        series = [{"at": at.isoformat(), "size": int(n)} for at, n in zip(ends, sizes, strict=True)]
         return {
             "key": key,
             "version": definition.version,

@@ -243,9 +243,9 @@ class SegmentStage:
 
     def evaluate_stored(
         self, conn: sa.Connection, rows: Sequence[Any], now: datetime, *, reason: str
-    ) -> tuple[MembershipChanges, list[str]]:
+    ) -> MembershipChanges:
         """Evaluate stored profiles (``(profile_id, version, state)`` rows, read with their
-        locks) at ``now``, for the sweep and the backfill; returns the changes and the ids.
+        locks) at ``now``, for the sweep and the backfill; returns the changes.
 
         The rules are read again first, and a rule saved since a profile was written counts
         its past events from the timeline (``fill_counters``)."""
@@ -255,8 +255,7 @@ class SegmentStage:
         ]
         self.counters(conn)
         fill_counters(conn, {p.profile_id: p.state for p in staged}, self._plan)
-        changes = self.evaluate(conn, staged, now, reason=reason)
-        return changes, [p.profile_id for p in staged]
+        return self.evaluate(conn, staged, now, reason=reason)
 
     def apply(
         self, conn: sa.Connection, batch: ProfileBatch, profiles: Sequence[StagedProfile]

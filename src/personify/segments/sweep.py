@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock
 from personify.profiles.events import datetime_ms
 from personify.profiles.tables import profiles
-from personify.segments.stage import SegmentStage, write_due
+from personify.segments.stage import SegmentStage
 from personify.segments.tables import segment_due
 from personify.store.database import Database
 
@@ -86,11 +86,9 @@ class SegmentSweep:
                     .order_by(profiles.c.profile_id)
                     .with_for_update()
                 ).all()
-                changes, swept_ids = self._stage.evaluate_stored(conn, rows, now, reason="sweep")
-                # a profile merged away meanwhile has nothing left to sweep
-                gone = sorted(set(due) - set(swept_ids))
-                write_due(conn, {}, forget=gone)
-                # a profile still due at now (nothing to evaluate) must not be taken again
+                changes = self._stage.evaluate_stored(conn, rows, now, reason="sweep")
+                # evaluated profiles are due later now; what is still due by now (a profile
+                # merged away meanwhile, or with nothing left to count) is not taken again
                 conn.execute(
                     segment_due.delete().where(
                         segment_due.c.profile_id.in_(due), segment_due.c.due_ms <= now_ms

@@ -13,7 +13,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["CompiledStatement", "Statements"]
+__all__ = ["CompiledStatement", "Statements", "insert_without_id"]
+
+
+def insert_without_id(table: sa.Table) -> sa.Insert:
+    """An insert of every column but ``id``, bound by column name: the id is the database's
+    to assign (``executemany`` of rows without one)."""
+    return table.insert().values({c.name: sa.bindparam(c.name) for c in table.c if c.name != "id"})
 
 
 class CompiledStatement:

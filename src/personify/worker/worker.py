@@ -129,10 +129,6 @@ class _Stopped(Exception):
     """The worker was asked to stop while it waited for an engine."""
 
 
-async def _discard(hook: Callable[[], Awaitable[object]]) -> None:
-    await hook()
-
-
 class StreamWorker:
     """Consumes the event log as one member of a consumer group and applies it to profiles."""
 
@@ -276,7 +272,7 @@ class StreamWorker:
             await self._commit(entries)
             self._in_hand = []
             for hook in self._after_batch:
-                await self._until_written(functools.partial(_discard, hook))
+                await self._until_written(hook)
             self.stats.batches += 1
             self.stats.entries_read += len(entries)
             self.stats.last_batch_at = self._clock.now()
@@ -419,7 +415,7 @@ class StreamWorker:
         # restart, then skipped
         await self._until_written(lambda: self._log.commit(self.group, self.consumer, entries))
 
-    async def _until_written(self, write: Callable[[], Awaitable[None]]) -> None:
+    async def _until_written(self, write: Callable[[], Awaitable[object]]) -> None:
         """Run ``write`` until its engine answers, backing off; ``_Stopped`` if asked to stop."""
         delay = self._backoff_s
         while True:
