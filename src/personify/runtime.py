@@ -21,16 +21,18 @@ from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
-from personify.jobs.segments import rfm_jobs, segment_jobs
+from personify.jobs.segments import clustering_jobs, rfm_jobs, segment_jobs
 from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.lake.timeline import LakeTimeline
 from personify.lake.warehouse import StateProfiles, Warehouse
+from personify.predict.vectors import lake_feature_source
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.service import ProfileService
 from personify.segments.backfill import SegmentBackfill
+from personify.segments.clusterings import ClusteringRepository, ClusteringRunner
 from personify.segments.relay import MembershipRelay
 from personify.segments.repository import SegmentRepository
 from personify.segments.rfm_runner import RfmRunner, RfmRunResult
@@ -67,6 +69,8 @@ class Runtime:
     segment_relay: MembershipRelay
     segment_backfill: SegmentBackfill
     rfm: RfmRunner
+    clusterings: ClusteringRepository
+    clustering_runner: ClusteringRunner
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -117,6 +121,14 @@ class Runtime:
         sweep = SegmentSweep(db, segment_stage, clock=clock)
         backfill = SegmentBackfill(db, segment_stage, clock=clock)
         rfm = RfmRunner(db, segments, clock=clock)
+        clusterings = ClusteringRepository(db, segments, features, clock=clock)
+        clustering_runner = ClusteringRunner(
+            db,
+            clusterings,
+            segments,
+            lake_feature_source(Lake.from_settings(settings), features),
+            clock=clock,
+        )
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -153,11 +165,14 @@ class Runtime:
             segment_relay=relay,
             segment_backfill=backfill,
             rfm=rfm,
+            clusterings=clusterings,
+            clustering_runner=clustering_runner,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
                     *segment_jobs(settings, sweep, relay, backfill),
                     *rfm_jobs(settings, functools.partial(run_rfm, settings, db, rfm)),
+                    *clustering_jobs(settings, clustering_runner, relay),
                 ],
                 clock=clock,
             ),

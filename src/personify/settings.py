@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     segment_backfill_interval_s: float = Field(default=5.0, gt=0.0)
     # how often serve scores every buyer over the lake again (RFM cut points, docs/segments.md)
     segment_rfm_interval_s: float = Field(default=86400.0, gt=0.0)
+    # how often serve looks for clustering runs to carry out: queued, or due by schedule
+    segment_recluster_interval_s: float = Field(default=60.0, gt=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from personify.errors import ValidationError
-from personify.segments.clustering import ClusteringSpec, fit_clustering
+from personify.segments.clustering import ClusteringSpec, ClusterRun, fit_clustering, fit_shards
 
 FEATURES = ("spend", "orders", "sessions", "recency", "pages")
 # four kinds of users, in original units
@@ -133,6 +133,43 @@ def test_bad_specs_and_matrices_are_refused() -> None:
         fit_clustering(np.zeros((10, 2)), ClusteringSpec(FEATURES))
     assert caught.value.code == "invalid_matrix"
     bad = np.ones((10, len(FEATURES)))
-    bad[0, 0] = np.nan
+    bad[0, 0] = np.inf
     with pytest.raises(ValidationError):
         fit_clustering(bad, ClusteringSpec(FEATURES))
+
+
+def test_a_missing_value_counts_as_the_features_mean() -> None:
+    rows, truth = planted(300)
+    holes = rows.copy()
+    holes[::7, 2] = np.nan  # sessions unknown for one user in seven
+    run = fit_clustering(holes, ClusteringSpec(FEATURES, k=4))
+    found = [run.keys.index(key) for key in run.labels if key is not None]
+    assert adjusted_rand_score(truth, found) >= 0.9
+    assert run.mean[2] == pytest.approx(np.nanmean(holes[:, 2]))
+    assert run.assign(np.full((1, len(FEATURES)), np.nan))[0] in run.keys
+
+
+def test_shards_give_the_run_one_matrix_gives() -> None:
+    rows, _ = planted(300)
+    whole = fit_clustering(rows, ClusteringSpec(FEATURES, k=4, algorithm="kmeans"))
+    parts: list[list[str | None]] = [[], [], []]
+    shards = np.array_split(rows, 3)
+    run = fit_shards(
+        shards,
+        ClusteringSpec(FEATURES, k=4, algorithm="kmeans"),
+        on_labels=lambda i, keys: parts[i].extend(keys),
+    )
+    assert [len(p) for p in parts] == [len(s) for s in shards]
+    assert [key for part in parts for key in part] == whole.labels
+    assert np.allclose(run.centroids, whole.centroids)
+    assert [c.to_dict() for c in run.clusters] == [c.to_dict() for c in whole.clusters]
+
+
+def test_a_stored_model_assigns_as_the_run_did() -> None:
+    rows, _ = planted(200)
+    for algorithm in ("kmeans", "gmm"):
+        run = fit_clustering(
+            rows, ClusteringSpec(FEATURES, k=4, algorithm=algorithm, pca_components=3)
+        )
+        again = ClusterRun.from_model(run.spec, run.model())
+        assert again.assign(rows) == [key for key in run.labels]

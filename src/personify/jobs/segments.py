@@ -1,5 +1,5 @@
 """The segment jobs ``personify serve`` schedules: the window sweep, the outbox relay, the
-backfill of rules saved since the last pass, and RFM runs."""
+backfill of rules saved since the last pass, RFM runs, and clustering runs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any
 
 from personify.jobs.schedule import PeriodicJob
 from personify.segments.backfill import SegmentBackfill
+from personify.segments.clusterings import ClusteringRunner
 from personify.segments.relay import MembershipRelay
 from personify.segments.rfm_runner import RfmRunResult
 from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
 
-__all__ = ["rfm_jobs", "segment_jobs"]
+__all__ = ["clustering_jobs", "rfm_jobs", "segment_jobs"]
 
 
 def segment_jobs(
@@ -74,5 +75,31 @@ def rfm_jobs(settings: Settings, run: Callable[[], RfmRunResult]) -> list[Period
             run_rfm,
             settings.segment_rfm_interval_s,
             first_delay_s=settings.segment_rfm_interval_s,
+        )
+    ]
+
+
+def clustering_jobs(
+    settings: Settings, runner: ClusteringRunner, relay: MembershipRelay
+) -> list[PeriodicJob]:
+    """Every ``segment_recluster_interval_s``: queue the scheduled clustering runs that are
+    due, carry out every queued run (``POST /v1/clusterings/{key}/runs`` queues one), and
+    relay their membership events; where the lake is written (``run_lake_sink``)."""
+    if not settings.run_lake_sink:
+        return []
+
+    async def run_clusterings() -> dict[str, Any]:
+        outcomes = await asyncio.to_thread(runner.run_pending)
+        return {
+            "runs": [o.to_dict() for o in outcomes],
+            "eventsAppended": await relay.flush(),
+        }
+
+    return [
+        PeriodicJob(
+            "segment-recluster",
+            run_clusterings,
+            settings.segment_recluster_interval_s,
+            first_delay_s=settings.segment_recluster_interval_s,
         )
     ]

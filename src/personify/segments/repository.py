@@ -23,11 +23,14 @@ from personify.clock import Clock, SystemClock
 from personify.errors import Conflict, InvalidDefinition, NotFound, ValidationError
 from personify.profiles.state import decode_state, state_text
 from personify.profiles.tables import profiles
+from personify.segments.clustering import ClusterRun, spec_from_dict
 from personify.segments.conditions import EventCounter
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import Predicate, compile_condition
 from personify.segments.rfm import RFM_CELLS, RFM_PREFIX, RfmModel, RfmRuns, rfm_key
 from personify.segments.tables import (
+    clustering_runs,
+    clusterings,
     segment_backfills,
     segment_definitions,
     segment_members,
@@ -50,6 +53,7 @@ ACTIVE = "active"
 ARCHIVED = "archived"
 RULE = "rule"
 RFM = "rfm"
+CLUSTER = "cluster"
 # keys name segments in conditions and URLs: letters, digits and - _ . (a cluster's segments,
 # later, are KEY/NAME)
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -124,6 +128,22 @@ class CompiledSegment:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveClustering:
+    """A clustering's current run, as the worker places profiles with it: the feature paths
+    (split at dots), the model, and the segment key of each of its clusters."""
+
+    key: str
+    paths: tuple[tuple[str, ...], ...]
+    run: ClusterRun
+    segment_keys: tuple[str, ...]
+
+    def place(self, matrix: Any) -> list[str]:
+        """The segment key of the nearest cluster for each row of feature vectors."""
+        index = {key: i for i, key in enumerate(self.run.keys)}
+        return [self.segment_keys[index[key]] for key in self.run.assign(matrix)]
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledSegments:
     """Every active rule segment, in an order where a segment comes after those it reads."""
 
@@ -133,13 +153,17 @@ class CompiledSegments:
     uses_features: bool = False
     # the newest RFM run: its cells are segments too (``personify.segments.rfm``)
     rfm: RfmModel | None = None
-    # the version of every segment evaluated: rules, and RFM cells (the run's id)
+    # the current run of every clustering: the worker places touched profiles with them
+    clusterings: tuple[LiveClustering, ...] = ()
+    # the segments of those clusters, which only placing changes
+    cluster_keys: frozenset[str] = frozenset()
+    # the version of every segment evaluated: rules, RFM cells (the run's id), clusters
     versions: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         """Whether anything is evaluated at all."""
-        return bool(self.segments) or self.rfm is not None
+        return bool(self.segments) or self.rfm is not None or bool(self.clusterings)
 
 
 def _check_key(key: str) -> None:
@@ -424,6 +448,7 @@ class SegmentRepository:
             )
         ]
         segments = compile_segments(rows)
+        live, cluster_versions = _live_clusterings(conn)
         rfm = RfmRuns(self._db).newest(conn)
         counters: dict[str, EventCounter] = {}
         for segment in segments:
@@ -435,9 +460,12 @@ class SegmentRepository:
             counters=tuple(counters.values()),
             uses_features=any(s.predicate.reads_features for s in segments),
             rfm=rfm,
+            clusterings=live,
+            cluster_keys=frozenset(cluster_versions),
             versions={
                 **{s.key: s.version for s in segments},
                 **({rfm_key(cell): rfm.run_id for cell in RFM_CELLS} if rfm else {}),
+                **cluster_versions,
             },
         )
         return self._compiled
@@ -555,6 +583,121 @@ class SegmentRepository:
             description = f"buyers in the RFM cell {cell} (docs/segments.md, RFM)"
             self._save(conn, key, name, description, None, run_id, ACTIVE, existing, kind=RFM)
 
+    # -- the segments of clusterings -----------------------------------------------------------
+
+    def save_clusters(
+        self,
+        conn: sa.Connection,
+        clustering: str,
+        run: int,
+        clusters: Sequence[tuple[str, str, str]],
+    ) -> dict[str, int]:
+        """Make ``(cluster key, name, description)`` the active segments ``clustering/KEY``
+        (no backfill: a run assigns everyone itself) and archive the clustering's others;
+        returns each segment's version."""
+        saved: dict[str, int] = {}
+        wanted = {f"{clustering}/{cluster}": (name, text) for cluster, name, text in clusters}
+        for key in sorted(set(wanted) | set(self._cluster_rows(conn, clustering))):
+            existing = self._row(conn, key)
+            version = max(run, int(existing.version) + 1) if existing is not None else run
+            if key in wanted:
+                name, text = wanted[key]
+                self._save(
+                    conn,
+                    key,
+                    name,
+                    text,
+                    None,
+                    version,
+                    ACTIVE,
+                    existing,
+                    kind=CLUSTER,
+                    backfill=False,
+                )
+                saved[key] = version
+            elif existing.status == ACTIVE:
+                self._save(
+                    conn,
+                    key,
+                    existing.name,
+                    existing.description,
+                    None,
+                    version,
+                    ARCHIVED,
+                    existing,
+                    kind=CLUSTER,
+                    backfill=False,
+                )
+        return saved
+
+    def archive_clusters(self, conn: sa.Connection, clustering: str) -> None:
+        """Archive every segment of a clustering (its members exit), refused while an active
+        rule reads one of them."""
+        keys = [
+            k for k, row in self._cluster_rows(conn, clustering).items() if row.status == ACTIVE
+        ]
+        users = sorted(
+            other
+            for other, condition in self._active_conditions(conn).items()
+            if condition is not None and set(keys) & compile_condition(condition).segment_keys
+        )
+        if users:
+            raise Conflict(
+                f"segments of {clustering!r} are used by {', '.join(users)}; change those first",
+                code="segment_in_use",
+                details={"usedBy": users},
+            )
+        for key in keys:
+            existing = self._row(conn, key)
+            self._save(
+                conn,
+                key,
+                existing.name,
+                existing.description,
+                None,
+                int(existing.version) + 1,
+                ARCHIVED,
+                existing,
+                kind=CLUSTER,
+                backfill=False,
+            )
+            self._close_all(conn, key, int(existing.version))
+
+    def rename_cluster(self, conn: sa.Connection, key: str, name: str) -> None:
+        """Name a cluster's segment (a new version of it, same members)."""
+        existing = self._row(conn, key)
+        if existing is None or existing.status != ACTIVE:
+            raise NotFound(f"no active segment {key!r}", code="segment_not_found")
+        self._save(
+            conn,
+            key,
+            name,
+            existing.description,
+            None,
+            int(existing.version) + 1,
+            ACTIVE,
+            existing,
+            kind=CLUSTER,
+            backfill=False,
+        )
+
+    def cluster_segment_keys(self, clustering: str) -> list[str]:
+        """Every segment a clustering has ever had, active or archived."""
+        with self._db.connect() as conn:
+            return sorted(self._cluster_rows(conn, clustering))
+
+    def _cluster_rows(self, conn: sa.Connection, clustering: str) -> dict[str, Any]:
+        d = segment_definitions.c
+        prefix = f"{clustering}/"
+        return {
+            row.key: row
+            for row in conn.execute(
+                sa.select(segment_definitions).where(
+                    d.kind == CLUSTER, sa.func.substr(d.key, 1, len(prefix)) == prefix
+                )
+            )
+        }
+
     def _active_conditions(self, conn: sa.Connection) -> dict[str, Any]:
         return {
             str(key): _decode(condition) if condition is not None else None
@@ -587,6 +730,7 @@ class SegmentRepository:
         existing: Any,
         *,
         kind: str = RULE,
+        backfill: bool = True,
     ) -> SegmentDefinition:
         now = self._clock.now()
         top = conn.execute(sa.select(sa.func.max(segment_definitions.c.revision))).scalar()
@@ -618,7 +762,7 @@ class SegmentRepository:
                 raise Conflict(
                     f"segment {key!r} changed meanwhile; read it again", code="segment_changed"
                 )
-        if status == ACTIVE:
+        if status == ACTIVE and backfill:
             # every stored profile is evaluated again, in the background (``backfill``)
             conn.execute(
                 segment_backfills.insert().values(
@@ -642,3 +786,43 @@ class SegmentRepository:
             )
         )
         return _definition(self._row(conn, key), self._newest_backfill(conn, key))
+
+
+def _live_clusterings(conn: sa.Connection) -> tuple[tuple[LiveClustering, ...], dict[str, int]]:
+    """The current run of every active clustering, and the version of each active segment
+    of a cluster."""
+    d = segment_definitions.c
+    versions = {
+        str(key): int(version)
+        for key, version in conn.execute(
+            sa.select(d.key, d.version).where(d.kind == CLUSTER, d.status == ACTIVE)
+        )
+    }
+    live = []
+    rows = conn.execute(
+        sa.select(clusterings.c.key, clustering_runs.c.spec, clustering_runs.c.model)
+        .join(
+            clustering_runs,
+            sa.and_(
+                clustering_runs.c.clustering_key == clusterings.c.key,
+                clustering_runs.c.number == clusterings.c.current_run,
+            ),
+        )
+        .where(clusterings.c.status == ACTIVE, clustering_runs.c.model.is_not(None))
+        .order_by(clusterings.c.key)
+    )
+    for key, spec_text, model_text in rows:
+        spec = spec_from_dict(_decode(spec_text))
+        run = ClusterRun.from_model(spec, _decode(model_text))
+        segment_keys = tuple(f"{key}/{cluster}" for cluster in run.keys)
+        if not all(k in versions for k in segment_keys):
+            continue
+        live.append(
+            LiveClustering(
+                key=key,
+                paths=tuple(tuple(p.split(".")) for p in spec.features),
+                run=run,
+                segment_keys=segment_keys,
+            )
+        )
+    return tuple(live), versions

@@ -36,6 +36,7 @@ from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.state import ProfileState, decode_state, evaluate_profile, state_text
+from personify.segments.clusterings import feature_vector
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import EvaluationContext
 from personify.segments.repository import CompiledSegment, CompiledSegments, SegmentRepository
@@ -98,12 +99,17 @@ def evaluate_profile_segments(
     *,
     change: BatchChange | None = None,
     current: Collection[str] = (),
+    document: dict[str, Any] | None = None,
+    placed: Collection[str] | None = None,
 ) -> set[str]:
-    """The keys of the rule segments ``state`` belongs to at ``at_ms``.
+    """The keys of the segments ``state`` belongs to at ``at_ms``.
 
     With ``change`` (what a batch changed), a rule that reads nothing the batch changed
     keeps its ``current`` answer: an event leaf of another event, a trait leaf when no
     trait can have changed. What time alone changes (a window sliding) is the sweep's.
+    ``placed`` is the cluster segments the profile was just placed in (the worker's; without
+    it, the profile keeps its ``current`` clusters); ``document`` its evaluated features,
+    when the caller has them.
     """
     if not compiled.active or not personalization_allowed(state, features):
         return set()
@@ -113,16 +119,19 @@ def evaluate_profile_segments(
     # RFM cells change with orders (and with time alone: the sweep's)
     rfm_affected = rfm is not None and (change is None or ORDER_EVENT in change.names)
     affected: set[str] = {rfm_key(cell) for cell in RFM_CELLS} if rfm_affected else set()
+    if placed is not None:
+        affected |= compiled.cluster_keys
     todo: list[CompiledSegment] = []
     for segment in compiled.segments:
         if change is None or _is_affected(segment, change, affected):
             todo.append(segment)
             affected.add(segment.key)
     members = {key for key in current if key not in affected}
+    if placed is not None:
+        members.update(placed)
     if not todo and not rfm_affected:
         return members
-    document: dict[str, Any] | None = None
-    if rfm_affected or any(s.predicate.reads_features for s in todo):
+    if document is None and (rfm_affected or any(s.predicate.reads_features for s in todo)):
         document = evaluate_profile(state, features, at_ms)
     if rfm is not None and rfm_affected and document is not None:
         figures = profile_figures(state, document, at_ms)
@@ -266,7 +275,7 @@ class SegmentStage:
         for profile in profiles:
             events_after[profile.index] = profile.state.events
         changes = batch_changes(batch, events_after)
-        self.evaluate(conn, profiles, now, reason="rule", changes_by_index=changes)
+        self.evaluate(conn, profiles, now, reason="rule", changes_by_index=changes, place=True)
 
     def evaluate(
         self,
@@ -276,11 +285,14 @@ class SegmentStage:
         *,
         reason: str,
         changes_by_index: Sequence[BatchChange] | None = None,
+        place: bool = False,
     ) -> MembershipChanges:
         """Evaluate ``profiles`` at ``now`` and write what changed; returns the changes.
 
         With ``changes_by_index`` (``batch_changes`` of the batch that touched them), only
-        the rules that read what changed are evaluated again."""
+        the rules that read what changed are evaluated again. With ``place``, each profile is
+        placed in the nearest cluster of every clustering (``personify.segments.clusterings``),
+        all profiles at once per clustering."""
         compiled = self._current
         changes = MembershipChanges(now)
         if not compiled.active:
@@ -298,8 +310,18 @@ class SegmentStage:
                 [{"b_from": gone, "b_into": into} for gone, into in merged.items()],
             )
         current = open_memberships(conn, [p.profile_id for p in profiles])
+        documents: list[dict[str, Any] | None] = [None] * len(profiles)
+        placed: list[set[str] | None] = [None] * len(profiles)
+        if place and compiled.clusterings and profiles:
+            evaluated = [evaluate_profile(p.state, self._features, at_ms) for p in profiles]
+            keys: list[set[str]] = [set() for _ in profiles]
+            for live in compiled.clusterings:
+                vectors = [feature_vector(d, live.paths) for d in evaluated]
+                for into, key in zip(keys, live.place(vectors), strict=True):
+                    into.add(key)
+            documents, placed = list(evaluated), list(keys)
         due: dict[str, int | None] = {}
-        for profile in profiles:
+        for number, profile in enumerate(profiles):
             state = profile.state
             held = current.get(profile.profile_id, {})
             change = (
@@ -308,7 +330,14 @@ class SegmentStage:
                 else None
             )
             members = evaluate_profile_segments(
-                state, compiled, self._features, at_ms, change=change, current=held
+                state,
+                compiled,
+                self._features,
+                at_ms,
+                change=change,
+                current=held,
+                document=documents[number],
+                placed=placed[number],
             )
             reconcile(
                 changes,

@@ -104,3 +104,54 @@ rfm_runs = sa.Table(
     sa.Column("cut_points", sa.Text, nullable=False),
     sa.Column("lake_version", sa.BigInteger, nullable=True),
 )
+
+# clusterings: named sets of segments discovered from data (``personify.segments.clusterings``)
+clusterings = sa.Table(
+    "clusterings",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    # the spec as JSON: features, algorithm, k, kRange, pca, sampleSize, seed
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("schedule", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # names people gave clusters, by cluster key (JSON): they survive reruns
+    sa.Column("names", sa.Text, nullable=False),
+    sa.Column("current_run", sa.Integer, nullable=True),
+    sa.Column("next_run_at", Timestamp(), nullable=True),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("updated_at", Timestamp(), nullable=False),
+)
+
+# every run of a clustering, numbered from 1: its model, report and lineage
+clustering_runs = sa.Table(
+    "clustering_runs",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("clustering_key", sa.String(100), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("restored_from", sa.Integer, nullable=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=True),
+    sa.Column("report", sa.Text, nullable=True),
+    sa.Column("lineage", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("requested_at", Timestamp(), nullable=False),
+    sa.Column("started_at", Timestamp(), nullable=True),
+    sa.Column("finished_at", Timestamp(), nullable=True),
+    sa.UniqueConstraint("clustering_key", "number", name="clustering_runs_number"),
+    sa.Index("clustering_runs_status", "status", "id"),
+)
+
+# each profile's cluster in a run (null: noise), kept so that a rollback restores it exactly
+clustering_assignments = sa.Table(
+    "clustering_assignments",
+    metadata,
+    sa.Column("run_id", sa.BigInteger, primary_key=True),
+    sa.Column("profile_id", sa.String(512), primary_key=True),
+    sa.Column("cluster_key", sa.String(100), nullable=True),
+    sa.Column("is_user", sa.Boolean, nullable=False),
+)
