@@ -405,3 +405,31 @@ def test_the_lake_source_reads_what_the_worker_computed(
         for pid, row in zip(shard.ids, shard.matrix.tolist(), strict=True)
     }
     assert from_lake == from_state
+
+
+def test_a_run_left_running_by_a_dead_process_stops_blocking_the_schedule(
+    sqlite_world: World,
+) -> None:
+    world = sqlite_world
+    world.populate(10, seed=13)
+    world.clusterings.create("shoppers", {"features": PATHS})
+    stuck = world.clusterings.request_run("shoppers")
+    with world.db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE clustering_runs SET status = 'running', started_at = :at WHERE id = :id"
+            ),
+            {"at": T0, "id": stuck.id},
+        )
+    # within six hours it may still be working: nothing new is queued
+    world.clock.advance(3600)
+    assert world.clusterings.request_due() == []
+    assert world.clusterings.run("shoppers", 1).status == "running"
+    world.clock.advance(6 * 3600)
+    assert world.clusterings.request_due() == []
+    failed = world.clusterings.run("shoppers", 1)
+    assert failed.status == "failed" and failed.error is not None and "abandoned" in failed.error
+    # the next scheduled time queues a run again
+    world.clock.advance(7 * 86_400)
+    [queued] = world.clusterings.request_due()
+    assert queued.number == 2

@@ -81,6 +81,8 @@ MANUAL = "manual"
 _RESERVED = frozenset({"members", "stats", "versions"})
 _CHUNK = 2_000
 _MAX_NAME_CHARS = 200
+# a run still running after this long was left by a process that died
+_ABANDONED_AFTER = timedelta(hours=6)
 _encode = msgspec.json.Encoder(order="deterministic").encode
 _decode = msgspec.json.decode
 
@@ -500,6 +502,15 @@ class ClusteringRepository:
         now = self._clock.now()
         queued = []
         with self._db.begin() as conn:
+            # a run its process never finished (it died) stops blocking the schedule
+            conn.execute(
+                clustering_runs.update()
+                .where(
+                    clustering_runs.c.status == RUNNING,
+                    clustering_runs.c.started_at < now - _ABANDONED_AFTER,
+                )
+                .values(status=FAILED, error="abandoned: not finished in 6 hours", finished_at=now)
+            )
             rows = conn.execute(
                 sa.select(clusterings).where(
                     clusterings.c.status == ACTIVE, clusterings.c.next_run_at <= now
@@ -677,7 +688,15 @@ class ClusteringRunner:
     def run_pending(self, *, progress: Callable[[str], None] | None = None) -> list[RunOutcome]:
         """Queue the scheduled runs that are due, then carry out every queued run."""
         self._repository.request_due()
-        return [self.execute(run, progress=progress) for run in self._repository.pending()]
+        outcomes = []
+        for run in self._repository.pending():
+            try:
+                outcomes.append(self.execute(run, progress=progress))
+            except Conflict as exc:
+                # another process claimed it first
+                if exc.code != "run_not_queued":
+                    raise
+        return outcomes
 
     def run_now(
         self, key: str, *, restore: int | None = None, progress: Callable[[str], None] | None = None
