@@ -10,7 +10,13 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from personify.errors import ValidationError
-from personify.segments.clustering import ClusteringSpec, ClusterRun, fit_clustering, fit_shards
+from personify.segments.clustering import (
+    ClusteringSpec,
+    ClusterRun,
+    fit_clustering,
+    fit_shards,
+    spec_from_dict,
+)
 
 FEATURES = ("spend", "orders", "sessions", "recency", "pages")
 # four kinds of users, in original units
@@ -127,6 +133,12 @@ def test_bad_specs_and_matrices_are_refused() -> None:
     assert caught.value.code == "invalid_algorithm"
     with pytest.raises(ValidationError):
         ClusteringSpec(FEATURES, k=1)
+    with pytest.raises(ValidationError):
+        ClusteringSpec(FEATURES, k=51)
+    for field, value in (("sampleSize", 0), ("seed", -5), ("seed", 2**32)):
+        with pytest.raises(ValidationError) as caught:
+            spec_from_dict({"features": list(FEATURES), field: value})
+        assert caught.value.details["field"] == field
     with pytest.raises(ValidationError):
         ClusteringSpec(())
     with pytest.raises(ValidationError) as caught:

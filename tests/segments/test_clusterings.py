@@ -342,6 +342,12 @@ def test_schedules_queue_runs_when_due(sqlite_world: World) -> None:
     assert world.clusterings.get("shoppers").next_run_at == T0 + timedelta(days=7)
     world.clock.advance(7 * 86_400)
     assert [o.run.number for o in world.runner.run_pending()] == [2]
+    # a run asked for by hand restarts the schedule's clock
+    world.clock.advance(6 * 86_400)
+    world.runner.run_now("shoppers")
+    world.clock.advance(86_400)
+    assert world.runner.run_pending() == []
+    assert world.clusterings.get("shoppers").next_run_at == T0 + timedelta(days=20)
     world.clusterings.update("shoppers", {"schedule": "manual"})
     world.clock.advance(30 * 86_400)
     assert world.runner.run_pending() == []
@@ -386,9 +392,18 @@ def test_the_lake_source_reads_what_the_worker_computed(
 ) -> None:
     world = sqlite_world
     world.populate(5, seed=12)
+    # a clustering run leaves membership events in the log, and so in the lake: they are
+    # Personify's, not the users' activity, and no feature counts them
+    world.clusterings.create("shoppers", {"features": PATHS}, schedule="manual")
+    world.runner.run_now("shoppers")
+    written = [*world.events, *world.outbox()]
+    assert any(e["event"] == "Segment Entered" for e in written)
     lake = write_lake(
         tmp_path / "lake",
-        [normalized(e, received_at=T0 - timedelta(seconds=30)) for e in world.events],
+        [
+            normalized(e, received_at=T0 - timedelta(seconds=30), source_id=e["sourceId"])
+            for e in written
+        ],
     )
     source = lake_feature_source(lake, FEATURES, max_ids_per_shard=4)
     shards, lineage = source(PATHS, T0)
@@ -433,3 +448,24 @@ def test_a_run_left_running_by_a_dead_process_stops_blocking_the_schedule(
     world.clock.advance(7 * 86_400)
     [queued] = world.clusterings.request_due()
     assert queued.number == 2
+
+
+def test_only_the_newest_runs_keep_their_assignments_for_rollback(
+    sqlite_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import personify.segments.clusterings as module
+
+    monkeypatch.setattr(module, "KEPT_ASSIGNMENTS", 2)
+    world = sqlite_world
+    world.populate(8, seed=14)
+    world.clusterings.create("shoppers", {"features": PATHS}, schedule="manual")
+    for _ in range(3):
+        world.runner.run_now("shoppers")
+    assert world.assignments("shoppers", 1) == {}
+    assert world.assignments("shoppers", 2) == world.members("shoppers")
+    with pytest.raises(Conflict) as caught:
+        world.clusterings.request_run("shoppers", restore=1)
+    assert caught.value.code == "run_not_restorable"
+    # the model and report of an old run stay
+    assert world.clusterings.run("shoppers", 1).report is not None
+    assert world.runner.run_now("shoppers", restore=2).run.status == "succeeded"

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 
 from personify.api import errors as api_errors
 from personify.api.admin import admin_router
+from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.documents import ErrorDocument, Health, Readiness
 from personify.api.profiles import profile_router
@@ -78,6 +79,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "log": value(runtime.log),
         "profiles": value(runtime.profiles),
         "segments": value(runtime.segments),
+        "clusterings": value(runtime.clusterings),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
     }
@@ -122,6 +124,7 @@ def create_app(
             admin_router(),
             profile_router(),
             segment_router(),
+            clustering_router(),
             *collector_handlers(),
             reference_router(),
         ],

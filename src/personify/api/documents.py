@@ -227,6 +227,112 @@ class SegmentStats(msgspec.Struct):
     series: list[SegmentSize]
 
 
+class ClusteringSpecDocument(msgspec.Struct):
+    """What a clustering fits: feature paths, the algorithm, k (a number or ``auto``), the
+    range ``auto`` tries, PCA components, the sample size and the seed."""
+
+    features: list[str]
+    algorithm: str
+    k: int | str
+    kRange: list[int]
+    pca: int | None
+    sampleSize: int
+    seed: int
+
+
+class ClusterSummary(msgspec.Struct):
+    """A cluster of the current run: its key, its segment, its name and its size then."""
+
+    key: str
+    segment: str
+    name: str
+    size: int
+
+
+class CurrentRun(msgspec.Struct):
+    """The run whose clusters are the clustering's segments now."""
+
+    run: int
+    k: int | None
+    silhouette: float | None
+    finishedAt: str | None
+    clusters: list[ClusterSummary]
+
+
+class Clustering(msgspec.Struct):
+    """A clustering: what it fits, how often, the names people gave its clusters, and its
+    current run (``docs/segments.md``, clusterings)."""
+
+    key: str
+    name: str
+    description: str
+    features: list[str]
+    algorithm: str
+    k: int | str
+    kRange: list[int]
+    pca: int | None
+    sampleSize: int
+    seed: int
+    schedule: str
+    status: str
+    names: dict[str, str]
+    currentRun: int | None
+    nextRunAt: str | None
+    createdAt: str
+    updatedAt: str
+    current: CurrentRun | None = None
+
+
+class ClusteringList(msgspec.Struct):
+    """Active clusterings by key."""
+
+    data: list[Clustering]
+
+
+class ClusterReport(msgspec.Struct):
+    """A cluster a run found: its size, its centroid in the features' units, the features
+    that set it apart most (Cohen's d) and its automatic name."""
+
+    key: str
+    name: str
+    size: int
+    centroid: dict[str, float]
+    distinguishing: list[dict[str, Any]]
+
+
+class ClusteringRun(msgspec.Struct):
+    """A run of a clustering: what it was asked and, once it succeeded, what it found (k,
+    the quality figures, every k candidate's silhouette, the clusters, what changed since the
+    run before) and what it read (``lineage``)."""
+
+    clustering: str
+    run: int
+    status: str
+    trigger: str
+    restoredFrom: int | None
+    spec: ClusteringSpecDocument
+    lineage: dict[str, Any] | None
+    error: str | None
+    requestedAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    k: int | None = None
+    rows: int | None = None
+    silhouette: float | None = None
+    daviesBouldin: float | None = None
+    candidates: dict[str, float] = {}
+    clusters: list[ClusterReport] = []
+    changes: dict[str, list[Any]] | None = None
+
+
+class ClusteringRuns(msgspec.Struct):
+    """A page of a clustering's runs, newest first; ``next`` is the next page's cursor."""
+
+    clustering: str
+    data: list[ClusteringRun]
+    next: int | None = None
+
+
 def error_response(description: str) -> ResponseSpec:
     """An error answer in the one shape."""
     return ResponseSpec(data_container=ErrorDocument, description=description)

@@ -2,6 +2,11 @@
 
 Reads need the ``read`` role, writes the ``admin`` role. A condition that breaks the language
 (``docs/segments.md``) is a 422 whose ``error.details.errors`` points at each problem.
+
+A clustering's segments have two-part keys, ``CLUSTERING/CLUSTER``: their reads are the same
+routes with the key in two path segments (``/v1/segments/shoppers/whales/members``). The one-part
+routes' own tails (``members``, ``stats``, ``versions``) are never a cluster's key, and Litestar
+matches a path's literal segments before its parameters, so neither shadows the other.
 """
 
 from __future__ import annotations
@@ -41,6 +46,30 @@ SegmentKey = Annotated[
     str,
     PathParameter(max_length=MAX_NAME_CHARS, pattern=NO_NUL, description="a segment key"),
 ]
+ClusteringKey = Annotated[
+    str,
+    PathParameter(
+        max_length=MAX_NAME_CHARS,
+        pattern=NO_NUL,
+        description="a clustering's key: the first part of its segments' keys",
+    ),
+]
+ClusterKey = Annotated[
+    str,
+    PathParameter(
+        max_length=MAX_NAME_CHARS,
+        pattern=NO_NUL,
+        description="a cluster's key: the second part of its segment's key",
+    ),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="page size")]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=MAX_ID_CHARS, pattern=NO_NUL, description="the `next` of the previous page"
+    ),
+]
+Days = Annotated[int, QueryParameter(ge=1, le=366, description="days of daily sizes in `series`")]
 
 
 class NewSegment(msgspec.Struct, forbid_unknown_fields=True):
@@ -119,10 +148,40 @@ async def create_segment(
     return _document(definition)
 
 
+async def _show(segments: SegmentRepository, key: str) -> Segment:
+    return _document(await sync_to_thread(segments.get, key))
+
+
+async def _versions(segments: SegmentRepository, key: str) -> SegmentVersions:
+    versions = await sync_to_thread(segments.versions, key)
+    return SegmentVersions(key=key, data=msgspec.convert(versions, list[SegmentVersion]))
+
+
+async def _members(
+    segments: SegmentRepository, key: str, limit: int, cursor: str | None
+) -> SegmentMembers:
+    page = await sync_to_thread(segments.members, key, limit=limit, after=cursor)
+    return SegmentMembers(
+        data=[
+            SegmentMember(
+                profileId=member.profile_id,
+                since=member.entered_at.isoformat(),
+                segmentVersion=member.segment_version,
+            )
+            for member in page.members
+        ],
+        next=page.next,
+    )
+
+
+async def _stats(segments: SegmentRepository, key: str, days: int) -> SegmentStats:
+    return msgspec.convert(await sync_to_thread(segments.stats, key, days=days), SegmentStats)
+
+
 @get("/v1/segments/{key:str}", responses={**admin_responses(), **_not_found()})
 async def show_segment(segments: NamedDependency[SegmentRepository], key: SegmentKey) -> Segment:
     """A segment's newest version (archived ones too)."""
-    return _document(await sync_to_thread(segments.get, key))
+    return await _show(segments, key)
 
 
 @patch(
@@ -178,47 +237,77 @@ async def segment_versions(
     segments: NamedDependency[SegmentRepository], key: SegmentKey
 ) -> SegmentVersions:
     """Every saved version of a segment, newest first."""
-    versions = await sync_to_thread(segments.versions, key)
-    return SegmentVersions(key=key, data=msgspec.convert(versions, list[SegmentVersion]))
+    return await _versions(segments, key)
 
 
 @get("/v1/segments/{key:str}/members", responses={**admin_responses(), **_not_found()})
 async def segment_members(
     segments: NamedDependency[SegmentRepository],
     key: SegmentKey,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="page size")] = 100,
-    cursor: Annotated[
-        str | None,
-        QueryParameter(
-            max_length=MAX_ID_CHARS, pattern=NO_NUL, description="the `next` of the previous page"
-        ),
-    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> SegmentMembers:
     """A page of the segment's current members, by profile id."""
-    page = await sync_to_thread(segments.members, key, limit=limit, after=cursor)
-    return SegmentMembers(
-        data=[
-            SegmentMember(
-                profileId=member.profile_id,
-                since=member.entered_at.isoformat(),
-                segmentVersion=member.segment_version,
-            )
-            for member in page.members
-        ],
-        next=page.next,
-    )
+    return await _members(segments, key, limit, cursor)
 
 
 @get("/v1/segments/{key:str}/stats", responses={**admin_responses(), **_not_found()})
 async def segment_stats(
-    segments: NamedDependency[SegmentRepository],
-    key: SegmentKey,
-    days: Annotated[
-        int, QueryParameter(ge=1, le=366, description="days of daily sizes in `series`")
-    ] = 30,
+    segments: NamedDependency[SegmentRepository], key: SegmentKey, days: Days = 30
 ) -> SegmentStats:
     """The segment's size now, entries and exits ever, and its size at the end of each day."""
-    return msgspec.convert(await sync_to_thread(segments.stats, key, days=days), SegmentStats)
+    return await _stats(segments, key, days)
+
+
+@get(
+    "/v1/segments/{clustering:str}/{cluster:str}",
+    responses={**admin_responses(), **_not_found()},
+)
+async def show_cluster_segment(
+    segments: NamedDependency[SegmentRepository], clustering: ClusteringKey, cluster: ClusterKey
+) -> Segment:
+    """A cluster's segment ``CLUSTERING/CLUSTER``, as ``GET /v1/segments/{key}`` shows others."""
+    return await _show(segments, f"{clustering}/{cluster}")
+
+
+@get(
+    "/v1/segments/{clustering:str}/{cluster:str}/versions",
+    responses={**admin_responses(), **_not_found()},
+)
+async def cluster_segment_versions(
+    segments: NamedDependency[SegmentRepository], clustering: ClusteringKey, cluster: ClusterKey
+) -> SegmentVersions:
+    """Every saved version of a cluster's segment, newest first."""
+    return await _versions(segments, f"{clustering}/{cluster}")
+
+
+@get(
+    "/v1/segments/{clustering:str}/{cluster:str}/members",
+    responses={**admin_responses(), **_not_found()},
+)
+async def cluster_segment_members(
+    segments: NamedDependency[SegmentRepository],
+    clustering: ClusteringKey,
+    cluster: ClusterKey,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> SegmentMembers:
+    """A page of a cluster's current members, by profile id."""
+    return await _members(segments, f"{clustering}/{cluster}", limit, cursor)
+
+
+@get(
+    "/v1/segments/{clustering:str}/{cluster:str}/stats",
+    responses={**admin_responses(), **_not_found()},
+)
+async def cluster_segment_stats(
+    segments: NamedDependency[SegmentRepository],
+    clustering: ClusteringKey,
+    cluster: ClusterKey,
+    days: Days = 30,
+) -> SegmentStats:
+    """A cluster's size now, entries and exits ever, and its size at the end of each day."""
+    return await _stats(segments, f"{clustering}/{cluster}", days)
 
 
 @get(
@@ -264,6 +353,10 @@ def segment_router() -> Router:
             segment_versions,
             segment_members,
             segment_stats,
+            show_cluster_segment,
+            cluster_segment_versions,
+            cluster_segment_members,
+            cluster_segment_stats,
             rfm_model,
             rfm_run,
         ],

@@ -18,6 +18,7 @@ from personify.lake.sink import LAKE_GROUP
 from personify.lake.table import Lake
 from personify.lake.warehouse import StateProfiles, Warehouse
 from personify.runtime import Runtime
+from personify.segments.clusterings import RunOutcome
 from personify.segments.rfm import RFM_CELLS, rfm_key
 from personify.settings import Settings
 
@@ -170,6 +171,70 @@ async def _show_rfm(services: Runtime, base_url: str, echo: Callable[[str], None
     echo("")
 
 
+# a clustering of the demo's visitors by how much they buy and browse: the shop has light
+# visitors, browsers who come back, and buyers, so k is 3
+DEMO_CLUSTERING = "shoppers"
+DEMO_CLUSTER_SPEC: dict[str, Any] = {
+    "features": ["orders.all", "revenue.all", "events_total", "sessions.count"],
+    "k": 3,
+}
+
+
+def _recluster(services: Runtime) -> RunOutcome:
+    """Save the demo clustering if it is not there yet and carry out a run of it now.
+
+    Saved with a weekly schedule, its first run is due at once: that run is carried out here
+    (which moves the schedule a week on); when it exists already, a run is requested. It is
+    saved here, not in ``seed``, so that serve's job does not run it before the lake is full."""
+    key = DEMO_CLUSTERING
+    with contextlib.suppress(Conflict):
+        services.clusterings.create(
+            key,
+            DEMO_CLUSTER_SPEC,
+            name="Shoppers",
+            description="visitors grouped by how much they buy and browse",
+            schedule="weekly",
+        )
+    due = services.clusterings.get(key).next_run_at
+    if due is not None and due <= services.clock.now():
+        # serve's job may have claimed the due run first: then a run is requested
+        with contextlib.suppress(Conflict):
+            runs = services.clustering_runner.run_pending()
+            done = [o for o in runs if o.run.clustering_key == key]
+            if done:
+                return done[-1]
+    return services.clustering_runner.run_now(key)
+
+
+async def _show_clustering(services: Runtime, base_url: str, echo: Callable[[str], None]) -> None:
+    """Find groups of visitors in their features over the lake (a clustering run); print
+    each cluster's segment, name and size."""
+    outcome = await asyncio.to_thread(_recluster, services)
+    await services.segment_relay.flush()
+    run = outcome.run
+    if run.status != "succeeded" or run.report is None:
+        echo(f"The clustering {DEMO_CLUSTERING!r} failed: {run.error}")
+        echo("")
+        return
+    report = run.report
+    names = (await asyncio.to_thread(services.clusterings.get, DEMO_CLUSTERING)).names
+    quality = f", silhouette {report['silhouette']:.2f}" if report["silhouette"] is not None else ""
+    echo(
+        f"A clustering found {report['k']} groups of visitors in {report['rows']} profiles "
+        f"(run {run.number}{quality}); each is a segment:"
+    )
+    clusters = sorted(report["clusters"], key=lambda c: -c["size"])
+    width = max(len(f"{DEMO_CLUSTERING}/{c['key']}") for c in clusters)
+    for c in clusters:
+        segment = f"{DEMO_CLUSTERING}/{c['key']}"
+        echo(f"  {segment:<{width}} {c['size']:>4} members  ({names.get(c['key'], c['name'])})")
+    auth = f"curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}'"
+    echo(f"  {auth} {base_url}/v1/clusterings/{DEMO_CLUSTERING}")
+    echo(f"  {auth} {base_url}/v1/segments/{DEMO_CLUSTERING}/{clusters[0]['key']}/members")
+    echo(f"  personify segments recluster {DEMO_CLUSTERING}")
+    echo("")
+
+
 def _lake_query(settings: Settings, services: Runtime, query: str) -> str:
     with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(services.db)) as warehouse:
         return warehouse.render(query)
@@ -272,6 +337,7 @@ def run_demo(
             echo(await asyncio.to_thread(_lake_query, settings, services, DEMO_QUERY))
             echo("")
             await _show_rfm(services, base_url, echo)
+            await _show_clustering(services, base_url, echo)
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")

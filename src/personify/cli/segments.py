@@ -1,11 +1,12 @@
 """``personify segments …``: rule segments from the command line (list, show, create, update,
-delete), their current members (as JSON lines or a CSV file), their sizes, and the backfill
-and sweep passes that ``personify serve`` otherwise schedules."""
+delete), their current members (as JSON lines or a CSV file), their sizes, the backfill
+and sweep passes that ``personify serve`` otherwise schedules, and clusterings: their
+definitions (``personify segments clusterings …``), runs now (``recluster``) and rollbacks."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +14,15 @@ import click
 import msgspec
 
 from personify.cli.context import CliContext, echo_json, pass_ctx
+from personify.errors import PersonifyError
 
 if TYPE_CHECKING:
+    from personify.segments.clusterings import (
+        ClusteringDefinition,
+        ClusteringRepository,
+        ClusteringRunner,
+        RunOutcome,
+    )
     from personify.segments.repository import Membership, SegmentRepository
     from personify.segments.stage import SegmentStage
     from personify.store.database import Database
@@ -79,7 +87,7 @@ def _members(repository: SegmentRepository, key: str, limit: int | None) -> Iter
 
 @click.group()
 def segments() -> None:
-    """Rule segments: definitions, members, sizes."""
+    """Segments: rules and clusterings, their members and sizes."""
 
 
 @segments.command("list")
@@ -272,3 +280,252 @@ def segments_rfm(ctx: CliContext, show: bool) -> None:
         echo_json(model.to_dict())
         return
     echo_json(run_rfm(ctx.settings, db, runner).to_dict())
+
+
+# -- clusterings --------------------------------------------------------------------------------
+
+
+def _clusterings(ctx: CliContext) -> tuple[Database, ClusteringRepository, ClusteringRunner]:
+    """The state database, its clusterings, and a runner reading features from the lake."""
+    from personify.lake.table import Lake
+    from personify.predict.vectors import lake_feature_source
+    from personify.profiles.features import FeatureSet, load_profile_config
+    from personify.segments.clusterings import ClusteringRepository, ClusteringRunner
+
+    db, segments_repository = _open(ctx)
+    features = FeatureSet(load_profile_config(ctx.settings.features_file))
+    repository = ClusteringRepository(db, segments_repository, features)
+    source = lake_feature_source(Lake.from_settings(ctx.settings), features)
+    return db, repository, ClusteringRunner(db, repository, segments_repository, source)
+
+
+def _k(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | str | None:
+    """The ``--k`` option: a whole number, or ``auto``."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise click.BadParameter("a whole number, or auto") from exc
+
+
+def _effects(cluster: Mapping[str, Any], top: int = 3) -> str:
+    """The features that set a cluster apart most, with their effect sizes (Cohen's d)."""
+    effects = cluster.get("distinguishing", [])[:top]
+    return ", ".join(f"{e['feature']} {e['effectSize']:+.2f}" for e in effects) or "-"
+
+
+def _listed(items: Sequence[Any]) -> str:
+    return ", ".join(str(i) for i in items)
+
+
+def _changes(changes: Mapping[str, Any]) -> str:
+    """What a run changed against the run before it, in one line."""
+    parts = [
+        f"{what} {_listed(changes[what])}"
+        for what in ("kept", "appeared", "disappeared")
+        if changes.get(what)
+    ]
+    parts += [f"split {s['from']} into {_listed(s['into'])}" for s in changes.get("split", [])]
+    parts += [f"merged {_listed(m['from'])} into {m['into']}" for m in changes.get("merged", [])]
+    return "; ".join(parts) or "none"
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _report(outcome: RunOutcome, definition: ClusteringDefinition, events: int) -> None:
+    """Print a run for people: its clusters as segments, what changed, who moved."""
+    run = outcome.run
+    key = run.clustering_key
+    how = f"restores run {run.restored_from}" if run.restored_from is not None else run.trigger
+    click.echo(f"run {run.number} of {key}: {run.status} ({how}) in {outcome.elapsed_s:.2f} s")
+    if run.status != "succeeded" or run.report is None:
+        return
+    report = run.report
+    click.echo(
+        f"{report['rows']} profiles, {len(run.spec['features'])} features, "
+        f"k {report['k']}, silhouette {_number(report['silhouette'])}, "
+        f"Davies-Bouldin {_number(report['daviesBouldin'])}"
+    )
+    clusters = report["clusters"]
+    rows = [
+        (
+            f"{key}/{c['key']}",
+            str(c["size"]),
+            definition.names.get(c["key"], c["name"]),
+            _effects(c),
+        )
+        for c in clusters
+    ]
+    header = ("segment", "size", "name", "sets it apart (effect size)")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for segment, size, name, effects in [header, *rows]:
+        click.echo(f"  {segment:<{widths[0]}}  {size:>{widths[1]}}  {name:<{widths[2]}}  {effects}")
+    since = f" (at run {run.restored_from})" if run.restored_from is not None else ""
+    click.echo(f"changes{since}: {_changes(report.get('changes', {}))}")
+    click.echo(
+        f"memberships: {outcome.entered} entered, {outcome.exited} exited; "
+        f"{events} events appended to the log"
+    )
+
+
+def _carry_out(ctx: CliContext, key: str, restore: int | None, as_json: bool) -> None:
+    """Run clustering ``key`` now (or restore run ``restore``), print the run, relay its
+    membership events; a failed run is printed, then an error (exit code 1)."""
+    db, repository, runner = _clusterings(ctx)
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    outcome = runner.run_now(key, restore=restore, progress=progress)
+    events = _relay_events(ctx, db)
+    if as_json:
+        echo_json({**outcome.to_dict(), "eventsAppended": events})
+    else:
+        _report(outcome, repository.get(key), events)
+    if outcome.run.status != "succeeded":
+        raise PersonifyError(
+            f"run {outcome.run.number} of {key!r} failed: {outcome.run.error}",
+            code="clustering_run_failed",
+        )
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="print the run as JSON")
+
+
+@segments.command("recluster")
+@click.argument("key")
+@_json_option
+@pass_ctx
+def segments_recluster(ctx: CliContext, key: str, as_json: bool) -> None:
+    """Run clustering KEY now over the lake's features, as of now, and make it current.
+
+    Each cluster is the segment KEY/CLUSTER; everyone's memberships become the run's, and
+    the entries and exits are appended to the log. Progress goes to stderr; a run that fails
+    exits with code 1. ``personify serve`` runs clusterings on their schedules itself.
+    """
+    _carry_out(ctx, key, None, as_json)
+
+
+@segments.command("rollback")
+@click.argument("key")
+@click.argument("run", type=click.IntRange(min=1))
+@_json_option
+@pass_ctx
+def segments_rollback(ctx: CliContext, key: str, run: int, as_json: bool) -> None:
+    """Make run RUN of clustering KEY current again: its clusters, and exactly its members.
+
+    A rollback is a new run that copies RUN's model and assignments.
+    """
+    _carry_out(ctx, key, run, as_json)
+
+
+def _list_clusterings(ctx: CliContext) -> None:
+    for d in _clusterings(ctx)[1].definitions():
+        run = f"run {d.current_run}" if d.current_run is not None else "no run"
+        features = ",".join(d.spec.features)
+        click.echo(f"{d.key:<24} {run:<8} {d.schedule:<8} {features}  {d.name}")
+
+
+@segments.group("clusterings", invoke_without_command=True)
+@click.pass_context
+def clusterings(click_ctx: click.Context) -> None:
+    """Clusterings: segments found in the data. Without a command, list them."""
+    if click_ctx.invoked_subcommand is None:
+        _list_clusterings(click_ctx.ensure_object(CliContext))
+
+
+@clusterings.command("list")
+@pass_ctx
+def clusterings_list(ctx: CliContext) -> None:
+    """List clusterings: key, current run, schedule, features, name."""
+    _list_clusterings(ctx)
+
+
+@clusterings.command("show")
+@click.argument("key")
+@pass_ctx
+def clusterings_show(ctx: CliContext, key: str) -> None:
+    """Print clustering KEY and its runs (newest first) as JSON."""
+    repository = _clusterings(ctx)[1]
+    definition = repository.get(key)
+    echo_json({**definition.to_dict(), "runs": [r.to_dict() for r in repository.runs(key)]})
+
+
+@clusterings.command("create")
+@click.argument("key")
+@click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    required=True,
+    help="a feature path, such as orders.all (repeat for each feature)",
+)
+@click.option(
+    "--algorithm",
+    default="auto",
+    show_default=True,
+    help="auto, kmeans, minibatch-kmeans, gmm or hdbscan (docs/segments.md)",
+)
+@click.option("--k", default="auto", callback=_k, show_default=True, help="clusters: N or auto")
+@click.option(
+    "--pca", type=click.IntRange(min=1), default=None, help="project onto N principal components"
+)
+@click.option(
+    "--schedule",
+    default="weekly",
+    show_default=True,
+    help="hourly, daily, weekly, manual, or an interval such as 12h",
+)
+@click.option("--name", default=None, help="a name for people (the key if not given)")
+@click.option("--description", default="", help="what the clustering is for")
+@pass_ctx
+def clusterings_create(
+    ctx: CliContext,
+    key: str,
+    features: tuple[str, ...],
+    algorithm: str,
+    k: int | str,
+    pca: int | None,
+    schedule: str,
+    name: str | None,
+    description: str,
+) -> None:
+    """Save clustering KEY over the given features and print it as JSON.
+
+    Unless its schedule is manual, its first run is due at once: ``personify serve`` carries
+    it out, or run ``personify segments recluster KEY``.
+    """
+    spec = {"features": list(features), "algorithm": algorithm, "k": k, "pca": pca}
+    created = _clusterings(ctx)[1].create(
+        key, spec, name=name, description=description, schedule=schedule
+    )
+    echo_json(created.to_dict())
+
+
+@clusterings.command("name")
+@click.argument("key")
+@click.argument("cluster")
+@click.argument("name", required=False)
+@click.option("--clear", is_flag=True, help="go back to the automatic name")
+@pass_ctx
+def clusterings_name(
+    ctx: CliContext, key: str, cluster: str, name: str | None, clear: bool
+) -> None:
+    """Name cluster CLUSTER of clustering KEY (its segment KEY/CLUSTER); the name stays
+    through later runs. Prints the clustering as JSON."""
+    if (name is None) == (not clear):
+        raise click.UsageError("give a NAME or --clear, not both")
+    renamed = _clusterings(ctx)[1].rename_cluster(key, cluster, None if clear else name)
+    echo_json(renamed.to_dict())
+
+
+@clusterings.command("delete")
+@click.argument("key")
+@pass_ctx
+def clusterings_delete(ctx: CliContext, key: str) -> None:
+    """Archive clustering KEY and its segments (refused while a rule reads one of them);
+    prints it as JSON."""
+    echo_json(_clusterings(ctx)[1].archive(key).to_dict())

@@ -3,7 +3,8 @@
 A job is an ``async`` callable returning a JSON-able summary of what it did; blocking work
 inside it runs in a thread (``asyncio.to_thread``), so the API and the stream worker keep
 the loop. A job that fails is logged with its traceback and counted (``JobStatus``), and runs
-again at its next turn: the scheduler never dies of a job. Runs of one job never overlap.
+again at its next turn: the scheduler never dies of a job. Runs of one job never overlap;
+``trigger`` brings a job's next run forward to now (an API that queued work for it).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Scheduler:
         self.jobs = list(jobs)
         self._clock = clock or SystemClock()
         self._stop = asyncio.Event()
+        # set to run a job now rather than at its next turn (and by ``stop``, to end its wait)
+        self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.statuses = {job.name: JobStatus(job.name, job.interval_s) for job in self.jobs}
 
@@ -82,14 +85,30 @@ class Scheduler:
         if self.running:
             return
         self._stop = asyncio.Event()
+        self._wake = {job.name: asyncio.Event() for job in self.jobs}
         self._tasks = [
-            asyncio.create_task(self._loop(job, self._stop), name=f"job-{job.name}")
+            asyncio.create_task(
+                self._loop(job, self._stop, self._wake[job.name]), name=f"job-{job.name}"
+            )
             for job in self.jobs
         ]
+
+    def trigger(self, name: str) -> bool:
+        """Run the job ``name`` now instead of at its next turn, or right after the run in
+        progress (runs still never overlap); then its turns go on from there. ``False``
+        when this scheduler is not running such a job. Call it from the scheduler's loop."""
+        wake = self._wake.get(name)
+        if wake is None or self._stop.is_set():
+            return False
+        wake.set()
+        return True
 
     async def stop(self) -> None:
         """Stop scheduling and wait for runs in progress to finish."""
         self._stop.set()
+        for wake in self._wake.values():
+            wake.set()
+        self._wake = {}
         tasks, self._tasks = self._tasks, []
         if tasks:
             await asyncio.wait(tasks)
@@ -121,12 +140,14 @@ class Scheduler:
         logger.info("job %s: %s", job.name, result)
         return result
 
-    async def _loop(self, job: PeriodicJob, stop: asyncio.Event) -> None:
+    async def _loop(self, job: PeriodicJob, stop: asyncio.Event, wake: asyncio.Event) -> None:
         delay = job.first_delay_s
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, delay))
             if stop.is_set():
                 return
+            # a trigger during the run below wakes the next wait at once
+            wake.clear()
             await self.run_once(job)
             delay = job.interval_s

@@ -15,7 +15,10 @@ from personify.segments.rfm_runner import RfmRunResult
 from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
 
-__all__ = ["clustering_jobs", "rfm_jobs", "segment_jobs"]
+__all__ = ["RECLUSTER_JOB", "clustering_jobs", "rfm_jobs", "segment_jobs"]
+
+# the job that carries out clustering runs (the API wakes it when it queues one)
+RECLUSTER_JOB = "segment-recluster"
 
 
 def segment_jobs(
@@ -97,7 +100,7 @@ def clustering_jobs(
 
     return [
         PeriodicJob(
-            "segment-recluster",
+            RECLUSTER_JOB,
             run_clusterings,
             settings.segment_recluster_interval_s,
             first_delay_s=settings.segment_recluster_interval_s,

@@ -8,7 +8,8 @@ definitions are the same ``FeatureSet`` (``PERSONIFY_FEATURES_FILE``).
 
 *As of T* means as known at T: every event the collector had accepted by T
 (``received_at <= T``), whatever its event time, deduplicated by source and messageId like
-the worker does. An event that arrived after T never counts, even when it happened before
+the worker does, and without the membership events Personify writes itself (``Segment
+Entered``/``Exited``), which the worker does not apply either. An event that arrived after T never counts, even when it happened before
 T, so a training row holds only what a real-time system could have known at T.
 
 Labels come from the window (T, T + horizon] by event time, matched to the profile through
@@ -41,6 +42,7 @@ from personify.profiles.features import (
 )
 from personify.profiles.identity import UnionFind, canonical_id
 from personify.profiles.state import ProfileState, apply_event, merge_states
+from personify.segments.membership import MEMBERSHIP_SOURCE
 
 BATCH_ROWS = 20_000
 # ids replayed at once: bounds memory (a profile state takes tens of KB in Python)
@@ -105,6 +107,8 @@ def read_events(
             for row in batch.to_pylist():
                 if later and (row["log_partition"], row["log_offset"]) in later:
                     continue
+                if row["source_id"] == MEMBERSHIP_SOURCE:
+                    continue  # Personify's own membership events: the worker skips them too
                 try:
                     yield view_event(row_to_event(row))
                 except ValidationError:

@@ -41,8 +41,9 @@ assigning users in the worker build on it (``personify.segments.clusterings``). 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -109,10 +110,10 @@ class ClusteringSpec:
             )
         low, high = self.k_range
         if self.k != "auto" and (
-            not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 2
+            not isinstance(self.k, int) or isinstance(self.k, bool) or not 2 <= self.k <= 50
         ):
             raise ValidationError(
-                "k is a whole number of at least 2, or auto",
+                "k is a whole number from 2 to 50, or auto",
                 code="invalid_k",
                 details={"field": "k"},
             )
@@ -127,6 +128,12 @@ class ClusteringSpec:
                 "pca is a number of components between 1 and the number of features",
                 code="invalid_pca",
                 details={"field": "pca"},
+            )
+        if not 0 <= self.seed < 2**32:
+            raise ValidationError(
+                "seed is a whole number from 0 to 4294967295",
+                code="invalid_field",
+                details={"field": "seed"},
             )
         if not 100 <= self.sample_size <= 100_000:
             raise ValidationError(
@@ -173,8 +180,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> ClusteringSpec:
         k=k,
         k_range=(k_range[0], k_range[1]),
         pca_components=data.get("pca"),
-        sample_size=data.get("sampleSize") or 5_000,
-        seed=data.get("seed") or 0,
+        sample_size=5_000 if data.get("sampleSize") is None else data["sampleSize"],
+        seed=0 if data.get("seed") is None else data["seed"],
     )
 
 
@@ -568,6 +575,7 @@ def fit_shards(
     previous: ClusterRun | None = None,
     previous_labels: Callable[[int], Sequence[str | None]] | None = None,
     new_key: Callable[[int, ClusterDescription], str] | None = None,
+    reserved: Collection[str] = (),
     on_labels: Callable[[int, list[str | None]], None] | None = None,
 ) -> ClusterRun:
     """Fit a run on feature rows given in shards (module docstring).
@@ -575,7 +583,8 @@ def fit_shards(
     ``shards`` is iterated several times (two or three passes) and yields the same matrices
     each time (rows: users, columns: ``spec.features``). ``previous_labels(i)`` gives the
     previous run's key of each row of shard ``i``, for the split and merge report;
-    ``new_key(n, cluster)`` names the n-th new cluster (default ``c<n>``);
+    ``new_key(attempt, cluster)`` names a new cluster, called with attempt 1, 2, ... until
+    the key is neither taken nor ``reserved`` (default ``c<n>``, numbered across the run);
     ``on_labels(i, keys)`` receives the cluster key of each row of shard ``i``
     (``None``: noise)."""
     width = len(spec.features)
@@ -669,14 +678,15 @@ def fit_shards(
     provisional = [matched.get(i, f"#{i}") for i in range(run.k)]
     described = _describe(spec, sums, provisional, mean, scale)
     taken = set(previous.keys) if previous else set()
-    fresh = 0
+    taken.update(matched.values(), reserved)
+    numbered = itertools.count(1)
     for index in range(run.k):
         if index in matched:
             run.keys.append(matched[index])
             continue
-        while True:
-            fresh += 1
-            candidate = new_key(fresh, described[index]) if new_key else f"c{fresh}"
+        # new_key's attempts start at 1 for each cluster; the default numbers c1, c2, ...
+        for attempt in itertools.count(1):
+            candidate = new_key(attempt, described[index]) if new_key else f"c{next(numbered)}"
             if candidate not in taken:
                 break
         taken.add(candidate)

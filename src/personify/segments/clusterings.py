@@ -63,6 +63,7 @@ from personify.segments.tables import (
 from personify.store.database import Database, aware
 
 __all__ = [
+    "KEPT_ASSIGNMENTS",
     "ClusteringDefinition",
     "ClusteringRepository",
     "ClusteringRunner",
@@ -81,6 +82,9 @@ MANUAL = "manual"
 _RESERVED = frozenset({"members", "stats", "versions"})
 _CHUNK = 2_000
 _MAX_NAME_CHARS = 200
+# the runs of a clustering whose assignments are kept, for rollback (the newest that
+# succeeded); older runs keep their model and report
+KEPT_ASSIGNMENTS = 10
 # a run still running after this long was left by a process that died
 _ABANDONED_AFTER = timedelta(hours=6)
 _encode = msgspec.json.Encoder(order="deterministic").encode
@@ -473,6 +477,17 @@ class ClusteringRepository:
                         "restored",
                         code="run_not_restorable",
                     )
+                kept = conn.execute(
+                    sa.select(clustering_assignments.c.run_id)
+                    .where(clustering_assignments.c.run_id == source.id)
+                    .limit(1)
+                ).first()
+                if kept is None:
+                    raise Conflict(
+                        f"run {restore} of {key!r} is older than the {KEPT_ASSIGNMENTS} newest "
+                        "runs whose assignments are kept; it can no longer be restored exactly",
+                        code="run_not_restorable",
+                    )
             return self._insert_run(conn, key, row.spec, trigger, restore)
 
     def _insert_run(
@@ -533,14 +548,19 @@ class ClusteringRepository:
                     queued.append(self._insert_run(conn, row.key, row.spec, "scheduled", None))
         return queued
 
-    def runs(self, key: str) -> list[RunRecord]:
-        """Every run of a clustering, newest first."""
+    def runs(self, key: str, *, limit: int = 100, before: int | None = None) -> list[RunRecord]:
+        """A clustering's runs, newest first: ``limit`` of them, numbered below ``before``."""
         with self._db.connect() as conn:
-            self._active(conn, key)
+            if self._row(conn, key) is None:
+                raise NotFound(f"no clustering {key!r}", code="clustering_not_found")
             rows = conn.execute(
                 sa.select(clustering_runs)
-                .where(clustering_runs.c.clustering_key == key)
+                .where(
+                    clustering_runs.c.clustering_key == key,
+                    clustering_runs.c.number < (before if before is not None else 2**31),
+                )
                 .order_by(clustering_runs.c.number.desc())
+                .limit(limit)
             )
             return [_run(r) for r in rows]
 
@@ -559,7 +579,8 @@ class ClusteringRepository:
         self, conn: sa.Connection, key: str, run: RunRecord, describe: Callable[[Any], str]
     ) -> dict[str, int]:
         """Make ``run`` the clustering's current run and its clusters its segments (named as
-        people named them, else automatically); returns each segment's version."""
+        people named them, else automatically), and schedule the next run one interval on;
+        returns each segment's version."""
         row = self._row(conn, key)
         names = dict(_decode(row.names))
         clusters = (run.report or {}).get("clusters", [])
@@ -569,10 +590,17 @@ class ClusteringRepository:
             run.number,
             [(c["key"], names.get(c["key"], c["name"]), describe(c)) for c in clusters],
         )
+        now = self._clock.now()
+        interval = schedule_interval(row.schedule)
+        # a run of any kind restarts the schedule's clock: no scheduled run right after it
         conn.execute(
             clusterings.update()
             .where(clusterings.c.key == key)
-            .values(current_run=run.number, updated_at=self._clock.now())
+            .values(
+                current_run=run.number,
+                next_run_at=now + interval if interval else None,
+                updated_at=now,
+            )
         )
         return versions
 
@@ -772,7 +800,10 @@ class ClusteringRunner:
             if current is not None and current.model is not None
             else None
         )
-        taken = {c["key"] for c in ((current.report or {}).get("clusters", []) if current else [])}
+        # a key any earlier cluster had is never given to a new one
+        taken = {
+            k.split("/", 1)[1] for k in self._segments.cluster_segment_keys(run.clustering_key)
+        }
         folder = Path(tempfile.mkdtemp(prefix="personify-clustering-"))
         try:
             shards, lineage = self._source(spec.features, as_of)
@@ -802,11 +833,8 @@ class ClusteringRunner:
                 spec,
                 previous=previous,
                 previous_labels=(lambda n: before[n]) if before is not None else None,
-                new_key=lambda attempt, cluster: (
-                    new_key(attempt, cluster)
-                    if new_key(attempt, cluster) not in taken
-                    else new_key(attempt + 1, cluster)
-                ),
+                new_key=new_key,
+                reserved=taken,
                 on_labels=store,
             )
         finally:
@@ -953,6 +981,20 @@ class ClusteringRunner:
                 .where(clustering_runs.c.id == run.id)
                 .values(status=SUCCEEDED, finished_at=self._clock.now())
             )
+            r = clustering_runs.c
+            older = conn.execute(
+                sa.select(r.id)
+                .where(r.clustering_key == key, r.status == SUCCEEDED)
+                .order_by(r.number.desc())
+                .offset(KEPT_ASSIGNMENTS)
+            ).scalars()
+            stale = list(older)
+            for start in range(0, len(stale), 500):
+                conn.execute(
+                    clustering_assignments.delete().where(
+                        clustering_assignments.c.run_id.in_(stale[start : start + 500])
+                    )
+                )
         return entered, exited
 
     @staticmethod
