@@ -1,7 +1,8 @@
-"""Rule-segment benchmark: the stream worker with 100 active rules against none, and the sweep.
+"""Segments benchmark: the stream worker with 100 active rules against none, the sweep, and
+a clustering of 1,000,000 users against a bare mini-batch k-means.
 
 Run it with ``.venv/bin/python bench/segments.py [--events N] [--users U] [--batch N]
-[--sweep-profiles N] [--parts worker,sweep] [--quick]``. It prints ONE JSON object on stdout
+[--sweep-profiles N] [--cluster-users N] [--parts worker,sweep,clustering] [--quick]``. It prints ONE JSON object on stdout
 (progress goes to stderr) with, measured in this run, each figure in a process of its own:
 
 * ``runs.none`` / ``runs.segments_100`` — the shop traffic of ``bench/worker.py``
@@ -36,6 +37,20 @@ Run it with ``.venv/bin/python bench/segments.py [--events N] [--users U] [--bat
 * ``baseline_decode`` — the floor the sweep is compared with, in the same run: the same N
   stored states read from the state database in pages and decoded with ``decode_state``
   (``decode_seconds`` the decoding alone, ``seconds`` with the reads).
+* ``clustering.ours`` — ``fit_shards`` with ``ClusteringSpec(features, k="auto")`` (every
+  other option its default) on N synthetic users x 20 features (``--cluster-users``,
+  1,000,000 by default) held in memory in shards of 100,000 rows: 7 planted groups of users
+  (``USER_GROUPS``) with skewed, correlated, overlapping features (``user_shard``). Its wall
+  and CPU seconds, the seconds of each pass (``phases_seconds``, from when ``fit_shards``
+  starts and ends each pass over the shards), the chosen k and every candidate's silhouette,
+  peak RSS added (VmHWM at the end minus VmRSS at the start; the shards are there before),
+  and the adjusted Rand index of its labels against the planted groups.
+* ``clustering.bare_minibatch_kmeans`` — the baseline, in the same run: the same users in one
+  matrix, standardised as ``fit_shards`` does (mean and standard deviation over every row),
+  and ``sklearn.cluster.MiniBatchKMeans(n_clusters=<the k chosen>, random_state=0).fit`` on
+  it, every other parameter sklearn's default; measured the same way. ``ratio`` is ours over
+  the baseline's seconds (standardising included; ``ratio_fit_only`` without it): target at
+  most 1.5, and ours under 60 s.
 """
 
 from __future__ import annotations
@@ -701,11 +716,280 @@ def sweep_child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- the clustering part ------------------------------------------------------------------------
+
+CLUSTER_SHARD_ROWS = 100_000
+CLUSTER_SEED = 11
+TARGET_CLUSTER_SECONDS = 60.0
+TARGET_CLUSTER_RATIO = 1.5
+CLUSTER_FEATURES = (
+    "sessions_30d",
+    "page_views_30d",
+    "session_minutes_avg",
+    "orders_90d",
+    "revenue_90d",
+    "average_order_value",
+    "days_since_last_visit",
+    "days_since_last_order",
+    "tenure_days",
+    "email_open_rate",
+    "email_click_rate",
+    "discount_share",
+    "support_tickets_90d",
+    "mobile_share",
+    "video_minutes_30d",
+    "cart_adds_30d",
+    "returns_90d",
+    "categories_viewed",
+    "searches_30d",
+    "night_share",
+)
+# The planted groups. Per group: its share of users, sessions a month, pages a session, the
+# log-mean of session minutes, orders in 90 days, the log-mean of an order's value, the mean
+# days since the last visit and since the last order, tenure (gamma shape, scale), beta
+# parameters of the email open rate, of clicks given opens, of the discount share, of the
+# mobile share and of the night share, support tickets, the chance of watching video and the
+# log-mean of its minutes, cart adds a page, the chance an order is returned, categories
+# viewed, searches a session.
+# fmt: off
+USER_GROUPS: dict[str, dict[str, Any]] = {
+    "casual": {
+        "share": 0.30, "sessions": 4, "pages": 5, "minutes": 1.3, "orders": 0.3, "value": 3.6,
+        "visit_gap": 8, "order_gap": 60, "tenure": (2, 200), "opens": (2, 6), "clicks": (1, 8),
+        "discount": (2, 6), "mobile": (3, 3), "night": (2, 6), "tickets": 0.1, "video": 0.2,
+        "video_minutes": 2.0, "carts": 0.03, "returns": 0.05, "categories": 2, "searches": 0.5,
+    },
+    "loyal": {
+        "share": 0.15, "sessions": 14, "pages": 7, "minutes": 1.8, "orders": 3.0, "value": 4.0,
+        "visit_gap": 2, "order_gap": 15, "tenure": (4, 250), "opens": (6, 3), "clicks": (3, 5),
+        "discount": (2, 8), "mobile": (3, 4), "night": (2, 7), "tickets": 0.3, "video": 0.3,
+        "video_minutes": 2.3, "carts": 0.06, "returns": 0.06, "categories": 4, "searches": 0.8,
+    },
+    "bargain": {
+        "share": 0.15, "sessions": 9, "pages": 9, "minutes": 1.6, "orders": 2.0, "value": 3.3,
+        "visit_gap": 4, "order_gap": 20, "tenure": (3, 150), "opens": (5, 4), "clicks": (3, 5),
+        "discount": (6, 2), "mobile": (4, 3), "night": (2, 5), "tickets": 0.2, "video": 0.2,
+        "video_minutes": 2.0, "carts": 0.08, "returns": 0.12, "categories": 5, "searches": 1.5,
+    },
+    "lapsed": {
+        "share": 0.15, "sessions": 0.8, "pages": 4, "minutes": 1.1, "orders": 0.2, "value": 3.8,
+        "visit_gap": 60, "order_gap": 150, "tenure": (3, 300), "opens": (1, 9), "clicks": (1, 12),
+        "discount": (2, 5), "mobile": (3, 3), "night": (2, 6), "tickets": 0.2, "video": 0.1,
+        "video_minutes": 1.5, "carts": 0.02, "returns": 0.08, "categories": 1, "searches": 0.3,
+    },
+    "new": {
+        "share": 0.12, "sessions": 6, "pages": 6, "minutes": 1.5, "orders": 0.5, "value": 3.5,
+        "visit_gap": 3, "order_gap": 10, "tenure": (1.5, 12), "opens": (4, 4), "clicks": (2, 6),
+        "discount": (3, 4), "mobile": (5, 2), "night": (2, 5), "tickets": 0.3, "video": 0.3,
+        "video_minutes": 2.0, "carts": 0.05, "returns": 0.03, "categories": 3, "searches": 1.0,
+    },
+    "whale": {
+        "share": 0.05, "sessions": 12, "pages": 8, "minutes": 2.0, "orders": 6.0, "value": 5.3,
+        "visit_gap": 2, "order_gap": 8, "tenure": (5, 300), "opens": (5, 3), "clicks": (3, 4),
+        "discount": (1, 9), "mobile": (2, 5), "night": (2, 8), "tickets": 0.6, "video": 0.2,
+        "video_minutes": 2.0, "carts": 0.07, "returns": 0.10, "categories": 6, "searches": 0.7,
+    },
+    "mobile-video": {
+        "share": 0.08, "sessions": 18, "pages": 3, "minutes": 2.4, "orders": 0.6, "value": 3.4,
+        "visit_gap": 1, "order_gap": 45, "tenure": (2, 180), "opens": (2, 7), "clicks": (1, 9),
+        "discount": (2, 5), "mobile": (9, 1.5), "night": (4, 3), "tickets": 0.1, "video": 0.95,
+        "video_minutes": 4.5, "carts": 0.02, "returns": 0.04, "categories": 2, "searches": 0.3,
+    },
+}
+# fmt: on
+
+
+def user_shard(rows: int, number: int, seed: int = CLUSTER_SEED) -> tuple[Any, Any]:
+    """Shard ``number`` of the synthetic users: ``rows`` x 20 features (``CLUSTER_FEATURES``)
+    and each row's planted group. The same (seed, number) gives the same shard, whatever the
+    number of users. Counts are Poisson around a user's own activity level (lognormal, shared
+    by sessions, pages, carts, searches and video), money is lognormal, rates are beta, gaps
+    exponential: skewed, correlated, and the groups' spreads overlap."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, number])
+    groups = list(USER_GROUPS.values())
+    shares = np.array([g["share"] for g in groups])
+    group = rng.choice(len(groups), size=rows, p=shares / shares.sum())
+
+    def of(name: str) -> Any:
+        return np.array([g[name] for g in groups], dtype=np.float64)[group]
+
+    def beta(name: str) -> Any:
+        both = of(name)
+        return rng.beta(both[:, 0], both[:, 1])
+
+    activity = rng.lognormal(0.0, 0.5, rows)
+    sessions = rng.poisson(of("sessions") * activity)
+    pages = rng.poisson(sessions * of("pages") * rng.lognormal(0.0, 0.3, rows))
+    minutes = rng.lognormal(of("minutes"), 0.6)
+    orders = rng.poisson(of("orders") * rng.lognormal(0.0, 0.6, rows) * np.sqrt(activity))
+    revenue = orders * rng.lognormal(of("value"), 0.5) * rng.lognormal(0.0, 0.2, rows)
+    order_value = np.where(orders > 0, revenue / np.maximum(orders, 1), 0.0)
+    visit_gap = np.minimum(rng.exponential(of("visit_gap")), 365.0)
+    order_gap = np.where(orders > 0, np.minimum(rng.exponential(of("order_gap")), 90.0), 365.0)
+    tenure = of("tenure")
+    opens = beta("opens")
+    watched = rng.random(rows) < of("video")
+    video = np.where(watched, rng.lognormal(of("video_minutes"), 1.0) * activity, 0.0)
+    matrix = np.column_stack(
+        [
+            sessions,
+            pages,
+            minutes,
+            orders,
+            revenue,
+            order_value,
+            visit_gap,
+            order_gap,
+            np.maximum(rng.gamma(tenure[:, 0], tenure[:, 1]), visit_gap),
+            opens,
+            opens * beta("clicks"),
+            beta("discount"),
+            rng.poisson(of("tickets") * (1 + 0.2 * orders)),
+            beta("mobile"),
+            video,
+            rng.poisson(pages * of("carts")),
+            rng.binomial(orders, of("returns")),
+            np.minimum(1 + rng.poisson(of("categories")), 12),
+            rng.poisson(sessions * of("searches")),
+            beta("night"),
+        ]
+    ).astype(np.float64)
+    return matrix, group.astype(np.int64)
+
+
+def user_shards(users: int) -> tuple[list[Any], Any]:
+    """The ``users`` synthetic users in shards of ``CLUSTER_SHARD_ROWS``, and every row's
+    planted group."""
+    import numpy as np
+
+    made = [
+        user_shard(min(CLUSTER_SHARD_ROWS, users - start), number)
+        for number, start in enumerate(range(0, users, CLUSTER_SHARD_ROWS))
+    ]
+    return [matrix for matrix, _ in made], np.concatenate([group for _, group in made])
+
+
+class _TimedShards:
+    """The shards, re-iterable, noting when each pass over them starts and ends: the phases
+    of ``fit_shards`` without touching it."""
+
+    def __init__(self, shards: list[Any]) -> None:
+        self._shards = shards
+        self.passes: list[tuple[float, float]] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        started = time.perf_counter()
+        yield from self._shards
+        self.passes.append((started, time.perf_counter()))
+
+
+def _phases(began: float, ended: float, passes: list[tuple[float, float]]) -> dict[str, float]:
+    """Seconds of each phase of a k-means ``fit_shards`` run from its three passes' times."""
+    if len(passes) != 3:
+        return {"total": round(ended - began, 3)}
+    (s1, e1), (s2, e2), (s3, e3) = passes
+    return {
+        "moments_and_sample": round(e1 - s1, 3),
+        "choose_k": round(s2 - e1, 3),
+        "minibatch_pass": round(e2 - s2, 3),
+        "assign_and_sums": round(e3 - s3, 3),
+        "describe_and_quality": round(ended - e3, 3),
+        "other": round((s1 - began) + (s3 - e2), 3),
+    }
+
+
+def cluster_fit_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Our fit: ``fit_shards`` on the users' shards with k chosen (``k="auto"``), timed."""
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    from personify.segments.clustering import ClusteringSpec, fit_shards
+
+    shards, planted = user_shards(spec["users"])
+    timed = _TimedShards(shards)
+    keys: list[list[str | None]] = [[] for _ in shards]
+
+    def keep(number: int, shard_keys: list[str | None]) -> None:
+        keys[number] = shard_keys
+
+    gc.collect()
+    rss_before = proc_status_bytes("VmRSS")
+    hwm_reset = reset_rss_peak()
+    started, cpu = time.perf_counter(), time.process_time()
+    run = fit_shards(timed, ClusteringSpec(CLUSTER_FEATURES, k="auto"), on_labels=keep)
+    ended, cpu_s = time.perf_counter(), time.process_time() - cpu
+    hwm = proc_status_bytes("VmHWM")
+    labels = np.array([key for shard in keys for key in shard])
+    return {
+        "users": spec["users"],
+        "features": len(CLUSTER_FEATURES),
+        "shards": len(shards),
+        "k": run.k,
+        "candidates": {str(k): v for k, v in sorted(run.candidates.items())},
+        "silhouette": run.silhouette,
+        "davies_bouldin": run.davies_bouldin,
+        "seconds": round(ended - started, 3),
+        "cpu_seconds": round(cpu_s, 3),
+        "phases_seconds": _phases(started, ended, timed.passes),
+        "ari_planted": round(float(adjusted_rand_score(planted, labels)), 4),
+        "clusters": [{"size": c.size, "name": c.name} for c in run.clusters],
+        "data_bytes": sum(s.nbytes for s in shards),
+        "rss_before_bytes": rss_before,
+        "rss_peak_bytes": hwm,
+        "rss_peak_delta_bytes": hwm - rss_before,
+        "rss_peak_since": "fit start" if hwm_reset else "process start",
+    }
+
+
+def cluster_bare_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """The baseline: the same users in one matrix, standardised as ``fit_shards`` does (mean
+    and standard deviation over every row), and a bare ``MiniBatchKMeans(n_clusters=k)``
+    (sklearn's defaults but ``random_state``) fitted on it, timed."""
+    import numpy as np
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    shards, planted = user_shards(spec["users"])
+    matrix = np.vstack(shards)
+    del shards
+    gc.collect()
+    rss_before = proc_status_bytes("VmRSS")
+    hwm_reset = reset_rss_peak()
+    started, cpu = time.perf_counter(), time.process_time()
+    mean, scale = matrix.mean(axis=0), matrix.std(axis=0)
+    standard = (matrix - mean) / np.where(scale > 0, scale, 1.0)
+    standardised = time.perf_counter()
+    model = MiniBatchKMeans(n_clusters=spec["k"], random_state=0).fit(standard)
+    ended, cpu_s = time.perf_counter(), time.process_time() - cpu
+    hwm = proc_status_bytes("VmHWM")
+    return {
+        "users": spec["users"],
+        "k": spec["k"],
+        "seconds": round(ended - started, 3),
+        "standardise_seconds": round(standardised - started, 3),
+        "fit_seconds": round(ended - standardised, 3),
+        "cpu_seconds": round(cpu_s, 3),
+        "n_steps": int(model.n_steps_),
+        "n_iter": int(model.n_iter_),
+        "ari_planted": round(float(adjusted_rand_score(planted, model.labels_)), 4),
+        "cluster_sizes": np.bincount(model.labels_, minlength=spec["k"]).tolist(),
+        "data_bytes": matrix.nbytes,
+        "rss_before_bytes": rss_before,
+        "rss_peak_bytes": hwm,
+        "rss_peak_delta_bytes": hwm - rss_before,
+        "rss_peak_since": "standardise start" if hwm_reset else "process start",
+    }
+
+
 _CHILDREN = {
     "drain": drain_child,
     "build": build_child,
     "decode": decode_child,
     "sweep": sweep_child,
+    "cluster_fit": cluster_fit_child,
+    "cluster_bare": cluster_bare_child,
 }
 
 
@@ -786,6 +1070,42 @@ def sweep_part(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def clustering_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Our fit with k chosen, then the bare mini-batch k-means with the k it chose."""
+    users = args.cluster_users
+    progress(f"clustering: {users} users x {len(CLUSTER_FEATURES)} features, k=auto")
+    ours = in_child("cluster_fit", {"users": users})
+    progress(
+        f"  k={ours['k']} in {ours['seconds']} s, peak RSS +"
+        f"{ours['rss_peak_delta_bytes'] // 2**20} MiB, ARI {ours['ari_planted']}"
+    )
+    bare = in_child("cluster_bare", {"users": users, "k": ours["k"]})
+    progress(
+        f"  bare MiniBatchKMeans: {bare['seconds']} s, peak RSS +"
+        f"{bare['rss_peak_delta_bytes'] // 2**20} MiB, ARI {bare['ari_planted']}"
+    )
+    seconds_ratio = ratio(ours["seconds"], bare["seconds"])
+    return {
+        "clustering": {
+            "ours": ours,
+            "bare_minibatch_kmeans": bare,
+            "ratio": seconds_ratio,
+            "ratio_fit_only": ratio(ours["seconds"], bare["fit_seconds"]),
+            "ratio_rss_peak_delta": ratio(
+                ours["rss_peak_delta_bytes"], bare["rss_peak_delta_bytes"]
+            ),
+            "target_seconds": TARGET_CLUSTER_SECONDS,
+            "target_ratio": TARGET_CLUSTER_RATIO,
+            "meets_target_seconds": ours["seconds"] < TARGET_CLUSTER_SECONDS,
+            "meets_target_ratio": seconds_ratio is not None
+            and seconds_ratio <= TARGET_CLUSTER_RATIO,
+            "note": None
+            if users >= 1_000_000
+            else f"ran {users} users, not 1,000,000: the targets are for 1,000,000",
+        }
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -794,23 +1114,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=HEADLINE_BATCH)
     parser.add_argument("--sweep-profiles", type=int, default=1_000_000)
     parser.add_argument(
-        "--parts", default="worker,sweep", help="comma-separated: worker, sweep (both)"
+        "--cluster-users",
+        type=int,
+        default=1_000_000,
+        help="users (rows of 20 features) the clustering part fits",
+    )
+    parser.add_argument(
+        "--parts",
+        default="worker,sweep,clustering",
+        help="comma-separated: worker, sweep, clustering (all three)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="20,000 events of 800 users and a sweep of 20,000 profiles",
+        help="20,000 events of 800 users, a sweep of 20,000 profiles, 100,000 users clustered",
     )
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.users = min(args.events, 20_000), min(args.users, 800)
         args.sweep_profiles = min(args.sweep_profiles, 20_000)
+        args.cluster_users = min(args.cluster_users, 100_000)
     args.parts = {part.strip() for part in args.parts.split(",") if part.strip()}
-    if not args.parts or args.parts - {"worker", "sweep"}:
-        parser.error("--parts takes worker, sweep")
+    if not args.parts or args.parts - {"worker", "sweep", "clustering"}:
+        parser.error("--parts takes worker, sweep, clustering")
     if args.sweep_profiles < 1 or args.events < 1 or args.batch < 1:
         parser.error("--events, --batch and --sweep-profiles are at least 1")
+    if args.cluster_users < 100:
+        parser.error("--cluster-users is at least 100")
     return args
 
 
@@ -830,11 +1161,14 @@ def main(argv: list[str] | None = None) -> None:
         "users": args.users,
         "batch_size": args.batch,
         "sweep_profiles": args.sweep_profiles,
+        "cluster_users": args.cluster_users,
     }
     if "worker" in args.parts:
         result |= worker_part(args)
     if "sweep" in args.parts:
         result |= sweep_part(args)
+    if "clustering" in args.parts:
+        result |= clustering_part(args)
     result["memory"] = (
         "rss_peak_delta_bytes: VmHWM at the end minus VmRSS at the start of what is measured, "
         "VmHWM reset through /proc/self/clear_refs then (the whole process)"
