@@ -374,8 +374,12 @@ def test_bad_definitions_are_refused_with_where(sqlite_world: World) -> None:
     assert caught.value.code == "invalid_schedule"
     with pytest.raises(ValidationError):
         repo.create("a/b", {"features": PATHS})
-    # a feature under a section whose keys come from the data is fine
-    repo.create("c", {"features": ["event_counts.Product Viewed", "orders.all"]})
+    # a grouped feature needs its group and a window
+    for path in ("event_counts.Product Viewed", "event_counts.Product Viewed.9d"):
+        with pytest.raises(ValidationError) as caught:
+            repo.create("c", {"features": ["orders.all", path]})
+        assert caught.value.details["pointer"] == "/features/1"
+    repo.create("c", {"features": ["event_counts.Product Viewed.all", "orders.all"]})
 
 
 def test_a_run_without_enough_profiles_fails_and_says_why(sqlite_world: World) -> None:

@@ -168,8 +168,22 @@ def check_features(paths: Any, features: FeatureSet) -> tuple[str, ...]:
                 code="invalid_features",
                 details=where,
             )
-        if found is MISSING:
-            # under a section whose keys come from the data (event_counts, affinities)
+        grouped = next(
+            (f for f in features.features if f.name == parts[0] and f.group_by is not None),
+            None,
+        )
+        if grouped is not None:
+            # a grouped feature nests by group, then window: name.GROUP.WINDOW
+            windows = ["all" if w == "all" else f"{w}d" for w in grouped.definition.windows]
+            if len(parts) != 3 or parts[2] not in windows:
+                raise ValidationError(
+                    f"{path!r} is not a number: {parts[0]} is grouped, so name a group and a "
+                    f"window, such as {parts[0]}.NAME.{windows[0]}",
+                    code="invalid_features",
+                    details=where,
+                )
+        elif found is MISSING:
+            # under a section whose keys come from the data (affinities, context)
             section = resolve_path(blank, parts[:1])
             if not (isinstance(section, Mapping) and not section and len(parts) > 1):
                 known = sorted(k for k, v in blank.items() if not isinstance(v, str))
