@@ -14,7 +14,8 @@ assigning users in the worker build on it (``personify.segments.clusterings``). 
 2. **Samples** rows uniformly across shards (each row gets a random key; the smallest keys
    are kept), for choosing k, for the metrics and for the algorithms that fit on a sample.
 3. **Chooses k** when asked (``k="auto"``): every candidate in ``k_range`` is fitted on the
-   sample (``sample_size`` rows) and scored by its silhouette there; the best wins, and
+   sample (``sample_size`` rows) and scored by its silhouette on 2,000 of them; the best
+   wins, and
    every candidate's score is kept with the run.
 4. **Fits** the algorithm: ``kmeans`` (every row, in memory), ``minibatch-kmeans`` (started
    from the sample's centres, then one streamed pass of mini-batches over every row),
@@ -78,6 +79,7 @@ _FULL_KMEANS_ROWS = 50_000
 _GMM_ROWS = 200_000
 _HDBSCAN_ROWS = 20_000
 _BATCH = 4096
+_SILHOUETTE_ROWS = 2_000
 NOISE = -1
 
 
@@ -361,10 +363,11 @@ class _Sample:
         return self.rows[chosen], self.index[chosen]
 
 
-def _kmeans(algorithm: str, k: int, seed: int, rows: int) -> KMeans | MiniBatchKMeans:
-    if algorithm == "minibatch-kmeans" or (algorithm == "auto" and rows > _FULL_KMEANS_ROWS):
-        return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=_BATCH)
-    return KMeans(n_clusters=k, random_state=seed, n_init=4)
+def _silhouette(points: Matrix, labels: Labels, seed: int) -> float:
+    """The silhouette on at most 2,000 of the points: its cost grows with the square of the
+    rows, and 2,000 score within 0.01 of 5,000 (bench/README.md, clustering)."""
+    size = min(len(points), _SILHOUETTE_ROWS)
+    return float(silhouette_score(points, labels, sample_size=size, random_state=seed))
 
 
 def _candidate(algorithm: str, k: int, seed: int, points: Matrix) -> tuple[Labels, Matrix]:
@@ -388,7 +391,7 @@ def _choose_k(spec: ClusteringSpec, points: Matrix) -> tuple[int, dict[int, floa
         labels, found = _candidate(spec.algorithm, k, spec.seed, points)
         if len(set(labels.tolist())) < 2:
             continue
-        scores[k] = round(float(silhouette_score(points, labels, random_state=spec.seed)), 6)
+        scores[k] = round(_silhouette(points, labels, spec.seed), 6)
         centres[k] = found
     if not scores:
         return low, scores, None
@@ -548,18 +551,23 @@ def _fit_model(
             np.asarray(mixture.weights_, dtype=np.float64),
             None,
         )
-    model = _kmeans(algorithm, k, spec.seed, rows)
-    if isinstance(model, KMeans):
+    if algorithm == "kmeans":
         everything = np.vstack([standardise(_checked(s, len(spec.features))) for s in shards])
-        model.fit(everything)
-        return np.asarray(model.cluster_centers_, dtype=np.float64), None, None, None
+        full = KMeans(n_clusters=k, random_state=spec.seed, n_init=4).fit(everything)
+        return np.asarray(full.cluster_centers_, dtype=np.float64), None, None, None
     if start is None:
         start = np.asarray(
             KMeans(n_clusters=k, random_state=spec.seed, n_init=2).fit(fit_points).cluster_centers_
         )
     # started from the sample's centres, then one pass of mini-batches over every row
+    # (no labels per batch: the assignment pass labels every row once)
     model = MiniBatchKMeans(
-        n_clusters=k, init=start, n_init=1, random_state=spec.seed, batch_size=_BATCH
+        n_clusters=k,
+        init=start,
+        n_init=1,
+        random_state=spec.seed,
+        batch_size=_BATCH,
+        compute_labels=False,
     )
     for shard in shards:
         points = standardise(_checked(shard, len(spec.features)))
@@ -711,9 +719,7 @@ def fit_shards(
     clustered = score_labels != NOISE
     distinct = len(set(score_labels[clustered].tolist()))
     if 2 <= distinct < len(score_points):
-        run.silhouette = round(
-            float(silhouette_score(score_points, score_labels, random_state=spec.seed)), 6
-        )
+        run.silhouette = round(_silhouette(score_points, score_labels, spec.seed), 6)
         run.davies_bouldin = round(
             float(davies_bouldin_score(score_points[clustered], score_labels[clustered])), 6
         )
