@@ -15,8 +15,7 @@ assigning users in the worker build on it (``personify.segments.clusterings``). 
    are kept), for choosing k, for the metrics and for the algorithms that fit on a sample.
 3. **Chooses k** when asked (``k="auto"``): every candidate in ``k_range`` is fitted on the
    sample (``sample_size`` rows) and scored by its silhouette on 2,000 of them; the best
-   wins, and
-   every candidate's score is kept with the run.
+   wins, and every candidate's score is kept with the run.
 4. **Fits** the algorithm: ``kmeans`` (every row, in memory), ``minibatch-kmeans`` (started
    from the sample's centres, then one streamed pass of mini-batches over every row),
    ``gmm`` (Gaussian mixture, full covariance, fitted on up to 200,000 sampled rows),
