@@ -452,12 +452,15 @@ class _Sums:
     def add(self, standard: Matrix, labels: Labels) -> None:
         clustered = labels != NOISE
         labels, standard = labels[clustered], standard[clustered]
-        k = len(self.count)
+        k, width = self.total.shape
         self.count += np.bincount(labels, minlength=k)
-        for column in range(standard.shape[1]):
-            values = standard[:, column]
-            self.total[:, column] += np.bincount(labels, weights=values, minlength=k)
-            self.squares[:, column] += np.bincount(labels, weights=values * values, minlength=k)
+        # one bincount over (cluster, column) cells for all columns at once
+        cells = (labels[:, None] * width + np.arange(width)).ravel()
+        values = standard.ravel()
+        self.total += np.bincount(cells, weights=values, minlength=k * width).reshape(k, width)
+        self.squares += np.bincount(cells, weights=values * values, minlength=k * width).reshape(
+            k, width
+        )
 
 
 def _describe(
@@ -629,9 +632,14 @@ def fit_shards(
         pca.fit(sampled_standard)
         components = np.asarray(pca.components_, dtype=np.float64)
 
-    def standardise(data: Matrix) -> Matrix:
-        standard = np.nan_to_num((data - mean) / scale, nan=0.0)
+    def standard_of(data: Matrix) -> Matrix:
+        return np.nan_to_num((data - mean) / scale, nan=0.0)
+
+    def project(standard: Matrix) -> Matrix:
         return standard @ components.T if components is not None else standard
+
+    def standardise(data: Matrix) -> Matrix:
+        return project(standard_of(data))
 
     fit_points = standardise(sampled)
     score_rows, score_index = sample.first(spec.sample_size)
@@ -673,12 +681,13 @@ def fit_shards(
     start_row = 0
     for number, shard in enumerate(shards):
         data = _checked(shard, width)
-        labels = run.assign_indices(standardise(data))
+        standard = standard_of(data)
+        labels = run.assign_indices(project(standard))
         if fitted_labels is not None:
             # the rows HDBSCAN fitted keep its labels (noise included)
             inside = (sampled_index >= start_row) & (sampled_index < start_row + len(data))
             labels[sampled_index[inside] - start_row] = fitted_labels[inside]
-        sums.add(np.nan_to_num((data - mean) / scale, nan=0.0), labels)
+        sums.add(standard, labels)
         labelled.append((number, labels))
         start_row += len(data)
     # keys: matched clusters keep theirs, the others get fresh ones (described first)
