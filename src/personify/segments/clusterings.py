@@ -53,7 +53,7 @@ from personify.segments.clustering import (
 from personify.segments.conditions import parse_window_ms, resolve_path
 from personify.segments.membership import MembershipChanges
 from personify.segments.operators import MISSING
-from personify.segments.repository import ACTIVE, ARCHIVED, SegmentRepository
+from personify.segments.repository import ACTIVE, ARCHIVED, SegmentRepository, check_text
 from personify.segments.tables import (
     clustering_assignments,
     clustering_runs,
@@ -328,16 +328,6 @@ def _run(row: Any) -> RunRecord:
     )
 
 
-def _text(name: str, value: Any, limit: int) -> str:
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-        raise ValidationError(
-            f"{name} must be text of at most {limit} characters",
-            code="invalid_field",
-            details={"field": name},
-        )
-    return value
-
-
 class ClusteringRepository:
     """Saves clusterings and their runs; reads them back."""
 
@@ -372,8 +362,8 @@ class ClusteringRepository:
                 details={"field": "key"},
             )
         parsed = self._spec(spec)
-        name = _text("name", key if name is None else name, _MAX_NAME_CHARS)
-        description = _text("description", description, 10_000)
+        name = check_text("name", key if name is None else name, _MAX_NAME_CHARS)
+        description = check_text("description", description, 10_000)
         interval = schedule_interval(schedule)
         now = self._clock.now()
         with self._db.begin() as conn:
@@ -404,9 +394,9 @@ class ClusteringRepository:
             row = self._active(conn, key)
             values: dict[str, Any] = {"updated_at": self._clock.now()}
             if "name" in changes:
-                values["name"] = _text("name", changes["name"], _MAX_NAME_CHARS)
+                values["name"] = check_text("name", changes["name"], _MAX_NAME_CHARS)
             if "description" in changes:
-                values["description"] = _text("description", changes["description"], 10_000)
+                values["description"] = check_text("description", changes["description"], 10_000)
             if "schedule" in changes:
                 interval = schedule_interval(changes["schedule"])
                 values["schedule"] = changes["schedule"]
@@ -464,7 +454,7 @@ class ClusteringRepository:
             if name is None:
                 names.pop(cluster, None)
             else:
-                names[cluster] = _text("name", name, _MAX_NAME_CHARS).strip() or cluster
+                names[cluster] = check_text("name", name, _MAX_NAME_CHARS).strip() or cluster
             conn.execute(
                 clusterings.update()
                 .where(clusterings.c.key == key)

@@ -47,6 +47,7 @@ __all__ = [
     "Membership",
     "SegmentDefinition",
     "SegmentRepository",
+    "check_text",
 ]
 
 ACTIVE = "active"
@@ -176,7 +177,8 @@ def _check_key(key: str) -> None:
         )
 
 
-def _check_text(name: str, value: Any, limit: int) -> str:
+def check_text(name: str, value: Any, limit: int) -> str:
+    """``value`` when it is text of at most ``limit`` characters (no NUL), else a 400."""
     if not isinstance(value, str) or len(value) > limit or "\x00" in value:
         raise ValidationError(
             f"{name} must be text of at most {limit} characters",
@@ -292,8 +294,8 @@ class SegmentRepository:
                 code="invalid_key",
                 details={"field": "key"},
             )
-        name = _check_text("name", key if name is None else name, _MAX_NAME_CHARS)
-        description = _check_text("description", description, _MAX_DESCRIPTION_CHARS)
+        name = check_text("name", key if name is None else name, _MAX_NAME_CHARS)
+        description = check_text("description", description, _MAX_DESCRIPTION_CHARS)
         with self._db.begin() as conn:
             existing = self._row(conn, key)
             if existing is not None and existing.status == ACTIVE:
@@ -313,8 +315,8 @@ class SegmentRepository:
         """Save a new version of an active segment; what is not given is kept."""
         with self._db.begin() as conn:
             existing = self._active(conn, key)
-            name = _check_text("name", existing.name if name is None else name, _MAX_NAME_CHARS)
-            description = _check_text(
+            name = check_text("name", existing.name if name is None else name, _MAX_NAME_CHARS)
+            description = check_text(
                 "description",
                 existing.description if description is None else description,
                 _MAX_DESCRIPTION_CHARS,
@@ -616,19 +618,22 @@ class SegmentRepository:
                 )
                 saved[key] = version
             elif existing.status == ACTIVE:
-                self._save(
-                    conn,
-                    key,
-                    existing.name,
-                    existing.description,
-                    None,
-                    version,
-                    ARCHIVED,
-                    existing,
-                    kind=CLUSTER,
-                    backfill=False,
-                )
+                self._archive_cluster(conn, existing, version)
         return saved
+
+    def _archive_cluster(self, conn: sa.Connection, existing: Any, version: int) -> None:
+        self._save(
+            conn,
+            existing.key,
+            existing.name,
+            existing.description,
+            None,
+            version,
+            ARCHIVED,
+            existing,
+            kind=CLUSTER,
+            backfill=False,
+        )
 
     def archive_clusters(self, conn: sa.Connection, clustering: str) -> None:
         """Archive every segment of a clustering (its members exit), refused while an active
@@ -649,18 +654,7 @@ class SegmentRepository:
             )
         for key in keys:
             existing = self._row(conn, key)
-            self._save(
-                conn,
-                key,
-                existing.name,
-                existing.description,
-                None,
-                int(existing.version) + 1,
-                ARCHIVED,
-                existing,
-                kind=CLUSTER,
-                backfill=False,
-            )
+            self._archive_cluster(conn, existing, int(existing.version) + 1)
             self._close_all(conn, key, int(existing.version))
 
     def rename_cluster(self, conn: sa.Connection, key: str, name: str) -> None:
