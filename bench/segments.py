@@ -911,8 +911,8 @@ def cluster_fit_child(spec: dict[str, Any]) -> dict[str, Any]:
     timed = _TimedShards(shards)
     keys: list[list[str | None]] = [[] for _ in shards]
 
-    def keep(number: int, shard_keys: list[str | None]) -> None:
-        keys[number] = shard_keys
+    def keep(number: int, clusters: Any, run_keys: Any) -> None:
+        keys[number] = [run_keys[i] if i >= 0 else None for i in clusters.tolist()]
 
     gc.collect()
     rss_before = proc_status_bytes("VmRSS")

@@ -15,6 +15,10 @@ from click.testing import Result
 from personify.clock import format_timestamp
 from personify.lake.schema import events_to_table
 from personify.lake.table import Lake
+from personify.profiles.events import view_event
+from personify.profiles.features import FeatureSet
+from personify.profiles.processor import ProfileProcessor
+from personify.store.database import Database
 from tests.cli.conftest import Invoke, ok
 from tests.conftest import make_settings
 from tests.lake.conftest import T0, normalized
@@ -23,10 +27,13 @@ FEATURES = ["--feature", "orders.all", "--feature", "revenue.all", "--feature", 
 
 
 class Shop:
-    """Events of three kinds of users written to the data folder's lake, batch by batch."""
+    """Events of three kinds of users written to the data folder's lake, batch by batch, and
+    applied to its state database's profiles (as the lake writer and the worker do)."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.lake = Lake(make_settings(data_dir).resolved_lake_url)
+        settings = make_settings(data_dir)
+        self.lake = Lake(settings.resolved_lake_url)
+        self.db_url = settings.resolved_state_url
         self.sent = 0
         self.offset = 0
         self.batch: list[dict[str, Any]] = []
@@ -77,6 +84,11 @@ class Shop:
             existing=self.lake.schema(),
         )
         self.lake.append(rows, group="lake", offsets={0: offsets[-1]})
+        db = Database(self.db_url)
+        try:
+            ProfileProcessor(db, FeatureSet()).apply([view_event(e) for e in self.batch])
+        finally:
+            db.dispose()
         self.offset += len(self.batch)
         self.batch = []
 

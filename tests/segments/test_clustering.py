@@ -169,7 +169,7 @@ def test_shards_give_the_run_one_matrix_gives() -> None:
     run = fit_shards(
         shards,
         ClusteringSpec(FEATURES, k=4, algorithm="kmeans"),
-        on_labels=lambda i, keys: parts[i].extend(keys),
+        on_labels=lambda i, clusters, keys: parts[i].extend(keys[c] for c in clusters.tolist()),
     )
     assert [len(p) for p in parts] == [len(s) for s in shards]
     assert [key for part in parts for key in part] == whole.labels

@@ -136,13 +136,14 @@ class World:
     def assignments(self, clustering: str, number: int) -> dict[str, str]:
         run = self.clusterings.run(clustering, number)
         a = clustering_assignments.c
+        keys = (run.model or {}).get("keys", [])
         with self.db.connect() as conn:
             return {
-                str(pid): f"{clustering}/{key}"
-                for pid, key in conn.execute(
-                    sa.select(a.profile_id, a.cluster_key).where(a.run_id == run.id)
+                str(pid): f"{clustering}/{keys[cluster]}"
+                for pid, cluster in conn.execute(
+                    sa.select(a.profile_id, a.cluster).where(a.run_id == run.id)
                 )
-                if key is not None
+                if cluster is not None
             }
 
     def outbox(self) -> list[dict[str, Any]]:
@@ -473,3 +474,30 @@ def test_only_the_newest_runs_keep_their_assignments_for_rollback(
     # the model and report of an old run stay
     assert world.clusterings.run("shoppers", 1).report is not None
     assert world.runner.run_now("shoppers", restore=2).run.status == "succeeded"
+
+
+def test_a_profile_that_withdrew_personalization_is_in_no_cluster(sqlite_world: World) -> None:
+    world = sqlite_world
+    kinds = world.populate(10, seed=15)
+    when = format_timestamp(world.clock.now())
+    world.processor.apply(
+        [
+            view_event(
+                {
+                    "type": "track",
+                    "messageId": "consent-1",
+                    "userId": "spender-000",
+                    "event": "Consent Changed",
+                    "context": {"consent": {"categoryPreferences": {"personalization": False}}},
+                    "timestamp": when,
+                    "receivedAt": when,
+                    "sourceId": "src",
+                }
+            )
+        ]
+    )
+    world.clusterings.create("shoppers", {"features": PATHS}, schedule="manual")
+    world.runner.run_now("shoppers")
+    members = world.members("shoppers")
+    assert "spender-000" not in members
+    assert set(members) == set(kinds) - {"spender-000"}

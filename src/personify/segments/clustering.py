@@ -586,7 +586,7 @@ def fit_shards(
     previous_labels: Callable[[int], Sequence[str | None]] | None = None,
     new_key: Callable[[int, ClusterDescription], str] | None = None,
     reserved: Collection[str] = (),
-    on_labels: Callable[[int, list[str | None]], None] | None = None,
+    on_labels: Callable[[int, Labels, Sequence[str]], None] | None = None,
 ) -> ClusterRun:
     """Fit a run on feature rows given in shards (module docstring).
 
@@ -595,8 +595,8 @@ def fit_shards(
     previous run's key of each row of shard ``i``, for the split and merge report;
     ``new_key(attempt, cluster)`` names a new cluster, called with attempt 1, 2, ... until
     the key is neither taken nor ``reserved`` (default ``c<n>``, numbered across the run);
-    ``on_labels(i, keys)`` receives the cluster key of each row of shard ``i``
-    (``None``: noise)."""
+    ``on_labels(i, clusters, keys)`` receives the cluster of each row of shard ``i``, as an
+    index into ``keys`` (the run's cluster keys; -1: noise)."""
     width = len(spec.features)
     algorithm: str = spec.algorithm
     rng = np.random.default_rng(spec.seed)
@@ -712,13 +712,13 @@ def fit_shards(
         for key, d in zip(run.keys, described, strict=True)
     ]
     for number, labels in labelled:
-        keys: list[str | None] = [run.keys[i] if i != NOISE else None for i in labels.tolist()]
         if previous_labels is not None:
+            keys = [run.keys[i] if i != NOISE else None for i in labels.tolist()]
             for old, new in zip(previous_labels(number), keys, strict=True):
                 if old is not None and new is not None:
                     pairs[(old, new)] = pairs.get((old, new), 0) + 1
         if on_labels is not None:
-            on_labels(number, keys)
+            on_labels(number, labels, run.keys)
     # quality, on the sample
     score_labels = run.assign_indices(score_points)
     if fitted_labels is not None:
@@ -766,7 +766,9 @@ def fit_clustering(
             else None
         ),
         new_key=new_key,
-        on_labels=lambda _, keys: labels.extend(keys),
+        on_labels=lambda _, clusters, keys: labels.extend(
+            keys[i] if i != NOISE else None for i in clusters.tolist()
+        ),
     )
     run.labels = labels
     return run

@@ -813,7 +813,7 @@ class ClusteringRunner:
             shards, lineage = self._source(spec.features, as_of)
             spilled = _Spilled(shards, folder, len(spec.features))
             say(f"fitting {spec.algorithm} on {spilled.rows} profiles")
-            before = self._previous_labels(current.id, spilled.ids) if current is not None else None
+            before = self._previous_labels(current, spilled.ids) if current is not None else None
 
             def new_key(attempt: int, cluster: ClusterDescription) -> str:
                 base = slug(cluster.name)
@@ -821,11 +821,16 @@ class ClusteringRunner:
                     base = f"{base}-cluster"
                 return base if attempt == 1 else f"{base}-{attempt}"
 
-            def store(number: int, keys: list[str | None]) -> None:
+            def store(number: int, clusters: Any, _keys: Sequence[str]) -> None:
                 rows = [
-                    {"run_id": run.id, "profile_id": pid, "cluster_key": key, "is_user": user}
-                    for pid, user, key in zip(
-                        spilled.ids[number], spilled.is_user[number], keys, strict=True
+                    {
+                        "run_id": run.id,
+                        "profile_id": pid,
+                        "cluster": cluster if cluster >= 0 else None,
+                        "is_user": user,
+                    }
+                    for pid, user, cluster in zip(
+                        spilled.ids[number], spilled.is_user[number], clusters.tolist(), strict=True
                     )
                 ]
                 with self._db.begin() as conn:
@@ -865,21 +870,23 @@ class ClusteringRunner:
             )
 
     def _previous_labels(
-        self, run_id: int, shards: Sequence[Sequence[str]]
+        self, current: RunRecord, shards: Sequence[Sequence[str]]
     ) -> list[list[str | None]]:
-        """The current run's cluster of each profile of each shard (``None``: not in it)."""
+        """The current run's cluster key of each profile of each shard (``None``: not in
+        it)."""
         a = clustering_assignments.c
+        keys = (current.model or {}).get("keys", [])
         found: dict[str, str | None] = {}
         with self._db.connect() as conn:
             for ids in shards:
                 for start in range(0, len(ids), 500):
                     chunk = list(ids[start : start + 500])
-                    for pid, key in conn.execute(
-                        sa.select(a.profile_id, a.cluster_key).where(
-                            a.run_id == run_id, a.profile_id.in_(chunk)
+                    for pid, cluster in conn.execute(
+                        sa.select(a.profile_id, a.cluster).where(
+                            a.run_id == current.id, a.profile_id.in_(chunk)
                         )
                     ):
-                        found[str(pid)] = key
+                        found[str(pid)] = keys[cluster] if cluster is not None else None
         return [[found.get(pid) for pid in ids] for ids in shards]
 
     def _restore(self, run: RunRecord, number: int) -> None:
@@ -889,9 +896,9 @@ class ClusteringRunner:
         with self._db.begin() as conn:
             conn.execute(
                 clustering_assignments.insert().from_select(
-                    ["run_id", "profile_id", "cluster_key", "is_user"],
+                    ["run_id", "profile_id", "cluster", "is_user"],
                     sa.select(
-                        sa.literal(run.id, sa.BigInteger), a.profile_id, a.cluster_key, a.is_user
+                        sa.literal(run.id, sa.BigInteger), a.profile_id, a.cluster, a.is_user
                     ).where(a.run_id == source.id),
                 )
             )
@@ -917,6 +924,7 @@ class ClusteringRunner:
                 conn, key, stored, lambda c: _cluster_text(definition, c)
             )
         segment_keys = self._segments.cluster_segment_keys(key)
+        cluster_keys = (stored.model or {}).get("keys", [])
         reason = "rollback" if run.restored_from is not None else "recluster"
         a = clustering_assignments.c
         m = segment_members.c
@@ -924,7 +932,7 @@ class ClusteringRunner:
         after: str | None = None
         while True:
             with self._db.begin() as conn:
-                query = sa.select(a.profile_id, a.cluster_key, a.is_user).where(a.run_id == run.id)
+                query = sa.select(a.profile_id, a.cluster, a.is_user).where(a.run_id == run.id)
                 if after is not None:
                     query = query.where(a.profile_id > after)
                 page = conn.execute(query.order_by(a.profile_id).limit(_CHUNK)).all()
@@ -933,9 +941,17 @@ class ClusteringRunner:
                 bounds = [profiles.c.profile_id > after] if after is not None else []
                 if last is not None:
                     bounds.append(profiles.c.profile_id <= last)
-                conn.execute(
-                    sa.select(profiles.c.profile_id).where(*bounds).with_for_update()
-                ).all()
+                # a profile no longer stored, or whose consent withdraws personalization, is in
+                # no cluster (as in no segment)
+                allowed = {
+                    str(pid)
+                    for pid, ok in conn.execute(
+                        sa.select(profiles.c.profile_id, profiles.c.personalization_allowed)
+                        .where(*bounds)
+                        .with_for_update()
+                    )
+                    if ok
+                }
                 stays_query = sa.select(m.id, m.profile_id, m.segment_key, m.segment_version).where(
                     m.segment_key.in_(segment_keys), m.exited_at.is_(None)
                 )
@@ -948,7 +964,9 @@ class ClusteringRunner:
                     held.setdefault(str(stay.profile_id), []).append(stay)
                 target = {
                     str(r.profile_id): (
-                        f"{key}/{r.cluster_key}" if r.cluster_key else None,
+                        f"{key}/{cluster_keys[r.cluster]}"
+                        if r.cluster is not None and str(r.profile_id) in allowed
+                        else None,
                         bool(r.is_user),
                     )
                     for r in page

@@ -146,12 +146,13 @@ clustering_runs = sa.Table(
     sa.Index("clustering_runs_status", "status", "id"),
 )
 
-# each profile's cluster in a run (null: noise), kept so that a rollback restores it exactly
+# each profile's cluster in a run, as its place in the run's model keys (null: noise), kept so
+# that a rollback restores it exactly
 clustering_assignments = sa.Table(
     "clustering_assignments",
     metadata,
     sa.Column("run_id", sa.BigInteger, primary_key=True),
     sa.Column("profile_id", sa.String(512), primary_key=True),
-    sa.Column("cluster_key", sa.String(100), nullable=True),
+    sa.Column("cluster", sa.SmallInteger, nullable=True),
     sa.Column("is_user", sa.Boolean, nullable=False),
 )

@@ -64,7 +64,7 @@ def upgrade() -> None:
         "clustering_assignments",
         sa.Column("run_id", sa.BigInteger, primary_key=True),
         sa.Column("profile_id", sa.String(512), primary_key=True),
-        sa.Column("cluster_key", sa.String(100), nullable=True),
+        sa.Column("cluster", sa.SmallInteger, nullable=True),
         sa.Column("is_user", sa.Boolean, nullable=False),
     )
 
