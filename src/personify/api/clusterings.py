@@ -45,7 +45,6 @@ from personify.segments.clusterings import (
 
 # the role a route needs (see ``personify.api.guards``)
 ADMIN = {"role": "admin"}
-# the job that carries out queued runs (``personify.jobs.segments.clustering_jobs``)
 # the repository's codes for a definition that breaks its rules: 422, as a segment's
 # condition is; a bad key, name or description stays a 400, as it is for segments
 _DEFINITION_CODES = frozenset(
@@ -83,13 +82,13 @@ Features = Annotated[
     list[str],
     msgspec.Meta(
         description="1-100 feature paths into a profile's features, each a number "
-        "(orders.all, revenue.all, event_counts.Product Viewed)"
+        "(orders.all, revenue.all, event_counts.Product Viewed.all)"
     ),
 ]
 Algorithm = Annotated[
     str, msgspec.Meta(description="auto, kmeans, minibatch-kmeans, gmm or hdbscan")
 ]
-K = Annotated[int | str, msgspec.Meta(description="the number of clusters (2 or more), or auto")]
+K = Annotated[int | str, msgspec.Meta(description="the number of clusters (2 to 50), or auto")]
 KRange = Annotated[
     list[int], msgspec.Meta(description="[low, high], 2 <= low <= high <= 50: the k auto tries")
 ]
