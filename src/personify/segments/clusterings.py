@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import msgspec
 import numpy as np
+import pyarrow as pa
 import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
@@ -655,29 +656,41 @@ class ClusteringRepository:
 
 
 class _Spilled:
-    """A source's shards written to a temporary folder once, then read (memory-mapped) as
-    often as a fit needs; the ids stay in memory."""
+    """A source's shards written to a temporary folder once (features as ``.npy``, ids and
+    whether a userId names each as Arrow IPC), then read as often as a fit needs: features
+    memory-mapped, ids a shard at a time, so memory holds one shard."""
 
     def __init__(self, shards: Iterable[FeatureShard], folder: Path, width: int) -> None:
-        self.ids: list[list[str]] = []
-        self.is_user: list[list[bool]] = []
-        self._files: list[Path] = []
-        for number, shard in enumerate(shards):
+        self._folder = folder
+        self._count = 0
+        self.rows = 0
+        for shard in shards:
             if not shard.ids:
                 continue
-            path = folder / f"shard-{number}.npy"
-            np.save(path, np.asarray(shard.matrix, dtype=np.float64).reshape(-1, width))
-            self._files.append(path)
-            self.ids.append(list(shard.ids))
-            self.is_user.append(list(shard.is_user))
+            number = self._count
+            matrix = np.asarray(shard.matrix, dtype=np.float64).reshape(-1, width)
+            np.save(folder / f"shard-{number}.npy", matrix)
+            table = pa.table(
+                {
+                    "id": pa.array(shard.ids, pa.string()),
+                    "is_user": pa.array(shard.is_user, pa.bool_()),
+                }
+            )
+            path = str(folder / f"shard-{number}.arrow")
+            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            self._count += 1
+            self.rows += len(shard.ids)
 
     def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
-        for path in self._files:
-            yield np.load(path, mmap_mode="r")
+        for number in range(self._count):
+            yield np.load(self._folder / f"shard-{number}.npy", mmap_mode="r")
 
-    @property
-    def rows(self) -> int:
-        return sum(len(ids) for ids in self.ids)
+    def ids(self, number: int) -> tuple[list[str], list[bool]]:
+        """Shard ``number``'s profile ids, and whether a userId names each."""
+        with pa.memory_map(str(self._folder / f"shard-{number}.arrow")) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return table.column("id").to_pylist(), table.column("is_user").to_pylist()
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,7 +826,6 @@ class ClusteringRunner:
             shards, lineage = self._source(spec.features, as_of)
             spilled = _Spilled(shards, folder, len(spec.features))
             say(f"fitting {spec.algorithm} on {spilled.rows} profiles")
-            before = self._previous_labels(current, spilled.ids) if current is not None else None
 
             def new_key(attempt: int, cluster: ClusterDescription) -> str:
                 base = slug(cluster.name)
@@ -830,7 +842,7 @@ class ClusteringRunner:
                         "is_user": user,
                     }
                     for pid, user, cluster in zip(
-                        spilled.ids[number], spilled.is_user[number], clusters.tolist(), strict=True
+                        *spilled.ids(number), clusters.tolist(), strict=True
                     )
                 ]
                 with self._db.begin() as conn:
@@ -841,7 +853,11 @@ class ClusteringRunner:
                 spilled,
                 spec,
                 previous=previous,
-                previous_labels=(lambda n: before[n]) if before is not None else None,
+                previous_labels=(
+                    (lambda n: self._previous_labels(current, spilled.ids(n)[0]))
+                    if current is not None
+                    else None
+                ),
                 new_key=new_key,
                 reserved=taken,
                 on_labels=store,
@@ -869,25 +885,21 @@ class ClusteringRunner:
                 )
             )
 
-    def _previous_labels(
-        self, current: RunRecord, shards: Sequence[Sequence[str]]
-    ) -> list[list[str | None]]:
-        """The current run's cluster key of each profile of each shard (``None``: not in
-        it)."""
+    def _previous_labels(self, current: RunRecord, ids: Sequence[str]) -> list[str | None]:
+        """The current run's cluster key of each of ``ids`` (``None``: not in it)."""
         a = clustering_assignments.c
         keys = (current.model or {}).get("keys", [])
         found: dict[str, str | None] = {}
         with self._db.connect() as conn:
-            for ids in shards:
-                for start in range(0, len(ids), 500):
-                    chunk = list(ids[start : start + 500])
-                    for pid, cluster in conn.execute(
-                        sa.select(a.profile_id, a.cluster).where(
-                            a.run_id == current.id, a.profile_id.in_(chunk)
-                        )
-                    ):
-                        found[str(pid)] = keys[cluster] if cluster is not None else None
-        return [[found.get(pid) for pid in ids] for ids in shards]
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                for pid, cluster in conn.execute(
+                    sa.select(a.profile_id, a.cluster).where(
+                        a.run_id == current.id, a.profile_id.in_(chunk)
+                    )
+                ):
+                    found[str(pid)] = keys[cluster] if cluster is not None else None
+        return [found.get(pid) for pid in ids]
 
     def _restore(self, run: RunRecord, number: int) -> None:
         """Copy an earlier run's model, report, lineage and assignments into ``run``."""
