@@ -60,6 +60,8 @@ def test_create_show_update_list_and_delete(run: Invoke, tmp_path: Path) -> None
     lines = ok(run("segments", "list")).strip().splitlines()
     assert [line.split()[0] for line in lines] == ["all-pro", "vip"]
     assert "v2" in lines[1] and "active" in lines[1] and "VIPs" in lines[1]
+    # the columns line up whatever the keys' lengths
+    assert lines[0].index("  v") == lines[1].index("  v") == len("all-pro")
 
     archived = json.loads(ok(run("segments", "delete", "vip")))
     assert (archived["status"], archived["version"]) == ("archived", 3)

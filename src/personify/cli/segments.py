@@ -95,8 +95,11 @@ def segments() -> None:
 @pass_ctx
 def segments_list(ctx: CliContext, archived: bool) -> None:
     """List segments: key, version, status, name."""
-    for d in _repository(ctx).definitions(include_archived=archived):
-        click.echo(f"{d.key:<24} v{d.version:<4} {d.status:<8} {d.name}")
+    found = _repository(ctx).definitions(include_archived=archived)
+    # as wide as the longest key (a cluster's segment key is its clustering's and its own)
+    width = max((len(d.key) for d in found), default=0)
+    for d in found:
+        click.echo(f"{d.key:<{width}}  v{d.version:<4} {d.status:<8} {d.name}")
 
 
 @segments.command("show")
