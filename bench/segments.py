@@ -561,7 +561,9 @@ def build_child(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         with services.db.begin() as conn:
             compiled = services.segments.compiled(conn)
-        if len(compiled.counters) != 20 or compiled.uses_features:
+        if len(compiled.counters) != 20 or any(
+            s.predicate.reads_features for s in compiled.segments
+        ):
             raise RuntimeError(f"{len(compiled.counters)} counters; the sweep needs 20")
         plan = CounterPlan(compiled.counters)
         windows = [(c.id, int(c.within_ms or 0)) for c in compiled.counters]

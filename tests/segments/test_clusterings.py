@@ -5,12 +5,11 @@ profiles between runs, schedules, and the lake-backed feature source."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import sqlalchemy as sa
 
@@ -30,12 +29,10 @@ from personify.segments.clusterings import (
 )
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage
-from personify.segments.tables import clustering_assignments, segment_members, segment_outbox
+from personify.segments.tables import clustering_assignments, segment_members
 from personify.store.database import Database
 from tests.lake.conftest import normalized, write_lake
-from tests.postgres import fresh_schema, postgres_database
-
-__all__ = ["postgres_database"]
+from tests.segments.conftest import outbox_events
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FEATURES = FeatureSet()
@@ -147,26 +144,17 @@ class World:
             }
 
     def outbox(self) -> list[dict[str, Any]]:
-        with self.db.connect() as conn:
-            rows = conn.execute(sa.select(segment_outbox.c.payload).order_by(segment_outbox.c.id))
-            return [msgspec.json.decode(p) for p in rows.scalars()]
+        return outbox_events(self.db)
 
 
 @pytest.fixture
-def sqlite_world(tmp_path: Path) -> Iterator[World]:
-    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
-    yield World(db)
-    db.dispose()
+def sqlite_world(sqlite_db: Database) -> World:
+    return World(sqlite_db)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        db = Database(fresh_schema(request.getfixturevalue("postgres_database")))
-    yield World(db)
-    db.dispose()
+@pytest.fixture
+def world(state_db: Database) -> World:
+    return World(state_db)
 
 
 def purity(kinds: dict[str, str], members: dict[str, str]) -> float:

@@ -3,7 +3,6 @@ real SQLite file and a real PostgreSQL, with a clock the tests move."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,9 @@ from personify.segments.relay import MembershipRelay
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage
 from personify.segments.sweep import SegmentSweep
-from personify.segments.tables import segment_due, segment_members, segment_outbox
+from personify.segments.tables import segment_due, segment_members
 from personify.store.database import Database
-from tests.postgres import fresh_schema, postgres_database
-
-__all__ = ["postgres_database"]
+from tests.segments.conftest import outbox_events
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FEATURES = FeatureSet()
@@ -90,26 +87,17 @@ class World:
             ]
 
     def outbox(self) -> list[dict[str, Any]]:
-        with self.db.connect() as conn:
-            rows = conn.execute(sa.select(segment_outbox.c.payload).order_by(segment_outbox.c.id))
-            return [msgspec.json.decode(payload) for payload in rows.scalars()]
+        return outbox_events(self.db)
 
 
 @pytest.fixture
-def sqlite_world(tmp_path: Path) -> Iterator[World]:
-    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
-    yield World(db)
-    db.dispose()
+def sqlite_world(sqlite_db: Database) -> World:
+    return World(sqlite_db)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        db = Database(fresh_schema(request.getfixturevalue("postgres_database")))
-    yield World(db)
-    db.dispose()
+@pytest.fixture
+def world(state_db: Database) -> World:
+    return World(state_db)
 
 
 def test_a_profile_enters_on_its_third_view_and_leaves_when_the_window_slides_past(

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock
 from personify.errors import Conflict, NotFound, ValidationError
 from personify.profiles.features import FeatureSet
-from personify.profiles.state import ProfileState, decode_state, evaluate_profile, state_text
+from personify.profiles.state import ProfileState, evaluate_profile
 from personify.profiles.tables import profiles
 from personify.segments.clustering import (
     ClusterDescription,
@@ -54,7 +54,13 @@ from personify.segments.clustering import (
 from personify.segments.conditions import parse_window_ms, resolve_path
 from personify.segments.membership import MembershipChanges
 from personify.segments.operators import MISSING
-from personify.segments.repository import ACTIVE, ARCHIVED, SegmentRepository, check_text
+from personify.segments.repository import (
+    ACTIVE,
+    ARCHIVED,
+    SegmentRepository,
+    check_text,
+    user_profiles,
+)
 from personify.segments.tables import (
     clustering_assignments,
     clustering_runs,
@@ -984,7 +990,7 @@ class ClusteringRunner:
                     for r in page
                 }
                 changes = MembershipChanges(now)
-                users = self._users(conn, [p for p in held if p not in target])
+                users = user_profiles(conn, [p for p in held if p not in target])
                 for pid in sorted(set(held) | set(target)):
                     wanted, is_user = target.get(pid, (None, pid in users))
                     stays = held.get(pid, [])
@@ -1030,21 +1036,6 @@ class ClusteringRunner:
                     )
                 )
         return entered, exited
-
-    @staticmethod
-    def _users(conn: sa.Connection, profile_ids: Sequence[str]) -> set[str]:
-        """Which of ``profile_ids`` a userId names (for the events of profiles a run lacks)."""
-        found: set[str] = set()
-        for start in range(0, len(profile_ids), 500):
-            chunk = list(profile_ids[start : start + 500])
-            for pid, blob in conn.execute(
-                sa.select(profiles.c.profile_id, profiles.c.state).where(
-                    profiles.c.profile_id.in_(chunk)
-                )
-            ):
-                if decode_state(state_text(blob)).user_ids:
-                    found.add(str(pid))
-        return found
 
 
 def _cluster_text(definition: ClusteringDefinition, cluster: Mapping[str, Any]) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "SegmentDefinition",
     "SegmentRepository",
     "check_text",
+    "user_profiles",
 ]
 
 ACTIVE = "active"
@@ -151,7 +152,6 @@ class CompiledSegments:
     segments: tuple[CompiledSegment, ...] = ()
     fingerprint: tuple[int, int, int] = (0, 0, 0)
     counters: tuple[EventCounter, ...] = field(default=())
-    uses_features: bool = False
     # the newest RFM run: its cells are segments too (``personify.segments.rfm``)
     rfm: RfmModel | None = None
     # the current run of every clustering: the worker places touched profiles with them
@@ -186,6 +186,22 @@ def check_text(name: str, value: Any, limit: int) -> str:
             details={"field": name},
         )
     return value
+
+
+def user_profiles(conn: sa.Connection, profile_ids: Sequence[str]) -> set[str]:
+    """Which of ``profile_ids`` a userId names (their membership events say ``userId``, the
+    others' ``anonymousId``), read from their stored states."""
+    found: set[str] = set()
+    for start in range(0, len(profile_ids), _PAGE):
+        chunk = list(profile_ids[start : start + _PAGE])
+        for profile_id, blob in conn.execute(
+            sa.select(profiles.c.profile_id, profiles.c.state).where(
+                profiles.c.profile_id.in_(chunk)
+            )
+        ):
+            if decode_state(state_text(blob)).user_ids:
+                found.add(str(profile_id))
+    return found
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -371,16 +387,7 @@ class SegmentRepository:
         changes = MembershipChanges(self._clock.now())
         for start in range(0, len(open_rows), _PAGE):
             page = open_rows[start : start + _PAGE]
-            # a profile named by a userId has one: its events say userId, others anonymousId
-            users = {
-                str(profile_id)
-                for profile_id, blob in conn.execute(
-                    sa.select(profiles.c.profile_id, profiles.c.state).where(
-                        profiles.c.profile_id.in_([pid for _, pid in page])
-                    )
-                )
-                if decode_state(state_text(blob)).user_ids
-            }
+            users = user_profiles(conn, [pid for _, pid in page])
             for row_id, profile_id in page:
                 changes.exit(row_id, profile_id, profile_id in users, key, version, "archived")
         changes.flush(conn)
@@ -460,7 +467,6 @@ class SegmentRepository:
             segments=segments,
             fingerprint=fingerprint,
             counters=tuple(counters.values()),
-            uses_features=any(s.predicate.reads_features for s in segments),
             rfm=rfm,
             clusterings=live,
             cluster_keys=frozenset(cluster_versions),
