@@ -323,7 +323,7 @@ def test_nothing_received_after_t_reaches_the_features(tmp_path: Path, settings:
     assert with_user_id and all(churn[pid] == 0 for pid in with_user_id)
 
 
-def test_ltv_labels_sum_revenue_in_the_horizon_by_event_time(
+def test_clv_labels_sum_revenue_in_the_horizon_by_event_time(
     tmp_path: Path, settings: Settings
 ) -> None:
     cut = datetime(2024, 3, 1, tzinfo=UTC)
@@ -351,10 +351,10 @@ def test_ltv_labels_sum_revenue_in_the_horizon_by_event_time(
     ]
     lake = write_lake(tmp_path / "lake", events)
     job = FeatureJob(lake, FEATURES, db=open_database(settings))
-    frame = job.training_frame(cut, label="ltv", output=tmp_path / "ltv.parquet")
-    rows = {r["user_id"]: r for r in pq.read_table(tmp_path / "ltv.parquet").to_pylist()}
+    frame = job.training_frame(cut, label="clv", output=tmp_path / "clv.parquet")
+    rows = {r["user_id"]: r for r in pq.read_table(tmp_path / "clv.parquet").to_pylist()}
     assert set(rows) == {"ada", "bob"}
-    assert rows["ada"]["label_ltv"] == 50.0 and rows["bob"]["label_ltv"] == 0.0
+    assert rows["ada"]["label_clv"] == 50.0 and rows["bob"]["label_clv"] == 0.0
     assert rows["ada"]["revenue__all"] == 10.0
     churn = job.training_frame(cut, label="churn", horizon_days=30)
     assert dict(
@@ -367,10 +367,10 @@ def test_ltv_labels_sum_revenue_in_the_horizon_by_event_time(
 
     record = LineageRepository(open_database(settings)).get(frame.lineage_id or "")
     assert record.kind == "training_frame"
-    assert record.parameters["label"] == "ltv" and record.parameters["horizon_days"] == 90.0
+    assert record.parameters["label"] == "clv" and record.parameters["horizon_days"] == 90.0
     assert record.lake_versions == {"events": lake.version()}
     assert record.time_end == cut + timedelta(days=90)
-    assert record.output == str(tmp_path / "ltv.parquet") and record.row_count == 2
+    assert record.output == str(tmp_path / "clv.parquet") and record.row_count == 2
 
 
 def test_a_label_window_not_yet_observed_is_refused(tmp_path: Path, settings: Settings) -> None:

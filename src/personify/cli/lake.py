@@ -126,15 +126,22 @@ def lake_features(as_of: str, output: Path) -> None:
 
 @lake.command("training-frame")
 @click.option("--as-of", "as_of", required=True, help="the cut-off time T (ISO-8601)")
-@click.option("--label", type=click.Choice(["churn", "ltv"]), required=True)
-@click.option("--horizon-days", type=float, default=None, help="30 for churn, 90 for ltv")
+@click.option("--label", type=click.Choice(["churn", "clv"]), required=True)
+@click.option("--horizon-days", type=float, default=None, help="30 for churn, 90 for clv")
+@click.option(
+    "--event",
+    default=None,
+    help="churn: the qualifying event (default any); clv: the order event (Order Completed)",
+)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def lake_training_frame(as_of: str, label: str, horizon_days: float | None, output: Path) -> None:
+def lake_training_frame(
+    as_of: str, label: str, horizon_days: float | None, event: str | None, output: Path
+) -> None:
     """Write features as of T plus a label from (T, T + horizon] to a Parquet file."""
     from personify.predict.training import FeatureJob
 
     job = FeatureJob.from_settings(CliContext.current().settings)
     result = job.training_frame(
-        parse_moment(as_of), label=label, horizon_days=horizon_days, output=output
+        parse_moment(as_of), label=label, horizon_days=horizon_days, event=event, output=output
     )
     click.echo(f"{result.row_count} rows -> {output} (lineage {result.lineage_id})")

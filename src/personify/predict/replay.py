@@ -13,8 +13,8 @@ Entered``/``Exited``), which the worker does not apply either. An event that arr
 T, so a training row holds only what a real-time system could have known at T.
 
 Labels come from the window (T, T + horizon] by event time, matched to the profile through
-the ids it had at T: ``churn`` is 1 when no event falls in the window, ``ltv`` is the revenue
-in it (the same ``revenue``/``total`` reading as the ``revenue`` feature).
+the ids it had at T: ``churn`` is 1 when no qualifying event falls in the window, ``clv`` is
+the revenue in it (the same ``revenue``/``total`` reading as the ``revenue`` feature).
 
 Memory: a profile state takes tens of KB as Python objects, so profiles are replayed in
 shards of whole identity components (``max_ids_per_shard`` ids, about), one shard at a time.

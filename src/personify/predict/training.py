@@ -4,7 +4,6 @@ and the job that writes them (and feature tables) with their quality checks and 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,39 +47,58 @@ from personify.predict.replay import (
     read_events,
     replay_shards,
 )
+from personify.predict.targets import Target, target
 
-DEFAULT_HORIZON_DAYS: dict[str, float] = {"churn": 30.0, "ltv": 90.0}
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a profile did in a label window: qualifying events, orders, order revenue."""
+
+    events: int
+    orders: int
+    revenue: float
 
 
-_LABEL_FEATURES = FeatureSet(
-    ProfileConfig(
-        include_default_features=False,
-        features=[
-            FeatureDefinition(name="label_events", event="*", aggregation="count"),
-            FeatureDefinition(
-                name="label_revenue",
-                event="Order Completed",
-                aggregation="sum",
-                property=["properties.revenue", "properties.total"],
-            ),
-        ],
-        affinity_rules=[],
+NO_OUTCOME = Outcome(0, 0, 0.0)
+
+
+def _label_features(target: Target) -> FeatureSet:
+    order_event = target.order_event
+    return FeatureSet(
+        ProfileConfig(
+            include_default_features=False,
+            features=[
+                FeatureDefinition(
+                    name="label_events", event=target.qualifying_event or "*", aggregation="count"
+                ),
+                FeatureDefinition(name="label_orders", event=order_event, aggregation="count"),
+                FeatureDefinition(
+                    name="label_revenue",
+                    event=order_event,
+                    aggregation="sum",
+                    property=["properties.revenue", "properties.total"],
+                ),
+            ],
+            affinity_rules=[],
+        )
     )
-)
 
 
-def _labels(
+def outcomes(
     lake: Lake,
     owner: Mapping[str, str],
+    target: Target,
     *,
     as_of: datetime,
     version: int | None,
-    horizon: timedelta,
-    batch_rows: int,
-) -> dict[str, dict[str, Any]]:
-    """Label values per profile from the events of (as_of, as_of + horizon] by event time."""
+    batch_rows: int = BATCH_ROWS,
+) -> dict[str, Outcome]:
+    """What each profile did in (as_of, as_of + horizon] by event time (profiles with
+    nothing in it are left out: ``NO_OUTCOME``)."""
+    horizon = timedelta(days=target.horizon_days)
     start_ms = datetime_ms(as_of)
     end_ms = datetime_ms(as_of + horizon)
+    features = _label_features(target)
     state: dict[str, dict[str, Any]] = {}
     # view_event places a future-dated event at its arrival: read by either time
     window = (
@@ -95,15 +113,29 @@ def _labels(
             pid = next((owner[i] for i in event.ids if i in owner), None)
             if pid is not None:
                 accumulators = state.setdefault(pid, {})
-                update_features(accumulators, _LABEL_FEATURES, event, keep_from_ms=event.ts)
-    labels: dict[str, dict[str, Any]] = {}
+                update_features(accumulators, features, event, keep_from_ms=event.ts)
+    result: dict[str, Outcome] = {}
     for pid, accumulators in state.items():
-        values = evaluate_features(accumulators, _LABEL_FEATURES, end_ms)
-        labels[pid] = {
-            "events": values["label_events"]["all"],
-            "revenue": values["label_revenue"]["all"],
-        }
-    return labels
+        values = evaluate_features(accumulators, features, end_ms)
+        result[pid] = Outcome(
+            int(values["label_events"]["all"] or 0),
+            int(values["label_orders"]["all"] or 0),
+            float(values["label_revenue"]["all"] or 0.0),
+        )
+    return result
+
+
+def append_labels(table: pa.Table, goal: Target, done: Mapping[str, Outcome]) -> pa.Table:
+    """``table`` with its target's label columns: ``label_churn`` (int8), or ``label_clv``
+    (revenue) and ``label_orders``."""
+    ids = table.column("user_id").to_pylist()
+    rows = [done.get(i, NO_OUTCOME) for i in ids]
+    if goal.name == "churn":
+        return table.append_column(
+            "label_churn", pa.array([int(o.events == 0) for o in rows], pa.int8())
+        )
+    table = table.append_column("label_clv", pa.array([o.revenue for o in rows], pa.float64()))
+    return table.append_column("label_orders", pa.array([o.orders for o in rows], pa.int64()))
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -231,10 +263,11 @@ class FeatureJob:
             record(run)
         return FeatureResult(table, version, lineage_id, run)
 
-    def _build(
+    def build(
         self, as_of: datetime, version: int | None = None
     ) -> tuple[pa.Table, dict[str, str], int | None]:
-        """The feature table at ``as_of``, each id's profile, and the lake version read."""
+        """The feature table at ``as_of``, each id's profile at ``as_of`` (the owner map), and
+        the lake version read."""
         tables: list[pa.Table] = []
         owner: dict[str, str] = {}
         for shard in replay_shards(
@@ -256,7 +289,7 @@ class FeatureJob:
 
         Raises ``QualityCheckFailed`` (nothing written) when a critical check fails.
         """
-        table, _, version = self._build(as_of)
+        table, _, version = self.build(as_of)
         return self.publish(
             "feature_table",
             table,
@@ -273,48 +306,37 @@ class FeatureJob:
         *,
         label: str,
         horizon_days: float | None = None,
+        event: str | None = None,
         output: Path | None = None,
     ) -> FeatureResult:
-        """Features at ``as_of`` plus the label from (as_of, as_of + horizon].
+        """Features at ``as_of`` plus the label from (as_of, as_of + horizon]: ``label_churn``
+        (1: no qualifying event) or ``label_clv`` (revenue), beside ``label_orders`` for clv.
 
         Raises ``ValidationError`` when the lake has not yet received events up to the end of
         the horizon (the label would be wrong, not just late).
         """
-        if label not in DEFAULT_HORIZON_DAYS:
-            raise ValidationError(
-                f"label must be one of {sorted(DEFAULT_HORIZON_DAYS)}", code="invalid_label"
-            )
-        days = DEFAULT_HORIZON_DAYS[label] if horizon_days is None else horizon_days
-        if not math.isfinite(days) or days <= 0:
-            raise ValidationError("the horizon must be a positive number of days")
-        horizon = timedelta(days=days)
+        goal = target(label, horizon_days, event)
         version = self.lake.version()
-        self._require_observed(as_of + horizon, version)
-        table, owner, version = self._build(as_of, version)
-        labels = _labels(
-            self.lake,
-            owner,
-            as_of=as_of,
-            version=version,
-            horizon=horizon,
-            batch_rows=self._batch_rows,
+        self.require_observed(as_of + timedelta(days=goal.horizon_days), version)
+        table, owner, version = self.build(as_of, version)
+        done = outcomes(
+            self.lake, owner, goal, as_of=as_of, version=version, batch_rows=self._batch_rows
         )
-        none: dict[str, Any] = {"events": 0, "revenue": 0.0}
-        ids = table.column("user_id").to_pylist()
-        if label == "churn":
-            values = pa.array([int(labels.get(i, none)["events"] == 0) for i in ids], pa.int8())
-        else:
-            values = pa.array([float(labels.get(i, none)["revenue"]) for i in ids], pa.float64())
-        table = table.append_column(f"label_{label}", values)
+        table = append_labels(table, goal, done)
         return self.publish(
             "training_frame",
             table,
             version=version,
             as_of=as_of,
-            time_end=as_of + horizon,
-            parameters={"label": label, "horizon_days": days},
+            time_end=as_of + timedelta(days=goal.horizon_days),
+            parameters={"label": label, "horizon_days": goal.horizon_days, "event": goal.event},
             output=output,
         )
+
+    def require_observed(self, until: datetime, version: int | None) -> None:
+        """Raise ``ValidationError`` (``label_window_not_observed``) unless the lake holds
+        events received up to ``until``."""
+        self._require_observed(until, version)
 
     def _require_observed(self, until: datetime, version: int | None) -> None:
         if version is None:

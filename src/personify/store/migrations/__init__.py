@@ -38,6 +38,7 @@ TABLE_MODULES = (
     "personify.profiles.tables",
     "personify.worker.tables",
     "personify.segments.tables",
+    "personify.predict.tables",
 )
 
 # the first revision: the schema as the pre-Alembic migrations left it

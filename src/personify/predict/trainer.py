@@ -1,0 +1,564 @@
+"""Training, backtests and batch scoring of churn and lifetime-value models, always beside the
+BG/NBD (+ Gamma-Gamma) baseline on the same users and cut-off.
+
+**Train at T** (``ModelTrainer.train``) uses only what was known at T. The served model is fit
+on the features as of T - H with the labels of (T - H, T]; it then scores as of T, predicting
+(T, T + H]. Validation is temporal: a model fit on the features as of T - 2H with the labels
+of (T - 2H, T - H] predicts the users as of T - H, and is compared with what they did in
+(T - H, T]; that validation chooses the number of boosting rounds, calibrates churn, and
+picks the CLV model. When the lake's history does not reach back to T - 2H, validation is a
+held-out fifth of the users at T - H (by a hash of their id), and the report says so.
+
+**The gate.** A version is promoted only when its validation metric (ROC-AUC for churn,
+revenue MAE for CLV) beats both the baseline's and the served version's on the same
+validation users. Otherwise it is kept and reported, not served.
+
+**Backtest at T** (``evaluate``) trains exactly as ``train`` at T would, scores the users as
+of T, and compares with what happened in (T, T + H], for the model and the baseline alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from personify.clock import Clock, SystemClock, format_timestamp
+from personify.errors import ValidationError
+from personify.lake.warehouse import Warehouse
+from personify.predict.baseline import (
+    BgNbd,
+    GammaGamma,
+    fit_bg_nbd,
+    fit_gamma_gamma,
+)
+from personify.predict.features import definitions_digest
+from personify.predict.learning import (
+    FeatureSpec,
+    Matrix,
+    Model,
+    Scores,
+    choose_features,
+    fit_model,
+    labels_of,
+    take,
+)
+from personify.predict.metrics import churn_metrics, clv_metrics, cumulative_gains
+from personify.predict.registry import ModelRegistry, ModelVersion
+from personify.predict.targets import Target
+from personify.predict.training import FeatureJob, append_labels, outcomes
+from personify.predict.transactions import order_summaries
+
+__all__ = ["Evaluation", "ModelTrainer", "TrainingRun", "serve_scores"]
+
+# the share of users held out when the history is too short for a second window
+HELD_OUT_SHARE = 0.2
+# fewer users than this at T - 2H and validation holds users out instead
+MIN_WINDOW_USERS = 50
+# cut-offs pooled for training, a horizon apart divided by this many
+WINDOWS = 3
+# the baseline needs this many customers to fit
+MIN_BASELINE_CUSTOMERS = 20
+
+
+@dataclass(slots=True)
+class TrainingRun:
+    """A trained model, its report (validation beside the baseline and the served version,
+    the gate's decision) and, when it was registered, its version."""
+
+    model: Model
+    report: dict[str, Any]
+    version: ModelVersion | None = None
+    promoted: bool = False
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """A backtest: the JSON it prints and the curves its HTML report plots."""
+
+    result: dict[str, Any]
+    curves: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A feature table at a cut-off with its labels, and the owner map of ids at the cut-off."""
+
+    as_of: datetime
+    table: pa.Table
+    owner: dict[str, str]
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(v) for v in self.table.column("user_id").to_pylist()]
+
+
+def serve_scores(model: Model, table: pa.Table, x: Matrix | None = None) -> tuple[Scores, Matrix]:
+    """The model's scores for a feature table as served: a profile with too little history
+    (``Model.is_cold``) gets the population's prior. Returns the scores and the cold mask."""
+    x = model.spec.matrix(table) if x is None else x
+    scores = model.predict(x)
+    events = (
+        table.column("events_total").cast(pa.float64()).to_numpy(zero_copy_only=False)
+        if "events_total" in table.column_names
+        else np.zeros(table.num_rows)
+    )
+    cold = np.asarray([model.is_cold(float(e)) for e in np.nan_to_num(events)], dtype=bool)
+    for name, value in model.prior.items():
+        column = getattr(scores, name)
+        if column is not None:
+            column[cold] = value
+    return scores, cold
+
+
+class ModelTrainer:
+    """Trains, backtests and scores models from the lake (module docstring)."""
+
+    def __init__(
+        self,
+        job: FeatureJob,
+        registry: ModelRegistry | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.job = job
+        self.registry = registry
+        self._clock = clock or SystemClock()
+
+    # -- the cut-off ---------------------------------------------------------------------------
+
+    def default_as_of(self) -> datetime:
+        """Now, as far as the lake has received events (the newest ``received_at``)."""
+        with Warehouse(self.job.lake, version=self.job.lake.version()) as warehouse:
+            newest = warehouse.query("SELECT max(received_at) AS t FROM events_raw")
+        moment = newest.column("t")[0].as_py()
+        if moment is None:
+            raise ValidationError(
+                f"the lake at {self.job.lake.uri} has no events yet",
+                code="label_window_not_observed",
+            )
+        if not isinstance(moment, datetime):
+            raise ValidationError("the lake's arrival times cannot be read", code="invalid_lake")
+        return min(moment, self._clock.now())
+
+    def _oldest(self, version: int | None) -> datetime | None:
+        with Warehouse(self.job.lake, version=version) as warehouse:
+            oldest = warehouse.query("SELECT min(received_at) AS t FROM events_raw")
+        value = oldest.column("t")[0].as_py()
+        return value if isinstance(value, datetime) else None
+
+    def _frame(self, target: Target, as_of: datetime, version: int | None) -> _Frame:
+        table, owner, _ = self.job.build(as_of, version)
+        done = outcomes(self.job.lake, owner, target, as_of=as_of, version=version)
+        return _Frame(as_of, append_labels(table, target, done), owner)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train(
+        self, target: Target, *, as_of: datetime | None = None, register: bool = True
+    ) -> TrainingRun:
+        """Train a version from what was known at ``as_of`` (module docstring); with
+        ``register``, record it, run the gate and promote it when it passes."""
+        as_of = as_of or self.default_as_of()
+        horizon = timedelta(days=target.horizon_days)
+        version = self.job.lake.version()
+        self.job.require_observed(as_of, version)
+        served_from = as_of - horizon
+        step = timedelta(days=max(1.0, round(target.horizon_days / WINDOWS)))
+        latest = self._frame(target, served_from, version)
+        if latest.table.num_rows == 0:
+            raise ValidationError(
+                f"no profile existed by {format_timestamp(served_from)}: train with a later "
+                "--as-of or a shorter horizon",
+                code="no_training_users",
+            )
+        spec = choose_features(latest.table)
+        oldest = self._oldest(version)
+        # the served model learns from a chain of cut-offs, so that one unusual window (a
+        # sale) weighs less; each frame is as of its own cut-off, labels from its own window
+        served_frames = [latest, *self._chain(target, served_from, step, oldest, version)]
+        fit_frames = self._chain(target, served_from, step, oldest, version, shift=horizon)
+        latest_pair = (spec.matrix(latest.table), labels_of(latest.table, target))
+        refit_pair = _pool(spec, target, served_frames)
+        if fit_frames:
+            method = {
+                "method": "next_window",
+                "fitAsOf": [format_timestamp(f.as_of) for f in fit_frames],
+                "validateAsOf": format_timestamp(served_from),
+                "fitRows": sum(f.table.num_rows for f in fit_frames),
+                "validationUsers": latest.table.num_rows,
+            }
+            valid_rows = np.arange(latest.table.num_rows)
+            fitted = fit_model(
+                target, spec, _pool(spec, target, fit_frames), latest_pair, refit=refit_pair
+            )
+        else:
+            held = _held_out(latest.ids)
+            valid_rows = np.flatnonzero(held)
+            fit_ids = {latest.ids[i] for i in np.flatnonzero(~held)}
+            if len(valid_rows) == 0 or not fit_ids:
+                raise ValidationError(
+                    "too few users to hold some out for validation at "
+                    f"{format_timestamp(served_from)}",
+                    code="no_training_users",
+                )
+            pooled_ids = [i for f in served_frames for i in f.ids]
+            fit_rows = np.array([n for n, i in enumerate(pooled_ids) if i in fit_ids])
+            method = {
+                "method": "held_out_users",
+                "note": (
+                    "the lake's history does not reach back two horizons before the cut-off, "
+                    f"so validation holds out {HELD_OUT_SHARE:.0%} of the users at the same "
+                    "cut-off instead of a later window"
+                ),
+                "fitAsOf": [format_timestamp(f.as_of) for f in served_frames],
+                "validateAsOf": format_timestamp(served_from),
+                "fitRows": len(fit_rows),
+                "validationUsers": len(valid_rows),
+            }
+            fitted = fit_model(
+                target,
+                spec,
+                take(refit_pair, fit_rows),
+                take(latest_pair, valid_rows),
+                refit=refit_pair,
+            )
+        model = fitted.model
+        valid_table = latest.table.take(pa.array(valid_rows))
+        validation_scores, _ = serve_scores(model, valid_table, latest_pair[0][valid_rows])
+        # validation scores are those of the model fit before the refit: what was validated
+        validation_scores = _with_prior(fitted.validation, model, valid_table)
+        baseline = self._baseline(target, latest, version, [latest.ids[i] for i in valid_rows])
+        truth = {name: values[valid_rows] for name, values in latest_pair[1].items()}
+        report: dict[str, Any] = {
+            "target": target.key,
+            "describe": target.describe(),
+            "asOf": format_timestamp(as_of),
+            "kind": model.kind,
+            "rounds": fitted.rounds,
+            "features": len(spec.names),
+            "validation": method,
+            "model": _metrics(target, truth, validation_scores),
+            "baseline": (_metrics(target, truth, baseline[0]) if baseline[0] is not None else None),
+            "baselineParameters": baseline[1],
+        }
+        if model.details:
+            report["details"] = model.details
+        current = self.registry.served_for(target) if self.registry is not None else None
+        if current is not None:
+            current_scores, _ = serve_scores(
+                self.registry.load(current) if self.registry else model, valid_table
+            )
+            report["current"] = {
+                "version": current.number,
+                "id": current.id,
+                "metrics": _metrics(target, truth, current_scores),
+            }
+        report["gate"] = _gate(target, report)
+        run = TrainingRun(model, report)
+        if register and self.registry is not None:
+            lineage = self.job.publish(
+                "training_frame",
+                latest.table,
+                version=version,
+                as_of=served_from,
+                time_end=as_of,
+                parameters={
+                    "label": target.name,
+                    "horizon_days": target.horizon_days,
+                    "event": target.event,
+                    "purpose": "model",
+                },
+                output=None,
+            )
+            passed = report["gate"]["decision"] == "promoted"
+            run.version = self.registry.register(
+                model,
+                as_of=as_of,
+                definitions=definitions_digest(self.job.features),
+                lineage_id=lineage.lineage_id,
+                report=report,
+                status="promoted" if passed else "kept",
+            )
+            if passed:
+                run.version = self.registry.promote(run.version.id, reason="gate")
+                run.promoted = True
+        return run
+
+    def _chain(
+        self,
+        target: Target,
+        first: datetime,
+        step: timedelta,
+        oldest: datetime | None,
+        version: int | None,
+        *,
+        shift: timedelta = timedelta(0),
+    ) -> list[_Frame]:
+        """Frames as of ``first - shift - k * step`` for k = 1 .. WINDOWS - 1 (and k = 0 when
+        shifted), each with at least ``MIN_WINDOW_USERS`` users and after the lake's start."""
+        frames = []
+        start = 0 if shift else 1
+        for k in range(start, WINDOWS):
+            cut = first - shift - k * step
+            if oldest is None or cut <= oldest:
+                break
+            frame = self._frame(target, cut, version)
+            if frame.table.num_rows < MIN_WINDOW_USERS:
+                break
+            frames.append(frame)
+        return frames
+
+    def _baseline(
+        self, target: Target, frame: _Frame, version: int | None, ids: Sequence[str]
+    ) -> tuple[Scores | None, dict[str, Any]]:
+        """The BG/NBD (+ Gamma-Gamma) predictions for ``ids`` from the transactions known at
+        the frame's cut-off, fitted on every customer then."""
+        return baseline_scores(self.job, target, frame.as_of, frame.owner, version, ids)
+
+    # -- backtest ------------------------------------------------------------------------------
+
+    def evaluate(self, target: Target, *, as_of: datetime) -> Evaluation:
+        """Train as ``train`` at ``as_of`` would, score the users as of ``as_of``, and compare
+        with what they did in (as_of, as_of + H], beside the baseline."""
+        version = self.job.lake.version()
+        self.job.require_observed(as_of + timedelta(days=target.horizon_days), version)
+        run = self.train(target, as_of=as_of, register=False)
+        model = run.model
+        frame = self._frame(target, as_of, version)
+        if frame.table.num_rows == 0:
+            raise ValidationError("no profile existed at the cut-off", code="no_training_users")
+        scores, cold = serve_scores(model, frame.table)
+        truth = labels_of(frame.table, target)
+        baseline, parameters = self._baseline(target, frame, version, frame.ids)
+        customers = _customers(self.job, target, frame, version)
+        result: dict[str, Any] = {
+            "target": target.name,
+            "targetKey": target.key,
+            "describe": target.describe(),
+            "asOf": format_timestamp(as_of),
+            "horizonDays": target.horizon_days,
+            "event": target.event,
+            "users": frame.table.num_rows,
+            "coldStartUsers": int(cold.sum()),
+            "kind": model.kind,
+            "validation": run.report["validation"],
+            "model": _metrics(target, truth, scores),
+            "baseline": _metrics(target, truth, baseline) if baseline is not None else None,
+            "baselineParameters": parameters,
+        }
+        if customers.any():
+            subset = {name: values[customers] for name, values in truth.items()}
+            result["customers"] = {
+                "users": int(customers.sum()),
+                "model": _metrics(target, subset, _subset(scores, customers)),
+                "baseline": (
+                    _metrics(target, subset, _subset(baseline, customers))
+                    if baseline is not None
+                    else None
+                ),
+            }
+        actual = truth["churn"] if target.name == "churn" else truth["revenue"]
+        curves: dict[str, Any] = {"model": {"gains": cumulative_gains(actual, _score(scores))}}
+        if baseline is not None:
+            curves["baseline"] = {"gains": cumulative_gains(actual, _score(baseline))}
+        return Evaluation(result, curves)
+
+
+def baseline_scores(
+    job: FeatureJob,
+    target: Target,
+    as_of: datetime,
+    owner: Mapping[str, str],
+    version: int | None,
+    ids: Sequence[str],
+) -> tuple[Scores | None, dict[str, Any]]:
+    """The baseline's predictions for ``ids`` at ``as_of`` and its fitted parameters (or the
+    reason it has none). Churn reads the qualifying events, at most one a day, as BG/NBD's
+    transactions; CLV reads the orders and their values (Gamma-Gamma)."""
+    churn = target.name == "churn"
+    customers, summary = order_summaries(
+        job.lake,
+        owner,
+        as_of=as_of,
+        version=version,
+        order_event=target.qualifying_event if churn else target.order_event,
+        per_day=churn,
+    )
+    if len(customers) < MIN_BASELINE_CUSTOMERS:
+        return None, {"error": "TOO_FEW_CUSTOMERS", "customers": len(customers)}
+    try:
+        bg = fit_bg_nbd(summary)
+    except ValidationError as exc:
+        return None, {"error": exc.code, "message": str(exc)}
+    parameters: dict[str, Any] = {"customers": len(customers), "bgNbd": bg.to_dict()}
+    where = {pid: i for i, pid in enumerate(customers)}
+    rows = np.array([where.get(pid, -1) for pid in ids], dtype=np.int64)
+    known = rows >= 0
+    x, t_x, age, monetary = (
+        _pick(summary.frequency, rows),
+        _pick(summary.recency, rows),
+        _pick(summary.age, rows),
+        _pick(summary.monetary, rows),
+    )
+    days = target.horizon_days
+    if churn:
+        return Scores(churn_probability=_churn(bg, days, x, t_x, age)), parameters
+    gamma: GammaGamma | None = None
+    if (summary.frequency > 0).sum() >= MIN_BASELINE_CUSTOMERS:
+        try:
+            gamma = fit_gamma_gamma(summary)
+            parameters["gammaGamma"] = gamma.to_dict()
+        except ValidationError as exc:
+            parameters["gammaGamma"] = {"error": exc.code}
+    orders = np.where(known, bg.conditional_expected_purchases(days, x, t_x, age), 0.0)
+    if gamma is not None:
+        value = gamma.expected_order_value(x, monetary)
+    else:
+        value = np.full(len(ids), float(np.mean(summary.monetary[summary.frequency > 0] or [0])))
+    revenue = np.where(known, orders * np.nan_to_num(value), 0.0)
+    return Scores(expected_revenue=revenue, expected_orders=orders), parameters
+
+
+def _churn(bg: BgNbd, days: float, x: Matrix, t_x: Matrix, age: Matrix) -> Matrix:
+    return np.clip(np.asarray(bg.churn_probability(days, x, t_x, age), dtype=np.float64), 0, 1)
+
+
+def _pick(values: Matrix, rows: np.ndarray[Any, Any]) -> Matrix:
+    """``values[rows]``, with 0 where ``rows`` is -1 (a user with no transaction: age 0)."""
+    out = np.zeros(len(rows))
+    known = rows >= 0
+    out[known] = values[rows[known]]
+    return out
+
+
+def _customers(
+    job: FeatureJob, target: Target, frame: _Frame, version: int | None
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which of the frame's users had a transaction by its cut-off (the baseline's own
+    population)."""
+    churn = target.name == "churn"
+    customers, _ = order_summaries(
+        job.lake,
+        frame.owner,
+        as_of=frame.as_of,
+        version=version,
+        order_event=target.qualifying_event if churn else target.order_event,
+        per_day=churn,
+    )
+    known = set(customers)
+    return np.array([pid in known for pid in frame.ids], dtype=bool)
+
+
+def _pool(
+    spec: FeatureSpec, target: Target, frames: Sequence[_Frame]
+) -> tuple[Matrix, dict[str, Matrix]]:
+    """The frames' features and labels, one after another."""
+    x = np.vstack([spec.matrix(f.table) for f in frames])
+    labels = [labels_of(f.table, target) for f in frames]
+    return x, {name: np.concatenate([part[name] for part in labels]) for name in labels[0]}
+
+
+def _held_out(ids: Sequence[str]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """A stable fifth of the users (by a hash of their id), the same on every run."""
+    cut = int(HELD_OUT_SHARE * 2**32)
+    return np.array(
+        [int.from_bytes(hashlib.sha256(i.encode()).digest()[:4], "big") < cut for i in ids],
+        dtype=bool,
+    )
+
+
+def _with_prior(scores: Scores, model: Model, table: pa.Table) -> Scores:
+    events = (
+        table.column("events_total").cast(pa.float64()).to_numpy(zero_copy_only=False)
+        if "events_total" in table.column_names
+        else np.zeros(table.num_rows)
+    )
+    cold = np.asarray([model.is_cold(float(e)) for e in np.nan_to_num(events)], dtype=bool)
+    out = Scores(
+        churn_probability=None
+        if scores.churn_probability is None
+        else scores.churn_probability.copy(),
+        expected_revenue=None
+        if scores.expected_revenue is None
+        else scores.expected_revenue.copy(),
+        expected_orders=None if scores.expected_orders is None else scores.expected_orders.copy(),
+    )
+    for name, value in model.prior.items():
+        column = getattr(out, name)
+        if column is not None:
+            column[cold] = value
+    return out
+
+
+def _subset(scores: Scores, mask: np.ndarray[Any, Any]) -> Scores:
+    return Scores(
+        *(
+            None if c is None else c[mask]
+            for c in (scores.churn_probability, scores.expected_revenue, scores.expected_orders)
+        )
+    )
+
+
+def _score(scores: Scores) -> Matrix:
+    value = scores.churn_probability
+    if value is None:
+        value = scores.expected_revenue
+    return np.asarray(value, dtype=np.float64)
+
+
+def _metrics(target: Target, truth: Mapping[str, Matrix], scores: Scores) -> dict[str, Any]:
+    if target.name == "churn":
+        return churn_metrics(truth["churn"], np.asarray(scores.churn_probability))
+    return clv_metrics(
+        truth["revenue"],
+        np.asarray(scores.expected_revenue),
+        truth["orders"],
+        np.asarray(scores.expected_orders),
+    )
+
+
+def _gate(target: Target, report: Mapping[str, Any]) -> dict[str, Any]:
+    """Promote only a version that beats the baseline and the served version on the
+    validation metric: ROC-AUC (higher is better) for churn, revenue MAE (lower) for CLV."""
+    metric, higher = ("roc_auc", True) if target.name == "churn" else ("revenue_mae", False)
+
+    def value(metrics: Mapping[str, Any] | None) -> float | None:
+        if not metrics:
+            return None
+        number = metrics.get(metric)
+        return float(number) if isinstance(number, int | float) and math.isfinite(number) else None
+
+    candidate = value(report["model"])
+    baseline = value(report.get("baseline"))
+    current = value((report.get("current") or {}).get("metrics"))
+
+    def beats(other: float | None) -> bool:
+        if other is None:
+            return True
+        if candidate is None:
+            return False
+        return candidate > other if higher else candidate < other
+
+    reasons = []
+    if candidate is None:
+        reasons.append(f"its validation {metric} could not be computed")
+    if not beats(baseline):
+        reasons.append(f"it does not beat the baseline's {metric}")
+    if report.get("current") and not beats(current):
+        reasons.append(f"it does not beat the served version's {metric}")
+    return {
+        "metric": metric,
+        "higherIsBetter": higher,
+        "candidate": candidate,
+        "baseline": baseline,
+        "current": current,
+        "decision": "kept" if reasons else "promoted",
+        "reasons": reasons,
+    }
