@@ -26,6 +26,8 @@ from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.lake.timeline import LakeTimeline
 from personify.lake.warehouse import StateProfiles, Warehouse
+from personify.predict.registry import ModelRegistry
+from personify.predict.stage import PredictionStage
 from personify.predict.vectors import lake_feature_source
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
@@ -71,6 +73,7 @@ class Runtime:
     rfm: RfmRunner
     clusterings: ClusteringRepository
     clustering_runner: ClusteringRunner
+    models: ModelRegistry
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -98,6 +101,9 @@ class Runtime:
         heartbeats = HeartbeatRepository(db)
         segments = SegmentRepository(db, clock=clock)
         segment_stage = SegmentStage(segments, features, clock=clock)
+        models = ModelRegistry(db, settings.resolved_models_dir, clock=clock)
+        # predictions first: segment rules read the scores of the same batch
+        prediction_stage = PredictionStage(models, features, clock=clock)
         relay = MembershipRelay(db, log)
         processor = ProfileProcessor(
             db,
@@ -106,7 +112,7 @@ class Runtime:
             max_identities=settings.profile_max_identities,
             snapshot_every=settings.profile_snapshot_every,
             state_cache_mb=settings.worker_state_cache_mb,
-            stages=[segment_stage],
+            stages=[prediction_stage, segment_stage],
         )
         worker = StreamWorker.from_settings(
             settings,
@@ -167,6 +173,7 @@ class Runtime:
             rfm=rfm,
             clusterings=clusterings,
             clustering_runner=clustering_runner,
+            models=models,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     state_url: str = ""
     cache_url: str = "memory://"
     lake_url: str = ""
+    # where model files are kept (docs/predict.md); empty means ``models`` in data_dir
+    models_dir: Path | None = None
 
     # Event log (SQLite adapter)
     eventlog_durability: Durability = "full"
@@ -196,6 +198,11 @@ class Settings(BaseSettings):
     def resolved_lake_url(self) -> str:
         """The lake location, defaulting to a folder in ``data_dir``."""
         return self.lake_url or str(self.data_dir / "lake")
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """The model files' folder, defaulting to ``models`` in ``data_dir``."""
+        return self.models_dir or self.data_dir / "models"
 
     def resolved_pii_hash_key(self) -> bytes:
         """The PII HMAC key. Outside production a random key is created once in ``data_dir``.

@@ -25,6 +25,7 @@ from personify.api.admin import admin_router
 from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.documents import ErrorDocument, Health, Readiness
+from personify.api.models import model_router
 from personify.api.profiles import profile_router
 from personify.api.reference import openapi_config, reference_router
 from personify.api.segments import segment_router
@@ -80,6 +81,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "profiles": value(runtime.profiles),
         "segments": value(runtime.segments),
         "clusterings": value(runtime.clusterings),
+        "models": value(runtime.models),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
     }
@@ -125,6 +127,7 @@ def create_app(
             profile_router(),
             segment_router(),
             clustering_router(),
+            model_router(),
             *collector_handlers(),
             reference_router(),
         ],

@@ -97,10 +97,13 @@ class ProfileSegment(msgspec.Struct):
 
 class Profile(msgspec.Struct):
     """A profile: its ids, traits, features and consent, as of now or of ``as_of``, and the
-    segments it is in then."""
+    segments it is in then; as of now, its predictions by target (``churn``: probability;
+    ``clv``: expectedRevenue and expectedOrders; each with model, version, scoredAt,
+    coldStart and reasons, or ``status: unavailable`` when the served model failed)."""
 
     profileId: str
     segments: list[ProfileSegment]
+    predictions: dict[str, dict[str, Any]] | None = None
 
 
 class ProfileHistory(msgspec.Struct):

@@ -73,13 +73,17 @@ async def profile(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    """The profile that any of its ids belongs to: ids, traits, features, consent, and the
-    segments it is in."""
+    """The profile that any of its ids belongs to: ids, traits, features, consent, the
+    segments it is in, and its churn and lifetime-value predictions with their reasons."""
     moment = _as_of(as_of)
     document = await profiles.get(id, as_of=moment)
     member_of = await sync_to_thread(segments.profile_segments, document["profileId"], at=moment)
     # a new dict: the service may hand out the document it keeps in its cache
-    return {**document, "segments": member_of}
+    body = {**document, "segments": member_of}
+    if moment is None:
+        # predictions are kept as of now only: a past version has none to show
+        body["predictions"] = await sync_to_thread(profiles.predictions, document["profileId"])
+    return body
 
 
 @get("/v1/profiles/{id:str}/history", responses=admin_responses(found=True))

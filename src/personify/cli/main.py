@@ -16,6 +16,7 @@ from personify.cli.events import events
 from personify.cli.imports import import_events
 from personify.cli.keys import keys, sources
 from personify.cli.lake import lake
+from personify.cli.predict import predict
 from personify.cli.profiles import profiles
 from personify.cli.quality import lineage, quality
 from personify.cli.segments import segments
@@ -149,6 +150,7 @@ for _command in (
     segments,
     db,
     lake,
+    predict,
     import_events,
     sql,
     quality,

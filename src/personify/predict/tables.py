@@ -1,5 +1,5 @@
-"""The tables predictions own: model versions (the registry), the history of promotions, and
-each profile's current predictions."""
+"""The tables predictions own: model versions (the registry) and the history of promotions.
+(Each profile's current predictions are part of the profile: ``personify.profiles.tables``.)"""
 
 from __future__ import annotations
 
@@ -45,16 +45,4 @@ prediction_promotions = sa.Table(
     sa.Column("reason", sa.String(16), nullable=False),
     sa.Column("promoted_at", Timestamp(), nullable=False),
     sa.Index("prediction_promotions_target", "target", "id"),
-)
-
-# each profile's newest prediction per target (``churn``, ``clv``), written by the worker in
-# the transaction that changed the profile, or by a batch scoring
-profile_predictions = sa.Table(
-    "profile_predictions",
-    metadata,
-    sa.Column("profile_id", sa.String(512), primary_key=True),
-    sa.Column("target", sa.String(16), primary_key=True),
-    sa.Column("model_id", sa.BigInteger, nullable=True),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("scored_at", Timestamp(), nullable=False),
 )

@@ -55,7 +55,7 @@ class Target:
     def describe(self) -> str:
         """The target in words (reports, errors)."""
         if self.name == "churn":
-            what = f"'{self.event}'" if self.event else "any event"
+            what = f"'{self.event}' event" if self.event else "event at all"
             return f"no {what} in the next {self.horizon_days:g} days"
         return f"revenue from '{self.order_event}' in the next {self.horizon_days:g} days"
 

@@ -24,13 +24,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from personify.clock import Clock, SystemClock, format_timestamp
-from personify.errors import ValidationError
+from personify.errors import NotFound, ValidationError
 from personify.lake.warehouse import Warehouse
 from personify.predict.baseline import (
     BgNbd,
@@ -54,6 +54,10 @@ from personify.predict.registry import ModelRegistry, ModelVersion
 from personify.predict.targets import Target
 from personify.predict.training import FeatureJob, append_labels, outcomes
 from personify.predict.transactions import order_summaries
+
+if TYPE_CHECKING:
+    from personify.settings import Settings
+    from personify.store.database import Database
 
 __all__ = ["Evaluation", "ModelTrainer", "TrainingRun", "serve_scores"]
 
@@ -130,6 +134,18 @@ class ModelTrainer:
         self.job = job
         self.registry = registry
         self._clock = clock or SystemClock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, db: Database | None = None) -> ModelTrainer:
+        """A trainer on the settings' lake, feature definitions, state database and models
+        folder."""
+        from personify.store.database import open_database
+
+        db = db or open_database(settings)
+        return cls(
+            FeatureJob.from_settings(settings, db=db),
+            ModelRegistry(db, settings.resolved_models_dir),
+        )
 
     # -- the cut-off ---------------------------------------------------------------------------
 
@@ -258,6 +274,7 @@ class ModelTrainer:
             report["current"] = {
                 "version": current.number,
                 "id": current.id,
+                "asOf": format_timestamp(current.as_of),
                 "metrics": _metrics(target, truth, current_scores),
             }
         report["gate"] = _gate(target, report)
@@ -369,6 +386,49 @@ class ModelTrainer:
         if baseline is not None:
             curves["baseline"] = {"gains": cumulative_gains(actual, _score(baseline))}
         return Evaluation(result, curves)
+
+    # -- batch scoring -------------------------------------------------------------------------
+
+    def score(self, target: Target, *, as_of: datetime | None = None) -> pa.Table:
+        """Every profile as of ``as_of`` scored by the served version of exactly ``target``,
+        beside the baseline: ``user_id``, the prediction columns, ``baseline_…`` and
+        ``model_version`` (one row per user).
+
+        Raises ``NotFound`` (``no_served_model``) naming the ``train`` command to run when no
+        version of the target is served."""
+        version_row = self.registry.served_for(target) if self.registry is not None else None
+        if version_row is None or self.registry is None:
+            event = f" --event '{target.event}'" if target.event else ""
+            raise NotFound(
+                f"no {target.key} model is served: run `personify predict train {target.name} "
+                f"--horizon-days {target.horizon_days:g}{event}` first",
+                code="no_served_model",
+            )
+        model = self.registry.load(version_row)
+        as_of = as_of or self.default_as_of()
+        lake_version = self.job.lake.version()
+        table, owner, lake_version = self.job.build(as_of, lake_version)
+        ids = [str(v) for v in table.column("user_id").to_pylist()]
+        scores, cold = serve_scores(model, table)
+        baseline, _ = baseline_scores(self.job, target, as_of, owner, lake_version, ids)
+        columns: dict[str, Any] = {"user_id": pa.array(ids, pa.string())}
+        names = (
+            ["churn_probability"]
+            if target.name == "churn"
+            else ["expected_revenue", "expected_orders"]
+        )
+        for name in names:
+            columns[name] = pa.array(getattr(scores, name), pa.float64())
+        for name in names:
+            values = None if baseline is None else getattr(baseline, name)
+            columns[f"baseline_{name}"] = (
+                pa.nulls(len(ids), pa.float64())
+                if values is None
+                else pa.array(values, pa.float64())
+            )
+        columns["cold_start"] = pa.array(cold, pa.bool_())
+        columns["model_version"] = pa.array([version_row.number] * len(ids), pa.int32())
+        return pa.table(columns)
 
 
 def baseline_scores(
@@ -551,8 +611,12 @@ def _gate(target: Target, report: Mapping[str, Any]) -> dict[str, Any]:
         reasons.append(f"its validation {metric} could not be computed")
     if not beats(baseline):
         reasons.append(f"it does not beat the baseline's {metric}")
-    if report.get("current") and not beats(current):
+    served = report.get("current")
+    if served and not beats(current):
         reasons.append(f"it does not beat the served version's {metric}")
+    if served and served.get("asOf", "") > report["asOf"]:
+        # the served version knew more; on this older split it may only look worse
+        reasons.append(f"it is trained as of {report['asOf']}, before the served version")
     return {
         "metric": metric,
         "higherIsBetter": higher,

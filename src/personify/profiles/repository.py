@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from personify.profiles.events import format_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.history import apply_diff, changed_sections
+from personify.profiles.predictions import read_predictions
 from personify.profiles.state import (
     ProfileState,
     decode_state,
@@ -152,6 +153,11 @@ class ProfileRepository:
     def __init__(self, db: Database, features: FeatureSet) -> None:
         self._db = db
         self._features = features
+
+    def predictions(self, profile_id: str) -> dict[str, Any]:
+        """The profile's current predictions by target (``personify.profiles.predictions``)."""
+        with self._db.connect() as conn:
+            return read_predictions(conn, [profile_id]).get(profile_id, {})
 
     def find(self, identity: str) -> StoredProfile | None:
         """The profile that ``identity`` (a userId, anonymousId or profile id) resolves to."""

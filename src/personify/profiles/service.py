@@ -99,6 +99,10 @@ class ProfileService:
         self._archive_after_ms = round(archive_after_s * 1000)
         self.stats = CacheStats()
 
+    def predictions(self, profile_id: str) -> dict[str, Any]:
+        """The profile's current churn and lifetime-value predictions (the worker's)."""
+        return self.repository.predictions(profile_id)
+
     async def load(self, identity: str) -> LoadedProfile | None:
         """The current profile of ``identity`` (any of its ids), from the cache when warm."""
         key = cache_key(identity)

@@ -81,3 +81,16 @@ profile_merges = sa.Table(
     # whether a profile id had been merged away at a time, when the id came back (revision 0004)
     sa.Index("profile_merges_from", "from_profile_id", "merged_at"),
 )
+
+# each profile's newest prediction per target (``churn``, ``clv``), written by the worker's
+# prediction stage in the transaction that changed the profile (``personify.predict.stage``);
+# part of the profile document, and read by segment conditions
+profile_predictions = sa.Table(
+    "profile_predictions",
+    metadata,
+    sa.Column("profile_id", sa.String(512), primary_key=True),
+    sa.Column("target", sa.String(16), primary_key=True),
+    sa.Column("model_id", sa.BigInteger, nullable=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("scored_at", Timestamp(), nullable=False),
+)

@@ -15,7 +15,7 @@ profiles whose windows slid without a new event from them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from personify.profiles.counters import (
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
+from personify.profiles.predictions import read_predictions
 from personify.profiles.state import ProfileState, decode_state, evaluate_profile, state_text
 from personify.segments.clusterings import feature_vector
 from personify.segments.membership import MembershipChanges
@@ -81,10 +82,12 @@ def batch_changes(batch: ProfileBatch, events_after: Sequence[int]) -> list[Batc
 
 
 def _is_affected(segment: CompiledSegment, change: BatchChange, affected: set[str]) -> bool:
-    # traits and consent change only with ``everything``; predictions are not in the state
+    # traits and consent change only with ``everything``; predictions are scored again with
+    # every change of the profile, like features
     predicate = segment.predicate
     return (
         predicate.reads_features
+        or predicate.reads_predictions
         or bool(predicate.event_names & change.names)
         or ("*" in predicate.event_names and bool(change.names))
         or bool(predicate.segment_keys & affected)
@@ -101,6 +104,7 @@ def evaluate_profile_segments(
     current: Collection[str] = (),
     document: dict[str, Any] | None = None,
     placed: Collection[str] | None = None,
+    predictions: Mapping[str, Any] | None = None,
 ) -> set[str]:
     """The keys of the segments ``state`` belongs to at ``at_ms``.
 
@@ -109,7 +113,8 @@ def evaluate_profile_segments(
     trait can have changed. What time alone changes (a window sliding) is the sweep's.
     ``placed`` is the cluster segments the profile was just placed in (the worker's; without
     it, the profile keeps its ``current`` clusters); ``document`` its evaluated features,
-    when the caller has them.
+    when the caller has them; ``predictions`` its stored predictions (``personify.profiles.
+    predictions``), read when a rule reads them.
     """
     if not compiled.active or not personalization_allowed(state, features):
         return set()
@@ -144,6 +149,7 @@ def evaluate_profile_segments(
         event_counts=lambda counter: count_at(state, counter, at_ms),
         # filled as the rules are evaluated: a rule comes after the segments it reads
         segments=members,
+        predictions=predictions,
     )
     for segment in todo:
         if segment.predicate.evaluate(context):
@@ -320,6 +326,10 @@ class SegmentStage:
                 for into, key in zip(keys, live.place(vectors), strict=True):
                     into.add(key)
             documents, placed = list(evaluated), list(keys)
+        predictions: dict[str, dict[str, Any]] = {}
+        if any(s.predicate.reads_predictions for s in compiled.segments):
+            # the prediction stage ran first in this transaction: these are the new scores
+            predictions = read_predictions(conn, [p.profile_id for p in profiles])
         due: dict[str, int | None] = {}
         for number, profile in enumerate(profiles):
             state = profile.state
@@ -338,6 +348,7 @@ class SegmentStage:
                 current=held,
                 document=documents[number],
                 placed=placed[number],
+                predictions=predictions.get(profile.profile_id),
             )
             reconcile(
                 changes,

@@ -1,0 +1,167 @@
+"""Real-time scoring: the worker's batch stage that re-scores every profile a batch changed
+with the served churn and CLV models, in the transaction that stores the profiles.
+
+Each served model is loaded once and kept; the stage asks the registry which versions are
+served once per batch (one small query), so a promotion or a rollback swaps the model at the
+next batch. The touched profiles are evaluated at the current time into the same flattened
+documents the training frames hold, read into one matrix per model, and scored in one call;
+the reasons come from one call of the trees' contributions. A profile with too little history
+gets the population's prior, flagged ``coldStart``.
+
+When a served model cannot be loaded (its file is missing or changed), the profiles the batch
+touched say so (``{"status": "unavailable", "reason"}``) and the batch goes on: a model never
+stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from personify.clock import Clock, SystemClock, format_timestamp
+from personify.errors import PersonifyError
+from personify.predict.features import flatten_document
+from personify.predict.learning import Model
+from personify.predict.registry import ModelRegistry, ModelVersion
+from personify.profiles.batch import ProfileBatch, StagedProfile
+from personify.profiles.counters import CounterSpec
+from personify.profiles.events import datetime_ms
+from personify.profiles.features import FeatureSet
+from personify.profiles.predictions import write_predictions
+from personify.profiles.state import evaluate_profile
+
+__all__ = ["PredictionStage", "prediction_values"]
+
+log = logging.getLogger(__name__)
+
+REASONS = 3
+
+
+def prediction_values(
+    model: Model,
+    version: ModelVersion,
+    rows: Sequence[dict[str, Any]],
+    at: datetime,
+    *,
+    with_reasons: bool = True,
+) -> list[dict[str, Any]]:
+    """The prediction documents of flattened profile documents (``flatten_document``) at
+    ``at``, as ``profile_predictions`` keeps them."""
+    if not rows:
+        return []
+    at_ms = datetime_ms(at)
+    x = np.vstack([model.spec.row(row, at_ms) for row in rows])
+    scores = model.predict(x)
+    events = [float(row.get("events_total") or 0) for row in rows]
+    cold = [model.is_cold(e) for e in events]
+    reasons: list[list[dict[str, Any]]] = [[] for _ in rows]
+    if with_reasons:
+        reasons = model.reasons(x, model.contributions(x), top=REASONS)
+    scored_at = format_timestamp(at)
+    out: list[dict[str, Any]] = []
+    for i, is_cold in enumerate(cold):
+        value: dict[str, Any] = {
+            "model": version.target.key,
+            "version": version.number,
+            "modelId": version.id,
+            "horizonDays": version.target.horizon_days,
+            "scoredAt": scored_at,
+            "coldStart": is_cold,
+            "reasons": [] if is_cold else reasons[i],
+        }
+        if model.target.name == "churn":
+            probability = (
+                model.prior["churn_probability"]
+                if is_cold
+                else float(np.asarray(scores.churn_probability)[i])
+            )
+            value["probability"] = round(probability, 6)
+        else:
+            revenue = (
+                model.prior["expected_revenue"]
+                if is_cold
+                else float(np.asarray(scores.expected_revenue)[i])
+            )
+            orders = (
+                model.prior["expected_orders"]
+                if is_cold
+                else float(np.asarray(scores.expected_orders)[i])
+            )
+            value["expectedRevenue"] = round(revenue, 4)
+            value["expectedOrders"] = round(orders, 4)
+        out.append(value)
+    return out
+
+
+class PredictionStage:
+    """Scores the profiles a batch touched with the served models (module docstring)."""
+
+    name = "predictions"
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        features: FeatureSet,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._registry = registry
+        self._features = features
+        self._clock = clock or SystemClock()
+        self.failures: dict[str, str] = {}
+
+    def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
+        """None: models read the evaluated profile, not event counters."""
+        return ()
+
+    def _served(self) -> list[tuple[ModelVersion, Model | None, str | None]]:
+        served: list[tuple[ModelVersion, Model | None, str | None]] = []
+        for target, model_id in sorted(self._registry.served_ids().items()):
+            version = self._registry.get(model_id)
+            try:
+                served.append((version, self._registry.load(version), None))
+                self.failures.pop(target, None)
+            except PersonifyError as exc:
+                if self.failures.get(target) != str(exc):
+                    log.error("the served %s model cannot be used: %s", target, exc)
+                self.failures[target] = str(exc)
+                served.append((version, None, exc.code))
+        return served
+
+    def apply(
+        self, conn: sa.Connection, batch: ProfileBatch, profiles: Sequence[StagedProfile]
+    ) -> None:
+        """Score every touched profile with each served model and store the predictions."""
+        if not profiles:
+            return
+        served = self._served()
+        if not served:
+            return
+        now = self._clock.now()
+        at_ms = datetime_ms(now)
+        rows = [
+            flatten_document(evaluate_profile(p.state, self._features, at_ms)) for p in profiles
+        ]
+        merged = [gone for p in profiles for gone in p.merged_from]
+        for version, model, problem in served:
+            if model is None:
+                values = {
+                    p.profile_id: (
+                        version.id,
+                        {"status": "unavailable", "reason": problem, "model": version.target.key},
+                    )
+                    for p in profiles
+                }
+            else:
+                documents = prediction_values(model, version, rows, now)
+                values = {
+                    p.profile_id: (version.id, document)
+                    for p, document in zip(profiles, documents, strict=True)
+                }
+            write_predictions(conn, version.target.name, values, now, forget=merged)
+            merged = []
