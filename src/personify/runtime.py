@@ -19,6 +19,7 @@ from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer
 from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
+from personify.jobs.predictions import prediction_jobs
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
 from personify.jobs.segments import clustering_jobs, rfm_jobs, segment_jobs
@@ -27,6 +28,7 @@ from personify.lake.table import Lake
 from personify.lake.timeline import LakeTimeline
 from personify.lake.warehouse import StateProfiles, Warehouse
 from personify.predict.registry import ModelRegistry
+from personify.predict.rescore import PredictionRescore
 from personify.predict.stage import PredictionStage
 from personify.predict.vectors import lake_feature_source
 from personify.profiles.features import FeatureSet, load_profile_config
@@ -74,6 +76,7 @@ class Runtime:
     clusterings: ClusteringRepository
     clustering_runner: ClusteringRunner
     models: ModelRegistry
+    prediction_rescore: PredictionRescore
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -127,6 +130,16 @@ class Runtime:
         sweep = SegmentSweep(db, segment_stage, clock=clock)
         backfill = SegmentBackfill(db, segment_stage, clock=clock)
         rfm = RfmRunner(db, segments, clock=clock)
+        rescore = PredictionRescore(
+            db,
+            models,
+            prediction_stage,
+            clock=clock,
+            stale_after_s=settings.predict_stale_after_s,
+            after_scoring=lambda conn, rows: segment_stage.evaluate_stored(
+                conn, rows, clock.now(), reason="prediction"
+            ),
+        )
         clusterings = ClusteringRepository(db, segments, features, clock=clock)
         clustering_runner = ClusteringRunner(
             db,
@@ -174,12 +187,14 @@ class Runtime:
             clusterings=clusterings,
             clustering_runner=clustering_runner,
             models=models,
+            prediction_rescore=rescore,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
                     *segment_jobs(settings, sweep, relay, backfill),
                     *rfm_jobs(settings, functools.partial(run_rfm, settings, db, rfm)),
                     *clustering_jobs(settings, clustering_runner, relay),
+                    *prediction_jobs(settings, rescore, relay),
                 ],
                 clock=clock,
             ),

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     segment_rfm_interval_s: float = Field(default=86400.0, gt=0.0)
     # how often serve looks for clustering runs to carry out: queued, or due by schedule
     segment_recluster_interval_s: float = Field(default=60.0, gt=0.0)
+    # how often serve scores the profiles whose predictions are missing, from another model
+    # version, or older than predict_stale_after_s (docs/predict.md, "Serving")
+    predict_rescore_interval_s: float = Field(default=60.0, gt=0.0)
+    predict_stale_after_s: float = Field(default=86_400.0, gt=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

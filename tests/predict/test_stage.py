@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from personify.clock import FrozenClock, format_timestamp
 from personify.predict.learning import FeatureSpec, Model
 from personify.predict.registry import ModelRegistry
+from personify.predict.rescore import PredictionRescore
 from personify.predict.stage import PredictionStage
 from personify.predict.targets import target
 from personify.profiles.events import view_event
@@ -189,3 +190,48 @@ def test_a_served_model_that_cannot_be_read_is_reported_and_the_batch_goes_on(
     # the profile itself was stored: the batch committed
     with fresh.db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM profiles")).scalar_one() == 1
+
+
+def test_rescoring_scores_profiles_that_did_not_change_after_a_promotion_or_as_scores_age(
+    world: World,
+) -> None:
+    stage = SegmentStage(world.segments, FEATURES, clock=world.clock)
+    rescore = PredictionRescore(
+        world.db,
+        world.registry,
+        world.predictions,
+        clock=world.clock,
+        stale_after_s=86_400,
+        after_scoring=lambda conn, rows: stage.evaluate_stored(
+            conn, rows, world.clock.now(), reason="prediction"
+        ),
+    )
+    world.segments.create(
+        "at-risk", condition={"prediction": "churn.probability", "op": "gt", "value": 0.5}
+    )
+    world.send("ada", 3)
+    world.send("bob", 40)
+    # nothing served yet: nothing to score
+    assert rescore.run().scored == {}
+    first = world.register(churn_model(falling=True))
+    world.registry.promote(first)
+    # promoted after the profiles were written: only a pass scores them
+    assert rescore.run().scored == {"churn": 2}
+    assert world.churn("ada")["version"] == 1 and world.churn("bob")["version"] == 1
+    assert rescore.run().scored == {"churn": 0}
+    with world.db.connect() as conn:
+        m = segment_members.c
+        at_risk = set(
+            conn.execute(
+                sa.select(m.profile_id).where(m.segment_key == "at-risk", m.exited_at.is_(None))
+            ).scalars()
+        )
+    assert at_risk == {"ada"}
+    # a new version: every profile is scored again by it
+    world.registry.promote(world.register(churn_model(falling=False)))
+    assert rescore.run().scored == {"churn": 2}
+    assert world.churn("bob")["version"] == 2
+    # a day later every score is stale and is scored again, at the new time
+    world.clock.advance(86_401)
+    assert rescore.run().scored == {"churn": 2}
+    assert world.churn("ada")["scoredAt"] == format_timestamp(world.clock.now())

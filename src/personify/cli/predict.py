@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from personify.cli.context import CliContext, echo_json, parse_moment, pass_ctx
-from personify.clock import format_timestamp
+from personify.clock import SystemClock, format_timestamp
 
 if TYPE_CHECKING:
     from personify.predict.registry import ModelRegistry, ModelVersion
@@ -234,3 +234,36 @@ def predict_score(
     numbers = sorted(set(table.column("model_version").to_pylist()))
     version = ", ".join(str(n) for n in numbers) or "-"
     click.echo(f"{table.num_rows} users -> {output} (model version {version})")
+
+
+@predict.command("rescore")
+@pass_ctx
+def predict_rescore(ctx: CliContext) -> None:
+    """Score the stored profiles whose predictions are missing, from another version or
+    older than PERSONIFY_PREDICT_STALE_AFTER_S, now (serve does it every
+    PERSONIFY_PREDICT_RESCORE_INTERVAL_S, and after every promotion and rollback); the segment
+    rules that read predictions are evaluated again for them. Prints what was scored."""
+    from personify.cli.segments import relay_events
+    from personify.predict.registry import ModelRegistry
+    from personify.predict.rescore import PredictionRescore
+    from personify.predict.stage import PredictionStage
+    from personify.profiles.features import FeatureSet, load_profile_config
+    from personify.segments.repository import SegmentRepository
+    from personify.segments.stage import SegmentStage
+
+    settings = ctx.settings
+    with _database(ctx) as db:
+        features = FeatureSet(load_profile_config(settings.features_file))
+        registry = ModelRegistry(db, settings.resolved_models_dir)
+        segments = SegmentStage(SegmentRepository(db), features)
+        rescore = PredictionRescore(
+            db,
+            registry,
+            PredictionStage(registry, features),
+            stale_after_s=settings.predict_stale_after_s,
+            after_scoring=lambda conn, rows: segments.evaluate_stored(
+                conn, rows, SystemClock().now(), reason="prediction"
+            ),
+        )
+        result = rescore.run()
+        echo_json({**result.to_dict(), "eventsAppended": relay_events(ctx, db)})

@@ -195,7 +195,7 @@ def segments_stats(ctx: CliContext, key: str, days: int) -> None:
     echo_json(_repository(ctx).stats(key, days=days))
 
 
-def _relay_events(ctx: CliContext, db: Database) -> int:
+def relay_events(ctx: CliContext, db: Database) -> int:
     """Append the membership events a pass left in the outbox to the event log."""
     import asyncio
 
@@ -249,7 +249,7 @@ def segments_backfill(ctx: CliContext, quiet: bool) -> None:
 
         result = backfill.run(progress=progress)
         click.echo("", err=True)
-    echo_json({**result.to_dict(), "eventsAppended": _relay_events(ctx, db)})
+    echo_json({**result.to_dict(), "eventsAppended": relay_events(ctx, db)})
 
 
 @segments.command("sweep")
@@ -261,7 +261,7 @@ def segments_sweep(ctx: CliContext) -> None:
 
     db, stage = _stage(ctx)
     result = SegmentSweep(db, stage).sweep()
-    echo_json({**result.to_dict(), "eventsAppended": _relay_events(ctx, db)})
+    echo_json({**result.to_dict(), "eventsAppended": relay_events(ctx, db)})
 
 
 @segments.command("rfm")
@@ -383,7 +383,7 @@ def _carry_out(ctx: CliContext, key: str, restore: int | None, as_json: bool) ->
         click.echo(message, err=True)
 
     outcome = runner.run_now(key, restore=restore, progress=progress)
-    events = _relay_events(ctx, db)
+    events = relay_events(ctx, db)
     if as_json:
         echo_json({**outcome.to_dict(), "eventsAppended": events})
     else:

@@ -15,6 +15,7 @@ Every result is plain JSON (Python ``int``, ``float``, ``None``, lists and dicts
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,9 @@ __all__ = [
     "clv_metrics",
     "cumulative_gains",
     "population_stability_index",
+    "reference_bins",
     "reliability_curve",
+    "stability_against",
 ]
 
 Vector = np.ndarray[Any, np.dtype[np.float64]]
@@ -258,6 +261,47 @@ def cumulative_gains(
     return [(float(x), float(y)) for x, y in zip(targeted, curve, strict=True)]
 
 
+def reference_bins(expected: np.ndarray, *, bins: int = 10) -> dict[str, list[float]]:
+    """A reference sample's bins for later PSI checks, kept instead of the sample: the
+    quantile edges of its finite values (about ``bins`` bins, equally full; duplicate edges
+    dropped, so a feature with few distinct values gets fewer) and each bin's share, the
+    last share being NaN's."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    reference = _vector("expected", expected)
+    known = reference[np.isfinite(reference)]
+    if len(known):
+        edges = np.unique(np.quantile(known, np.arange(1, bins, dtype=np.float64) / bins))
+    else:
+        edges = np.empty(0)
+    return {"edges": edges.tolist(), "shares": _bin_shares(edges, reference).tolist()}
+
+
+def _bin_shares(edges: Vector, sample: Vector) -> Vector:
+    """Each bin's share of ``sample``: right-closed bins between the edges, then NaN."""
+    if len(sample) == 0:
+        return np.zeros(len(edges) + 2)
+    missing = np.isnan(sample)
+    index = np.searchsorted(edges, sample[~missing], side="left")
+    counts = np.bincount(index, minlength=len(edges) + 1).astype(np.float64)
+    counts = np.append(counts, float(missing.sum()))
+    return np.asarray(counts / len(sample), dtype=np.float64)
+
+
+def stability_against(reference: Mapping[str, Sequence[float]], actual: np.ndarray) -> float | None:
+    """The PSI of ``actual`` against bins made by ``reference_bins`` (see
+    ``population_stability_index``); ``None`` when either side is empty."""
+    current = _vector("actual", actual)
+    expected = np.asarray(reference["shares"], dtype=np.float64)
+    if len(current) == 0 or not expected.sum() > 0:
+        return None
+    e = np.maximum(expected, PSI_FLOOR)
+    a = np.maximum(
+        _bin_shares(np.asarray(reference["edges"], dtype=np.float64), current), PSI_FLOOR
+    )
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
 def population_stability_index(
     expected: np.ndarray, actual: np.ndarray, *, bins: int = 10
 ) -> float | None:
@@ -275,27 +319,9 @@ def population_stability_index(
     worth watching; above 0.25 a significant shift, the model should be checked or retrained.
     ``None`` when either sample is empty.
     """
-    if bins < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
     reference = _vector("expected", expected)
-    current = _vector("actual", actual)
-    if len(reference) == 0 or len(current) == 0:
+    if len(reference) == 0:
+        if bins < 1:
+            raise ValueError(f"bins must be at least 1, got {bins}")
         return None
-    known = reference[np.isfinite(reference)]
-    if len(known):
-        interior = np.quantile(known, np.arange(1, bins, dtype=np.float64) / bins)
-        edges = np.unique(interior)
-    else:
-        edges = np.empty(0)
-
-    def shares(sample: Vector) -> Vector:
-        """Each bin's share of ``sample``: right-closed bins between the edges, then NaN."""
-        missing = np.isnan(sample)
-        index = np.searchsorted(edges, sample[~missing], side="left")
-        counts = np.bincount(index, minlength=len(edges) + 1).astype(np.float64)
-        counts = np.append(counts, float(missing.sum()))
-        return np.maximum(counts / len(sample), PSI_FLOOR)
-
-    e = shares(reference)
-    a = shares(current)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return stability_against(reference_bins(reference, bins=bins), actual)

@@ -8,6 +8,7 @@ documents the training frames hold, read into one matrix per model, and scored i
 the reasons come from one call of the trees' contributions. A profile with too little history
 gets the population's prior, flagged ``coldStart``.
 
+A profile whose consent withdraws personalization is not scored (and loses its predictions).
 When a served model cannot be loaded (its file is missing or changed), the profiles the batch
 touched say so (``{"status": "unavailable", "reason"}``) and the batch goes on: a model never
 stops the worker.
@@ -16,7 +17,7 @@ stops the worker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,10 +31,11 @@ from personify.predict.learning import Model
 from personify.predict.registry import ModelRegistry, ModelVersion
 from personify.profiles.batch import ProfileBatch, StagedProfile
 from personify.profiles.counters import CounterSpec
+from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.predictions import write_predictions
-from personify.profiles.state import evaluate_profile
+from personify.profiles.state import ProfileState, evaluate_profile
 
 __all__ = ["PredictionStage", "prediction_values"]
 
@@ -137,31 +139,46 @@ class PredictionStage:
         self, conn: sa.Connection, batch: ProfileBatch, profiles: Sequence[StagedProfile]
     ) -> None:
         """Score every touched profile with each served model and store the predictions."""
-        if not profiles:
-            return
-        served = self._served()
+        merged = [gone for p in profiles for gone in p.merged_from]
+        self.score(conn, [(p.profile_id, p.state) for p in profiles], forget=merged)
+
+    def score(
+        self,
+        conn: sa.Connection,
+        states: Sequence[tuple[str, ProfileState]],
+        *,
+        forget: Sequence[str] = (),
+        targets: Collection[str] | None = None,
+    ) -> int:
+        """Score profiles (id, state) with the served models (of ``targets``, or all) at now
+        and store the predictions; returns how many were scored. A profile whose consent
+        withdraws personalization is not scored, and its predictions are dropped."""
+        if not states and not forget:
+            return 0
+        served = [s for s in self._served() if targets is None or s[0].target.name in targets]
+        allowed = [(pid, st) for pid, st in states if personalization_allowed(st, self._features)]
+        withdrawn = [pid for pid, st in states if not personalization_allowed(st, self._features)]
+        drop = [*forget, *withdrawn]
         if not served:
-            return
+            write_predictions(conn, "", {}, self._clock.now(), forget=drop)
+            return 0
         now = self._clock.now()
         at_ms = datetime_ms(now)
-        rows = [
-            flatten_document(evaluate_profile(p.state, self._features, at_ms)) for p in profiles
-        ]
-        merged = [gone for p in profiles for gone in p.merged_from]
+        rows = [flatten_document(evaluate_profile(st, self._features, at_ms)) for _, st in allowed]
         for version, model, problem in served:
             if model is None:
-                values = {
-                    p.profile_id: (
-                        version.id,
-                        {"status": "unavailable", "reason": problem, "model": version.target.key},
-                    )
-                    for p in profiles
+                unavailable = {
+                    "status": "unavailable",
+                    "reason": problem,
+                    "model": version.target.key,
                 }
+                values = {pid: (version.id, unavailable) for pid, _ in allowed}
             else:
                 documents = prediction_values(model, version, rows, now)
                 values = {
-                    p.profile_id: (version.id, document)
-                    for p, document in zip(profiles, documents, strict=True)
+                    pid: (version.id, document)
+                    for (pid, _), document in zip(allowed, documents, strict=True)
                 }
-            write_predictions(conn, version.target.name, values, now, forget=merged)
-            merged = []
+            write_predictions(conn, version.target.name, values, now, forget=drop)
+            drop = []
+        return len(allowed)
