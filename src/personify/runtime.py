@@ -27,14 +27,18 @@ from personify.lake.sink import LakeSink
 from personify.lake.table import Lake
 from personify.lake.timeline import LakeTimeline
 from personify.lake.warehouse import StateProfiles, Warehouse
+from personify.predict.monitor import ModelMonitor, MonitorThresholds
 from personify.predict.registry import ModelRegistry
 from personify.predict.rescore import PredictionRescore
 from personify.predict.stage import PredictionStage
+from personify.predict.trainer import ModelTrainer
+from personify.predict.training import FeatureJob
 from personify.predict.vectors import lake_feature_source
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.service import ProfileService
+from personify.quality.checks import QualityContext
 from personify.segments.backfill import SegmentBackfill
 from personify.segments.clusterings import ClusteringRepository, ClusteringRunner
 from personify.segments.relay import MembershipRelay
@@ -77,6 +81,8 @@ class Runtime:
     clustering_runner: ClusteringRunner
     models: ModelRegistry
     prediction_rescore: PredictionRescore
+    model_trainer: ModelTrainer
+    model_monitor: ModelMonitor
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -130,6 +136,33 @@ class Runtime:
         sweep = SegmentSweep(db, segment_stage, clock=clock)
         backfill = SegmentBackfill(db, segment_stage, clock=clock)
         rfm = RfmRunner(db, segments, clock=clock)
+        lake = Lake.from_settings(settings)
+        trainer = ModelTrainer(
+            FeatureJob(
+                lake,
+                features,
+                db=db,
+                quality=QualityContext(
+                    now=clock.now(), max_zscore=settings.quality_volume_max_zscore
+                ),
+                clock=clock,
+            ),
+            models,
+            clock=clock,
+        )
+        monitor = ModelMonitor(
+            db,
+            models,
+            features,
+            settings.resolved_models_dir,
+            lake=lake,
+            clock=clock,
+            thresholds=MonitorThresholds(
+                psi_threshold=settings.predict_drift_psi_threshold,
+                auc_drop=settings.predict_alert_auc_drop,
+                mae_rise=settings.predict_alert_mae_rise,
+            ),
+        )
         rescore = PredictionRescore(
             db,
             models,
@@ -188,13 +221,15 @@ class Runtime:
             clustering_runner=clustering_runner,
             models=models,
             prediction_rescore=rescore,
+            model_trainer=trainer,
+            model_monitor=monitor,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
                     *segment_jobs(settings, sweep, relay, backfill),
                     *rfm_jobs(settings, functools.partial(run_rfm, settings, db, rfm)),
                     *clustering_jobs(settings, clustering_runner, relay),
-                    *prediction_jobs(settings, rescore, relay),
+                    *prediction_jobs(settings, rescore, relay, monitor, trainer, clock),
                 ],
                 clock=clock,
             ),

@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     # version, or older than predict_stale_after_s (docs/predict.md, "Serving")
     predict_rescore_interval_s: float = Field(default=60.0, gt=0.0)
     predict_stale_after_s: float = Field(default=86_400.0, gt=0.0)
+    # how often serve checks the served models for drift and realised performance, and
+    # retrains a target whose check alerts on drift (docs/predict.md, "Monitoring")
+    predict_monitor_interval_s: float = Field(default=86_400.0, gt=0.0)
+    # a served version this old is retrained (weekly), through the promotion gate
+    predict_retrain_interval_s: float = Field(default=604_800.0, gt=0.0)
+    # a feature or the score whose population stability index passes this alerts
+    predict_drift_psi_threshold: float = Field(default=0.25, gt=0.0)
+    # alerts when realised churn AUC falls this far below validation, or realised revenue MAE
+    # rises this much (relative) above it
+    predict_alert_auc_drop: float = Field(default=0.05, ge=0.0)
+    predict_alert_mae_rise: float = Field(default=0.2, ge=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

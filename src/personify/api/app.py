@@ -82,6 +82,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "segments": value(runtime.segments),
         "clusterings": value(runtime.clusterings),
         "models": value(runtime.models),
+        "model_monitor": value(runtime.model_monitor),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
     }

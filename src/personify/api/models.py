@@ -29,12 +29,14 @@ from personify.api.documents import admin_responses, error_response
 from personify.api.guards import BEARER_SECURITY, api_key
 from personify.errors import InvalidDefinition, ValidationError
 from personify.predict import targets
+from personify.predict.monitor import ModelMonitor
 from personify.predict.registry import ModelRegistry, ModelVersion
 
 __all__ = [
     "ModelVersionDetail",
     "ModelVersionList",
     "ModelVersionSummary",
+    "MonitoringChecks",
     "Promotion",
     "PromotionList",
     "model_router",
@@ -276,11 +278,47 @@ async def list_promotions(
     return PromotionList(promotions=[msgspec.convert(p, Promotion) for p in found])
 
 
+class MonitoringChecks(msgspec.Struct):
+    """A target's monitoring checks, newest first: each with the served version it checked,
+    its users, the PSI of every feature (``featureDrift``) and of the scores with their
+    summary (``scoreDrift``), the realised performance of cohorts whose horizon passed
+    (``realised``), and its ``alerts`` (``feature_drift``, ``score_drift``,
+    ``realised_auc``, ``realised_mae``, ``model_unavailable``)."""
+
+    checks: list[dict[str, Any]]
+
+
+def _checks(monitor: ModelMonitor, target_name: str, limit: int) -> list[dict[str, Any]]:
+    return monitor.history(_known(target_name), limit=limit)
+
+
+@get(
+    "/v1/models/targets/{target:str}/monitoring",
+    responses={**admin_responses(), 422: _INVALID_TARGET},
+)
+async def list_checks(
+    model_monitor: NamedDependency[ModelMonitor],
+    target: TargetName,
+    limit: Annotated[int, QueryParameter(ge=1, le=365, description="how many checks")] = 30,
+) -> MonitoringChecks:
+    """A target's monitoring checks, newest first (``personify serve`` makes one a day;
+    ``personify predict monitor`` one now): drift of features and scores, realised
+    performance and alerts."""
+    return MonitoringChecks(checks=await _checked(_checks, model_monitor, target, limit))
+
+
 def model_router() -> Router:
     """The model routes, behind the API key guard (writes need the admin role)."""
     return Router(
         "/",
-        route_handlers=[list_models, show_model, promote_model, roll_back_model, list_promotions],
+        route_handlers=[
+            list_models,
+            show_model,
+            promote_model,
+            roll_back_model,
+            list_promotions,
+            list_checks,
+        ],
         guards=[api_key],
         security=BEARER_SECURITY,
         tags=["models"],

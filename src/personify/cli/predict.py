@@ -267,3 +267,47 @@ def predict_rescore(ctx: CliContext) -> None:
         )
         result = rescore.run()
         echo_json({**result.to_dict(), "eventsAppended": relay_events(ctx, db)})
+
+
+@predict.command("monitor")
+@click.option(
+    "--history", "history", type=int, default=0, help="also list this many earlier checks"
+)
+@click.option("--no-record", is_flag=True, help="check without keeping the check or a cohort")
+@pass_ctx
+def predict_monitor(ctx: CliContext, history: int, no_record: bool) -> None:
+    """Check the served models now: feature and score drift against their training, the
+    realised performance of cohorts whose horizon passed, and alerts (serve checks once a
+    day, PERSONIFY_PREDICT_MONITOR_INTERVAL_S). Prints the checks as JSON."""
+    from personify.lake.table import Lake
+    from personify.predict.monitor import ModelMonitor, MonitorThresholds
+    from personify.predict.registry import ModelRegistry
+    from personify.profiles.features import FeatureSet, load_profile_config
+
+    settings = ctx.settings
+    with _database(ctx) as db:
+        registry = ModelRegistry(db, settings.resolved_models_dir)
+        monitor = ModelMonitor(
+            db,
+            registry,
+            FeatureSet(load_profile_config(settings.features_file)),
+            settings.resolved_models_dir,
+            lake=Lake.from_settings(settings),
+            thresholds=MonitorThresholds(
+                psi_threshold=settings.predict_drift_psi_threshold,
+                auc_drop=settings.predict_alert_auc_drop,
+                mae_rise=settings.predict_alert_mae_rise,
+            ),
+        )
+        checks = monitor.check(record=not no_record)
+        body: dict[str, Any] = {"checks": checks}
+        if not checks:
+            body["message"] = "no model is served: run `personify predict train churn` first"
+        if history:
+            # a recorded check is the newest of the history: leave it out
+            skip = 0 if no_record else 1
+            body["history"] = {
+                c["target"]: monitor.history(c["target"], limit=history + skip)[skip:]
+                for c in checks
+            }
+        echo_json(body)

@@ -82,7 +82,7 @@ def prediction_values(
                 if is_cold
                 else float(np.asarray(scores.churn_probability)[i])
             )
-            value["probability"] = round(probability, 6)
+            value["probability"] = probability
         else:
             revenue = (
                 model.prior["expected_revenue"]
@@ -94,8 +94,8 @@ def prediction_values(
                 if is_cold
                 else float(np.asarray(scores.expected_orders)[i])
             )
-            value["expectedRevenue"] = round(revenue, 4)
-            value["expectedOrders"] = round(orders, 4)
+            value["expectedRevenue"] = revenue
+            value["expectedOrders"] = orders
         out.append(value)
     return out
 

@@ -1,4 +1,5 @@
-"""The tables predictions own: model versions (the registry) and the history of promotions.
+"""The tables predictions own: model versions (the registry), the history of promotions and
+the monitoring checks.
 (Each profile's current predictions are part of the profile: ``personify.profiles.tables``.)"""
 
 from __future__ import annotations
@@ -45,4 +46,18 @@ prediction_promotions = sa.Table(
     sa.Column("reason", sa.String(16), nullable=False),
     sa.Column("promoted_at", Timestamp(), nullable=False),
     sa.Index("prediction_promotions_target", "target", "id"),
+)
+
+# every monitoring check of a served model: drift of its features and scores against its
+# training, the realised performance of cohorts whose horizon has passed, and the alerts
+prediction_checks = sa.Table(
+    "prediction_checks",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(16), nullable=False),
+    sa.Column("model_id", sa.BigInteger, nullable=False),
+    sa.Column("checked_at", Timestamp(), nullable=False),
+    sa.Column("alert", sa.Boolean, nullable=False),
+    sa.Column("report", sa.Text, nullable=False),
+    sa.Index("prediction_checks_target", "target", "id"),
 )

@@ -49,7 +49,12 @@ from personify.predict.learning import (
     labels_of,
     take,
 )
-from personify.predict.metrics import churn_metrics, clv_metrics, cumulative_gains
+from personify.predict.metrics import (
+    churn_metrics,
+    clv_metrics,
+    cumulative_gains,
+    reference_bins,
+)
 from personify.predict.registry import ModelRegistry, ModelVersion
 from personify.predict.targets import Target
 from personify.predict.training import FeatureJob, append_labels, outcomes
@@ -266,6 +271,7 @@ class ModelTrainer:
         }
         if model.details:
             report["details"] = model.details
+        report["monitoring"] = monitoring_reference(model, refit_pair[0], latest_pair[0])
         current = self.registry.served_for(target) if self.registry is not None else None
         if current is not None:
             current_scores, _ = serve_scores(
@@ -382,9 +388,13 @@ class ModelTrainer:
                 ),
             }
         actual = truth["churn"] if target.name == "churn" else truth["revenue"]
-        curves: dict[str, Any] = {"model": {"gains": cumulative_gains(actual, _score(scores))}}
+        curves: dict[str, Any] = {
+            "model": {"gains": cumulative_gains(actual, primary_score(target, scores))}
+        }
         if baseline is not None:
-            curves["baseline"] = {"gains": cumulative_gains(actual, _score(baseline))}
+            curves["baseline"] = {
+                "gains": cumulative_gains(actual, primary_score(target, baseline))
+            }
         return Evaluation(result, curves)
 
     # -- batch scoring -------------------------------------------------------------------------
@@ -429,6 +439,25 @@ class ModelTrainer:
         columns["cold_start"] = pa.array(cold, pa.bool_())
         columns["model_version"] = pa.array([version_row.number] * len(ids), pa.int32())
         return pa.table(columns)
+
+
+def primary_score(target: Target, scores: Scores) -> Matrix:
+    """The score a target is monitored by: churn probability, or expected revenue."""
+    value = scores.churn_probability if target.name == "churn" else scores.expected_revenue
+    return np.asarray(value, dtype=np.float64)
+
+
+def monitoring_reference(model: Model, trained_on: Matrix, scored: Matrix) -> dict[str, Any]:
+    """What drift is measured against (``personify.predict.monitor``): each feature's bins
+    over the rows the served model was fit on, and the bins of its scores on the users as of
+    its cut-off."""
+    return {
+        "features": {
+            name: reference_bins(trained_on[:, j]) for j, name in enumerate(model.spec.names)
+        },
+        "score": reference_bins(primary_score(model.target, model.predict(scored))),
+        "rows": len(trained_on),
+    }
 
 
 def baseline_scores(
@@ -564,13 +593,6 @@ def _subset(scores: Scores, mask: np.ndarray[Any, Any]) -> Scores:
             for c in (scores.churn_probability, scores.expected_revenue, scores.expected_orders)
         )
     )
-
-
-def _score(scores: Scores) -> Matrix:
-    value = scores.churn_probability
-    if value is None:
-        value = scores.expected_revenue
-    return np.asarray(value, dtype=np.float64)
 
 
 def _metrics(target: Target, truth: Mapping[str, Matrix], scores: Scores) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Predictions: model versions, promotions and each profile's current predictions.
+"""Predictions: model versions, promotions, monitoring checks and each profile's current
+predictions.
 
 Revision ID: 0007
 Revises: 0006
@@ -56,6 +57,16 @@ def upgrade() -> None:
     )
     op.create_index("prediction_promotions_target", "prediction_promotions", ["target", "id"])
     op.create_table(
+        "prediction_checks",
+        sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+        sa.Column("target", sa.String(16), nullable=False),
+        sa.Column("model_id", sa.BigInteger, nullable=False),
+        sa.Column("checked_at", _time(), nullable=False),
+        sa.Column("alert", sa.Boolean, nullable=False),
+        sa.Column("report", sa.Text, nullable=False),
+    )
+    op.create_index("prediction_checks_target", "prediction_checks", ["target", "id"])
+    op.create_table(
         "profile_predictions",
         sa.Column("profile_id", sa.String(512), primary_key=True),
         sa.Column("target", sa.String(16), primary_key=True),
@@ -67,5 +78,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("profile_predictions")
+    op.drop_table("prediction_checks")
     op.drop_table("prediction_promotions")
     op.drop_table("prediction_models")
