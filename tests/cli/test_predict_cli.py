@@ -123,6 +123,37 @@ def test_score_writes_one_row_per_user_with_the_served_version(
     assert printed.strip() == f"{CUSTOMERS} users -> {output} (model version 1)"
 
 
+def test_the_feature_table_carries_the_served_models_predictions(
+    shop: Shop, trained: dict[str, Any], tmp_path: Path
+) -> None:
+    output = tmp_path / "features.parquet"
+    as_of = format_timestamp(END - timedelta(days=1))
+    result = CliRunner().invoke(
+        main, ["lake", "features", "--as-of", as_of, "--output", str(output)], env=shop.env
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(output)
+    assert {"predictions__churn__probability", "predictions__churn__model_version"} <= set(
+        table.column_names
+    )
+    # the same features give the same scores as the batch scoring of the same cut-off
+    shop.ok(
+        "score",
+        "churn",
+        "--as-of",
+        as_of,
+        "--horizon-days",
+        "30",
+        "--output",
+        str(tmp_path / "s.parquet"),
+    )
+    batch = pq.read_table(tmp_path / "s.parquet").to_pydict()
+    by_user = dict(zip(batch["user_id"], batch["churn_probability"], strict=True))
+    rows = table.select(["user_id", "predictions__churn__probability"]).to_pylist()
+    assert len(rows) == len(by_user) > CUSTOMERS * 0.9
+    assert all(r["predictions__churn__probability"] == by_user[r["user_id"]] for r in rows)
+
+
 def test_score_without_a_served_model_names_the_train_command(shop: Shop, tmp_path: Path) -> None:
     output = tmp_path / "clv.parquet"
     result = shop.run("score", "clv", "--output", str(output))

@@ -200,3 +200,51 @@ async def test_worker_status_reports_lag_and_throughput(api: Api) -> None:
     [worker] = body["workers"]
     assert worker["eventsApplied"] == 4
     assert set(body["cache"]) == {"hits", "misses", "fills", "invalidations"}
+
+
+async def test_the_profile_document_carries_the_served_models_predictions(api: Api) -> None:
+    from personify.predict.registry import ModelVersion
+    from tests.predict.test_stage import churn_model
+
+    await api.send(
+        *[
+            {
+                "type": "track",
+                "userId": "runner",
+                "event": "Product Viewed",
+                "timestamp": at(10 - i),
+                "messageId": f"p{i}",
+            }
+            for i in range(3)
+        ]
+    )
+    # nothing served: the document says so with an empty section
+    first = (await api.get("/v1/profiles/runner")).json()
+    assert first["predictions"] == {}
+    models = api.services.models
+    version: ModelVersion = models.register(
+        churn_model(falling=True),
+        as_of=datetime.now(UTC),
+        definitions="test",
+        lineage_id=None,
+        report={"kind": "churn"},
+        status="kept",
+    )
+    models.promote(version.id)
+    await api.send(
+        {
+            "type": "track",
+            "userId": "runner",
+            "event": "Product Viewed",
+            "timestamp": at(1),
+            "messageId": "p9",
+        }
+    )
+    document = (await api.get("/v1/profiles/runner")).json()
+    churn = document["predictions"]["churn"]
+    assert 0 < churn["probability"] < 1 and churn["version"] == 1 and churn["coldStart"] is False
+    assert churn["model"] == "churn:30d:*" and churn["reasons"]
+    assert all("churn risk" in reason["text"] for reason in churn["reasons"])
+    # a past version of the profile has no predictions to show
+    past = (await api.get("/v1/profiles/runner", as_of=at(5))).json()
+    assert "predictions" not in past

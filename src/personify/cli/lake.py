@@ -116,11 +116,12 @@ def lake_info() -> None:
 @click.option("--as-of", "as_of", required=True, help="the cut-off time T (ISO-8601)")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def lake_features(as_of: str, output: Path) -> None:
-    """Write every user's feature vector as of T (point in time) to a Parquet file."""
-    from personify.predict.training import FeatureJob
+    """Write every user's feature vector as of T (point in time) to a Parquet file, with the
+    served churn and lifetime-value models' predictions from those features."""
+    from personify.predict.trainer import ModelTrainer
 
-    job = FeatureJob.from_settings(CliContext.current().settings)
-    result = job.features_as_of(parse_moment(as_of), output=output)
+    trainer = ModelTrainer.from_settings(CliContext.current().settings)
+    result = trainer.feature_table(parse_moment(as_of), output=output)
     click.echo(f"{result.row_count} users -> {output} (lineage {result.lineage_id})")
 
 

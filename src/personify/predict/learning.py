@@ -238,7 +238,12 @@ def choose_features(table: pa.Table) -> FeatureSpec:
     rows = max(1, table.num_rows)
     for f in table.schema:
         name = f.name
-        if name in _NOT_FEATURES or name.startswith("label_") or _MOMENT.search(name):
+        # labels, and the predictions a feature table may carry, are never a model's input
+        if (
+            name in _NOT_FEATURES
+            or name.startswith(("label_", "predictions__"))
+            or _MOMENT.search(name)
+        ):
             continue
         if (
             pa.types.is_integer(f.type)

@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,7 +58,7 @@ from personify.predict.metrics import (
 )
 from personify.predict.registry import ModelRegistry, ModelVersion
 from personify.predict.targets import Target
-from personify.predict.training import FeatureJob, append_labels, outcomes
+from personify.predict.training import FeatureJob, FeatureResult, append_labels, outcomes
 from personify.predict.transactions import order_summaries
 
 if TYPE_CHECKING:
@@ -252,7 +253,6 @@ class ModelTrainer:
             )
         model = fitted.model
         valid_table = latest.table.take(pa.array(valid_rows))
-        validation_scores, _ = serve_scores(model, valid_table, latest_pair[0][valid_rows])
         # validation scores are those of the model fit before the refit: what was validated
         validation_scores = _with_prior(fitted.validation, model, valid_table)
         baseline = self._baseline(target, latest, version, [latest.ids[i] for i in valid_rows])
@@ -273,16 +273,22 @@ class ModelTrainer:
             report["details"] = model.details
         report["monitoring"] = monitoring_reference(model, refit_pair[0], latest_pair[0])
         current = self.registry.served_for(target) if self.registry is not None else None
-        if current is not None:
-            current_scores, _ = serve_scores(
-                self.registry.load(current) if self.registry else model, valid_table
-            )
+        if current is not None and self.registry is not None:
             report["current"] = {
                 "version": current.number,
                 "id": current.id,
                 "asOf": format_timestamp(current.as_of),
-                "metrics": _metrics(target, truth, current_scores),
             }
+            if current.as_of <= served_from:
+                # it never saw these users' labels: scored on the same split
+                current_scores, _ = serve_scores(self.registry.load(current), valid_table)
+                report["current"]["comparison"] = "same_validation_users"
+                report["current"]["metrics"] = _metrics(target, truth, current_scores)
+            else:
+                # it was fit on these very labels: its score here would be in-sample, so it
+                # is compared by the validation it had when it was trained
+                report["current"]["comparison"] = "its_own_validation"
+                report["current"]["metrics"] = current.report.get("model")
         report["gate"] = _gate(target, report)
         run = TrainingRun(model, report)
         if register and self.registry is not None:
@@ -396,6 +402,45 @@ class ModelTrainer:
                 "gains": cumulative_gains(actual, primary_score(target, baseline))
             }
         return Evaluation(result, curves)
+
+    # -- feature tables ------------------------------------------------------------------------
+
+    def feature_table(self, as_of: datetime, *, output: Path | None = None) -> FeatureResult:
+        """Every user's features as of ``as_of`` (``FeatureJob.features_as_of``) with each
+        served model's predictions from them: ``predictions__churn__probability``,
+        ``predictions__clv__expected_revenue`` and ``…__expected_orders``, and
+        ``predictions__<target>__model_version``. Checked and recorded like any feature table
+        (its lineage names the versions)."""
+        table, _, version = self.job.build(as_of)
+        served: dict[str, int] = {}
+        for target_name, model_id in sorted(
+            (self.registry.served_ids() if self.registry is not None else {}).items()
+        ):
+            assert self.registry is not None
+            model_version = self.registry.get(model_id)
+            model = self.registry.load(model_version)
+            scores, _ = serve_scores(model, table)
+            for name in ("churn_probability", "expected_revenue", "expected_orders"):
+                values = getattr(scores, name)
+                if values is not None:
+                    column = name.removeprefix("churn_")
+                    table = table.append_column(
+                        f"predictions__{target_name}__{column}", pa.array(values, pa.float64())
+                    )
+            table = table.append_column(
+                f"predictions__{target_name}__model_version",
+                pa.array([model_version.number] * table.num_rows, pa.int32()),
+            )
+            served[target_name] = model_version.id
+        return self.job.publish(
+            "feature_table",
+            table,
+            version=version,
+            as_of=as_of,
+            time_end=as_of,
+            parameters={"predictions": served} if served else {},
+            output=output,
+        )
 
     # -- batch scoring -------------------------------------------------------------------------
 
