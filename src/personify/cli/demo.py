@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import sqlalchemy as sa
 import uvicorn
 
 from personify.api.app import create_app
 from personify.cli.shop import generate_shop
-from personify.errors import Conflict
+from personify.cli.shop_history import ShopHistory, generate_history
+from personify.clock import format_timestamp
+from personify.errors import Conflict, NotFound
+from personify.events.normalize import Normalizer
+from personify.ingest.importer import EventImporter, ImportSummary, SourceRow
+from personify.ingest.sources import Source
 from personify.lake.sink import LAKE_GROUP
 from personify.lake.table import Lake
 from personify.lake.warehouse import StateProfiles, Warehouse
+from personify.predict.report import evaluation_report
+from personify.predict.targets import Target, target
+from personify.predict.trainer import Evaluation, ModelTrainer, TrainingRun
+from personify.predict.training import FeatureJob
+from personify.profiles.predictions import read_predictions
+from personify.profiles.tables import identities, profile_predictions, profiles
+from personify.quality.checks import QualityContext
+from personify.quality.results import QualityRepository
 from personify.runtime import Runtime
 from personify.segments.clusterings import RunOutcome
 from personify.segments.rfm import RFM_CELLS, rfm_key
@@ -235,6 +252,355 @@ async def _show_clustering(services: Runtime, base_url: str, echo: Callable[[str
     echo("")
 
 
+# -- churn and lifetime value ----------------------------------------------------------------
+
+# the history the churn and CLV models learn from: a shop of 150 days with planted drivers of
+# churn and spend. It is imported, not sent through HTTP, so that each event keeps its own
+# arrival time: features as of a past cut-off then see the events known by then, where events
+# sent now would all be "received now" and a model trained as of a past cut-off would see none
+HISTORY_SOURCE = "shop-history"
+HISTORY_CUSTOMERS = 400
+HISTORY_DAYS = 150
+HISTORY_SEED = 11
+HISTORY_SALE_AT = 0.35
+CHURN_HORIZON_DAYS = 30.0
+# clv's default horizon is 90 days; the demo's 150 days of history cannot validate that on a
+# later window, so the demo predicts 30 days of revenue
+CLV_HORIZON_DAYS = 30.0
+
+
+def shop_history(now: datetime) -> ShopHistory:
+    """The demo's 150-day shop up to ``now``, its anonymous ids renamed (``hist-anon-…``) so
+    they do not join the 30-day shop's visitors, who are numbered ``anon-0001`` on too."""
+    history = generate_history(
+        now,
+        customers=HISTORY_CUSTOMERS,
+        days=HISTORY_DAYS,
+        seed=HISTORY_SEED,
+        sale_at=HISTORY_SALE_AT,
+    )
+    for event in history.events:
+        event["anonymousId"] = f"hist-{event['anonymousId']}"
+    return history
+
+
+def _history_source(services: Runtime) -> Source:
+    """The source the history is attributed to (created on the demo's first run)."""
+    try:
+        return services.sources.get(HISTORY_SOURCE)
+    except NotFound:
+        source, _ = services.sources.create(HISTORY_SOURCE)
+        return source
+
+
+async def _import_history(services: Runtime, source: Source, history: ShopHistory) -> ImportSummary:
+    """Import the history as ``personify import`` does: the collector's validation and PII
+    hashing, the ingest quality checks, and each event's own arrival time."""
+    settings = services.settings
+    normalizer = Normalizer(
+        services.hasher,
+        max_event_bytes=settings.max_event_bytes,
+        future_tolerance_s=settings.future_tolerance_hours * 3600.0,
+    )
+    importer = EventImporter(
+        services.log,
+        normalizer,
+        services.hasher,
+        source,
+        quality=QualityContext(
+            now=services.clock.now(), future_tolerance_hours=settings.future_tolerance_hours
+        ),
+        record_quality=QualityRepository(services.db).record,
+        clock=services.clock,
+    )
+
+    def rows() -> Iterator[SourceRow]:
+        for number, event in enumerate(history.events, start=1):
+            yield SourceRow(number, event, 1)
+
+    return await importer.run(
+        rows(),
+        dataset=f"demo:{HISTORY_SOURCE}",
+        rejected_path=settings.data_dir / "imports" / f"{HISTORY_SOURCE}.rejected.jsonl",
+    )
+
+
+@dataclass(slots=True)
+class _Trained:
+    """A trained version and whether the demo promoted it by hand after the gate kept it."""
+
+    run: TrainingRun
+    manual: bool
+
+
+@dataclass(slots=True)
+class _Learned:
+    """What the demo's predictions part did: two trained versions, a churn backtest with its
+    report, and the rescoring pass."""
+
+    churn: _Trained
+    clv: _Trained
+    trained_as_of: datetime
+    evaluation: Evaluation
+    evaluated_as_of: datetime
+    report_path: Path
+    scored: dict[str, int]
+
+
+class _SharedFeatureJob(FeatureJob):
+    """A feature job that keeps the tables it builds. The demo trains churn and clv over the
+    same horizon, so on the same chain of cut-offs, and backtests churn a horizon before the
+    training cut-off, on cut-offs of that chain too; a table as of a cut-off from one lake
+    version is the same every time, so each is replayed from the lake once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._built: dict[tuple[datetime, int], tuple[pa.Table, dict[str, str], int | None]] = {}
+
+    def build(
+        self, as_of: datetime, version: int | None = None
+    ) -> tuple[pa.Table, dict[str, str], int | None]:
+        """The feature table at ``as_of`` (``FeatureJob.build``), built once per lake version."""
+        if version is None:
+            return super().build(as_of, version)
+        key = (as_of, version)
+        if key not in self._built:
+            self._built[key] = super().build(as_of, version)
+        return self._built[key]
+
+
+def _train(trainer: ModelTrainer, chosen: Target, as_of: datetime) -> _Trained:
+    """Train a version as of ``as_of``. The gate promotes it when it beats the
+    baseline and the served version; when it keeps it (a re-run of the demo trains on the same
+    history and rarely beats the version it already serves), the demo promotes it by hand so
+    that the predictions it shows come from the version it just reported on."""
+    run = trainer.train(chosen, as_of=as_of)
+    if run.promoted or run.version is None or trainer.registry is None:
+        return _Trained(run, manual=False)
+    run.version = trainer.registry.promote(run.version.id, reason="manual")
+    return _Trained(run, manual=True)
+
+
+def _learn(services: Runtime) -> _Learned:
+    """Train churn and clv, backtest churn a horizon and a day before the newest arrival
+    (its outcomes are known by then) and write the HTML report, then score every stored
+    profile with the served models. Blocking: the demo runs it in a thread."""
+    settings = services.settings
+    job = _SharedFeatureJob(
+        Lake.from_settings(settings),
+        services.features,
+        db=services.db,
+        quality=QualityContext(
+            now=services.clock.now(), max_zscore=settings.quality_volume_max_zscore
+        ),
+        clock=services.clock,
+    )
+    trainer = ModelTrainer(job, services.models, clock=services.clock)
+    churn_target = target("churn", CHURN_HORIZON_DAYS)
+    # the default cut-off (the lake's newest arrival), read once so both models share it
+    trained_as_of = trainer.default_as_of()
+    churn = _train(trainer, churn_target, trained_as_of)
+    clv = _train(trainer, target("clv", CLV_HORIZON_DAYS), trained_as_of)
+    # the backtest's outcome window ends at training's cut-off, so every outcome is known, and
+    # its cut-offs fall on training's chain (their feature tables are built already)
+    as_of = trained_as_of - timedelta(days=CHURN_HORIZON_DAYS)
+    evaluation = trainer.evaluate(churn_target, as_of=as_of)
+    path = settings.data_dir / "reports" / f"churn-{as_of:%Y%m%dT%H%M%SZ}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(evaluation_report(evaluation.result, evaluation.curves), encoding="utf-8")
+    services.prediction_rescore.run()
+    return _Learned(churn, clv, trained_as_of, evaluation, as_of, path, _scored_profiles(services))
+
+
+def _metric(metrics: dict[str, Any] | None, key: str, digits: int) -> str:
+    """A metric for the demo's lines, or ``-`` when it could not be computed."""
+    value = (metrics or {}).get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.{digits}f}"
+    return "-"
+
+
+# the validation metric each target's gate compares, as the demo names it
+_GATE_METRICS = {"roc_auc": ("ROC-AUC", 3), "revenue_mae": ("revenue MAE", 2)}
+
+
+def _describe_training(trained: _Trained) -> str:
+    """One line on a trained version: its validation metric beside the baseline's, and what
+    the gate decided (with its reasons when it kept the version)."""
+    run = trained.run
+    report = run.report
+    gate = report["gate"]
+    label, digits = _GATE_METRICS.get(gate["metric"], (gate["metric"], 3))
+    number = f"v{run.version.number}" if run.version is not None else "(not registered)"
+    name = str(report["target"]).split(":", 1)[0]
+    model = _metric(report["model"], gate["metric"], digits)
+    baseline = _metric(report.get("baseline"), gate["metric"], digits)
+    method = str(report["validation"]["method"]).replace("_", " ")
+    decision = "promoted by the gate"
+    if trained.manual:
+        decision = (
+            f"kept by the gate ({'; '.join(gate['reasons'])}), so promoted by hand for the "
+            "demo (reason manual)"
+        )
+    return (
+        f"  {name} {number} ({report['describe']}): validation {label} {model}, baseline "
+        f"{baseline} (validated on the {method}); {decision}"
+    )
+
+
+def _pick_customers(services: Runtime, history: ShopHistory) -> list[tuple[str, str]]:
+    """Two history customers to show, by what is stored: among the buyers seen in the last
+    churn horizon, the one the model most expects to lose; and among the less likely half to
+    churn, the one expected to spend the most. Returns (userId, what they are, beside what
+    the generator planted)."""
+    truth = history.customers
+    end = history.start + timedelta(days=HISTORY_DAYS)
+    recent_ms = (services.clock.now() - timedelta(days=CHURN_HORIZON_DAYS)).timestamp() * 1000
+    with services.db.connect() as conn:
+        rows = conn.execute(
+            sa.select(identities.c.identity, profiles.c.profile_id, profiles.c.last_seen_ms)
+            .select_from(
+                identities.join(profiles, identities.c.profile_id == profiles.c.profile_id)
+            )
+            .where(identities.c.identity.in_(list(truth)))
+        ).all()
+        found = read_predictions(conn, sorted({str(row.profile_id) for row in rows}))
+    # (userId, churn probability, expected revenue, seen within the horizon)
+    scored: list[tuple[str, float, float, bool]] = []
+    for user_id, profile_id, last_seen_ms in rows:
+        values = found.get(str(profile_id), {})
+        churn, clv = values.get("churn") or {}, values.get("clv") or {}
+        probability, revenue = churn.get("probability"), clv.get("expectedRevenue")
+        if truth[user_id].is_visitor or churn.get("coldStart") or clv.get("coldStart"):
+            continue
+        if isinstance(probability, float | int) and isinstance(revenue, float | int):
+            recent = last_seen_ms is not None and last_seen_ms >= recent_ms
+            scored.append((str(user_id), float(probability), float(revenue), recent))
+    active = [s for s in scored if s[3]]
+    if not active:
+        return []
+
+    def planted(user_id: str) -> str:
+        customer = truth[user_id]
+        habit = (
+            f"{customer.purchase_rate_per_day * 30:.1f} orders a month "
+            f"of about EUR {customer.mean_order_value:.0f}"
+        )
+        if customer.dropout_at is None:
+            return f"planted: {habit}, still active"
+        days = (end - customer.dropout_at).total_seconds() / 86_400
+        return f"planted: {habit}, stopped coming {days:.0f} days before the history ends"
+
+    # calibration gives probabilities in steps: a tie goes to the customer worth more
+    leaving = max(active, key=lambda s: (s[1], s[2]))
+    median = sorted(s[1] for s in scored)[len(scored) // 2]
+    loyal = max((s for s in scored if s[1] <= median and s[0] != leaving[0]), key=lambda s: s[2])
+    return [
+        (leaving[0], f"active lately, likely to churn ({planted(leaving[0])})"),
+        (loyal[0], f"loyal, high value ({planted(loyal[0])})"),
+    ]
+
+
+def _scored_profiles(services: Runtime) -> dict[str, int]:
+    """How many stored profiles have a prediction, per target."""
+    c = profile_predictions.c
+    with services.db.connect() as conn:
+        rows = conn.execute(sa.select(c.target, sa.func.count()).group_by(c.target)).all()
+    return {str(name): int(count) for name, count in rows}
+
+
+async def _show_profile_predictions(
+    base_url: str, picks: list[tuple[str, str]], echo: Callable[[str], None]
+) -> None:
+    """Print the ``predictions`` part of ``GET /v1/profiles/{id}`` of each pick, compactly."""
+    headers = {"Authorization": f"Bearer {DEMO_ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
+        for user_id, label in picks:
+            response = await client.get(f"/v1/profiles/{user_id}")
+            response.raise_for_status()
+            predictions: dict[str, Any] = response.json().get("predictions") or {}
+            echo(f"  {user_id}: {label}")
+            churn = predictions.get("churn") or {}
+            if "probability" in churn:
+                echo(
+                    f"    churn probability {churn['probability']:.2f} in the next "
+                    f"{churn['horizonDays']:g} days (churn v{churn['version']})"
+                )
+                for reason in churn.get("reasons") or []:
+                    echo(f"      - {reason['text']}")
+            clv = predictions.get("clv") or {}
+            if "expectedRevenue" in clv:
+                echo(
+                    f"    expected revenue EUR {clv['expectedRevenue']:.2f} from "
+                    f"{clv['expectedOrders']:.2f} orders in the next {clv['horizonDays']:g} days "
+                    f"(clv v{clv['version']})"
+                )
+                for reason in clv.get("reasons") or []:
+                    echo(f"      - {reason['text']}")
+
+
+async def _show_predictions(services: Runtime, base_url: str, echo: Callable[[str], None]) -> None:
+    """Import the 150-day shop's history, train churn and clv on it, backtest churn with an
+    HTML report, score every profile, and show two customers' predictions with reasons."""
+    settings = services.settings
+    source = _history_source(services)
+    # the history ends when its source was made, so a re-run of the demo generates the very
+    # same events, which the import's dedupe drops
+    history = shop_history(source.created_at)
+    summary = await _import_history(services, source, history)
+    echo(
+        f"Churn and lifetime value are learned from history: a {HISTORY_DAYS}-day shop of "
+        f"{HISTORY_CUSTOMERS} customers, imported as `personify import` does (each event keeps "
+        "its own arrival time, so a past cut-off sees what was known then):"
+    )
+    echo(
+        f"  {summary.rows} rows: {summary.accepted} accepted, {summary.duplicates} duplicates, "
+        f"{summary.rejected} rejected (source {HISTORY_SOURCE})"
+    )
+    applied = await _wait_for_group(services, settings.worker_group, timeout_s=180.0)
+    if not (applied and await _wait_for_lake(services, timeout_s=180.0)):
+        echo("  (the worker or the lake writer has not applied the history yet; skipped)")
+        echo("")
+        return
+    learned = await asyncio.to_thread(_learn, services)
+    echo(
+        f"  trained as of {format_timestamp(learned.trained_as_of)} (the newest arrival), "
+        f"{CHURN_HORIZON_DAYS:g} days ahead for churn and {CLV_HORIZON_DAYS:g} for clv (the demo "
+        f"uses {CLV_HORIZON_DAYS:g} days for clv, not its default 90, so that its short history "
+        "can validate it):"
+    )
+    echo(_describe_training(learned.churn))
+    echo(_describe_training(learned.clv))
+    result = learned.evaluation.result
+    echo(
+        f"  backtest of churn as of {format_timestamp(learned.evaluated_as_of)} over "
+        f"{result['users']} users: ROC-AUC {_metric(result['model'], 'roc_auc', 3)} for the "
+        f"model, {_metric(result.get('baseline'), 'roc_auc', 3)} for the baseline (BG/NBD)"
+    )
+    echo(f"  report: {learned.report_path}")
+    scored = ", ".join(f"{count} by {name}" for name, count in sorted(learned.scored.items()))
+    echo(
+        f"Every stored profile is scored by the served models ({scored}); the worker keeps "
+        "the scores current as events apply. The profile API shows them with their reasons:"
+    )
+    picks = await asyncio.to_thread(_pick_customers, services, history)
+    await _show_profile_predictions(base_url, picks, echo)
+    auth = f"curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}'"
+    if picks:
+        echo(f"  {auth} {base_url}/v1/profiles/{picks[0][0]}")
+    evaluated = format_timestamp(learned.evaluated_as_of)
+    echo("  personify predict models")
+    echo(
+        f"  personify predict evaluate churn --as-of {evaluated} "
+        f"--horizon-days {CHURN_HORIZON_DAYS:g}"
+    )
+    echo(
+        f"  personify predict score churn --horizon-days {CHURN_HORIZON_DAYS:g} "
+        "--output churn.parquet"
+    )
+    echo("")
+
+
 def _lake_query(settings: Settings, services: Runtime, query: str) -> str:
     with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(services.db)) as warehouse:
         return warehouse.render(query)
@@ -338,6 +704,7 @@ def run_demo(
             echo("")
             await _show_rfm(services, base_url, echo)
             await _show_clustering(services, base_url, echo)
+            await _show_predictions(services, base_url, echo)
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")

@@ -61,6 +61,8 @@ __all__ = [
 
 FORMAT = "personify-model/1"
 Matrix = np.ndarray[Any, np.dtype[np.float64]]
+# a set of rows: their features, and their labels by name (``churn``; ``revenue``, ``orders``)
+Pair = tuple[Matrix, Mapping[str, Matrix]]
 
 # the derived column and what it is computed from
 AGE = "age_days"
@@ -453,9 +455,9 @@ def _mae(a: Matrix, b: Matrix) -> float:
 def fit_model(
     target: Target,
     spec: FeatureSpec,
-    fit: tuple[Matrix, Mapping[str, Matrix]],
-    valid: tuple[Matrix, Mapping[str, Matrix]],
-    refit: tuple[Matrix, Mapping[str, Matrix]] | None = None,
+    fit: Pair,
+    valid: Pair,
+    refit: Pair | None = None,
 ) -> Fitted:
     """Fit ``target`` on ``fit`` early-stopped on ``valid`` (features and labels: ``churn``;
     or ``revenue`` and ``orders``), calibrate on ``valid``'s predictions, then, when ``refit``
@@ -475,9 +477,9 @@ def fit_model(
 def _fit_churn(
     target: Target,
     spec: FeatureSpec,
-    fit: tuple[Matrix, Mapping[str, Matrix]],
-    valid: tuple[Matrix, Mapping[str, Matrix]],
-    refit: tuple[Matrix, Mapping[str, Matrix]] | None,
+    fit: Pair,
+    valid: Pair,
+    refit: Pair | None,
 ) -> Fitted:
     objective = _OBJECTIVES["churn"]
     y_fit, y_valid = fit[1]["churn"], valid[1]["churn"]
@@ -509,9 +511,9 @@ def _trimmed(booster: lgb.Booster, rounds: int) -> lgb.Booster:
 def _fit_clv(
     target: Target,
     spec: FeatureSpec,
-    fit: tuple[Matrix, Mapping[str, Matrix]],
-    valid: tuple[Matrix, Mapping[str, Matrix]],
-    refit: tuple[Matrix, Mapping[str, Matrix]] | None,
+    fit: Pair,
+    valid: Pair,
+    refit: Pair | None,
 ) -> Fitted:
     x_fit, x_valid = fit[0], valid[0]
     revenue_fit, revenue_valid = fit[1]["revenue"], valid[1]["revenue"]
@@ -685,7 +687,7 @@ def _floats(table: pa.Table, name: str) -> Matrix:
 
 
 def take(
-    pair: tuple[Matrix, Mapping[str, Matrix]], rows: Sequence[int] | np.ndarray[Any, Any]
+    pair: Pair, rows: Sequence[int] | np.ndarray[Any, Any]
 ) -> tuple[Matrix, dict[str, Matrix]]:
     """Some rows of a (features, labels) pair."""
     index = np.asarray(rows, dtype=np.int64)

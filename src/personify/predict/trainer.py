@@ -109,22 +109,29 @@ class _Frame:
         return [str(v) for v in self.table.column("user_id").to_pylist()]
 
 
-def serve_scores(model: Model, table: pa.Table, x: Matrix | None = None) -> tuple[Scores, Matrix]:
-    """The model's scores for a feature table as served: a profile with too little history
-    (``Model.is_cold``) gets the population's prior. Returns the scores and the cold mask."""
-    x = model.spec.matrix(table) if x is None else x
-    scores = model.predict(x)
+def serve_scores(
+    model: Model, table: pa.Table, x: Matrix | None = None, *, scores: Scores | None = None
+) -> tuple[Scores, Matrix]:
+    """The model's scores for a feature table as served (or ``scores`` it already gave, not
+    changed): a profile with too little history (``Model.is_cold``) gets the population's
+    prior. Returns the scores and the cold mask."""
+    if scores is None:
+        scores = model.predict(model.spec.matrix(table) if x is None else x)
     events = (
         table.column("events_total").cast(pa.float64()).to_numpy(zero_copy_only=False)
         if "events_total" in table.column_names
         else np.zeros(table.num_rows)
     )
     cold = np.asarray([model.is_cold(float(e)) for e in np.nan_to_num(events)], dtype=bool)
-    for name, value in model.prior.items():
-        column = getattr(scores, name)
-        if column is not None:
-            column[cold] = value
-    return scores, cold
+    columns = {
+        name: None if values is None else np.where(cold, model.prior.get(name, 0.0), values)
+        for name, values in (
+            ("churn_probability", scores.churn_probability),
+            ("expected_revenue", scores.expected_revenue),
+            ("expected_orders", scores.expected_orders),
+        )
+    }
+    return Scores(**columns), cold
 
 
 class ModelTrainer:
@@ -254,7 +261,7 @@ class ModelTrainer:
         model = fitted.model
         valid_table = latest.table.take(pa.array(valid_rows))
         # validation scores are those of the model fit before the refit: what was validated
-        validation_scores = _with_prior(fitted.validation, model, valid_table)
+        validation_scores, _ = serve_scores(model, valid_table, scores=fitted.validation)
         baseline = self._baseline(target, latest, version, [latest.ids[i] for i in valid_rows])
         truth = {name: values[valid_rows] for name, values in latest_pair[1].items()}
         report: dict[str, Any] = {
@@ -606,29 +613,6 @@ def _held_out(ids: Sequence[str]) -> np.ndarray[Any, np.dtype[np.bool_]]:
         [int.from_bytes(hashlib.sha256(i.encode()).digest()[:4], "big") < cut for i in ids],
         dtype=bool,
     )
-
-
-def _with_prior(scores: Scores, model: Model, table: pa.Table) -> Scores:
-    events = (
-        table.column("events_total").cast(pa.float64()).to_numpy(zero_copy_only=False)
-        if "events_total" in table.column_names
-        else np.zeros(table.num_rows)
-    )
-    cold = np.asarray([model.is_cold(float(e)) for e in np.nan_to_num(events)], dtype=bool)
-    out = Scores(
-        churn_probability=None
-        if scores.churn_probability is None
-        else scores.churn_probability.copy(),
-        expected_revenue=None
-        if scores.expected_revenue is None
-        else scores.expected_revenue.copy(),
-        expected_orders=None if scores.expected_orders is None else scores.expected_orders.copy(),
-    )
-    for name, value in model.prior.items():
-        column = getattr(out, name)
-        if column is not None:
-            column[cold] = value
-    return out
 
 
 def _subset(scores: Scores, mask: np.ndarray[Any, Any]) -> Scores:
