@@ -6,6 +6,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+# LightGBM's OpenMP threads sleep while they wait, as in `personify serve` (cli/tuning.py):
+# spinning threads of a test process starve the servers and workers other tests start
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 from personify.settings import Settings

@@ -75,10 +75,14 @@ def served_app() -> Any:
     Unlike ``create_app`` alone, it tunes the process it runs in (unless
     ``PERSONIFY_PROCESS_TUNING=false``): the process is a server and nothing else.
     """
-    from personify.api.app import create_app
-    from personify.cli.tuning import freeze_startup_objects, tune_process
+    from personify.cli.tuning import freeze_startup_objects, quiet_openmp, tune_process
 
     settings = Settings()
+    if settings.process_tuning:
+        # before the app's imports load LightGBM's OpenMP runtime
+        quiet_openmp()
+    from personify.api.app import create_app
+
     app = create_app(settings)
     if settings.process_tuning:
         tune_process()
@@ -98,7 +102,11 @@ def served_app() -> Any:
 def worker(ctx: CliContext, drain: bool, batch_size: int | None) -> None:
     """Run a stream worker: apply the event log to profiles until SIGTERM or Ctrl+C."""
 
-    from personify.cli.tuning import freeze_startup_objects, tune_process
+    from personify.cli.tuning import freeze_startup_objects, quiet_openmp, tune_process
+
+    if ctx.settings.process_tuning:
+        # before the runtime's imports load LightGBM's OpenMP runtime
+        quiet_openmp()
     from personify.runtime import Runtime
     from personify.worker.worker import WorkerStats
 
@@ -137,6 +145,11 @@ def worker(ctx: CliContext, drain: bool, batch_size: int | None) -> None:
 @pass_ctx
 def demo(ctx: CliContext, port: int, no_serve: bool) -> None:
     """Seed an embedded demo (source, admin key, scripted events) and serve it on PORT."""
+    from personify.cli.tuning import quiet_openmp
+
+    if ctx.settings.process_tuning:
+        # the demo serves and trains models in one process: before LightGBM loads
+        quiet_openmp()
     from personify.cli.demo import run_demo
 
     run_demo(ctx.settings, port=port, serve=not no_serve, echo=click.echo, echo_json=echo_json)

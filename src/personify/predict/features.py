@@ -4,6 +4,7 @@ columns (see ``personify.predict.replay`` for what "as of T" means).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -32,9 +33,15 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _encode = msgspec.json.Encoder(order="deterministic").encode
 
 
-def column_name(key: str) -> str:
-    """A feature path segment as a column-name part (``Product Viewed`` -> ``product_viewed``)."""
-    return _NOT_NAME.sub("_", str(key).lower()).strip("_") or "_"
+@functools.lru_cache(maxsize=65_536)
+def _column_name(key: str) -> str:
+    return _NOT_NAME.sub("_", key.lower()).strip("_") or "_"
+
+
+def column_name(key: object) -> str:
+    """A feature path segment as a column-name part (``Product Viewed`` -> ``product_viewed``).
+    The same few keys recur in every profile: each is cleaned once (a bounded cache)."""
+    return _column_name(str(key))
 
 
 def definitions_digest(features: FeatureSet) -> str:

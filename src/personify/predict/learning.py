@@ -89,6 +89,9 @@ _PARAMS: dict[str, Any] = {
     "force_row_wise": True,
     "seed": 0,
 }
+# predictions run on one thread: the worker scores a batch's profiles (hundreds to thousands
+# of rows, microseconds each), where waking an OpenMP team costs more than it saves
+_PREDICT: dict[str, Any] = {"num_threads": 1}
 MAX_ROUNDS = 600
 EARLY_STOPPING_ROUNDS = 40
 # a buyer's revenue needs this many buyers to learn; fewer gives their mean
@@ -153,19 +156,24 @@ class FeatureSpec:
     def row(self, values: Mapping[str, Any], as_of_ms: int) -> Matrix:
         """One profile's input from its flattened document (``flatten_document``) at
         ``as_of_ms``, as ``matrix`` reads a feature table's row."""
-        out = np.full((1, len(self.numeric) + len(self.categorical)), np.nan)
+        return self.rows([values], as_of_ms)
+
+    def rows(self, documents: Sequence[Mapping[str, Any]], as_of_ms: int) -> Matrix:
+        """Profiles' inputs from their flattened documents at ``as_of_ms``, a column at a
+        time (the worker's batches)."""
+        out = np.full((len(documents), len(self.numeric) + len(self.categorical)), np.nan)
         for j, name in enumerate(self.numeric):
             if name == AGE:
-                out[0, j] = _age(values.get(_FIRST_SEEN), as_of_ms)
+                out[:, j] = [_age(d.get(_FIRST_SEEN), as_of_ms) for d in documents]
             else:
-                out[0, j] = _number(values.get(name))
+                out[:, j] = [_number(d.get(name)) for d in documents]
         for k, (name, vocabulary) in enumerate(self.categorical):
-            value = values.get(name)
-            if value is not None:
-                text = str(value)
-                out[0, len(self.numeric) + k] = (
-                    vocabulary.index(text) if text in vocabulary else len(vocabulary)
-                )
+            codes = {value: float(c) for c, value in enumerate(vocabulary)}
+            other = float(len(vocabulary))
+            column = [d.get(name) for d in documents]
+            out[:, len(self.numeric) + k] = [
+                math.nan if v is None else codes.get(str(v), other) for v in column
+            ]
         return out
 
     def value_text(self, j: int, value: float) -> str:
@@ -196,9 +204,14 @@ class FeatureSpec:
         )
 
 
+_NUMBERS = (int, float, bool)
+
+
 def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        return float(value)
+    # exact types first: the documents hold plain ints, floats, bools and None
+    if type(value) in _NUMBERS:
+        number = float(value)
+        return number if math.isfinite(number) else math.nan
     if isinstance(value, int | float):
         number = float(value)
         return number if math.isfinite(number) else math.nan
@@ -376,17 +389,17 @@ class Model:
     def predict(self, x: Matrix) -> Scores:
         """Scores for the rows of ``x`` (``FeatureSpec.matrix`` or ``row``)."""
         if self.kind == "churn":
-            raw = np.asarray(self.boosters["churn"].predict(x), dtype=np.float64)
+            raw = np.asarray(self.boosters["churn"].predict(x, **_PREDICT), dtype=np.float64)
             if self.calibration is not None:
                 raw = np.interp(raw, self.calibration[0], self.calibration[1])
             return Scores(churn_probability=np.clip(raw, 0.0, 1.0))
-        orders = np.asarray(self.boosters["orders"].predict(x), dtype=np.float64)
+        orders = np.asarray(self.boosters["orders"].predict(x, **_PREDICT), dtype=np.float64)
         if self.kind == "tweedie":
-            revenue = np.asarray(self.boosters["revenue"].predict(x), dtype=np.float64)
+            revenue = np.asarray(self.boosters["revenue"].predict(x, **_PREDICT), dtype=np.float64)
         else:
-            buys = np.asarray(self.boosters["buyer"].predict(x), dtype=np.float64)
+            buys = np.asarray(self.boosters["buyer"].predict(x, **_PREDICT), dtype=np.float64)
             if "spend" in self.boosters:
-                spend = np.asarray(self.boosters["spend"].predict(x), dtype=np.float64)
+                spend = np.asarray(self.boosters["spend"].predict(x, **_PREDICT), dtype=np.float64)
             else:
                 spend = np.full(len(x), self.buyer_revenue or 0.0)
             revenue = buys * np.maximum(spend, 0.0)
@@ -396,7 +409,9 @@ class Model:
         """Each feature's contribution to each row's prediction (TreeSHAP; the last column is
         the expected value), from the booster that drives the target."""
         name = {"churn": "churn", "two_part": "buyer", "tweedie": "revenue"}[self.kind]
-        return np.asarray(self.boosters[name].predict(x, pred_contrib=True), dtype=np.float64)
+        return np.asarray(
+            self.boosters[name].predict(x, pred_contrib=True, **_PREDICT), dtype=np.float64
+        )
 
     def reasons(
         self, x: Matrix, contributions: Matrix, *, top: int = 3

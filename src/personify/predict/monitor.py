@@ -206,7 +206,7 @@ class ModelMonitor:
                     rows.append(flatten_document(evaluate_profile(state, self._features, at_ms)))
         if not rows:
             return {}
-        x = np.vstack([model.spec.row(row, at_ms) for row in rows])
+        x = model.spec.rows(rows, at_ms)
         bins = reference.get("features") or {}
         drift: dict[str, float | None] = {}
         for j, name in enumerate(model.spec.names):

@@ -57,7 +57,7 @@ def prediction_values(
     if not rows:
         return []
     at_ms = datetime_ms(at)
-    x = np.vstack([model.spec.row(row, at_ms) for row in rows])
+    x = model.spec.rows(rows, at_ms)
     scores = model.predict(x)
     events = [float(row.get("events_total") or 0) for row in rows]
     cold = [model.is_cold(e) for e in events]
