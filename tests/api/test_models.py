@@ -213,6 +213,7 @@ async def test_the_routes_are_in_the_openapi_document(harness: Harness) -> None:
         ("/v1/models/{model_id}/promote", "post"): {"200", "404", "422"},
         ("/v1/models/targets/{target}/rollback", "post"): {"200", "404", "409", "422"},
         ("/v1/models/targets/{target}/promotions", "get"): {"200", "422"},
+        ("/v1/models/targets/{target}/monitoring", "get"): {"200", "422"},
     }
     for (path, method), statuses in expected.items():
         operation = paths[path][method]
@@ -226,3 +227,10 @@ async def test_the_routes_are_in_the_openapi_document(harness: Harness) -> None:
     detail = document["components"]["schemas"]["ModelVersionDetail"]["properties"]
     assert {"report", "features", "file", "served", "sha256"} <= set(detail)
     assert all(field.get("description") for field in detail.values())
+
+
+async def test_monitoring_lists_a_targets_checks_newest_first(harness: Harness) -> None:
+    empty = await harness.client.get("/v1/models/targets/churn/monitoring", headers=harness.admin)
+    assert empty.status_code == 200 and empty.json() == {"checks": []}
+    bad = await harness.client.get("/v1/models/targets/ltv/monitoring", headers=harness.admin)
+    assert_error(bad, 422, "invalid_target")

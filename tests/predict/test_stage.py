@@ -17,12 +17,14 @@ from personify.clock import FrozenClock, format_timestamp
 from personify.predict.learning import FeatureSpec, Model
 from personify.predict.registry import ModelRegistry
 from personify.predict.rescore import PredictionRescore
-from personify.predict.stage import PredictionStage
+from personify.predict.stage import PredictionStage, explain
 from personify.predict.targets import target
 from personify.profiles.events import view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.predictions import read_predictions
 from personify.profiles.processor import ProfileProcessor
+from personify.profiles.state import decode_state, state_text
+from personify.profiles.tables import profiles
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage
 from personify.segments.tables import segment_members
@@ -125,7 +127,19 @@ def test_an_event_that_changes_the_features_changes_the_stored_probability(world
     third = world.churn("ada")
     # more activity, lower churn (the model's planted direction), in the same batch's commit
     assert third["probability"] < second["probability"]
-    texts = [r["text"] for r in third["reasons"]]
+    # the worker stores the score; its reasons are worked out when asked, from the state
+    assert "reasons" not in third
+    with world.db.connect() as conn:
+        state = decode_state(
+            state_text(
+                conn.execute(
+                    sa.select(profiles.c.state).where(profiles.c.profile_id == "ada")
+                ).scalar_one()
+            )
+        )
+    explained = explain(world.registry, FEATURES, state, {"churn": third})["churn"]
+    assert explained["probability"] == third["probability"]
+    texts = [r["text"] for r in explained["reasons"]]
     assert texts and any(t.startswith("events in total: 33") for t in texts)
     assert all(("raises churn risk" in t) or ("lowers churn risk" in t) for t in texts)
 

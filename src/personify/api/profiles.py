@@ -23,6 +23,7 @@ from personify.api.documents import (
 from personify.api.guards import BEARER_SECURITY, api_key
 from personify.errors import ValidationError
 from personify.events.normalize import parse_timestamp
+from personify.predict.stage import explain
 from personify.profiles.repository import MAX_CURSOR_CHARS, parse_cursor
 from personify.profiles.service import ProfileService
 from personify.runtime import Runtime
@@ -64,6 +65,7 @@ def _as_of(raw: str | None) -> datetime | None:
 async def profile(
     profiles: NamedDependency[ProfileService],
     segments: NamedDependency[SegmentRepository],
+    runtime: NamedDependency[Runtime],
     id: ProfileId,
     as_of: Annotated[
         str | None,
@@ -82,7 +84,13 @@ async def profile(
     body = {**document, "segments": member_of}
     if moment is None:
         # predictions are kept as of now only: a past version has none to show
-        body["predictions"] = await sync_to_thread(profiles.predictions, document["profileId"])
+        scores = await sync_to_thread(profiles.predictions, document["profileId"])
+        loaded = await profiles.load(document["profileId"]) if scores else None
+        body["predictions"] = (
+            await sync_to_thread(explain, runtime.models, profiles.features, loaded.state, scores)
+            if loaded is not None
+            else scores
+        )
     return body
 
 

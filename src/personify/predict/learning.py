@@ -238,9 +238,10 @@ def _age_column(table: pa.Table) -> Matrix:
         error_is_null=True,
     )
     first_ms = first.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    # a cut-off may carry microseconds: read it exactly, in milliseconds as a float
     as_of_ms = (
-        table.column("as_of").cast(pa.timestamp("ms")).cast(pa.int64()).to_numpy(False)
-    ).astype(np.float64)
+        table.column("as_of").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(False)
+    ).astype(np.float64) / 1000.0
     return np.asarray(np.maximum(0.0, (as_of_ms - first_ms) / _MS_PER_DAY), dtype=np.float64)
 
 

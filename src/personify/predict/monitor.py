@@ -43,16 +43,16 @@ from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import PersonifyError
 from personify.lake.table import Lake
 from personify.lake.warehouse import Warehouse
-from personify.predict.features import flatten_document
 from personify.predict.learning import Model
 from personify.predict.metrics import churn_metrics, clv_metrics, stability_against
 from personify.predict.registry import ModelRegistry, ModelVersion
+from personify.predict.stage import model_inputs
 from personify.predict.tables import prediction_checks
 from personify.predict.targets import Target
 from personify.predict.training import NO_OUTCOME, outcomes
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
-from personify.profiles.state import decode_state, evaluate_profile, state_text
+from personify.profiles.state import decode_state, state_text
 from personify.profiles.tables import identities, profile_predictions, profiles
 from personify.store.database import Database
 
@@ -203,7 +203,7 @@ class ModelMonitor:
                     )
                 ).scalars():
                     state = decode_state(state_text(blob))
-                    rows.append(flatten_document(evaluate_profile(state, self._features, at_ms)))
+                    rows.append(model_inputs(state, self._features, at_ms))
         if not rows:
             return {}
         x = model.spec.rows(rows, at_ms)

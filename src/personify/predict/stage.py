@@ -5,10 +5,12 @@ Each served model is loaded once and kept; the stage asks the registry which ver
 served once per batch (one small query), so a promotion or a rollback swaps the model at the
 next batch. The touched profiles are evaluated at the current time into the same flattened
 documents the training frames hold, read into one matrix per model, and scored in one call;
-the reasons come from one call of the trees' contributions. A profile with too little history
+a profile with too little history
 gets the population's prior, flagged ``coldStart``.
 
 A profile whose consent withdraws personalization is not scored (and loses its predictions).
+The worker stores the scores; the reasons behind one are worked out when a profile is read
+(``explain``), from the state that was scored, so the batch pays for no tree contributions.
 When a served model cannot be loaded (its file is missing or changed), the profiles the batch
 touched say so (``{"status": "unavailable", "reason"}``) and the batch goes on: a model never
 stops the worker.
@@ -61,7 +63,7 @@ def prediction_values(
     scores = model.predict(x)
     events = [float(row.get("events_total") or 0) for row in rows]
     cold = [model.is_cold(e) for e in events]
-    reasons: list[list[dict[str, Any]]] = [[] for _ in rows]
+    reasons: list[list[dict[str, Any]]] | None = None
     if with_reasons:
         reasons = model.reasons(x, model.contributions(x), top=REASONS)
     scored_at = format_timestamp(at)
@@ -74,8 +76,9 @@ def prediction_values(
             "horizonDays": version.target.horizon_days,
             "scoredAt": scored_at,
             "coldStart": is_cold,
-            "reasons": [] if is_cold else reasons[i],
         }
+        if reasons is not None or is_cold:
+            value["reasons"] = [] if is_cold or reasons is None else reasons[i]
         if model.target.name == "churn":
             probability = (
                 model.prior["churn_probability"]
@@ -98,6 +101,42 @@ def prediction_values(
             value["expectedOrders"] = orders
         out.append(value)
     return out
+
+
+def model_inputs(state: ProfileState, features: FeatureSet, at_ms: int) -> dict[str, Any]:
+    """A profile as a model reads it: its flattened document at ``at_ms`` without the JSON
+    sections (affinities, last events) no model reads."""
+    return flatten_document(evaluate_profile(state, features, at_ms, json_sections=False))
+
+
+def explain(
+    registry: ModelRegistry,
+    features: FeatureSet,
+    state: ProfileState,
+    predictions: dict[str, Any],
+) -> dict[str, Any]:
+    """``predictions`` (a profile's, by target) with the reasons of each score: the largest
+    feature contributions of the version that scored it, on the profile as it was scored
+    (the stored state, evaluated at ``scoredAt``: the worker scores a profile again whenever
+    it changes, so the state is the one scored). The worker stores scores only; reasons are
+    worked out when asked. A version that cannot be read leaves its score without reasons."""
+    explained: dict[str, Any] = {}
+    for target_name, value in predictions.items():
+        value = dict(value)
+        explained[target_name] = value
+        model_id = value.get("modelId")
+        if "reasons" in value or not isinstance(model_id, int) or "scoredAt" not in value:
+            continue
+        try:
+            version = registry.get(model_id)
+            model = registry.load(version)
+        except PersonifyError:
+            value["reasons"] = []
+            continue
+        at = datetime.fromisoformat(str(value["scoredAt"]))
+        x = model.spec.rows([model_inputs(state, features, datetime_ms(at))], datetime_ms(at))
+        value["reasons"] = model.reasons(x, model.contributions(x), top=REASONS)[0]
+    return explained
 
 
 class PredictionStage:
@@ -174,7 +213,7 @@ class PredictionStage:
                 }
                 values = {pid: (version.id, unavailable) for pid, _ in allowed}
             else:
-                documents = prediction_values(model, version, rows, now)
+                documents = prediction_values(model, version, rows, now, with_reasons=False)
                 values = {
                     pid: (version.id, document)
                     for (pid, _), document in zip(allowed, documents, strict=True)

@@ -413,8 +413,12 @@ def _iso(ms: int | None) -> str | None:
     return format_ms(ms) if ms is not None else None
 
 
-def evaluate_profile(state: ProfileState, features: FeatureSet, as_of_ms: int) -> dict[str, Any]:
-    """The ``features`` section of a profile as of ``as_of_ms`` (windows relative to it)."""
+def evaluate_profile(
+    state: ProfileState, features: FeatureSet, as_of_ms: int, *, json_sections: bool = True
+) -> dict[str, Any]:
+    """The ``features`` section of a profile as of ``as_of_ms`` (windows relative to it);
+    without ``json_sections``, no ``affinities`` or ``last_events`` (what models never read:
+    the feature tables keep them as JSON)."""
     recency = (
         round(max(0, as_of_ms - state.last_seen) / MS_PER_DAY, 3)
         if state.last_seen is not None
@@ -425,21 +429,25 @@ def evaluate_profile(state: ProfileState, features: FeatureSet, as_of_ms: int) -
         "last_seen": _iso(state.last_seen),
         "recency_days": recency,
         "events_total": state.events,
-        "last_events": {name: format_ms(s.ts) for name, s in sorted(state.last_events.items())},
-        "sessions": summarize_sessions(
-            state.sessions,
-            as_of_ms,
-            floor_ms=retention_floor(state.last_seen or 0, features.session_retention_ms),
-            retention_days=features.config.session_retention_days,
-        ),
-        "affinities": evaluate_affinities(
+    }
+    if json_sections:
+        result["last_events"] = {
+            name: format_ms(s.ts) for name, s in sorted(state.last_events.items())
+        }
+    result["sessions"] = summarize_sessions(
+        state.sessions,
+        as_of_ms,
+        floor_ms=retention_floor(state.last_seen or 0, features.session_retention_ms),
+        retention_days=features.config.session_retention_days,
+    )
+    if json_sections:
+        result["affinities"] = evaluate_affinities(
             state.affinities, features, as_of_ms, latest_ms=state.last_seen or 0
-        ),
-        "context": {
-            "last": {name: s.value for name, s in sorted(state.context.items())},
-            "first_touch": state.first_touch.value if state.first_touch else None,
-            "last_touch": state.last_touch.value if state.last_touch else None,
-        },
+        )
+    result["context"] = {
+        "last": {name: s.value for name, s in sorted(state.context.items())},
+        "first_touch": state.first_touch.value if state.first_touch else None,
+        "last_touch": state.last_touch.value if state.last_touch else None,
     }
     result.update(evaluate_features(state.features, features, as_of_ms))
     return result
