@@ -25,6 +25,7 @@ from personify.api.admin import admin_router
 from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.documents import ErrorDocument, Health, Readiness
+from personify.api.metrics import metrics_registry, metrics_router
 from personify.api.models import model_router
 from personify.api.profiles import profile_router
 from personify.api.reference import openapi_config, reference_router
@@ -83,6 +84,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "clusterings": value(runtime.clusterings),
         "models": value(runtime.models),
         "model_monitor": value(runtime.model_monitor),
+        "prometheus": value(metrics_registry(runtime)),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
     }
@@ -129,6 +131,7 @@ def create_app(
             segment_router(),
             clustering_router(),
             model_router(),
+            metrics_router(),
             *collector_handlers(),
             reference_router(),
         ],

@@ -56,7 +56,16 @@ from personify.profiles.state import decode_state, state_text
 from personify.profiles.tables import identities, profile_predictions, profiles
 from personify.store.database import Database
 
-__all__ = ["ModelMonitor", "MonitorThresholds"]
+__all__ = ["ALERT_KINDS", "ModelMonitor", "MonitorThresholds", "retraining_due"]
+
+# every kind of alert a check raises
+ALERT_KINDS = (
+    "feature_drift",
+    "score_drift",
+    "realised_auc",
+    "realised_mae",
+    "model_unavailable",
+)
 
 log = logging.getLogger(__name__)
 
