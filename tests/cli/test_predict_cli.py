@@ -218,3 +218,44 @@ def test_an_unknown_version_cannot_be_promoted(shop: Shop) -> None:
     result = shop.run("promote", "999")
     assert result.exit_code == 1
     assert result.stderr == "error [model_not_found]: no model version 999\n"
+
+
+def test_rescore_scores_stored_profiles_and_monitor_checks_them(
+    shop: Shop, trained: dict[str, Any]
+) -> None:
+    from personify.profiles.events import view_event
+    from personify.profiles.features import FeatureSet
+    from personify.profiles.processor import ProfileProcessor
+    from personify.settings import Settings
+    from personify.store.database import open_database
+
+    settings = Settings(data_dir=shop.data_dir)
+    db = open_database(settings)
+    try:
+        stamp = format_timestamp(END)
+        events = [
+            view_event(
+                {
+                    "type": "track",
+                    "event": "Product Viewed",
+                    "userId": f"live-{n % 3}",
+                    "messageId": f"live-{n}",
+                    "timestamp": stamp,
+                    "receivedAt": stamp,
+                    "sourceId": "src",
+                }
+            )
+            for n in range(9)
+        ]
+        ProfileProcessor(db, FeatureSet()).apply(events)
+    finally:
+        db.dispose()
+    # the profiles were written with no model in the worker: a pass scores them
+    assert shop.json("rescore")["scored"] == {"churn": 3}
+    assert shop.json("rescore")["scored"] == {"churn": 0}
+    first = shop.json("monitor")
+    [check] = first["checks"]
+    assert check["target"] == "churn" and check["version"] == trained["version"]
+    assert check["users"] == 3 and check["featureDrift"] and "psi" in check["scoreDrift"]
+    second = shop.json("monitor", "--history", "1")
+    assert second["history"]["churn"][0]["checkedAt"] == check["checkedAt"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Collection
+from typing import Annotated, Any, TypeVar
 
 from litestar import Router, get
 from litestar.concurrency import sync_to_thread
@@ -17,7 +18,7 @@ from personify.api.documents import (
     admin_responses,
 )
 from personify.api.guards import BEARER_SECURITY, api_key
-from personify.errors import ValidationError
+from personify.errors import InvalidDefinition, ValidationError
 from personify.eventlog.base import EventLog
 from personify.ingest.asgi import UnavailableLog
 from personify.store.failed_events import FailedEventRepository
@@ -87,3 +88,17 @@ def admin_router() -> Router:
         security=BEARER_SECURITY,
         tags=["admin"],
     )
+
+
+T = TypeVar("T")
+
+
+async def unprocessable_in_thread(codes: Collection[str], call: Callable[..., T], *args: Any) -> T:
+    """``call`` in a thread; a ``ValidationError`` whose code is in ``codes`` (a definition or
+    file the caller sent that breaks its rules) becomes a 422 with the same code and details."""
+    try:
+        return await sync_to_thread(call, *args)
+    except ValidationError as exc:
+        if exc.code in codes and not isinstance(exc, InvalidDefinition):
+            raise InvalidDefinition(exc.message, code=exc.code, details=exc.details) from exc
+        raise

@@ -22,7 +22,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from personify.api.admin import MAX_NAME_CHARS, NO_NUL
+from personify.api.admin import MAX_NAME_CHARS, NO_NUL, unprocessable_in_thread
 from personify.api.documents import (
     Clustering,
     ClusteringList,
@@ -34,7 +34,7 @@ from personify.api.documents import (
     error_response,
 )
 from personify.api.guards import BEARER_SECURITY, api_key
-from personify.errors import InvalidDefinition, ValidationError
+from personify.errors import ValidationError
 from personify.jobs.segments import RECLUSTER_JOB
 from personify.runtime import Runtime
 from personify.segments.clusterings import (
@@ -178,12 +178,7 @@ def _definition_errors() -> dict[int, ResponseSpec]:
 async def _saving(call: Callable[..., T], *args: Any) -> T:
     """``call`` in a thread; a definition that breaks its rules becomes a 422 with the same
     code and details."""
-    try:
-        return await sync_to_thread(call, *args)
-    except ValidationError as exc:
-        if exc.code in _DEFINITION_CODES and not isinstance(exc, InvalidDefinition):
-            raise InvalidDefinition(exc.message, code=exc.code, details=exc.details) from exc
-        raise
+    return await unprocessable_in_thread(_DEFINITION_CODES, call, *args)
 
 
 def _current(definition: ClusteringDefinition, run: RunRecord | None) -> CurrentRun | None:

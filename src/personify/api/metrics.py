@@ -22,6 +22,9 @@ from personify.runtime import Runtime
 
 __all__ = ["metrics_registry", "metrics_router"]
 
+# Prometheus' text format; the framework adds the charset itself
+_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
 
 def metrics_registry(runtime: Runtime) -> CollectorRegistry:
     """The app's collector registry: every collector of what it reports."""
@@ -32,9 +35,11 @@ def metrics_registry(runtime: Runtime) -> CollectorRegistry:
 
 @get(
     "/metrics",
-    media_type=CONTENT_TYPE_LATEST,
+    media_type=_MEDIA_TYPE,
     responses={
-        200: ResponseSpec(str, description="metrics in Prometheus' text format"),
+        200: ResponseSpec(
+            str, description="metrics in Prometheus' text format", media_type=_MEDIA_TYPE
+        ),
         **admin_responses(parameters=False),
     },
 )
@@ -42,7 +47,7 @@ async def metrics(prometheus: NamedDependency[CollectorRegistry]) -> Response[by
     """Prometheus metrics: the served models' versions, validation, feature and score drift,
     realised performance and alerts (docs/predict.md, "Monitoring")."""
     body = await sync_to_thread(generate_latest, prometheus)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(body, media_type=_MEDIA_TYPE)
 
 
 def metrics_router() -> Router:

@@ -19,15 +19,13 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Router, get, post
-from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter
 
-from personify.api.admin import MAX_NAME_CHARS, NO_NUL
+from personify.api.admin import MAX_NAME_CHARS, NO_NUL, unprocessable_in_thread
 from personify.api.documents import admin_responses, error_response
 from personify.api.guards import BEARER_SECURITY, api_key
-from personify.errors import InvalidDefinition, ValidationError
 from personify.predict import targets
 from personify.predict.monitor import ModelMonitor
 from personify.predict.registry import ModelRegistry, ModelVersion
@@ -149,12 +147,7 @@ class PromotionList(msgspec.Struct):
 async def _checked(call: Callable[..., T], *args: Any) -> T:
     """``call`` in a thread; a target or a model file that cannot be used becomes a 422 with
     the same code and details."""
-    try:
-        return await sync_to_thread(call, *args)
-    except ValidationError as exc:
-        if exc.code in _UNPROCESSABLE_CODES and not isinstance(exc, InvalidDefinition):
-            raise InvalidDefinition(exc.message, code=exc.code, details=exc.details) from exc
-        raise
+    return await unprocessable_in_thread(_UNPROCESSABLE_CODES, call, *args)
 
 
 def _known(target_name: str) -> str:
