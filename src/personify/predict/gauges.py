@@ -34,6 +34,29 @@ __all__ = ["PredictionCollector"]
 _HISTORY = 30
 _REALISED = {"churn": ("roc_auc", "brier"), "clv": ("revenue_mae", "revenue_rmse")}
 _VALIDATION = {"churn": "roc_auc", "clv": "revenue_mae"}
+# every family: its name after ``personify_prediction_``, its help text, its labels
+_FAMILIES: tuple[tuple[str, str, list[str]], ...] = (
+    ("served_version", "The model version served for each target", ["target"]),
+    ("validation", "The served version's validation metric", ["target", "metric"]),
+    ("checked_timestamp_seconds", "When the served model was last checked", ["target"]),
+    (
+        "feature_psi",
+        "Population stability index of a model feature, training against the last day",
+        ["target", "feature"],
+    ),
+    (
+        "score_psi",
+        "Population stability index of the scores, as of training against the last day",
+        ["target"],
+    ),
+    ("score_mean", "Mean score of the users scored in the last day", ["target"]),
+    (
+        "realised",
+        "Realised performance of the newest cohort whose horizon has passed",
+        ["target", "metric"],
+    ),
+    ("alerts", "Alerts of the newest check, by kind", ["target", "kind"]),
+)
 
 
 class PredictionCollector(Collector):
@@ -45,46 +68,21 @@ class PredictionCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, read now."""
-        served = GaugeMetricFamily(
-            "personify_prediction_served_version",
-            "The model version served for each target",
-            labels=["target"],
+        families = {
+            name: GaugeMetricFamily(f"personify_prediction_{name}", text, labels=labels)
+            for name, text, labels in _FAMILIES
+        }
+        served, validation, checked = (
+            families["served_version"],
+            families["validation"],
+            families["checked_timestamp_seconds"],
         )
-        validation = GaugeMetricFamily(
-            "personify_prediction_validation",
-            "The served version's validation metric",
-            labels=["target", "metric"],
+        feature_psi, score_psi, score_mean = (
+            families["feature_psi"],
+            families["score_psi"],
+            families["score_mean"],
         )
-        checked = GaugeMetricFamily(
-            "personify_prediction_checked_timestamp_seconds",
-            "When the served model was last checked",
-            labels=["target"],
-        )
-        feature_psi = GaugeMetricFamily(
-            "personify_prediction_feature_psi",
-            "Population stability index of a model feature, training against the last day",
-            labels=["target", "feature"],
-        )
-        score_psi = GaugeMetricFamily(
-            "personify_prediction_score_psi",
-            "Population stability index of the scores, as of training against the last day",
-            labels=["target"],
-        )
-        score_mean = GaugeMetricFamily(
-            "personify_prediction_score_mean",
-            "Mean score of the users scored in the last day",
-            labels=["target"],
-        )
-        realised = GaugeMetricFamily(
-            "personify_prediction_realised",
-            "Realised performance of the newest cohort whose horizon has passed",
-            labels=["target", "metric"],
-        )
-        alerts = GaugeMetricFamily(
-            "personify_prediction_alerts",
-            "Alerts of the newest check, by kind",
-            labels=["target", "kind"],
-        )
+        realised, alerts = families["realised"], families["alerts"]
         for target, model_id in sorted(self._registry.served_ids().items()):
             version = self._registry.get(model_id)
             served.add_metric([target], version.number)
