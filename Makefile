@@ -61,6 +61,7 @@ bench: $(STAMP) ## run every benchmark (each prints one JSON object)
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/segments.py
+	$(BIN)/python bench/predict.py
 
 clean: ## remove .venv and local data
 	rm -rf $(VENV) data
