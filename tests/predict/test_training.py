@@ -528,3 +528,40 @@ def test_replaying_in_shards_gives_the_same_table(tmp_path: Path) -> None:
     # every profile is whole in exactly one shard
     assert sum(len(s.states) for s in shards) == whole.num_rows
     assert features_as_of(lake, FEATURES, cut, max_ids_per_shard=4).to_pylist() == whole.to_pylist()
+
+
+def test_one_pass_over_the_lake_gives_every_cut_offs_frame(tmp_path: Path) -> None:
+    from personify.cli.shop_history import generate_history
+
+    end = datetime(2024, 6, 1, tzinfo=UTC)
+    history = generate_history(end, customers=120, days=60, seed=5)
+    rng = random.Random(3)
+    events = []
+    for raw in history.events:
+        moment = datetime.fromisoformat(raw["timestamp"].replace("Z", "+00:00"))
+        # a tenth arrive days late, so a cut-off sees some of the past and not the rest
+        late = timedelta(days=rng.uniform(1, 9)) if rng.random() < 0.1 else timedelta(0)
+        events.append(normalized(raw, received_at=moment + late + timedelta(seconds=1)))
+    # a device seen first, linked to a customer later: a merge between two cut-offs
+    first = datetime(2024, 4, 10, tzinfo=UTC)
+    for number, at in enumerate((first, first + timedelta(days=2))):
+        raw = {"type": "track", "event": "Page Viewed", "anonymousId": "device-x"}
+        stamp = {"messageId": f"dev-{number}", "timestamp": format_timestamp(at)}
+        events.append(normalized({**raw, **stamp}, received_at=at))
+    linked = end - timedelta(days=5)
+    identify = {"type": "identify", "userId": "cust-0007", "anonymousId": "device-x"}
+    stamp = {"messageId": "dev-link", "timestamp": format_timestamp(linked)}
+    events.append(normalized({**identify, **stamp}, received_at=linked))
+    lake = write_lake(tmp_path / "lake", events)
+    cutoffs = [end - timedelta(days=d) for d in (40, 25, 24.5, 10, 0)]
+    job = FeatureJob(lake, FEATURES, max_ids_per_shard=150)
+    together = job.build_many(cutoffs, lake.version())
+    for cut in cutoffs:
+        table, owner, _ = job.build(cut, lake.version())
+        one, one_owner = together[cut]
+        assert one.to_pylist() == table.to_pylist(), cut
+        assert one_owner == owner, cut
+    assert together[cutoffs[-1]][0].num_rows > together[cutoffs[0]][0].num_rows > 0
+    # the device is a profile of its own until the link, then the customer's
+    assert together[cutoffs[3]][1]["device-x"] == "device-x"
+    assert together[cutoffs[4]][1]["device-x"] == "cust-0007"

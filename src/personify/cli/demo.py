@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow as pa
 import sqlalchemy as sa
 import uvicorn
 
@@ -347,28 +346,6 @@ class _Learned:
     scored: dict[str, int]
 
 
-class _SharedFeatureJob(FeatureJob):
-    """A feature job that keeps the tables it builds. The demo trains churn and clv over the
-    same horizon, so on the same chain of cut-offs, and backtests churn a horizon before the
-    training cut-off, on cut-offs of that chain too; a table as of a cut-off from one lake
-    version is the same every time, so each is replayed from the lake once."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._built: dict[tuple[datetime, int], tuple[pa.Table, dict[str, str], int | None]] = {}
-
-    def build(
-        self, as_of: datetime, version: int | None = None
-    ) -> tuple[pa.Table, dict[str, str], int | None]:
-        """The feature table at ``as_of`` (``FeatureJob.build``), built once per lake version."""
-        if version is None:
-            return super().build(as_of, version)
-        key = (as_of, version)
-        if key not in self._built:
-            self._built[key] = super().build(as_of, version)
-        return self._built[key]
-
-
 def _train(trainer: ModelTrainer, chosen: Target, as_of: datetime) -> _Trained:
     """Train a version as of ``as_of``. The gate promotes it when it beats the
     baseline and the served version; when it keeps it (a re-run of the demo trains on the same
@@ -386,7 +363,7 @@ def _learn(services: Runtime) -> _Learned:
     (its outcomes are known by then) and write the HTML report, then score every stored
     profile with the served models. Blocking: the demo runs it in a thread."""
     settings = services.settings
-    job = _SharedFeatureJob(
+    job = FeatureJob(
         Lake.from_settings(settings),
         services.features,
         db=services.db,
@@ -401,8 +378,7 @@ def _learn(services: Runtime) -> _Learned:
     trained_as_of = trainer.default_as_of()
     churn = _train(trainer, churn_target, trained_as_of)
     clv = _train(trainer, target("clv", CLV_HORIZON_DAYS), trained_as_of)
-    # the backtest's outcome window ends at training's cut-off, so every outcome is known, and
-    # its cut-offs fall on training's chain (their feature tables are built already)
+    # the backtest's outcome window ends at training's cut-off, so every outcome is known
     as_of = trained_as_of - timedelta(days=CHURN_HORIZON_DAYS)
     evaluation = trainer.evaluate(churn_target, as_of=as_of)
     path = settings.data_dir / "reports" / f"churn-{as_of:%Y%m%dT%H%M%SZ}.html"

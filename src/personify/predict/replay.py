@@ -127,37 +127,55 @@ class ProfilesAsOf:
     events: int = 0
 
 
+class _Replay:
+    """Profiles built up by applying events as the worker does (identity links, merges),
+    kept between calls so that a later window's events continue from an earlier one's."""
+
+    def __init__(self, features: FeatureSet) -> None:
+        self.features = features
+        self.links: UnionFind[str] = UnionFind()
+        self.states: dict[str, ProfileState] = {}
+        self.applied = 0
+
+    def apply(self, events: Iterable[ProfileEvent]) -> None:
+        links, states, features = self.links, self.states, self.features
+        for event in events:
+            ids = event.ids
+            roots = {links.find(i) for i in ids}
+            for other in ids[1:]:
+                links.union(ids[0], other)
+            root = links.find(ids[0])
+            state: ProfileState | None = None
+            for old in roots:
+                # this event links profiles: merge them as the worker does
+                found = states.pop(old, None)
+                if found is None:
+                    continue
+                if state is None:
+                    state = found
+                else:
+                    merge_states(state, found, features)
+            if state is None:
+                state = ProfileState()
+            apply_event(state, event, features)
+            states[root] = state
+            self.applied += 1
+
+    def profiles(self) -> dict[str, ProfileState]:
+        """The states by canonical profile id (the live states: read them before applying
+        more events)."""
+        return {
+            canonical_id(s.user_ids, s.anonymous_ids | s.previous_ids): s
+            for s in self.states.values()
+        }
+
+
 def _replay(
     events: Iterable[ProfileEvent], features: FeatureSet
 ) -> tuple[dict[str, ProfileState], int]:
-    links: UnionFind[str] = UnionFind()
-    states: dict[str, ProfileState] = {}
-    applied = 0
-    for event in events:
-        ids = event.ids
-        roots = {links.find(i) for i in ids}
-        for other in ids[1:]:
-            links.union(ids[0], other)
-        root = links.find(ids[0])
-        state: ProfileState | None = None
-        for old in roots:
-            # this event links profiles: merge them as the worker does
-            found = states.pop(old, None)
-            if found is None:
-                continue
-            if state is None:
-                state = found
-            else:
-                merge_states(state, found, features)
-        if state is None:
-            state = ProfileState()
-        apply_event(state, event, features)
-        states[root] = state
-        applied += 1
-    by_profile = {
-        canonical_id(s.user_ids, s.anonymous_ids | s.previous_ids): s for s in states.values()
-    }
-    return by_profile, applied
+    replay = _Replay(features)
+    replay.apply(events)
+    return replay.profiles(), replay.applied
 
 
 _IDS = """
@@ -214,6 +232,53 @@ def replay_shards(
             )
             states, applied = _replay(events, features)
             yield ProfilesAsOf(as_of, warehouse.version, states, applied)
+
+
+def replay_cutoffs(
+    lake: Lake,
+    features: FeatureSet,
+    cutoffs: Iterable[datetime],
+    *,
+    version: int | None = None,
+    batch_rows: int = BATCH_ROWS,
+    max_ids_per_shard: int | None = None,
+) -> Iterator[ProfilesAsOf]:
+    """The profiles at each of ``cutoffs`` (earliest first), shard by shard, from one pass
+    over the lake: the events accepted by the first cut-off are applied, the profiles are
+    yielded as of it, then the events accepted after it and by the next are applied to the
+    same profiles, and so on. Profiles do not depend on the order their events apply in, so
+    each equals ``replay_shards`` at that cut-off, for a fraction of the reading.
+
+    The yielded states are live: read (evaluate) them before asking for the next.
+    """
+    moments = sorted(set(cutoffs))
+    if not moments:
+        return
+    last = moments[-1]
+    where = "received_at <= $as_of"
+    params = {"as_of": last}
+    with Warehouse(lake, version=version) as warehouse:
+        # whole identity components as of the last cut-off: an earlier profile lies in one
+        shards = None if max_ids_per_shard is None else _shards(warehouse, last, max_ids_per_shard)
+        # a copy's first arrival is the one applied, at whichever cut-off it falls before
+        later = _later_copies(warehouse, where, params)
+        for only_ids in shards or [None]:
+            replay = _Replay(features)
+            start: datetime | None = None
+            for moment in moments:
+                window = (
+                    "received_at <= $end"
+                    if start is None
+                    else ("received_at > $start AND received_at <= $end")
+                )
+                bounds = {"end": moment} if start is None else {"start": start, "end": moment}
+                replay.apply(
+                    read_events(
+                        warehouse, window, bounds, batch_rows, later=later, only_ids=only_ids
+                    )
+                )
+                yield ProfilesAsOf(moment, warehouse.version, replay.profiles(), replay.applied)
+                start = moment
 
 
 def replay_profiles(

@@ -200,7 +200,18 @@ class ModelTrainer:
         self.job.require_observed(as_of, version)
         served_from = as_of - horizon
         step = timedelta(days=max(1.0, round(target.horizon_days / WINDOWS)))
-        latest = self._frame(target, served_from, version)
+        oldest = self._oldest(version)
+        # the served model learns from a chain of cut-offs, so that one unusual window (a
+        # sale) weighs less; validation from the same chain a horizon back. Each frame is as
+        # of its own cut-off with labels from its own window, all built in one pass
+        served_cuts = [served_from - k * step for k in range(WINDOWS)]
+        fit_cuts = [cut - horizon for cut in served_cuts]
+        frames = self._frames(
+            target,
+            [served_from, *(c for c in served_cuts[1:] + fit_cuts if _after(c, oldest))],
+            version,
+        )
+        latest = frames[served_from]
         if latest.table.num_rows == 0:
             raise ValidationError(
                 f"no profile existed by {format_timestamp(served_from)}: train with a later "
@@ -208,11 +219,8 @@ class ModelTrainer:
                 code="no_training_users",
             )
         spec = choose_features(latest.table)
-        oldest = self._oldest(version)
-        # the served model learns from a chain of cut-offs, so that one unusual window (a
-        # sale) weighs less; each frame is as of its own cut-off, labels from its own window
-        served_frames = [latest, *self._chain(target, served_from, step, oldest, version)]
-        fit_frames = self._chain(target, served_from, step, oldest, version, shift=horizon)
+        served_frames = [latest, *_chain(frames, served_cuts[1:], oldest)]
+        fit_frames = _chain(frames, fit_cuts, oldest)
         latest_pair = (spec.matrix(latest.table), labels_of(latest.table, target))
         refit_pair = _pool(spec, target, served_frames)
         if fit_frames:
@@ -327,28 +335,15 @@ class ModelTrainer:
                 run.promoted = True
         return run
 
-    def _chain(
-        self,
-        target: Target,
-        first: datetime,
-        step: timedelta,
-        oldest: datetime | None,
-        version: int | None,
-        *,
-        shift: timedelta = timedelta(0),
-    ) -> list[_Frame]:
-        """Frames as of ``first - shift - k * step`` for k = 1 .. WINDOWS - 1 (and k = 0 when
-        shifted), each with at least ``MIN_WINDOW_USERS`` users and after the lake's start."""
-        frames = []
-        start = 0 if shift else 1
-        for k in range(start, WINDOWS):
-            cut = first - shift - k * step
-            if oldest is None or cut <= oldest:
-                break
-            frame = self._frame(target, cut, version)
-            if frame.table.num_rows < MIN_WINDOW_USERS:
-                break
-            frames.append(frame)
+    def _frames(
+        self, target: Target, cutoffs: Sequence[datetime], version: int | None
+    ) -> dict[datetime, _Frame]:
+        """Frames at each cut-off, with their labels, from one pass over the lake."""
+        built = self.job.build_many(cutoffs, version)
+        frames = {}
+        for cut, (table, owner) in built.items():
+            done = outcomes(self.job.lake, owner, target, as_of=cut, version=version)
+            frames[cut] = _Frame(cut, append_labels(table, target, done), owner)
         return frames
 
     def _baseline(
@@ -595,6 +590,25 @@ def _customers(
     )
     known = set(customers)
     return np.array([pid in known for pid in frame.ids], dtype=bool)
+
+
+def _after(cut: datetime, oldest: datetime | None) -> bool:
+    """Whether a cut-off falls after the lake's first arrival (a frame before it is empty)."""
+    return oldest is not None and cut > oldest
+
+
+def _chain(
+    frames: Mapping[datetime, _Frame], cuts: Sequence[datetime], oldest: datetime | None
+) -> list[_Frame]:
+    """The frames of ``cuts`` in order, up to the first before the lake's start or with fewer
+    than ``MIN_WINDOW_USERS`` users."""
+    chain = []
+    for cut in cuts:
+        frame = frames.get(cut)
+        if not _after(cut, oldest) or frame is None or frame.table.num_rows < MIN_WINDOW_USERS:
+            break
+        chain.append(frame)
+    return chain
 
 
 def _pool(

@@ -45,6 +45,7 @@ from personify.predict.replay import (
     BATCH_ROWS,
     DEFAULT_SHARD_IDS,
     read_events,
+    replay_cutoffs,
     replay_shards,
 )
 from personify.predict.targets import Target, target
@@ -283,6 +284,27 @@ class FeatureJob:
             owner.update((i, pid) for pid, s in shard.states.items() for i in s.all_ids())
             shard.states.clear()
         return concat_tables(tables), owner, version
+
+    def build_many(
+        self, cutoffs: Sequence[datetime], version: int | None = None
+    ) -> dict[datetime, tuple[pa.Table, dict[str, str]]]:
+        """``build`` at every cut-off, from one pass over the lake (``replay_cutoffs``): the
+        feature table and owner map of each."""
+        parts: dict[datetime, list[pa.Table]] = {c: [] for c in cutoffs}
+        owners: dict[datetime, dict[str, str]] = {c: {} for c in cutoffs}
+        for shard in replay_cutoffs(
+            self.lake,
+            self.features,
+            cutoffs,
+            version=version,
+            batch_rows=self._batch_rows,
+            max_ids_per_shard=self._max_ids_per_shard,
+        ):
+            parts[shard.as_of].append(profiles_table(shard, self.features))
+            owners[shard.as_of].update(
+                (i, pid) for pid, s in shard.states.items() for i in s.all_ids()
+            )
+        return {c: (concat_tables(parts[c]), owners[c]) for c in cutoffs}
 
     def features_as_of(self, as_of: datetime, *, output: Path | None = None) -> FeatureResult:
         """Every user's features at ``as_of``; checked (stage ``features``) and recorded.
