@@ -42,14 +42,13 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import PersonifyError
 from personify.lake.table import Lake
-from personify.lake.warehouse import Warehouse
 from personify.predict.learning import Model
 from personify.predict.metrics import churn_metrics, clv_metrics, stability_against
 from personify.predict.registry import ModelRegistry, ModelVersion
 from personify.predict.stage import model_inputs
 from personify.predict.tables import prediction_checks
 from personify.predict.targets import Target
-from personify.predict.training import NO_OUTCOME, outcomes
+from personify.predict.training import NO_OUTCOME, arrivals, outcomes
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.state import decode_state, state_text
@@ -252,7 +251,7 @@ class ModelMonitor:
         folder = self._folder(version)
         if self._lake is None or not folder.is_dir() or self._lake.version() is None:
             return []
-        newest = _newest_arrival(self._lake)
+        _, newest = arrivals(self._lake, self._lake.version())
         done = []
         for path in sorted(folder.glob("*.parquet")):
             verdict = path.with_suffix(".json")
@@ -354,13 +353,6 @@ def _score_drift(reference: dict[str, Any], scores: list[float]) -> dict[str, An
     psi = stability_against(bins, values) if bins else None
     summary["psi"] = None if psi is None else round(psi, 6)
     return summary
-
-
-def _newest_arrival(lake: Lake) -> datetime | None:
-    with Warehouse(lake, version=lake.version()) as warehouse:
-        newest = warehouse.query("SELECT max(received_at) AS t FROM events_raw")
-    value = newest.column("t")[0].as_py()
-    return value if isinstance(value, datetime) else None
 
 
 # a version retrained for drift less than this long ago is not retrained for drift again

@@ -36,7 +36,7 @@ from personify.profiles.counters import CounterSpec
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
-from personify.profiles.predictions import write_predictions
+from personify.profiles.predictions import forget_predictions, write_predictions
 from personify.profiles.state import ProfileState, evaluate_profile
 
 __all__ = ["PredictionStage", "prediction_values"]
@@ -155,6 +155,7 @@ class PredictionStage:
         self._features = features
         self._clock = clock or SystemClock()
         self.failures: dict[str, str] = {}
+        self._versions: dict[int, ModelVersion] = {}
 
     def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
         """None: models read the evaluated profile, not event counters."""
@@ -163,7 +164,11 @@ class PredictionStage:
     def _served(self) -> list[tuple[ModelVersion, Model | None, str | None]]:
         served: list[tuple[ModelVersion, Model | None, str | None]] = []
         for target, model_id in sorted(self._registry.served_ids().items()):
-            version = self._registry.get(model_id)
+            # a version's row does not change once registered: read once per process, so a
+            # batch costs one query to learn what is served
+            version = self._versions.get(model_id)
+            if version is None:
+                version = self._versions[model_id] = self._registry.get(model_id)
             try:
                 served.append((version, self._registry.load(version), None))
                 self.failures.pop(target, None)
@@ -195,15 +200,19 @@ class PredictionStage:
         if not states and not forget:
             return 0
         served = [s for s in self._served() if targets is None or s[0].target.name in targets]
-        allowed = [(pid, st) for pid, st in states if personalization_allowed(st, self._features)]
-        withdrawn = [pid for pid, st in states if not personalization_allowed(st, self._features)]
-        drop = [*forget, *withdrawn]
+        allowed: list[tuple[str, ProfileState]] = []
+        withdrawn: list[str] = []
+        for pid, state in states:
+            if personalization_allowed(state, self._features):
+                allowed.append((pid, state))
+            else:
+                withdrawn.append(pid)
+        forget_predictions(conn, [*forget, *withdrawn])
         if not served:
-            write_predictions(conn, "", {}, self._clock.now(), forget=drop)
             return 0
         now = self._clock.now()
         at_ms = datetime_ms(now)
-        rows = [flatten_document(evaluate_profile(st, self._features, at_ms)) for _, st in allowed]
+        rows = [model_inputs(state, self._features, at_ms) for _, state in allowed]
         for version, model, problem in served:
             if model is None:
                 unavailable = {
@@ -218,6 +227,5 @@ class PredictionStage:
                     pid: (version.id, document)
                     for (pid, _), document in zip(allowed, documents, strict=True)
                 }
-            write_predictions(conn, version.target.name, values, now, forget=drop)
-            drop = []
+            write_predictions(conn, version.target.name, values, now)
         return len(allowed)

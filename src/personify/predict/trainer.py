@@ -32,7 +32,6 @@ import pyarrow as pa
 
 from personify.clock import Clock, SystemClock, format_timestamp
 from personify.errors import NotFound, ValidationError
-from personify.lake.warehouse import Warehouse
 from personify.predict.baseline import (
     BgNbd,
     GammaGamma,
@@ -58,14 +57,27 @@ from personify.predict.metrics import (
 )
 from personify.predict.registry import ModelRegistry, ModelVersion
 from personify.predict.targets import Target
-from personify.predict.training import FeatureJob, FeatureResult, append_labels, outcomes
+from personify.predict.training import (
+    FeatureJob,
+    FeatureResult,
+    append_labels,
+    arrivals,
+    outcomes,
+)
 from personify.predict.transactions import order_summaries
 
 if TYPE_CHECKING:
     from personify.settings import Settings
     from personify.store.database import Database
 
-__all__ = ["Evaluation", "ModelTrainer", "TrainingRun", "serve_scores"]
+__all__ = [
+    "Baseline",
+    "Evaluation",
+    "ModelTrainer",
+    "TrainingRun",
+    "baseline_scores",
+    "serve_scores",
+]
 
 # the share of users held out when the history is too short for a second window
 HELD_OUT_SHARE = 0.2
@@ -164,23 +176,13 @@ class ModelTrainer:
 
     def default_as_of(self) -> datetime:
         """Now, as far as the lake has received events (the newest ``received_at``)."""
-        with Warehouse(self.job.lake, version=self.job.lake.version()) as warehouse:
-            newest = warehouse.query("SELECT max(received_at) AS t FROM events_raw")
-        moment = newest.column("t")[0].as_py()
-        if moment is None:
+        _, newest = arrivals(self.job.lake, self.job.lake.version())
+        if newest is None:
             raise ValidationError(
                 f"the lake at {self.job.lake.uri} has no events yet",
                 code="label_window_not_observed",
             )
-        if not isinstance(moment, datetime):
-            raise ValidationError("the lake's arrival times cannot be read", code="invalid_lake")
-        return min(moment, self._clock.now())
-
-    def _oldest(self, version: int | None) -> datetime | None:
-        with Warehouse(self.job.lake, version=version) as warehouse:
-            oldest = warehouse.query("SELECT min(received_at) AS t FROM events_raw")
-        value = oldest.column("t")[0].as_py()
-        return value if isinstance(value, datetime) else None
+        return min(newest, self._clock.now())
 
     def _frame(self, target: Target, as_of: datetime, version: int | None) -> _Frame:
         table, owner, _ = self.job.build(as_of, version)
@@ -200,7 +202,7 @@ class ModelTrainer:
         self.job.require_observed(as_of, version)
         served_from = as_of - horizon
         step = timedelta(days=max(1.0, round(target.horizon_days / WINDOWS)))
-        oldest = self._oldest(version)
+        oldest, _ = arrivals(self.job.lake, version)
         # the served model learns from a chain of cut-offs, so that one unusual window (a
         # sale) weighs less; validation from the same chain a horizon back. Each frame is as
         # of its own cut-off with labels from its own window, all built in one pass
@@ -270,7 +272,14 @@ class ModelTrainer:
         valid_table = latest.table.take(pa.array(valid_rows))
         # validation scores are those of the model fit before the refit: what was validated
         validation_scores, _ = serve_scores(model, valid_table, scores=fitted.validation)
-        baseline = self._baseline(target, latest, version, [latest.ids[i] for i in valid_rows])
+        baseline = baseline_scores(
+            self.job,
+            target,
+            latest.as_of,
+            latest.owner,
+            version,
+            [latest.ids[i] for i in valid_rows],
+        )
         truth = {name: values[valid_rows] for name, values in latest_pair[1].items()}
         report: dict[str, Any] = {
             "target": target.key,
@@ -281,8 +290,10 @@ class ModelTrainer:
             "features": len(spec.names),
             "validation": method,
             "model": _metrics(target, truth, validation_scores),
-            "baseline": (_metrics(target, truth, baseline[0]) if baseline[0] is not None else None),
-            "baselineParameters": baseline[1],
+            "baseline": (
+                _metrics(target, truth, baseline.scores) if baseline.scores is not None else None
+            ),
+            "baselineParameters": baseline.parameters,
         }
         if model.details:
             report["details"] = model.details
@@ -346,13 +357,6 @@ class ModelTrainer:
             frames[cut] = _Frame(cut, append_labels(table, target, done), owner)
         return frames
 
-    def _baseline(
-        self, target: Target, frame: _Frame, version: int | None, ids: Sequence[str]
-    ) -> tuple[Scores | None, dict[str, Any]]:
-        """The BG/NBD (+ Gamma-Gamma) predictions for ``ids`` from the transactions known at
-        the frame's cut-off, fitted on every customer then."""
-        return baseline_scores(self.job, target, frame.as_of, frame.owner, version, ids)
-
     # -- backtest ------------------------------------------------------------------------------
 
     def evaluate(self, target: Target, *, as_of: datetime) -> Evaluation:
@@ -367,8 +371,8 @@ class ModelTrainer:
             raise ValidationError("no profile existed at the cut-off", code="no_training_users")
         scores, cold = serve_scores(model, frame.table)
         truth = labels_of(frame.table, target)
-        baseline, parameters = self._baseline(target, frame, version, frame.ids)
-        customers = _customers(self.job, target, frame, version)
+        fitted = baseline_scores(self.job, target, as_of, frame.owner, version, frame.ids)
+        baseline, parameters, customers = fitted.scores, fitted.parameters, fitted.customers
         result: dict[str, Any] = {
             "target": target.name,
             "targetKey": target.key,
@@ -467,7 +471,7 @@ class ModelTrainer:
         table, owner, lake_version = self.job.build(as_of, lake_version)
         ids = [str(v) for v in table.column("user_id").to_pylist()]
         scores, cold = serve_scores(model, table)
-        baseline, _ = baseline_scores(self.job, target, as_of, owner, lake_version, ids)
+        baseline = baseline_scores(self.job, target, as_of, owner, lake_version, ids).scores
         columns: dict[str, Any] = {"user_id": pa.array(ids, pa.string())}
         names = (
             ["churn_probability"]
@@ -507,6 +511,17 @@ def monitoring_reference(model: Model, trained_on: Matrix, scored: Matrix) -> di
     }
 
 
+@dataclass(slots=True)
+class Baseline:
+    """The baseline's predictions for some users (None when it could not be fitted), its
+    fitted parameters or why it has none, and which users had a transaction by the cut-off
+    (its own population)."""
+
+    scores: Scores | None
+    parameters: dict[str, Any]
+    customers: np.ndarray[Any, np.dtype[np.bool_]]
+
+
 def baseline_scores(
     job: FeatureJob,
     target: Target,
@@ -514,10 +529,10 @@ def baseline_scores(
     owner: Mapping[str, str],
     version: int | None,
     ids: Sequence[str],
-) -> tuple[Scores | None, dict[str, Any]]:
-    """The baseline's predictions for ``ids`` at ``as_of`` and its fitted parameters (or the
-    reason it has none). Churn reads the qualifying events, at most one a day, as BG/NBD's
-    transactions; CLV reads the orders and their values (Gamma-Gamma)."""
+) -> Baseline:
+    """The baseline for ``ids`` at ``as_of`` (``Baseline``). Churn reads the qualifying
+    events, at most one a day, as BG/NBD's transactions; CLV reads the orders and their
+    values (Gamma-Gamma)."""
     churn = target.name == "churn"
     customers, summary = order_summaries(
         job.lake,
@@ -527,16 +542,16 @@ def baseline_scores(
         order_event=target.qualifying_event if churn else target.order_event,
         per_day=churn,
     )
-    if len(customers) < MIN_BASELINE_CUSTOMERS:
-        return None, {"error": "TOO_FEW_CUSTOMERS", "customers": len(customers)}
-    try:
-        bg = fit_bg_nbd(summary)
-    except ValidationError as exc:
-        return None, {"error": exc.code, "message": str(exc)}
-    parameters: dict[str, Any] = {"customers": len(customers), "bgNbd": bg.to_dict()}
     where = {pid: i for i, pid in enumerate(customers)}
     rows = np.array([where.get(pid, -1) for pid in ids], dtype=np.int64)
     known = rows >= 0
+    if len(customers) < MIN_BASELINE_CUSTOMERS:
+        return Baseline(None, {"error": "TOO_FEW_CUSTOMERS", "customers": len(customers)}, known)
+    try:
+        bg = fit_bg_nbd(summary)
+    except ValidationError as exc:
+        return Baseline(None, {"error": exc.code, "message": str(exc)}, known)
+    parameters: dict[str, Any] = {"customers": len(customers), "bgNbd": bg.to_dict()}
     x, t_x, age, monetary = (
         _pick(summary.frequency, rows),
         _pick(summary.recency, rows),
@@ -545,7 +560,7 @@ def baseline_scores(
     )
     days = target.horizon_days
     if churn:
-        return Scores(churn_probability=_churn(bg, days, x, t_x, age)), parameters
+        return Baseline(Scores(churn_probability=_churn(bg, days, x, t_x, age)), parameters, known)
     gamma: GammaGamma | None = None
     if (summary.frequency > 0).sum() >= MIN_BASELINE_CUSTOMERS:
         try:
@@ -559,7 +574,7 @@ def baseline_scores(
     else:
         value = np.full(len(ids), float(np.mean(summary.monetary[summary.frequency > 0] or [0])))
     revenue = np.where(known, orders * np.nan_to_num(value), 0.0)
-    return Scores(expected_revenue=revenue, expected_orders=orders), parameters
+    return Baseline(Scores(expected_revenue=revenue, expected_orders=orders), parameters, known)
 
 
 def _churn(bg: BgNbd, days: float, x: Matrix, t_x: Matrix, age: Matrix) -> Matrix:
@@ -572,24 +587,6 @@ def _pick(values: Matrix, rows: np.ndarray[Any, Any]) -> Matrix:
     known = rows >= 0
     out[known] = values[rows[known]]
     return out
-
-
-def _customers(
-    job: FeatureJob, target: Target, frame: _Frame, version: int | None
-) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    """Which of the frame's users had a transaction by its cut-off (the baseline's own
-    population)."""
-    churn = target.name == "churn"
-    customers, _ = order_summaries(
-        job.lake,
-        frame.owner,
-        as_of=frame.as_of,
-        version=version,
-        order_event=target.qualifying_event if churn else target.order_event,
-        per_day=churn,
-    )
-    known = set(customers)
-    return np.array([pid in known for pid in frame.ids], dtype=bool)
 
 
 def _after(cut: datetime, oldest: datetime | None) -> bool:

@@ -46,7 +46,6 @@ from personify.predict.replay import (
     DEFAULT_SHARD_IDS,
     read_events,
     replay_cutoffs,
-    replay_shards,
 )
 from personify.predict.targets import Target, target
 
@@ -124,6 +123,22 @@ def outcomes(
             float(values["label_revenue"]["all"] or 0.0),
         )
     return result
+
+
+def arrivals(lake: Lake, version: int | None) -> tuple[datetime | None, datetime | None]:
+    """The first and the last time the lake (at ``version``) received an event; ``None``
+    for an empty lake."""
+    if version is None:
+        return None, None
+    with Warehouse(lake, version=version) as warehouse:
+        found = warehouse.query(
+            "SELECT min(received_at) AS first, max(received_at) AS last FROM events_raw"
+        )
+    first, last = found.column("first")[0].as_py(), found.column("last")[0].as_py()
+    return (
+        first if isinstance(first, datetime) else None,
+        last if isinstance(last, datetime) else None,
+    )
 
 
 def append_labels(table: pa.Table, goal: Target, done: Mapping[str, Outcome]) -> pa.Table:
@@ -268,22 +283,11 @@ class FeatureJob:
         self, as_of: datetime, version: int | None = None
     ) -> tuple[pa.Table, dict[str, str], int | None]:
         """The feature table at ``as_of``, each id's profile at ``as_of`` (the owner map), and
-        the lake version read."""
-        tables: list[pa.Table] = []
-        owner: dict[str, str] = {}
-        for shard in replay_shards(
-            self.lake,
-            self.features,
-            as_of,
-            version=version,
-            batch_rows=self._batch_rows,
-            max_ids_per_shard=self._max_ids_per_shard,
-        ):
-            version = shard.version
-            tables.append(profiles_table(shard, self.features))
-            owner.update((i, pid) for pid, s in shard.states.items() for i in s.all_ids())
-            shard.states.clear()
-        return concat_tables(tables), owner, version
+        the lake version read (the newest when ``version`` is None)."""
+        if version is None:
+            version = self.lake.version()
+        table, owner = self.build_many([as_of], version)[as_of]
+        return table, owner, version
 
     def build_many(
         self, cutoffs: Sequence[datetime], version: int | None = None
@@ -358,16 +362,11 @@ class FeatureJob:
     def require_observed(self, until: datetime, version: int | None) -> None:
         """Raise ``ValidationError`` (``label_window_not_observed``) unless the lake holds
         events received up to ``until``."""
-        self._require_observed(until, version)
-
-    def _require_observed(self, until: datetime, version: int | None) -> None:
         if version is None:
             raise ValidationError(
                 f"the lake at {self.lake.uri} has no events yet", code="label_window_not_observed"
             )
-        with Warehouse(self.lake, version=version) as warehouse:
-            newest = warehouse.query("SELECT max(received_at) AS newest FROM events_raw")
-        reached = newest.column("newest")[0].as_py()
+        _, reached = arrivals(self.lake, version)
         if reached is None or reached < until:
             raise ValidationError(
                 f"the lake has events received up to {reached}, but the label window ends at "

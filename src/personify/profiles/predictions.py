@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from personify.profiles.tables import profile_predictions
 
-__all__ = ["read_predictions", "write_predictions"]
+__all__ = ["forget_predictions", "read_predictions", "write_predictions"]
 
 # IN lists are cut to this many values (SQLite binds at most 32,766 parameters)
 _CHUNK = 500
@@ -40,16 +40,24 @@ def read_predictions(conn: sa.Connection, profile_ids: Sequence[str]) -> dict[st
     return found
 
 
+def forget_predictions(conn: sa.Connection, profile_ids: Iterable[str]) -> None:
+    """Drop every prediction of ``profile_ids`` (merged away, or consent withdrawn)."""
+    gone = list(profile_ids)
+    c = profile_predictions.c
+    for start in range(0, len(gone), _CHUNK):
+        conn.execute(
+            profile_predictions.delete().where(c.profile_id.in_(gone[start : start + _CHUNK]))
+        )
+
+
 def write_predictions(
     conn: sa.Connection,
     target: str,
     values: Mapping[str, tuple[int | None, Mapping[str, Any]]],
     scored_at: datetime,
-    *,
-    forget: Iterable[str] = (),
 ) -> None:
     """Replace ``target``'s prediction of each profile in ``values`` (profile -> (model id,
-    value)), and drop every prediction of the profiles in ``forget`` (merged away)."""
+    value))."""
     c = profile_predictions.c
     stale = list(values)
     for start in range(0, len(stale), _CHUNK):
@@ -57,11 +65,6 @@ def write_predictions(
             profile_predictions.delete().where(
                 c.target == target, c.profile_id.in_(stale[start : start + _CHUNK])
             )
-        )
-    gone = list(forget)
-    for start in range(0, len(gone), _CHUNK):
-        conn.execute(
-            profile_predictions.delete().where(c.profile_id.in_(gone[start : start + _CHUNK]))
         )
     rows = [
         {
