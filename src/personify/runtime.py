@@ -14,11 +14,17 @@ from personify.auth.keys import ApiKeyRepository
 from personify.auth.revocations import RevocationListener
 from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
+from personify.content.catalog import ContentCatalog
+from personify.content.exposures import record_exposures
+from personify.content.webhooks import WebhookDeliverer, WebhookRepository
+from personify.decide.engine import DecisionEngine
+from personify.decide.snapshot import CatalogCache
 from personify.eventlog.base import EventLog, open_eventlog
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer
 from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
+from personify.jobs.content import content_jobs
 from personify.jobs.predictions import prediction_jobs
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
@@ -83,6 +89,10 @@ class Runtime:
     prediction_rescore: PredictionRescore
     model_trainer: ModelTrainer
     model_monitor: ModelMonitor
+    content: ContentCatalog
+    decisions: DecisionEngine
+    webhooks: WebhookRepository
+    webhook_deliverer: WebhookDeliverer
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -131,6 +141,7 @@ class Runtime:
             profiles=profiles,
             heartbeats=heartbeats,
             after_batch=[relay.flush],
+            record_exposures=functools.partial(record_exposures, db),
             clock=clock,
         )
         sweep = SegmentSweep(db, segment_stage, clock=clock)
@@ -181,6 +192,12 @@ class Runtime:
             lake_feature_source(Lake.from_settings(settings), features),
             clock=clock,
         )
+        webhook_deliverer = WebhookDeliverer(
+            db,
+            clock=clock,
+            timeout_s=settings.content_webhook_timeout_s,
+            max_attempts=settings.content_webhook_max_attempts,
+        )
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -223,6 +240,17 @@ class Runtime:
             prediction_rescore=rescore,
             model_trainer=trainer,
             model_monitor=monitor,
+            content=ContentCatalog(db, clock=clock),
+            decisions=DecisionEngine(
+                CatalogCache(db, cache, ttl_s=settings.decide_catalog_ttl_s),
+                profiles,
+                db,
+                log,
+                features,
+                clock=clock,
+            ),
+            webhooks=WebhookRepository(db, clock=clock),
+            webhook_deliverer=webhook_deliverer,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
@@ -230,6 +258,7 @@ class Runtime:
                     *rfm_jobs(settings, functools.partial(run_rfm, settings, db, rfm)),
                     *clustering_jobs(settings, clustering_runner, relay),
                     *prediction_jobs(settings, rescore, relay, monitor, trainer, clock),
+                    *content_jobs(settings, webhook_deliverer),
                 ],
                 clock=clock,
             ),

@@ -159,9 +159,18 @@ class Settings(BaseSettings):
     # rises this much (relative) above it
     predict_alert_auc_drop: float = Field(default=0.05, ge=0.0)
     predict_alert_mae_rise: float = Field(default=0.2, ge=0.0)
+    # how often serve sends the content webhook deliveries that are due (docs/webhooks.md);
+    # each try waits at most content_webhook_timeout_s per phase (connect, write, read), and
+    # a delivery is failed after content_webhook_max_attempts tries
+    content_webhook_interval_s: float = Field(default=2.0, gt=0.0)
+    content_webhook_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    content_webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0
+    # how long a process serves decisions from the catalog revision it read, when the change
+    # did not come through the API (which invalidates at once): the CLI, another deployment
+    decide_catalog_ttl_s: float = Field(default=5.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _require_secrets_in_production(self) -> Settings:

@@ -24,12 +24,15 @@ from personify.api import errors as api_errors
 from personify.api.admin import admin_router
 from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
+from personify.api.content import content_router
+from personify.api.decide import decide_router
 from personify.api.documents import ErrorDocument, Health, Readiness
 from personify.api.metrics import metrics_registry, metrics_router
 from personify.api.models import model_router
 from personify.api.profiles import profile_router
 from personify.api.reference import openapi_config, reference_router
 from personify.api.segments import segment_router
+from personify.api.webhooks import webhook_router
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.ingest.asgi import IngestFastPath, UnavailableLog
 from personify.ingest.routes import CollectorRoutes
@@ -84,6 +87,11 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "clusterings": value(runtime.clusterings),
         "models": value(runtime.models),
         "model_monitor": value(runtime.model_monitor),
+        "webhooks": value(runtime.webhooks),
+        "content": value(runtime.content),
+        "decisions": value(runtime.decisions),
+        "api_keys": value(runtime.api_keys),
+        "sources": value(runtime.sources),
         "prometheus": value(metrics_registry(runtime)),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
@@ -131,6 +139,9 @@ def create_app(
             segment_router(),
             clustering_router(),
             model_router(),
+            webhook_router(),
+            content_router(),
+            decide_router(),
             metrics_router(),
             *collector_handlers(),
             reference_router(),

@@ -35,8 +35,27 @@ from personify.cli.context import CliContext
     default=None,
     help="where rejected rows go (default FILE.rejected.jsonl)",
 )
-def import_events(file: Path, source_name: str, fmt: str | None, rejected: Path | None) -> None:
-    """Import historical events from JSON lines, CSV or Parquet through the collector's checks."""
+@click.option(
+    "--catalog",
+    is_flag=True,
+    help="FILE is an item catalog (.json export, .jsonl items, .csv products), not events",
+)
+@click.option("--publish", is_flag=True, help="with --catalog: publish items without a status")
+def import_events(
+    file: Path,
+    source_name: str,
+    fmt: str | None,
+    rejected: Path | None,
+    catalog: bool,
+    publish: bool,
+) -> None:
+    """Import historical events from JSON lines, CSV or Parquet through the collector's checks,
+    or with --catalog, content items and placements (docs/content.md)."""
+    if catalog:
+        from personify.cli.content import import_catalog_file
+
+        import_catalog_file(CliContext.current(), file, publish=publish)
+        return
     from personify.errors import NotFound
     from personify.eventlog.base import open_eventlog
     from personify.events.hashing import PiiHasher

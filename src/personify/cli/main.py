@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from personify.cli.content import content
 from personify.cli.context import CliContext, PersonifyGroup, echo_json, pass_ctx
 from personify.cli.db import db
 from personify.cli.events import events
@@ -19,8 +20,10 @@ from personify.cli.lake import lake
 from personify.cli.predict import predict
 from personify.cli.profiles import profiles
 from personify.cli.quality import lineage, quality
+from personify.cli.recommend import recommend
 from personify.cli.segments import segments
 from personify.cli.sql import sql
+from personify.cli.webhooks import webhooks
 from personify.settings import Settings
 
 
@@ -164,6 +167,9 @@ for _command in (
     db,
     lake,
     predict,
+    content,
+    recommend,
+    webhooks,
     import_events,
     sql,
     quality,

@@ -33,14 +33,15 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from personify.clock import Clock, SystemClock
+from personify.content.exposures import EXPOSURE_SOURCE, exposure_rows
 from personify.errors import BackendUnavailable, Conflict, PersonifyError, ValidationError
 from personify.eventlog.base import EventLog, LogEntry
 from personify.profiles.events import ProfileEvent, view_event
@@ -62,6 +63,15 @@ _LAG_REFRESH_S = 1.0
 _MAX_BACKOFF_S = 5.0
 _CONFLICT_RETRIES = 5
 _FORGET_WORKERS_AFTER = timedelta(days=1)
+
+
+def _event_time(data: Mapping[str, Any]) -> datetime:
+    """An internal event's time (its ``timestamp``), aware; now when it has none."""
+    try:
+        moment = datetime.fromisoformat(str(data.get("timestamp")))
+    except ValueError:
+        return datetime.now(UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def default_consumer() -> str:
@@ -149,9 +159,13 @@ class StreamWorker:
         max_deliveries: int = 5,
         heartbeat_s: float = 2.0,
         after_batch: Sequence[Callable[[], Awaitable[object]]] = (),
+        record_exposures: Callable[[Sequence[Mapping[str, Any]]], int] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._log = log
+        # keeps what the decision engine showed, for frequency caps (content.exposures)
+        self._record_exposures = record_exposures
+        self._exposures: list[dict[str, Any]] = []
         # run after each committed batch (the membership events' relay to the log)
         self._after_batch = tuple(after_batch)
         self._processor = processor
@@ -187,6 +201,7 @@ class StreamWorker:
         profiles: ProfileService | None = None,
         heartbeats: HeartbeatRepository | None = None,
         after_batch: Sequence[Callable[[], Awaitable[object]]] = (),
+        record_exposures: Callable[[Sequence[Mapping[str, Any]]], int] | None = None,
         clock: Clock | None = None,
     ) -> StreamWorker:
         """A worker configured by the ``worker_*`` settings."""
@@ -204,6 +219,7 @@ class StreamWorker:
             max_deliveries=settings.eventlog_max_deliveries,
             heartbeat_s=settings.worker_heartbeat_s,
             after_batch=after_batch,
+            record_exposures=record_exposures,
             clock=clock,
         )
 
@@ -269,6 +285,8 @@ class StreamWorker:
         if entries:
             self._in_hand = entries
             await self._apply_all(await self._prepare(entries))
+            if self._exposures:
+                await self._until_written(self._keep_exposures)
             await self._commit(entries)
             self._in_hand = []
             for hook in self._after_batch:
@@ -292,6 +310,16 @@ class StreamWorker:
             self._note_error(exc)
             await self._sleep(self._backoff_s * 10)
             return []
+
+    async def _keep_exposures(self) -> None:
+        rows, self._exposures = self._exposures, []
+        if self._record_exposures is not None:
+            try:
+                await asyncio.to_thread(self._record_exposures, rows)
+            except BackendUnavailable:
+                # kept for the retry of ``_until_written``
+                self._exposures = rows
+                raise
 
     async def _prepare(self, entries: Sequence[LogEntry]) -> list[_Item]:
         """Decode entries; dead-letter those that cannot be read (retrying cannot help)."""
@@ -317,10 +345,16 @@ class StreamWorker:
             try:
                 text = entry.payload.decode("utf-8")
                 event = view_event(_decode(text))
-                if event.data.get("sourceId") == MEMBERSHIP_SOURCE:
+                source = event.data.get("sourceId")
+                if source == MEMBERSHIP_SOURCE:
                     # the segments' own Segment Entered/Exited: facts about the profile the
                     # membership table holds already, not the user's activity (applied, they
                     # would move last seen and recency, and every rule would run again)
+                    continue
+                if source == EXPOSURE_SOURCE:
+                    # what the decision engine showed: not the user's activity either; kept
+                    # for the frequency caps
+                    self._exposures.extend(exposure_rows(event.data, _event_time(event.data)))
                     continue
                 readable.append(_Item(entry, event, text))
             except (UnicodeDecodeError, msgspec.DecodeError) as exc:

@@ -39,6 +39,7 @@ TABLE_MODULES = (
     "personify.worker.tables",
     "personify.segments.tables",
     "personify.predict.tables",
+    "personify.content.tables",
 )
 
 # the first revision: the schema as the pre-Alembic migrations left it

@@ -1,0 +1,262 @@
+"""``POST /v1/decide``: the content to show one user in the placements of a page
+(``personify.decide.engine``; docs/decide.md).
+
+Two callers, two shapes:
+
+* a server with an API key (``Authorization: Bearer``, the ``read`` role) gets the full
+  answer: each placement's trace (candidates, exclusions and their reasons, matched
+  segments and conditions, scores) and the decision's (profile, segments, fallback);
+* a browser with a source's write key (HTTP Basic, as the collector takes it, or ``writeKey``
+  in the body) gets the public shape: the items and whether each placement fell back, no
+  trace and no reason, so that nothing about the user (their segments, whether a profile
+  exists) is given to whoever holds the page. CORS is open, and a ``text/plain`` body is
+  read as JSON, so browsers send it without a preflight, as the tracker does.
+
+A decision never fails for lack of data (the engine falls back); a body that is not a
+decision request is a 400, and credentials that are missing or wrong a 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, Router, post
+from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from personify.api.collector import WRITE_KEY
+from personify.api.documents import UNAVAILABLE, error_response
+from personify.api.guards import BEARER
+from personify.auth.keys import ApiKeyRepository
+from personify.auth.secrets import MAX_SECRET_CHARS
+from personify.decide.engine import MAX_LIMIT, DecisionEngine, DecisionRequest, PlacementRequest
+from personify.errors import Unauthorized, ValidationError
+from personify.ingest.sources import SourceRepository
+
+__all__ = ["DecisionDocument", "decide_router"]
+
+# the most placements one decision fills (a page has a handful)
+MAX_PLACEMENTS = 20
+_MAX_ID_CHARS = 512
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "POST, OPTIONS",
+    "access-control-allow-headers": "Content-Type, Authorization",
+    "access-control-max-age": "86400",
+}
+
+
+class PlacementAsk(msgspec.Struct, forbid_unknown_fields=True):
+    """A placement to fill."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="its id")]
+    limit: Annotated[
+        int | None, msgspec.Meta(description=f"1-{MAX_LIMIT} items (the placement's own if null)")
+    ] = None
+
+
+class DecisionContext(msgspec.Struct):
+    """Where the decision is shown: kept in the exposure event; ``locale`` also selects
+    items by their locale."""
+
+    page: Annotated[Any, msgspec.Meta(description="the page: a path, or {path, url, title}")] = None
+    device: Annotated[str | None, msgspec.Meta(description="up to 100 characters")] = None
+    locale: Annotated[str | None, msgspec.Meta(description="en, en-GB… (35 characters)")] = None
+    timestamp: Annotated[str | None, msgspec.Meta(description="ISO 8601 (40 characters)")] = None
+
+
+class DecideBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A decision request: a userId or an anonymousId, and the placements of the page."""
+
+    placements: Annotated[list[PlacementAsk], msgspec.Meta(min_length=1, max_length=MAX_PLACEMENTS)]
+    userId: Annotated[str | None, msgspec.Meta(description="up to 512 characters")] = None
+    anonymousId: Annotated[str | None, msgspec.Meta(description="up to 512 characters")] = None
+    context: DecisionContext | None = None
+    writeKey: Annotated[str | None, msgspec.Meta(description="a source's write key")] = None
+
+
+class DecidedItem(msgspec.Struct):
+    """An item chosen for a placement."""
+
+    id: str
+    version: Annotated[int, msgspec.Meta(description="the published version served")]
+    variant: Annotated[str | None, msgspec.Meta(description="the variant's key, if any")]
+    score: Annotated[float, msgspec.Meta(description="the strategy's score")]
+    probability: Annotated[
+        float, msgspec.Meta(description="the chance it was shown here (off-policy evaluation)")
+    ]
+    rank: int
+    content: Annotated[dict[str, Any], msgspec.Meta(description="its fields (and variant's)")]
+
+
+class DecidedPlacement(msgspec.Struct, omit_defaults=True):
+    """What one placement shows, and (API keys only) why."""
+
+    items: list[DecidedItem]
+    strategy: Annotated[str | None, msgspec.Meta(description="null when it fell back")]
+    fallback: Annotated[bool, msgspec.Meta(description="the default was served instead")]
+    reason: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="why it fell back: unknown_user, no_consent, profiles_unavailable, "
+            "segments_unavailable, catalog_unavailable, unknown_placement, no_eligible_items"
+        ),
+    ] = None
+    trace: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(description="candidates, excluded (id, reason), matched, scores"),
+    ] = None
+
+
+class DecisionDocument(msgspec.Struct, omit_defaults=True):
+    """A decision: its id (in the exposure event too) and each placement's items."""
+
+    decisionId: str
+    placements: dict[str, DecidedPlacement]
+    trace: dict[str, Any] | None = None
+
+
+def _basic_user(header: str) -> str | None:
+    try:
+        decoded = base64.b64decode(header, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[0] or None
+
+
+async def _caller(
+    request: Request[Any, Any, Any],
+    body: DecideBody,
+    keys: ApiKeyRepository,
+    sources: SourceRepository,
+) -> bool:
+    """Whether the caller may see traces (an API key) or not (a write key); 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        if await sync_to_thread(keys.resolve, credential.strip()) is None:
+            raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
+        return True
+    write_key = _basic_user(credential.strip()) if scheme.lower() == "basic" else None
+    write_key = write_key or body.writeKey
+    if not write_key:
+        raise Unauthorized(
+            "send an API key (Authorization: Bearer) or a source's write key (Basic, or "
+            "writeKey in the body)",
+            code="missing_credentials",
+        )
+    if (
+        len(write_key) > MAX_SECRET_CHARS
+        or await sync_to_thread(sources.resolve, write_key) is None
+    ):
+        raise Unauthorized("unknown or revoked write key", code="invalid_write_key")
+    return False
+
+
+# the longest value each optional text field may hold
+_LENGTHS = {"userId": _MAX_ID_CHARS, "anonymousId": _MAX_ID_CHARS}
+_CONTEXT_LENGTHS = {"device": 100, "locale": 35, "timestamp": 40}
+
+
+def _too_long(field: str, limit: int) -> ValidationError:
+    return ValidationError(
+        f"{field} has at most {limit} characters",
+        code="invalid_parameter",
+        details={"field": field},
+    )
+
+
+def _request(body: DecideBody) -> DecisionRequest:
+    if not body.userId and not body.anonymousId:
+        raise ValidationError(
+            "give a userId or an anonymousId", code="missing_user", details={"field": "userId"}
+        )
+    for field, limit in _LENGTHS.items():
+        value = getattr(body, field)
+        if value is not None and len(value) > limit:
+            raise _too_long(field, limit)
+    for ask in body.placements:
+        if ask.limit is not None and not 1 <= ask.limit <= MAX_LIMIT:
+            raise ValidationError(
+                f"a placement's limit is 1 to {MAX_LIMIT}",
+                code="invalid_parameter",
+                details={"field": "placements.limit"},
+            )
+    context = msgspec.structs.asdict(body.context) if body.context is not None else {}
+    for field, limit in _CONTEXT_LENGTHS.items():
+        value = context.get(field)
+        if value is not None and len(value) > limit:
+            raise _too_long(f"context.{field}", limit)
+    return DecisionRequest(
+        placements=[PlacementRequest(p.id, p.limit) for p in body.placements],
+        user_id=body.userId,
+        anonymous_id=body.anonymousId,
+        context={k: v for k, v in context.items() if v is not None},
+    )
+
+
+def _public(decision: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "decisionId": decision["decisionId"],
+        "placements": {
+            key: {
+                "items": placement["items"],
+                "strategy": placement["strategy"],
+                "fallback": placement["fallback"],
+            }
+            for key, placement in decision["placements"].items()
+        },
+    }
+
+
+@post(
+    "/v1/decide",
+    status_code=200,
+    security=[{BEARER: []}, {WRITE_KEY: []}],
+    responses={
+        400: error_response("invalid_json, invalid_parameter (not a DecideBody), or missing_user"),
+        401: error_response("missing_credentials, invalid_api_key or invalid_write_key"),
+        503: UNAVAILABLE,
+    },
+)
+async def decide(
+    request: Request[Any, Any, Any],
+    decisions: NamedDependency[DecisionEngine],
+    api_keys: NamedDependency[ApiKeyRepository],
+    sources: NamedDependency[SourceRepository],
+    data: JSONBody[DecideBody],
+) -> Response[DecisionDocument]:
+    """The content for one user in the placements of a page, with a trace of why (API keys)
+    or without (write keys, from browsers). Never an error for lack of data: a placement
+    that cannot be personalized gets its default with ``fallback: true``."""
+    full = await _caller(request, data, api_keys, sources)
+    decision = await decisions.decide(_request(data))
+    shaped = decision if full else _public(decision)
+    return Response(
+        msgspec.convert(shaped, DecisionDocument),
+        headers={**CORS_HEADERS, "cache-control": "no-store"},
+    )
+
+
+def _preflight(app: ASGIApp) -> ASGIApp:
+    """Answers browsers' CORS preflight (OPTIONS) for the decision route."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = [(name.encode(), value.encode()) for name, value in CORS_HEADERS.items()]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def decide_router() -> Router:
+    """The decision route (its own authentication: an API key or a write key)."""
+    return Router("/", route_handlers=[decide], tags=["decide"], middleware=[_preflight])

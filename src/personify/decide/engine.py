@@ -1,0 +1,474 @@
+"""The decision engine: for one user and the placements of one page, the content to show, a
+trace of why, and an exposure event (docs/decide.md).
+
+The pipeline, per placement:
+
+1. **candidates**: the published items that name the placement (the catalog snapshot);
+2. **eligibility**: schedule, locale, targeting (segments and condition), frequency caps,
+   and items already chosen for another placement of the same decision; every candidate set
+   aside is in the trace with its reason;
+3. **ranking**: the placement's strategy (``personify.decide.strategies``);
+4. **diversity**: an item whose category another placement of the page shows already moves
+   behind those whose category it does not;
+5. **the answer**: the top ``limit``, each with its variant (a stable weighted choice per
+   user), score, content and the probability it was chosen with.
+
+**Failure is never an error.** An unknown user, a user whose consent withdraws
+personalization, and a state database or cache that is down are answered with each
+placement's default item, ``fallback: true`` and the reason. Only a request that is not a
+request (no user id, no placement) is refused, at the API.
+
+**Exposures.** Every decision appends one ``Content Exposed`` event to the event log with the
+decision id, the items, variants, strategy and probabilities; the worker keeps them for the
+frequency caps (``personify.content.exposures``) and the lake keeps them for analysis.
+The engine writes nothing else (ARCHITECTURE rule 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from personify.clock import Clock, SystemClock
+from personify.content.exposures import (
+    EXPOSURE_EVENT,
+    EXPOSURE_SOURCE,
+    exposure_counts,
+)
+from personify.decide.snapshot import Candidate, CatalogCache, CatalogSnapshot, PlacementSpec
+from personify.decide.strategies import STRATEGIES, Ranked, UserView, bucket
+from personify.errors import BackendUnavailable
+from personify.eventlog.base import EventLog, LogRecord
+from personify.profiles.document import personalization_allowed
+from personify.profiles.events import datetime_ms
+from personify.profiles.features import FeatureSet
+from personify.profiles.predictions import read_predictions
+from personify.profiles.service import ProfileService
+from personify.profiles.state import evaluate_profile
+from personify.segments.predicates import EvaluationContext
+from personify.segments.tables import segment_members
+from personify.store.database import Database
+
+__all__ = ["DecisionEngine", "DecisionRequest", "PlacementRequest"]
+
+logger = logging.getLogger("personify.decide")
+
+_encode = msgspec.json.encode
+# the most items one placement answers with
+MAX_LIMIT: Final = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    """A placement to fill, and how many items (its own default when ``None``)."""
+
+    id: str
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """Who is asking (a userId or an anonymousId), for which placements, in what context
+    (``page``, ``device``, ``locale``, ``timestamp``: passed on to the exposure event)."""
+
+    placements: Sequence[PlacementRequest]
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """The id the profile is looked up by (the userId when both are given)."""
+        return self.user_id or self.anonymous_id or ""
+
+
+@dataclass(slots=True)
+class _User:
+    """The user as far as this decision knows them: a view, or why it falls back."""
+
+    view: UserView
+    fallback: str | None
+    exposures: Mapping[str, int] = field(default_factory=dict)
+
+
+def locale_matches(wanted: str | None, item_locale: str | None) -> bool:
+    """Whether an item in ``item_locale`` suits a request in ``wanted``: an item without a
+    locale suits everyone; ``en`` suits ``en-GB``; ``en-GB`` suits ``en-GB`` only."""
+    if item_locale is None:
+        return True
+    if not wanted:
+        return False
+    wanted_parts = wanted.replace("_", "-").lower().split("-")
+    item_parts = item_locale.lower().split("-")
+    return wanted_parts[: len(item_parts)] == item_parts
+
+
+def _choose_variant(candidate: Candidate, unit: str) -> tuple[str | None, float, dict[str, Any]]:
+    """The item's variant for this user (stable, by weight), its probability, its content."""
+    if not candidate.variants:
+        return None, 1.0, candidate.content(None)
+    total = sum(v.weight for v in candidate.variants)
+    point = bucket("variant", candidate.id, unit) * total
+    running = 0.0
+    chosen = candidate.variants[-1]
+    for variant in candidate.variants:
+        running += variant.weight
+        if point < running:
+            chosen = variant
+            break
+    return chosen.key, chosen.weight / total, candidate.content(chosen)
+
+
+def _category(candidate: Candidate) -> str | None:
+    category = candidate.fields.get("category")
+    return category if isinstance(category, str) else None
+
+
+class DecisionEngine:
+    """Answers decisions from the cached catalog snapshot and the user's profile."""
+
+    def __init__(
+        self,
+        catalog: CatalogCache,
+        profiles: ProfileService,
+        db: Database,
+        log: EventLog,
+        features: FeatureSet,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._profiles = profiles
+        self._db = db
+        self._log = log
+        self._features = features
+        self._clock = clock or SystemClock()
+        self.exposures_lost = 0
+
+    async def catalog_changed(self) -> None:
+        """Tell every process sharing the cache to reload the catalog (after a change)."""
+        await self._catalog.invalidate()
+
+    async def decide(self, request: DecisionRequest) -> dict[str, Any]:
+        """The decision, with a trace (the API trims it for browsers)."""
+        decision_id = uuid.uuid4().hex
+        now = self._clock.now()
+        try:
+            snapshot: CatalogSnapshot | None = await self._catalog.current()
+        except BackendUnavailable:
+            snapshot = None
+        user = await self._user(request.identity, snapshot, now)
+        unit = user.view.profile_id or request.identity
+        rng = random.Random(decision_id)
+        placements: dict[str, Any] = {}
+        shown: set[str] = set()
+        categories: set[str] = set()
+        for wanted in request.placements:
+            if wanted.id in placements:
+                continue
+            placements[wanted.id] = self._placement(
+                snapshot, wanted, user, unit, now, rng, shown, categories, request.context
+            )
+        exposure_logged = await self._expose(decision_id, request, user, placements, now)
+        return {
+            "decisionId": decision_id,
+            "placements": placements,
+            "trace": {
+                "profileId": user.view.profile_id,
+                "segments": sorted(user.view.segments),
+                "fallback": user.fallback,
+                "catalogRevision": snapshot.revision if snapshot is not None else None,
+                "exposureLogged": exposure_logged,
+            },
+        }
+
+    # -- the user ----------------------------------------------------------------------------
+
+    async def _user(self, identity: str, snapshot: CatalogSnapshot | None, now: datetime) -> _User:
+        empty = UserView(profile_id=None)
+        try:
+            loaded = await self._profiles.load(identity)
+        except BackendUnavailable:
+            return _User(empty, "profiles_unavailable")
+        if loaded is None:
+            return _User(empty, "unknown_user")
+        if not personalization_allowed(loaded.state, self._features):
+            return _User(UserView(profile_id=loaded.profile_id), "no_consent")
+        state = loaded.state
+        caps = {
+            c.id: c.frequency_cap[1]
+            for c in (snapshot.items.values() if snapshot is not None else ())
+            if c.frequency_cap is not None
+        }
+        try:
+            segments, predictions, exposures = await asyncio.to_thread(
+                self._facts, loaded.profile_id, caps, now
+            )
+        except BackendUnavailable:
+            return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
+        view = UserView(
+            profile_id=loaded.profile_id,
+            traits={k: s.value for k, s in state.traits.items() if s.value is not None},
+            features=evaluate_profile(state, self._features, datetime_ms(now)),
+            segments=segments,
+            predictions=predictions,
+        )
+        return _User(view, None, exposures)
+
+    def _facts(
+        self, profile_id: str, caps: Mapping[str, int], now: datetime
+    ) -> tuple[frozenset[str], Mapping[str, Any] | None, dict[str, int]]:
+        """The profile's segments and predictions (one connection), and its exposures of
+        the capped items."""
+        m = segment_members.c
+        with self._db.connect() as conn:
+            segments = frozenset(
+                str(key)
+                for (key,) in conn.execute(
+                    segment_members.select()
+                    .with_only_columns(m.segment_key)
+                    .where(m.profile_id == profile_id, m.exited_at.is_(None))
+                )
+            )
+            predictions = read_predictions(conn, [profile_id]).get(profile_id)
+        exposures = exposure_counts(self._db, profile_id, caps, now) if caps else {}
+        return segments, predictions, exposures
+
+    # -- one placement -----------------------------------------------------------------------
+
+    def _placement(
+        self,
+        snapshot: CatalogSnapshot | None,
+        wanted: PlacementRequest,
+        user: _User,
+        unit: str,
+        now: datetime,
+        rng: random.Random,
+        shown: set[str],
+        categories: set[str],
+        context: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        if snapshot is None:
+            return _answer([], None, "catalog_unavailable", {"reason": "catalog_unavailable"})
+        spec = snapshot.placements.get(wanted.id)
+        if spec is None:
+            return _answer([], None, "unknown_placement", {"reason": "unknown_placement"})
+        limit = min(wanted.limit or spec.limit, MAX_LIMIT)
+        if user.fallback is not None:
+            return self._fallback(snapshot, spec, user.fallback, unit, shown, {})
+        candidates = snapshot.by_placement.get(spec.id, ())
+        eligible, excluded, matched = self._eligible(candidates, user, now, shown, context)
+        strategy = STRATEGIES[spec.strategy]
+        ranking = strategy.rank(eligible, user.view, spec, unit=unit, limit=limit, rng=rng)
+        excluded.extend({"id": item_id, "reason": reason} for item_id, reason in ranking.excluded)
+        trace: dict[str, Any] = {
+            "candidates": len(candidates),
+            "eligible": [c.id for c in eligible],
+            "excluded": excluded,
+            "matched": matched,
+            "scores": {r.candidate.id: r.score for r in ranking.ranked},
+        }
+        if ranking.control:
+            trace["control"] = True
+            answer = self._fallback(snapshot, spec, None, unit, shown, trace)
+            answer["strategy"] = spec.strategy
+            return answer
+        ranked = _diversify(ranking.ranked, categories)
+        if len(ranked) != len(ranking.ranked) or any(
+            a.candidate.id != b.candidate.id for a, b in zip(ranked, ranking.ranked, strict=True)
+        ):
+            trace["diversified"] = True
+        chosen = ranked[:limit]
+        if not chosen:
+            return self._fallback(snapshot, spec, "no_eligible_items", unit, shown, trace)
+        items = []
+        for rank, entry in enumerate(chosen):
+            variant, share, content = _choose_variant(entry.candidate, unit)
+            shown.add(entry.candidate.id)
+            category = _category(entry.candidate)
+            if category is not None:
+                categories.add(category)
+            items.append(
+                {
+                    "id": entry.candidate.id,
+                    "version": entry.candidate.version,
+                    "variant": variant,
+                    "score": entry.score,
+                    "probability": round(entry.probability * share, 6),
+                    "rank": rank,
+                    "content": content,
+                }
+            )
+        return _answer(items, spec.strategy, None, trace)
+
+    def _eligible(
+        self,
+        candidates: Sequence[Candidate],
+        user: _User,
+        now: datetime,
+        shown: set[str],
+        context: Mapping[str, Any],
+    ) -> tuple[list[Candidate], list[dict[str, str]], dict[str, Any]]:
+        view = user.view
+        evaluation = EvaluationContext(
+            traits=view.traits,
+            features=view.features,
+            segments=view.segments,
+            predictions=view.predictions,
+        )
+        locale = context.get("locale")
+        eligible: list[Candidate] = []
+        excluded: list[dict[str, str]] = []
+        matched: dict[str, Any] = {}
+        for candidate in candidates:
+            reason = None
+            if candidate.id in shown:
+                reason = "shown_in_another_placement"
+            elif candidate.start is not None and now < candidate.start:
+                reason = "not_started"
+            elif candidate.end is not None and now >= candidate.end:
+                reason = "ended"
+            elif not locale_matches(locale if isinstance(locale, str) else None, candidate.locale):
+                reason = "locale_not_matched"
+            elif candidate.frequency_cap is not None and (
+                user.exposures.get(candidate.id, 0) >= candidate.frequency_cap[0]
+            ):
+                reason = "frequency_cap"
+            if reason is None and candidate.segments:
+                hits = sorted(set(candidate.segments) & view.segments)
+                if not hits:
+                    reason = "segments_not_matched"
+                else:
+                    matched.setdefault(candidate.id, {})["segments"] = hits
+            if reason is None and candidate.condition is not None:
+                if candidate.condition.evaluate(evaluation):
+                    matched.setdefault(candidate.id, {})["condition"] = True
+                else:
+                    reason = "condition_not_matched"
+            if reason is None:
+                eligible.append(candidate)
+            else:
+                excluded.append({"id": candidate.id, "reason": reason})
+        return eligible, excluded, matched
+
+    def _fallback(
+        self,
+        snapshot: CatalogSnapshot,
+        spec: PlacementSpec,
+        reason: str | None,
+        unit: str,
+        shown: set[str],
+        trace: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The placement's default item (published), whatever targeting says."""
+        default = snapshot.items.get(spec.default_item) if spec.default_item else None
+        trace = {**trace, "reason": reason} if reason is not None else dict(trace)
+        if default is None:
+            trace["default"] = "none" if spec.default_item is None else "not_published"
+            return _answer([], spec.strategy if reason is None else None, reason, trace)
+        variant, share, content = _choose_variant(default, unit)
+        shown.add(default.id)
+        item = {
+            "id": default.id,
+            "version": default.version,
+            "variant": variant,
+            "score": 0.0,
+            "probability": share,
+            "rank": 0,
+            "content": content,
+        }
+        return _answer([item], spec.strategy if reason is None else None, reason, trace)
+
+    # -- the exposure ------------------------------------------------------------------------
+
+    async def _expose(
+        self,
+        decision_id: str,
+        request: DecisionRequest,
+        user: _User,
+        placements: Mapping[str, Any],
+        now: datetime,
+    ) -> bool:
+        when = now.isoformat()
+        event = {
+            "type": "track",
+            "event": EXPOSURE_EVENT,
+            "messageId": decision_id,
+            ("userId" if request.user_id else "anonymousId"): request.identity,
+            "properties": {
+                "decisionId": decision_id,
+                "profileId": user.view.profile_id,
+                "fallback": user.fallback,
+                "placements": [
+                    {
+                        "id": placement_id,
+                        "strategy": answer["strategy"],
+                        "fallback": answer["fallback"],
+                        "reason": answer.get("reason"),
+                        "items": [
+                            {
+                                key: item[key]
+                                for key in ("id", "version", "variant", "probability", "rank")
+                            }
+                            for item in answer["items"]
+                        ],
+                    }
+                    for placement_id, answer in placements.items()
+                ],
+            },
+            "context": {
+                "library": {"name": "personify", "version": "decide"},
+                **{
+                    key: request.context[key]
+                    for key in ("page", "device", "locale")
+                    if request.context.get(key) is not None
+                },
+            },
+            "timestamp": when,
+            "originalTimestamp": when,
+            "receivedAt": when,
+            "sentAt": when,
+            "sourceId": EXPOSURE_SOURCE,
+        }
+        if request.user_id and request.anonymous_id:
+            event["anonymousId"] = request.anonymous_id
+        record = LogRecord(_encode(event), user.view.profile_id or request.identity, decision_id)
+        try:
+            await self._log.append([record])
+        except BackendUnavailable:
+            # the answer still goes out; the loss is counted (GET /metrics)
+            self.exposures_lost += 1
+            logger.warning("decision %s: the exposure event was not logged", decision_id)
+            return False
+        return True
+
+
+def _diversify(ranked: list[Ranked], categories: set[str]) -> list[Ranked]:
+    """Items whose category another placement of the page shows already go last (stable)."""
+    if not categories:
+        return ranked
+    fresh = [r for r in ranked if _category(r.candidate) not in categories]
+    repeated = [r for r in ranked if _category(r.candidate) in categories]
+    return fresh + repeated
+
+
+def _answer(
+    items: list[dict[str, Any]], strategy: str | None, reason: str | None, trace: dict[str, Any]
+) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "items": items,
+        "strategy": strategy,
+        "fallback": reason is not None,
+        "trace": trace,
+    }
+    if reason is not None:
+        answer["reason"] = reason
+    return answer

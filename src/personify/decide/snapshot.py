@@ -1,0 +1,243 @@
+"""The published catalog as the decision engine reads it: compiled once per catalog revision,
+held in each process, and invalidated across processes through the ``Cache`` port.
+
+Every process keeps one ``CatalogSnapshot``: every published item's snapshot with its
+targeting compiled and its schedule read, grouped by placement. The catalog's revision
+(``personify.content.catalog.catalog_revision``) is kept in the cache under
+``content:revision`` with a short time to live. A change made through the API deletes that
+key, so every process sharing the cache (Redis for several API nodes) reads the new
+revision on its next decision and reloads; a change made elsewhere (the CLI, another
+deployment's process) is seen when the key expires (``ttl_s``). When the state database is
+down, the snapshot in hand keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+import sqlalchemy as sa
+
+from personify.cache.base import Cache
+from personify.content.catalog import catalog_revision, published_items
+from personify.content.tables import placements as placements_table
+from personify.content.validation import schedule_bounds
+from personify.errors import BackendUnavailable
+from personify.segments.conditions import parse_window_ms
+from personify.segments.predicates import Predicate, compile_condition
+from personify.store.database import Database
+
+__all__ = [
+    "REVISION_KEY",
+    "Candidate",
+    "CatalogCache",
+    "CatalogSnapshot",
+    "PlacementSpec",
+    "Variant",
+    "load_snapshot",
+]
+
+REVISION_KEY: Final = "content:revision"
+# what a writer leaves under the key: while it lives, readers read the revision from the
+# database and cache nothing (so a revision read before the change is never cached after it)
+INVALIDATED: Final = b"\x00invalidated"
+_INVALIDATION_TTL_S: Final = 2.0
+
+_decode = msgspec.json.decode
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A variant of an item: its key, the fields that differ, and its relative weight."""
+
+    key: str
+    fields: Mapping[str, Any]
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A published item as the engine judges it."""
+
+    id: str
+    version: int
+    type: str
+    fields: Mapping[str, Any]
+    tags: tuple[str, ...]
+    placements: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    priority: int
+    start: datetime | None
+    end: datetime | None
+    locale: str | None
+    segments: tuple[str, ...]
+    condition: Predicate | None
+    # (at most this many exposures, within this many milliseconds), or None
+    frequency_cap: tuple[int, int] | None
+
+    def content(self, variant: Variant | None) -> dict[str, Any]:
+        """The item's fields, with the variant's where it has its own."""
+        if variant is None:
+            return dict(self.fields)
+        return {**self.fields, **variant.fields}
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementSpec:
+    """A placement as the engine fills it."""
+
+    id: str
+    default_item: str | None
+    strategy: str
+    params: Mapping[str, Any]
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    """The published catalog at one revision."""
+
+    revision: int
+    items: Mapping[str, Candidate]
+    placements: Mapping[str, PlacementSpec]
+    by_placement: Mapping[str, tuple[Candidate, ...]]
+
+
+def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candidate:
+    targeting = document.get("targeting") or {}
+    condition = targeting.get("condition")
+    start, end = schedule_bounds(document.get("schedule"))
+    cap = document.get("frequencyCap")
+    window_ms = parse_window_ms(cap.get("window", "1d")) if cap else None
+    return Candidate(
+        id=item_id,
+        version=version,
+        type=document["type"],
+        fields=document.get("fields") or {},
+        tags=tuple(document.get("tags") or ()),
+        placements=tuple(document.get("placements") or ()),
+        variants=tuple(
+            Variant(v["key"], v.get("fields") or {}, float(v.get("weight", 1)))
+            for v in document.get("variants") or ()
+        ),
+        priority=int(document.get("priority") or 0),
+        start=start,
+        end=end,
+        locale=document.get("locale"),
+        segments=tuple(targeting.get("segments") or ()),
+        # checked when saved; compiled without the segment list (a segment archived since
+        # then is a membership nobody holds)
+        condition=compile_condition(condition) if condition is not None else None,
+        frequency_cap=(int(cap["max"]), window_ms) if cap and window_ms else None,
+    )
+
+
+def load_snapshot(db: Database) -> CatalogSnapshot:
+    """The published catalog now, compiled (one read transaction)."""
+    with db.connect() as conn:
+        revision = catalog_revision(conn)
+        published = published_items(conn)
+        rows = conn.execute(
+            sa.select(placements_table.c.id, placements_table.c.document).where(
+                placements_table.c.status == "active"
+            )
+        ).all()
+    items = {item.id: _candidate(item.id, item.version, item.document) for item in published}
+    specs: dict[str, PlacementSpec] = {}
+    for placement_id, text in rows:
+        document = _decode(text)
+        strategy = document.get("strategy") or {}
+        specs[str(placement_id)] = PlacementSpec(
+            id=str(placement_id),
+            default_item=document.get("defaultItem"),
+            strategy=strategy.get("name", "priority"),
+            params=strategy.get("params") or {},
+            limit=int(document.get("limit") or 1),
+        )
+    by_placement: dict[str, list[Candidate]] = {placement: [] for placement in specs}
+    for candidate in items.values():
+        for placement in candidate.placements:
+            if placement in by_placement:
+                by_placement[placement].append(candidate)
+    return CatalogSnapshot(
+        revision=revision,
+        items=items,
+        placements=specs,
+        by_placement={key: tuple(found) for key, found in by_placement.items()},
+    )
+
+
+class CatalogCache:
+    """The snapshot of this process, reloaded when the catalog's revision moves."""
+
+    def __init__(self, db: Database, cache: Cache, *, ttl_s: float = 5.0) -> None:
+        self._db = db
+        self._cache = cache
+        self._ttl_s = ttl_s
+        self._snapshot: CatalogSnapshot | None = None
+        self._lock = asyncio.Lock()
+        self.reloads = 0
+
+    async def current(self) -> CatalogSnapshot:
+        """The snapshot at the newest revision. Raises ``BackendUnavailable`` only when no
+        snapshot was ever loaded and the state database cannot be read."""
+        try:
+            revision = await self._revision()
+        except BackendUnavailable:
+            if self._snapshot is not None:
+                return self._snapshot
+            raise
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.revision == revision:
+            return snapshot
+        async with self._lock:
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.revision == revision:
+                return snapshot
+            try:
+                loaded = await asyncio.to_thread(load_snapshot, self._db)
+            except BackendUnavailable:
+                if snapshot is not None:
+                    return snapshot
+                raise
+            self._snapshot = loaded
+            self.reloads += 1
+            return loaded
+
+    async def invalidate(self) -> None:
+        """Tell every process sharing the cache that the catalog changed (after the change
+        committed). A cache that is down is ignored: the revision's time to live bounds how
+        long other processes serve the old catalog."""
+        with contextlib.suppress(BackendUnavailable):
+            await self._cache.set(REVISION_KEY, INVALIDATED, ttl_s=_INVALIDATION_TTL_S)
+        # this process reloads at once, whatever the cache says
+        self._snapshot = None if self._snapshot is None else _stale(self._snapshot)
+
+    async def _revision(self) -> int:
+        try:
+            cached = await self._cache.get(REVISION_KEY)
+        except BackendUnavailable:
+            # the cache is an accelerator: without it, every decision reads the revision
+            return await asyncio.to_thread(self._read_revision)
+        if cached is not None and cached != INVALIDATED:
+            return int(cached)
+        revision = await asyncio.to_thread(self._read_revision)
+        if cached is None:
+            with contextlib.suppress(BackendUnavailable):
+                await self._cache.add(REVISION_KEY, str(revision).encode(), ttl_s=self._ttl_s)
+        return revision
+
+    def _read_revision(self) -> int:
+        with self._db.connect() as conn:
+            return catalog_revision(conn)
+
+
+def _stale(snapshot: CatalogSnapshot) -> CatalogSnapshot:
+    """The same snapshot under a revision no catalog has: the next read reloads, and until
+    then (the database down) it still serves."""
+    return CatalogSnapshot(-1, snapshot.items, snapshot.placements, snapshot.by_placement)

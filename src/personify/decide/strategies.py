@@ -1,0 +1,244 @@
+"""Ranking strategies: one small protocol, one class per strategy (docs/decide.md).
+
+A strategy gets a placement's eligible candidates and what is known of the user, and returns
+them ranked, each with its score and the probability with which it is shown at its place
+(1.0 for a deterministic ranking; a random one says its odds, so that exposures can be
+re-weighted later: off-policy evaluation). It may also set candidates aside with a reason
+(the prediction strategy keeps an offer for the users the prediction names), which the trace
+shows beside the eligibility's exclusions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import xxhash
+
+from personify.decide.snapshot import Candidate, PlacementSpec
+from personify.segments.conditions import resolve_path
+from personify.segments.operators import MISSING
+
+__all__ = [
+    "STRATEGIES",
+    "AffinityStrategy",
+    "PredictionStrategy",
+    "PriorityStrategy",
+    "RandomStrategy",
+    "Ranked",
+    "Ranking",
+    "Strategy",
+    "UserView",
+    "bucket",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """What the engine knows of the user: nothing for an unknown or unconsented one."""
+
+    profile_id: str | None
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    features: Mapping[str, Any] = field(default_factory=dict)
+    segments: frozenset[str] = frozenset()
+    predictions: Mapping[str, Any] | None = None
+
+    @property
+    def affinities(self) -> Mapping[str, Mapping[str, float]]:
+        """Decayed affinity scores per dimension and value (``features.affinities``)."""
+        found = self.features.get("affinities")
+        return found if isinstance(found, Mapping) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A candidate at its place: score, and the probability it was chosen there."""
+
+    candidate: Candidate
+    score: float
+    probability: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """A strategy's answer: the ranked candidates, those it set aside (id, reason), and
+    whether the user is in the placement's control group (served the default)."""
+
+    ranked: list[Ranked]
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+    control: bool = False
+
+
+class Strategy(Protocol):
+    """Ranks a placement's eligible candidates for one user."""
+
+    name: str
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        user: UserView,
+        placement: PlacementSpec,
+        *,
+        unit: str,
+        limit: int,
+        rng: random.Random,
+    ) -> Ranking:
+        """The candidates in the order to show them (``unit``: the user's stable id)."""
+        ...
+
+
+def bucket(*parts: str) -> float:
+    """A stable number in [0, 1) from ``parts`` (xxh3: the same everywhere, every run)."""
+    return xxhash.xxh3_64_intdigest("\x1f".join(parts).encode()) / 2.0**64
+
+
+def _by_priority(candidates: Sequence[Candidate]) -> list[Candidate]:
+    return sorted(candidates, key=lambda c: (-c.priority, c.id))
+
+
+class PriorityStrategy:
+    """Highest priority first; ties by id."""
+
+    name = "priority"
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        user: UserView,
+        placement: PlacementSpec,
+        *,
+        unit: str,
+        limit: int,
+        rng: random.Random,
+    ) -> Ranking:
+        """Sorted by priority."""
+        return Ranking([Ranked(c, float(c.priority)) for c in _by_priority(candidates)])
+
+
+def _item_values(candidate: Candidate) -> set[str]:
+    values = set(candidate.tags)
+    category = candidate.fields.get("category")
+    if isinstance(category, str):
+        values.add(category)
+    return values
+
+
+class AffinityStrategy:
+    """The items whose tags (and ``fields.category``) the user engages with most: the sum of
+    the user's decayed affinity scores for those values, in one dimension (``params.dimension``)
+    or all. Priority breaks ties; a user without affinities gets the priority order."""
+
+    name = "affinity"
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        user: UserView,
+        placement: PlacementSpec,
+        *,
+        unit: str,
+        limit: int,
+        rng: random.Random,
+    ) -> Ranking:
+        """Sorted by affinity, then priority."""
+        dimension = placement.params.get("dimension")
+        scores: dict[str, float] = {}
+        for name, values in user.affinities.items():
+            if dimension is not None and name != dimension:
+                continue
+            for value, score in values.items():
+                scores[value] = scores.get(value, 0.0) + float(score)
+        scored = [(sum(scores.get(value, 0.0) for value in _item_values(c)), c) for c in candidates]
+        scored.sort(key=lambda pair: (-pair[0], -pair[1].priority, pair[1].id))
+        return Ranking([Ranked(c, round(score, 6)) for score, c in scored])
+
+
+_COMPARE: Mapping[str, Callable[[float, float], bool]] = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+class PredictionStrategy:
+    """Items tagged ``params.tag`` (a retention offer, say) are for the users whose
+    prediction ``params.prediction`` passes the threshold (``op``, ``value``): for them they
+    come first, for everyone else they are set aside (``prediction_not_met``). The rest keep
+    the priority order. A user without the prediction counts as not passing."""
+
+    name = "prediction"
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        user: UserView,
+        placement: PlacementSpec,
+        *,
+        unit: str,
+        limit: int,
+        rng: random.Random,
+    ) -> Ranking:
+        """Tagged items first for the users the prediction names, absent for the others."""
+        params = placement.params
+        tag = str(params.get("tag"))
+        value = (
+            resolve_path(user.predictions, tuple(str(params.get("prediction", "")).split(".")))
+            if user.predictions is not None
+            else MISSING
+        )
+        passes = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and _COMPARE[params.get("op", "gt")](float(value), float(params.get("value", 0)))
+        )
+        ranked: list[Ranked] = []
+        excluded: list[tuple[str, str]] = []
+        tagged = [c for c in _by_priority(candidates) if tag in c.tags]
+        others = [c for c in _by_priority(candidates) if tag not in c.tags]
+        if passes:
+            ranked.extend(Ranked(c, 1.0 + c.priority / 1e7) for c in tagged)
+        else:
+            excluded.extend((c.id, "prediction_not_met") for c in tagged)
+        ranked.extend(Ranked(c, c.priority / 1e7) for c in others)
+        return Ranking(ranked, excluded)
+
+
+class RandomStrategy:
+    """A uniformly random order, with a persistent control group: a user whose stable bucket
+    for the placement falls under ``params.controlPercent`` (10) is always served the
+    placement's default, so that what personalization adds can be measured against it."""
+
+    name = "random"
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        user: UserView,
+        placement: PlacementSpec,
+        *,
+        unit: str,
+        limit: int,
+        rng: random.Random,
+    ) -> Ranking:
+        """A shuffled order, or the control group's empty ranking."""
+        share = float(placement.params.get("controlPercent", 10)) / 100.0
+        if bucket("control", placement.id, unit) < share:
+            return Ranking([], control=True)
+        order = sorted(candidates, key=lambda c: c.id)
+        rng.shuffle(order)
+        count = len(order)
+        # each shown item had `limit` chances in `count` to be among the shown
+        probability = min(1.0, limit / count) if count else 1.0
+        return Ranking([Ranked(c, 0.0, probability) for c in order])
+
+
+STRATEGIES: dict[str, Strategy] = {
+    strategy.name: strategy
+    for strategy in (PriorityStrategy(), AffinityStrategy(), PredictionStrategy(), RandomStrategy())
+}

@@ -1,0 +1,1 @@
+"""Tests of the content catalog: items, placements, versions, publishing, import and export, webhooks."""

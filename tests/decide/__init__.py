@@ -1,0 +1,1 @@
+"""Tests of the decision engine: eligibility, strategies, fallbacks, exposures, the catalog cache."""
