@@ -16,6 +16,7 @@ from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
 from personify.content.catalog import ContentCatalog
 from personify.content.exposures import record_exposures
+from personify.content.learning import ProductStage
 from personify.content.webhooks import WebhookDeliverer, WebhookRepository
 from personify.decide.engine import DecisionEngine
 from personify.decide.snapshot import CatalogCache
@@ -119,6 +120,7 @@ class Runtime:
         profiles = profile_service(settings, db, cache, features, clock=clock)
         heartbeats = HeartbeatRepository(db)
         segments = SegmentRepository(db, clock=clock)
+        content = ContentCatalog(db, clock=clock)
         segment_stage = SegmentStage(segments, features, clock=clock)
         models = ModelRegistry(db, settings.resolved_models_dir, clock=clock)
         # predictions first: segment rules read the scores of the same batch
@@ -131,7 +133,12 @@ class Runtime:
             max_identities=settings.profile_max_identities,
             snapshot_every=settings.profile_snapshot_every,
             state_cache_mb=settings.worker_state_cache_mb,
-            stages=[prediction_stage, segment_stage],
+            # products learned from e-commerce events join the catalog in the same transaction
+            stages=[
+                prediction_stage,
+                segment_stage,
+                ProductStage(content),
+            ],
         )
         worker = StreamWorker.from_settings(
             settings,
@@ -240,7 +247,7 @@ class Runtime:
             prediction_rescore=rescore,
             model_trainer=trainer,
             model_monitor=monitor,
-            content=ContentCatalog(db, clock=clock),
+            content=content,
             decisions=DecisionEngine(
                 CatalogCache(db, cache, ttl_s=settings.decide_catalog_ttl_s),
                 profiles,

@@ -171,6 +171,8 @@ class Settings(BaseSettings):
     # how long a process serves decisions from the catalog revision it read, when the change
     # did not come through the API (which invalidates at once): the CLI, another deployment
     decide_catalog_ttl_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    # how long a CDN or browser may keep an edge answer (GET /v1/content/{placement})
+    decide_edge_max_age_s: int = Field(default=60, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _require_secrets_in_production(self) -> Settings:

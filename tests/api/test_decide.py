@@ -395,3 +395,152 @@ async def test_variants_are_stable_per_user_and_weighted(harness: Harness) -> No
         assert one["probability"] == (0.75 if one["variant"] == "red" else 0.25)
         seen[one["variant"]] += 1
     assert 70 < seen["red"] < 110, seen
+
+
+async def test_edge_answers_per_segment_combination_with_http_caching(harness: Harness) -> None:
+    await shop(harness)
+    await admin_post(
+        harness,
+        "/v1/content",
+        {
+            "id": "for-pros",
+            "type": "banner",
+            "placements": ["home-hero"],
+            "priority": 50,
+            "targeting": {"condition": {"trait": "plan", "op": "eq", "value": "pro"}},
+        },
+        publish="true",
+    )
+    await admin_post(
+        harness,
+        "/v1/content",
+        {
+            "id": "bonjour",
+            "type": "banner",
+            "placements": ["home-hero"],
+            "priority": 40,
+            "locale": "fr",
+        },
+        publish="true",
+    )
+    fans = await harness.client.get("/v1/content/home-hero", params={"segments": "shoe-fans,vip"})
+    assert fans.status_code == 200, fans.text
+    assert fans.json() == {
+        "placement": "home-hero",
+        "segments": ["shoe-fans", "vip"],
+        "locale": None,
+        "items": [
+            {
+                "id": "shoe-banner",
+                "version": 1,
+                "variant": None,
+                "content": {"title": "New trail shoes"},
+            }
+        ],
+        "fallback": False,
+    }
+    etag = fans.headers["etag"]
+    assert fans.headers["cache-control"].startswith("public, max-age=60")
+    assert "Accept-Language" in fans.headers["vary"]
+    # the same combination in another order is the same answer
+    again = await harness.client.get("/v1/content/home-hero", params={"segments": "vip,shoe-fans"})
+    assert again.headers["etag"] == etag
+    not_modified = await harness.client.get(
+        "/v1/content/home-hero",
+        params={"segments": "vip,shoe-fans"},
+        headers={"if-none-match": f"W/{etag}"},
+    )
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert not_modified.headers["etag"] == etag
+
+    nobody = (await harness.client.get("/v1/content/home-hero")).json()
+    # the condition needs a profile: never in an edge answer
+    assert [i["id"] for i in nobody["items"]] == ["everyone"]
+    french = await harness.client.get(
+        "/v1/content/home-hero", headers={"accept-language": "fr-FR,fr;q=0.9"}
+    )
+    assert french.json()["locale"] == "fr-FR" and french.json()["items"][0]["id"] == "bonjour"
+    assert french.headers["etag"] != etag
+
+    # a publication changes the answer and its ETag at once (this process's cache reloads)
+    await admin_post(
+        harness,
+        "/v1/content/items/shoe-banner/rollback",
+        {"version": 1},
+    )
+    await harness.client.patch(
+        "/v1/content/items/shoe-banner",
+        json={"fields": {"title": "Trail shoes: 20% off"}},
+        headers=harness.admin,
+        params={"publish": "true"},
+    )
+    changed = await harness.client.get(
+        "/v1/content/home-hero", params={"segments": "shoe-fans"}, headers={"if-none-match": etag}
+    )
+    assert changed.status_code == 200
+    assert changed.json()["items"][0]["content"] == {"title": "Trail shoes: 20% off"}
+
+    missing = await harness.client.get("/v1/content/nowhere")
+    assert_error(missing, 404, "placement_not_found")
+    # the literal routes are not placements
+    assert (
+        await harness.client.get("/v1/content/export", headers=harness.admin)
+    ).status_code == 200
+
+
+async def test_products_are_learned_from_events(harness: Harness) -> None:
+    viewed = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Product Viewed",
+        "properties": {
+            "product_id": "sku-1",
+            "name": "Trail shoe",
+            "category": "shoes",
+            "price": 89.5,
+        },
+    }
+    ordered = {
+        "type": "track",
+        "userId": "u1",
+        "event": "Order Completed",
+        "properties": {
+            "order_id": "o1",
+            "products": [
+                {"product_id": "sku-1", "url": "/p/sku-1"},
+                {"sku": "sku-2", "name": "Sock", "category": "socks"},
+                {"name": "no id: not a product"},
+            ],
+        },
+    }
+    response = await harness.client.post(
+        "/v1/batch", json={"batch": [viewed, viewed, ordered]}, headers=harness.auth
+    )
+    assert response.status_code == 200, response.text
+    await harness.services.worker.run(until_idle=True)
+    listed = await harness.client.get(
+        "/v1/content", params={"type": "product"}, headers=harness.admin
+    )
+    products = {item["id"]: item for item in listed.json()["data"]}
+    assert sorted(products) == ["sku-1", "sku-2"]
+    shoe = products["sku-1"]
+    assert shoe["status"] == "published" and shoe["origin"] == "events" and shoe["version"] == 1
+    assert shoe["fields"] == {
+        "name": "Trail shoe",
+        "category": "shoes",
+        "price": 89.5,
+        "url": "/p/sku-1",
+    }
+    # the same facts again write nothing; a new price writes a version
+    await harness.client.post("/v1/batch", json={"batch": [viewed]}, headers=harness.auth)
+    await harness.services.worker.run(until_idle=True)
+    assert (await harness.client.get("/v1/content/items/sku-1", headers=harness.admin)).json()[
+        "version"
+    ] == 1
+    cheaper = {**viewed, "properties": {**viewed["properties"], "price": 79.0}}
+    await harness.client.post("/v1/batch", json={"batch": [cheaper]}, headers=harness.auth)
+    await harness.services.worker.run(until_idle=True)
+    shoe = (await harness.client.get("/v1/content/items/sku-1", headers=harness.admin)).json()
+    assert (
+        shoe["version"] == 2 and shoe["publishedVersion"] == 2 and shoe["fields"]["price"] == 79.0
+    )

@@ -117,7 +117,7 @@ def test_random_has_a_stable_control_group_and_says_its_odds() -> None:
 def test_bucket_is_stable_and_uniform() -> None:
     assert bucket("a", "b") == bucket("a", "b") != bucket("a", "c")
     values = [bucket("x", str(n)) for n in range(10_000)]
-    assert 0.0 <= min(values) and max(values) < 1.0
+    assert min(values) >= 0.0 and max(values) < 1.0
     assert abs(sum(values) / len(values) - 0.5) < 0.01
 
 

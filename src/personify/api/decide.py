@@ -23,20 +23,31 @@ import binascii
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, Router, post
+import xxhash
+from litestar import Request, Response, Router, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 
+from personify.api.admin import NO_NUL, invalid_parameter
 from personify.api.collector import WRITE_KEY
 from personify.api.documents import UNAVAILABLE, error_response
 from personify.api.guards import BEARER
 from personify.auth.keys import ApiKeyRepository
 from personify.auth.secrets import MAX_SECRET_CHARS
 from personify.decide.engine import MAX_LIMIT, DecisionEngine, DecisionRequest, PlacementRequest
-from personify.errors import Unauthorized, ValidationError
+from personify.errors import NotFound, Unauthorized, ValidationError
 from personify.ingest.sources import SourceRepository
+from personify.runtime import Runtime
 
 __all__ = ["DecisionDocument", "decide_router"]
 
@@ -243,14 +254,133 @@ async def decide(
     )
 
 
+class EdgeItem(msgspec.Struct):
+    """An item of an edge answer."""
+
+    id: str
+    version: int
+    variant: str | None
+    content: dict[str, Any]
+
+
+class EdgeContent(msgspec.Struct):
+    """A placement's content for everyone in exactly these segments (docs/edge.md)."""
+
+    placement: str
+    segments: Annotated[list[str], msgspec.Meta(description="sorted, without repeats")]
+    locale: str | None
+    items: list[EdgeItem]
+    fallback: Annotated[bool, msgspec.Meta(description="no item matched: the default")]
+
+
+_encode_edge = msgspec.json.Encoder().encode
+_MAX_SEGMENTS = 50
+
+
+def _accept_language(header: str | None) -> str | None:
+    """The first language tag of an Accept-Language header (``en-GB,en;q=0.8`` → ``en-GB``)."""
+    if not header:
+        return None
+    first = header.split(",", 1)[0].split(";", 1)[0].strip()
+    return first if first and first != "*" and len(first) <= 35 else None
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    # weak comparison (RFC 9110, 13.1.2): W/ prefixes do not count
+    wanted = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return etag.removeprefix("W/") in wanted
+
+
+@get(
+    "/v1/content/{placement_id:str}",
+    security=[],
+    responses={
+        304: ResponseSpec(None, description="not modified: the ETag in If-None-Match is current"),
+        400: error_response("invalid_parameter: details.parameter names it"),
+        404: error_response("placement_not_found"),
+        503: UNAVAILABLE,
+    },
+)
+async def edge_content(
+    request: Request[Any, Any, Any],
+    decisions: NamedDependency[DecisionEngine],
+    runtime: NamedDependency[Runtime],
+    placement_id: Annotated[
+        str, PathParameter(max_length=200, pattern=NO_NUL, description="a placement's id")
+    ],
+    segment_keys: Annotated[
+        str | None,
+        QueryParameter(
+            name="segments",
+            max_length=10_000,
+            pattern=NO_NUL,
+            description="comma-separated segment keys the visitor is in (order does not matter)",
+        ),
+    ] = None,
+    locale: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=35, pattern=NO_NUL, description="en, en-GB… (else Accept-Language)"
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, QueryParameter(ge=1, le=MAX_LIMIT, description="items (the placement's own)")
+    ] = None,
+) -> Response[EdgeContent]:
+    """A placement's published content for a combination of segments, not a user: the same
+    answer for everyone in them, so a CDN caches one per combination (``Cache-Control``,
+    ``ETag``, ``Vary``; ``304`` on ``If-None-Match``). Public: published content only."""
+    keys = sorted({key.strip() for key in (segment_keys or "").split(",") if key.strip()})
+    if len(keys) > _MAX_SEGMENTS:
+        raise invalid_parameter("segments", f"at most {_MAX_SEGMENTS} segments")
+    wanted_locale = locale or _accept_language(request.headers.get("accept-language"))
+    found = await decisions.for_segments(placement_id, keys, locale=wanted_locale, limit=limit)
+    if found is None:
+        raise NotFound(f"no placement {placement_id!r}", code="placement_not_found")
+    document = EdgeContent(
+        placement=found["placement"],
+        segments=found["segments"],
+        locale=found["locale"],
+        items=[msgspec.convert(item, EdgeItem) for item in found["items"]],
+        fallback=found["fallback"],
+    )
+    body = _encode_edge(document)
+    etag = f'"{xxhash.xxh3_64_hexdigest(body)}"'
+    max_age = runtime.settings.decide_edge_max_age_s
+    headers = {
+        "etag": etag,
+        "cache-control": f"public, max-age={max_age}, stale-if-error=86400",
+        # the locale may come from Accept-Language; the segments are in the URL itself
+        "vary": "Accept-Language, Accept-Encoding",
+        **CORS_HEADERS,
+    }
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(None, status_code=304, headers=headers)  # type: ignore[arg-type]
+    return Response(document, headers=headers)
+
+
 def _preflight(app: ASGIApp) -> ASGIApp:
     """Answers browsers' CORS preflight (OPTIONS) for the decision route."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+        if scope.get("method") == "OPTIONS":
             headers = [(name.encode(), value.encode()) for name, value in CORS_HEADERS.items()]
-            await send({"type": "http.response.start", "status": 204, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
+            start: HTTPResponseStartEvent = {
+                "type": "http.response.start",
+                "status": 204,
+                "headers": headers,
+            }
+            body: HTTPResponseBodyEvent = {
+                "type": "http.response.body",
+                "body": b"",
+                "more_body": False,
+            }
+            await send(start)
+            await send(body)
             return
         await app(scope, receive, send)
 
@@ -259,4 +389,6 @@ def _preflight(app: ASGIApp) -> ASGIApp:
 
 def decide_router() -> Router:
     """The decision route (its own authentication: an API key or a write key)."""
-    return Router("/", route_handlers=[decide], tags=["decide"], middleware=[_preflight])
+    return Router(
+        "/", route_handlers=[decide, edge_content], tags=["decide"], middleware=[_preflight]
+    )

@@ -553,57 +553,87 @@ class ContentCatalog:
         mapping of ``product_id`` or ``sku``, ``name``, ``category``, ``price``, ``url``,
         ``image_url``): new ones are published, fields an API or import set are kept, and
         an unchanged product writes nothing. Returns how many items changed."""
-        changed = 0
         with self._db.begin() as conn:
-            for product in products:
-                product_id = product.get("product_id") or product.get("sku")
-                if check_id(product_id) is None:
+            return self.upsert_products_in(conn, products)
+
+    def upsert_products_in(self, conn: sa.Connection, products: Iterable[Mapping[str, Any]]) -> int:
+        """``upsert_products`` in the caller's transaction (the worker's). The products'
+        items are read in bulk first, so unchanged ones cost no write; each change is written
+        under a savepoint, so a product another process created first is skipped, not the
+        caller's whole transaction."""
+        wanted: dict[str, dict[str, Any]] = {}
+        for product in products:
+            product_id = check_id(product.get("product_id") or product.get("sku"))
+            if product_id is not None:
+                wanted[product_id] = _learned(product)
+        current = self._current_documents(conn, list(wanted))
+        changed = 0
+        for product_id, learned in wanted.items():
+            found = current.get(product_id)
+            if found is not None:
+                row, document = found
+                if row.status == ARCHIVED or row.type != "product":
                     continue
-                assert isinstance(product_id, str)
-                learned = {
-                    name: product[name]
-                    for name in ("sku", "name", "category", "price", "url", "image_url")
-                    if product.get(name) is not None
-                }
-                existing = self._item_row(conn, product_id)
-                if existing is None:
-                    body = {
-                        "type": "product",
-                        "fields": learned,
-                        "tags": [learned["category"]]
-                        if isinstance(learned.get("category"), str)
-                        else [],
-                    }
-                    try:
-                        document = check_item(body)
-                    except InvalidDefinition:
-                        continue
-                    self._write_item(conn, product_id, document, None, "events", "events")
-                    self._publish(conn, product_id)
-                    changed += 1
+                if _product_fields(row.origin, document["fields"], learned) == document["fields"]:
                     continue
-                if existing.status == ARCHIVED or existing.type != "product":
-                    continue
-                current = self._version_document(conn, product_id, int(existing.version))
-                fields = (
-                    {**learned, **current["fields"]}
-                    if existing.origin != "events"
-                    else {
-                        **current["fields"],
-                        **learned,
-                    }
-                )
-                if fields == current["fields"]:
-                    continue
-                try:
-                    document = check_item({**current, "fields": fields})
-                except InvalidDefinition:
-                    continue
-                self._write_item(conn, product_id, document, existing, "events", existing.origin)
-                if existing.status == PUBLISHED and existing.origin == "events":
-                    self._publish(conn, product_id)
-                changed += 1
+            try:
+                with conn.begin_nested():
+                    changed += self._upsert_product(conn, product_id, learned)
+            except sa.exc.IntegrityError:
+                # another worker created it between our read and our insert: theirs stands
+                continue
         return changed
+
+    def _current_documents(
+        self, conn: sa.Connection, item_ids: Sequence[str]
+    ) -> dict[str, tuple[Any, dict[str, Any]]]:
+        found: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for start in range(0, len(item_ids), 500):
+            rows = conn.execute(
+                sa.select(content_items, content_versions.c.document)
+                .join(
+                    content_versions,
+                    sa.and_(
+                        content_versions.c.item_id == content_items.c.id,
+                        content_versions.c.version == content_items.c.version,
+                    ),
+                )
+                .where(content_items.c.id.in_(item_ids[start : start + 500]))
+            )
+            for row in rows:
+                found[str(row.id)] = (row, _decode(row.document))
+        return found
+
+    def _upsert_product(self, conn: sa.Connection, product_id: str, learned: dict[str, Any]) -> int:
+        existing = self._item_row(conn, product_id)
+        if existing is None:
+            category = learned.get("category")
+            body = {
+                "type": "product",
+                "fields": learned,
+                "tags": [category] if isinstance(category, str) and category else [],
+            }
+            try:
+                document = check_item(body)
+            except InvalidDefinition:
+                return 0
+            self._write_item(conn, product_id, document, None, "events", "events")
+            self._publish(conn, product_id)
+            return 1
+        if existing.status == ARCHIVED or existing.type != "product":
+            return 0
+        current = self._version_document(conn, product_id, int(existing.version))
+        fields = _product_fields(existing.origin, current["fields"], learned)
+        if fields == current["fields"]:
+            return 0
+        try:
+            document = check_item({**current, "fields": fields})
+        except InvalidDefinition:
+            return 0
+        self._write_item(conn, product_id, document, existing, "events", existing.origin)
+        if existing.status == PUBLISHED and existing.origin == "events":
+            self._publish(conn, product_id)
+        return 1
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -913,6 +943,23 @@ class ContentCatalog:
             "savedAt": aware(row.saved_at).isoformat(),  # type: ignore[union-attr]
             **_decode(row.document),
         }
+
+
+_PRODUCT_FACTS: Final = ("sku", "name", "category", "price", "url", "image_url")
+
+
+def _learned(product: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: product[name] for name in _PRODUCT_FACTS if product.get(name) is not None}
+
+
+def _product_fields(
+    origin: str, current: Mapping[str, Any], learned: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A product's fields once events said ``learned``: events update what events wrote;
+    what a person wrote through the API or an import wins."""
+    if origin == "events":
+        return {**current, **learned}
+    return {**learned, **current}
 
 
 def _portable_item(item: ContentItem) -> dict[str, Any]:

@@ -190,6 +190,77 @@ class DecisionEngine:
             },
         }
 
+    async def for_segments(
+        self,
+        placement_id: str,
+        segments: Sequence[str],
+        *,
+        locale: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any] | None:
+        """A placement's answer for everyone in exactly ``segments`` (the edge's answer, the
+        same for every such user, so a CDN can cache it): eligibility by schedule, locale and
+        segment targeting; an item whose condition reads a profile, or whose frequency is
+        capped, needs a user and is left out; priority order. ``None`` for an unknown
+        placement. Raises ``BackendUnavailable`` when no catalog could ever be read."""
+        snapshot = await self._catalog.current()
+        spec = snapshot.placements.get(placement_id)
+        if spec is None:
+            return None
+        now = self._clock.now()
+        members = frozenset(segments)
+        unit = "segments:" + ",".join(sorted(members))
+        eligible: list[Candidate] = []
+        excluded: list[dict[str, str]] = []
+        for candidate in snapshot.by_placement.get(spec.id, ()):
+            reason = _edge_reason(candidate, members, locale, now)
+            if reason is None:
+                eligible.append(candidate)
+            else:
+                excluded.append({"id": candidate.id, "reason": reason})
+        ranked = sorted(eligible, key=lambda c: (-c.priority, c.id))[
+            : min(limit or spec.limit, MAX_LIMIT)
+        ]
+        items = []
+        for rank, candidate in enumerate(ranked):
+            variant, share, content = _choose_variant(candidate, unit)
+            items.append(
+                {
+                    "id": candidate.id,
+                    "version": candidate.version,
+                    "variant": variant,
+                    "score": float(candidate.priority),
+                    "probability": share,
+                    "rank": rank,
+                    "content": content,
+                }
+            )
+        fallback = not items
+        if fallback:
+            default = snapshot.items.get(spec.default_item) if spec.default_item else None
+            if default is not None:
+                variant, share, content = _choose_variant(default, unit)
+                items.append(
+                    {
+                        "id": default.id,
+                        "version": default.version,
+                        "variant": variant,
+                        "score": 0.0,
+                        "probability": share,
+                        "rank": 0,
+                        "content": content,
+                    }
+                )
+        return {
+            "placement": spec.id,
+            "segments": sorted(members),
+            "locale": locale,
+            "items": items,
+            "fallback": fallback,
+            "catalogRevision": snapshot.revision,
+            "excluded": excluded,
+        }
+
     # -- the user ----------------------------------------------------------------------------
 
     async def _user(self, identity: str, snapshot: CatalogSnapshot | None, now: datetime) -> _User:
@@ -449,6 +520,24 @@ class DecisionEngine:
             logger.warning("decision %s: the exposure event was not logged", decision_id)
             return False
         return True
+
+
+def _edge_reason(
+    candidate: Candidate, segments: frozenset[str], locale: str | None, now: datetime
+) -> str | None:
+    """Why an item is not in the edge's answer for ``segments`` (``None``: it is)."""
+    if candidate.start is not None and now < candidate.start:
+        return "not_started"
+    if candidate.end is not None and now >= candidate.end:
+        return "ended"
+    if not locale_matches(locale, candidate.locale):
+        return "locale_not_matched"
+    if candidate.condition is not None or candidate.frequency_cap is not None:
+        # a condition reads a profile, a cap counts one user's exposures
+        return "needs_user"
+    if candidate.segments and not set(candidate.segments) & segments:
+        return "segments_not_matched"
+    return None
 
 
 def _diversify(ranked: list[Ranked], categories: set[str]) -> list[Ranked]:
