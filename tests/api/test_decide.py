@@ -544,3 +544,51 @@ async def test_products_are_learned_from_events(harness: Harness) -> None:
     assert (
         shoe["version"] == 2 and shoe["publishedVersion"] == 2 and shoe["fields"]["price"] == 79.0
     )
+
+
+async def test_recommendations_placement_follows_what_the_user_viewed(harness: Harness) -> None:
+    await shop(harness)
+    await admin_post(
+        harness,
+        "/v1/placements",
+        {"id": "recs", "defaultItem": "generic", "strategy": "recommendations", "limit": 3},
+    )
+
+    def viewed(user: str, product: str, category: str = "shoes") -> dict[str, Any]:
+        return {
+            "type": "track",
+            "userId": user,
+            "event": "Product Viewed",
+            "properties": {"product_id": product, "name": product.title(), "category": category},
+        }
+
+    bought = {
+        "type": "track",
+        "userId": "carol",
+        "event": "Order Completed",
+        "properties": {"order_id": "o1", "products": [{"product_id": "sku-9", "category": "hats"}]},
+    }
+    batch = [
+        viewed("alice", "sku-1"),
+        viewed("alice", "sku-2"),
+        viewed("bob", "sku-1"),
+        viewed("bob", "sku-2"),
+        viewed("dave", "sku-9", "hats"),
+        viewed("erin", "sku-9", "hats"),
+        viewed("carol", "sku-1"),
+        bought,
+    ]
+    response = await harness.client.post("/v1/batch", json={"batch": batch}, headers=harness.auth)
+    assert response.status_code == 200, response.text
+    await harness.services.worker.run(until_idle=True)
+
+    decided = await decide(harness, {"userId": "carol", "placements": [{"id": "recs"}]})
+    placement = decided["placements"]["recs"]
+    ids = [item["id"] for item in placement["items"]]
+    assert placement["strategy"] == "recommendations" and placement["fallback"] is False
+    # viewed with sku-1 by others: recommended because carol viewed sku-1
+    assert "sku-2" in ids
+    assert placement["trace"]["matched"]["sku-2"]["recommendation"]["anchor"] == "sku-1"
+    # bought already: never offered again
+    assert "sku-9" not in ids
+    assert {"id": "sku-9", "reason": "already_bought"} in placement["trace"]["excluded"]

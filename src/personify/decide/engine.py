@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -56,6 +56,9 @@ from personify.profiles.state import evaluate_profile
 from personify.segments.predicates import EvaluationContext
 from personify.segments.tables import segment_members
 from personify.store.database import Database
+
+if TYPE_CHECKING:
+    from personify.recommend.service import RecommendationService
 
 __all__ = ["DecisionEngine", "DecisionRequest", "PlacementRequest"]
 
@@ -97,6 +100,7 @@ class _User:
     view: UserView
     fallback: str | None
     exposures: Mapping[str, int] = field(default_factory=dict)
+    bought: frozenset[str] = frozenset()
 
 
 def locale_matches(wanted: str | None, item_locale: str | None) -> bool:
@@ -143,9 +147,11 @@ class DecisionEngine:
         log: EventLog,
         features: FeatureSet,
         *,
+        recommendations: RecommendationService | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._catalog = catalog
+        self._recommendations = recommendations
         self._profiles = profiles
         self._db = db
         self._log = log
@@ -165,7 +171,13 @@ class DecisionEngine:
             snapshot: CatalogSnapshot | None = await self._catalog.current()
         except BackendUnavailable:
             snapshot = None
-        user = await self._user(request.identity, snapshot, now)
+        asked = {p.id for p in request.placements}
+        recommending = snapshot is not None and any(
+            spec.strategy == "recommendations"
+            for key, spec in snapshot.placements.items()
+            if key in asked
+        )
+        user = await self._user(request.identity, snapshot, now, recommending=recommending)
         unit = user.view.profile_id or request.identity
         rng = random.Random(decision_id)
         placements: dict[str, Any] = {}
@@ -263,7 +275,14 @@ class DecisionEngine:
 
     # -- the user ----------------------------------------------------------------------------
 
-    async def _user(self, identity: str, snapshot: CatalogSnapshot | None, now: datetime) -> _User:
+    async def _user(
+        self,
+        identity: str,
+        snapshot: CatalogSnapshot | None,
+        now: datetime,
+        *,
+        recommending: bool = False,
+    ) -> _User:
         empty = UserView(profile_id=None)
         try:
             loaded = await self._profiles.load(identity)
@@ -285,14 +304,38 @@ class DecisionEngine:
             )
         except BackendUnavailable:
             return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
+        recommended: dict[str, tuple[float, str, str | None]] = {}
+        bought: frozenset[str] = frozenset()
+        if self._recommendations is not None:
+            try:
+                recommended, bought = await asyncio.to_thread(
+                    self._recommended, loaded.profile_id, segments, recommending
+                )
+            except BackendUnavailable:
+                return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
         view = UserView(
             profile_id=loaded.profile_id,
             traits={k: s.value for k, s in state.traits.items() if s.value is not None},
             features=evaluate_profile(state, self._features, datetime_ms(now)),
             segments=segments,
             predictions=predictions,
+            recommended=recommended,
         )
-        return _User(view, None, exposures)
+        return _User(view, None, exposures, bought)
+
+    def _recommended(
+        self, profile_id: str, segments: frozenset[str], recommending: bool
+    ) -> tuple[dict[str, tuple[float, str, str | None]], frozenset[str]]:
+        """The recommender's items for the profile (when a placement ranks by them) and the
+        items it bought lately (never offered again)."""
+        assert self._recommendations is not None
+        found: dict[str, tuple[float, str, str | None]] = {}
+        if recommending:
+            for item in self._recommendations.recommend(
+                profile_id, limit=MAX_LIMIT, exclude_seen=False, segments=segments
+            ):
+                found[item.item_id] = (item.score, item.source, item.anchor)
+        return found, frozenset(self._recommendations.bought_items(profile_id))
 
     def _facts(
         self, profile_id: str, caps: Mapping[str, int], now: datetime
@@ -335,8 +378,24 @@ class DecisionEngine:
         limit = min(wanted.limit or spec.limit, MAX_LIMIT)
         if user.fallback is not None:
             return self._fallback(snapshot, spec, user.fallback, unit, shown, {})
-        candidates = snapshot.by_placement.get(spec.id, ())
+        candidates: Sequence[Candidate] = snapshot.by_placement.get(spec.id, ())
+        if spec.strategy == "recommendations":
+            own = {c.id for c in candidates}
+            candidates = [
+                *candidates,
+                *(
+                    snapshot.items[item_id]
+                    for item_id in user.view.recommended
+                    if item_id in snapshot.items and item_id not in own
+                ),
+            ]
         eligible, excluded, matched = self._eligible(candidates, user, now, shown, context)
+        for item_id, (_, source, anchor) in user.view.recommended.items():
+            if item_id in matched or any(c.id == item_id for c in eligible):
+                matched.setdefault(item_id, {})["recommendation"] = {
+                    "source": source,
+                    "anchor": anchor,
+                }
         strategy = STRATEGIES[spec.strategy]
         ranking = strategy.rank(eligible, user.view, spec, unit=unit, limit=limit, rng=rng)
         excluded.extend({"id": item_id, "reason": reason} for item_id, reason in ranking.excluded)
@@ -409,6 +468,8 @@ class DecisionEngine:
                 reason = "ended"
             elif not locale_matches(locale if isinstance(locale, str) else None, candidate.locale):
                 reason = "locale_not_matched"
+            elif candidate.type == "product" and candidate.id in user.bought:
+                reason = "already_bought"
             elif candidate.frequency_cap is not None and (
                 user.exposures.get(candidate.id, 0) >= candidate.frequency_cap[0]
             ):

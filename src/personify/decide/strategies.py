@@ -30,6 +30,7 @@ __all__ = [
     "RandomStrategy",
     "Ranked",
     "Ranking",
+    "RecommendationStrategy",
     "Strategy",
     "UserView",
     "bucket",
@@ -45,6 +46,8 @@ class UserView:
     features: Mapping[str, Any] = field(default_factory=dict)
     segments: frozenset[str] = frozenset()
     predictions: Mapping[str, Any] | None = None
+    # the recommender's items for the user, best first: id -> (score, source, anchor)
+    recommended: Mapping[str, tuple[float, str, str | None]] = field(default_factory=dict)
 
     @property
     def affinities(self) -> Mapping[str, Mapping[str, float]]:
@@ -209,6 +212,39 @@ class PredictionStrategy:
         return Ranking(ranked, excluded)
 
 
+class RecommendationStrategy:
+    """The recommender's order (``personify.recommend.service``: the learned index, then
+    co-visitation with what the user viewed, then popular items in their segments and
+    overall), optionally from one source (``params.source``); the placement's own items the
+    recommender did not name come after, by priority. Candidates are the placement's items
+    and every published item the recommender names."""
+
+    name = "recommendations"
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        user: UserView,
+        placement: PlacementSpec,
+        *,
+        unit: str,
+        limit: int,
+        rng: random.Random,
+    ) -> Ranking:
+        """Recommended items first, in the recommender's order."""
+        source = placement.params.get("source", "auto")
+        order = {
+            item_id: (place, facts)
+            for place, (item_id, facts) in enumerate(user.recommended.items())
+            if source == "auto" or facts[1] == source
+        }
+        chosen = sorted((c for c in candidates if c.id in order), key=lambda c: order[c.id][0])
+        rest = _by_priority([c for c in candidates if c.id not in order])
+        ranked = [Ranked(c, round(order[c.id][1][0], 6)) for c in chosen]
+        ranked.extend(Ranked(c, 0.0) for c in rest)
+        return Ranking(ranked)
+
+
 class RandomStrategy:
     """A uniformly random order, with a persistent control group: a user whose stable bucket
     for the placement falls under ``params.controlPercent`` (10) is always served the
@@ -240,5 +276,11 @@ class RandomStrategy:
 
 STRATEGIES: dict[str, Strategy] = {
     strategy.name: strategy
-    for strategy in (PriorityStrategy(), AffinityStrategy(), PredictionStrategy(), RandomStrategy())
+    for strategy in (
+        PriorityStrategy(),
+        AffinityStrategy(),
+        PredictionStrategy(),
+        RecommendationStrategy(),
+        RandomStrategy(),
+    )
 }
