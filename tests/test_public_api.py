@@ -9,6 +9,7 @@ def test_public_names_are_exactly_the_curated_set() -> None:
     assert sorted(personify.__all__) == sorted(
         [
             "BackendUnavailable",
+            "Client",
             "ConfigurationError",
             "Conflict",
             "Forbidden",
