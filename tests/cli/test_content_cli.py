@@ -100,3 +100,25 @@ def test_export_and_import_files(run: Invoke, tmp_path: Path) -> None:
     assert json.loads(mixed.output)["items"]["created"] == 1
     again = ok(run("import", str(exported), "--catalog"))
     assert json.loads(again)["items"]["unchanged"] == 1
+
+
+def test_decide_previews_a_decision_without_an_exposure(run: Invoke) -> None:
+    ok(run("content", "create", json.dumps(BANNER), "--publish"))
+    ok(run("content", "placements", "create", '{"id": "home-hero", "defaultItem": "winter-sale"}'))
+    ok(
+        run(
+            "content",
+            "create",
+            json.dumps({**BANNER, "id": "for-all", "placements": ["home-hero"]}),
+            "--publish",
+        )
+    )
+    decided = json.loads(
+        ok(run("decide", "nobody", "--placement", "home-hero", "--placement", "side"))
+    )
+    hero = decided["placements"]["home-hero"]
+    assert hero["reason"] == "unknown_user" and hero["items"][0]["id"] == "winter-sale"
+    assert decided["placements"]["side"]["reason"] == "unknown_placement"
+    assert decided["trace"]["exposureLogged"] is False
+    missing = run("decide", "nobody")
+    assert missing.exit_code == 2 and "--placement" in missing.output

@@ -13,6 +13,7 @@ import click
 from personify.cli.content import content
 from personify.cli.context import CliContext, PersonifyGroup, echo_json, pass_ctx
 from personify.cli.db import db
+from personify.cli.decide import decide
 from personify.cli.events import events
 from personify.cli.imports import import_events
 from personify.cli.keys import keys, sources
@@ -168,6 +169,7 @@ for _command in (
     lake,
     predict,
     content,
+    decide,
     recommend,
     webhooks,
     import_events,

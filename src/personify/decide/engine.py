@@ -27,6 +27,7 @@ The engine writes nothing else (ARCHITECTURE rule 2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -51,7 +52,7 @@ from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
 from personify.profiles.predictions import read_predictions
-from personify.profiles.service import ProfileService
+from personify.profiles.service import INVALIDATED, ProfileService, facts_key
 from personify.profiles.state import evaluate_profile
 from personify.segments.predicates import EvaluationContext
 from personify.segments.tables import segment_members
@@ -91,6 +92,17 @@ class DecisionRequest:
     def identity(self) -> str:
         """The id the profile is looked up by (the userId when both are given)."""
         return self.user_id or self.anonymous_id or ""
+
+
+class _Facts(msgspec.Struct, array_like=True):
+    """What a decision reads beside the profile, as the cache keeps it."""
+
+    segments: list[str]
+    predictions: dict[str, Any] | None
+    bought: list[str]
+
+
+_decode_facts = msgspec.json.Decoder(_Facts).decode
 
 
 @dataclass(slots=True)
@@ -148,8 +160,10 @@ class DecisionEngine:
         features: FeatureSet,
         *,
         recommendations: RecommendationService | None = None,
+        facts_ttl_s: float = 30.0,
         clock: Clock | None = None,
     ) -> None:
+        self._facts_ttl_s = facts_ttl_s
         self._catalog = catalog
         self._recommendations = recommendations
         self._profiles = profiles
@@ -163,8 +177,9 @@ class DecisionEngine:
         """Tell every process sharing the cache to reload the catalog (after a change)."""
         await self._catalog.invalidate()
 
-    async def decide(self, request: DecisionRequest) -> dict[str, Any]:
-        """The decision, with a trace (the API trims it for browsers)."""
+    async def decide(self, request: DecisionRequest, *, expose: bool = True) -> dict[str, Any]:
+        """The decision, with a trace (the API trims it for browsers). Without ``expose``
+        (a preview: ``personify decide``), no exposure event is appended."""
         decision_id = uuid.uuid4().hex
         now = self._clock.now()
         try:
@@ -189,7 +204,9 @@ class DecisionEngine:
             placements[wanted.id] = self._placement(
                 snapshot, wanted, user, unit, now, rng, shown, categories, request.context
             )
-        exposure_logged = await self._expose(decision_id, request, user, placements, now)
+        exposure_logged = (
+            await self._expose(decision_id, request, user, placements, now) if expose else False
+        )
         return {
             "decisionId": decision_id,
             "placements": placements,
@@ -298,53 +315,61 @@ class DecisionEngine:
             for c in (snapshot.items.values() if snapshot is not None else ())
             if c.frequency_cap is not None
         }
+        key = facts_key(loaded.profile_id)
         try:
-            segments, predictions, exposures = await asyncio.to_thread(
-                self._facts, loaded.profile_id, caps, now
+            cached = await self._profiles.cache.get(key)
+        except BackendUnavailable:
+            # read the database, and fill nothing
+            cached = INVALIDATED
+        known = _decode_facts(cached) if cached is not None and cached != INVALIDATED else None
+        try:
+            facts, exposures, recommended = await asyncio.to_thread(
+                self._read, loaded.profile_id, known, caps, now, recommending
             )
         except BackendUnavailable:
             return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
-        recommended: dict[str, tuple[float, str, str | None]] = {}
-        bought: frozenset[str] = frozenset()
-        if self._recommendations is not None:
-            try:
-                recommended, bought = await asyncio.to_thread(
-                    self._recommended, loaded.profile_id, segments, recommending
-                )
-            except BackendUnavailable:
-                return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
+        if cached is None:
+            # set-if-absent: a batch that invalidated meanwhile left a marker, and wins
+            with contextlib.suppress(BackendUnavailable):
+                await self._profiles.cache.add(key, _encode(facts), ttl_s=self._facts_ttl_s)
+        segments = frozenset(facts.segments)
+        bought = frozenset(facts.bought)
         view = UserView(
             profile_id=loaded.profile_id,
             traits={k: s.value for k, s in state.traits.items() if s.value is not None},
             features=evaluate_profile(state, self._features, datetime_ms(now)),
             segments=segments,
-            predictions=predictions,
+            predictions=facts.predictions,
             recommended=recommended,
         )
         return _User(view, None, exposures, bought)
 
-    def _recommended(
-        self, profile_id: str, segments: frozenset[str], recommending: bool
-    ) -> tuple[dict[str, tuple[float, str, str | None]], frozenset[str]]:
-        """The recommender's items for the profile (when a placement ranks by them) and the
-        items it bought lately (never offered again)."""
-        assert self._recommendations is not None
-        found: dict[str, tuple[float, str, str | None]] = {}
-        if recommending:
+    def _read(
+        self,
+        profile_id: str,
+        known: _Facts | None,
+        caps: Mapping[str, int],
+        now: datetime,
+        recommending: bool,
+    ) -> tuple[_Facts, dict[str, int], dict[str, tuple[float, str, str | None]]]:
+        """What a decision reads beside the profile: its facts (from the database unless the
+        cache had them), its exposures of the capped items, and (when a placement ranks by
+        them) the recommender's items."""
+        facts = known if known is not None else self._facts(profile_id)
+        exposures = exposure_counts(self._db, profile_id, caps, now) if caps else {}
+        recommended: dict[str, tuple[float, str, str | None]] = {}
+        if recommending and self._recommendations is not None:
             for item in self._recommendations.recommend(
-                profile_id, limit=MAX_LIMIT, exclude_seen=False, segments=segments
+                profile_id, limit=MAX_LIMIT, exclude_seen=False, segments=facts.segments
             ):
-                found[item.item_id] = (item.score, item.source, item.anchor)
-        return found, frozenset(self._recommendations.bought_items(profile_id))
+                recommended[item.item_id] = (item.score, item.source, item.anchor)
+        return facts, exposures, recommended
 
-    def _facts(
-        self, profile_id: str, caps: Mapping[str, int], now: datetime
-    ) -> tuple[frozenset[str], Mapping[str, Any] | None, dict[str, int]]:
-        """The profile's segments and predictions (one connection), and its exposures of
-        the capped items."""
+    def _facts(self, profile_id: str) -> _Facts:
+        """The profile's segments and predictions (one connection), and what it bought."""
         m = segment_members.c
         with self._db.connect() as conn:
-            segments = frozenset(
+            segments = sorted(
                 str(key)
                 for (key,) in conn.execute(
                     segment_members.select()
@@ -353,8 +378,12 @@ class DecisionEngine:
                 )
             )
             predictions = read_predictions(conn, [profile_id]).get(profile_id)
-        exposures = exposure_counts(self._db, profile_id, caps, now) if caps else {}
-        return segments, predictions, exposures
+        bought = (
+            self._recommendations.bought_items(profile_id)
+            if self._recommendations is not None
+            else []
+        )
+        return _Facts(segments, predictions, bought)
 
     # -- one placement -----------------------------------------------------------------------
 

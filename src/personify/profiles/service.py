@@ -41,6 +41,12 @@ def cache_key(identity: str) -> str:
     return "profile:" + identity
 
 
+def facts_key(profile_id: str) -> str:
+    """The cache key of what the decision engine reads beside a profile (its segments,
+    predictions, bought items): invalidated with the profile, after every batch."""
+    return "facts:" + profile_id
+
+
 class _CachedProfile(msgspec.Struct, array_like=True):
     profile_id: str
     version: int
@@ -236,6 +242,7 @@ class ProfileService:
     async def invalidate(self, touched: Sequence[TouchedProfile]) -> None:
         """Mark every id of every touched profile as changed (see the module docstring)."""
         keys = {cache_key(i) for t in touched for i in (*t.ids, *t.merged_from, t.profile_id)}
+        keys.update(facts_key(i) for t in touched for i in (*t.merged_from, t.profile_id))
         if not keys:
             return
         await self.cache.set_many(dict.fromkeys(keys, INVALIDATED), ttl_s=self._invalidation_ttl_s)
