@@ -56,7 +56,7 @@ MAX_PLACEMENTS = 20
 _MAX_ID_CHARS = 512
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
-    "access-control-allow-methods": "POST, OPTIONS",
+    "access-control-allow-methods": "GET, POST, OPTIONS",
     "access-control-allow-headers": "Content-Type, Authorization",
     "access-control-max-age": "86400",
 }
