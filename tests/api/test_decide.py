@@ -354,6 +354,8 @@ async def test_bad_requests_and_credentials(harness: Harness) -> None:
     assert no_placements.status_code == 400
     anonymous = await harness.client.post("/v1/decide", json=hero())
     assert_error(anonymous, 401, "missing_credentials")
+    # errors carry CORS too, so a page can read them
+    assert anonymous.headers["access-control-allow-origin"] == "*"
     wrong = await harness.client.post("/v1/decide", json={**hero(), "writeKey": "wk_nope"})
     assert_error(wrong, 401, "invalid_write_key")
     bad_bearer = await harness.client.post(
@@ -589,6 +591,36 @@ async def test_recommendations_placement_follows_what_the_user_viewed(harness: H
     # viewed with sku-1 by others: recommended because carol viewed sku-1
     assert "sku-2" in ids
     assert placement["trace"]["matched"]["sku-2"]["recommendation"]["anchor"] == "sku-1"
-    # bought already: never offered again
-    assert "sku-9" not in ids
-    assert {"id": "sku-9", "reason": "already_bought"} in placement["trace"]["excluded"]
+    # what carol viewed or bought is left out by the recommender
+    assert "sku-1" not in ids and "sku-9" not in ids
+    # a placement that shows seen items again still never offers what was bought
+    await harness.client.patch(
+        "/v1/placements/recs",
+        json={"strategy": {"name": "recommendations", "params": {"excludeSeen": False}}},
+        headers=harness.admin,
+    )
+    again = await decide(harness, {"userId": "carol", "placements": [{"id": "recs"}]})
+    again_ids = [item["id"] for item in again["placements"]["recs"]["items"]]
+    assert "sku-9" not in again_ids
+    assert {"id": "sku-9", "reason": "already_bought"} in again["placements"]["recs"]["trace"][
+        "excluded"
+    ]
+
+
+async def test_segment_entry_reaches_the_next_decision_through_the_cache(harness: Harness) -> None:
+    await shop(harness)
+    await identify(harness, "u2", {"favourite": "hats"})
+    first = (await decide(harness, hero("u2")))["placements"]["home-hero"]
+    assert first["items"][0]["id"] == "everyone"
+    profile_id = (await decide(harness, hero("u2")))["trace"]["profileId"]
+    cached = await harness.services.cache.get(f"facts:{profile_id}")
+    assert cached is not None and b"shoe-fans" not in cached
+    # the user changes: the worker's batch invalidates the cached facts with the profile
+    await identify(harness, "u2", {"favourite": "shoes"})
+    whole = await decide(harness, hero("u2"))
+    after = whole["placements"]["home-hero"]
+    assert after["items"][0]["id"] == "shoe-banner", (
+        whole["trace"],
+        harness.services.segments.profile_segments("u2"),
+        await harness.services.cache.get(f"facts:{profile_id}"),
+    )

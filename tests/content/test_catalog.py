@@ -422,3 +422,17 @@ def test_event_conditions_are_sent_to_segments(catalog: ContentCatalog) -> None:
             }
         )
     assert errors_of(invalid) == {"/targeting/condition/all/1/not": "event_condition"}
+
+
+def test_an_import_may_refer_to_its_own_entries(catalog: ContentCatalog) -> None:
+    body = {
+        "items": [{"id": "welcome", "type": "banner", "placements": ["hero"]}],
+        "placements": [{"id": "hero", "defaultItem": "welcome"}],
+    }
+    result = catalog.import_catalog(body, publish=True)
+    assert result.items["created"] == 1 and result.placements["created"] == 1
+    assert result.items["errors"] == [] and result.placements["errors"] == []
+    assert catalog.get_placement("hero").document["defaultItem"] == "welcome"
+    assert catalog.get_item("welcome").document["placements"] == ["hero"]
+    again = catalog.import_catalog(body, publish=True)
+    assert again.items["unchanged"] == 1 and again.placements["unchanged"] == 1

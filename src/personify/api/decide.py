@@ -33,6 +33,7 @@ from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
+    Message,
     Receive,
     Scope,
     Send,
@@ -363,16 +364,18 @@ async def edge_content(
     return Response(document, headers=headers)
 
 
-def _preflight(app: ASGIApp) -> ASGIApp:
-    """Answers browsers' CORS preflight (OPTIONS) for the decision route."""
+def _cors(app: ASGIApp) -> ASGIApp:
+    """CORS for browsers on these routes: the preflight (OPTIONS) answered here, and the
+    headers on every answer, errors included (a browser hides an error's status and body
+    from the page without them)."""
+    cors = [(name.encode(), value.encode()) for name, value in CORS_HEADERS.items()]
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") == "OPTIONS":
-            headers = [(name.encode(), value.encode()) for name, value in CORS_HEADERS.items()]
             start: HTTPResponseStartEvent = {
                 "type": "http.response.start",
                 "status": 204,
-                "headers": headers,
+                "headers": cors,
             }
             body: HTTPResponseBodyEvent = {
                 "type": "http.response.body",
@@ -382,13 +385,19 @@ def _preflight(app: ASGIApp) -> ASGIApp:
             await send(start)
             await send(body)
             return
-        await app(scope, receive, send)
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {bytes(name).lower() for name, _ in message.get("headers", ())}
+                extra = [(name, value) for name, value in cors if name not in present]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await app(scope, receive, send_with_cors)
 
     return middleware
 
 
 def decide_router() -> Router:
     """The decision route (its own authentication: an API key or a write key)."""
-    return Router(
-        "/", route_handlers=[decide, edge_content], tags=["decide"], middleware=[_preflight]
-    )
+    return Router("/", route_handlers=[decide, edge_content], tags=["decide"], middleware=[_cors])

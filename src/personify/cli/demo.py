@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,11 @@ import sqlalchemy as sa
 import uvicorn
 
 from personify.api.app import create_app
-from personify.cli.shop import generate_shop
+from personify.api.demo_page import DEMO_PATH, DEMO_WRITE_KEY
+from personify.cli.shop import catalog, generate_shop
 from personify.cli.shop_history import ShopHistory, generate_history
 from personify.clock import format_timestamp
-from personify.errors import Conflict, NotFound
+from personify.errors import Conflict, InvalidDefinition, NotFound
 from personify.events.normalize import Normalizer
 from personify.ingest.importer import EventImporter, ImportSummary, SourceRow
 from personify.ingest.sources import Source
@@ -38,9 +40,9 @@ from personify.segments.clusterings import RunOutcome
 from personify.segments.rfm import RFM_CELLS, rfm_key
 from personify.settings import Settings
 
-# Fixed, well-known demo credentials so the README's curl calls work as printed.
-# They exist only in the demo's own data folder; never use them in production.
-DEMO_WRITE_KEY = "demo-write-key"
+# Fixed, well-known demo credentials so the README's curl calls work as printed (the write key
+# is the demo page's, personify.api.demo_page). They exist only in the demo's own data folder;
+# never use them in production.
 DEMO_ADMIN_KEY = "demo-admin-key"
 DEMO_QUERY = (
     "SELECT type, coalesce(event, '') AS event, count(*) AS events, "
@@ -121,7 +123,69 @@ DEMO_SEGMENTS: list[tuple[str, str, dict[str, Any]]] = [
         "Shoe browsers who bought",
         {"all": [{"segment": "shoe-browsers"}, {"segment": "buyers"}]},
     ),
+    (
+        "shoe-fans",
+        "Viewed shoes twice this week (the demo page's shoe banner)",
+        {
+            "event": "Product Viewed",
+            "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+            "within": "7d",
+            "count": {"op": "gte", "value": 2},
+        },
+    ),
 ]
+
+# the demo shop page's catalog (GET /demo): a hero banner for everyone and one for shoe fans,
+# and recommendations with a hint while there is nothing to recommend. The products are the
+# shop's own, learned from its Product Viewed events (``seed`` writes them as those do)
+DEMO_CATALOG: dict[str, Any] = {
+    "items": [
+        {
+            "id": "hero-welcome",
+            "type": "banner",
+            "fields": {
+                "title": "Welcome to the Personify demo shop",
+                "text": "Look at a few products: this banner and your recommendations follow you.",
+                "url": "#products",
+            },
+            "placements": [],
+        },
+        {
+            "id": "hero-shoes",
+            "type": "banner",
+            "fields": {
+                "title": "Trail season: new shoes are in",
+                "text": "You looked at shoes twice this week, so you are in the segment shoe-fans.",
+                "url": "#recs",
+            },
+            "placements": ["hero"],
+            "priority": 10,
+            "targeting": {"segments": ["shoe-fans"]},
+        },
+        {
+            "id": "recs-hint",
+            "type": "banner",
+            "fields": {"name": "View a product to get recommendations", "category": "hint"},
+            "placements": [],
+        },
+    ],
+    "placements": [
+        {
+            "id": "hero",
+            "description": "the demo page's hero banner",
+            "defaultItem": "hero-welcome",
+            "strategy": "priority",
+            "limit": 1,
+        },
+        {
+            "id": "recs",
+            "description": "the demo page's recommendations",
+            "defaultItem": "recs-hint",
+            "strategy": "recommendations",
+            "limit": 4,
+        },
+    ],
+}
 
 
 def seed(services: Runtime) -> None:
@@ -133,6 +197,26 @@ def seed(services: Runtime) -> None:
     for key, name, condition in DEMO_SEGMENTS:
         with contextlib.suppress(Conflict):
             services.segments.create(key, name=name, condition=condition)
+    seed_catalog(services)
+
+
+def seed_catalog(services: Runtime) -> None:
+    """Import the demo page's banners and placements (published; unchanged on a re-run) and
+    the shop's products, so that the page lists them before the worker has learned them."""
+    # an item names only placements that exist, and a placement's default item must exist:
+    # first the items that name no placement and the placements, then the placed items
+    unplaced = [item for item in DEMO_CATALOG["items"] if not item.get("placements")]
+    placed = [item for item in DEMO_CATALOG["items"] if item.get("placements")]
+    first = services.content.import_catalog(
+        {"items": unplaced, "placements": DEMO_CATALOG["placements"]}, publish=True
+    )
+    then = services.content.import_catalog({"items": placed}, publish=True)
+    refused = [*first.items["errors"], *first.placements["errors"], *then.items["errors"]]
+    if refused:
+        raise InvalidDefinition(
+            "the demo's catalog was refused", code="invalid_demo_catalog", details=refused
+        )
+    services.content.upsert_products(catalog())
 
 
 async def _send_scripted_events(base_url: str, echo: Callable[[str], None]) -> None:
@@ -155,6 +239,35 @@ async def _send_shop(base_url: str, echo: Callable[[str], None]) -> None:
             response = await client.post("/v1/batch", json={"batch": events[start : start + 100]})
             response.raise_for_status()
     echo(f"replayed a generated shop: {len(events)} events of 150 visitors through POST /v1/batch")
+
+
+async def _show_decide(base_url: str, echo: Callable[[str], None]) -> None:
+    """Decide the demo page's placements for user-ada as a browser does (with the write key),
+    print what each shows, and point to the page."""
+    body = {
+        "userId": "user-ada",
+        "placements": [{"id": "hero"}, {"id": "recs"}],
+        "context": {"page": DEMO_PATH},
+    }
+    async with httpx.AsyncClient(
+        base_url=base_url, auth=(DEMO_WRITE_KEY, ""), timeout=10
+    ) as client:
+        response = await client.post("/v1/decide", json=body)
+        response.raise_for_status()
+    answer: dict[str, Any] = response.json()
+    echo("The decision API fills the demo page's placements, the hero banner and recommendations:")
+    echo(f"  curl -u {DEMO_WRITE_KEY}: -H 'Content-Type: application/json' \\")
+    echo(f"       -d '{json.dumps(body, separators=(',', ':'))}' {base_url}/v1/decide")
+    for key, placement in answer["placements"].items():
+        ids = ", ".join(item["id"] for item in placement["items"]) or "nothing"
+        how = "its default" if placement["fallback"] else f"strategy {placement['strategy']}"
+        echo(f"  {key:<5} {ids}  ({how})")
+    echo(f"The demo shop page decides the same way in the browser: open {base_url}{DEMO_PATH}")
+    echo(
+        "  and view two shoes: the banner turns to shoes (segment shoe-fans) and the "
+        "recommendations follow what you viewed"
+    )
+    echo("")
 
 
 async def _wait_for_lake(services: Runtime, timeout_s: float = 30.0) -> bool:
@@ -673,6 +786,7 @@ def run_demo(
                 f"{base_url}/v1/segments/shoe-browsers/members"
             )
             echo("")
+            await _show_decide(base_url, echo)
         if settings.run_worker and settings.run_lake_sink and await _wait_for_lake(services):
             echo("Every event is also in the Delta Lake; the warehouse queries it with SQL:")
             echo(f'  personify sql "{DEMO_QUERY}"')
@@ -684,6 +798,7 @@ def run_demo(
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")
+        echo(f"  demo shop page : {base_url}{DEMO_PATH}")
         echo("")
         echo("Try:")
         echo(f"  curl -u {DEMO_WRITE_KEY}: -H 'Content-Type: application/json' \\")

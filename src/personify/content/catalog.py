@@ -35,7 +35,13 @@ from personify.content.validation import (
     check_placement,
 )
 from personify.content.webhooks import enqueue_event
-from personify.errors import Conflict, InvalidDefinition, NotFound, ValidationError
+from personify.errors import (
+    Conflict,
+    InvalidDefinition,
+    NotFound,
+    PersonifyError,
+    ValidationError,
+)
 from personify.segments.tables import segment_definitions
 from personify.store.database import Database, aware
 
@@ -521,7 +527,8 @@ class ContentCatalog:
 
         An item's ``status`` (``draft``, ``published``, ``archived``) is honoured; without
         one it is published when ``publish``, else left as a draft (a new item) or as it is.
-        Items come first, so a placement may fall back to an item of the same import.
+        Placements come first, so items may name placements of the same import; a placement
+        whose default item comes in the same import gets it once the items are in.
         """
         if not isinstance(body, Mapping):
             raise ValidationError(
@@ -542,10 +549,32 @@ class ContentCatalog:
                 f"unknown fields {', '.join(map(str, unknown))} (an import has items and placements)",
                 code="invalid_import",
             )
+        # placements first, so items may name placements of the same import; a placement
+        # whose default item comes in this import gets it once the items are in
+        incoming = {entry.get("id") for entry in entries["items"] if isinstance(entry, Mapping)}
+        deferred: dict[int, str] = {}
+
+        def placement_first(index: int, entry: Any) -> str:
+            default = entry.get("defaultItem") if isinstance(entry, Mapping) else None
+            if isinstance(default, str) and default in incoming and not self._item_known(default):
+                deferred[index] = default
+                return self._import_placement({**entry, "defaultItem": None})
+            return self._import_placement(entry)
+
+        places = self._import_each("placements", entries["placements"], placement_first)
         items = self._import_each(
-            "items", entries["items"], lambda entry: self._import_item(entry, publish)
+            "items", entries["items"], lambda _, entry: self._import_item(entry, publish)
         )
-        places = self._import_each("placements", entries["placements"], self._import_placement)
+        refused = {error["index"] for error in places["errors"]}
+        for index, default in deferred.items():
+            if index in refused:
+                continue
+            placement_id = entries["placements"][index]["id"]
+            try:
+                self.update_placement(placement_id, {"defaultItem": default})
+            except (ValidationError, Conflict, NotFound) as exc:
+                places["errors"].append(_entry_error("placements", index, placement_id, exc))
+                places["refused"] += 1
         return ImportResult(items=items, placements=places)
 
     def upsert_products(self, products: Iterable[Mapping[str, Any]]) -> int:
@@ -638,31 +667,21 @@ class ContentCatalog:
     # -- internals ---------------------------------------------------------------------------
 
     def _import_each(
-        self, kind: str, entries: Sequence[Any], apply: Callable[[Any], str]
+        self, kind: str, entries: Sequence[Any], apply: Callable[[int, Any], str]
     ) -> dict[str, Any]:
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         errors: list[dict[str, Any]] = []
         for index, entry in enumerate(entries):
             try:
-                counts[apply(entry)] += 1
+                counts[apply(index, entry)] += 1
             except (ValidationError, Conflict, NotFound) as exc:
-                problems = Problems()
-                found = exc.details.get("errors") if isinstance(exc.details, dict) else None
-                if found:
-                    problems.extend((kind, index), found)
-                else:
-                    field = exc.details.get("field") if isinstance(exc.details, dict) else None
-                    problems.add(
-                        (kind, index, field) if field else (kind, index), exc.code, exc.message
-                    )
-                errors.append(
-                    {
-                        "index": index,
-                        "id": entry.get("id") if isinstance(entry, Mapping) else None,
-                        "errors": problems.found,
-                    }
-                )
+                entry_id = entry.get("id") if isinstance(entry, Mapping) else None
+                errors.append(_entry_error(kind, index, entry_id, exc))
         return {**counts, "refused": len(errors), "errors": errors}
+
+    def _item_known(self, item_id: str) -> bool:
+        with self._db.connect() as conn:
+            return self._item_exists(conn)(item_id)
 
     def _import_item(self, entry: Any, publish: bool) -> str:
         if not isinstance(entry, Mapping):
@@ -960,6 +979,19 @@ def _product_fields(
     if origin == "events":
         return {**current, **learned}
     return {**learned, **current}
+
+
+def _entry_error(kind: str, index: int, entry_id: Any, exc: PersonifyError) -> dict[str, Any]:
+    """An import entry's refusal: its index, id, and every problem with a pointer from the
+    import's root."""
+    problems = Problems()
+    found = exc.details.get("errors") if isinstance(exc.details, dict) else None
+    if found:
+        problems.extend((kind, index), found)
+    else:
+        field = exc.details.get("field") if isinstance(exc.details, dict) else None
+        problems.add((kind, index, field) if field else (kind, index), exc.code, exc.message)
+    return {"index": index, "id": entry_id, "errors": problems.found}
 
 
 def _portable_item(item: ContentItem) -> dict[str, Any]:

@@ -412,9 +412,11 @@ _SOURCES: Final = ("auto", "learned", "covisitation", "popular")
 
 
 def _recommendation_params(problems: Problems, at: Location, params: Mapping[str, Any]) -> None:
-    _unknown(problems, at, params, ("source",))
+    _unknown(problems, at, params, ("source", "excludeSeen"))
     if params.get("source", "auto") not in _SOURCES:
         problems.add((*at, "source"), "invalid_value", f"one of {', '.join(_SOURCES)}")
+    if not isinstance(params.get("excludeSeen", True), bool):
+        problems.add((*at, "excludeSeen"), "invalid_type", "true or false")
 
 
 _PREDICTION_OPS: Final = ("gt", "gte", "lt", "lte")

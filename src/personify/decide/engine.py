@@ -187,12 +187,21 @@ class DecisionEngine:
         except BackendUnavailable:
             snapshot = None
         asked = {p.id for p in request.placements}
-        recommending = snapshot is not None and any(
-            spec.strategy == "recommendations"
-            for key, spec in snapshot.placements.items()
-            if key in asked
+        ranking_by_recommendations = [
+            spec
+            for key, spec in (snapshot.placements.items() if snapshot is not None else ())
+            if key in asked and spec.strategy == "recommendations"
+        ]
+        user = await self._user(
+            request.identity,
+            snapshot,
+            now,
+            recommending=bool(ranking_by_recommendations),
+            # what the user interacted with lately is left out unless a placement wants it
+            exclude_seen=all(
+                spec.params.get("excludeSeen", True) for spec in ranking_by_recommendations
+            ),
         )
-        user = await self._user(request.identity, snapshot, now, recommending=recommending)
         unit = user.view.profile_id or request.identity
         rng = random.Random(decision_id)
         placements: dict[str, Any] = {}
@@ -299,6 +308,7 @@ class DecisionEngine:
         now: datetime,
         *,
         recommending: bool = False,
+        exclude_seen: bool = True,
     ) -> _User:
         empty = UserView(profile_id=None)
         try:
@@ -324,7 +334,7 @@ class DecisionEngine:
         known = _decode_facts(cached) if cached is not None and cached != INVALIDATED else None
         try:
             facts, exposures, recommended = await asyncio.to_thread(
-                self._read, loaded.profile_id, known, caps, now, recommending
+                self._read, loaded.profile_id, known, caps, now, recommending, exclude_seen
             )
         except BackendUnavailable:
             return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
@@ -351,6 +361,7 @@ class DecisionEngine:
         caps: Mapping[str, int],
         now: datetime,
         recommending: bool,
+        exclude_seen: bool = True,
     ) -> tuple[_Facts, dict[str, int], dict[str, tuple[float, str, str | None]]]:
         """What a decision reads beside the profile: its facts (from the database unless the
         cache had them), its exposures of the capped items, and (when a placement ranks by
@@ -360,7 +371,7 @@ class DecisionEngine:
         recommended: dict[str, tuple[float, str, str | None]] = {}
         if recommending and self._recommendations is not None:
             for item in self._recommendations.recommend(
-                profile_id, limit=MAX_LIMIT, exclude_seen=False, segments=facts.segments
+                profile_id, limit=MAX_LIMIT, exclude_seen=exclude_seen, segments=facts.segments
             ):
                 recommended[item.item_id] = (item.score, item.source, item.anchor)
         return facts, exposures, recommended

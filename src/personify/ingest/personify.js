@@ -20,7 +20,29 @@
  *
  * API: load(writeKey, {apiHost, flushAt, flushIntervalMs, maxRetries}), page(name?, props?),
  * track(event, props?), identify(userId?, traits?), reset(), flush() -> Promise,
- * anonymousId(), userId().
+ * decide({placements?, timeoutMs?, root?, fill?, context?}) -> Promise, anonymousId(), userId().
+ *
+ * Decide (docs/browser.md): decide() asks {apiHost}/v1/decide (text/plain, the write key in
+ * the body) for the content of the page's placements, as this user (userId, anonymousId) on
+ * this page (context.page, context.locale from navigator.language), and fills them:
+ *
+ *   <section data-personify-placement="hero" data-personify-limit="1">
+ *     <template><a data-personify-attr="href:url"><h2 data-personify-field="title"></h2></a></template>
+ *     <h2>Welcome</h2>  <!-- the default, kept when the decision fails or times out -->
+ *   </section>
+ *
+ * Without `placements`, every [data-personify-placement] element under `root` (document) is
+ * asked for, with its data-personify-limit. Each item is rendered from the element's
+ * <template> (or a copy of its first [data-personify-item] child) and replaces the default
+ * markup (the [data-personify-item] children, else everything but the template);
+ * data-personify-field="path" sets the text and data-personify-attr="attr:path,..." sets
+ * attributes from the item's content (a URL attribute takes http(s), mailto, tel or relative
+ * URLs only). Each rendered element gets data-personify-item=ID and data-personify-rank; the
+ * placement element gets data-personify-decision, data-personify-item-ids and
+ * data-personify-fallback, and a bubbling "personify:decided" event {placement, decisionId,
+ * items, strategy, fallback}. The promise always resolves: with the answer, or, after
+ * timeoutMs (1500) or an error, with {decisionId: null, placements: {}, error} while the
+ * elements keep their markup. Of two decide() calls in flight, the later one fills.
  *
  * Delivery: events are Segment-spec messages posted as text/plain (no CORS preflight) to
  * {apiHost}/v1/batch, batched by count and time. Undelivered events are kept in localStorage
@@ -57,7 +79,7 @@
     return;
   }
 
-  var config = null; // {writeKey, url, flushAt, flushIntervalMs, maxRetries}
+  var config = null; // {writeKey, host, url, flushAt, flushIntervalMs, maxRetries}
   var queue = []; // [{e: event, n: failed attempts}]
   var beaconed = []; // handed to sendBeacon, kept until a later request succeeds
   var storageKey = null;
@@ -517,6 +539,7 @@
     if (host.indexOf("://") < 0) host = window.location.protocol + "//" + host;
     config = {
       writeKey: writeKey,
+      host: host,
       url: host + "/v1/batch",
       flushAt: Math.max(1, numberOr(options.flushAt, 20)),
       flushIntervalMs: Math.max(0, numberOr(options.flushIntervalMs, 1000)),
@@ -586,6 +609,317 @@
     storageSet(AID_KEY, ids.anonymousId);
   }
 
+  // -- decide: content chosen for this user, filled into the page's placements ---------------
+
+  var PLACEMENT_ATTR = "data-personify-placement";
+  var ITEM_ATTR = "data-personify-item";
+  var DECIDE_TIMEOUT_MS = 1500;
+  var MAX_PLACEMENTS = 20; // what the server takes in one decision
+  var MAX_LIMIT = 50;
+  // attributes whose value the browser follows as a URL
+  var URL_ATTRS = {
+    action: true, background: true, cite: true, codebase: true, data: true, formaction: true,
+    href: true, manifest: true, ping: true, poster: true, src: true, srcset: true,
+    "xlink:href": true,
+  };
+  var SAFE_SCHEMES = { http: true, https: true, mailto: true, tel: true };
+  var decisions = 0; // numbers each decide() call, so that a late answer never wins
+  var PROTOTYPE = "__personifyPrototype";
+  var LATEST = "__personifyDecision";
+
+  function decideFailed(error) {
+    return { decisionId: null, placements: {}, error: error };
+  }
+
+  function lookup(content, path) {
+    var value = content;
+    var parts = path.split(".");
+    for (var i = 0; i < parts.length; i++) {
+      if (!isObject(value) || !Object.prototype.hasOwnProperty.call(value, parts[i])) return null;
+      value = value[parts[i]];
+    }
+    return value;
+  }
+
+  function textOf(value) {
+    if (typeof value === "string") return value;
+    if (typeof value === "number" || typeof value === "boolean") return String(value);
+    return null;
+  }
+
+  // catalog content can come from events anyone may send (products' url and image_url), so
+  // a URL attribute never takes a script: URL or any scheme but http(s), mailto and tel
+  function isSafeUrl(value) {
+    // browsers ignore control characters and spaces in a scheme, so "java\tscript:" runs
+    var compact = value.replace(/[\u0000-\u0020\u007f]/g, "");
+    var scheme = /^([a-z][a-z0-9+.\-]*):/i.exec(compact);
+    return !scheme || SAFE_SCHEMES[scheme[1].toLowerCase()] === true;
+  }
+
+  function setAttribute(target, name, value) {
+    var lower = name.toLowerCase();
+    // a handler or an inline document would run catalog text as code
+    if (!lower || lower.slice(0, 2) === "on" || lower === "srcdoc" || lower === "style") {
+      warn("data-personify-attr may not set " + name);
+      return;
+    }
+    if (URL_ATTRS[lower] && !isSafeUrl(value)) {
+      warn("refused an unsafe URL for " + name + ":", value);
+      return;
+    }
+    try {
+      target.setAttribute(name, value);
+    } catch (err) {
+      warn("cannot set attribute " + name + ":", err && err.name);
+    }
+  }
+
+  // data-personify-field="title" and data-personify-attr="href:url,src:image_url" read the
+  // item's content (dotted paths reach into objects); what the item lacks keeps its markup
+  function bind(node, content) {
+    var targets = [node].concat([].slice.call(
+      node.querySelectorAll("[data-personify-field],[data-personify-attr]")
+    ));
+    targets.forEach(function (target) {
+      var field = target.getAttribute("data-personify-field");
+      var text = field ? textOf(lookup(content, field)) : null;
+      if (text !== null) target.textContent = text;
+      var attrs = target.getAttribute("data-personify-attr");
+      if (!attrs) return;
+      attrs.split(",").forEach(function (pair) {
+        // the last colon splits, so that xlink:href:url names the xlink:href attribute
+        var at = pair.lastIndexOf(":");
+        if (at < 0) return;
+        var name = pair.slice(0, at).replace(/^\s+|\s+$/g, "");
+        var value = textOf(lookup(content, pair.slice(at + 1).replace(/^\s+|\s+$/g, "")));
+        if (value !== null) setAttribute(target, name, value);
+      });
+    });
+  }
+
+  function childElements(element, test) {
+    var found = [];
+    for (var i = 0; i < element.children.length; i++) {
+      if (test(element.children[i])) found.push(element.children[i]);
+    }
+    return found;
+  }
+
+  function isTemplate(node) {
+    return node.tagName === "TEMPLATE";
+  }
+
+  function isItem(node) {
+    return node.hasAttribute(ITEM_ATTR);
+  }
+
+  // what each item is rendered from: the element's <template>, else a copy of its first
+  // [data-personify-item] child taken before the first fill replaced it
+  function prototypeOf(element) {
+    var template = childElements(element, isTemplate)[0];
+    var fragment = document.createDocumentFragment();
+    if (template) {
+      var source = template.content || template; // engines without <template> keep children
+      for (var node = source.firstChild; node; node = node.nextSibling) {
+        if (node.nodeType === 1) fragment.appendChild(node.cloneNode(true));
+      }
+      return fragment.firstChild ? fragment : null;
+    }
+    if (!element[PROTOTYPE]) {
+      var first = childElements(element, isItem)[0];
+      if (!first) return null;
+      element[PROTOTYPE] = first.cloneNode(true);
+    }
+    fragment.appendChild(element[PROTOTYPE].cloneNode(true));
+    return fragment;
+  }
+
+  function render(prototype, item, rank) {
+    var copy = prototype.cloneNode(true);
+    var content = isObject(item.content) ? item.content : {};
+    for (var node = copy.firstChild; node; node = node.nextSibling) {
+      node.setAttribute(ITEM_ATTR, String(item.id));
+      node.setAttribute("data-personify-rank", String(rank));
+      bind(node, content);
+    }
+    return copy;
+  }
+
+  // the markup the items replace: the [data-personify-item] children (the default item, or an
+  // earlier fill), else, beside a <template>, every child but the template
+  function replaced(element) {
+    var items = childElements(element, isItem);
+    if (items.length || !childElements(element, isTemplate).length) return items;
+    return [].slice.call(element.childNodes).filter(function (node) {
+      return !(node.nodeType === 1 && isTemplate(node));
+    });
+  }
+
+  function announce(element, detail) {
+    var event;
+    if (typeof window.CustomEvent === "function") {
+      event = new window.CustomEvent("personify:decided", { bubbles: true, detail: detail });
+    } else {
+      event = document.createEvent("CustomEvent");
+      event.initCustomEvent("personify:decided", true, false, detail);
+    }
+    element.dispatchEvent(event);
+  }
+
+  function fill(element, placementId, answer, decisionId) {
+    var items = Array.isArray(answer.items) ? answer.items.filter(isObject) : [];
+    var prototype = items.length ? prototypeOf(element) : null;
+    if (prototype) {
+      var old = replaced(element);
+      var rendered = document.createDocumentFragment();
+      items.forEach(function (item, rank) {
+        rendered.appendChild(render(prototype, item, rank));
+      });
+      element.insertBefore(rendered, old.length ? old[0] : null);
+      old.forEach(function (node) {
+        element.removeChild(node);
+      });
+    }
+    element.setAttribute("data-personify-decision", String(decisionId));
+    element.setAttribute("data-personify-item-ids", items.map(function (item) {
+      return String(item.id);
+    }).join(","));
+    element.setAttribute("data-personify-fallback", answer.fallback ? "true" : "false");
+    announce(element, {
+      placement: placementId,
+      decisionId: decisionId,
+      items: items,
+      strategy: answer.strategy === undefined ? null : answer.strategy,
+      fallback: !!answer.fallback,
+    });
+  }
+
+  function limitOf(value) {
+    var n = numberOr(value, null);
+    return n === null ? null : Math.min(MAX_LIMIT, Math.max(1, Math.floor(n)));
+  }
+
+  function decide(options) {
+    options = options || {};
+    var root = options.root || document;
+    var elements = [].slice.call(root.querySelectorAll("[" + PLACEMENT_ATTR + "]"));
+    var asks = [];
+    var byId = {};
+    function ask(id, limit) {
+      if (typeof id !== "string" || !id) return;
+      limit = limitOf(limit);
+      var known = byId[id];
+      if (!known) {
+        byId[id] = known = { id: id };
+        asks.push(known);
+      }
+      // two elements of one placement: the larger wins, and each shows what it was given
+      if (limit !== null && (known.limit === undefined || limit > known.limit)) known.limit = limit;
+    }
+    if (Array.isArray(options.placements)) {
+      options.placements.forEach(function (placement) {
+        if (typeof placement === "string") ask(placement, null);
+        else if (isObject(placement)) ask(placement.id, placement.limit);
+      });
+    } else {
+      elements.forEach(function (element) {
+        ask(element.getAttribute(PLACEMENT_ATTR), element.getAttribute("data-personify-limit"));
+      });
+    }
+    if (asks.length > MAX_PLACEMENTS) {
+      warn("decide() fills at most " + MAX_PLACEMENTS + " placements at once; the rest wait");
+      asks = asks.slice(0, MAX_PLACEMENTS);
+    }
+    var asked = {};
+    asks.forEach(function (placement) {
+      asked[placement.id] = true;
+    });
+    var targets = options.fill === false ? [] : elements.filter(function (element) {
+      return asked[element.getAttribute(PLACEMENT_ATTR)] === true;
+    });
+    if (!config) {
+      warn("decide() needs load() first");
+      return Promise.resolve(decideFailed("not_loaded"));
+    }
+    if (!asks.length) return Promise.resolve(decideFailed("no_placements"));
+    if (typeof window.fetch !== "function") return Promise.resolve(decideFailed("no_fetch"));
+    decisions += 1;
+    var number = decisions;
+    targets.forEach(function (element) {
+      element[LATEST] = number;
+    });
+    var page = pageFields();
+    var request = {
+      placements: asks,
+      anonymousId: ids.anonymousId,
+      context: copy({
+        page: { path: page.path, url: page.url, title: page.title },
+        locale: navigator.language,
+      }, options.context),
+      writeKey: config.writeKey,
+    };
+    if (ids.userId) request.userId = ids.userId;
+    var timeoutMs = Math.max(0, numberOr(options.timeoutMs, DECIDE_TIMEOUT_MS));
+    var aborter = typeof window.AbortController === "function" ? new AbortController() : null;
+
+    return new Promise(function (resolve) {
+      var settled = false;
+      var timer = null;
+      function settle(answer, error) {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        if (error) {
+          // the elements keep the markup they have: the page's default, or an earlier fill
+          warn("decide() failed:", error);
+          resolve(decideFailed(error));
+          return;
+        }
+        targets.forEach(function (element) {
+          var id = element.getAttribute(PLACEMENT_ATTR);
+          var placement = answer.placements[id];
+          if (element[LATEST] === number && isObject(placement)) {
+            fill(element, id, placement, answer.decisionId);
+          }
+        });
+        resolve(answer);
+      }
+      timer = setTimeout(function () {
+        settle(null, "timeout");
+        if (aborter) aborter.abort();
+      }, timeoutMs);
+      var init = {
+        method: "POST",
+        // the browser library sends text/plain to avoid a CORS preflight
+        headers: { "Content-Type": "text/plain" },
+        body: JSON.stringify(request),
+        credentials: "omit",
+        mode: "cors",
+      };
+      if (aborter) init.signal = aborter.signal;
+      window.fetch(config.host + "/v1/decide", init).then(
+        function (response) {
+          if (!response.ok) {
+            settle(null, "HTTP " + response.status);
+            return;
+          }
+          return response.json().then(
+            function (answer) {
+              if (isObject(answer) && isObject(answer.placements)) settle(answer, null);
+              else settle(null, "not a decision");
+            },
+            function () {
+              settle(null, "not a decision");
+            }
+          );
+        },
+        function (error) {
+          settle(null, String((error && error.message) || error));
+        }
+      );
+    });
+  }
+
   var api = {
     __personify: true,
     VERSION: VERSION,
@@ -595,6 +929,7 @@
     identify: identify,
     reset: reset,
     flush: flush,
+    decide: decide,
     anonymousId: function () {
       return ids.anonymousId;
     },
