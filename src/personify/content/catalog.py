@@ -330,13 +330,7 @@ class ContentCatalog:
     ) -> ItemPage:
         """A page of items by id, filtered by type, status, tag and placement (archived items
         only when ``status`` asks for them)."""
-        query = sa.select(content_items, content_versions.c.document).join(
-            content_versions,
-            sa.and_(
-                content_versions.c.item_id == content_items.c.id,
-                content_versions.c.version == content_items.c.version,
-            ),
-        )
+        query = _with_newest_document()
         if type is not None:
             query = query.where(content_items.c.type == type)
         if status is not None:
@@ -619,15 +613,7 @@ class ContentCatalog:
         found: dict[str, tuple[Any, dict[str, Any]]] = {}
         for start in range(0, len(item_ids), 500):
             rows = conn.execute(
-                sa.select(content_items, content_versions.c.document)
-                .join(
-                    content_versions,
-                    sa.and_(
-                        content_versions.c.item_id == content_items.c.id,
-                        content_versions.c.version == content_items.c.version,
-                    ),
-                )
-                .where(content_items.c.id.in_(item_ids[start : start + 500]))
+                _with_newest_document().where(content_items.c.id.in_(item_ids[start : start + 500]))
             )
             for row in rows:
                 found[str(row.id)] = (row, _decode(row.document))
@@ -800,16 +786,9 @@ class ContentCatalog:
         else:
             if existing.status == ARCHIVED:
                 values["published_version"] = None
-            changed = conn.execute(
-                content_items.update()
-                .where(content_items.c.id == item_id, content_items.c.version == existing.version)
-                .values(**values)
-            ).rowcount
-            if changed != 1:
-                raise Conflict(
-                    f"content item {item_id!r} changed meanwhile; read it again",
-                    code="content_changed",
-                )
+            _update_unless_changed(
+                conn, content_items, item_id, int(existing.version), values, "content item"
+            )
         conn.execute(
             content_versions.insert().values(
                 item_id=item_id,
@@ -896,16 +875,9 @@ class ContentCatalog:
         if existing is None:
             conn.execute(placements.insert().values(id=placement_id, created_at=now, **values))
         else:
-            changed = conn.execute(
-                placements.update()
-                .where(placements.c.id == placement_id, placements.c.version == existing.version)
-                .values(**values)
-            ).rowcount
-            if changed != 1:
-                raise Conflict(
-                    f"placement {placement_id!r} changed meanwhile; read it again",
-                    code="placement_changed",
-                )
+            _update_unless_changed(
+                conn, placements, placement_id, int(existing.version), values, "placement"
+            )
         conn.execute(
             placement_versions.insert().values(
                 placement_id=placement_id,
@@ -979,6 +951,35 @@ def _product_fields(
     if origin == "events":
         return {**current, **learned}
     return {**learned, **current}
+
+
+def _update_unless_changed(
+    conn: sa.Connection,
+    table: sa.Table,
+    row_id: str,
+    version: int,
+    values: Mapping[str, Any],
+    what: str,
+) -> None:
+    """Update a row at the version it was read at; ``Conflict`` (``content_changed`` or
+    ``placement_changed``) when another writer moved it first."""
+    changed = conn.execute(
+        table.update().where(table.c.id == row_id, table.c.version == version).values(**values)
+    ).rowcount
+    if changed != 1:
+        code = "placement_changed" if table is placements else "content_changed"
+        raise Conflict(f"{what} {row_id!r} changed meanwhile; read it again", code=code)
+
+
+def _with_newest_document() -> sa.Select[Any]:
+    """Items joined with their newest version's document."""
+    return sa.select(content_items, content_versions.c.document).join(
+        content_versions,
+        sa.and_(
+            content_versions.c.item_id == content_items.c.id,
+            content_versions.c.version == content_items.c.version,
+        ),
+    )
 
 
 def _entry_error(kind: str, index: int, entry_id: Any, exc: PersonifyError) -> dict[str, Any]:
