@@ -62,6 +62,7 @@ bench: $(STAMP) ## run every benchmark (each prints one JSON object)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/segments.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/decide.py
 
 clean: ## remove .venv and local data
 	rm -rf $(VENV) data
