@@ -607,7 +607,9 @@ async def test_recommendations_placement_follows_what_the_user_viewed(harness: H
     ]
 
 
-async def test_segment_entry_reaches_the_next_decision_through_the_cache(harness: Harness) -> None:
+async def test_segment_entry_reaches_the_next_decision_through_the_cache(
+    harness: Harness, clock: FrozenClock
+) -> None:
     await shop(harness)
     await identify(harness, "u2", {"favourite": "hats"})
     first = (await decide(harness, hero("u2")))["placements"]["home-hero"]
@@ -615,7 +617,9 @@ async def test_segment_entry_reaches_the_next_decision_through_the_cache(harness
     profile_id = (await decide(harness, hero("u2")))["trace"]["profileId"]
     cached = await harness.services.cache.get(f"facts:{profile_id}")
     assert cached is not None and b"shoe-fans" not in cached
-    # the user changes: the worker's batch invalidates the cached facts with the profile
+    # the user changes (later: traits are last-writer-wins by event time); the worker's
+    # batch invalidates the cached facts with the profile
+    clock.advance(60)
     await identify(harness, "u2", {"favourite": "shoes"})
     whole = await decide(harness, hero("u2"))
     after = whole["placements"]["home-hero"]

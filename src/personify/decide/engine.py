@@ -37,6 +37,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+import numpy as np
 
 from personify.clock import Clock, SystemClock
 from personify.content.exposures import (
@@ -44,7 +45,13 @@ from personify.content.exposures import (
     EXPOSURE_SOURCE,
     exposure_counts,
 )
-from personify.decide.snapshot import Candidate, CatalogCache, CatalogSnapshot, PlacementSpec
+from personify.decide.snapshot import (
+    Candidate,
+    CatalogCache,
+    CatalogSnapshot,
+    PlacementColumns,
+    PlacementSpec,
+)
 from personify.decide.strategies import STRATEGIES, Ranked, UserView, bucket
 from personify.errors import BackendUnavailable
 from personify.eventlog.base import EventLog, LogRecord
@@ -177,9 +184,12 @@ class DecisionEngine:
         """Tell every process sharing the cache to reload the catalog (after a change)."""
         await self._catalog.invalidate()
 
-    async def decide(self, request: DecisionRequest, *, expose: bool = True) -> dict[str, Any]:
-        """The decision, with a trace (the API trims it for browsers). Without ``expose``
-        (a preview: ``personify decide``), no exposure event is appended."""
+    async def decide(
+        self, request: DecisionRequest, *, expose: bool = True, trace: bool = True
+    ) -> dict[str, Any]:
+        """The decision, with a trace unless ``trace`` is false (browsers get none, so none
+        is built). Without ``expose`` (a preview: ``personify decide``), no exposure event
+        is appended."""
         decision_id = uuid.uuid4().hex
         now = self._clock.now()
         try:
@@ -211,7 +221,7 @@ class DecisionEngine:
             if wanted.id in placements:
                 continue
             placements[wanted.id] = self._placement(
-                snapshot, wanted, user, unit, now, rng, shown, categories, request.context
+                snapshot, wanted, user, unit, now, rng, shown, categories, request.context, trace
             )
         exposure_logged = (
             await self._expose(decision_id, request, user, placements, now) if expose else False
@@ -320,11 +330,7 @@ class DecisionEngine:
         if not personalization_allowed(loaded.state, self._features):
             return _User(UserView(profile_id=loaded.profile_id), "no_consent")
         state = loaded.state
-        caps = {
-            c.id: c.frequency_cap[1]
-            for c in (snapshot.items.values() if snapshot is not None else ())
-            if c.frequency_cap is not None
-        }
+        caps = snapshot.caps if snapshot is not None else {}
         key = facts_key(loaded.profile_id)
         try:
             cached = await self._profiles.cache.get(key)
@@ -409,6 +415,7 @@ class DecisionEngine:
         shown: set[str],
         categories: set[str],
         context: Mapping[str, Any],
+        trace: bool = True,
     ) -> dict[str, Any]:
         if snapshot is None:
             return _answer([], None, "catalog_unavailable", {"reason": "catalog_unavailable"})
@@ -418,47 +425,68 @@ class DecisionEngine:
         limit = min(wanted.limit or spec.limit, MAX_LIMIT)
         if user.fallback is not None:
             return self._fallback(snapshot, spec, user.fallback, unit, shown, {})
-        candidates: Sequence[Candidate] = snapshot.by_placement.get(spec.id, ())
+        columns = snapshot.columns.get(spec.id)
+        locale = context.get("locale")
+        wanted_locale = locale if isinstance(locale, str) else None
+        if columns is not None:
+            eligible, excluded, matched = _eligible_columns(
+                columns, user, datetime_ms(now), shown, wanted_locale, trace
+            )
+            candidates = len(columns.candidates)
+        else:
+            eligible, excluded, matched, candidates = [], [], {}, 0
         if spec.strategy == "recommendations":
-            own = {c.id for c in candidates}
-            candidates = [
-                *candidates,
-                *(
-                    snapshot.items[item_id]
-                    for item_id in user.view.recommended
-                    if item_id in snapshot.items and item_id not in own
-                ),
+            own = columns.index_of if columns is not None else {}
+            extra = [
+                snapshot.items[item_id]
+                for item_id in user.view.recommended
+                if item_id in snapshot.items and item_id not in own
             ]
-        eligible, excluded, matched = self._eligible(candidates, user, now, shown, context)
-        for item_id, (_, source, anchor) in user.view.recommended.items():
-            if item_id in matched or any(c.id == item_id for c in eligible):
-                matched.setdefault(item_id, {})["recommendation"] = {
-                    "source": source,
-                    "anchor": anchor,
-                }
+            more, more_excluded, more_matched = self._eligible(extra, user, now, shown, context)
+            eligible.extend(more)
+            excluded.extend(more_excluded)
+            matched.update(more_matched)
+            candidates += len(extra)
+            if trace:
+                chosen_ids = {c.id for c in eligible}
+                for item_id, (_, source, anchor) in user.view.recommended.items():
+                    if item_id in chosen_ids:
+                        matched.setdefault(item_id, {})["recommendation"] = {
+                            "source": source,
+                            "anchor": anchor,
+                        }
         strategy = STRATEGIES[spec.strategy]
         ranking = strategy.rank(eligible, user.view, spec, unit=unit, limit=limit, rng=rng)
-        excluded.extend({"id": item_id, "reason": reason} for item_id, reason in ranking.excluded)
-        trace: dict[str, Any] = {
-            "candidates": len(candidates),
-            "eligible": [c.id for c in eligible],
-            "excluded": excluded,
-            "matched": matched,
-            "scores": {r.candidate.id: r.score for r in ranking.ranked},
-        }
+        details: dict[str, Any] = {}
+        if trace:
+            excluded.extend(
+                {"id": item_id, "reason": reason} for item_id, reason in ranking.excluded
+            )
+            details = {
+                "candidates": candidates,
+                "eligible": [c.id for c in eligible],
+                "excluded": excluded,
+                "matched": matched,
+                "scores": {r.candidate.id: r.score for r in ranking.ranked},
+            }
         if ranking.control:
-            trace["control"] = True
-            answer = self._fallback(snapshot, spec, None, unit, shown, trace)
+            details["control"] = True
+            answer = self._fallback(snapshot, spec, None, unit, shown, details)
             answer["strategy"] = spec.strategy
             return answer
         ranked = _diversify(ranking.ranked, categories)
-        if len(ranked) != len(ranking.ranked) or any(
-            a.candidate.id != b.candidate.id for a, b in zip(ranked, ranking.ranked, strict=True)
+        if (
+            trace
+            and ranked is not ranking.ranked
+            and any(
+                a.candidate.id != b.candidate.id
+                for a, b in zip(ranked, ranking.ranked, strict=True)
+            )
         ):
-            trace["diversified"] = True
+            details["diversified"] = True
         chosen = ranked[:limit]
         if not chosen:
-            return self._fallback(snapshot, spec, "no_eligible_items", unit, shown, trace)
+            return self._fallback(snapshot, spec, "no_eligible_items", unit, shown, details)
         items = []
         for rank, entry in enumerate(chosen):
             variant, share, content = _choose_variant(entry.candidate, unit)
@@ -477,7 +505,7 @@ class DecisionEngine:
                     "content": content,
                 }
             )
-        return _answer(items, spec.strategy, None, trace)
+        return _answer(items, spec.strategy, None, details)
 
     def _eligible(
         self,
@@ -621,6 +649,92 @@ class DecisionEngine:
             logger.warning("decision %s: the exposure event was not logged", decision_id)
             return False
         return True
+
+
+# why a candidate is not eligible, by code (0: it is); the lowest code that applies is given,
+# in the order the checks are listed in the module docstring
+_REASONS: Final = (
+    "",
+    "shown_in_another_placement",
+    "not_started",
+    "ended",
+    "locale_not_matched",
+    "already_bought",
+    "frequency_cap",
+    "segments_not_matched",
+    "condition_not_matched",
+)
+
+
+def _eligible_columns(
+    columns: PlacementColumns,
+    user: _User,
+    now_ms: int,
+    shown: set[str],
+    locale: str | None,
+    trace: bool,
+) -> tuple[list[Candidate], list[dict[str, str]], dict[str, Any]]:
+    """A placement's eligible candidates, judged as columns: each check marks the candidates
+    it excludes (later checks first, so the earliest that applies is the reason given);
+    conditions are evaluated only for candidates every other check let through."""
+    candidates = columns.candidates
+    count = len(candidates)
+    if count == 0:
+        return [], [], {}
+    view = user.view
+    reason = np.zeros(count, dtype=np.int8)
+    if columns.by_segment:
+        hit = np.zeros(count, dtype=bool)
+        for key in view.segments:
+            found = columns.by_segment.get(key)
+            if found is not None:
+                hit[found] = True
+        reason[columns.targeted & ~hit] = 7
+    for index in columns.capped:
+        cap = candidates[index].frequency_cap
+        if cap is not None and user.exposures.get(candidates[index].id, 0) >= cap[0]:
+            reason[index] = 6
+    for item_id in user.bought:
+        bought = columns.products.get(item_id)
+        if bought is not None:
+            reason[bought] = 5
+    for item_locale, indexes in columns.by_locale.items():
+        if not locale_matches(locale, item_locale):
+            reason[indexes] = 4
+    reason[columns.end_ms <= now_ms] = 3
+    reason[columns.start_ms > now_ms] = 2
+    for item_id in shown:
+        position = columns.index_of.get(item_id)
+        if position is not None:
+            reason[position] = 1
+    pending = np.flatnonzero((reason == 0) & columns.conditional).tolist()
+    if pending:
+        evaluation = EvaluationContext(
+            traits=view.traits,
+            features=view.features,
+            segments=view.segments,
+            predictions=view.predictions,
+        )
+        for index in pending:
+            condition = candidates[index].condition
+            if condition is not None and not condition.evaluate(evaluation):
+                reason[index] = 8
+    kept = np.flatnonzero(reason == 0).tolist()
+    eligible = [candidates[index] for index in kept]
+    excluded: list[dict[str, str]] = []
+    matched: dict[str, Any] = {}
+    if trace:
+        excluded = [
+            {"id": candidates[index].id, "reason": _REASONS[int(reason[index])]}
+            for index in np.flatnonzero(reason).tolist()
+        ]
+        for candidate in eligible:
+            if candidate.segments:
+                hits = sorted(set(candidate.segments) & view.segments)
+                matched.setdefault(candidate.id, {})["segments"] = hits
+            if candidate.condition is not None:
+                matched.setdefault(candidate.id, {})["condition"] = True
+    return eligible, excluded, matched
 
 
 def _edge_reason(

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
+import numpy as np
 import sqlalchemy as sa
 
 from personify.cache.base import Cache
@@ -37,6 +38,7 @@ __all__ = [
     "Candidate",
     "CatalogCache",
     "CatalogSnapshot",
+    "PlacementColumns",
     "PlacementSpec",
     "Variant",
     "load_snapshot",
@@ -98,6 +100,56 @@ class PlacementSpec:
     limit: int
 
 
+_NEVER = np.iinfo(np.int64).max
+_ALWAYS = np.iinfo(np.int64).min
+
+
+class PlacementColumns:
+    """A placement's candidates as columns, built once per catalog revision, so that a
+    decision judges them with a few vectorised passes (``personify.decide.engine``):
+    schedule bounds in epoch ms, locale groups, segment targeting as one index array per
+    segment, and the positions of the candidates that need a per-item look (a condition, a
+    cap, a product that may have been bought)."""
+
+    __slots__ = (
+        "by_locale",
+        "by_segment",
+        "candidates",
+        "capped",
+        "conditional",
+        "end_ms",
+        "index_of",
+        "products",
+        "start_ms",
+        "targeted",
+    )
+
+    def __init__(self, candidates: tuple[Candidate, ...]) -> None:
+        self.candidates = candidates
+        count = len(candidates)
+        self.index_of = {c.id: i for i, c in enumerate(candidates)}
+        self.start_ms = np.array(
+            [_ALWAYS if c.start is None else int(c.start.timestamp() * 1000) for c in candidates],
+            dtype=np.int64,
+        )
+        self.end_ms = np.array(
+            [_NEVER if c.end is None else int(c.end.timestamp() * 1000) for c in candidates],
+            dtype=np.int64,
+        )
+        locales: dict[str | None, list[int]] = {}
+        segments: dict[str, list[int]] = {}
+        for index, candidate in enumerate(candidates):
+            locales.setdefault(candidate.locale, []).append(index)
+            for key in candidate.segments:
+                segments.setdefault(key, []).append(index)
+        self.by_locale = {key: np.array(found, dtype=np.int64) for key, found in locales.items()}
+        self.by_segment = {key: np.array(found, dtype=np.int64) for key, found in segments.items()}
+        self.targeted = np.fromiter((bool(c.segments) for c in candidates), bool, count)
+        self.conditional = np.fromiter((c.condition is not None for c in candidates), bool, count)
+        self.capped = [i for i, c in enumerate(candidates) if c.frequency_cap is not None]
+        self.products = {c.id: i for i, c in enumerate(candidates) if c.type == "product"}
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
     """The published catalog at one revision."""
@@ -106,6 +158,9 @@ class CatalogSnapshot:
     items: Mapping[str, Candidate]
     placements: Mapping[str, PlacementSpec]
     by_placement: Mapping[str, tuple[Candidate, ...]]
+    columns: Mapping[str, PlacementColumns] = field(default_factory=dict)
+    # the items whose frequency is capped: id -> window (ms)
+    caps: Mapping[str, int] = field(default_factory=dict)
 
 
 def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candidate:
@@ -164,11 +219,14 @@ def load_snapshot(db: Database) -> CatalogSnapshot:
         for placement in candidate.placements:
             if placement in by_placement:
                 by_placement[placement].append(candidate)
+    grouped = {key: tuple(found) for key, found in by_placement.items()}
     return CatalogSnapshot(
         revision=revision,
         items=items,
         placements=specs,
-        by_placement={key: tuple(found) for key, found in by_placement.items()},
+        by_placement=grouped,
+        columns={key: PlacementColumns(found) for key, found in grouped.items()},
+        caps={c.id: c.frequency_cap[1] for c in items.values() if c.frequency_cap is not None},
     )
 
 
@@ -240,4 +298,11 @@ class CatalogCache:
 def _stale(snapshot: CatalogSnapshot) -> CatalogSnapshot:
     """The same snapshot under a revision no catalog has: the next read reloads, and until
     then (the database down) it still serves."""
-    return CatalogSnapshot(-1, snapshot.items, snapshot.placements, snapshot.by_placement)
+    return CatalogSnapshot(
+        -1,
+        snapshot.items,
+        snapshot.placements,
+        snapshot.by_placement,
+        snapshot.columns,
+        snapshot.caps,
+    )
