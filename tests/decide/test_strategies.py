@@ -30,6 +30,8 @@ def item(
         segments=(),
         condition=None,
         frequency_cap=None,
+        category=fields.get("category"),
+        values=frozenset((*tags, fields["category"]) if "category" in fields else tags),
     )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import uuid
@@ -122,6 +123,7 @@ class _User:
     bought: frozenset[str] = frozenset()
 
 
+@functools.lru_cache(maxsize=4096)
 def locale_matches(wanted: str | None, item_locale: str | None) -> bool:
     """Whether an item in ``item_locale`` suits a request in ``wanted``: an item without a
     locale suits everyone; ``en`` suits ``en-GB``; ``en-GB`` suits ``en-GB`` only."""
@@ -148,11 +150,6 @@ def _choose_variant(candidate: Candidate, unit: str) -> tuple[str | None, float,
             chosen = variant
             break
     return chosen.key, chosen.weight / total, candidate.content(chosen)
-
-
-def _category(candidate: Candidate) -> str | None:
-    category = candidate.fields.get("category")
-    return category if isinstance(category, str) else None
 
 
 class DecisionEngine:
@@ -491,7 +488,7 @@ class DecisionEngine:
         for rank, entry in enumerate(chosen):
             variant, share, content = _choose_variant(entry.candidate, unit)
             shown.add(entry.candidate.id)
-            category = _category(entry.candidate)
+            category = entry.candidate.category
             if category is not None:
                 categories.add(category)
             items.append(
@@ -759,8 +756,8 @@ def _diversify(ranked: list[Ranked], categories: set[str]) -> list[Ranked]:
     """Items whose category another placement of the page shows already go last (stable)."""
     if not categories:
         return ranked
-    fresh = [r for r in ranked if _category(r.candidate) not in categories]
-    repeated = [r for r in ranked if _category(r.candidate) in categories]
+    fresh = [r for r in ranked if r.candidate.category not in categories]
+    repeated = [r for r in ranked if r.candidate.category in categories]
     return fresh + repeated
 
 

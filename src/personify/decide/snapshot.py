@@ -81,6 +81,9 @@ class Candidate:
     condition: Predicate | None
     # (at most this many exposures, within this many milliseconds), or None
     frequency_cap: tuple[int, int] | None
+    # ``fields.category`` when it is text (diversity), and the tags with it (affinity)
+    category: str | None = None
+    values: frozenset[str] = frozenset()
 
     def content(self, variant: Variant | None) -> dict[str, Any]:
         """The item's fields, with the variant's where it has its own."""
@@ -169,12 +172,15 @@ def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candi
     start, end = schedule_bounds(document.get("schedule"))
     cap = document.get("frequencyCap")
     window_ms = parse_window_ms(cap.get("window", "1d")) if cap else None
+    tags = tuple(document.get("tags") or ())
+    found = (document.get("fields") or {}).get("category")
+    category = found if isinstance(found, str) else None
     return Candidate(
         id=item_id,
         version=version,
         type=document["type"],
         fields=document.get("fields") or {},
-        tags=tuple(document.get("tags") or ()),
+        tags=tags,
         placements=tuple(document.get("placements") or ()),
         variants=tuple(
             Variant(v["key"], v.get("fields") or {}, float(v.get("weight", 1)))
@@ -189,6 +195,8 @@ def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candi
         # then is a membership nobody holds)
         condition=compile_condition(condition) if condition is not None else None,
         frequency_cap=(int(cap["max"]), window_ms) if cap and window_ms else None,
+        category=category,
+        values=frozenset((*tags, category) if category is not None else tags),
     )
 
 

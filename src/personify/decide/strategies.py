@@ -122,14 +122,6 @@ class PriorityStrategy:
         return Ranking([Ranked(c, float(c.priority)) for c in _by_priority(candidates)])
 
 
-def _item_values(candidate: Candidate) -> set[str]:
-    values = set(candidate.tags)
-    category = candidate.fields.get("category")
-    if isinstance(category, str):
-        values.add(category)
-    return values
-
-
 class AffinityStrategy:
     """The items whose tags (and ``fields.category``) the user engages with most: the sum of
     the user's decayed affinity scores for those values, in one dimension (``params.dimension``)
@@ -155,7 +147,7 @@ class AffinityStrategy:
                 continue
             for value, score in values.items():
                 scores[value] = scores.get(value, 0.0) + float(score)
-        scored = [(sum(scores.get(value, 0.0) for value in _item_values(c)), c) for c in candidates]
+        scored = [(sum(scores.get(value, 0.0) for value in c.values), c) for c in candidates]
         scored.sort(key=lambda pair: (-pair[0], -pair[1].priority, pair[1].id))
         return Ranking([Ranked(c, round(score, 6)) for score, c in scored])
 
