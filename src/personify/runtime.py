@@ -27,6 +27,7 @@ from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
 from personify.jobs.content import content_jobs
 from personify.jobs.predictions import prediction_jobs
+from personify.jobs.recommend import recommend_jobs
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
 from personify.jobs.segments import clustering_jobs, rfm_jobs, segment_jobs
@@ -46,6 +47,9 @@ from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
 from personify.profiles.service import ProfileService
 from personify.quality.checks import QualityContext
+from personify.recommend.index import RecommendationIndexer
+from personify.recommend.service import RecommendationService
+from personify.recommend.stage import RecommendationStage
 from personify.segments.backfill import SegmentBackfill
 from personify.segments.clusterings import ClusteringRepository, ClusteringRunner
 from personify.segments.relay import MembershipRelay
@@ -92,8 +96,11 @@ class Runtime:
     model_monitor: ModelMonitor
     content: ContentCatalog
     decisions: DecisionEngine
+    recommendations: RecommendationService
     webhooks: WebhookRepository
     webhook_deliverer: WebhookDeliverer
+    # trains the learned recommendation index on the lake
+    recommend_indexer: RecommendationIndexer
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -121,6 +128,7 @@ class Runtime:
         heartbeats = HeartbeatRepository(db)
         segments = SegmentRepository(db, clock=clock)
         content = ContentCatalog(db, clock=clock)
+        recommendations = RecommendationService(db, clock=clock)
         segment_stage = SegmentStage(segments, features, clock=clock)
         models = ModelRegistry(db, settings.resolved_models_dir, clock=clock)
         # predictions first: segment rules read the scores of the same batch
@@ -138,6 +146,8 @@ class Runtime:
                 prediction_stage,
                 segment_stage,
                 ProductStage(content),
+                # after the segments: popularity per segment reads the memberships just written
+                *([RecommendationStage(features, clock=clock)] if settings.recommend_live else []),
             ],
         )
         worker = StreamWorker.from_settings(
@@ -205,6 +215,13 @@ class Runtime:
             timeout_s=settings.content_webhook_timeout_s,
             max_attempts=settings.content_webhook_max_attempts,
         )
+        recommend_indexer = RecommendationIndexer(
+            db,
+            Lake.from_settings(settings),
+            clock=clock,
+            model=settings.recommend_model,
+            size=settings.recommend_index_size,
+        )
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -254,10 +271,14 @@ class Runtime:
                 db,
                 log,
                 features,
+                recommendations=recommendations,
+                facts_ttl_s=settings.decide_facts_ttl_s,
                 clock=clock,
             ),
+            recommendations=recommendations,
             webhooks=WebhookRepository(db, clock=clock),
             webhook_deliverer=webhook_deliverer,
+            recommend_indexer=recommend_indexer,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
@@ -265,7 +286,8 @@ class Runtime:
                     *rfm_jobs(settings, functools.partial(run_rfm, settings, db, rfm)),
                     *clustering_jobs(settings, clustering_runner, relay),
                     *prediction_jobs(settings, rescore, relay, monitor, trainer, clock),
-                    *content_jobs(settings, webhook_deliverer),
+                    *content_jobs(settings, webhook_deliverer, db, clock),
+                    *recommend_jobs(settings, recommend_indexer, db, clock),
                 ],
                 clock=clock,
             ),

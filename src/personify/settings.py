@@ -165,12 +165,24 @@ class Settings(BaseSettings):
     content_webhook_interval_s: float = Field(default=2.0, gt=0.0)
     content_webhook_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
     content_webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    # recommendations (docs/recommend.md): the worker keeps the live counters unless
+    # recommend_live is off; serve trains the learned index every recommend_train_interval_s
+    # where the lake is written, with recommend_model ("auto": the one the evaluation chooses)
+    # and each user's and item's top recommend_index_size items
+    recommend_live: bool = True
+    recommend_train_interval_s: float = Field(default=86_400.0, gt=0.0)
+    recommend_model: Literal["auto", "ease", "als", "bpr"] = "auto"
+    recommend_index_size: int = Field(default=100, ge=1, le=1000)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0
     # how long a process serves decisions from the catalog revision it read, when the change
     # did not come through the API (which invalidates at once): the CLI, another deployment
     decide_catalog_ttl_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    # how long the cache keeps what a decision reads beside a profile (its segments,
+    # predictions, bought items); the worker invalidates it with the profile after every
+    # batch, so this bounds only changes made elsewhere (the segment sweep, a backfill)
+    decide_facts_ttl_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     # how long a CDN or browser may keep an edge answer (GET /v1/content/{placement})
     decide_edge_max_age_s: int = Field(default=60, ge=0, le=86_400)
 

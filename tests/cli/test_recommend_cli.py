@@ -16,8 +16,13 @@ from personify.cli.context import PersonifyGroup
 from personify.cli.main import main
 from personify.cli.recommend import recommend
 from personify.clock import format_timestamp
-from tests.lake.conftest import cli_env
-from tests.recommend.conftest import AS_OF, END, shop_lake
+from personify.profiles.events import view_event
+from personify.profiles.features import FeatureSet
+from personify.profiles.processor import ProfileProcessor
+from personify.recommend.stage import RecommendationStage
+from personify.store.database import Database
+from tests.lake.conftest import cli_env, normalized
+from tests.recommend.conftest import AS_OF, END, arrived, shop_lake
 
 # the root command as it is once ``recommend`` is registered beside the others
 ROOT: click.Group = (
@@ -30,8 +35,10 @@ ROOT: click.Group = (
 class Shop:
     """A data folder whose lake holds a generated shop, and the command run on it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, events: list[dict[str, Any]] | None = None) -> None:
         self.env = cli_env(data_dir)
+        self.data_dir = data_dir
+        self.events = events or []
 
     def run(self, *args: str) -> Result:
         return CliRunner().invoke(ROOT, ["recommend", *args], env=self.env, catch_exceptions=False)
@@ -45,11 +52,11 @@ class Shop:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     folder = tmp_path_factory.mktemp("recommend-cli")
-    shop_lake(folder / "data" / "lake", users=400, items=120)
+    generated, _ = shop_lake(folder / "data" / "lake", users=400, items=120)
     # the CLI reads .env from the working directory; run it where there is none
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        yield Shop(folder / "data")
+        yield Shop(folder / "data", generated.events)
 
 
 def test_evaluate_prints_every_recommender_and_the_chosen_one(shop: Shop) -> None:
@@ -114,3 +121,44 @@ def test_an_empty_data_folder_has_no_test_users(
         catch_exceptions=False,
     )
     assert result.exit_code == 1 and "error [no_test_users]" in result.stderr
+
+
+def test_train_then_show_a_users_recommendations(shop: Shop) -> None:
+    run = shop.json("train", "--model", "ease", "--size", "5")
+    assert run["model"] == "ease" and run["params"]["l2"] == 500.0
+    assert run["users"] > 300 and run["items"] > 100
+    assert run["lakeVersion"] is not None
+    # trained as of now, long after the shop's last day: no split to evaluate at
+    assert run["metrics"]["chosenBy"] == "default"
+
+    # one shopper's events applied by the worker's processor, so the state knows them
+    user = next(e["userId"] for e in shop.events if e.get("userId"))
+    mine = [
+        normalized(e, received_at=arrived(e))
+        for e in shop.events
+        if e.get("userId") == user or e.get("anonymousId") == shop_anonymous(shop, user)
+    ]
+    db = Database(f"sqlite:///{shop.data_dir / 'personify.db'}")
+    try:
+        features = FeatureSet()
+        ProfileProcessor(db, features, stages=[RecommendationStage(features)]).apply(
+            [view_event(e) for e in mine]
+        )
+    finally:
+        db.dispose()
+    shown = shop.json("show", user, "--limit", "7")
+    assert shown["profileId"] == user
+    # the index's five, and nothing the live counters know of but what they saw themselves
+    assert [item["source"] for item in shown["items"]] == ["learned"] * 5
+    shown = shop.json("show", user, "--limit", "7", "--include-seen")
+    sources = [item["source"] for item in shown["items"]]
+    assert sources[:5] == ["learned"] * 5 and len(sources) == 7
+    assert set(sources[5:]) <= {"covisitation", "popular"}
+    unknown = shop.json("show", "nobody", "--limit", "3")
+    assert unknown["profileId"] is None
+    assert [item["source"] for item in unknown["items"]] == ["popular"] * 3
+
+
+def shop_anonymous(shop: Shop, user: str) -> str | None:
+    """The anonymousId the shopper browsed with before signing up."""
+    return next((e.get("anonymousId") for e in shop.events if e.get("userId") == user), None)

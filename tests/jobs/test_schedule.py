@@ -113,6 +113,8 @@ async def test_serve_prunes_profiles_and_trims_the_log_on_its_schedule(tmp_path:
             "prediction-rescore",
             "prediction-monitor",
             "content-webhooks",
+            "content-exposure-prune",
+            "recommend-train",
         }
         assert jobs["profile-prune"]["runs"] >= 1 and jobs["profile-prune"]["failures"] == 0
         assert jobs["profile-prune"]["lastResult"]["eventsDeleted"] >= 0

@@ -26,10 +26,12 @@ from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.content import content_router
 from personify.api.decide import decide_router
+from personify.api.demo_page import demo_shop
 from personify.api.documents import ErrorDocument, Health, Readiness
 from personify.api.metrics import metrics_registry, metrics_router
 from personify.api.models import model_router
 from personify.api.profiles import profile_router
+from personify.api.recommend import recommend_router
 from personify.api.reference import openapi_config, reference_router
 from personify.api.segments import segment_router
 from personify.api.webhooks import webhook_router
@@ -90,6 +92,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "webhooks": value(runtime.webhooks),
         "content": value(runtime.content),
         "decisions": value(runtime.decisions),
+        "recommendations": value(runtime.recommendations),
         "api_keys": value(runtime.api_keys),
         "sources": value(runtime.sources),
         "prometheus": value(metrics_registry(runtime)),
@@ -142,6 +145,8 @@ def create_app(
             webhook_router(),
             content_router(),
             decide_router(),
+            demo_shop,
+            recommend_router(),
             metrics_router(),
             *collector_handlers(),
             reference_router(),

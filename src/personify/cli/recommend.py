@@ -1,6 +1,7 @@
 """``personify recommend …``: the recommenders trained on the lake. ``evaluate`` fits every
 recommender on what was known at T and scores them on what users did after it, printing one
-JSON object (docs/recommend.md)."""
+JSON object; ``train`` fits the learned model as of now and replaces the serving index;
+``show`` prints a user's recommendations as the API serves them (docs/recommend.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from personify.errors import ValidationError
 
 @click.group()
 def recommend() -> None:
-    """Recommenders trained on the lake: offline evaluation at a temporal split."""
+    """Recommenders: offline evaluation at a temporal split, the serving index, a user's
+    recommendations."""
 
 
 def _weights(pairs: tuple[str, ...]) -> dict[str, float]:
@@ -82,3 +84,70 @@ def recommend_evaluate(
         recommenders=default_recommenders(seed),
     )
     echo_json(result)
+
+
+@recommend.command("train")
+@click.option(
+    "--model",
+    type=click.Choice(["auto", "ease", "als", "bpr"]),
+    default=None,
+    help="the learned model (default: PERSONIFY_RECOMMEND_MODEL; auto: the evaluation's choice)",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="items kept per user and per item (default: PERSONIFY_RECOMMEND_INDEX_SIZE)",
+)
+@pass_ctx
+def recommend_train(ctx: CliContext, model: str | None, size: int | None) -> None:
+    """Train the learned model on the lake as of now and replace the serving index; prints
+    the run (model, parameters, lake version, metrics)."""
+    from personify.lake.table import Lake
+    from personify.recommend.index import RecommendationIndexer
+    from personify.store.database import open_database
+
+    settings = ctx.settings
+    indexer = RecommendationIndexer(
+        open_database(settings),
+        Lake.from_settings(settings),
+        model=model or settings.recommend_model,
+        size=size or settings.recommend_index_size,
+    )
+    echo_json(indexer.train().to_dict())
+
+
+@recommend.command("show")
+@click.argument("user")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option("--include-seen", is_flag=True, help="keep the items the user interacted with lately")
+@pass_ctx
+def recommend_show(ctx: CliContext, user: str, limit: int, include_seen: bool) -> None:
+    """Print USER's recommendations (any of their ids) as the API serves them: each item
+    with its score, source and anchor; an unknown user gets popular items."""
+    from personify.profiles.document import personalization_allowed
+    from personify.profiles.features import FeatureSet, load_profile_config
+    from personify.profiles.repository import ProfileRepository
+    from personify.recommend.service import RecommendationService
+    from personify.segments.repository import SegmentRepository
+    from personify.store.database import open_database
+
+    settings = ctx.settings
+    db = open_database(settings)
+    features = FeatureSet(load_profile_config(settings.features_file))
+    stored = ProfileRepository(db, features).find(user)
+    profile_id: str | None = None
+    segments: list[str] = []
+    if stored is not None and personalization_allowed(stored.state(), features):
+        profile_id = stored.profile_id
+        segments = [s["key"] for s in SegmentRepository(db).profile_segments(profile_id)]
+    found = RecommendationService(db).recommend(
+        profile_id, limit=limit, exclude_seen=not include_seen, segments=segments
+    )
+    echo_json(
+        {
+            "userId": user,
+            "profileId": profile_id,
+            "items": [r.to_dict() for r in found],
+        }
+    )

@@ -40,6 +40,7 @@ TABLE_MODULES = (
     "personify.segments.tables",
     "personify.predict.tables",
     "personify.content.tables",
+    "personify.recommend.tables",
 )
 
 # the first revision: the schema as the pre-Alembic migrations left it
