@@ -127,7 +127,9 @@ class Runtime:
         profiles = profile_service(settings, db, cache, features, clock=clock)
         heartbeats = HeartbeatRepository(db)
         segments = SegmentRepository(db, clock=clock)
-        content = ContentCatalog(db, clock=clock)
+        content = ContentCatalog(
+            db, clock=clock, product_refresh_s=settings.content_product_refresh_s
+        )
         recommendations = RecommendationService(db, clock=clock)
         segment_stage = SegmentStage(segments, features, clock=clock)
         models = ModelRegistry(db, settings.resolved_models_dir, clock=clock)

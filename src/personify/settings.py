@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     # predictions, bought items); the worker invalidates it with the profile after every
     # batch, so this bounds only changes made elsewhere (the segment sweep, a backfill)
     decide_facts_ttl_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # a product learned from e-commerce events takes new facts (a price, a name) at most this
+    # often, so facts that move with every event write a version an hour, not one a batch
+    content_product_refresh_s: float = Field(default=3600.0, ge=0.0)
     # how long a CDN or browser may keep an edge answer (GET /v1/content/{placement})
     decide_edge_max_age_s: int = Field(default=60, ge=0, le=86_400)
 

@@ -490,7 +490,7 @@ async def test_edge_answers_per_segment_combination_with_http_caching(harness: H
     ).status_code == 200
 
 
-async def test_products_are_learned_from_events(harness: Harness) -> None:
+async def test_products_are_learned_from_events(harness: Harness, clock: FrozenClock) -> None:
     viewed = {
         "type": "track",
         "userId": "u1",
@@ -539,6 +539,7 @@ async def test_products_are_learned_from_events(harness: Harness) -> None:
     assert (await harness.client.get("/v1/content/items/sku-1", headers=harness.admin)).json()[
         "version"
     ] == 1
+    clock.advance(3600)  # new facts are taken at most once an hour
     cheaper = {**viewed, "properties": {**viewed["properties"], "price": 79.0}}
     await harness.client.post("/v1/batch", json={"batch": [cheaper]}, headers=harness.auth)
     await harness.services.worker.run(until_idle=True)

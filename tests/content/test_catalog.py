@@ -363,7 +363,9 @@ def test_export_then_import_round_trips_and_bad_entries_cost_nothing_else(
         other.import_catalog({"items": {}, "placements": []})
 
 
-def test_products_learned_from_events(catalog: ContentCatalog, db: Database) -> None:
+def test_products_learned_from_events(
+    catalog: ContentCatalog, db: Database, clock: FrozenClock
+) -> None:
     before = _revision(db)
     changed = catalog.upsert_products(
         [
@@ -379,6 +381,9 @@ def test_products_learned_from_events(catalog: ContentCatalog, db: Database) -> 
     assert shoe.document["tags"] == ["shoes"]
     # the same facts again write nothing; a new price writes and republishes a version
     assert catalog.upsert_products([{"product_id": "sku-1", "price": 89.0}]) == 0
+    # new facts wait for the refresh interval (an hour): a price per event is no version each
+    assert catalog.upsert_products([{"product_id": "sku-1", "price": 79.0}]) == 0
+    clock.advance(3600)
     assert catalog.upsert_products([{"product_id": "sku-1", "price": 79.0}]) == 1
     shoe = catalog.get_item("sku-1")
     assert shoe.version == 2 and shoe.published_version == 2

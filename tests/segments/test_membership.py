@@ -10,12 +10,16 @@ from typing import Any
 import msgspec
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from personify.clock import FrozenClock, format_timestamp
 from personify.eventlog.sqlite import SQLiteEventLog
 from personify.profiles.events import view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
+from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
+from personify.segments.membership import MembershipChanges, event_payload
 from personify.segments.relay import MembershipRelay
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage
@@ -245,3 +249,29 @@ def test_a_rule_saved_later_counts_the_events_before_it(sqlite_world: World) -> 
     world.clock.advance(timedelta(days=7).total_seconds() - 85 * 60)
     world.sweep.sweep()
     assert world.members("shoe-fans") == set()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    profile_id=st.text(min_size=1, max_size=20),
+    key=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True),
+    version=st.integers(1, 10**6),
+    is_user=st.booleans(),
+    entered=st.booleans(),
+)
+def test_an_event_is_written_as_its_payload_encodes(
+    profile_id: str, key: str, version: int, is_user: bool, entered: bool
+) -> None:
+    # the outbox's JSON is made from pieces encoded once per segment: byte for byte the
+    # encoding of the whole event
+    changes = MembershipChanges(T0)
+    if entered:
+        changes.enter(profile_id, is_user, key, version, "rule")
+    else:
+        changes.exit(7, profile_id, is_user, key, version, "sweep")
+    name = SEGMENT_ENTERED if entered else SEGMENT_EXITED
+    reason = "rule" if entered else "sweep"
+    expected = event_payload(name, profile_id, is_user, key, version, reason, format_timestamp(T0))
+    ((partition_key, message_id, payload),) = changes.events
+    assert payload == msgspec.json.encode(expected).decode()
+    assert (partition_key, message_id) == (profile_id, expected["messageId"])

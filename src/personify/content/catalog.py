@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -226,9 +226,14 @@ def _bad_id(what: str) -> ValidationError:
 class ContentCatalog:
     """Saves and reads content items and placements in the state database."""
 
-    def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, db: Database, *, clock: Clock | None = None, product_refresh_s: float = 3600.0
+    ) -> None:
         self._db = db
         self._clock = clock or SystemClock()
+        # a product learned from events takes new facts at most this often: prices that
+        # move with every event must not write a version per batch
+        self._product_refresh = timedelta(seconds=product_refresh_s)
 
     # -- items -------------------------------------------------------------------------------
 
@@ -590,12 +595,17 @@ class ContentCatalog:
             if product_id is not None:
                 wanted[product_id] = _learned(product)
         current = self._current_documents(conn, list(wanted))
+        now = self._clock.now()
         changed = 0
         for product_id, learned in wanted.items():
             found = current.get(product_id)
             if found is not None:
                 row, document = found
                 if row.status == ARCHIVED or row.type != "product":
+                    continue
+                updated = aware(row.updated_at)
+                fresh = updated is not None and now - updated < self._product_refresh
+                if row.origin == "events" and fresh:
                     continue
                 if _product_fields(row.origin, document["fields"], learned) == document["fields"]:
                     continue

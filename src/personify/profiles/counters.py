@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import sqlalchemy as sa
 
 from personify.profiles.tables import applied_events
@@ -35,6 +38,7 @@ __all__ = [
     "MAX_COUNTED",
     "CounterPlan",
     "CounterSpec",
+    "PropertyColumn",
     "apply_counters",
     "count_at",
     "fill_counters",
@@ -46,6 +50,16 @@ MAX_COUNTED = 10_000
 # profiles whose timelines are read in one query when counters are filled
 _FILL_CHUNK = 500
 _decoder = msgspec.json.Decoder()
+
+
+@dataclass(slots=True)
+class PropertyColumn:
+    """The properties of a batch's events of one name, as a column (``None`` where an event
+    has none), and what the counters have read of them so far, for the counters after them
+    (``CounterSpec.match_column`` keys it as it likes)."""
+
+    properties: list[Mapping[str, Any] | None]
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 class CounterSpec(Protocol):
@@ -73,6 +87,10 @@ class CounterSpec(Protocol):
 
     def matches(self, name: str, properties: Mapping[str, Any] | None) -> bool:
         """Whether an event of this name and properties counts."""
+        ...
+
+    def match_column(self, name: str, column: PropertyColumn) -> npt.NDArray[np.bool_]:
+        """Which events of ``column``, all named ``name``, count (``matches`` of each)."""
         ...
 
 
@@ -106,24 +124,68 @@ class CounterPlan:
 
 def apply_counters(states: Sequence[ProfileState], batch: ProfileBatch, plan: CounterPlan) -> None:
     """Count the batch's events into their profiles' counters, then trim every touched state
-    to what can still count (after ``apply_batch`` has set each state's ``last_seen``)."""
-    if plan.specs:
-        for event, p in zip(batch.events, batch.profile.tolist(), strict=True):
-            groups = plan.for_name(event.name)
+    to what can still count (after ``apply_batch`` has set each state's ``last_seen``).
+
+    A pass per event name of the batch, not per event: the events of one name are a column
+    of properties, each counter's filters are tested over it (``CounterSpec.match_column``:
+    a property read once per column, a filter tested once per distinct value), and the
+    matched events' times go to their profiles."""
+    if plan.specs and batch.size:
+        profile = batch.profile
+        ts = batch.ts
+        # by name, then by profile: a profile's events of a name are counted one after the
+        # other, so its state is at hand (the order of the times is trim's to fix)
+        order = np.lexsort((batch.profile, batch.name_code))
+        codes = batch.name_code[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        events = batch.events
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            name = batch.names[int(codes[start])]
+            groups = plan.for_name(name)
             if not groups:
                 continue
-            properties = event.data.get("properties")
-            if type(properties) is not dict:
-                properties = None
-            state = states[p]
+            rows = order[start:end]
+            column = PropertyColumn([_properties(events[row]) for row in rows.tolist()])
             for group in groups:
-                if group[0].matches(event.name, properties):
-                    for spec in group:
-                        _count(state, spec, event.ts)
+                matched = rows[group[0].match_column(name, column)]
+                if len(matched):
+                    _count_rows(states, group, profile[matched].tolist(), ts[matched].tolist())
     for p in set(batch.profile.tolist()):
         state = states[p]
         if state.counters or state.counter_totals or state.counted:
             trim_counters(state, plan)
+
+
+def _properties(event: Any) -> Mapping[str, Any] | None:
+    properties = event.data.get("properties")
+    return properties if type(properties) is dict else None
+
+
+def _count_rows(
+    states: Sequence[ProfileState],
+    group: tuple[CounterSpec, ...],
+    profiles: list[int],
+    times: list[int],
+) -> None:
+    """Count events (by profile index and time) into every counter of ``group``."""
+    windowed = [spec.id for spec in group if spec.within_ms is not None]
+    totals = [spec.id for spec in group if spec.within_ms is None]
+    # event by event, every counter of the group: one state at a time
+    for p, ts in zip(profiles, times, strict=True):
+        state = states[p]
+        if windowed:
+            counters = state.counters
+            for counter_id in windowed:
+                kept = counters.get(counter_id)
+                if kept is None:
+                    counters[counter_id] = [ts]
+                else:
+                    kept.append(ts)
+        if totals:
+            held = state.counter_totals
+            for counter_id in totals:
+                held[counter_id] = held.get(counter_id, 0) + 1
 
 
 def fill_counters(
@@ -204,7 +266,11 @@ def trim_counters(state: ProfileState, plan: CounterPlan) -> None:
             del state.counters[counter_id]
             continue
         times.sort()
-        start = bisect.bisect_right(times, newest - within)
+        floor = newest - within
+        if times and times[0] > floor and len(times) <= MAX_COUNTED:
+            # the common case: every time still counts
+            continue
+        start = bisect.bisect_right(times, floor)
         start = max(start, len(times) - MAX_COUNTED)
         if start >= len(times):
             del state.counters[counter_id]

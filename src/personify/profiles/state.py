@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -414,11 +415,22 @@ def _iso(ms: int | None) -> str | None:
 
 
 def evaluate_profile(
-    state: ProfileState, features: FeatureSet, as_of_ms: int, *, json_sections: bool = True
+    state: ProfileState,
+    features: FeatureSet,
+    as_of_ms: int,
+    *,
+    json_sections: bool = True,
+    reach: DocumentReach | None = None,
 ) -> dict[str, Any]:
     """The ``features`` section of a profile as of ``as_of_ms`` (windows relative to it);
     without ``json_sections``, no ``affinities`` or ``last_events`` (what models never read:
-    the feature tables keep them as JSON)."""
+    the feature tables keep them as JSON); with ``reach`` (``document_reach`` of the paths a
+    reader reads), only what those paths can reach: the rest is left out, not computed."""
+    keys, only = (reach.keys, reach.only) if reach is not None else (None, None)
+
+    def wanted(key: str) -> bool:
+        return keys is None or key in keys
+
     recency = (
         round(max(0, as_of_ms - state.last_seen) / MS_PER_DAY, 3)
         if state.last_seen is not None
@@ -430,24 +442,68 @@ def evaluate_profile(
         "recency_days": recency,
         "events_total": state.events,
     }
-    if json_sections:
+    if json_sections and wanted("last_events"):
         result["last_events"] = {
             name: format_ms(s.ts) for name, s in sorted(state.last_events.items())
         }
-    result["sessions"] = summarize_sessions(
-        state.sessions,
-        as_of_ms,
-        floor_ms=retention_floor(state.last_seen or 0, features.session_retention_ms),
-        retention_days=features.config.session_retention_days,
-    )
-    if json_sections:
-        result["affinities"] = evaluate_affinities(
-            state.affinities, features, as_of_ms, latest_ms=state.last_seen or 0
+    if wanted("sessions"):
+        result["sessions"] = summarize_sessions(
+            state.sessions,
+            as_of_ms,
+            floor_ms=retention_floor(state.last_seen or 0, features.session_retention_ms),
+            retention_days=features.config.session_retention_days,
         )
-    result["context"] = {
-        "last": {name: s.value for name, s in sorted(state.context.items())},
-        "first_touch": state.first_touch.value if state.first_touch else None,
-        "last_touch": state.last_touch.value if state.last_touch else None,
-    }
-    result.update(evaluate_features(state.features, features, as_of_ms))
+    if json_sections and wanted("affinities"):
+        result["affinities"] = evaluate_affinities(
+            state.affinities,
+            features,
+            as_of_ms,
+            latest_ms=state.last_seen or 0,
+            dimensions=only.get("affinities") if only is not None else None,
+        )
+    if wanted("context"):
+        result["context"] = {
+            "last": {name: s.value for name, s in sorted(state.context.items())},
+            "first_touch": state.first_touch.value if state.first_touch else None,
+            "last_touch": state.last_touch.value if state.last_touch else None,
+        }
+    result.update(evaluate_features(state.features, features, as_of_ms, only=only))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentReach:
+    """What of a profile's ``features`` section some paths can reach (``document_reach``):
+    its top-level ``keys``, and below a feature or ``affinities``, the keys one level down
+    (``None``: all of them)."""
+
+    keys: frozenset[str]
+    only: Mapping[str, frozenset[str] | None]
+
+
+def document_reach(paths: Collection[tuple[str, ...]], features: FeatureSet) -> DocumentReach:
+    """What ``paths`` (dotted paths split at the dots, resolved as a reader that takes the
+    longest key at each level: a key may hold dots) can reach of a profile's document."""
+    keys: set[str] = set()
+    for parts in paths:
+        keys.update(".".join(parts[:n]) for n in range(1, len(parts) + 1))
+    only: dict[str, frozenset[str] | None] = {}
+    grouped = {f.name for f in features.features if f.group_by is not None}
+    for name in keys & ({f.name for f in features.features} | {"affinities"}):
+        if name not in grouped and name != "affinities":
+            only[name] = None
+            continue
+        below: set[str] | None = set()
+        for parts in paths:
+            for n in range(1, len(parts) + 1):
+                if ".".join(parts[:n]) != name:
+                    continue
+                rest = parts[n:]
+                if not rest:
+                    below = None
+                elif below is not None:
+                    below.update(".".join(rest[:m]) for m in range(1, len(rest) + 1))
+            if below is None:
+                break
+        only[name] = frozenset(below) if below is not None else None
+    return DocumentReach(frozenset(keys), only)

@@ -15,9 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
+
+from personify.profiles.counters import PropertyColumn
 from personify.segments.operators import (
     MISSING,
     build_test,
+    evaluate_column,
+    factorize,
 )
 
 __all__ = [
@@ -83,7 +89,7 @@ def resolve_path(root: Any, parts: tuple[str, ...]) -> Any:
     node = root
     i = 0
     while i < len(parts):
-        if not isinstance(node, Mapping):
+        if type(node) is not dict and not isinstance(node, Mapping):
             return MISSING
         for j in range(len(parts), i, -1):
             key = parts[i] if j == i + 1 else ".".join(parts[i:j])
@@ -140,6 +146,9 @@ class EventCounter:
     # equal for counters that count the same events and differ only in their window
     match_id: str = field(init=False, repr=False, compare=False)
     _tests: tuple[tuple[tuple[str, ...], Any], ...] = field(init=False, repr=False, compare=False)
+    _filters: tuple[tuple[PropertyFilter, tuple[str, ...], Any], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -152,6 +161,10 @@ class EventCounter:
             for f in self.where
         )
         object.__setattr__(self, "_tests", tests)
+        filters = tuple(
+            (f, parts, test) for f, (parts, test) in zip(self.where, tests, strict=True)
+        )
+        object.__setattr__(self, "_filters", filters)
 
     def to_json(self) -> dict[str, Any]:
         """The canonical JSON the id is the hash of."""
@@ -173,6 +186,29 @@ class EventCounter:
             parts, test = tests[0]
             return bool(test(resolve_path(props, parts)))
         return all(test(resolve_path(props, parts)) for parts, test in tests)
+
+    def match_column(self, name: str, column: PropertyColumn) -> npt.NDArray[np.bool_]:
+        """Which events of a column (all named ``name``) count: ``matches`` of each, with
+        each property read once per column and each filter tested once per distinct value
+        (the column keeps both for the other counters that read them)."""
+        if self.event != "*" and name != self.event:
+            return np.zeros(len(column.properties), np.bool_)
+        mask: npt.NDArray[np.bool_] | None = None
+        memo = column.memo
+        for spec, parts, test in self._filters:
+            found = memo.get(spec)
+            if found is None:
+                values = memo.get(parts)
+                if values is None:
+                    values = memo[parts] = factorize(
+                        [
+                            MISSING if props is None else resolve_path(props, parts)
+                            for props in column.properties
+                        ]
+                    )
+                found = memo[spec] = evaluate_column(values, test)
+            mask = found if mask is None else mask & found
+        return mask if mask is not None else np.ones(len(column.properties), np.bool_)
 
     def covers(self, ts_ms: int, at_ms: int) -> bool:
         """Whether an event at ``ts_ms`` is inside the window at ``at_ms``."""

@@ -12,7 +12,8 @@ second append of the same one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
 from personify.segments.tables import segment_members, segment_outbox
 from personify.store.statements import Statements, insert_without_id
 
-__all__ = ["MEMBERSHIP_SOURCE", "MembershipChanges"]
+__all__ = ["MEMBERSHIP_SOURCE", "MembershipChanges", "event_payload"]
 
 # the sourceId of the events Personify writes about memberships
 MEMBERSHIP_SOURCE = "personify-segments"
@@ -39,15 +40,36 @@ def _message_id(name: str, key: str, version: int, profile_id: str, when: str) -
     return "seg-" + xxhash.xxh3_128_hexdigest(text.encode())
 
 
+# the columns of the rows each list of ``MembershipChanges`` holds, in the order of its tuples
+_ENTRY_COLUMNS = (
+    "segment_key",
+    "profile_id",
+    "segment_version",
+    "entered_at",
+    "entry_reason",
+    "exited_at",
+    "exit_reason",
+)
+_EXIT_COLUMNS = ("b_id", "b_exited", "b_reason")
+_EVENT_COLUMNS = ("partition_key", "message_id", "payload")
+_CONTEXT = {"library": {"name": "personify", "version": "segments"}}
+
+
 @dataclass
 class MembershipChanges:
-    """The entries, exits and events of one transaction, written with ``flush``."""
+    """The entries, exits and events of one transaction, written with ``flush``: rows as
+    tuples (a batch makes tens of thousands; no dict each), one list per statement."""
 
     at: datetime
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    exits: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    exits: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
     _when: str = field(default="", repr=False)
+    # the JSON around each event's messageId and profile id, by name, segment, version
+    # and reason
+    _pieces: dict[tuple[str, str, int, str], tuple[str, str]] = field(
+        default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         # every event of a transaction happens at its one time: formatted once
@@ -55,64 +77,96 @@ class MembershipChanges:
 
     def enter(self, profile_id: str, is_user: bool, key: str, version: int, reason: str) -> None:
         """``profile_id`` enters segment ``key``."""
-        self.entries.append(
-            {
-                "segment_key": key,
-                "profile_id": profile_id,
-                "segment_version": version,
-                "entered_at": self.at,
-                "entry_reason": reason,
-                "exited_at": None,
-                "exit_reason": None,
-            }
-        )
+        self.entries.append((key, profile_id, version, self.at, reason, None, None))
         self._event(SEGMENT_ENTERED, profile_id, is_user, key, version, reason)
 
     def exit(
         self, row_id: int, profile_id: str, is_user: bool, key: str, version: int, reason: str
     ) -> None:
         """The open membership ``row_id`` of ``profile_id`` in ``key`` ends."""
-        self.exits.append({"b_id": row_id, "b_exited": self.at, "b_reason": reason})
+        self.exits.append((row_id, self.at, reason))
         self._event(SEGMENT_EXITED, profile_id, is_user, key, version, reason)
 
     def close_quietly(self, row_ids: Iterable[int], reason: str) -> None:
         """End memberships without an event (a merge left a profile in a segment twice)."""
         for row_id in row_ids:
-            self.exits.append({"b_id": row_id, "b_exited": self.at, "b_reason": reason})
+            self.exits.append((row_id, self.at, reason))
 
     def _event(
         self, name: str, profile_id: str, is_user: bool, key: str, version: int, reason: str
     ) -> None:
         when = self._when
         message_id = _message_id(name, key, version, profile_id, when)
-        payload: dict[str, Any] = {
-            "type": "track",
-            "event": name,
-            "messageId": message_id,
-            # a profile named by an anonymousId gets it back as one: sent as a userId it would
-            # become one, and change which id names the profile when the user identifies
-            ("userId" if is_user else "anonymousId"): profile_id,
-            "properties": {"segment": key, "version": version, "reason": reason},
-            "context": {"library": {"name": "personify", "version": "segments"}},
-            "timestamp": when,
-            "originalTimestamp": when,
-            "receivedAt": when,
-            "sentAt": when,
-            "sourceId": MEMBERSHIP_SOURCE,
-        }
-        self.events.append(
-            {
-                "partition_key": profile_id,
-                "message_id": message_id,
-                "payload": _encode(payload).decode(),
-            }
-        )
+        # the JSON of the event as ``event_payload`` encodes it, made from pieces encoded once
+        # per segment, version and reason: only the profile's id is encoded per event
+        pieces = self._pieces.get((name, key, version, reason))
+        if pieces is None:
+            whole = _encode(event_payload(name, "", False, key, version, reason, when)).decode()
+            head, _, tail = whole.partition('"messageId":"",')
+            pieces = self._pieces[(name, key, version, reason)] = (
+                head + '"messageId":',
+                tail[tail.index(",") :],
+            )
+        head, tail = pieces
+        # a profile named by an anonymousId gets it back as one: sent as a userId it would
+        # become one, and change which id names the profile when the user identifies
+        named = '","userId":' if is_user else '","anonymousId":'
+        payload = f'{head}"{message_id}{named}{_encode(profile_id).decode()}{tail}'
+        self.events.append((profile_id, message_id, payload))
 
     def flush(self, conn: sa.Connection) -> None:
         """Write the rows and the outbox with ``conn`` (in the caller's transaction)."""
-        _STATEMENTS.run(conn, "exit", _exit, self.exits)
-        _STATEMENTS.run(conn, "enter", _enter, self.entries)
-        _STATEMENTS.run(conn, "outbox", _outbox, self.events)
+        _run(conn, "exit", _exit, _EXIT_COLUMNS, self.exits)
+        _run(conn, "enter", _enter, _ENTRY_COLUMNS, self.entries)
+        _run(conn, "outbox", _outbox, _EVENT_COLUMNS, self.events)
+
+
+def event_payload(
+    name: str, profile_id: str, is_user: bool, key: str, version: int, reason: str, when: str
+) -> dict[str, Any]:
+    """The track event of an entry or exit (``name``) of ``profile_id`` in ``key``."""
+    return {
+        "type": "track",
+        "event": name,
+        "messageId": _message_id(name, key, version, profile_id, when) if profile_id else "",
+        ("userId" if is_user else "anonymousId"): profile_id,
+        "properties": {"segment": key, "version": version, "reason": reason},
+        "context": _CONTEXT,
+        "timestamp": when,
+        "originalTimestamp": when,
+        "receivedAt": when,
+        "sentAt": when,
+        "sourceId": MEMBERSHIP_SOURCE,
+    }
+
+
+def _run(
+    conn: sa.Connection,
+    name: str,
+    build: Callable[[], sa.ClauseElement],
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+) -> None:
+    """One ``executemany`` of ``rows`` (tuples in ``columns`` order), bind processors applied
+    a column at a time (the datetimes: one object per transaction, processed once)."""
+    if not rows:
+        return
+    compiled = _STATEMENTS.compiled(conn, name, build)
+    processors = compiled.processors
+    params: list[Any] = rows
+    if processors:
+        values = [list(column) for column in zip(*rows, strict=True)]
+        for i, column_name in enumerate(columns):
+            process = processors.get(column_name)
+            if process is not None:
+                values[i] = [process(value) for value in values[i]]
+        params = list(zip(*values, strict=True))
+    order = compiled.order
+    if order is None:
+        params = [dict(zip(columns, row, strict=True)) for row in params]
+    elif order != columns:
+        params = list(map(operator.itemgetter(*[columns.index(c) for c in order]), params))
+    conn.exec_driver_sql(compiled.sql, params)
 
 
 def _exit() -> sa.ClauseElement:

@@ -18,16 +18,23 @@ error. ``exists`` is the only operator that is true of a value of any kind.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "COUNT_OPERATORS",
     "MISSING",
     "OPERATORS",
+    "Factorized",
     "build_test",
     "canonical_operand",
     "check_operand",
+    "evaluate_column",
+    "factorize",
     "kind_of",
 ]
 
@@ -215,3 +222,44 @@ def _contains_test(value: Any) -> Test:
         return False
 
     return test
+
+
+# the value types whose equal values test alike: a column tests each distinct one once
+_HASHABLE: Final = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True, slots=True)
+class Factorized:
+    """A column of values as ``codes`` into its ``distinct`` values (an unhashable value,
+    a list or an object, is a distinct value of its own)."""
+
+    codes: npt.NDArray[np.int64]
+    distinct: list[Any]
+
+
+def factorize(values: Sequence[Any]) -> Factorized:
+    """``values`` as codes into their distinct values, for ``evaluate_column``."""
+    index: dict[tuple[type, Any], int] = {}
+    distinct: list[Any] = []
+    codes = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        kind = type(value)
+        if kind in _HASHABLE or value is MISSING:
+            # keyed with the type: 1, 1.0 and True are one key of a dict, but not one value
+            # to the operators (a boolean is no number)
+            key = (kind, value)
+            code = index.get(key)
+            if code is None:
+                code = index[key] = len(distinct)
+                distinct.append(value)
+        else:
+            code = len(distinct)
+            distinct.append(value)
+        codes[i] = code
+    return Factorized(codes, distinct)
+
+
+def evaluate_column(column: Factorized, test: Test) -> npt.NDArray[np.bool_]:
+    """``test`` of every value of a factorized column, made once per distinct value."""
+    table = np.fromiter((bool(test(v)) for v in column.distinct), np.bool_, len(column.distinct))
+    return table[column.codes]

@@ -2,21 +2,23 @@
 
 ``SegmentStage`` runs in the transaction that stores a batch's profiles
 (``personify.profiles.batch.BatchStage``). It names the event counters the active rules read,
-so the batch keeps them in the profile states as it applies; then, for every touched profile,
-it evaluates each rule (a segment after the segments it reads) against the new state at the
-current time, and writes the difference from the profile's open memberships: entries, exits
-and their events (``personify.segments.membership``). A profile whose consent withdraws
+so the batch keeps them in the profile states as it applies; then it evaluates every rule (a
+segment after the segments it reads) against the touched profiles' new states at the current
+time, all profiles at once as columns (``personify.segments.columns``), and writes each
+profile's difference from its open memberships: entries, exits and their events
+(``personify.segments.membership``). A profile whose consent withdraws
 personalization is in no segment. It also records, per profile, when its windows next lose
 an event (``segment_due``), for the sweep (``personify.segments.sweep``).
 
-``evaluate_profile_segments`` and ``reconcile`` are shared with the sweep, which re-evaluates
-profiles whose windows slid without a new event from them.
+The sweep and the backfill evaluate a page of stored profiles the same way
+(``SegmentStage.evaluate_stored``). ``evaluate_profile_segments`` is the same answer for one
+profile, through each rule's compiled predicate: the reference the columns are tested
+against, and what the benchmark builds its sweep state with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +40,7 @@ from personify.profiles.features import FeatureSet
 from personify.profiles.predictions import read_predictions
 from personify.profiles.state import ProfileState, decode_state, evaluate_profile, state_text
 from personify.segments.clusterings import feature_vector
+from personify.segments.columns import BatchChange, ColumnPlan, is_affected
 from personify.segments.membership import MembershipChanges
 from personify.segments.predicates import EvaluationContext
 from personify.segments.repository import CompiledSegment, CompiledSegments, SegmentRepository
@@ -50,15 +53,6 @@ __all__ = ["SegmentStage", "evaluate_profile_segments", "reconcile"]
 _CHUNK = 500
 # event types that change counters and features only, unless their context carries traits
 _ACTIVITY_TYPES = frozenset({"track", "page", "screen"})
-
-
-@dataclass(frozen=True, slots=True)
-class BatchChange:
-    """What a batch changed of one profile, as far as rules can tell: the names of its new
-    events, and whether it may have changed anything else (traits, consent, ids)."""
-
-    names: frozenset[str]
-    everything: bool
 
 
 def batch_changes(batch: ProfileBatch, events_after: Sequence[int]) -> list[BatchChange]:
@@ -79,19 +73,6 @@ def batch_changes(batch: ProfileBatch, events_after: Sequence[int]) -> list[Batc
                 type(context) is dict and ("traits" in context or "consent" in context)
             )
     return [BatchChange(frozenset(n), e) for n, e in zip(names, everything, strict=True)]
-
-
-def _is_affected(segment: CompiledSegment, change: BatchChange, affected: set[str]) -> bool:
-    # traits and consent change only with ``everything``; predictions are scored again with
-    # every change of the profile, like features
-    predicate = segment.predicate
-    return (
-        predicate.reads_features
-        or predicate.reads_predictions
-        or bool(predicate.event_names & change.names)
-        or ("*" in predicate.event_names and bool(change.names))
-        or bool(predicate.segment_keys & affected)
-    )
 
 
 def evaluate_profile_segments(
@@ -128,7 +109,7 @@ def evaluate_profile_segments(
         affected |= compiled.cluster_keys
     todo: list[CompiledSegment] = []
     for segment in compiled.segments:
-        if change is None or _is_affected(segment, change, affected):
+        if change is None or is_affected(segment, change, affected):
             todo.append(segment)
             affected.add(segment.key)
     members = {key for key in current if key not in affected}
@@ -243,11 +224,18 @@ class SegmentStage:
         self._clock = clock or SystemClock()
         self._current = CompiledSegments()
         self._plan = CounterPlan()
+        self._column_plan = ColumnPlan(self._current)
 
     @property
     def plan(self) -> CounterPlan:
         """The counters of the rules as last read by ``counters``."""
         return self._plan
+
+    def _columns(self, compiled: CompiledSegments) -> ColumnPlan:
+        """The rules compiled for columns, again only when the definitions changed."""
+        if self._column_plan.compiled is not compiled:
+            self._column_plan = ColumnPlan(compiled)
+        return self._column_plan
 
     def counters(self, conn: sa.Connection) -> Sequence[CounterSpec]:
         """The counters of every active rule (read again when a definition changed)."""
@@ -330,32 +318,30 @@ class SegmentStage:
         if any(s.predicate.reads_predictions for s in compiled.segments):
             # the prediction stage ran first in this transaction: these are the new scores
             predictions = read_predictions(conn, [p.profile_id for p in profiles])
-        due: dict[str, int | None] = {}
-        for number, profile in enumerate(profiles):
-            state = profile.state
-            held = current.get(profile.profile_id, {})
-            change = (
-                changes_by_index[profile.index]
-                if changes_by_index is not None and not profile.merged_from
+        members = self._columns(compiled).evaluate(
+            [p.state for p in profiles],
+            self._features,
+            at_ms,
+            changes=[
+                changes_by_index[p.index]
+                if changes_by_index is not None and not p.merged_from
                 else None
-            )
-            members = evaluate_profile_segments(
-                state,
-                compiled,
-                self._features,
-                at_ms,
-                change=change,
-                current=held,
-                document=documents[number],
-                placed=placed[number],
-                predictions=predictions.get(profile.profile_id),
-            )
+                for p in profiles
+            ],
+            current=[current.get(p.profile_id, {}) for p in profiles],
+            documents=documents,
+            placed=placed,
+            predictions=[predictions.get(p.profile_id) for p in profiles],
+        )
+        due: dict[str, int | None] = {}
+        for profile, member_of in zip(profiles, members, strict=True):
+            state = profile.state
             reconcile(
                 changes,
                 profile.profile_id,
                 state,
-                held,
-                members,
+                current.get(profile.profile_id, {}),
+                member_of,
                 compiled,
                 self._features,
                 reason,

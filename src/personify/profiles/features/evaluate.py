@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, format_ms
@@ -78,16 +78,29 @@ def _feature_values(
     }
 
 
-def evaluate_features(state: FeatureState, features: FeatureSet, as_of_ms: int) -> dict[str, Any]:
-    """Every definition's value per window at ``as_of_ms`` (grouped ones nest by group)."""
+def evaluate_features(
+    state: FeatureState,
+    features: FeatureSet,
+    as_of_ms: int,
+    *,
+    only: Mapping[str, Collection[str] | None] | None = None,
+) -> dict[str, Any]:
+    """Every definition's value per window at ``as_of_ms`` (grouped ones nest by group);
+    with ``only``, just the definitions it names, and of a grouped one just the groups it
+    lists (``None``: every group)."""
     result: dict[str, Any] = {}
     for feature in features.features:
+        if only is not None and feature.name not in only:
+            continue
         groups = state.get(feature.name, {})
         if feature.group_by is None:
             result[feature.name] = _feature_values(feature, groups.get(""), as_of_ms)
         else:
+            wanted = only.get(feature.name) if only is not None else None
             result[feature.name] = {
-                key: _feature_values(feature, groups[key], as_of_ms) for key in sorted(groups)
+                key: _feature_values(feature, groups[key], as_of_ms)
+                for key in sorted(groups)
+                if wanted is None or key in wanted
             }
     return result
 
@@ -99,16 +112,19 @@ def evaluate_affinities(
     *,
     latest_ms: int,
     top: int = 20,
+    dimensions: Collection[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Decayed scores: each day's weight halves every ``affinity_half_life_days`` behind as_of.
 
     Days beyond the retention behind ``latest_ms`` (the profile's latest event) count for
-    nothing, whether or not they were compacted away yet.
+    nothing, whether or not they were compacted away yet. With ``dimensions``, only those.
     """
     result: dict[str, dict[str, float]] = {}
     half_life = features.half_life_ms
     oldest = latest_ms // MS_PER_DAY - features.affinity_keep_days
     for dimension in sorted(state):
+        if dimensions is not None and dimension not in dimensions:
+            continue
         scores: list[tuple[float, str]] = []
         for value, days in state[dimension].items():
             score = 0.0
