@@ -266,36 +266,15 @@ class DecisionEngine:
         ranked = sorted(eligible, key=lambda c: (-c.priority, c.id))[
             : min(limit or spec.limit, MAX_LIMIT)
         ]
-        items = []
-        for rank, candidate in enumerate(ranked):
-            variant, share, content = _choose_variant(candidate, unit)
-            items.append(
-                {
-                    "id": candidate.id,
-                    "version": candidate.version,
-                    "variant": variant,
-                    "score": float(candidate.priority),
-                    "probability": share,
-                    "rank": rank,
-                    "content": content,
-                }
-            )
+        items = [
+            _shown_item(candidate, unit, float(candidate.priority), 1.0, rank)
+            for rank, candidate in enumerate(ranked)
+        ]
         fallback = not items
         if fallback:
             default = snapshot.items.get(spec.default_item) if spec.default_item else None
             if default is not None:
-                variant, share, content = _choose_variant(default, unit)
-                items.append(
-                    {
-                        "id": default.id,
-                        "version": default.version,
-                        "variant": variant,
-                        "score": 0.0,
-                        "probability": share,
-                        "rank": 0,
-                        "content": content,
-                    }
-                )
+                items.append(_shown_item(default, unit, 0.0, 1.0, 0))
         return {
             "placement": spec.id,
             "segments": sorted(members),
@@ -439,7 +418,10 @@ class DecisionEngine:
                 for item_id in user.view.recommended
                 if item_id in snapshot.items and item_id not in own
             ]
-            more, more_excluded, more_matched = self._eligible(extra, user, now, shown, context)
+            # the recommended items outside the placement, judged the same way
+            more, more_excluded, more_matched = _eligible_columns(
+                PlacementColumns(tuple(extra)), user, datetime_ms(now), shown, wanted_locale, trace
+            )
             eligible.extend(more)
             excluded.extend(more_excluded)
             matched.update(more_matched)
@@ -486,75 +468,11 @@ class DecisionEngine:
             return self._fallback(snapshot, spec, "no_eligible_items", unit, shown, details)
         items = []
         for rank, entry in enumerate(chosen):
-            variant, share, content = _choose_variant(entry.candidate, unit)
             shown.add(entry.candidate.id)
-            category = entry.candidate.category
-            if category is not None:
-                categories.add(category)
-            items.append(
-                {
-                    "id": entry.candidate.id,
-                    "version": entry.candidate.version,
-                    "variant": variant,
-                    "score": entry.score,
-                    "probability": round(entry.probability * share, 6),
-                    "rank": rank,
-                    "content": content,
-                }
-            )
+            if entry.candidate.category is not None:
+                categories.add(entry.candidate.category)
+            items.append(_shown_item(entry.candidate, unit, entry.score, entry.probability, rank))
         return _answer(items, spec.strategy, None, details)
-
-    def _eligible(
-        self,
-        candidates: Sequence[Candidate],
-        user: _User,
-        now: datetime,
-        shown: set[str],
-        context: Mapping[str, Any],
-    ) -> tuple[list[Candidate], list[dict[str, str]], dict[str, Any]]:
-        view = user.view
-        evaluation = EvaluationContext(
-            traits=view.traits,
-            features=view.features,
-            segments=view.segments,
-            predictions=view.predictions,
-        )
-        locale = context.get("locale")
-        eligible: list[Candidate] = []
-        excluded: list[dict[str, str]] = []
-        matched: dict[str, Any] = {}
-        for candidate in candidates:
-            reason = None
-            if candidate.id in shown:
-                reason = "shown_in_another_placement"
-            elif candidate.start is not None and now < candidate.start:
-                reason = "not_started"
-            elif candidate.end is not None and now >= candidate.end:
-                reason = "ended"
-            elif not locale_matches(locale if isinstance(locale, str) else None, candidate.locale):
-                reason = "locale_not_matched"
-            elif candidate.type == "product" and candidate.id in user.bought:
-                reason = "already_bought"
-            elif candidate.frequency_cap is not None and (
-                user.exposures.get(candidate.id, 0) >= candidate.frequency_cap[0]
-            ):
-                reason = "frequency_cap"
-            if reason is None and candidate.segments:
-                hits = sorted(set(candidate.segments) & view.segments)
-                if not hits:
-                    reason = "segments_not_matched"
-                else:
-                    matched.setdefault(candidate.id, {})["segments"] = hits
-            if reason is None and candidate.condition is not None:
-                if candidate.condition.evaluate(evaluation):
-                    matched.setdefault(candidate.id, {})["condition"] = True
-                else:
-                    reason = "condition_not_matched"
-            if reason is None:
-                eligible.append(candidate)
-            else:
-                excluded.append({"id": candidate.id, "reason": reason})
-        return eligible, excluded, matched
 
     def _fallback(
         self,
@@ -571,17 +489,8 @@ class DecisionEngine:
         if default is None:
             trace["default"] = "none" if spec.default_item is None else "not_published"
             return _answer([], spec.strategy if reason is None else None, reason, trace)
-        variant, share, content = _choose_variant(default, unit)
         shown.add(default.id)
-        item = {
-            "id": default.id,
-            "version": default.version,
-            "variant": variant,
-            "score": 0.0,
-            "probability": share,
-            "rank": 0,
-            "content": content,
-        }
+        item = _shown_item(default, unit, 0.0, 1.0, 0)
         return _answer([item], spec.strategy if reason is None else None, reason, trace)
 
     # -- the exposure ------------------------------------------------------------------------
@@ -759,6 +668,23 @@ def _diversify(ranked: list[Ranked], categories: set[str]) -> list[Ranked]:
     fresh = [r for r in ranked if r.candidate.category not in categories]
     repeated = [r for r in ranked if r.candidate.category in categories]
     return fresh + repeated
+
+
+def _shown_item(
+    candidate: Candidate, unit: str, score: float, probability: float, rank: int
+) -> dict[str, Any]:
+    """An item as the answer shows it: its variant for this user, and the chance it was
+    shown here (the strategy's odds times the variant's share)."""
+    variant, share, content = _choose_variant(candidate, unit)
+    return {
+        "id": candidate.id,
+        "version": candidate.version,
+        "variant": variant,
+        "score": score,
+        "probability": round(probability * share, 6),
+        "rank": rank,
+        "content": content,
+    }
 
 
 def _answer(
