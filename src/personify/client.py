@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -44,6 +44,7 @@ from personify.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
+from personify.experiments.assignment import Assigner, Assignment
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_EVENT_BYTES", "Client", "ErrorCallback"]
 
@@ -63,6 +64,8 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_EVENT_BYTES = 32 * 1024
 # the most items GET /v1/recommendations gives in one answer
 MAX_RECOMMENDATIONS = 100
+# the exposures assign() remembers having tracked (oldest forgotten first)
+_MAX_TRACKED = 100_000
 # the collector measures an event once it has added its own fields (receivedAt, sourceId,
 # the corrected timestamps) and hashed PII, which makes it longer than the client sent it
 _EVENT_HEADROOM_BYTES = 1024
@@ -215,6 +218,7 @@ class Client:
         timeout_s: float = 5.0,
         max_retries: int = 5,
         decide_timeout_s: float = 0.25,
+        experiments_refresh_s: float = 60.0,
         on_error: ErrorCallback | None = None,
     ) -> None:
         if not write_key:
@@ -227,6 +231,7 @@ class Client:
             ("flush_interval_s", flush_interval_s),
             ("timeout_s", timeout_s),
             ("decide_timeout_s", decide_timeout_s),
+            ("experiments_refresh_s", experiments_refresh_s),
         ):
             if not value > 0:
                 raise ConfigurationError(f"{name} must be positive, not {value!r}")
@@ -240,7 +245,14 @@ class Client:
         self.max_queue = max_queue
         self.max_retries = max_retries
         self.decide_timeout_s = decide_timeout_s
+        self.experiments_refresh_s = experiments_refresh_s
         self._on_error = on_error
+        # the running experiments for assign(), and when they were fetched (monotonic)
+        self._assigner: Assigner | None = None
+        self._assigner_at = -float("inf")
+        self._assigner_lock = threading.Lock()
+        # (experiment, unit, variant) whose exposure was tracked already by this process
+        self._tracked: dict[tuple[str, str, str], None] = {}
         agent = _library_version()
         self._library = {"name": "personify-python", "version": agent}
         headers = {"user-agent": f"personify-python/{agent}", "content-type": "application/json"}
@@ -630,6 +642,92 @@ class Client:
         if answer is not _NO_ANSWER:
             self._report(_bad_answer("/v1/decide"), [])
         return fallback
+
+    def assign(
+        self,
+        experiment: str,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        sticky: MutableMapping[str, str] | None = None,
+        track: bool = True,
+    ) -> Assignment | None:
+        """The variant of running ``experiment`` for a user, computed in-process (no call
+        per assignment): the same deterministic hash of (seed, unit) the server uses, with
+        the unit the ``user_id`` when given, else the ``anonymous_id`` (docs/experiments.md).
+
+        The running experiments are fetched with the client's ``api_key`` and refreshed every
+        ``experiments_refresh_s``; until the first fetch succeeds every call returns
+        ``None`` (not in the experiment), as do an unknown or stopped experiment and a user
+        outside its coverage or namespace range. Targeting is not applied here (it needs
+        the profile: use ``decide`` for targeted experiments), nor bandit allocations.
+
+        ``sticky`` is the caller's own store (a session, a cookie's dict): a variant once
+        given is kept there, whatever the weights say later; with both ids, a variant
+        stored under the anonymous id follows the user. With ``track`` (default), the first
+        assignment of each user and variant in this process sends an ``Experiment Viewed``
+        event, so that the server keeps it sticky and can analyse the experiment."""
+        unit = user_id or anonymous_id
+        if not unit:
+            raise ValidationError(
+                "give a user_id or an anonymous_id",
+                code="missing_user",
+                details={"field": "userId"},
+            )
+        assigner = self._experiments()
+        if assigner is None:
+            return None
+        aliases = [anonymous_id] if user_id and anonymous_id else []
+        assignment = assigner.assign(experiment, unit, sticky=sticky, aliases=aliases)
+        if assignment is not None and track:
+            seen = (experiment, unit, assignment.variant)
+            if seen not in self._tracked:
+                if len(self._tracked) >= _MAX_TRACKED:
+                    self._tracked.pop(next(iter(self._tracked)))
+                self._tracked[seen] = None
+                self.track(
+                    user_id,
+                    "Experiment Viewed",
+                    anonymous_id=anonymous_id,
+                    properties={
+                        "experiment_id": experiment,
+                        "variation_id": assignment.variant,
+                        "phase": assigner.phase(experiment),
+                        "probability": assignment.probability,
+                    },
+                )
+        return assignment
+
+    def _experiments(self) -> Assigner | None:
+        """The running experiments, fetched again when older than the refresh interval (a
+        failed fetch keeps the last ones, and is retried at the next interval)."""
+        now = time.monotonic()
+        if now - self._assigner_at < self.experiments_refresh_s:
+            return self._assigner
+        with self._assigner_lock:
+            if now - self._assigner_at < self.experiments_refresh_s:
+                return self._assigner
+            self._assigner_at = now
+            if self.api_key is None:
+                raise ConfigurationError(
+                    "assign() needs an API key: Client(..., api_key=...) (personify keys create)"
+                )
+            answer = self._call(
+                "GET",
+                "/v1/experiments",
+                self.decide_timeout_s * 4,
+                params={"status": "running"},
+                api_key_only=True,
+            )
+            listed = answer.get("data") if isinstance(answer, dict) else None
+            if isinstance(listed, list):
+                try:
+                    self._assigner = Assigner.from_definitions(listed)
+                except ValidationError as exc:
+                    self._report(exc, [])
+            elif answer is not _NO_ANSWER:
+                self._report(_bad_answer("/v1/experiments"), [])
+            return self._assigner
 
     def recommend(
         self,

@@ -15,7 +15,6 @@ from personify.auth.revocations import RevocationListener
 from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
 from personify.content.catalog import ContentCatalog
-from personify.content.exposures import record_exposures
 from personify.content.learning import ProductStage
 from personify.content.webhooks import WebhookDeliverer, WebhookRepository
 from personify.decide.engine import DecisionEngine
@@ -23,9 +22,13 @@ from personify.decide.snapshot import CatalogCache
 from personify.eventlog.base import EventLog, open_eventlog
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer
+from personify.experiments.exposures import ExperimentStage, record_decisions
+from personify.experiments.repository import ExperimentRepository
+from personify.experiments.service import ExperimentService
 from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
 from personify.jobs.content import content_jobs
+from personify.jobs.experiments import experiment_jobs
 from personify.jobs.predictions import prediction_jobs
 from personify.jobs.recommend import recommend_jobs
 from personify.jobs.retention import retention_jobs
@@ -97,6 +100,7 @@ class Runtime:
     content: ContentCatalog
     decisions: DecisionEngine
     recommendations: RecommendationService
+    experiments: ExperimentService
     webhooks: WebhookRepository
     webhook_deliverer: WebhookDeliverer
     # trains the learned recommendation index on the lake
@@ -148,6 +152,7 @@ class Runtime:
                 prediction_stage,
                 segment_stage,
                 ProductStage(content),
+                ExperimentStage(),
                 # after the segments: popularity per segment reads the memberships just written
                 *([RecommendationStage(features, clock=clock)] if settings.recommend_live else []),
             ],
@@ -160,7 +165,7 @@ class Runtime:
             profiles=profiles,
             heartbeats=heartbeats,
             after_batch=[relay.flush],
-            record_exposures=functools.partial(record_exposures, db),
+            record_exposures=functools.partial(record_decisions, db),
             clock=clock,
         )
         sweep = SegmentSweep(db, segment_stage, clock=clock)
@@ -224,6 +229,11 @@ class Runtime:
             model=settings.recommend_model,
             size=settings.recommend_index_size,
         )
+        experiments = ExperimentService(
+            ExperimentRepository(db, clock=clock),
+            functools.partial(open_warehouse, settings, db),
+            clock=clock,
+        )
         lake_sink = (
             LakeSink.from_settings(settings, log, db=db, clock=clock)
             if settings.run_lake_sink
@@ -278,6 +288,7 @@ class Runtime:
                 clock=clock,
             ),
             recommendations=recommendations,
+            experiments=experiments,
             webhooks=WebhookRepository(db, clock=clock),
             webhook_deliverer=webhook_deliverer,
             recommend_indexer=recommend_indexer,
@@ -290,6 +301,7 @@ class Runtime:
                     *prediction_jobs(settings, rescore, relay, monitor, trainer, clock),
                     *content_jobs(settings, webhook_deliverer, db, clock),
                     *recommend_jobs(settings, recommend_indexer, db, clock),
+                    *experiment_jobs(settings, experiments),
                 ],
                 clock=clock,
             ),
@@ -346,9 +358,14 @@ class Runtime:
         self.db.dispose()
 
 
+def open_warehouse(settings: Settings, db: Database) -> Warehouse:
+    """The warehouse over the lake at its newest version (users as the state's profiles)."""
+    return Warehouse(Lake.from_settings(settings), profiles=StateProfiles(db))
+
+
 def run_rfm(settings: Settings, db: Database, runner: RfmRunner) -> RfmRunResult:
     """An RFM run over the lake at its newest version (users as the state's profiles)."""
-    with Warehouse(Lake.from_settings(settings), profiles=StateProfiles(db)) as warehouse:
+    with open_warehouse(settings, db) as warehouse:
         return runner.run(warehouse)
 
 

@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     recommend_train_interval_s: float = Field(default=86_400.0, gt=0.0)
     recommend_model: Literal["auto", "ease", "als", "bpr"] = "auto"
     recommend_index_size: int = Field(default=100, ge=1, le=1000)
+    # serve recomputes every running bandit's traffic allocation from the lake this often
+    experiments_bandit_interval_s: float = Field(default=600.0, gt=0.0)
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

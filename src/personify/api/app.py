@@ -25,6 +25,7 @@ from personify.api.admin import admin_router
 from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.content import content_router
+from personify.api.experiments import experiments_router
 from personify.api.decide import decide_router
 from personify.api.demo_page import demo_shop
 from personify.api.documents import ErrorDocument, Health, Readiness
@@ -93,6 +94,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "content": value(runtime.content),
         "decisions": value(runtime.decisions),
         "recommendations": value(runtime.recommendations),
+        "experiments": value(runtime.experiments),
         "api_keys": value(runtime.api_keys),
         "sources": value(runtime.sources),
         "prometheus": value(metrics_registry(runtime)),
@@ -144,6 +146,7 @@ def create_app(
             model_router(),
             webhook_router(),
             content_router(),
+            experiments_router(),
             decide_router(),
             demo_shop,
             recommend_router(),

@@ -119,6 +119,13 @@ class DecidedPlacement(msgspec.Struct, omit_defaults=True):
             "segments_unavailable, catalog_unavailable, unknown_placement, no_eligible_items"
         ),
     ] = None
+    experiment: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(
+            description="the running experiment that chose what this placement shows: "
+            "{key, variant, phase, probability} (and context, for a bandit)"
+        ),
+    ] = None
     trace: Annotated[
         dict[str, Any] | None,
         msgspec.Meta(description="candidates, excluded (id, reason), matched, scores"),
@@ -223,6 +230,8 @@ def _public(decision: dict[str, Any]) -> dict[str, Any]:
                 "items": placement["items"],
                 "strategy": placement["strategy"],
                 "fallback": placement["fallback"],
+                # the page's own analytics may report the variant it shows
+                **({"experiment": placement["experiment"]} if "experiment" in placement else {}),
             }
             for key, placement in decision["placements"].items()
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -163,6 +164,16 @@ DEMO_CATALOG: dict[str, Any] = {
             "targeting": {"segments": ["shoe-fans"]},
         },
         {
+            "id": "hero-delivery",
+            "type": "banner",
+            "fields": {
+                "title": "Free delivery on every order this week",
+                "text": "The experiment hero-copy shows this banner to half of the visitors.",
+                "url": "#products",
+            },
+            "placements": [],
+        },
+        {
             "id": "recs-hint",
             "type": "banner",
             "fields": {"name": "View a product to get recommendations", "category": "hint"},
@@ -188,6 +199,36 @@ DEMO_CATALOG: dict[str, Any] = {
 }
 
 
+# the demo page's experiment: the hero banner as configured against a free-delivery banner,
+# judged on purchases within a week of the first exposure, with revenue as a guardrail
+DEMO_EXPERIMENT: dict[str, Any] = {
+    "key": "hero-copy",
+    "name": "Hero banner: free delivery",
+    "hypothesis": "Promising free delivery in the hero banner makes more visitors buy",
+    "placements": ["hero"],
+    "variants": [
+        {"key": "control", "weight": 1},
+        {"key": "delivery", "weight": 1, "placements": {"hero": {"items": ["hero-delivery"]}}},
+    ],
+    "metrics": {
+        "primary": [
+            {"key": "purchase", "type": "conversion", "event": "Order Completed", "windowDays": 7}
+        ],
+        "guardrails": [
+            {
+                "key": "revenue",
+                "type": "sum",
+                "event": "Order Completed",
+                "property": "revenue",
+                "windowDays": 7,
+                "cap": {"percentile": 0.99},
+            }
+        ],
+    },
+    "analysis": {"method": "sequential", "alpha": 0.05},
+}
+
+
 def seed(services: Runtime) -> None:
     """Create the demo source, admin key and segments if they are not there yet."""
     with contextlib.suppress(Conflict):
@@ -198,6 +239,11 @@ def seed(services: Runtime) -> None:
         with contextlib.suppress(Conflict):
             services.segments.create(key, name=name, condition=condition)
     seed_catalog(services)
+    repository = services.experiments.repository
+    with contextlib.suppress(Conflict):
+        repository.create(DEMO_EXPERIMENT)
+    if repository.get(DEMO_EXPERIMENT["key"])["status"] != "running":
+        repository.start(DEMO_EXPERIMENT["key"])
 
 
 def seed_catalog(services: Runtime) -> None:
@@ -267,6 +313,59 @@ async def _show_decide(base_url: str, echo: Callable[[str], None]) -> None:
         "  and view two shoes: the banner turns to shoes (segment shoe-fans) and the "
         "recommendations follow what you viewed"
     )
+    echo("")
+
+
+async def _expose_visitors(base_url: str, echo: Callable[[str], None], visitors: int = 400) -> None:
+    """Visitors land on the demo page (decided as the browser does); those the banner
+    convinces buy: 9% of control, 14% of the free-delivery variant (a seeded draw)."""
+    draw = random.Random(7)
+    orders = []
+    async with httpx.AsyncClient(
+        base_url=base_url, auth=(DEMO_WRITE_KEY, ""), timeout=10
+    ) as client:
+        for number in range(visitors):
+            visitor = f"demo-visitor-{number}"
+            body = {"anonymousId": visitor, "placements": [{"id": "hero"}]}
+            response = await client.post("/v1/decide", json=body)
+            response.raise_for_status()
+            experiment = response.json()["placements"]["hero"].get("experiment") or {}
+            rate = 0.14 if experiment.get("variant") == "delivery" else 0.09
+            if draw.random() < rate:
+                orders.append(
+                    {
+                        "type": "track",
+                        "anonymousId": visitor,
+                        "event": "Order Completed",
+                        "properties": {"revenue": round(draw.uniform(20, 120), 2)},
+                    }
+                )
+        if orders:
+            response = await client.post("/v1/batch", json={"batch": orders})
+            response.raise_for_status()
+    echo(
+        f"Experiment {DEMO_EXPERIMENT['key']} runs on the demo page's hero banner: {visitors} "
+        f"visitors were decided through POST /v1/decide and {len(orders)} of them bought"
+    )
+
+
+async def _show_experiment(
+    services: Runtime, base_url: str, echo: Callable[[str], None], chart: Path
+) -> None:
+    """The experiment's report from the lake, as ``personify experiments report`` prints
+    it, and its chart as an HTML file."""
+    from personify.cli.experiments import render_text
+    from personify.experiments.service import chart_html
+
+    key = DEMO_EXPERIMENT["key"]
+    results = await asyncio.to_thread(services.experiments.results, key, daily=True)
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    chart.write_text(chart_html(results), encoding="utf-8")
+    echo(f"  personify experiments report {key}")
+    for line in render_text(results).splitlines():
+        echo(f"  {line}")
+    echo(f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/experiments/{key}/results")
+    echo(f"  the report with its chart: {chart}")
     echo("")
 
 
@@ -787,6 +886,7 @@ def run_demo(
             )
             echo("")
             await _show_decide(base_url, echo)
+            await _expose_visitors(base_url, echo)
         if settings.run_worker and settings.run_lake_sink and await _wait_for_lake(services):
             echo("Every event is also in the Delta Lake; the warehouse queries it with SQL:")
             echo(f'  personify sql "{DEMO_QUERY}"')
@@ -795,6 +895,10 @@ def run_demo(
             await _show_rfm(services, base_url, echo)
             await _show_clustering(services, base_url, echo)
             await _show_predictions(services, base_url, echo)
+            if profile is not None:
+                await _show_experiment(
+                    services, base_url, echo, settings.data_dir / "reports" / "hero-copy.html"
+                )
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")

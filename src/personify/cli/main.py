@@ -15,6 +15,7 @@ from personify.cli.context import CliContext, PersonifyGroup, echo_json, pass_ct
 from personify.cli.db import db
 from personify.cli.decide import decide
 from personify.cli.events import events
+from personify.cli.experiments import experiments
 from personify.cli.imports import import_events
 from personify.cli.keys import keys, sources
 from personify.cli.lake import lake
@@ -170,6 +171,7 @@ for _command in (
     predict,
     content,
     decide,
+    experiments,
     recommend,
     webhooks,
     import_events,

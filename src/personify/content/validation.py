@@ -31,6 +31,7 @@ __all__ = [
     "check_id",
     "check_item",
     "check_placement",
+    "check_targeting",
     "schedule_bounds",
 ]
 
@@ -197,9 +198,11 @@ def _variants(problems: Problems, value: Any) -> list[dict[str, Any]]:
     return variants
 
 
-def _targeting(
+def check_targeting(
     problems: Problems, value: Any, segments: Mapping[str, Mapping[str, Any] | None] | None
 ) -> dict[str, Any] | None:
+    """Targeting as items and experiments write it (segments and/or a condition without
+    event leaves), problems recorded under ``/targeting``; ``None`` when there is none."""
     if value is None:
         return None
     at: Location = ("targeting",)
@@ -383,7 +386,7 @@ def check_item(
         "tags": _tags(problems, body.get("tags", [])),
         "placements": _placement_ids(problems, body.get("placements", []), placements),
         "variants": _variants(problems, body.get("variants", [])),
-        "targeting": _targeting(problems, body.get("targeting"), segments),
+        "targeting": check_targeting(problems, body.get("targeting"), segments),
         "priority": priority,
         "schedule": _schedule(problems, body.get("schedule")),
         "locale": locale,

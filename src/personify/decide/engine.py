@@ -13,6 +13,13 @@ The pipeline, per placement:
 5. **the answer**: the top ``limit``, each with its variant (a stable weighted choice per
    user), score, content and the probability it was chosen with.
 
+**Experiments.** A running experiment on the placement that takes the user (namespace,
+coverage, targeting) chooses their variant first (``personify.experiments``): the variant
+they were first exposed to when there is one (sticky), else the deterministic hash of
+(seed, unit), or for a bandit a draw from its current allocation. The variant's changes for
+the placement (items to show, another strategy, fields) apply, and the answer and the
+exposure event carry the experiment's key, variant, phase and the assignment's probability.
+
 **Failure is never an error.** An unknown user, a user whose consent withdraws
 personalization, and a state database or cache that is down are answered with each
 placement's default item, ``fallback: true`` and the reason. Only a request that is not a
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -56,6 +64,10 @@ from personify.decide.snapshot import (
 from personify.decide.strategies import STRATEGIES, Ranked, UserView, bucket
 from personify.errors import BackendUnavailable
 from personify.eventlog.base import EventLog, LogRecord
+from personify.experiments.assignment import assign_variant
+from personify.experiments.bandits import choose, context_of
+from personify.experiments.model import Override, RunningExperiment
+from personify.experiments.repository import sticky_assignments
 from personify.profiles.document import personalization_allowed
 from personify.profiles.events import datetime_ms
 from personify.profiles.features import FeatureSet
@@ -108,6 +120,8 @@ class _Facts(msgspec.Struct, array_like=True):
     segments: list[str]
     predictions: dict[str, Any] | None
     bought: list[str]
+    # experiment key -> (variant, phase) the profile was first exposed to
+    assignments: dict[str, tuple[str, int]] = msgspec.field(default_factory=dict)
 
 
 _decode_facts = msgspec.json.Decoder(_Facts).decode
@@ -121,6 +135,33 @@ class _User:
     fallback: str | None
     exposures: Mapping[str, int] = field(default_factory=dict)
     bought: frozenset[str] = frozenset()
+    assignments: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Arm:
+    """The variant of a running experiment this decision's user is in."""
+
+    experiment: RunningExperiment
+    variant: str
+    probability: float
+    context: str | None
+
+    def override(self, placement_id: str) -> Override | None:
+        """What the variant changes in the placement (``None``: nothing)."""
+        return self.experiment.overrides.get(self.variant, {}).get(placement_id)
+
+    def label(self) -> dict[str, Any]:
+        """The experiment as the answer and the exposure event carry it."""
+        found: dict[str, Any] = {
+            "key": self.experiment.key,
+            "variant": self.variant,
+            "phase": self.experiment.phase,
+            "probability": round(self.probability, 6),
+        }
+        if self.context is not None:
+            found["context"] = self.context
+        return found
 
 
 @functools.lru_cache(maxsize=4096)
@@ -214,11 +255,37 @@ class DecisionEngine:
         placements: dict[str, Any] = {}
         shown: set[str] = set()
         categories: set[str] = set()
+        arms: dict[str, _Arm | None] = {}
+        if (
+            snapshot is not None
+            and user.fallback == "unknown_user"
+            and any(p.id in snapshot.experiments for p in request.placements)
+        ):
+            # no profile yet, but perhaps exposed already (a visitor who only saw pages)
+            with contextlib.suppress(BackendUnavailable):
+                user.assignments = await asyncio.to_thread(self._sticky, request.identity)
         for wanted in request.placements:
             if wanted.id in placements:
                 continue
+            arm = (
+                self._arm(
+                    snapshot.experiments.get(wanted.id, ()), user, request.identity, rng, arms
+                )
+                if snapshot is not None
+                else None
+            )
             placements[wanted.id] = self._placement(
-                snapshot, wanted, user, unit, now, rng, shown, categories, request.context, trace
+                snapshot,
+                wanted,
+                user,
+                unit,
+                now,
+                rng,
+                shown,
+                categories,
+                request.context,
+                trace,
+                arm,
             )
         exposure_logged = (
             await self._expose(decision_id, request, user, placements, now) if expose else False
@@ -314,9 +381,10 @@ class DecisionEngine:
             # read the database, and fill nothing
             cached = INVALIDATED
         known = _decode_facts(cached) if cached is not None and cached != INVALIDATED else None
+        units = sorted({*state.all_ids(), loaded.profile_id})
         try:
             facts, exposures, recommended = await asyncio.to_thread(
-                self._read, loaded.profile_id, known, caps, now, recommending, exclude_seen
+                self._read, loaded.profile_id, known, caps, now, recommending, exclude_seen, units
             )
         except BackendUnavailable:
             return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
@@ -334,7 +402,7 @@ class DecisionEngine:
             predictions=facts.predictions,
             recommended=recommended,
         )
-        return _User(view, None, exposures, bought)
+        return _User(view, None, exposures, bought, facts.assignments)
 
     def _read(
         self,
@@ -344,11 +412,12 @@ class DecisionEngine:
         now: datetime,
         recommending: bool,
         exclude_seen: bool = True,
+        units: Sequence[str] = (),
     ) -> tuple[_Facts, dict[str, int], dict[str, tuple[float, str, str | None]]]:
         """What a decision reads beside the profile: its facts (from the database unless the
         cache had them), its exposures of the capped items, and (when a placement ranks by
         them) the recommender's items."""
-        facts = known if known is not None else self._facts(profile_id)
+        facts = known if known is not None else self._facts(profile_id, units or [profile_id])
         exposures = exposure_counts(self._db, profile_id, caps, now) if caps else {}
         recommended: dict[str, tuple[float, str, str | None]] = {}
         if recommending and self._recommendations is not None:
@@ -358,8 +427,9 @@ class DecisionEngine:
                 recommended[item.item_id] = (item.score, item.source, item.anchor)
         return facts, exposures, recommended
 
-    def _facts(self, profile_id: str) -> _Facts:
-        """The profile's segments and predictions (one connection), and what it bought."""
+    def _facts(self, profile_id: str, units: Sequence[str]) -> _Facts:
+        """The profile's segments, predictions and experiment assignments (by any of its
+        ids: ``units``) in one connection, and what it bought."""
         m = segment_members.c
         with self._db.connect() as conn:
             segments = sorted(
@@ -371,12 +441,37 @@ class DecisionEngine:
                 )
             )
             predictions = read_predictions(conn, [profile_id]).get(profile_id)
+            assignments = sticky_assignments(conn, units)
         bought = (
             self._recommendations.bought_items(profile_id)
             if self._recommendations is not None
             else []
         )
-        return _Facts(segments, predictions, bought)
+        return _Facts(segments, predictions, bought, assignments)
+
+    def _sticky(self, unit: str) -> dict[str, tuple[str, int]]:
+        with self._db.connect() as conn:
+            return sticky_assignments(conn, [unit])
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    def _arm(
+        self,
+        running: Sequence[RunningExperiment],
+        user: _User,
+        unit: str,
+        rng: random.Random,
+        arms: dict[str, _Arm | None],
+    ) -> _Arm | None:
+        """The first running experiment of a placement that takes the user, and their
+        variant in it (each experiment is entered once per decision, whatever it spans)."""
+        for experiment in running:
+            if experiment.key not in arms:
+                arms[experiment.key] = _enter(experiment, user, unit, rng)
+            arm = arms[experiment.key]
+            if arm is not None:
+                return arm
+        return None
 
     # -- one placement -----------------------------------------------------------------------
 
@@ -392,6 +487,32 @@ class DecisionEngine:
         categories: set[str],
         context: Mapping[str, Any],
         trace: bool = True,
+        arm: _Arm | None = None,
+    ) -> dict[str, Any]:
+        answer = self._fill(
+            snapshot, wanted, user, unit, now, rng, shown, categories, context, trace, arm
+        )
+        if arm is not None and snapshot is not None and wanted.id in snapshot.placements:
+            answer["experiment"] = arm.label()
+            override = arm.override(wanted.id)
+            if override is not None and override.fields:
+                for item in answer["items"]:
+                    item["content"] = {**item["content"], **override.fields}
+        return answer
+
+    def _fill(
+        self,
+        snapshot: CatalogSnapshot | None,
+        wanted: PlacementRequest,
+        user: _User,
+        unit: str,
+        now: datetime,
+        rng: random.Random,
+        shown: set[str],
+        categories: set[str],
+        context: Mapping[str, Any],
+        trace: bool,
+        arm: _Arm | None,
     ) -> dict[str, Any]:
         if snapshot is None:
             return _answer([], None, "catalog_unavailable", {"reason": "catalog_unavailable"})
@@ -399,6 +520,27 @@ class DecisionEngine:
         if spec is None:
             return _answer([], None, "unknown_placement", {"reason": "unknown_placement"})
         limit = min(wanted.limit or spec.limit, MAX_LIMIT)
+        override = arm.override(spec.id) if arm is not None else None
+        if override is not None and override.items:
+            # the variant's own items, whatever targeting says: the experiment targets
+            chosen_items = [
+                snapshot.items[item_id]
+                for item_id in override.items
+                if item_id in snapshot.items and item_id not in shown
+            ][:limit]
+            if chosen_items:
+                items = []
+                for rank, candidate in enumerate(chosen_items):
+                    shown.add(candidate.id)
+                    items.append(_shown_item(candidate, unit, float(candidate.priority), 1.0, rank))
+                chosen_trace: dict[str, Any] = (
+                    {"experimentItems": list(override.items)} if trace else {}
+                )
+                return _answer(items, "experiment", None, chosen_trace)
+        if override is not None and override.strategy is not None:
+            spec = dataclasses.replace(
+                spec, strategy=override.strategy, params=override.params or {}
+            )
         if user.fallback is not None:
             return self._fallback(snapshot, spec, user.fallback, unit, shown, {})
         columns = snapshot.columns.get(spec.id)
@@ -519,6 +661,7 @@ class DecisionEngine:
                         "strategy": answer["strategy"],
                         "fallback": answer["fallback"],
                         "reason": answer.get("reason"),
+                        **({"experiment": answer["experiment"]} if "experiment" in answer else {}),
                         "items": [
                             {
                                 key: item[key]
@@ -555,6 +698,55 @@ class DecisionEngine:
             logger.warning("decision %s: the exposure event was not logged", decision_id)
             return False
         return True
+
+
+def _enter(
+    experiment: RunningExperiment, user: _User, unit: str, rng: random.Random
+) -> _Arm | None:
+    """The user's variant in ``experiment``, or ``None`` when it does not take them."""
+    if not unit or user.fallback not in (None, "unknown_user"):
+        # without consent (or without the data to judge targeting) nobody is experimented on
+        return None
+    view = user.view
+    targeted = bool(experiment.segments) or experiment.condition is not None
+    if targeted and user.fallback is not None:
+        return None
+    if experiment.segments and not view.segments.intersection(experiment.segments):
+        return None
+    if experiment.condition is not None and not experiment.condition.evaluate(
+        EvaluationContext(
+            traits=view.traits,
+            features=view.features,
+            segments=view.segments,
+            predictions=view.predictions,
+        )
+    ):
+        return None
+    weights = dict(experiment.allocation.variants)
+    total = sum(weights.values())
+    if experiment.type == "bandit":
+        if assign_variant(experiment.allocation, unit) is None:
+            return None
+        context = (
+            context_of(view.segments, experiment.bandit_contexts)
+            if experiment.bandit_contexts
+            else "*"
+        )
+        shares = experiment.bandit_allocations.get(context) or experiment.bandit_allocations.get(
+            "*"
+        )
+        if not shares:
+            shares = {key: weight / total for key, weight in weights.items() if weight > 0}
+        arm, propensity = choose(shares, rng.random())
+        return _Arm(experiment, arm, propensity, context)
+    sticky = user.assignments.get(experiment.key)
+    if sticky is not None and sticky[0] in weights:
+        # exposed before: kept, whatever the weights, coverage or namespace say now
+        return _Arm(experiment, sticky[0], weights[sticky[0]] / total, None)
+    assigned = assign_variant(experiment.allocation, unit)
+    if assigned is None:
+        return None
+    return _Arm(experiment, assigned.variant, assigned.probability, None)
 
 
 # why a candidate is not eligible, by code (0: it is); the lowest code that applies is given,

@@ -2,8 +2,9 @@
 held in each process, and invalidated across processes through the ``Cache`` port.
 
 Every process keeps one ``CatalogSnapshot``: every published item's snapshot with its
-targeting compiled and its schedule read, grouped by placement. The catalog's revision
-(``personify.content.catalog.catalog_revision``) is kept in the cache under
+targeting compiled and its schedule read, grouped by placement, with the running
+experiments of each placement. The revision (the catalog's plus the experiments'; both only
+grow) is kept in the cache under
 ``content:revision`` with a short time to live. A change made through the API deletes that
 key, so every process sharing the cache (Redis for several API nodes) reads the new
 revision on its next decision and reloads; a change made elsewhere (the CLI, another
@@ -29,6 +30,8 @@ from personify.content.catalog import catalog_revision, published_items
 from personify.content.tables import placements as placements_table
 from personify.content.validation import schedule_bounds
 from personify.errors import BackendUnavailable
+from personify.experiments.model import RunningExperiment
+from personify.experiments.repository import experiments_revision, load_running
 from personify.segments.conditions import parse_window_ms
 from personify.segments.predicates import Predicate, compile_condition
 from personify.store.database import Database
@@ -164,6 +167,8 @@ class CatalogSnapshot:
     columns: Mapping[str, PlacementColumns] = field(default_factory=dict)
     # the items whose frequency is capped: id -> window (ms)
     caps: Mapping[str, int] = field(default_factory=dict)
+    # the running experiments of each placement they vary
+    experiments: Mapping[str, tuple[RunningExperiment, ...]] = field(default_factory=dict)
 
 
 def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candidate:
@@ -203,8 +208,9 @@ def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candi
 def load_snapshot(db: Database) -> CatalogSnapshot:
     """The published catalog now, compiled (one read transaction)."""
     with db.connect() as conn:
-        revision = catalog_revision(conn)
+        revision = _revision(conn)
         published = published_items(conn)
+        running = load_running(conn)
         rows = conn.execute(
             sa.select(placements_table.c.id, placements_table.c.document).where(
                 placements_table.c.status == "active"
@@ -235,7 +241,21 @@ def load_snapshot(db: Database) -> CatalogSnapshot:
         by_placement=grouped,
         columns={key: PlacementColumns(found) for key, found in grouped.items()},
         caps={c.id: c.frequency_cap[1] for c in items.values() if c.frequency_cap is not None},
+        experiments=_by_placement(running),
     )
+
+
+def _revision(conn: sa.Connection) -> int:
+    # both numbers only grow, so their sum changes whenever either does
+    return catalog_revision(conn) + experiments_revision(conn)
+
+
+def _by_placement(running: list[RunningExperiment]) -> dict[str, tuple[RunningExperiment, ...]]:
+    found: dict[str, list[RunningExperiment]] = {}
+    for experiment in sorted(running, key=lambda e: e.key):
+        for placement in experiment.placements:
+            found.setdefault(placement, []).append(experiment)
+    return {placement: tuple(listed) for placement, listed in found.items()}
 
 
 class CatalogCache:
@@ -300,7 +320,7 @@ class CatalogCache:
 
     def _read_revision(self) -> int:
         with self._db.connect() as conn:
-            return catalog_revision(conn)
+            return _revision(conn)
 
 
 def _stale(snapshot: CatalogSnapshot) -> CatalogSnapshot:
@@ -313,4 +333,5 @@ def _stale(snapshot: CatalogSnapshot) -> CatalogSnapshot:
         snapshot.by_placement,
         snapshot.columns,
         snapshot.caps,
+        snapshot.experiments,
     )

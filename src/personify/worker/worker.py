@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from personify.clock import Clock, SystemClock
-from personify.content.exposures import EXPOSURE_SOURCE, exposure_rows
+from personify.content.exposures import EXPOSURE_SOURCE
 from personify.errors import BackendUnavailable, Conflict, PersonifyError, ValidationError
 from personify.eventlog.base import EventLog, LogEntry
 from personify.profiles.events import ProfileEvent, view_event
@@ -159,13 +159,15 @@ class StreamWorker:
         max_deliveries: int = 5,
         heartbeat_s: float = 2.0,
         after_batch: Sequence[Callable[[], Awaitable[object]]] = (),
-        record_exposures: Callable[[Sequence[Mapping[str, Any]]], int] | None = None,
+        record_exposures: Callable[[Sequence[tuple[Mapping[str, Any], datetime]]], int]
+        | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._log = log
-        # keeps what the decision engine showed, for frequency caps (content.exposures)
+        # keeps what the decision engine showed (each exposure event and its time), for the
+        # frequency caps (content.exposures) and the experiments' sticky assignments
         self._record_exposures = record_exposures
-        self._exposures: list[dict[str, Any]] = []
+        self._exposures: list[tuple[Mapping[str, Any], datetime]] = []
         # run after each committed batch (the membership events' relay to the log)
         self._after_batch = tuple(after_batch)
         self._processor = processor
@@ -201,7 +203,8 @@ class StreamWorker:
         profiles: ProfileService | None = None,
         heartbeats: HeartbeatRepository | None = None,
         after_batch: Sequence[Callable[[], Awaitable[object]]] = (),
-        record_exposures: Callable[[Sequence[Mapping[str, Any]]], int] | None = None,
+        record_exposures: Callable[[Sequence[tuple[Mapping[str, Any], datetime]]], int]
+        | None = None,
         clock: Clock | None = None,
     ) -> StreamWorker:
         """A worker configured by the ``worker_*`` settings."""
@@ -354,7 +357,7 @@ class StreamWorker:
                 if source == EXPOSURE_SOURCE:
                     # what the decision engine showed: not the user's activity either; kept
                     # for the frequency caps
-                    self._exposures.extend(exposure_rows(event.data, _event_time(event.data)))
+                    self._exposures.append((event.data, _event_time(event.data)))
                     continue
                 readable.append(_Item(entry, event, text))
             except (UnicodeDecodeError, msgspec.DecodeError) as exc:

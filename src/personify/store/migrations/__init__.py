@@ -41,6 +41,7 @@ TABLE_MODULES = (
     "personify.predict.tables",
     "personify.content.tables",
     "personify.recommend.tables",
+    "personify.experiments.tables",
 )
 
 # the first revision: the schema as the pre-Alembic migrations left it

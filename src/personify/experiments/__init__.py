@@ -1,0 +1,1 @@
+"""A/B, multivariate and bandit experiments (docs/experiments.md)."""

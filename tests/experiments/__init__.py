@@ -1,0 +1,1 @@
+"""Tests of experiments: assignment, metrics, statistics, analysis and bandits."""
