@@ -514,6 +514,65 @@ def test_recommend_returns_items_viewed_together(server: ServerProcess, errors: 
         no_key.recommend(second)
 
 
+def test_assign_matches_the_servers_decisions_and_tracks_the_exposure(
+    server: ServerProcess, errors: Errors
+) -> None:
+    """A running experiment: the client assigns in-process exactly as /v1/decide does, keeps
+    a sticky variant after the weights change in a new phase, and its first assignment of a
+    user becomes an Experiment Viewed event the server keeps sticky."""
+    tag = uuid.uuid4().hex[:10]
+    placement, key = f"page-{tag}", f"exp-{tag}"
+    variants = [{"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}]
+    with httpx.Client(base_url=server.base_url, headers=admin(server), timeout=10) as api:
+        assert api.post("/v1/placements", json={"id": placement}).status_code in (200, 201)
+        made = api.post(
+            "/v1/experiments", json={"key": key, "placements": [placement], "variants": variants}
+        )
+        assert made.status_code in (200, 201), made.text
+        assert api.post(f"/v1/experiments/{key}/start").status_code == 200
+    session: dict[str, str] = {}
+    with client_for(server.base_url, server.write_key, errors, api_key=server.admin_key) as c:
+        chosen = {}
+        for number in range(30):
+            user = f"u{number}-{tag}"
+            assignment = c.assign(key, user_id=user, sticky=session)
+            assert assignment is not None and assignment.probability == 0.5
+            decision = c.decide([placement], user_id=user, timeout_s=5)
+            assert decision is not None
+            assert decision["placements"][placement]["experiment"]["variant"] == assignment.variant
+            chosen[user] = assignment.variant
+        assert set(chosen.values()) == {"control", "treatment"}
+        assert c.assign(f"unknown-{tag}", user_id="u0") is None
+        assert c.flush(timeout_s=10)
+    # the tracked exposures reached the lake's input: one Experiment Viewed per user
+    with httpx.Client(base_url=server.base_url, headers=admin(server), timeout=10) as api:
+        moved = api.patch(
+            f"/v1/experiments/{key}",
+            params={"newPhase": "true"},
+            json={"variants": [{"key": "control", "weight": 0}, {"key": "treatment", "weight": 1}]},
+        )
+        assert moved.status_code == 200, moved.text
+    with client_for(server.base_url, server.write_key, errors, api_key=server.admin_key) as fresh:
+        for user, variant in chosen.items():
+            # the caller's sticky store keeps what each user saw
+            kept = fresh.assign(key, user_id=user, sticky=session, track=False)
+            assert kept is not None and kept.variant == variant
+        newcomer = fresh.assign(key, user_id=f"new-{tag}", track=False)
+        assert newcomer is not None and newcomer.variant == "treatment"
+        # the server kept the tracked exposures sticky too: decisions still agree
+        control_user = next(u for u, v in chosen.items() if v == "control")
+
+        def kept_by_server() -> bool:
+            answer = fresh.decide([placement], user_id=control_user, timeout_s=5)
+            return (
+                bool(answer)
+                and answer["placements"][placement]["experiment"]["variant"] == "control"
+            )
+
+        assert eventually(kept_by_server, timeout_s=15)
+    assert errors == []
+
+
 def test_recommend_gives_the_fallback_when_the_server_cannot_answer(errors: Errors) -> None:
     """Nobody listening: the fallback comes back, and the failure is reported."""
     with client_for(f"http://127.0.0.1:{free_port()}", "wk", errors, api_key="k") as client:

@@ -460,3 +460,26 @@ async def test_summary_statistics_from_anywhere_are_analysed(harness: Harness) -
         "/v1/experiments/analyze", json={**body, "method": "magic"}, headers=harness.admin
     )
     assert response.status_code in (400, 422) and "/method" in response.text
+
+
+async def test_an_experiment_viewed_event_makes_the_variant_sticky(harness: Harness) -> None:
+    """Another tool (or Client.assign) reports what a user saw: the worker keeps it, and
+    decisions give that variant although the hash says the other."""
+    await shop(harness)
+    await call(harness, "POST", "/v1/experiments", hero_test())
+    await call(harness, "POST", "/v1/experiments/hero-test/start")
+    allocation = Allocation("hero-test", (("control", 1.0), ("delivery", 1.0)))
+    user = next(
+        f"reader-{n}"
+        for n in range(1000)
+        if (found := assign_variant(allocation, f"reader-{n}")) and found.variant == "delivery"
+    )
+    viewed = {
+        "type": "track",
+        "userId": user,
+        "event": "Experiment Viewed",
+        "properties": {"experiment_id": "hero-test", "variation_id": "control", "phase": 1},
+    }
+    await send(harness, [viewed])
+    await settle(harness)
+    assert (await decide(harness, userId=user))["experiment"]["variant"] == "control"

@@ -11,6 +11,7 @@ change asks for a new phase (``?newPhase=true``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -38,6 +39,10 @@ Key = Annotated[
 ]
 Phase = Annotated[
     int | None, QueryParameter(ge=1, le=1_000_000, description="a phase (default: the current)")
+]
+At = Annotated[
+    datetime | None,
+    QueryParameter(description="ISO 8601 with an offset; default now (not in the future)"),
 ]
 Method = Annotated[
     Literal["frequentist", "bayesian", "sequential"] | None,
@@ -268,9 +273,11 @@ async def start_experiment(
     experiments: NamedDependency[ExperimentService],
     decisions: NamedDependency[DecisionEngine],
     key: Key,
+    at: At = None,
 ) -> ExperimentDocument:
-    """Start a draft (phase 1), or restart a stopped experiment in its next phase."""
-    return _document(await _write(decisions, experiments.repository.start, key))
+    """Start a draft (phase 1), or restart a stopped experiment in its next phase; ``at``
+    backdates the start (an experiment that ran elsewhere, its exposures imported)."""
+    return _document(await _write(decisions, experiments.repository.start, key, at=at))
 
 
 @post(
@@ -283,9 +290,11 @@ async def stop_experiment(
     experiments: NamedDependency[ExperimentService],
     decisions: NamedDependency[DecisionEngine],
     key: Key,
+    at: At = None,
 ) -> ExperimentDocument:
-    """Stop a running experiment: its placements show what they are configured to again."""
-    return _document(await _write(decisions, experiments.repository.stop, key))
+    """Stop a running experiment: its placements show what they are configured to again;
+    ``at`` backdates the end."""
+    return _document(await _write(decisions, experiments.repository.stop, key, at=at))
 
 
 @get("/v1/experiments/{key:str}/results", responses={**admin_responses(), **_MISSING})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,20 +167,39 @@ def experiments_update(
     echo_json(_service(ctx).repository.update(key, _body(body), new_phase=new_phase, reason=reason))
 
 
+def _moment(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {value!r}") from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+_AT = click.option(
+    "--at",
+    default=None,
+    help="backdate it (ISO 8601, UTC unless it has an offset): an experiment that ran elsewhere",
+)
+
+
 @experiments.command("start")
 @click.argument("key")
+@_AT
 @pass_ctx
-def experiments_start(ctx: CliContext, key: str) -> None:
+def experiments_start(ctx: CliContext, key: str, at: str | None) -> None:
     """Start a draft, or restart a stopped experiment in its next phase."""
-    echo_json(_service(ctx).repository.start(key))
+    echo_json(_service(ctx).repository.start(key, at=_moment(at)))
 
 
 @experiments.command("stop")
 @click.argument("key")
+@_AT
 @pass_ctx
-def experiments_stop(ctx: CliContext, key: str) -> None:
+def experiments_stop(ctx: CliContext, key: str, at: str | None) -> None:
     """Stop a running experiment."""
-    echo_json(_service(ctx).repository.stop(key))
+    echo_json(_service(ctx).repository.stop(key, at=_moment(at)))
 
 
 @experiments.command("delete")

@@ -499,8 +499,11 @@ def check_experiment(
         problems.add(("type",), "invalid_type", f"one of {', '.join(TYPES)}")
     listed = body.get("placements")
     placements: list[str] = []
-    if not isinstance(listed, list) or not 1 <= len(listed) <= 20:
-        problems.add(("placements",), "invalid_type", "a list of 1 to 20 placement ids")
+    if listed is None:
+        # no placement: an experiment assigned in-process (Client.assign) or run elsewhere
+        listed = []
+    if not isinstance(listed, list) or len(listed) > 20:
+        problems.add(("placements",), "invalid_type", "a list of at most 20 placement ids")
     else:
         for index, placement in enumerate(listed):
             if check_id(placement) is None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.content.tables import placements
-from personify.errors import Conflict, InvalidDefinition, NotFound
+from personify.errors import Conflict, InvalidDefinition, NotFound, ValidationError
 from personify.experiments.metrics import ExperimentScope
 from personify.experiments.model import (
     ALLOCATION_FIELDS,
@@ -123,6 +123,11 @@ def record_assignments(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -
     if fresh:
         conn.execute(experiment_assignments.insert(), fresh)
     return len(fresh)
+
+
+def _aware(moment: datetime, like: datetime) -> datetime:
+    """``moment`` with a time zone (SQLite hands back naive UTC datetimes)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=like.tzinfo)
 
 
 def _allocation_part(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,18 +289,35 @@ class ExperimentRepository:
             )
             return self._view(conn, key)
 
-    def start(self, key: str, *, reason: str | None = None) -> dict[str, Any]:
-        """Start a draft (phase 1) or restart a stopped experiment (its next phase)."""
+    def start(
+        self, key: str, *, reason: str | None = None, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Start a draft (phase 1) or restart a stopped experiment (its next phase). ``at``
+        backdates the phase's start, for an experiment that ran elsewhere and whose exposures
+        are imported: not in the future, nor before the previous phase ended."""
         now = self._clock.now()
+        when = now if at is None else _aware(at, now)
         with self._db.begin() as conn:
             row = self._row(conn, key)
             if row.status == "running":
                 raise Conflict(f"experiment {key!r} is running already", code="already_running")
+            if when > now:
+                raise ValidationError(
+                    "a phase cannot start in the future",
+                    code="invalid_parameter",
+                    details={"parameter": "at"},
+                )
+            if row.stopped_at is not None and when < _aware(row.stopped_at, now):
+                raise ValidationError(
+                    "a phase cannot start before the previous one ended",
+                    code="invalid_parameter",
+                    details={"parameter": "at"},
+                )
             document = _decode(row.document)
             self._check_namespace(conn, document)
             phase = int(row.phase) + 1
             self._open_phase(
-                conn, document, phase, now, reason or ("started" if phase == 1 else "restarted")
+                conn, document, phase, when, reason or ("started" if phase == 1 else "restarted")
             )
             conn.execute(
                 experiments.update()
@@ -305,26 +327,40 @@ class ExperimentRepository:
                     phase=phase,
                     revision=_next_revision(conn, now),
                     updated_at=now,
-                    started_at=row.started_at or now,
+                    started_at=row.started_at or when,
                     stopped_at=None,
                 )
             )
             return self._view(conn, key)
 
-    def stop(self, key: str) -> dict[str, Any]:
-        """Stop a running experiment: decisions show the placement as configured again."""
+    def stop(self, key: str, *, at: datetime | None = None) -> dict[str, Any]:
+        """Stop a running experiment: decisions show the placement as configured again.
+        ``at`` backdates the phase's end (an imported experiment's), not before its start."""
         now = self._clock.now()
+        when = now if at is None else _aware(at, now)
         with self._db.begin() as conn:
             row = self._row(conn, key)
             if row.status != "running":
                 raise Conflict(f"experiment {key!r} is not running", code="not_running")
+            started = conn.execute(
+                sa.select(experiment_phases.c.started_at).where(
+                    experiment_phases.c.experiment_key == key,
+                    experiment_phases.c.phase == row.phase,
+                )
+            ).scalar_one()
+            if when > now or when < _aware(started, now):
+                raise ValidationError(
+                    "a phase ends after it started and not in the future",
+                    code="invalid_parameter",
+                    details={"parameter": "at"},
+                )
             conn.execute(
                 experiment_phases.update()
                 .where(
                     experiment_phases.c.experiment_key == key,
                     experiment_phases.c.phase == row.phase,
                 )
-                .values(ended_at=now)
+                .values(ended_at=when)
             )
             conn.execute(
                 experiments.update()
@@ -333,7 +369,7 @@ class ExperimentRepository:
                     status="stopped",
                     revision=_next_revision(conn, now),
                     updated_at=now,
-                    stopped_at=now,
+                    stopped_at=when,
                 )
             )
             return self._view(conn, key)

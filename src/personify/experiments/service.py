@@ -360,6 +360,7 @@ def chart_png(results: Mapping[str, Any]) -> bytes:
     for row, key in enumerate(keys):
         ax = axes[row][0]
         variants = sorted({v for day in timeline for v in day["metrics"].get(key, {})})
+        plotted = False
         for variant in variants:
             xs: list[date] = []
             mid: list[float] = []
@@ -377,9 +378,11 @@ def chart_png(results: Mapping[str, Any]) -> bytes:
             if xs:
                 ax.plot(xs, mid, marker="o", label=variant)
                 ax.fill_between(xs, low, high, alpha=0.2)
+                plotted = True
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_title(f"{results['experiment']}: {key} (relative uplift vs control, %)")
-        ax.legend(loc="best")
+        if plotted:
+            ax.legend(loc="best")
     if not keys:
         axes[0][0].text(0.5, 0.5, "no exposures yet", ha="center", va="center")
     figure.autofmt_xdate()
