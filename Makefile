@@ -63,6 +63,8 @@ bench: $(STAMP) ## run every benchmark (each prints one JSON object)
 	$(BIN)/python bench/segments.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/decide.py
+	$(BIN)/python bench/assignment.py
+	$(BIN)/python bench/experiment_analysis.py
 
 clean: ## remove .venv and local data
 	rm -rf $(VENV) data

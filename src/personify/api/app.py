@@ -25,10 +25,10 @@ from personify.api.admin import admin_router
 from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.content import content_router
-from personify.api.experiments import experiments_router
 from personify.api.decide import decide_router
 from personify.api.demo_page import demo_shop
 from personify.api.documents import ErrorDocument, Health, Readiness
+from personify.api.experiments import experiments_router
 from personify.api.metrics import metrics_registry, metrics_router
 from personify.api.models import model_router
 from personify.api.profiles import profile_router

@@ -364,7 +364,9 @@ async def _show_experiment(
     echo(f"  personify experiments report {key}")
     for line in render_text(results).splitlines():
         echo(f"  {line}")
-    echo(f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/experiments/{key}/results")
+    echo(
+        f"  curl -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/experiments/{key}/results"
+    )
     echo(f"  the report with its chart: {chart}")
     echo("")
 

@@ -87,8 +87,8 @@ def render_text(result: Mapping[str, Any]) -> str:
         control = metric.get("control") or {}
         lines.append("")
         lines.append(
-            f"{metric['key']}{kind}: control {control.get('variant')} "
-            f"mean {_num(control.get('mean'))} over {control.get('users')} users"
+            f"{metric['key']}{kind}: mean {_num(control.get('mean'))} in "
+            f"{control.get('variant')} (control, {control.get('users')} users)"
         )
         lines.append(
             f"  {'variant':<20} {'users':>7} {'mean':>10} {'uplift':>9} "
