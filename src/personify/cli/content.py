@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from personify.cli.context import CliContext, echo_json, pass_ctx
+from personify.cli.context import CliContext, echo_json, pass_ctx, read_json
 
 if TYPE_CHECKING:
     from personify.content.catalog import ContentCatalog
@@ -22,23 +22,6 @@ def _catalog(ctx: CliContext) -> ContentCatalog:
     from personify.store.database import open_database
 
     return ContentCatalog(open_database(ctx.settings))
-
-
-def _body(value: str) -> Any:
-    """JSON text, ``@FILE`` holding it, or ``-`` for standard input."""
-    if value == "-":
-        text = sys.stdin.read()
-    elif value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc}") from exc
-    else:
-        text = value
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}") from exc
 
 
 _PUBLISH = click.option("--publish", is_flag=True, help="publish the saved version at once")
@@ -103,7 +86,7 @@ def content_show(ctx: CliContext, item_id: str, version: int | None) -> None:
 @pass_ctx
 def content_create(ctx: CliContext, body: str, publish: bool) -> None:
     """Save a new item from BODY (JSON, @FILE or - for stdin) and print it."""
-    echo_json(_catalog(ctx).create_item(_body(body), publish=publish).to_dict())
+    echo_json(_catalog(ctx).create_item(read_json(body), publish=publish).to_dict())
 
 
 @content.command("update")
@@ -113,7 +96,7 @@ def content_create(ctx: CliContext, body: str, publish: bool) -> None:
 @pass_ctx
 def content_update(ctx: CliContext, item_id: str, changes: str, publish: bool) -> None:
     """Save the next version of ITEM_ID with CHANGES (JSON, @FILE or -) and print it."""
-    parsed = _body(changes)
+    parsed = read_json(changes)
     if not isinstance(parsed, dict):
         raise click.BadParameter("changes are a JSON object")
     echo_json(_catalog(ctx).update_item(item_id, parsed, publish=publish).to_dict())
@@ -232,7 +215,7 @@ def placements_show(ctx: CliContext, placement_id: str) -> None:
 @pass_ctx
 def placements_create(ctx: CliContext, body: str) -> None:
     """Save a new placement from BODY (JSON, @FILE or -) and print it."""
-    echo_json(_catalog(ctx).create_placement(_body(body)).to_dict())
+    echo_json(_catalog(ctx).create_placement(read_json(body)).to_dict())
 
 
 @placements.command("update")
@@ -241,7 +224,7 @@ def placements_create(ctx: CliContext, body: str) -> None:
 @pass_ctx
 def placements_update(ctx: CliContext, placement_id: str, changes: str) -> None:
     """Save the next version of PLACEMENT_ID with CHANGES (JSON, @FILE or -)."""
-    parsed = _body(changes)
+    parsed = read_json(changes)
     if not isinstance(parsed, dict):
         raise click.BadParameter("changes are a JSON object")
     echo_json(_catalog(ctx).update_placement(placement_id, parsed).to_dict())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -49,6 +51,24 @@ class PersonifyGroup(click.Group):
 def echo_json(value: Any) -> None:
     """Print ``value`` as indented JSON."""
     click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def read_json(value: str) -> Any:
+    """A command's JSON argument: the text itself, ``@FILE`` holding it, or ``-`` for
+    standard input (a ``click.BadParameter`` saying what is wrong otherwise)."""
+    if value == "-":
+        text = sys.stdin.read()
+    elif value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc}") from exc
+    else:
+        text = value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
 
 
 def parse_moment(text: str) -> datetime:

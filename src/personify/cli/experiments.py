@@ -4,16 +4,13 @@ update bandits and estimate policies off-line (docs/experiments.md)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from personify.cli.context import CliContext, echo_json, pass_ctx
+from personify.cli.context import CliContext, echo_json, parse_moment, pass_ctx, read_json
 
 if TYPE_CHECKING:
     from personify.experiments.service import ExperimentService
@@ -31,24 +28,6 @@ def _service(ctx: CliContext) -> ExperimentService:
     return ExperimentService(
         ExperimentRepository(db), functools.partial(open_warehouse, ctx.settings, db)
     )
-
-
-def _body(value: str) -> Any:
-    """JSON text, ``@FILE`` (or a path) holding it, or ``-`` for standard input."""
-    if value == "-":
-        text = sys.stdin.read()
-    elif value.startswith("@") or Path(value).is_file():
-        path = Path(value[1:] if value.startswith("@") else value)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc}") from exc
-    else:
-        text = value
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}") from exc
 
 
 def _pct(value: Any) -> str:
@@ -150,7 +129,7 @@ def experiments_show(ctx: CliContext, key: str) -> None:
 def experiments_create(ctx: CliContext, body: str, start: bool) -> None:
     """Save an experiment (JSON, @FILE or -) as a draft, or running with --start."""
     repository = _service(ctx).repository
-    found = repository.create(_body(body))
+    found = repository.create(read_json(body))
     echo_json(repository.start(found["key"]) if start else found)
 
 
@@ -164,17 +143,9 @@ def experiments_update(
     ctx: CliContext, key: str, body: str, new_phase: bool, reason: str | None
 ) -> None:
     """Change an experiment (the fields given replace the saved ones)."""
-    echo_json(_service(ctx).repository.update(key, _body(body), new_phase=new_phase, reason=reason))
-
-
-def _moment(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"not an ISO 8601 time: {value!r}") from exc
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    echo_json(
+        _service(ctx).repository.update(key, read_json(body), new_phase=new_phase, reason=reason)
+    )
 
 
 _AT = click.option(
@@ -190,7 +161,7 @@ _AT = click.option(
 @pass_ctx
 def experiments_start(ctx: CliContext, key: str, at: str | None) -> None:
     """Start a draft, or restart a stopped experiment in its next phase."""
-    echo_json(_service(ctx).repository.start(key, at=_moment(at)))
+    echo_json(_service(ctx).repository.start(key, at=parse_moment(at) if at is not None else None))
 
 
 @experiments.command("stop")
@@ -199,7 +170,7 @@ def experiments_start(ctx: CliContext, key: str, at: str | None) -> None:
 @pass_ctx
 def experiments_stop(ctx: CliContext, key: str, at: str | None) -> None:
     """Stop a running experiment."""
-    echo_json(_service(ctx).repository.stop(key, at=_moment(at)))
+    echo_json(_service(ctx).repository.stop(key, at=parse_moment(at) if at is not None else None))
 
 
 @experiments.command("delete")
@@ -221,7 +192,8 @@ def experiments_analyze(file: str, method: str | None, alpha: float | None, fmt:
     input), as POST /v1/experiments/analyze does."""
     from personify.experiments.analysis import analyze
 
-    request = _body(file)
+    # FILE is a path (or - for standard input)
+    request = read_json(file if file == "-" else "@" + file)
     if not isinstance(request, dict):
         raise click.BadParameter("the file holds a JSON object (docs/experiments.md)")
     if method is not None:
@@ -289,7 +261,7 @@ def experiments_bandit(ctx: CliContext, key: str) -> None:
 def experiments_evaluate(ctx: CliContext, key: str, policy: str, alpha: float) -> None:
     """Estimate a candidate policy off-line from the logged decisions: POLICY is
     {"arm": KEY}, {"allocation": {...}} or {"byContext": {...}} (JSON, @FILE or -)."""
-    found = _body(policy)
+    found = read_json(policy)
     if not isinstance(found, dict):
         raise click.BadParameter("a policy is a JSON object")
     echo_json(_service(ctx).evaluate(key, found, alpha=alpha))

@@ -274,7 +274,7 @@ class DecisionEngine:
                 if snapshot is not None
                 else None
             )
-            placements[wanted.id] = self._placement(
+            answer = self._placement(
                 snapshot,
                 wanted,
                 user,
@@ -287,6 +287,9 @@ class DecisionEngine:
                 trace,
                 arm,
             )
+            if arm is not None and snapshot is not None and wanted.id in snapshot.placements:
+                _label(answer, arm, wanted.id)
+            placements[wanted.id] = answer
         exposure_logged = (
             await self._expose(decision_id, request, user, placements, now) if expose else False
         )
@@ -489,31 +492,6 @@ class DecisionEngine:
         trace: bool = True,
         arm: _Arm | None = None,
     ) -> dict[str, Any]:
-        answer = self._fill(
-            snapshot, wanted, user, unit, now, rng, shown, categories, context, trace, arm
-        )
-        if arm is not None and snapshot is not None and wanted.id in snapshot.placements:
-            answer["experiment"] = arm.label()
-            override = arm.override(wanted.id)
-            if override is not None and override.fields:
-                for item in answer["items"]:
-                    item["content"] = {**item["content"], **override.fields}
-        return answer
-
-    def _fill(
-        self,
-        snapshot: CatalogSnapshot | None,
-        wanted: PlacementRequest,
-        user: _User,
-        unit: str,
-        now: datetime,
-        rng: random.Random,
-        shown: set[str],
-        categories: set[str],
-        context: Mapping[str, Any],
-        trace: bool,
-        arm: _Arm | None,
-    ) -> dict[str, Any]:
         if snapshot is None:
             return _answer([], None, "catalog_unavailable", {"reason": "catalog_unavailable"})
         spec = snapshot.placements.get(wanted.id)
@@ -698,6 +676,15 @@ class DecisionEngine:
             logger.warning("decision %s: the exposure event was not logged", decision_id)
             return False
         return True
+
+
+def _label(answer: dict[str, Any], arm: _Arm, placement_id: str) -> None:
+    """Say which experiment variant chose the answer, and apply the variant's fields."""
+    answer["experiment"] = arm.label()
+    override = arm.override(placement_id)
+    if override is not None and override.fields:
+        for item in answer["items"]:
+            item["content"] = {**item["content"], **override.fields}
 
 
 def _enter(
