@@ -259,9 +259,7 @@ async def test_decisions_choose_the_variant_and_the_report_counts_from_the_lake(
     assert round(metric["control"]["mean"] * expected_units["control"]) == bought["control"]
     assert round(delivery["mean"] * expected_units["delivery"]) == bought["delivery"]
     assert delivery["relative"]["estimate"] > 0 and len(results["timeline"]) >= 1
-    response = await harness.client.get(
-        "/v1/experiments/hero-test/report", params={"format": "png"}, headers=harness.admin
-    )
+    response = await harness.client.get("/v1/experiments/hero-test/chart", headers=harness.admin)
     assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
     report = await harness.client.get("/v1/experiments/hero-test/report", headers=harness.admin)
     assert report.status_code == 200 and "hero-test" in report.text and "purchase" in report.text

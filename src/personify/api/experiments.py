@@ -253,7 +253,11 @@ async def update_experiment(
     return _document(found)
 
 
-@delete("/v1/experiments/{key:str}", opt=ADMIN, responses={**admin_responses(), **_MISSING})
+@delete(
+    "/v1/experiments/{key:str}",
+    opt=ADMIN,
+    responses={**admin_responses(), **_MISSING, 409: error_response("running: stop it first")},
+)
 async def delete_experiment(experiments: NamedDependency[ExperimentService], key: Key) -> None:
     """Delete an experiment that is not running, with its phases and assignments."""
     await sync_to_thread(experiments.repository.delete, key)
@@ -321,18 +325,31 @@ async def experiment_results(
 async def experiment_report(
     experiments: NamedDependency[ExperimentService],
     key: Key,
-    format: Annotated[
-        Literal["html", "png"], QueryParameter(description="html (default) or png")
-    ] = "html",
     phase: Phase = None,
     method: Method = None,
 ) -> Response[bytes]:
-    """The report: uplift with intervals over time (chart) and every metric's result."""
+    """The report as one HTML page: the chart of uplift with intervals over time, the SRM
+    check first when it fails, and every metric's result."""
     results = await sync_to_thread(experiments.results, key, phase=phase, method=method, daily=True)
-    if format == "png":
-        return Response(await sync_to_thread(chart_png, results), media_type="image/png")
     body = await sync_to_thread(chart_html, results)
     return Response(body.encode(), media_type="text/html; charset=utf-8")
+
+
+@get(
+    "/v1/experiments/{key:str}/chart",
+    responses={**admin_responses(), **_MISSING},
+    media_type="image/png",
+)
+async def experiment_chart(
+    experiments: NamedDependency[ExperimentService],
+    key: Key,
+    phase: Phase = None,
+    method: Method = None,
+) -> Response[bytes]:
+    """The primary metrics' relative uplift per variant with its interval, day by day, as
+    a PNG image."""
+    results = await sync_to_thread(experiments.results, key, phase=phase, method=method, daily=True)
+    return Response(await sync_to_thread(chart_png, results), media_type="image/png")
 
 
 @get("/v1/experiments/{key:str}/allocations", responses={**admin_responses(), **_MISSING})
@@ -390,6 +407,7 @@ def experiments_router() -> Router:
             stop_experiment,
             experiment_results,
             experiment_report,
+            experiment_chart,
             bandit_allocations,
             update_allocations,
             evaluate_policy,

@@ -120,8 +120,10 @@ class _Facts(msgspec.Struct, array_like=True):
     segments: list[str]
     predictions: dict[str, Any] | None
     bought: list[str]
-    # experiment key -> (variant, phase) the profile was first exposed to
+    # experiment key -> (variant, phase) the profile was first exposed to, as of the
+    # catalog snapshot's revision ``revision``
     assignments: dict[str, tuple[str, int]] = msgspec.field(default_factory=dict)
+    revision: int = -1
 
 
 _decode_facts = msgspec.json.Decoder(_Facts).decode
@@ -387,7 +389,15 @@ class DecisionEngine:
         units = sorted({*state.all_ids(), loaded.profile_id})
         try:
             facts, exposures, recommended = await asyncio.to_thread(
-                self._read, loaded.profile_id, known, caps, now, recommending, exclude_seen, units
+                self._read,
+                loaded.profile_id,
+                known,
+                caps,
+                now,
+                recommending,
+                exclude_seen,
+                units,
+                snapshot,
             )
         except BackendUnavailable:
             return _User(UserView(profile_id=loaded.profile_id), "segments_unavailable")
@@ -416,11 +426,22 @@ class DecisionEngine:
         recommending: bool,
         exclude_seen: bool = True,
         units: Sequence[str] = (),
+        snapshot: CatalogSnapshot | None = None,
     ) -> tuple[_Facts, dict[str, int], dict[str, tuple[float, str, str | None]]]:
         """What a decision reads beside the profile: its facts (from the database unless the
         cache had them), its exposures of the capped items, and (when a placement ranks by
         them) the recommender's items."""
-        facts = known if known is not None else self._facts(profile_id, units or [profile_id])
+        revision = snapshot.revision if snapshot is not None else -1
+        if known is None:
+            facts = self._facts(profile_id, units or [profile_id], revision)
+        elif known.revision != revision and snapshot is not None and snapshot.experiments:
+            # experiments changed since the facts were cached (a new phase, say): what the
+            # profile was exposed to since then must be read, or a new phase could move it
+            with self._db.connect() as conn:
+                fresh = sticky_assignments(conn, units or [profile_id])
+            facts = msgspec.structs.replace(known, assignments=fresh, revision=revision)
+        else:
+            facts = known
         exposures = exposure_counts(self._db, profile_id, caps, now) if caps else {}
         recommended: dict[str, tuple[float, str, str | None]] = {}
         if recommending and self._recommendations is not None:
@@ -430,7 +451,7 @@ class DecisionEngine:
                 recommended[item.item_id] = (item.score, item.source, item.anchor)
         return facts, exposures, recommended
 
-    def _facts(self, profile_id: str, units: Sequence[str]) -> _Facts:
+    def _facts(self, profile_id: str, units: Sequence[str], revision: int = -1) -> _Facts:
         """The profile's segments, predictions and experiment assignments (by any of its
         ids: ``units``) in one connection, and what it bought."""
         m = segment_members.c
@@ -450,7 +471,7 @@ class DecisionEngine:
             if self._recommendations is not None
             else []
         )
-        return _Facts(segments, predictions, bought, assignments)
+        return _Facts(segments, predictions, bought, assignments, revision)
 
     def _sticky(self, unit: str) -> dict[str, tuple[str, int]]:
         with self._db.connect() as conn:
