@@ -175,6 +175,31 @@ class Settings(BaseSettings):
     recommend_index_size: int = Field(default=100, ge=1, le=1000)
     # serve recomputes every running bandit's traffic allocation from the lake this often
     experiments_bandit_interval_s: float = Field(default=600.0, gt=0.0)
+    # token-bucket rate limits per write key (collector requests) and per API key (every other
+    # route): a sustained rate and a burst; in memory when embedded, in Redis when the cache
+    # is Redis ("auto"), so that every API node shares one bucket per key
+    rate_limit_enabled: bool = True
+    rate_limit_backend: Literal["auto", "memory", "redis"] = "auto"
+    rate_limit_write_key_per_s: float = Field(default=20_000.0, gt=0.0)
+    rate_limit_write_key_burst: int = Field(default=40_000, ge=1)
+    rate_limit_api_key_per_s: float = Field(default=1_000.0, gt=0.0)
+    rate_limit_api_key_burst: int = Field(default=2_000, ge=1)
+    # bearer JWTs from an OpenID Connect issuer (people, and the console once it exists): the
+    # issuer and its JWKS URL (discovered from the issuer when absent), the audience the
+    # tokens must name, and the claim whose value maps to a role (oidc_role_map: claim value
+    # -> role; a value that is a role's own name maps to it)
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+    oidc_role_claim: str = "personify_role"
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
+    oidc_jwks_ttl_s: float = Field(default=3600.0, gt=0.0)
+    oidc_leeway_s: float = Field(default=30.0, ge=0.0, le=300.0)
+    # signed webhooks in: how old a signature's timestamp may be (replays within it are
+    # refused by signature id)
+    webhooks_in_tolerance_s: float = Field(default=300.0, gt=0.0, le=3600.0)
+    # audit records for reads of per-user data too (every change is always recorded)
+    audit_reads: bool = True
     cache_max_entries: int = 10_000
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0

@@ -1,0 +1,44 @@
+"""API keys with roles of their own scopes, an expiry, a last-used time, and a rotation's
+overlap (the previous secret, valid until a time).
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-06
+
+Columns added as nullable, so processes of the previous release keep running beside this
+one; keys of the old ``read`` role become ``analyst`` (what ``read`` allowed).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def _time() -> sa.DateTime:
+    return sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("expires_at", _time(), nullable=True))
+        batch.add_column(sa.Column("last_used_at", _time(), nullable=True))
+        batch.add_column(sa.Column("previous_hash", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("previous_expires_at", _time(), nullable=True))
+        batch.create_index("api_keys_previous_hash", ["previous_hash"])
+    op.execute("UPDATE api_keys SET role = 'analyst' WHERE role = 'read'")
+
+
+def downgrade() -> None:
+    op.execute("UPDATE api_keys SET role = 'read' WHERE role NOT IN ('admin', 'read')")
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_index("api_keys_previous_hash")
+        batch.drop_column("previous_expires_at")
+        batch.drop_column("previous_hash")
+        batch.drop_column("last_used_at")
+        batch.drop_column("expires_at")
