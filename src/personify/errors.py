@@ -9,6 +9,7 @@
     ├── Forbidden                  valid credentials without the needed role (HTTP 403)
     ├── NotFound                   the thing asked for does not exist (HTTP 404)
     ├── Conflict                   the thing exists already or changed meanwhile (HTTP 409)
+    ├── RateLimited                the key sent more than its rate allows; wait and retry (HTTP 429)
     ├── BackendUnavailable         an engine is down, full or over its bound; retry later (HTTP 503)
     └── ConfigurationError         settings are missing or contradictory; fix them and restart
 
@@ -28,6 +29,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PersonifyError",
+    "RateLimited",
     "Unauthorized",
     "UnsupportedMediaType",
     "ValidationError",
@@ -98,6 +100,36 @@ class Conflict(PersonifyError):
     """The resource exists already, or changed since it was read."""
 
     default_code = "conflict"
+
+
+class RateLimited(PersonifyError):
+    """The key (a write key or an API key) is over its rate limit: wait ``retry_after_s``
+    seconds, then send fewer requests (batch events into ``/v1/batch``) or have the operator
+    raise ``PERSONIFY_RATE_LIMIT_WRITE_KEY_PER_S`` / ``PERSONIFY_RATE_LIMIT_API_KEY_PER_S``.
+
+    ``limit`` is the bucket's size (the burst), ``remaining`` the whole requests left in it,
+    ``reset_s`` the seconds until it is full again; all in whole numbers, as the
+    ``RateLimit-*`` headers carry them.
+    """
+
+    default_code = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        retry_after_s: int = 1,
+        limit: int = 0,
+        remaining: int = 0,
+        reset_s: int = 1,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.retry_after_s = retry_after_s
+        self.limit = limit
+        self.remaining = remaining
+        self.reset_s = reset_s
 
 
 class BackendUnavailable(PersonifyError):

@@ -24,6 +24,7 @@ _STATUS: list[tuple[type[errors.PersonifyError], int]] = [
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
+    (errors.RateLimited, 429),
     (errors.BackendUnavailable, 503),
     (errors.ConfigurationError, 500),
 ]
@@ -67,13 +68,20 @@ def internal_error_body() -> bytes:
 
 
 def error_parts(error: errors.PersonifyError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, JSON body and extra headers of a Personify error (503s carry ``Retry-After``).
+    """Status, JSON body and extra headers of a Personify error (503s carry ``Retry-After``;
+    429s ``Retry-After`` and the ``RateLimit-Limit``, ``-Remaining`` and ``-Reset`` fields of
+    the IETF RateLimit header draft, each in whole requests or seconds).
 
     Shared by Starlette's handlers and the raw ASGI ingest path, so both answer alike.
     """
     headers = {}
     if isinstance(error, errors.BackendUnavailable):
         headers["retry-after"] = str(error.retry_after_s)
+    elif isinstance(error, errors.RateLimited):
+        headers["retry-after"] = str(error.retry_after_s)
+        headers["ratelimit-limit"] = str(error.limit)
+        headers["ratelimit-remaining"] = str(error.remaining)
+        headers["ratelimit-reset"] = str(error.reset_s)
     return status_for(error), error_body(error.code, error.message, error.details), headers
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from personify.auth.audit import AuditLog
 from personify.auth.keys import ApiKeyRepository
+from personify.auth.ratelimit import RateLimiter, open_rate_limiter
 from personify.auth.revocations import RevocationListener
 from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
@@ -27,6 +29,7 @@ from personify.experiments.repository import ExperimentRepository
 from personify.experiments.service import ExperimentService
 from personify.ingest.collector import Collector
 from personify.ingest.sources import SourceRepository
+from personify.ingest.webhooks import InboundWebhookRepository, WebhookReceiver
 from personify.jobs.content import content_jobs
 from personify.jobs.experiments import experiment_jobs
 from personify.jobs.predictions import prediction_jobs
@@ -103,13 +106,19 @@ class Runtime:
     experiments: ExperimentService
     webhooks: WebhookRepository
     webhook_deliverer: WebhookDeliverer
+    # the signed webhooks in (POST /v1/webhooks/{source}), with their repository (.webhooks)
+    webhooks_in: WebhookReceiver
     # trains the learned recommendation index on the lake
     recommend_indexer: RecommendationIndexer
+    # the hash-chained audit log (personify.auth.audit)
+    audit: AuditLog
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
     # profile pruning and log trimming, run beside the stream worker (``run_worker``)
     scheduler: Scheduler | None = None
+    # token buckets per write key and API key (None when PERSONIFY_RATE_LIMIT_ENABLED=false)
+    rate_limiter: RateLimiter | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
@@ -239,6 +248,9 @@ class Runtime:
             if settings.run_lake_sink
             else None
         )
+        collector = Collector(
+            log, normalizer, hasher, failed, clock=clock, native=settings.ingest_native
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -253,9 +265,7 @@ class Runtime:
             revocations=revocations,
             failed_events=failed,
             hasher=hasher,
-            collector=Collector(
-                log, normalizer, hasher, failed, clock=clock, native=settings.ingest_native
-            ),
+            collector=collector,
             cache=cache,
             features=features,
             profiles=profiles,
@@ -291,7 +301,21 @@ class Runtime:
             experiments=experiments,
             webhooks=WebhookRepository(db, clock=clock),
             webhook_deliverer=webhook_deliverer,
+            webhooks_in=WebhookReceiver(
+                InboundWebhookRepository(
+                    db,
+                    clock=clock,
+                    tolerance_s=settings.webhooks_in_tolerance_s,
+                    cache_ttl_s=settings.auth_cache_ttl_s,
+                    revocations=revocations,
+                ),
+                collector,
+                max_body_bytes=settings.max_batch_bytes,
+                clock=clock,
+            ),
             recommend_indexer=recommend_indexer,
+            audit=AuditLog(db, clock=clock),
+            rate_limiter=open_rate_limiter(settings, clock=clock),
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
@@ -317,6 +341,8 @@ class Runtime:
         if self.revocations is not None:
             await self.revocations.start()
         await self.cache.start()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.start()
         if self.settings.run_worker:
             self.worker.start()
             self.start_lake_sink()
@@ -352,6 +378,8 @@ class Runtime:
         await self.stop_lake_sink()
         await self.worker.stop()
         await self.cache.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
         await self.log.close()
         if self.revocations is not None:
             await self.revocations.close()

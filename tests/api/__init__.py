@@ -35,6 +35,8 @@ class Harness:
     source: Source
     write_key: str
     admin_secret: str
+    # the Litestar app behind the collector's fast path (its route table)
+    app: Any = None
 
     @property
     def auth(self) -> dict[str, str]:
@@ -86,7 +88,7 @@ async def running_app(
             services.api_keys.create("test-admin", "admin", secret=admin_secret)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Harness(services, client, source, write_key, admin_secret)
+            yield Harness(services, client, source, write_key, admin_secret, app.app)
     finally:
         await services.close()
 

@@ -563,7 +563,7 @@ async def test_the_routes_are_in_the_openapi_document(harness: Harness) -> None:
     for tail in ("", "/members", "/stats", "/versions"):
         assert "get" in paths[f"/v1/segments/{{clustering}}/{{cluster}}{tail}"]
     create_op = paths["/v1/clusterings"]["post"]
-    assert create_op["security"] == [{"apiKey": []}]
+    assert create_op["security"] == [{"apiKey": ["segments:write"]}]
     assert {"201", "400", "401", "403", "409", "422", "503"} <= set(create_op["responses"])
     assert {"202", "404"} <= set(paths["/v1/clusterings/{key}/runs"]["post"]["responses"])
     restore = paths["/v1/clusterings/{key}/runs/{number}/restore"]["post"]["responses"]

@@ -219,7 +219,9 @@ async def test_the_routes_are_in_the_openapi_document(harness: Harness) -> None:
         operation = paths[path][method]
         assert operation["summary"] and operation["description"], path
         assert operation["tags"] == ["models"]
-        assert operation["security"] == [{"apiKey": []}]
+        scope = operation["x-personify-scope"]
+        assert scope in ("models:read", "models:write")
+        assert operation["security"] == [{"apiKey": [scope]}]
         assert statuses | {"400", "401", "403", "503"} <= set(operation["responses"]), path
         assert "$ref" in operation["responses"]["200"]["content"]["application/json"]["schema"]
     models = {path for path in paths if path.startswith("/v1/models")}

@@ -151,8 +151,14 @@ async def test_auth_and_bounds(harness: Harness) -> None:
         assert response.status_code == 400, response.text
     response = await harness.client.get("/v1/items/x/similar?limit=0", headers=harness.admin)
     assert response.status_code == 400
-    read_key = harness.services.api_keys.create("reader", "read")[1]
+    # recommendations are the service role's (and the admins'), not a reader's
+    read_key = harness.services.api_keys.create("reader", "analyst")[1]
     response = await harness.client.get(
         "/v1/items/x/similar", headers={"Authorization": f"Bearer {read_key}"}
+    )
+    assert_error(response, 403, "forbidden")
+    service_key = harness.services.api_keys.create("shop-backend", "service")[1]
+    response = await harness.client.get(
+        "/v1/items/x/similar", headers={"Authorization": f"Bearer {service_key}"}
     )
     assert response.status_code == 200 and response.json() == {"itemId": "x", "items": []}

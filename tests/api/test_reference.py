@@ -29,7 +29,7 @@ async def test_the_document_describes_the_collector_and_the_admin_api(harness: H
     assert "event" in body["required"]
     assert set(track["responses"]) >= {"200", "400", "401", "413", "415", "503"}
     assert paths["/v1/batch"]["post"]["requestBody"]["required"]
-    assert paths["/v1/failed-events"]["get"]["security"] == [{"apiKey": []}]
+    assert paths["/v1/failed-events"]["get"]["security"] == [{"apiKey": ["ops:read"]}]
     assert paths["/v1/track"]["post"]["security"] == [{"writeKey": []}]
     limit = next(p for p in paths["/v1/failed-events"]["get"]["parameters"] if p["name"] == "limit")
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 1000)

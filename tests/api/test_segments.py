@@ -400,7 +400,7 @@ async def test_the_routes_are_in_the_openapi_document(harness: Harness) -> None:
     for tail in ("versions", "members", "stats"):
         assert "get" in paths[f"/v1/segments/{{key}}/{tail}"]
     create_op = paths["/v1/segments"]["post"]
-    assert create_op["security"] == [{"apiKey": []}]
+    assert create_op["security"] == [{"apiKey": ["segments:write"]}]
     assert {"201", "400", "401", "403", "409", "422"} <= set(create_op["responses"])
     assert {"200", "404", "409"} <= set(paths["/v1/segments/{key}"]["delete"]["responses"])
     days = next(

@@ -62,15 +62,24 @@ def test_keys_create_list_and_revoke(run: Invoke, data_dir: Path) -> None:
     match = re.search(r"api key: (\S+)", output)
     assert match, output
     secret = match.group(1)
-    assert "role read" in output
+    assert "role analyst" in output
     db = open_database(make_settings(data_dir))
     try:
         repo = ApiKeyRepository(db, cache_ttl_s=0)
         key = repo.resolve(secret)
-        assert key is not None and key.role == "read"
+        assert key is not None and key.role == "analyst"
         listing = ok(run("keys", "list"))
-        assert "ops" in listing and "read" in listing and "active" in listing
+        assert "ops" in listing and "analyst" in listing and "active" in listing
+        assert "never used" not in listing and "no expiry" in listing
         assert secret not in listing
+        rotated = ok(run("keys", "rotate", "ops", "--overlap", "0s"))
+        fresh = re.search(r"api key: (\S+)", rotated)
+        assert fresh and "rotated key ops" in rotated
+        repo = ApiKeyRepository(db, cache_ttl_s=0)
+        assert repo.resolve(secret) is None and repo.resolve(fresh.group(1)) is not None
+        expiring = ok(run("keys", "create", "temp", "--role", "viewer", "--expires-in", "7d"))
+        assert "role viewer, expires" in expiring
+        secret = fresh.group(1)
         assert "revoked key ops" in ok(run("keys", "revoke", "ops"))
         assert repo.resolve(secret) is None
         assert "revoked" in ok(run("keys", "list"))
@@ -80,7 +89,7 @@ def test_keys_create_list_and_revoke(run: Invoke, data_dir: Path) -> None:
 
 def test_keys_default_to_admin_and_reject_unknown_roles(run: Invoke) -> None:
     assert "role admin" in ok(run("keys", "create", "root"))
-    result = run("keys", "create", "x", "--role", "owner")
+    result = run("keys", "create", "x", "--role", "superuser")
     assert result.exit_code == 2
 
 

@@ -17,11 +17,15 @@ from personify.api.documents import (
     UnavailableCounts,
     admin_responses,
 )
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.errors import InvalidDefinition, ValidationError
 from personify.eventlog.base import EventLog
 from personify.ingest.asgi import UnavailableLog
 from personify.store.failed_events import FailedEventRepository
+
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+OPS = needs("ops:read")
+OPS_PER_USER = needs("ops:read", per_user=True)
 
 # ids are at most 512 characters at ingest; names (groups, stages) are short
 MAX_ID_CHARS = 512
@@ -35,7 +39,7 @@ def invalid_parameter(name: str, message: str) -> ValidationError:
     return ValidationError(message, code="invalid_parameter", details={"parameter": name})
 
 
-@get("/v1/failed-events", responses=admin_responses())
+@get("/v1/failed-events", opt=OPS_PER_USER, responses=admin_responses())
 async def failed_events(
     dead_letters: NamedDependency[FailedEventRepository],
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="page size")] = 100,
@@ -57,7 +61,7 @@ async def failed_events(
     )
 
 
-@get("/v1/log", responses=admin_responses())
+@get("/v1/log", opt=OPS, responses=admin_responses())
 async def log_status(
     log: NamedDependency[EventLog],
     group: Annotated[
@@ -70,7 +74,7 @@ async def log_status(
     return LogStatus(group=name, lag=await log.lag(name))
 
 
-@get("/v1/ingest/status", responses=admin_responses(parameters=False))
+@get("/v1/ingest/status", opt=OPS, responses=admin_responses(parameters=False))
 async def ingest_status(unavailable: NamedDependency[UnavailableLog]) -> IngestStatus:
     """The collector's 503 answers since this process started, by code."""
     counts = unavailable.to_dict()
@@ -84,7 +88,7 @@ def admin_router() -> Router:
     return Router(
         "/",
         route_handlers=[failed_events, log_status, ingest_status],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["admin"],
     )

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 
 from personify.api import errors as api_errors
 from personify.api.admin import admin_router
+from personify.api.audit import AuditMiddleware, audit_router
 from personify.api.clusterings import clustering_router
 from personify.api.collector import collector_handlers
 from personify.api.content import content_router
@@ -36,6 +37,7 @@ from personify.api.recommend import recommend_router
 from personify.api.reference import openapi_config, reference_router
 from personify.api.segments import segment_router
 from personify.api.webhooks import webhook_router
+from personify.auth.tokens import TokenVerifier
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.ingest.asgi import IngestFastPath, UnavailableLog
 from personify.ingest.routes import CollectorRoutes
@@ -97,6 +99,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "experiments": value(runtime.experiments),
         "api_keys": value(runtime.api_keys),
         "sources": value(runtime.sources),
+        "audit": value(runtime.audit),
         "prometheus": value(metrics_registry(runtime)),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
@@ -132,6 +135,9 @@ def create_app(
         max_batch_bytes=settings.max_batch_bytes,
         public_url=settings.public_url,
         trust_host_header=settings.environment != "production",
+        rate_limiter=runtime.rate_limiter,
+        write_key_rate_per_s=settings.rate_limit_write_key_per_s,
+        write_key_burst=settings.rate_limit_write_key_burst,
     )
     # the collector's 503s, counted for GET /v1/ingest/status
     unavailable = UnavailableLog()
@@ -153,8 +159,11 @@ def create_app(
             metrics_router(),
             *collector_handlers(),
             reference_router(),
+            audit_router(),
         ],
         dependencies=_dependencies(runtime, unavailable),
+        # one instance wraps every route: changes, per-user reads and denials are recorded
+        middleware=[AuditMiddleware(runtime.audit, audit_reads=settings.audit_reads)],
         exception_handlers={
             PersonifyError: api_errors.personify_error_handler,
             HTTPException: api_errors.http_error_handler,
@@ -165,8 +174,11 @@ def create_app(
         state=State(
             {
                 "runtime": runtime,
-                # the API key guard reads the keys from here (guards take no dependencies)
+                # the guard reads the keys, the token verifier (None without an OpenID
+                # Connect issuer) and the rate limiter from here (guards take no dependencies)
                 "api_keys": runtime.api_keys,
+                "tokens": TokenVerifier.from_settings(settings, clock=runtime.clock),
+                "rate_limiter": runtime.rate_limiter,
                 # the collector's GET routes are its own Starlette endpoints
                 "collector_pages": StarletteRouter(routes=collector_routes.routes()),
             }
@@ -175,6 +187,8 @@ def create_app(
         logging_config=None,
     )
     # Litestar's own signature names its ASGI message types; it is an ASGI app all the same
-    fast_path = IngestFastPath(cast("ASGIApp", app), collector_routes, unavailable)
+    fast_path = IngestFastPath(
+        cast("ASGIApp", app), collector_routes, unavailable, webhooks=runtime.webhooks_in
+    )
     app.state.ingest = fast_path
     return fast_path

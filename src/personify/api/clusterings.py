@@ -33,7 +33,7 @@ from personify.api.documents import (
     admin_responses,
     error_response,
 )
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.errors import ValidationError
 from personify.jobs.segments import RECLUSTER_JOB
 from personify.runtime import Runtime
@@ -43,8 +43,9 @@ from personify.segments.clusterings import (
     RunRecord,
 )
 
-# the role a route needs (see ``personify.api.guards``)
-ADMIN = {"role": "admin"}
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+READ = needs("segments:read")
+WRITE = needs("segments:write")
 # the repository's codes for a definition that breaks its rules: 422, as a segment's
 # condition is; a bad key, name or description stays a 400, as it is for segments
 _DEFINITION_CODES = frozenset(
@@ -228,7 +229,7 @@ def _wake_runner(runtime: Runtime) -> None:
         runtime.scheduler.trigger(RECLUSTER_JOB)
 
 
-@get("/v1/clusterings", responses=admin_responses())
+@get("/v1/clusterings", opt=READ, responses=admin_responses())
 async def list_clusterings(clusterings: NamedDependency[ClusteringRepository]) -> ClusteringList:
     """Every active clustering by key, with its current run's clusters."""
     found = await sync_to_thread(_every_with_current, clusterings)
@@ -237,7 +238,7 @@ async def list_clusterings(clusterings: NamedDependency[ClusteringRepository]) -
 
 @post(
     "/v1/clusterings",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         **_definition_errors(),
@@ -261,7 +262,7 @@ async def create_clustering(
     return _document(definition)
 
 
-@get("/v1/clusterings/{key:str}", responses={**admin_responses(), **_not_found()})
+@get("/v1/clusterings/{key:str}", opt=READ, responses={**admin_responses(), **_not_found()})
 async def show_clustering(
     clusterings: NamedDependency[ClusteringRepository], key: ClusteringKey
 ) -> Clustering:
@@ -271,7 +272,7 @@ async def show_clustering(
 
 @patch(
     "/v1/clusterings/{key:str}",
-    opt=ADMIN,
+    opt=WRITE,
     responses={**admin_responses(), **_not_found(), **_definition_errors()},
 )
 async def update_clustering(
@@ -297,7 +298,7 @@ async def update_clustering(
 
 @delete(
     "/v1/clusterings/{key:str}",
-    opt=ADMIN,
+    opt=WRITE,
     # the archived definition is the answer, so not the 204 Litestar gives a DELETE
     status_code=200,
     responses={
@@ -318,7 +319,7 @@ async def archive_clustering(
 
 @post(
     "/v1/clusterings/{key:str}/runs",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=202,
     responses={**admin_responses(), **_not_found()},
 )
@@ -334,7 +335,7 @@ async def request_run(
     return _run_document(run)
 
 
-@get("/v1/clusterings/{key:str}/runs", responses={**admin_responses(), **_not_found()})
+@get("/v1/clusterings/{key:str}/runs", opt=READ, responses={**admin_responses(), **_not_found()})
 async def list_runs(
     clusterings: NamedDependency[ClusteringRepository],
     key: ClusteringKey,
@@ -355,6 +356,7 @@ async def list_runs(
 
 @get(
     "/v1/clusterings/{key:str}/runs/{number:int}",
+    opt=READ,
     responses={
         **admin_responses(),
         404: error_response("run_not_found: the clustering has no run of that number"),
@@ -369,7 +371,7 @@ async def show_run(
 
 @post(
     "/v1/clusterings/{key:str}/runs/{number:int}/restore",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=202,
     responses={
         **admin_responses(),
@@ -394,7 +396,7 @@ async def restore_run(
 
 @put(
     "/v1/clusterings/{key:str}/clusters/{cluster:str}/name",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         **_not_found(", or cluster_not_found: its current run has no such cluster"),
@@ -432,7 +434,7 @@ def clustering_router() -> Router:
             restore_run,
             name_cluster,
         ],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["clusterings"],
     )

@@ -23,15 +23,16 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from personify.api.admin import NO_NUL
 from personify.api.documents import admin_responses, error_response
 from personify.api.errors import personify_error_handler
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.content.catalog import STATUSES, ContentCatalog, ContentItem, Placement
 from personify.decide.engine import DecisionEngine
 from personify.errors import ValidationError
 
 __all__ = ["content_router"]
 
-# the role a route needs (see ``personify.api.guards``)
-ADMIN = {"role": "admin"}
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+READ = needs("content:read")
+WRITE = needs("content:write")
 # item and placement ids are at most 200 characters (``personify.content.validation``)
 _MAX_ID_CHARS = 200
 _MAX_VERSION = 2**31 - 1
@@ -324,7 +325,7 @@ _PLACEMENT_INVALID = error_response(
 )
 
 
-@get("/v1/content", responses=admin_responses())
+@get("/v1/content", opt=READ, responses=admin_responses())
 async def list_items(
     content: NamedDependency[ContentCatalog],
     type: Annotated[
@@ -374,7 +375,7 @@ async def list_items(
 
 @post(
     "/v1/content",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         400: _BODY_ERRORS,
@@ -392,7 +393,7 @@ async def create_item(
     return _item(await _write(decisions, content.create_item, _given(data), publish=publish))
 
 
-@get("/v1/content/export", responses=admin_responses())
+@get("/v1/content/export", opt=READ, responses=admin_responses())
 async def export_catalog(
     content: NamedDependency[ContentCatalog],
     archived: Annotated[bool, QueryParameter(description="include archived items")] = False,
@@ -404,7 +405,7 @@ async def export_catalog(
 
 @post(
     "/v1/content/import",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -425,7 +426,9 @@ async def import_catalog(
     return msgspec.convert(result.to_dict(), ImportReport)
 
 
-@get("/v1/content/items/{item_id:str}", responses={**admin_responses(), **_item_missing()})
+@get(
+    "/v1/content/items/{item_id:str}", opt=READ, responses={**admin_responses(), **_item_missing()}
+)
 async def show_item(
     content: NamedDependency[ContentCatalog], item_id: ItemId
 ) -> ContentItemDocument:
@@ -435,7 +438,7 @@ async def show_item(
 
 @patch(
     "/v1/content/items/{item_id:str}",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         **_item_missing(),
@@ -458,7 +461,7 @@ async def update_item(
 
 @delete(
     "/v1/content/items/{item_id:str}",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -477,7 +480,7 @@ async def archive_item(
 
 @post(
     "/v1/content/items/{item_id:str}/publish",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -496,7 +499,7 @@ async def publish_item(
 
 @post(
     "/v1/content/items/{item_id:str}/unpublish",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -515,7 +518,7 @@ async def unpublish_item(
 
 @post(
     "/v1/content/items/{item_id:str}/rollback",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -535,7 +538,11 @@ async def rollback_item(
     return _item(await _write(decisions, content.rollback, item_id, data.version))
 
 
-@get("/v1/content/items/{item_id:str}/versions", responses={**admin_responses(), **_item_missing()})
+@get(
+    "/v1/content/items/{item_id:str}/versions",
+    opt=READ,
+    responses={**admin_responses(), **_item_missing()},
+)
 async def item_versions(
     content: NamedDependency[ContentCatalog], item_id: ItemId
 ) -> ContentVersionList:
@@ -546,6 +553,7 @@ async def item_versions(
 
 @get(
     "/v1/content/items/{item_id:str}/versions/{version:int}",
+    opt=READ,
     responses={
         **admin_responses(),
         404: error_response("content_not_found or content_version_not_found"),
@@ -559,7 +567,7 @@ async def item_version(
     return msgspec.convert(found, ContentVersion)
 
 
-@get("/v1/placements", responses=admin_responses())
+@get("/v1/placements", opt=READ, responses=admin_responses())
 async def list_placements(
     content: NamedDependency[ContentCatalog],
     archived: Annotated[bool, QueryParameter(description="include archived placements")] = False,
@@ -571,7 +579,7 @@ async def list_placements(
 
 @post(
     "/v1/placements",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         400: _BODY_ERRORS,
@@ -590,6 +598,7 @@ async def create_placement(
 
 @get(
     "/v1/placements/{placement_id:str}",
+    opt=READ,
     responses={**admin_responses(), **_placement_missing()},
 )
 async def show_placement(
@@ -601,7 +610,7 @@ async def show_placement(
 
 @patch(
     "/v1/placements/{placement_id:str}",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         **_placement_missing(),
@@ -623,7 +632,7 @@ async def update_placement(
 
 @delete(
     "/v1/placements/{placement_id:str}",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={**admin_responses(), **_placement_missing()},
 )
@@ -638,6 +647,7 @@ async def archive_placement(
 
 @get(
     "/v1/placements/{placement_id:str}/versions",
+    opt=READ,
     responses={**admin_responses(), **_placement_missing()},
 )
 async def placement_versions(
@@ -674,7 +684,7 @@ def content_router() -> Router:
             archive_placement,
             placement_versions,
         ],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["content"],
         # msgspec raises RecursionError (not a decode error) on a body nested thousands deep

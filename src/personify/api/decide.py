@@ -42,8 +42,7 @@ from litestar.types import (
 from personify.api.admin import NO_NUL, invalid_parameter
 from personify.api.collector import WRITE_KEY
 from personify.api.documents import UNAVAILABLE, error_response
-from personify.api.guards import BEARER
-from personify.auth.keys import ApiKeyRepository
+from personify.api.guards import BEARER, admit
 from personify.auth.secrets import MAX_SECRET_CHARS
 from personify.decide.engine import MAX_LIMIT, DecisionEngine, DecisionRequest, PlacementRequest
 from personify.errors import NotFound, Unauthorized, ValidationError
@@ -151,15 +150,14 @@ def _basic_user(header: str) -> str | None:
 async def _caller(
     request: Request[Any, Any, Any],
     body: DecideBody,
-    keys: ApiKeyRepository,
     sources: SourceRepository,
 ) -> bool:
     """Whether the caller may see traces (an API key) or not (a write key); 401 otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
     if scheme.lower() == "bearer" and credential.strip():
-        if await sync_to_thread(keys.resolve, credential.strip()) is None:
-            raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
+        # an API key or a token: its role must grant the decide scope (service and up)
+        await admit(request, "decide")
         return True
     write_key = _basic_user(credential.strip()) if scheme.lower() == "basic" else None
     write_key = write_key or body.writeKey
@@ -251,14 +249,13 @@ def _public(decision: dict[str, Any]) -> dict[str, Any]:
 async def decide(
     request: Request[Any, Any, Any],
     decisions: NamedDependency[DecisionEngine],
-    api_keys: NamedDependency[ApiKeyRepository],
     sources: NamedDependency[SourceRepository],
     data: JSONBody[DecideBody],
 ) -> Response[DecisionDocument]:
     """The content for one user in the placements of a page, with a trace of why (API keys)
     or without (write keys, from browsers). Never an error for lack of data: a placement
     that cannot be personalized gets its default with ``fallback: true``."""
-    full = await _caller(request, data, api_keys, sources)
+    full = await _caller(request, data, sources)
     decision = await decisions.decide(_request(data), trace=full)
     shaped = decision if full else _public(decision)
     # the engine's answer is the document already (DecisionDocument describes it): encoded

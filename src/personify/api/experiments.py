@@ -23,7 +23,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from personify.api.admin import NO_NUL
 from personify.api.documents import admin_responses, error_response
 from personify.api.errors import personify_error_handler
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.decide.engine import DecisionEngine
 from personify.errors import ValidationError
 from personify.experiments.analysis import analyze
@@ -31,7 +31,9 @@ from personify.experiments.service import ExperimentService, chart_html, chart_p
 
 __all__ = ["experiments_router"]
 
-ADMIN = {"role": "admin"}
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+READ = needs("experiments:read")
+WRITE = needs("experiments:write")
 _UNSET: Any = msgspec.UNSET
 
 Key = Annotated[
@@ -170,7 +172,7 @@ _INVALID = error_response(
 )
 
 
-@get("/v1/experiments", responses=admin_responses())
+@get("/v1/experiments", opt=READ, responses=admin_responses())
 async def list_experiments(
     experiments: NamedDependency[ExperimentService],
     status: Annotated[
@@ -185,7 +187,7 @@ async def list_experiments(
 
 @post(
     "/v1/experiments",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         409: error_response("experiment_exists: an experiment has that key"),
@@ -201,6 +203,7 @@ async def create_experiment(
 
 @post(
     "/v1/experiments/analyze",
+    opt=READ,
     status_code=200,
     responses={
         **admin_responses(),
@@ -214,7 +217,7 @@ async def analyze_statistics(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     return await sync_to_thread(analyze, data)
 
 
-@get("/v1/experiments/{key:str}", responses={**admin_responses(), **_MISSING})
+@get("/v1/experiments/{key:str}", opt=READ, responses={**admin_responses(), **_MISSING})
 async def show_experiment(
     experiments: NamedDependency[ExperimentService], key: Key
 ) -> ExperimentDocument:
@@ -224,7 +227,7 @@ async def show_experiment(
 
 @patch(
     "/v1/experiments/{key:str}",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         **_MISSING,
@@ -255,7 +258,7 @@ async def update_experiment(
 
 @delete(
     "/v1/experiments/{key:str}",
-    opt=ADMIN,
+    opt=WRITE,
     responses={**admin_responses(), **_MISSING, 409: error_response("running: stop it first")},
 )
 async def delete_experiment(experiments: NamedDependency[ExperimentService], key: Key) -> None:
@@ -265,7 +268,7 @@ async def delete_experiment(experiments: NamedDependency[ExperimentService], key
 
 @post(
     "/v1/experiments/{key:str}/start",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -286,7 +289,7 @@ async def start_experiment(
 
 @post(
     "/v1/experiments/{key:str}/stop",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={**admin_responses(), **_MISSING, 409: error_response("not_running")},
 )
@@ -301,7 +304,7 @@ async def stop_experiment(
     return _document(await _write(decisions, experiments.repository.stop, key, at=at))
 
 
-@get("/v1/experiments/{key:str}/results", responses={**admin_responses(), **_MISSING})
+@get("/v1/experiments/{key:str}/results", opt=READ, responses={**admin_responses(), **_MISSING})
 async def experiment_results(
     experiments: NamedDependency[ExperimentService],
     key: Key,
@@ -319,6 +322,7 @@ async def experiment_results(
 
 @get(
     "/v1/experiments/{key:str}/report",
+    opt=READ,
     responses={**admin_responses(), **_MISSING},
     media_type="text/html",
 )
@@ -337,6 +341,7 @@ async def experiment_report(
 
 @get(
     "/v1/experiments/{key:str}/chart",
+    opt=READ,
     responses={**admin_responses(), **_MISSING},
     media_type="image/png",
 )
@@ -352,7 +357,7 @@ async def experiment_chart(
     return Response(await sync_to_thread(chart_png, results), media_type="image/png")
 
 
-@get("/v1/experiments/{key:str}/allocations", responses={**admin_responses(), **_MISSING})
+@get("/v1/experiments/{key:str}/allocations", opt=READ, responses={**admin_responses(), **_MISSING})
 async def bandit_allocations(
     experiments: NamedDependency[ExperimentService], key: Key
 ) -> dict[str, Any]:
@@ -366,7 +371,7 @@ async def bandit_allocations(
 
 @post(
     "/v1/experiments/{key:str}/allocations",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={**admin_responses(), **_MISSING, 400: error_response("not_a_bandit")},
 )
@@ -381,6 +386,7 @@ async def update_allocations(
 
 @post(
     "/v1/experiments/{key:str}/evaluate",
+    opt=READ,
     status_code=200,
     responses={**admin_responses(), **_MISSING},
 )
@@ -412,7 +418,7 @@ def experiments_router() -> Router:
             update_allocations,
             evaluate_policy,
         ],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["experiments"],
         exception_handlers={RecursionError: _too_deep},

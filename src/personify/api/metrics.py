@@ -16,11 +16,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from personify.api.documents import admin_responses
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
+from personify.ingest.webhooks import WebhookMetrics
 from personify.predict.gauges import PredictionCollector
 from personify.runtime import Runtime
 
 __all__ = ["metrics_registry", "metrics_router"]
+
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+AGGREGATES = needs("aggregates:read")
 
 # Prometheus' text format; the framework adds the charset itself
 _MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
@@ -30,11 +34,14 @@ def metrics_registry(runtime: Runtime) -> CollectorRegistry:
     """The app's collector registry: every collector of what it reports."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(PredictionCollector(runtime.models, runtime.model_monitor))
+    # signed webhooks in: accepted, ignored and refused (by reason)
+    registry.register(WebhookMetrics(runtime.webhooks_in))
     return registry
 
 
 @get(
     "/metrics",
+    opt=AGGREGATES,
     media_type=_MEDIA_TYPE,
     responses={
         200: ResponseSpec(
@@ -55,7 +62,7 @@ def metrics_router() -> Router:
     return Router(
         "/",
         route_handlers=[metrics],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["metrics"],
     )

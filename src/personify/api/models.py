@@ -25,7 +25,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from personify.api.admin import MAX_NAME_CHARS, NO_NUL, unprocessable_in_thread
 from personify.api.documents import admin_responses, error_response
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.predict import targets
 from personify.predict.monitor import ModelMonitor
 from personify.predict.registry import ModelRegistry, ModelVersion
@@ -40,8 +40,9 @@ __all__ = [
     "model_router",
 ]
 
-# the role a route needs (see ``personify.api.guards``)
-ADMIN = {"role": "admin"}
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+READ = needs("models:read")
+WRITE = needs("models:write")
 # the registry's and the targets' codes for a request that names something unusable: 422,
 # as a definition that breaks its rules is (the registry raises them as plain validation
 # errors, which would be 400s)
@@ -190,7 +191,7 @@ def _file_errors(not_found: str) -> dict[int, ResponseSpec]:
     }
 
 
-@get("/v1/models", responses={**admin_responses(), 422: _INVALID_TARGET})
+@get("/v1/models", opt=READ, responses={**admin_responses(), 422: _INVALID_TARGET})
 async def list_models(
     models: NamedDependency[ModelRegistry],
     target: Annotated[
@@ -211,6 +212,7 @@ async def list_models(
 
 @get(
     "/v1/models/{model_id:int}",
+    opt=READ,
     responses={**admin_responses(), 404: error_response(_MODEL_NOT_FOUND)},
 )
 async def show_model(
@@ -222,7 +224,7 @@ async def show_model(
 
 @post(
     "/v1/models/{model_id:int}/promote",
-    opt=ADMIN,
+    opt=WRITE,
     # the version promoted is the answer, not a new resource: 200, not Litestar's 201
     status_code=200,
     responses={**admin_responses(), **_file_errors(_MODEL_NOT_FOUND)},
@@ -237,7 +239,7 @@ async def promote_model(
 
 @post(
     "/v1/models/targets/{target:str}/rollback",
-    opt=ADMIN,
+    opt=WRITE,
     status_code=200,
     responses={
         **admin_responses(),
@@ -261,6 +263,7 @@ async def roll_back_model(
 
 @get(
     "/v1/models/targets/{target:str}/promotions",
+    opt=READ,
     responses={**admin_responses(), 422: _INVALID_TARGET},
 )
 async def list_promotions(
@@ -287,6 +290,7 @@ def _checks(monitor: ModelMonitor, target_name: str, limit: int) -> list[dict[st
 
 @get(
     "/v1/models/targets/{target:str}/monitoring",
+    opt=READ,
     responses={**admin_responses(), 422: _INVALID_TARGET},
 )
 async def list_checks(
@@ -312,7 +316,7 @@ def model_router() -> Router:
             list_promotions,
             list_checks,
         ],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["models"],
     )

@@ -20,7 +20,7 @@ from personify.api.documents import (
     WorkerStatus,
     admin_responses,
 )
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.errors import ValidationError
 from personify.events.normalize import parse_timestamp
 from personify.predict.stage import explain
@@ -29,6 +29,10 @@ from personify.profiles.service import ProfileService
 from personify.runtime import Runtime
 from personify.segments.repository import SegmentRepository
 from personify.worker.worker import heartbeat_horizon
+
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+PER_USER = needs("profiles:read", per_user=True)
+OPS = needs("ops:read")
 
 # an ISO-8601 time is some 35 characters, with its fraction and offset
 _MAX_TIME_CHARS = 64
@@ -57,6 +61,7 @@ def _as_of(raw: str | None) -> datetime | None:
 
 @get(
     "/v1/profiles/{id:str}",
+    opt=PER_USER,
     responses={
         200: ResponseSpec(Profile, description="the profile document"),
         **admin_responses(found=True),
@@ -94,7 +99,7 @@ async def profile(
     return body
 
 
-@get("/v1/profiles/{id:str}/history", responses=admin_responses(found=True))
+@get("/v1/profiles/{id:str}/history", opt=PER_USER, responses=admin_responses(found=True))
 async def history(
     profiles: NamedDependency[ProfileService],
     id: ProfileId,
@@ -108,7 +113,7 @@ async def history(
     return ProfileHistory(**body)
 
 
-@get("/v1/profiles/{id:str}/events", responses=admin_responses(found=True))
+@get("/v1/profiles/{id:str}/events", opt=PER_USER, responses=admin_responses(found=True))
 async def events(
     profiles: NamedDependency[ProfileService],
     id: ProfileId,
@@ -125,7 +130,7 @@ async def events(
     return ProfileEvents(**body)
 
 
-@get("/v1/worker/status", responses=admin_responses(parameters=False))
+@get("/v1/worker/status", opt=OPS, responses=admin_responses(parameters=False))
 async def worker_status(runtime: NamedDependency[Runtime]) -> WorkerStatus:
     """The stream worker: lag, this process's worker and stages, every live worker's beat."""
     group = runtime.worker.group
@@ -156,7 +161,7 @@ def profile_router() -> Router:
     return Router(
         "/",
         route_handlers=[profile, history, events, worker_status],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["profiles"],
     )

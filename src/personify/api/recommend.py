@@ -26,7 +26,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from personify.api.admin import MAX_NAME_CHARS, NO_NUL
 from personify.api.documents import admin_responses
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.content.catalog import PublishedItem, catalog_revision, published_items
 from personify.profiles.document import personalization_allowed
 from personify.profiles.service import ProfileService
@@ -36,6 +36,10 @@ from personify.segments.repository import SegmentRepository
 from personify.store.database import Database, reachable
 
 __all__ = ["Recommendations", "RecommendedItem", "SimilarItems", "recommend_router"]
+
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+DECIDE = needs("decide")
+DECIDE_PER_USER = needs("decide", per_user=True)
 
 # ids as the collector takes them
 MAX_ID_CHARS = 512
@@ -160,7 +164,7 @@ async def _with_content(db: Database, found: Sequence[Recommendation]) -> list[R
     return _items(found, published)
 
 
-@get("/v1/recommendations/{user_id:str}", responses=admin_responses())
+@get("/v1/recommendations/{user_id:str}", opt=DECIDE_PER_USER, responses=admin_responses())
 async def recommendations_for(
     runtime: NamedDependency[Runtime],
     profiles: NamedDependency[ProfileService],
@@ -197,7 +201,7 @@ async def recommendations_for(
     )
 
 
-@get("/v1/items/{item_id:str}/similar", responses=admin_responses())
+@get("/v1/items/{item_id:str}/similar", opt=DECIDE, responses=admin_responses())
 async def similar_items(
     runtime: NamedDependency[Runtime],
     recommendations: NamedDependency[RecommendationService],
@@ -215,7 +219,7 @@ def recommend_router() -> Router:
     return Router(
         "/",
         route_handlers=[recommendations_for, similar_items],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["recommendations"],
     )

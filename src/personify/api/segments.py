@@ -34,13 +34,15 @@ from personify.api.documents import (
     error_response,
 )
 from personify.api.errors import personify_error_handler
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.errors import NotFound, ValidationError
 from personify.runtime import Runtime
 from personify.segments.repository import SegmentDefinition, SegmentRepository
 
-# the role a route needs (see ``personify.api.guards``)
-ADMIN = {"role": "admin"}
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+READ = needs("segments:read")
+WRITE = needs("segments:write")
+PER_USER = needs("profiles:read", per_user=True)
 
 SegmentKey = Annotated[
     str,
@@ -111,7 +113,7 @@ def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes
     return personify_error_handler(request, error)
 
 
-@get("/v1/segments", responses=admin_responses())
+@get("/v1/segments", opt=READ, responses=admin_responses())
 async def list_segments(
     segments: NamedDependency[SegmentRepository],
     archived: Annotated[bool, QueryParameter(description="include archived segments")] = False,
@@ -123,7 +125,7 @@ async def list_segments(
 
 @post(
     "/v1/segments",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         400: error_response(
@@ -178,7 +180,7 @@ async def _stats(segments: SegmentRepository, key: str, days: int) -> SegmentSta
     return msgspec.convert(await sync_to_thread(segments.stats, key, days=days), SegmentStats)
 
 
-@get("/v1/segments/{key:str}", responses={**admin_responses(), **_not_found()})
+@get("/v1/segments/{key:str}", opt=READ, responses={**admin_responses(), **_not_found()})
 async def show_segment(segments: NamedDependency[SegmentRepository], key: SegmentKey) -> Segment:
     """A segment's newest version (archived ones too)."""
     return await _show(segments, key)
@@ -186,7 +188,7 @@ async def show_segment(segments: NamedDependency[SegmentRepository], key: Segmen
 
 @patch(
     "/v1/segments/{key:str}",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         **_not_found(),
@@ -218,7 +220,7 @@ async def update_segment(
 
 @delete(
     "/v1/segments/{key:str}",
-    opt=ADMIN,
+    opt=WRITE,
     # the archived definition is the answer, so not the 204 Litestar gives a DELETE
     status_code=200,
     responses={
@@ -232,7 +234,7 @@ async def archive_segment(segments: NamedDependency[SegmentRepository], key: Seg
     return _document(await sync_to_thread(segments.archive, key))
 
 
-@get("/v1/segments/{key:str}/versions", responses={**admin_responses(), **_not_found()})
+@get("/v1/segments/{key:str}/versions", opt=READ, responses={**admin_responses(), **_not_found()})
 async def segment_versions(
     segments: NamedDependency[SegmentRepository], key: SegmentKey
 ) -> SegmentVersions:
@@ -240,7 +242,9 @@ async def segment_versions(
     return await _versions(segments, key)
 
 
-@get("/v1/segments/{key:str}/members", responses={**admin_responses(), **_not_found()})
+@get(
+    "/v1/segments/{key:str}/members", opt=PER_USER, responses={**admin_responses(), **_not_found()}
+)
 async def segment_members(
     segments: NamedDependency[SegmentRepository],
     key: SegmentKey,
@@ -251,7 +255,7 @@ async def segment_members(
     return await _members(segments, key, limit, cursor)
 
 
-@get("/v1/segments/{key:str}/stats", responses={**admin_responses(), **_not_found()})
+@get("/v1/segments/{key:str}/stats", opt=READ, responses={**admin_responses(), **_not_found()})
 async def segment_stats(
     segments: NamedDependency[SegmentRepository], key: SegmentKey, days: Days = 30
 ) -> SegmentStats:
@@ -261,6 +265,7 @@ async def segment_stats(
 
 @get(
     "/v1/segments/{clustering:str}/{cluster:str}",
+    opt=READ,
     responses={**admin_responses(), **_not_found()},
 )
 async def show_cluster_segment(
@@ -272,6 +277,7 @@ async def show_cluster_segment(
 
 @get(
     "/v1/segments/{clustering:str}/{cluster:str}/versions",
+    opt=READ,
     responses={**admin_responses(), **_not_found()},
 )
 async def cluster_segment_versions(
@@ -283,6 +289,7 @@ async def cluster_segment_versions(
 
 @get(
     "/v1/segments/{clustering:str}/{cluster:str}/members",
+    opt=PER_USER,
     responses={**admin_responses(), **_not_found()},
 )
 async def cluster_segment_members(
@@ -298,6 +305,7 @@ async def cluster_segment_members(
 
 @get(
     "/v1/segments/{clustering:str}/{cluster:str}/stats",
+    opt=READ,
     responses={**admin_responses(), **_not_found()},
 )
 async def cluster_segment_stats(
@@ -312,6 +320,7 @@ async def cluster_segment_stats(
 
 @get(
     "/v1/rfm",
+    opt=READ,
     responses={
         **admin_responses(),
         404: error_response("rfm_not_run: no RFM run yet (POST /v1/rfm/runs)"),
@@ -327,7 +336,7 @@ async def rfm_model(runtime: NamedDependency[Runtime]) -> RfmRun:
 
 @post(
     "/v1/rfm/runs",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         503: error_response("lake_unavailable or warehouse_unavailable: the lake cannot be read"),
@@ -360,7 +369,7 @@ def segment_router() -> Router:
             rfm_model,
             rfm_run,
         ],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["segments"],
         # msgspec raises RecursionError (not a decode error) on a body nested thousands deep

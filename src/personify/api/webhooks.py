@@ -19,7 +19,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from personify.api.documents import admin_responses, error_response
-from personify.api.guards import BEARER_SECURITY, api_key
+from personify.api.guards import BEARER_SECURITY, authorize, needs
 from personify.content.webhooks import MAX_URL_CHARS, Delivery, WebhookRepository
 from personify.content.webhooks import Webhook as WebhookRecord
 
@@ -33,8 +33,9 @@ __all__ = [
     "webhook_router",
 ]
 
-# the role a route needs (see ``personify.api.guards``)
-ADMIN = {"role": "admin"}
+# the scope each route needs (``personify.auth.roles``; per_user: an audited read)
+READ = needs("content:read")
+WRITE = needs("content:write")
 # ids are 64-bit row ids; the bound keeps a path from overflowing the database's integer
 _MAX_ID = 2**62
 
@@ -143,7 +144,7 @@ def _not_found(what: str = "webhook_not_found: no webhook has that id") -> dict[
     return {404: error_response(what)}
 
 
-@get("/v1/webhooks", responses=admin_responses())
+@get("/v1/webhooks", opt=READ, responses=admin_responses())
 async def list_webhooks(
     webhooks: NamedDependency[WebhookRepository],
     deleted: Annotated[bool, QueryParameter(description="include deleted webhooks")] = False,
@@ -155,7 +156,7 @@ async def list_webhooks(
 
 @post(
     "/v1/webhooks",
-    opt=ADMIN,
+    opt=WRITE,
     responses={
         **admin_responses(),
         400: error_response(
@@ -173,7 +174,7 @@ async def create_webhook(
     return CreatedWebhook(**record.to_dict(), secret=secret)
 
 
-@get("/v1/webhooks/{webhook_id:int}", responses={**admin_responses(), **_not_found()})
+@get("/v1/webhooks/{webhook_id:int}", opt=READ, responses={**admin_responses(), **_not_found()})
 async def show_webhook(
     webhooks: NamedDependency[WebhookRepository], webhook_id: WebhookId
 ) -> Webhook:
@@ -183,7 +184,7 @@ async def show_webhook(
 
 @delete(
     "/v1/webhooks/{webhook_id:int}",
-    opt=ADMIN,
+    opt=WRITE,
     # the deactivated webhook is the answer, so not the 204 Litestar gives a DELETE
     status_code=200,
     responses={**admin_responses(), **_not_found()},
@@ -198,6 +199,7 @@ async def delete_webhook(
 
 @get(
     "/v1/webhooks/{webhook_id:int}/deliveries",
+    opt=READ,
     responses={**admin_responses(), **_not_found()},
 )
 async def list_deliveries(
@@ -232,7 +234,7 @@ async def list_deliveries(
 
 @post(
     "/v1/webhooks/{webhook_id:int}/deliveries/{delivery_id:int}/retry",
-    opt=ADMIN,
+    opt=WRITE,
     # the delivery, pending again, is the answer: 200, not Litestar's 201
     status_code=200,
     responses={
@@ -271,7 +273,7 @@ def webhook_router() -> Router:
             list_deliveries,
             retry_delivery,
         ],
-        guards=[api_key],
+        guards=[authorize],
         security=BEARER_SECURITY,
         tags=["webhooks"],
     )

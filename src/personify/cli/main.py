@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from personify.cli.audit import audit
 from personify.cli.content import content
 from personify.cli.context import CliContext, PersonifyGroup, echo_json, pass_ctx
 from personify.cli.db import db
@@ -71,7 +72,27 @@ def serve(
         workers=workers,
         log_level=log_level,
         access_log=False,
+        # httptools with a bound on request heads: 431 past 64 KB, 408 when a head takes
+        # over 10 s (uvicorn bounds neither; see personify.cli.protocol)
+        http="personify.cli.protocol:BoundedHttpProtocol",
+        # idle keep-alive connections close after 5 s (uvicorn's default, said out loud)
+        timeout_keep_alive=5,
+        # open connections and requests in flight, under the file descriptors the process
+        # may open: past it uvicorn answers 503 at once instead of failing to accept. Slow
+        # clients count too, which the head timeout keeps from piling up
+        limit_concurrency=max_connections(),
     )
+
+
+def max_connections() -> int:
+    """``personify serve``'s bound on open connections: the descriptor limit less a margin
+    for the databases, the event log and the lake, at most 10,000."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(64, min(10_000, soft - 256))
 
 
 def served_app() -> Any:
@@ -178,5 +199,6 @@ for _command in (
     sql,
     quality,
     lineage,
+    audit,
 ):
     main.add_command(_command)

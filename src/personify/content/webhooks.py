@@ -21,8 +21,6 @@ by; ``Personify-Delivery`` names the delivery row.
 from __future__ import annotations
 
 import builtins
-import hashlib
-import hmac
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +36,8 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock, format_timestamp
 from personify.content.tables import content_webhook_deliveries, content_webhooks
 from personify.errors import ConfigurationError, Conflict, NotFound, ValidationError
+from personify.ingest import signing
+from personify.ingest.signing import SIGNATURE_HEADER, sign, signature_header
 from personify.store.database import Database, aware
 
 __all__ = [
@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 WEBHOOK_EVENTS = ("content.published", "content.unpublished")
-SIGNATURE_HEADER = "Personify-Signature"
 EVENT_HEADER = "Personify-Event"
 DELIVERY_HEADER = "Personify-Delivery"
 SECRET_PREFIX = "whsec_"
@@ -151,26 +150,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 # -- signing ---------------------------------------------------------------------------------
-
-
-def _key(secret: str | bytes) -> bytes:
-    return secret.encode() if isinstance(secret, str) else secret
-
-
-def _body(body: str | bytes) -> bytes:
-    return body.encode() if isinstance(body, str) else body
-
-
-def sign(secret: str | bytes, timestamp: int, body: str | bytes) -> str:
-    """The hex HMAC-SHA256 of ``b"<timestamp>." + body`` under ``secret`` (the whole
-    ``whsec_…`` string, as UTF-8)."""
-    message = str(timestamp).encode() + b"." + _body(body)
-    return hmac.new(_key(secret), message, hashlib.sha256).hexdigest()
-
-
-def signature_header(secret: str | bytes, body: str | bytes, *, timestamp: int) -> str:
-    """The ``Personify-Signature`` value for ``body`` sent at ``timestamp`` (Unix seconds)."""
-    return f"t={timestamp},v1={sign(secret, timestamp, body)}"
+# the scheme is ingest's (``personify.ingest.signing``): the webhooks in verify what these sign
 
 
 def verify_signature(
@@ -179,7 +159,7 @@ def verify_signature(
     body: str | bytes,
     *,
     now: datetime | float,
-    tolerance_s: float = 300.0,
+    tolerance_s: float = signing.DEFAULT_TOLERANCE_S,
 ) -> bool:
     """Whether ``header`` (a ``Personify-Signature`` value) signs ``body`` with ``secret``,
     at a time no more than ``tolerance_s`` from ``now`` (a datetime or Unix seconds).
@@ -189,27 +169,7 @@ def verify_signature(
     stale or future timestamp fails, so a captured request cannot be replayed later. Never
     raises for a malformed header: it is ``False``.
     """
-    if not header:
-        return False
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
-            timestamp = int(value)
-        elif name == "v1" and value:
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        return False
-    current = now.timestamp() if isinstance(now, datetime) else float(now)
-    if abs(current - timestamp) > tolerance_s:
-        return False
-    expected = sign(secret, timestamp, body).encode()
-    matched = False
-    for candidate in candidates:
-        # compare every candidate, so the time taken says nothing about which one matched
-        matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
-    return matched
+    return signing.verify(secret, header, body, now=now, tolerance_s=tolerance_s)
 
 
 # -- validation ------------------------------------------------------------------------------

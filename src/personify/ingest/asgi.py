@@ -5,6 +5,10 @@ here. Going through Starlette's middleware, routing, request and response object
 CPU than everything the collector itself does per request, so the POST ingest paths are
 answered here from the raw ASGI scope, before Starlette sees them; every other request (and
 the lifespan) passes through untouched.
+
+The signed webhooks in (``POST /v1/webhooks/{source}``, ``personify.ingest.webhooks``) are
+served here too, but only for a single path segment that is not all digits: the admin API's
+``/v1/webhooks/{webhook_id:int}…`` routes, and every other method, stay Litestar's.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from personify.http_errors import (
     INTERNAL_ERROR_MESSAGE,
     collector_error_body,
     collector_error_parts,
+    error_body,
+    error_parts,
 )
 from personify.ingest.routes import (
     CORS_HEADERS,
@@ -30,6 +36,7 @@ from personify.ingest.routes import (
     Headers,
     request_headers,
 )
+from personify.ingest.webhooks import WebhookReceiver
 
 logger = logging.getLogger("personify.ingest")
 
@@ -53,6 +60,12 @@ _JSON_HEADERS = [
     (b"access-control-allow-origin", CORS_HEADERS["access-control-allow-origin"].encode()),
 ]
 _SUCCESS_HEADERS = [*_JSON_HEADERS, (b"content-length", str(len(_SUCCESS)).encode())]
+_WEBHOOKS_PREFIX = "/v1/webhooks/"
+_WEBHOOK_METHODS = frozenset({"POST", "OPTIONS"})
+# senders are servers, not browsers: no CORS headers on these answers
+_WEBHOOK_HEADERS = [(b"content-type", b"application/json")]
+_WEBHOOK_PREFLIGHT = [(b"allow", b"POST, OPTIONS")]
+_WEBHOOK_INTERNAL_ERROR = error_body("internal_error", INTERNAL_ERROR_MESSAGE)
 
 
 class UnavailableLog:
@@ -98,20 +111,44 @@ class UnavailableLog:
         return {"total": sum(self.counts.values()), "byCode": dict(self.counts)}
 
 
+def webhook_source(path: str) -> str | None:
+    """The source of a signed-webhook path (``/v1/webhooks/<one segment, not all digits>``),
+    else ``None``: all digits name an admin API webhook (``/v1/webhooks/{webhook_id:int}``)."""
+    if not path.startswith(_WEBHOOKS_PREFIX):
+        return None
+    segment = path[len(_WEBHOOKS_PREFIX) :]
+    if not segment or "/" in segment or (segment.isascii() and segment.isdigit()):
+        return None
+    return segment
+
+
 class IngestFastPath:
-    """Serves POST/OPTIONS on the ingest paths; hands every other request to ``app``."""
+    """Serves POST/OPTIONS on the ingest paths (and, given ``webhooks``, on the signed
+    webhook paths); hands every other request to ``app``."""
 
     def __init__(
-        self, app: ASGIApp, routes: CollectorRoutes, unavailable: UnavailableLog | None = None
+        self,
+        app: ASGIApp,
+        routes: CollectorRoutes,
+        unavailable: UnavailableLog | None = None,
+        *,
+        webhooks: WebhookReceiver | None = None,
     ) -> None:
         self.app = app
         self._routes = routes
         self.unavailable = unavailable or UnavailableLog()
+        self.webhooks = webhooks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         event_type = _SINGLE_PATHS.get(path)
         if event_type is None and path not in _BATCH_PATHS and path != _METRICS_PATH:
+            # one prefix check for the requests that are not ingest's
+            if path.startswith(_WEBHOOKS_PREFIX) and self.webhooks is not None:
+                source = webhook_source(path)
+                if source is not None and scope["method"] in _WEBHOOK_METHODS:
+                    await self._webhook(self.webhooks, source, scope, receive, send)
+                    return
             await self.app(scope, receive, send)
             return
         method = scope["method"]
@@ -151,6 +188,31 @@ class IngestFastPath:
             await send({"type": "http.response.body", "body": _SUCCESS})
             return
         await _respond(send, 200, body, _JSON_HEADERS)
+
+    async def _webhook(
+        self, webhooks: WebhookReceiver, source: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """One signed webhook: the receiver's answer, or its error in the one error shape."""
+        method = scope["method"]
+        if method == "OPTIONS":
+            await _respond(send, 204, b"", _WEBHOOK_PREFLIGHT)
+            return
+        try:
+            body = await webhooks.handle(source, request_headers(scope["headers"]), receive)
+        except PersonifyError as error:
+            if isinstance(error, BackendUnavailable):
+                self.unavailable.record(method, scope["path"], error)
+            status, body, extra = error_parts(error)
+            answer = [*_WEBHOOK_HEADERS, *((k.encode(), v.encode()) for k, v in extra.items())]
+            await _respond(send, status, body, answer)
+            return
+        except ClientDisconnected:
+            return
+        except Exception:
+            logger.exception("unhandled error on %s %s", method, scope["path"])
+            await _respond(send, 500, _WEBHOOK_INTERNAL_ERROR, _WEBHOOK_HEADERS)
+            return
+        await _respond(send, 200, body, _WEBHOOK_HEADERS)
 
 
 async def _discard_body(headers: Headers, receive: Receive, limit: int) -> None:

@@ -1,7 +1,10 @@
 """HTTP routes of the collector, shaped like Segment's HTTP Tracking API.
 
 Auth is HTTP Basic with the write key as user name and an empty password, or ``writeKey``
-in the body. Bodies may be gzip-compressed. CORS is open on these routes (any origin, no
+in the body. Bodies may be gzip-compressed. Each write key has a rate limit (a token bucket
+per source, ``personify.auth.ratelimit``): every POST request takes one token, whatever
+number of events it carries, once its write key resolves to a source; a refused request
+is answered 429 and none of its events is kept. CORS is open on these routes (any origin, no
 credentials) because browsers post to them directly.
 """
 
@@ -26,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive
 
+from personify.auth.ratelimit import RateLimiter, enforce
 from personify.auth.secrets import MAX_SECRET_CHARS
 from personify.errors import (
     ConfigurationError,
@@ -262,7 +266,12 @@ class CollectorRoutes:
         max_batch_bytes: int,
         public_url: str = "",
         trust_host_header: bool = True,
+        rate_limiter: RateLimiter | None = None,
+        write_key_rate_per_s: float = 0.0,
+        write_key_burst: int = 0,
     ) -> None:
+        if rate_limiter is not None and not (write_key_rate_per_s > 0 and write_key_burst >= 1):
+            raise ValueError("a rate limiter needs a positive write_key_rate_per_s and burst")
         self._collector = collector
         self._sources = sources
         self._render_error = render_error
@@ -279,6 +288,9 @@ class CollectorRoutes:
             (f"{public.netloc}{public.path.rstrip('/')}/v1", public.scheme) if public_url else None
         )
         self._trust_host_header = trust_host_header
+        self.rate_limiter = rate_limiter
+        self._write_key_rate_per_s = write_key_rate_per_s
+        self._write_key_burst = write_key_burst
         if not public_url and not trust_host_header:
             logger.warning(
                 "PERSONIFY_PUBLIC_URL is not set: GET /v1/projects/{writeKey}/settings (the "
@@ -299,6 +311,19 @@ class CollectorRoutes:
         if source is None:
             raise Unauthorized("unknown or revoked write key", code="invalid_write_key")
         return source
+
+    async def _admit(self, source: Source) -> None:
+        """Take one token from the source's bucket, or raise ``RateLimited`` (HTTP 429).
+
+        One per request, not per event: a batch costs what a single event does, because
+        batching is what a busy sender is asked to do (and the batch's size has its own
+        bound). Taken before anything is appended, so a refused request leaves no event."""
+        await enforce(
+            self.rate_limiter,
+            "wk:" + source.id,
+            rate_per_s=self._write_key_rate_per_s,
+            burst=self._write_key_burst,
+        )
 
     def _with_cors(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -335,6 +360,8 @@ class CollectorRoutes:
         hit, source = self._cached_source(write_key)
         if not hit or source is None:
             source = await self._resolve(write_key)
+        if self.rate_limiter is not None:
+            await self._admit(source)
         record = self._collector.common_record(source, raw, event_type)
         if record is not None:
             await self._append_one(record)
@@ -367,6 +394,7 @@ class CollectorRoutes:
         if isinstance(raw, WireBatch):
             write_key = _write_key(headers, raw)
             source = await self._resolve(write_key)
+            await self._admit(source)
             outcome = await self._collector.collect(
                 source,
                 raw.batch,
@@ -391,6 +419,7 @@ class CollectorRoutes:
         """A batch decoded as plain JSON: the envelope's fields are the events' defaults."""
         write_key = _write_key(headers, envelope)
         source = await self._resolve(write_key)
+        await self._admit(source)
         defaults: dict[str, Any] = {
             k: envelope[k] for k in ("context", "integrations", "sentAt") if k in envelope
         }
