@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Router, get
+import msgspec
+from litestar import Router, get, put
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from personify.api.admin import MAX_ID_CHARS, NO_NUL, invalid_parameter
 from personify.api.documents import (
@@ -21,8 +23,9 @@ from personify.api.documents import (
     admin_responses,
 )
 from personify.api.guards import BEARER_SECURITY, authorize, needs
-from personify.errors import ValidationError
+from personify.errors import NotFound, ValidationError
 from personify.events.normalize import parse_timestamp
+from personify.ingest.sources import Source
 from personify.predict.stage import explain
 from personify.profiles.repository import MAX_CURSOR_CHARS, parse_cursor
 from personify.profiles.service import ProfileService
@@ -33,6 +36,35 @@ from personify.worker.worker import heartbeat_horizon
 # the scope each route needs (``personify.auth.roles``; per_user: an audited read)
 PER_USER = needs("profiles:read", per_user=True)
 OPS = needs("ops:read")
+CONSENT = needs("profiles:write")
+
+# the purposes consent is given or withdrawn for (docs/privacy.md)
+CONSENT_PURPOSES = ("analytics", "personalization", "advertising")
+# what the consent API's events are attributed to: not a source with a write key
+_CONSENT_SOURCE = Source(
+    id="personify-consent",
+    name="consent API",
+    write_key_prefix="",
+    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    revoked_at=None,
+)
+
+
+class ConsentBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Consent per purpose; a purpose left out keeps what the profile said before."""
+
+    analytics: bool | None = None
+    personalization: bool | None = None
+    advertising: bool | None = None
+
+
+class ConsentChange(msgspec.Struct):
+    """The consent event appended to the log (the worker applies it like any event)."""
+
+    profileId: str
+    messageId: str
+    categoryPreferences: dict[str, bool]
+
 
 # an ISO-8601 time is some 35 characters, with its fraction and offset
 _MAX_TIME_CHARS = 64
@@ -156,11 +188,57 @@ async def worker_status(runtime: NamedDependency[Runtime]) -> WorkerStatus:
     )
 
 
+@put(
+    "/v1/profiles/{id:str}/consent",
+    opt=CONSENT,
+    status_code=202,
+    responses=admin_responses(found=True),
+)
+async def update_consent(
+    runtime: NamedDependency[Runtime],
+    profiles: NamedDependency[ProfileService],
+    id: ProfileId,
+    data: JSONBody[ConsentBody],
+) -> ConsentChange:
+    """Record the person's consent per purpose (analytics, personalization, advertising)
+    as a ``Consent Updated`` event in their history; the stream worker applies it, and a
+    withdrawn personalization consent ends decisions, scoring and segments for them."""
+    preferences = {
+        purpose: value
+        for purpose in CONSENT_PURPOSES
+        if (value := getattr(data, purpose)) is not None
+    }
+    if not preferences:
+        raise ValidationError(
+            f"give consent for at least one of {', '.join(CONSENT_PURPOSES)}",
+            code="invalid_consent",
+        )
+    loaded = await profiles.load(id)
+    if loaded is None:
+        raise NotFound(f"no profile has the id {id!r}", code="profile_not_found")
+    key = "userId" if id in loaded.state.user_ids else "anonymousId"
+    message_id = f"consent-{uuid.uuid4().hex}"
+    event = {
+        "type": "track",
+        "event": "Consent Updated",
+        key: id,
+        "messageId": message_id,
+        "properties": dict(preferences),
+        "context": {"consent": {"categoryPreferences": dict(preferences)}},
+    }
+    outcome = await runtime.collector.collect(_CONSENT_SOURCE, [event])
+    if outcome.rejected:
+        raise ValidationError("the consent event was refused", code="invalid_consent")
+    return ConsentChange(
+        profileId=loaded.profile_id, messageId=message_id, categoryPreferences=preferences
+    )
+
+
 def profile_router() -> Router:
     """The profile and worker routes, behind the API key guard."""
     return Router(
         "/",
-        route_handlers=[profile, history, events, worker_status],
+        route_handlers=[profile, history, events, update_consent, worker_status],
         guards=[authorize],
         security=BEARER_SECURITY,
         tags=["profiles"],
