@@ -7,6 +7,7 @@ take what they need from it (the API through dependency injection).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from personify.ingest.webhooks import InboundWebhookRepository, WebhookReceiver
 from personify.jobs.content import content_jobs
 from personify.jobs.experiments import experiment_jobs
 from personify.jobs.predictions import prediction_jobs
+from personify.jobs.privacy import privacy_jobs
 from personify.jobs.recommend import recommend_jobs
 from personify.jobs.retention import retention_jobs
 from personify.jobs.schedule import Scheduler
@@ -48,6 +50,13 @@ from personify.predict.stage import PredictionStage
 from personify.predict.trainer import ModelTrainer
 from personify.predict.training import FeatureJob
 from personify.predict.vectors import lake_feature_source
+from personify.privacy.derived import DerivedFilesEraser
+from personify.privacy.erasure import ErasureJob, ErasureRequests
+from personify.privacy.eventlog import EventLogEraser
+from personify.privacy.export import Exporter
+from personify.privacy.lake import LakeEraser
+from personify.privacy.state import CacheEraser, DeadLetterEraser, StateEraser
+from personify.privacy.suppression import Suppressions
 from personify.profiles.features import FeatureSet, load_profile_config
 from personify.profiles.processor import ProfileProcessor
 from personify.profiles.repository import ProfileRepository
@@ -112,6 +121,11 @@ class Runtime:
     recommend_indexer: RecommendationIndexer
     # the hash-chained audit log (personify.auth.audit)
     audit: AuditLog
+    # erased ids, whose events the collector drops (personify.privacy.suppression)
+    suppressions: Suppressions
+    # erasure requests and their erasers (personify.privacy.erasure), and exports
+    privacy: ErasureJob
+    exporter: Exporter
     lake_sink: LakeSink | None = None
     lake_stage: StageSupervisor | None = None
     revocations: RevocationListener | None = None
@@ -248,8 +262,37 @@ class Runtime:
             if settings.run_lake_sink
             else None
         )
+        suppressions = Suppressions(db, hasher, clock=clock)
         collector = Collector(
-            log, normalizer, hasher, failed, clock=clock, native=settings.ingest_native
+            log,
+            normalizer,
+            hasher,
+            failed,
+            clock=clock,
+            native=settings.ingest_native,
+            suppressions=suppressions,
+        )
+        privacy = ErasureJob(
+            ErasureRequests(db, hasher, clock=clock),
+            # every store that holds per-user data has its eraser here (docs/privacy.md)
+            erasers=[
+                # the log first: an entry naming the person cannot be applied again after
+                # the state is erased (new ones are suppressed at the collector)
+                EventLogEraser(log, retention_s=settings.eventlog_retention_hours * 3600.0),
+                StateEraser(db),
+                CacheEraser(cache, invalidation_ttl_s=settings.cache_invalidation_ttl_s),
+                DeadLetterEraser(db),
+                # file ages on storage are wall-clock facts: the lake eraser reads its own
+                LakeEraser(
+                    Lake.from_settings(settings),
+                    retention_hours=settings.lake_vacuum_retention_hours,
+                ),
+                DerivedFilesEraser(db, models_dir=settings.resolved_models_dir, clock=clock),
+            ],
+            db=db,
+            hasher=hasher,
+            suppressions=suppressions,
+            clock=clock,
         )
         return cls(
             settings=settings,
@@ -315,6 +358,11 @@ class Runtime:
             ),
             recommend_indexer=recommend_indexer,
             audit=AuditLog(db, clock=clock),
+            suppressions=suppressions,
+            privacy=privacy,
+            exporter=Exporter(
+                db, hasher, warehouse=functools.partial(open_warehouse, settings, db)
+            ),
             rate_limiter=open_rate_limiter(settings, clock=clock),
             scheduler=Scheduler(
                 [
@@ -326,6 +374,7 @@ class Runtime:
                     *content_jobs(settings, webhook_deliverer, db, clock),
                     *recommend_jobs(settings, recommend_indexer, db, clock),
                     *experiment_jobs(settings, experiments),
+                    *privacy_jobs(privacy),
                 ],
                 clock=clock,
             ),
@@ -338,6 +387,8 @@ class Runtime:
     async def start(self) -> None:
         """Start the ports that run background work (and the stream worker, unless turned off)."""
         await self.log.start()
+        # the ids erased before this process started are dropped from its first event on
+        await asyncio.to_thread(self.suppressions.refresh)
         if self.revocations is not None:
             await self.revocations.start()
         await self.cache.start()

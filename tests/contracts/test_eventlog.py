@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -268,3 +269,56 @@ async def test_large_appends_are_read_back_completely(log_factory: LogFactory, n
     got = await drain(log, "g", "c", n)
     assert len(got) == n
     assert len({e.payload for e in got}) == n
+
+
+def _naming(user: str) -> Callable[[LogEntry], bool]:
+    """The predicate an erasure of ``user`` passes: their key, or their id in the payload."""
+    needle = user.encode()
+    return lambda entry: entry.key == user or needle in entry.payload
+
+
+async def test_erase_removes_every_matching_entry_or_reports_it(log_factory: LogFactory) -> None:
+    log = await log_factory()
+    bob = records("bob", 6, key="bob")
+    alice = [LogRecord(f"alice-{i}".encode(), "alice", f"alice-{i}") for i in range(3)]
+    # interleaved in one append: the SQLite log holds them in one chunk
+    await log.append([bob[0], alice[0], bob[1], alice[1], bob[2], alice[2], *bob[3:]])
+    first: list[LogEntry] = []
+    deadline = time.monotonic() + 20
+    while not first and time.monotonic() < deadline:
+        first = await log.read("early", "c", max_count=2, timeout_ms=200)
+    await log.commit("early", "c", first)
+    match = _naming("alice")
+
+    looked = await log.erase(match, dry_run=True)
+    assert looked.removed == 0
+    assert len(looked.remaining) == 3
+    report = await log.erase(match)
+
+    if report.remaining:
+        # the engine cannot remove a single record (Kafka): it says what stays, and why
+        assert report.removed == 0
+        assert sorted(report.remaining) == sorted(looked.remaining)
+        assert report.reason
+        return
+    assert report.removed == 3
+    expected = [f"bob-{i}".encode() for i in range(6)]
+    assert [e.payload for e in await log.tail(20)] == expected
+    # a group that read part of it gets the rest, without the erased entries
+    assert [e.payload for e in first] == [b"bob-0", b"alice-0"]
+    rest = await drain(log, "early", "c", 5)
+    assert [e.payload for e in rest] == expected[1:]
+    assert await log.read("early", "c", max_count=10, timeout_ms=200) == []
+    await log.commit("early", "c", rest)
+    assert await log.lag("early") == 0
+    # a new group, after a restart, never sees them
+    await log.close()
+    reopened = await log_factory()
+    fresh = await drain(reopened, "late", "c", 6)
+    assert [e.payload for e in fresh] == expected
+    assert await reopened.lag("late") == 6
+    assert await reopened.erase(match) == (0, (), None, "")
+    # appends after an erasure land and are read as usual
+    await reopened.append(records("carol", 2, key="carol"))
+    more = await drain(reopened, "late", "c", 2)
+    assert [e.payload for e in more] == [b"carol-0", b"carol-1"]

@@ -115,6 +115,8 @@ async def test_serve_prunes_profiles_and_trims_the_log_on_its_schedule(tmp_path:
             "content-webhooks",
             "content-exposure-prune",
             "recommend-train",
+            "experiments-bandits",
+            "privacy-requests",
         }
         assert jobs["profile-prune"]["runs"] >= 1 and jobs["profile-prune"]["failures"] == 0
         assert jobs["profile-prune"]["lastResult"]["eventsDeleted"] >= 0

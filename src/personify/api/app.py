@@ -9,6 +9,7 @@ process is its own. ``personify serve`` and ``personify worker`` do that at star
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from personify.api.documents import ErrorDocument, Health, Readiness
 from personify.api.experiments import experiments_router
 from personify.api.metrics import metrics_registry, metrics_router
 from personify.api.models import model_router
+from personify.api.privacy import privacy_handlers
 from personify.api.profiles import profile_router
 from personify.api.recommend import recommend_router
 from personify.api.reference import openapi_config, reference_router
@@ -41,6 +43,7 @@ from personify.auth.tokens import TokenVerifier
 from personify.errors import BackendUnavailable, PersonifyError
 from personify.ingest.asgi import IngestFastPath, UnavailableLog
 from personify.ingest.routes import CollectorRoutes
+from personify.privacy.suppression import id_hash
 from personify.runtime import Runtime
 from personify.settings import Settings
 
@@ -147,6 +150,7 @@ def create_app(
             ready,
             admin_router(),
             profile_router(),
+            *privacy_handlers(),
             segment_router(),
             clustering_router(),
             model_router(),
@@ -163,7 +167,13 @@ def create_app(
         ],
         dependencies=_dependencies(runtime, unavailable),
         # one instance wraps every route: changes, per-user reads and denials are recorded
-        middleware=[AuditMiddleware(runtime.audit, audit_reads=settings.audit_reads)],
+        middleware=[
+            AuditMiddleware(
+                runtime.audit,
+                audit_reads=settings.audit_reads,
+                pseudonymize=functools.partial(id_hash, runtime.hasher),
+            )
+        ],
         exception_handlers={
             PersonifyError: api_errors.personify_error_handler,
             HTTPException: api_errors.http_error_handler,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from datetime import datetime
@@ -64,6 +65,9 @@ NDJSON: Final = "application/x-ndjson"
 AUDIT_READ: Final = needs("audit:read")
 
 _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# path parameters that name a person
+PERSON_PARAMS: Final = frozenset({"id", "user_id"})
+_PARAM: Final = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _DENIED: Final = frozenset({401, 403})
 # the stored prefix of a key or write key is its first ten characters
 _PREFIX_CHARS: Final = 10
@@ -138,9 +142,13 @@ class AuditMiddleware:
         *,
         audit_reads: bool = True,
         unaudited_paths: Collection[str] = UNAUDITED_PATHS,
+        pseudonymize: Callable[[str], str] | None = None,
     ) -> None:
         self.audit = audit
         self.audit_reads = audit_reads
+        # a person's id in a path (``{id}``, ``{user_id}``) is recorded as its keyed hash:
+        # the audit log is never erased, so it must not hold who the person was
+        self.pseudonymize = pseudonymize
         self.unaudited_paths = frozenset(unaudited_paths)
         self._failures = 0
         self._lock = threading.Lock()
@@ -176,12 +184,26 @@ class AuditMiddleware:
             actor=actor,
             role=role,
             action=f"{scope['method']} {template}",
-            resource=scope["path"],
+            resource=self._resource(scope, template),
             status=status,
             outcome=outcome_of(status),
             source=str(client[0]) if client else None,
             details=details,
         )
+
+    def _resource(self, scope: HTTPScope, template: str) -> str:
+        """The concrete path, with a person's ids pseudonymized."""
+        params = scope.get("path_params") or {}
+        if self.pseudonymize is None or not PERSON_PARAMS.intersection(params):
+            return scope["path"]
+        pseudonymize = self.pseudonymize
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            value = str(params.get(name, match.group(0)))
+            return pseudonymize(value) if name in PERSON_PARAMS else value
+
+        return _PARAM.sub(fill, template)
 
     def write(self, record: AuditRecord) -> None:
         """Append ``record``; a failure is logged and counted, never raised."""

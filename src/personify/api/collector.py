@@ -185,6 +185,12 @@ SCHEMAS: dict[str, Schema] = {
             "rejected": Schema(
                 type=OpenAPIType.INTEGER, minimum=0, description="dead-lettered with a reason"
             ),
+            "suppressed": Schema(
+                type=OpenAPIType.INTEGER,
+                minimum=1,
+                description="events of erased (suppressed) ids, dropped and not stored; "
+                "present only when there were any",
+            ),
         },
     ),
     "CollectorError": _error_schema(),

@@ -131,7 +131,8 @@ class ApiKeyRepository:
                     key_hash=hash_secret(secret),
                     key_prefix=key.prefix,
                     created_at=key.created_at,
-                    expires_at=expires_at,
+                    # only when set: the insert then works on a schema before revision 0011
+                    **({"expires_at": expires_at} if expires_at is not None else {}),
                 )
             )
         # a lookup of this secret before it existed left a negative entry

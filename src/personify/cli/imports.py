@@ -68,6 +68,7 @@ def import_events(
         read_rows,
     )
     from personify.ingest.sources import SourceRepository
+    from personify.privacy.suppression import Suppressions
     from personify.quality.checks import QualityContext
     from personify.quality.results import QualityRepository
     from personify.store.database import open_database
@@ -90,6 +91,9 @@ def import_events(
     )
     now = datetime.now(UTC)
     quality = QualityContext(now=now, future_tolerance_hours=settings.future_tolerance_hours)
+    # erased people's ids are dropped here as the collector drops them
+    suppressions = Suppressions(db, hasher)
+    suppressions.refresh()
 
     async def run() -> Any:
         log = open_eventlog(settings)
@@ -102,6 +106,7 @@ def import_events(
                 source,
                 quality=quality,
                 record_quality=QualityRepository(db).record,
+                suppressions=suppressions,
             )
             with click.progressbar(
                 length=progress_total(file, file_format),
@@ -124,6 +129,7 @@ def import_events(
     click.echo(
         f"{summary.rows} rows: {summary.accepted} accepted, {summary.duplicates} duplicates, "
         f"{summary.rejected} rejected"
+        + (f", {summary.suppressed} of erased people dropped" if summary.suppressed else "")
     )
     for code, count in sorted(summary.reasons.items()):
         click.echo(f"  rejected {count} x {code}")

@@ -21,6 +21,7 @@ from personify.cli.imports import import_events
 from personify.cli.keys import keys, sources
 from personify.cli.lake import lake
 from personify.cli.predict import predict
+from personify.cli.privacy import privacy
 from personify.cli.profiles import profiles
 from personify.cli.quality import lineage, quality
 from personify.cli.recommend import recommend
@@ -200,5 +201,6 @@ for _command in (
     quality,
     lineage,
     audit,
+    privacy,
 ):
     main.add_command(_command)

@@ -14,12 +14,15 @@ Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 * ``truncate`` removes records that every known group has committed, and only those
   appended more than ``retention_s`` before ``now``; it never removes a record some known
   group has not committed, nor one younger than the retention.
+* ``erase`` removes every retained entry a predicate matches, so no read, tail or restart
+  delivers it again, or reports (``EraseReport.remaining``) the matching entries the engine
+  cannot remove and how long it keeps them (a Kafka topic deletes no single record).
 * Any driver failure, a full disk or a full queue raises ``BackendUnavailable``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from personify.registry import EVENTLOG_ADAPTERS, eventlog_config, load_adapter
@@ -56,6 +59,17 @@ class LogEntry(NamedTuple):
     payload: bytes
     appended_at: float
     delivery_count: int = 1
+
+
+class EraseReport(NamedTuple):
+    """What ``EventLog.erase`` did: how many matching entries went, and where the matching
+    entries the engine keeps are (``"<partition>:<offset>"``), for at most ``retention_s``
+    seconds (None: no bound is known), and why."""
+
+    removed: int
+    remaining: tuple[str, ...] = ()
+    retention_s: float | None = None
+    reason: str = ""
 
 
 @runtime_checkable
@@ -96,6 +110,15 @@ class EventLog(Protocol):
 
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first (for ``personify events tail``)."""
+        ...
+
+    async def erase(
+        self, match: Callable[[LogEntry], bool], *, dry_run: bool = False
+    ) -> EraseReport:
+        """Remove every retained entry ``match`` is true for (a data subject's erasure), for
+        every consumer group, committed or not; with ``dry_run`` remove nothing and report
+        every match under ``remaining``. Entries appended while it runs may be missed: run
+        it again (it is idempotent)."""
         ...
 
     async def close(self) -> None:

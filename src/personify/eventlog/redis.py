@@ -23,6 +23,8 @@ URL: ``redis://host:6379/0?stream=events`` (``rediss://`` for TLS). Offsets are 
   timeout). Re-deliveries carry Redis's delivery counter in ``LogEntry.delivery_count``,
   so the worker can dead-letter poison entries after ``eventlog_max_deliveries``.
 * **Commit** ``XACK``\\s the given ids and this consumer's older pending ids.
+* **Erase** scans the stream with ``XRANGE`` and ``XDEL``\\s the matching entries; a group
+  that had them pending acknowledges them when it next reads (they are gone).
 * **Lag** is the group's ``lag`` (not yet delivered) plus its ``pending`` (delivered, not
   acknowledged), from ``XINFO GROUPS``; **truncate** is ``XTRIM MINID`` at the floor, or
   lower, at the retention cutoff (``now - retention``, as an id), when that comes first.
@@ -36,12 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from personify.errors import BackendUnavailable, ConfigurationError
-from personify.eventlog.base import AppendResult, LogEntry, LogRecord
+from personify.eventlog.base import AppendResult, EraseReport, LogEntry, LogRecord
 from personify.redis_pool import RedisError, ResponseError, aioredis, connect
 from personify.registry import RedisLogConfig, redis_log_config
 
@@ -566,3 +568,29 @@ class RedisEventLog:
             rows = await self._redis.xrevrange(self.stream, count=limit) or []
         entries = [_entry(entry_id, raw_fields) for entry_id, raw_fields in reversed(rows)]
         return [e for e in entries if e is not None]
+
+    async def erase(
+        self, match: Callable[[LogEntry], bool], *, dry_run: bool = False
+    ) -> EraseReport:
+        """``XRANGE`` over the whole stream, ``XDEL`` of every entry ``match`` is true for."""
+        doomed: list[str] = []
+        start = "-"
+        while True:
+            with self._errors("scan the stream"):
+                rows = await self._redis.xrange(self.stream, min=start, count=_COUNT_CHUNK) or []
+            for entry_id, raw_fields in rows:
+                entry = _entry(entry_id, raw_fields)
+                if entry is not None and match(entry):
+                    doomed.append(entry.offset)
+            if len(rows) < _COUNT_CHUNK:
+                break
+            start = f"({_text(rows[-1][0])}"
+        if dry_run:
+            return EraseReport(0, tuple(f"0:{offset}" for offset in doomed))
+        removed = 0
+        for begin in range(0, len(doomed), _COUNT_CHUNK):
+            with self._errors("delete entries"):
+                removed += int(
+                    await self._redis.xdel(self.stream, *doomed[begin : begin + _COUNT_CHUNK])
+                )
+        return EraseReport(removed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import msgspec
 from msgspec import UNSET
@@ -20,6 +20,38 @@ from personify.ingest.wire import WireEvent, WireNormalizer, wire_to_dict
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 
 _encode = msgspec.json.Encoder().encode
+
+
+class SuppressionList(Protocol):
+    """The ids whose events are dropped at ingest (``personify.privacy.suppression``)."""
+
+    def active(self) -> bool:
+        """Whether any id is suppressed at all (cheap: asked once per request)."""
+        ...
+
+    def is_suppressed(self, identity: str) -> bool:
+        """Whether events carrying ``identity`` are dropped."""
+        ...
+
+
+class _EventIds(msgspec.Struct):
+    """The ids of a normalised event, decoded alone from its log record."""
+
+    userId: Any = None
+    anonymousId: Any = None
+    previousId: Any = None
+
+
+_decode_ids = msgspec.json.Decoder(_EventIds).decode
+
+
+def names_suppressed(suppressions: SuppressionList, record: LogRecord) -> bool:
+    """Whether the event of ``record`` carries a suppressed userId, anonymousId or previousId."""
+    ids = _decode_ids(record.payload)
+    return any(
+        value is not None and suppressions.is_suppressed(str(value))
+        for value in (ids.userId, ids.anonymousId, ids.previousId)
+    )
 
 
 def log_record(normalizer: Normalizer, event: dict[str, Any], source_id: str) -> LogRecord:
@@ -76,13 +108,24 @@ def _storable_wire(event: WireEvent) -> dict[str, Any] | None:
         return None
 
 
+def _payload_names_suppressed(suppressions: SuppressionList, payload: Any) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    return any(
+        isinstance(payload.get(key), str | int) and suppressions.is_suppressed(str(payload[key]))
+        for key in ("userId", "anonymousId", "previousId")
+    )
+
+
 class IngestOutcome(NamedTuple):
-    """What happened to the events of one request; ``errors[i]`` is why ``rejected[i]`` was."""
+    """What happened to the events of one request; ``errors[i]`` is why ``rejected[i]`` was.
+    ``suppressed`` events carried an erased id: dropped, never stored, not an error."""
 
     accepted: int
     duplicates: int
     rejected: list[NewFailedEvent]
     errors: list[ValidationError]
+    suppressed: int = 0
 
 
 class Collector:
@@ -97,6 +140,7 @@ class Collector:
         *,
         clock: Clock | None = None,
         native: bool = True,
+        suppressions: SuppressionList | None = None,
     ) -> None:
         self._log = log
         self._normalizer = normalizer
@@ -112,6 +156,10 @@ class Collector:
         self._now_us = self._clock.now_us
         self._native_call = self._wire.native_call
         self._native_constants = self._wire.native_constants
+        # events of erased ids are dropped after normalisation, before the append
+        self.suppressions = suppressions
+        # how many such events were dropped since start
+        self.suppressed = 0
 
     def _dead_letter(
         self, raw: Any, source: Source, error: ValidationError, message_id: str | None = None
@@ -153,7 +201,7 @@ class Collector:
         if native is None or type(raw) is not WireEvent:
             return None
         received_us, received_text = self._received()
-        return native(
+        record: LogRecord | None = native(
             raw,
             event_type,
             received_us,
@@ -162,6 +210,15 @@ class Collector:
             UNSET,
             *self._native_constants,
         )
+        suppressions = self.suppressions
+        if (
+            record is not None
+            and suppressions is not None
+            and suppressions.active()
+            and names_suppressed(suppressions, record)
+        ):
+            return None  # ``collect`` drops it and counts it
+        return record
 
     async def collect(
         self,
@@ -257,7 +314,24 @@ class Collector:
                 storable = None if type(raw) is WireEvent else raw
                 rejected.append(self._dead_letter(storable, source, error))
                 errors.append(error)
+        suppressed = 0
+        suppressions = self.suppressions
+        if records and suppressions is not None and suppressions.active():
+            kept = [r for r in records if not names_suppressed(suppressions, r)]
+            suppressed = len(records) - len(kept)
+            records = kept
+        if rejected and suppressions is not None and suppressions.active():
+            # an invalid event of an erased id is not kept as a dead letter either
+            pairs = [
+                (item, error)
+                for item, error in zip(rejected, errors, strict=True)
+                if not _payload_names_suppressed(suppressions, item.payload)
+            ]
+            suppressed += len(rejected) - len(pairs)
+            rejected = [item for item, _ in pairs]
+            errors = [error for _, error in pairs]
+        self.suppressed += suppressed
         duplicates = count_duplicates(await self._log.append(records)) if records else 0
         if rejected:
             await run_in_threadpool(self._failed.add_many, rejected)
-        return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors)
+        return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors, suppressed)

@@ -34,7 +34,12 @@ from personify.eventlog.base import EventLog, LogRecord, count_duplicates
 from personify.events.decoding import decode_document
 from personify.events.hashing import PiiHasher
 from personify.events.normalize import Normalizer, parse_timestamp
-from personify.ingest.collector import log_record, storable_rejection
+from personify.ingest.collector import (
+    SuppressionList,
+    log_record,
+    names_suppressed,
+    storable_rejection,
+)
 from personify.ingest.sources import Source
 from personify.quality.checks import QualityContext, ingest_checks
 from personify.quality.runner import QualityRun, enforce, merge_runs, run_checks
@@ -84,6 +89,8 @@ class ImportSummary:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    # rows naming an erased (suppressed) id: dropped, never appended
+    suppressed: int = 0
     rejected_file: Path | None = None
     quality: QualityRun | None = None
     reasons: dict[str, int] = field(default_factory=dict)
@@ -95,6 +102,7 @@ class ImportSummary:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "suppressed": self.suppressed,
             "rejectedFile": str(self.rejected_file) if self.rejected_file else None,
             "rejectedReasons": self.reasons,
             "quality": self.quality.status if self.quality else None,
@@ -315,9 +323,12 @@ class EventImporter:
         chunk_rows: int = 2000,
         quality: QualityContext | None = None,
         record_quality: Callable[[QualityRun], None] | None = None,
+        suppressions: SuppressionList | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._log = log
+        # erased ids: their rows are dropped like the collector drops their events
+        self._suppressions = suppressions
         self._normalizer = normalizer
         self._hasher = hasher
         self._source = source
@@ -401,6 +412,9 @@ class EventImporter:
                 # the same record (and dedupe key) as the HTTP collector's, so a re-sent
                 # event is not appended twice
                 record = log_record(self._normalizer, event, source_id)
+                if self._suppressions is not None and names_suppressed(self._suppressions, record):
+                    summary.suppressed += 1
+                    continue
             except ValidationError as error:
                 rejections.append(self._rejection(row, error))
                 summary.reasons[error.code] = summary.reasons.get(error.code, 0) + 1

@@ -239,14 +239,16 @@ def _write_key_too_long() -> Unauthorized:
 
 
 def _batch_answer(outcome: IngestOutcome) -> bytes:
-    return _encode(
-        {
-            "success": True,
-            "accepted": outcome.accepted,
-            "duplicates": outcome.duplicates,
-            "rejected": len(outcome.rejected),
-        }
-    )
+    answer = {
+        "success": True,
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+        "rejected": len(outcome.rejected),
+    }
+    if outcome.suppressed:
+        # events of erased ids, dropped (docs/privacy.md); the key is there only when any were
+        answer["suppressed"] = outcome.suppressed
+    return _encode(answer)
 
 
 class CollectorRoutes:

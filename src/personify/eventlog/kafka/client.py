@@ -24,7 +24,9 @@ try:
     )
     from confluent_kafka import Consumer as KafkaConsumer
     from confluent_kafka import Producer as KafkaProducer
-    from confluent_kafka.admin import AdminClient
+
+    # public names of confluent_kafka.admin that its stubs do not re-export
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
     from confluent_kafka.cimpl import NewTopic
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigurationError(
@@ -37,6 +39,7 @@ __all__ = [
     "OFFSET_INVALID",
     "AdminClient",
     "ClientThread",
+    "ConfigResource",
     "ConsumerGroupTopicPartitions",
     "KafkaConsumer",
     "KafkaError",
@@ -44,6 +47,7 @@ __all__ = [
     "KafkaProducer",
     "Message",
     "NewTopic",
+    "ResourceType",
     "TopicPartition",
     "entry_of",
     "error_code",

@@ -8,11 +8,11 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from personify.errors import BackendUnavailable, ConfigurationError
-from personify.eventlog.base import AppendResult, LogEntry, LogRecord
+from personify.eventlog.base import AppendResult, EraseReport, LogEntry, LogRecord
 from personify.eventlog.kafka.client import (
     ADMIN_TIMEOUT_S,
     AdminClient,
@@ -413,3 +413,37 @@ class KafkaEventLog:
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries across partitions by append time, oldest first."""
         return await self._require(self._probe).tail(limit)
+
+    async def erase(
+        self, match: Callable[[LogEntry], bool], *, dry_run: bool = False
+    ) -> EraseReport:
+        """Kafka deletes no single record: report every matching one and how long the topic
+        keeps it (its ``retention.ms`` as the broker describes it).
+
+        ``DeleteRecords`` only cuts a partition's head, so it would take every other
+        user's records below the match with it; ``truncate`` (with
+        ``eventlog_kafka_delete_records``) removes them with the rest once every group has
+        committed them and they are older than the retention.
+        """
+        probe = self._require(self._probe)
+        found = tuple(await probe.matching(match))
+        if not found:
+            return EraseReport(0)
+        config = await probe.topic_config()
+        retention_s: float | None = None
+        if config is not None:
+            retention_ms = int(config.get("retention.ms", "-1"))
+            policy = config.get("cleanup.policy", "delete")
+            retention_s = (
+                retention_ms / 1000.0 if retention_ms >= 0 and "delete" in policy else None
+            )
+            described = f"retention.ms={retention_ms}, cleanup.policy={policy}"
+        else:
+            described = "the broker did not describe the topic's retention.ms"
+        return EraseReport(
+            0,
+            found,
+            retention_s,
+            f"a Kafka topic cannot delete single records; they stay until the topic's "
+            f"retention removes their segment ({described})",
+        )

@@ -24,11 +24,13 @@ from personify.eventlog.kafka.client import (
     UNSUPPORTED,
     AdminClient,
     ClientThread,
+    ConfigResource,
     ConsumerGroupTopicPartitions,
     KafkaConsumer,
     KafkaError,
     KafkaException,
     Message,
+    ResourceType,
     TopicPartition,
     entry_of,
     error_code,
@@ -261,3 +263,35 @@ class TopicProbe:
         if limit <= 0:
             return []
         return await self._in_probe(functools.partial(self._newest, limit=limit))
+
+    def _matching(self, probe: KafkaConsumer, match: Callable[[LogEntry], bool]) -> list[str]:
+        ends = self._ends(probe)
+        start = {p: low for p, (low, high) in ends.items() if high > low}
+        found: list[str] = []
+        for message in self._drain_probe(probe, start):
+            entry = entry_of(message)
+            if match(entry):
+                found.append(f"{entry.partition}:{entry.offset}")
+        return found
+
+    async def matching(self, match: Callable[[LogEntry], bool]) -> list[str]:
+        """Every retained record ``match`` is true for, as ``"<partition>:<offset>"``."""
+        return await self._in_probe(functools.partial(self._matching, match=match))
+
+    def _topic_config(self) -> dict[str, str]:
+        resource = ConfigResource(ResourceType.TOPIC, self.topic)
+        futures = self._admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
+        config: dict[str, str] = {}
+        for future in futures.values():
+            for name, entry in future.result(timeout=ADMIN_TIMEOUT_S).items():
+                if entry.value is not None:
+                    config[name] = str(entry.value)
+        return config
+
+    async def topic_config(self) -> dict[str, str] | None:
+        """The topic's configuration as the broker describes it; None when it does not."""
+        try:
+            return await self._admin_thread.run(self._topic_config)
+        except KafkaException as exc:
+            logger.warning("the Kafka broker did not describe topic %s: %s", self.topic, exc)
+            return None

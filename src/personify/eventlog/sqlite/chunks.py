@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS consumer_groups (
     name TEXT PRIMARY KEY,
     committed INTEGER NOT NULL
 );
+-- offsets whose record an erasure removed (the gaps in the otherwise consecutive offsets)
+CREATE TABLE IF NOT EXISTS erased_offset (
+    "offset" INTEGER PRIMARY KEY
+);
 """
 
 Columns = tuple[bytes, bytes, bytes]
@@ -213,6 +217,55 @@ def delete_committed(
         params,
     )
     return sum(int(count) for _, count in rows), max_chunks > 0 and len(rows) == max_chunks
+
+
+def erase_from_chunk(conn: sqlite3.Connection, first_offset: int, doomed: set[int]) -> int:
+    """Remove the records at ``doomed`` offsets from the chunk at ``first_offset``, in the
+    caller's transaction; how many went.
+
+    The other records keep their offsets (consumer groups' commits refer to them): the chunk
+    is replaced by one chunk per run of kept records, and each removed offset is noted in
+    ``erased_offset`` so ``lag`` does not count the gap.
+    """
+    row = conn.execute(
+        "SELECT count, appended_at, hashes, keys, dedupe_keys, payloads FROM chunk "
+        "WHERE first_offset = ?",
+        (first_offset,),
+    ).fetchone()
+    if row is None:
+        return 0  # truncated meanwhile
+    count, appended_at, hashes, keys, dedupe_keys, payloads = row
+    count = int(count)
+    gone = sorted(o - first_offset for o in doomed if 0 <= o - first_offset < count)
+    if not gone:
+        return 0
+    unpacked = (_unpack_keys(keys), unpack_dedupe_keys(dedupe_keys), _unpack_payloads(payloads))
+    conn.execute("DELETE FROM chunk WHERE first_offset = ?", (first_offset,))
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for index in [*gone, count]:
+        if index > start:
+            runs.append((start, index))
+        start = index + 1
+    for begin, end in runs:
+        conn.execute(
+            "INSERT INTO chunk (first_offset, count, appended_at, hashes, keys, dedupe_keys, "
+            "payloads) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                first_offset + begin,
+                end - begin,
+                appended_at,
+                bytes(hashes[begin * 8 : end * 8]),
+                pack(unpacked[0][begin:end]),
+                pack(unpacked[1][begin:end]),
+                pack(unpacked[2][begin:end]),
+            ),
+        )
+    conn.executemany(
+        'INSERT OR IGNORE INTO erased_offset ("offset") VALUES (?)',
+        [(first_offset + index,) for index in gone],
+    )
+    return len(gone)
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, str, bytes]]:

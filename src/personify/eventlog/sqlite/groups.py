@@ -19,13 +19,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from personify.errors import BackendUnavailable
-from personify.eventlog.base import LogEntry
-from personify.eventlog.sqlite.chunks import Chunk, delete_committed, unpack
+from personify.eventlog.base import EraseReport, LogEntry
+from personify.eventlog.sqlite.chunks import Chunk, delete_committed, erase_from_chunk, unpack
 
 _T = TypeVar("_T")
 _POLL_INTERVAL_S = 0.05
 # chunks deleted per truncate transaction: each holds the file's write lock only briefly
 _TRUNCATE_CHUNKS = 256
+# chunks read per step of an erasure's scan, and rewritten per transaction
+_ERASE_CHUNKS = 64
+# how long an erasure waits for readers so that it can empty the WAL of the erased records
+_WAL_TRUNCATE_WAIT_S = 5.0
 
 
 class ConsumerGroups:
@@ -188,8 +192,13 @@ class ConsumerGroups:
             known = self._query("SELECT committed FROM consumer_groups WHERE name = ?", (group,))
             committed = int(known[0][0]) if known else 0
             first, head = self._bounds()
-            # offsets are consecutive from the first stored record to the head
-            return max(0, head - max(committed + 1, first))
+            start = max(committed + 1, first)
+            # offsets are consecutive from the first stored record to the head, but for the
+            # records an erasure removed
+            gaps = self._query('SELECT count(*) FROM erased_offset WHERE "offset" >= ?', (start,))[
+                0
+            ][0]
+            return max(0, head - start - int(gaps))
 
         return await asyncio.to_thread(count)
 
@@ -234,3 +243,85 @@ class ConsumerGroups:
             return list(reversed(entries[:limit]))
 
         return await asyncio.to_thread(newest)
+
+    async def erase(
+        self, match: Callable[[LogEntry], bool], *, dry_run: bool = False
+    ) -> EraseReport:
+        """Remove every record ``match`` is true for (see ``chunks.erase_from_chunk``).
+
+        The scan reads a few chunks at a time, so consumers are held up only briefly; each
+        affected chunk is rewritten in a short write transaction. The connection that
+        rewrites has ``secure_delete`` on, so the freed pages are zeroed, and the WAL is then
+        checkpointed and truncated, so no old copy of the records stays in either file.
+        """
+        found = await asyncio.to_thread(self._matching, match)
+        if dry_run or not found:
+            return EraseReport(0, tuple(f"0:{o}" for c in found.values() for o in sorted(c)))
+        removed = 0
+        firsts = sorted(found)
+        for start in range(0, len(firsts), _ERASE_CHUNKS):
+            step = firsts[start : start + _ERASE_CHUNKS]
+
+            def rewrite(conn: sqlite3.Connection, step: list[int] = step) -> int:
+                return sum(erase_from_chunk(conn, first, found[first]) for first in step)
+
+            removed += await asyncio.to_thread(self._erasing, rewrite)
+        # a reader may hold an unpacked copy of a rewritten chunk
+        self._read_cache = None
+        clean = await asyncio.to_thread(self._empty_wal)
+        if clean:
+            return EraseReport(removed)
+        return EraseReport(
+            removed,
+            reason="readers kept the write-ahead log busy: old copies of the erased records "
+            "stay in it until its next checkpoint",
+        )
+
+    def _matching(self, match: Callable[[LogEntry], bool]) -> dict[int, set[int]]:
+        """The offsets ``match`` is true for, by the first offset of their chunk."""
+        found: dict[int, set[int]] = {}
+        after = -1
+        while True:
+            rows = self._query(
+                "SELECT first_offset, appended_at, keys, payloads FROM chunk "
+                "WHERE first_offset > ? ORDER BY first_offset LIMIT ?",
+                (after, _ERASE_CHUNKS),
+            )
+            if not rows:
+                return found
+            for row in rows:
+                chunk = unpack(row)
+                hits = {
+                    chunk.first_offset + index
+                    for index in range(len(chunk.payloads))
+                    if match(chunk.entry(index))
+                }
+                if hits:
+                    found[chunk.first_offset] = hits
+            after = int(rows[-1][0])
+
+    def _erasing(self, work: Callable[[sqlite3.Connection], int]) -> int:
+        with self._committer_lock:
+            self._committer.execute("PRAGMA secure_delete=ON")
+        try:
+            return self._in_transaction(work)
+        finally:
+            with self._committer_lock:
+                self._committer.execute("PRAGMA secure_delete=OFF")
+
+    def _empty_wal(self) -> bool:
+        """Checkpoint the WAL and truncate it to nothing; whether that succeeded."""
+        deadline = time.monotonic() + _WAL_TRUNCATE_WAIT_S
+        while True:
+            try:
+                with self._committer_lock:
+                    busy = self._committer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(
+                    f"the event log could not be checkpointed: {exc}", code="log_unavailable"
+                ) from exc
+            if busy is None or int(busy[0]) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)

@@ -29,12 +29,12 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personify.errors import BackendUnavailable, ConfigurationError
-from personify.eventlog.base import AppendResult, LogEntry, LogRecord
+from personify.eventlog.base import AppendResult, EraseReport, LogEntry, LogRecord
 from personify.eventlog.sqlite.checkpoints import CHECKPOINT_EVERY_BYTES, Checkpointer
 from personify.eventlog.sqlite.chunks import SCHEMA
 from personify.eventlog.sqlite.dedupe import record_hashes
@@ -486,3 +486,9 @@ class SQLiteEventLog:
     async def tail(self, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` entries, oldest first."""
         return await self._consumers.tail(limit)
+
+    async def erase(
+        self, match: Callable[[LogEntry], bool], *, dry_run: bool = False
+    ) -> EraseReport:
+        """Remove every stored record ``match`` is true for; the others keep their offsets."""
+        return await self._consumers.erase(match, dry_run=dry_run)

@@ -42,6 +42,7 @@ TABLE_MODULES = (
     "personify.content.tables",
     "personify.recommend.tables",
     "personify.experiments.tables",
+    "personify.privacy.tables",
 )
 
 # the first revision: the schema as the pre-Alembic migrations left it

@@ -25,12 +25,24 @@ def _time() -> sa.DateTime:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("api_keys") as batch:
-        batch.add_column(sa.Column("expires_at", _time(), nullable=True))
-        batch.add_column(sa.Column("last_used_at", _time(), nullable=True))
-        batch.add_column(sa.Column("previous_hash", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("previous_expires_at", _time(), nullable=True))
-        batch.create_index("api_keys_previous_hash", ["previous_hash"])
+    # a database adopted from before Alembic (``BASELINE``) may have been made from newer
+    # table definitions: add only what is missing
+    inspector = sa.inspect(op.get_bind())
+    present = {column["name"] for column in inspector.get_columns("api_keys")}
+    indexes = {index["name"] for index in inspector.get_indexes("api_keys")}
+    wanted: list[sa.Column[object]] = [
+        sa.Column("expires_at", _time(), nullable=True),
+        sa.Column("last_used_at", _time(), nullable=True),
+        sa.Column("previous_hash", sa.String(64), nullable=True),
+        sa.Column("previous_expires_at", _time(), nullable=True),
+    ]
+    missing = [column for column in wanted if column.name not in present]
+    if missing or "api_keys_previous_hash" not in indexes:
+        with op.batch_alter_table("api_keys") as batch:
+            for column in missing:
+                batch.add_column(column)
+            if "api_keys_previous_hash" not in indexes:
+                batch.create_index("api_keys_previous_hash", ["previous_hash"])
     op.execute("UPDATE api_keys SET role = 'analyst' WHERE role = 'read'")
 
 

@@ -1,0 +1,160 @@
+"""Data subject rights from the command line: ``personify privacy erase|status|export|
+unsuppress|check`` (docs/privacy.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from personify.cli.audit import record_cli
+from personify.cli.context import CliContext, echo_json, pass_ctx
+
+if TYPE_CHECKING:
+    from personify.runtime import Runtime
+
+__all__ = ["privacy"]
+
+_T = TypeVar("_T")
+
+
+def _with_runtime(ctx: CliContext, work: Callable[[Runtime], Awaitable[_T]]) -> _T:
+    """Build the runtime, start the ports erasers use (the cache, the log), run ``work``."""
+    from personify.runtime import Runtime
+
+    async def run() -> _T:
+        runtime = Runtime.build(ctx.settings)
+        await runtime.cache.start()
+        await runtime.log.start()
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.log.close()
+            await runtime.cache.close()
+            runtime.db.dispose()
+
+    return asyncio.run(run())
+
+
+async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """``function`` in a thread, with the erasers' async ports on this loop."""
+    from personify.privacy.erasure import JOB_LOOP
+
+    JOB_LOOP.set(asyncio.get_running_loop())
+    return await asyncio.to_thread(function, *args)
+
+
+@click.group()
+def privacy() -> None:
+    """Erase, export and un-suppress the data of a person (a data subject)."""
+
+
+@privacy.command("erase")
+@click.argument("identity", metavar="ID")
+@click.option("--wait", is_flag=True, help="run the erasure now and wait for it to finish")
+@pass_ctx
+def privacy_erase(ctx: CliContext, identity: str, wait: bool) -> None:
+    """Erase the person behind ID (any of their ids) everywhere; their ids are suppressed
+    from now on. Without --wait, the running server's job carries it out."""
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        request = await _in_thread(runtime.privacy.submit, identity)
+        if wait:
+            request = await _in_thread(runtime.privacy.run_now, request.id)
+        return request.to_dict()
+
+    answer = _with_runtime(ctx, work)
+    # the record names the request, never the id in clear
+    code = 0 if not wait or answer["status"] == "done" else 1
+    record_cli(ctx, "privacy erase", code, resource=f"privacy/requests/{answer['requestId']}")
+    echo_json(answer)
+    sys.exit(code)
+
+
+@privacy.command("status")
+@click.argument("request_id", metavar="REQUEST")
+@pass_ctx
+def privacy_status(ctx: CliContext, request_id: str) -> None:
+    """Show an erasure or export request: its status and each eraser's step."""
+    from personify.privacy.erasure import ErasureRequests
+    from personify.runtime import Runtime
+
+    runtime = Runtime.build(ctx.settings)
+    try:
+        requests: ErasureRequests = runtime.privacy.requests
+        echo_json(requests.get(request_id).to_dict())
+    finally:
+        runtime.db.dispose()
+
+
+@privacy.command("export")
+@click.argument("identity", metavar="ID")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the JSON document here (default: standard output)",
+)
+@pass_ctx
+def privacy_export(ctx: CliContext, identity: str, output: Path | None) -> None:
+    """Everything held about the person behind ID, as one JSON document."""
+    import msgspec
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        document = await _in_thread(runtime.exporter.export, identity)
+        request = await _in_thread(runtime.privacy.requests.record_export, identity)
+        return {"requestId": request.id, **document}
+
+    document = _with_runtime(ctx, work)
+    record_cli(ctx, "privacy export", 0, resource=f"privacy/requests/{document['requestId']}")
+    if output is None:
+        echo_json(document)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2))
+    click.echo(f"wrote {output}")
+
+
+@privacy.command("unsuppress")
+@click.argument("identity", metavar="ID")
+@pass_ctx
+def privacy_unsuppress(ctx: CliContext, identity: str) -> None:
+    """Accept the events of an erased ID again."""
+    from personify.privacy.suppression import Suppressions
+    from personify.runtime import Runtime
+
+    runtime = Runtime.build(ctx.settings)
+    try:
+        suppressions: Suppressions = runtime.suppressions
+        removed = suppressions.unsuppress(identity)
+    finally:
+        runtime.db.dispose()
+    record_cli(ctx, "privacy unsuppress", 0 if removed else 1, resource="privacy/suppressions")
+    if not removed:
+        click.echo("that id is not suppressed", err=True)
+        sys.exit(1)
+    click.echo("unsuppressed: its events are accepted again")
+
+
+@privacy.command("check")
+@click.argument("identity", metavar="ID")
+@pass_ctx
+def privacy_check(ctx: CliContext, identity: str) -> None:
+    """Search every store for anything of the person behind ID; exit 1 if anything remains."""
+
+    async def work(runtime: Runtime) -> dict[str, list[str]]:
+        subject = await _in_thread(runtime.privacy.resolve, identity)
+        return await runtime.privacy.find_async(subject)
+
+    found = _with_runtime(ctx, work)
+    remaining = [place for places in found.values() for place in places]
+    for place in remaining:
+        click.echo(place)
+    if remaining:
+        click.echo(f"{len(remaining)} places still hold something of this person", err=True)
+        sys.exit(1)
+    click.echo(f"nothing remains in {', '.join(found)}")

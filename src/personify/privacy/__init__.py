@@ -1,0 +1,1 @@
+"""Data subject rights: erasure, suppression, export (docs/privacy.md)."""

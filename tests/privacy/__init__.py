@@ -1,0 +1,1 @@
+"""Tests of data subject rights: erasure, suppression, export."""
