@@ -371,6 +371,105 @@ async def _show_experiment(
     echo("")
 
 
+# the demo's person to forget: a visitor who signs up, browses, and then asks to be erased
+ERASED_USER = "user-eve"
+
+
+def _eve_events(now: datetime) -> list[dict[str, Any]]:
+    when = (now - timedelta(minutes=10)).isoformat()
+    return [
+        {
+            "type": "identify",
+            "userId": ERASED_USER,
+            "anonymousId": "anon-e5e1",
+            "traits": {"name": "Eve", "email": "eve@example.com"},
+            "timestamp": when,
+        },
+        {
+            "type": "track",
+            "userId": ERASED_USER,
+            "event": "Product Viewed",
+            "properties": {"product_id": "sku-42", "category": "shoes"},
+            "timestamp": when,
+        },
+    ]
+
+
+async def _show_erasure(services: Runtime, base_url: str, echo: Callable[[str], None]) -> None:
+    """A person asks to be erased: every store forgets them, later events are suppressed."""
+    admin = {"Authorization": f"Bearer {DEMO_ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        sent = await client.post(
+            "/v1/batch", json={"batch": _eve_events(datetime.now(UTC))}, auth=(DEMO_WRITE_KEY, "")
+        )
+        sent.raise_for_status()
+        await _wait_for_group(services, services.settings.worker_group)
+        await _wait_for_lake(services)
+        before = await client.get(f"/v1/profiles/{ERASED_USER}", headers=admin)
+        subject = await asyncio.to_thread(services.privacy.resolve, ERASED_USER)
+        held = await services.privacy.find_async(subject) if subject is not None else {}
+        stores = sorted(name for name, found in held.items() if found)
+        echo(
+            f"{ERASED_USER} (profile {before.status_code}) is held in: {', '.join(stores)}. "
+            "They ask to be erased:"
+        )
+        echo(
+            f"  curl -X DELETE -H 'Authorization: Bearer {DEMO_ADMIN_KEY}' {base_url}/v1/profiles/{ERASED_USER}"
+        )
+        asked = await client.delete(f"/v1/profiles/{ERASED_USER}", headers=admin)
+        asked.raise_for_status()
+        request_id = asked.json()["requestId"]
+        # the server's job takes it at once (and every few seconds): wait for it
+        status: dict[str, Any] = {}
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
+            await services.privacy.run_async()
+            status = (await client.get(f"/v1/privacy/requests/{request_id}", headers=admin)).json()
+            steps = status.get("steps") or {}
+            if status.get("status") in ("done", "failed") or (
+                status.get("status") == "pending"
+                and steps
+                and all(step["status"] in ("done", "waiting") for step in steps.values())
+                and len(steps) == len(services.privacy.erasers)
+            ):
+                break
+            await asyncio.sleep(0.5)
+        echo(f"  request {request_id}: {status['status']}")
+        for name, step in status["steps"].items():
+            result = step.get("result") or {}
+            remains = (
+                " (the lake's old files go after its vacuum retention)"
+                if "remains" in result
+                else ""
+            )
+            echo(f"    {name:<14} {step['status']}{remains}")
+        after = await client.get(f"/v1/profiles/{ERASED_USER}", headers=admin)
+        left = await services.privacy.find_async(subject) if subject is not None else {}
+        still = sorted(name for name, found in left.items() if found)
+        superseded = still == ["lake"] and not any("rows in version" in f for f in left["lake"])
+        if not still:
+            held_now = "no store holds them"
+        elif superseded:
+            hours = services.settings.lake_vacuum_retention_hours
+            held_now = (
+                "no store holds them, but for the lake's superseded files "
+                f"({len(left['lake'])}), deleted once older than the {hours} h vacuum "
+                "retention (PERSONIFY_LAKE_VACUUM_RETENTION_HOURS; the request stays open "
+                "until then)"
+            )
+        else:
+            held_now = f"still held in: {', '.join(still)}"
+        echo(f"  GET /v1/profiles/{ERASED_USER} now answers {after.status_code}; {held_now}")
+        again = await client.post(
+            "/v1/batch", json={"batch": _eve_events(datetime.now(UTC))}, auth=(DEMO_WRITE_KEY, "")
+        )
+        echo(f"  their next events are suppressed at the collector: {again.json()}")
+        echo(
+            f"  personify privacy check {ERASED_USER}   # every store searched for every id of theirs"
+        )
+    echo("")
+
+
 async def _wait_for_lake(services: Runtime, timeout_s: float = 30.0) -> bool:
     """Wait until the lake writer has committed everything in the log."""
     return await _wait_for_group(services, LAKE_GROUP, timeout_s)
@@ -901,6 +1000,7 @@ def run_demo(
                 await _show_experiment(
                     services, base_url, echo, settings.data_dir / "reports" / "hero-copy.html"
                 )
+                await _show_erasure(services, base_url, echo)
         echo(f"Personify demo is running on {base_url} (data in {settings.data_dir}/)")
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")
