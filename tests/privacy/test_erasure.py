@@ -6,6 +6,7 @@ runs again; export holds every part."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from personify.privacy.export import PARTS
 from personify.privacy.state import CacheEraser, DeadLetterEraser, StateEraser
 from personify.profiles.service import cache_key
 from tests.api import Harness, assert_error, running_app
+from tests.contracts.conftest import REDIS_URL, drop_redis_keys
 from tests.postgres import fresh_schema, postgres_database  # noqa: F401
 from tests.privacy.seeding import (
     ANON,
@@ -51,17 +53,76 @@ NO_RETENTION = {"lake_vacuum_retention_hours": 0}
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, clock: FrozenClock, state_url: str) -> AsyncIterator[Harness]:
+async def engines(state_url: str) -> AsyncIterator[dict[str, Any]]:
+    """Embedded (SQLite state and log, the in-memory cache) or scaled out: PostgreSQL state,
+    a Redis stream for the log and Redis for the cache, each the test's own."""
+    if state_url.startswith("sqlite"):
+        yield {"state_url": state_url}
+        return
+    name = f"erasure-{uuid.uuid4().hex[:12]}"
+    yield {
+        "state_url": state_url,
+        "eventlog_url": f"{REDIS_URL}?stream={name}",
+        "cache_url": f"{REDIS_URL}?prefix={name}:",
+    }
+    await drop_redis_keys(REDIS_URL, name, f"{{{name}}}:*", f"{name}:*")
+
+
+@pytest.fixture
+async def harness(
+    tmp_path: Path, clock: FrozenClock, engines: dict[str, Any]
+) -> AsyncIterator[Harness]:
     async with running_app(
         tmp_path / "data",
         clock=clock,
-        state_url=state_url,
         run_lake_sink=True,
         cache_invalidation_ttl_s=0.01,
         # the lake's old files go at once (production keeps them for the retention: below)
         lake_vacuum_retention_hours=0,
+        **engines,
     ) as h:
         yield h
+
+
+async def redis_holds(engines: dict[str, Any], needles: frozenset[str]) -> list[str]:
+    """Every Redis key of the test (the stream's entries, the cache's values) naming a
+    needle: the scaled-out engines searched byte for byte."""
+    if "cache_url" not in engines:
+        return []
+    import redis.asyncio as aioredis
+
+    name = engines["cache_url"].split("prefix=")[1].rstrip(":")
+    client = aioredis.Redis.from_url(REDIS_URL)
+    found: list[str] = []
+    try:
+        async for key in client.scan_iter(match=f"*{name}*", count=1000):
+            kind = (await client.type(key)).decode()
+            if kind == "string":
+                blobs = [await client.get(key) or b""]
+            elif kind == "stream":
+                blobs = [
+                    b"".join(k + v for k, v in fields.items())
+                    for _, fields in await client.xrange(key)
+                ]
+            elif kind == "hash":
+                blobs = [b"".join(k + v for k, v in (await client.hgetall(key)).items())]
+            elif kind in ("set", "zset", "list"):
+                members = (
+                    await client.smembers(key)
+                    if kind == "set"
+                    else await client.zrange(key, 0, -1)
+                    if kind == "zset"
+                    else await client.lrange(key, 0, -1)
+                )
+                blobs = list(members)
+            else:
+                blobs = []
+            for needle in needles:
+                if any(needle.encode() in blob for blob in blobs) or needle.encode() in key:
+                    found.append(f"{key.decode()}: {needle}")
+    finally:
+        await client.aclose()
+    return found
 
 
 def _needles(harness: Harness) -> frozenset[str]:
@@ -70,7 +131,7 @@ def _needles(harness: Harness) -> frozenset[str]:
 
 
 async def test_erasing_any_id_leaves_nothing_of_the_person_in_state_cache_or_dead_letters(
-    harness: Harness,
+    harness: Harness, engines: dict[str, Any]
 ) -> None:
     await seed(harness)
     services = harness.services
@@ -95,6 +156,9 @@ async def test_erasing_any_id_leaves_nothing_of_the_person_in_state_cache_or_dea
     ):
         assert f"state: {table} " in tables, (table, before["state"])
     assert search_state(services.db, needles)
+    if "cache_url" in engines:
+        # the search can find them: the stream holds their events before the erasure
+        assert await redis_holds(engines, needles)
 
     answer = await harness.client.delete(f"/v1/profiles/{ANON}", headers=harness.admin)
     assert answer.status_code == 202, answer.text
@@ -132,6 +196,7 @@ async def test_erasing_any_id_leaves_nothing_of_the_person_in_state_cache_or_dea
         "derived_files": [],
     }
     assert search_state(services.db, needles) == []
+    assert await redis_holds(engines, needles) == []
     assert await services.cache.get(cache_key(ANON)) is None
     # the other person is untouched
     other = await harness.client.get(f"/v1/profiles/{OTHER}", headers=harness.admin)
