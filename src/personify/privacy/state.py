@@ -209,7 +209,8 @@ class CacheEraser:
         if not keys:
             return {"keysDeleted": 0}
         held = len(_run_async(lambda: self._cache.get_many(keys)))
-        if self._invalidation_ttl_s > 0:
+        # with no profile there is nothing a reader could put back: no marker to wait out
+        if self._invalidation_ttl_s > 0 and subject.profile_ids:
             _run_async(
                 lambda: self._cache.set_many(
                     dict.fromkeys(keys, INVALIDATED), ttl_s=self._invalidation_ttl_s
