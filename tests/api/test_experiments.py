@@ -481,3 +481,25 @@ async def test_an_experiment_viewed_event_makes_the_variant_sticky(harness: Harn
     await send(harness, [viewed])
     await settle(harness)
     assert (await decide(harness, userId=user))["experiment"]["variant"] == "control"
+
+
+async def test_an_unknown_visitor_is_judged_as_a_user_with_no_segments(harness: Harness) -> None:
+    """Targeting "not in a segment" takes a visitor the engine does not know yet; targeting
+    "in a segment" does not."""
+    await shop(harness)
+    await call(
+        harness,
+        "POST",
+        "/v1/segments",
+        {"key": "vip", "condition": {"trait": "plan", "op": "eq", "value": "vip"}},
+    )
+    outsiders = hero_test(key="outsiders", targeting={"condition": {"not": {"segment": "vip"}}})
+    await call(harness, "POST", "/v1/experiments", outsiders)
+    await call(harness, "POST", "/v1/experiments/outsiders/start")
+    answer = await decide(harness, anonymousId="first-visit")
+    assert answer["experiment"]["key"] == "outsiders"
+    await call(harness, "POST", "/v1/experiments/outsiders/stop")
+    insiders = hero_test(key="insiders", targeting={"segments": ["vip"]})
+    await call(harness, "POST", "/v1/experiments", insiders)
+    await call(harness, "POST", "/v1/experiments/insiders/start")
+    assert "experiment" not in await decide(harness, anonymousId="first-visit")

@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from personify.api.demo_page import DEMO_PATH, DEMO_WRITE_KEY
-from personify.cli.demo import DEMO_ADMIN_KEY, seed
+from personify.cli.demo import DEMO_ADMIN_KEY, DEMO_EXPERIMENT, seed
 from personify.cli.shop import catalog
+from personify.experiments.assignment import Allocation, assign_variant
 from personify.runtime import Runtime
 from tests.conftest import make_settings
 from tests.e2e.conftest import ServerProcess, make_server, server_env
@@ -464,6 +465,16 @@ def test_the_demo_page_follows_the_demo_visitor(
     )
     wait_until(lambda: events_applied(demo_server, "demo-other") >= 2, "the other's views")
 
+    # the demo runs the experiment hero-copy on this banner: this visitor is one of control
+    variants = tuple((v["key"], float(v["weight"])) for v in DEMO_EXPERIMENT["variants"])
+    allocation = Allocation(DEMO_EXPERIMENT["key"], variants)
+    visitor = next(
+        f"browser-visitor-{n}"
+        for n in range(1000)
+        if (found := assign_variant(allocation, f"browser-visitor-{n}"))
+        and found.variant == "control"
+    )
+    context.add_cookies([{"name": "pfy_aid", "value": visitor, "url": demo_server.base_url}])
     page = context.new_page()
     page.goto(page_url)
     page.wait_for_selector('#hero[data-personify-item-ids="hero-welcome"]')

@@ -210,6 +210,8 @@ DEMO_EXPERIMENT: dict[str, Any] = {
         {"key": "control", "weight": 1},
         {"key": "delivery", "weight": 1, "placements": {"hero": {"items": ["hero-delivery"]}}},
     ],
+    # shoe fans see the shoe banner, whatever the variant: the test is on everyone else
+    "targeting": {"condition": {"not": {"segment": "shoe-fans"}}},
     "metrics": {
         "primary": [
             {"key": "purchase", "type": "conversion", "event": "Order Completed", "windowDays": 7}

@@ -715,10 +715,9 @@ def _enter(
     if not unit or user.fallback not in (None, "unknown_user"):
         # without consent (or without the data to judge targeting) nobody is experimented on
         return None
+    # an unknown visitor is judged as a user with no segments, traits or features yet: a
+    # condition such as "not in shoe-fans" takes them, "in shoe-fans" does not
     view = user.view
-    targeted = bool(experiment.segments) or experiment.condition is not None
-    if targeted and user.fallback is not None:
-        return None
     if experiment.segments and not view.segments.intersection(experiment.segments):
         return None
     if experiment.condition is not None and not experiment.condition.evaluate(
