@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,10 +28,12 @@ __all__ = [
     "RESERVED_PLACEMENT_IDS",
     "STRATEGIES",
     "Problems",
+    "check_fields",
     "check_id",
     "check_item",
     "check_placement",
     "check_targeting",
+    "is_number",
     "schedule_bounds",
 ]
 
@@ -117,15 +119,17 @@ def _text(problems: Problems, at: Location, value: Any, limit: int) -> str | Non
     return value
 
 
-def _unknown(
-    problems: Problems, at: Location, body: Mapping[str, Any], known: tuple[str, ...]
+def check_fields(
+    problems: Problems, at: Location, body: Mapping[str, Any], known: Sequence[str]
 ) -> None:
+    """Record every field of ``body`` that is not one of ``known`` (``unknown_field``)."""
     for key in body:
         if key not in known:
             problems.add((*at, key), "unknown_field", f"unknown field (known: {', '.join(known)})")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (an int or float, never a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -178,7 +182,7 @@ def _variants(problems: Problems, value: Any) -> list[dict[str, Any]]:
         if not isinstance(variant, dict):
             problems.add(at, "invalid_type", "a variant is an object with key, fields, weight")
             continue
-        _unknown(problems, at, variant, ("key", "fields", "weight"))
+        check_fields(problems, at, variant, ("key", "fields", "weight"))
         key = check_id(variant.get("key"))
         if key is None:
             problems.add(
@@ -192,7 +196,7 @@ def _variants(problems: Problems, value: Any) -> list[dict[str, Any]]:
         if not isinstance(fields, dict):
             problems.add((*at, "fields"), "invalid_type", "must be an object")
         weight = variant.get("weight", 1)
-        if not _is_number(weight) or not 0 < weight <= 1_000_000:
+        if not is_number(weight) or not 0 < weight <= 1_000_000:
             problems.add((*at, "weight"), "out_of_range", "a weight is a number above 0")
         variants.append({"key": key, "fields": fields, "weight": weight})
     return variants
@@ -209,7 +213,7 @@ def check_targeting(
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", "targeting is an object with segments and/or condition")
         return None
-    _unknown(problems, at, value, ("segments", "condition"))
+    check_fields(problems, at, value, ("segments", "condition"))
     listed = value.get("segments", [])
     keys: list[str] = []
     if not isinstance(listed, list) or len(listed) > _MAX_SEGMENTS:
@@ -281,7 +285,7 @@ def _schedule(problems: Problems, value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", "a schedule is an object with start, end, timezone")
         return None
-    _unknown(problems, at, value, ("start", "end", "timezone"))
+    check_fields(problems, at, value, ("start", "end", "timezone"))
     zone_name = value.get("timezone", "UTC")
     zone: ZoneInfo | None = None
     if not isinstance(zone_name, str) or not zone_name or len(zone_name) > 64:
@@ -331,7 +335,7 @@ def _frequency_cap(problems: Problems, value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", 'a cap is {"max": 3, "window": "1d"}')
         return None
-    _unknown(problems, at, value, ("max", "window"))
+    check_fields(problems, at, value, ("max", "window"))
     most = value.get("max")
     if not isinstance(most, int) or isinstance(most, bool) or not 1 <= most <= 10_000:
         problems.add((*at, "max"), "out_of_range", "a whole number of exposures from 1")
@@ -359,7 +363,7 @@ def check_item(
     if not isinstance(body, dict):
         problems.add((), "invalid_type", "an item is a JSON object")
         problems.raise_if_any("content item", "invalid_content")
-    _unknown(problems, (), body, ("id", *ITEM_FIELDS))
+    check_fields(problems, (), body, ("id", *ITEM_FIELDS))
     kind = body.get("type")
     if not isinstance(kind, str) or not _TYPE.fullmatch(kind):
         problems.add(
@@ -401,11 +405,11 @@ def check_item(
 
 
 def _no_params(problems: Problems, at: Location, params: Mapping[str, Any]) -> None:
-    _unknown(problems, at, params, ())
+    check_fields(problems, at, params, ())
 
 
 def _affinity_params(problems: Problems, at: Location, params: Mapping[str, Any]) -> None:
-    _unknown(problems, at, params, ("dimension",))
+    check_fields(problems, at, params, ("dimension",))
     dimension = params.get("dimension")
     if dimension is not None:
         _text(problems, (*at, "dimension"), dimension, 200)
@@ -415,7 +419,7 @@ _SOURCES: Final = ("auto", "learned", "covisitation", "popular")
 
 
 def _recommendation_params(problems: Problems, at: Location, params: Mapping[str, Any]) -> None:
-    _unknown(problems, at, params, ("source", "excludeSeen"))
+    check_fields(problems, at, params, ("source", "excludeSeen"))
     if params.get("source", "auto") not in _SOURCES:
         problems.add((*at, "source"), "invalid_value", f"one of {', '.join(_SOURCES)}")
     if not isinstance(params.get("excludeSeen", True), bool):
@@ -426,7 +430,7 @@ _PREDICTION_OPS: Final = ("gt", "gte", "lt", "lte")
 
 
 def _prediction_params(problems: Problems, at: Location, params: Mapping[str, Any]) -> None:
-    _unknown(problems, at, params, ("prediction", "op", "value", "tag"))
+    check_fields(problems, at, params, ("prediction", "op", "value", "tag"))
     prediction = params.get("prediction")
     if not isinstance(prediction, str) or "." not in prediction or len(prediction) > 200:
         problems.add(
@@ -434,15 +438,15 @@ def _prediction_params(problems: Problems, at: Location, params: Mapping[str, An
         )
     if params.get("op", "gt") not in _PREDICTION_OPS:
         problems.add((*at, "op"), "invalid_operator", f"one of {', '.join(_PREDICTION_OPS)}")
-    if not _is_number(params.get("value")):
+    if not is_number(params.get("value")):
         problems.add((*at, "value"), "invalid_type", "the threshold, a number")
     _text(problems, (*at, "tag"), params.get("tag"), _MAX_TAG_CHARS)
 
 
 def _random_params(problems: Problems, at: Location, params: Mapping[str, Any]) -> None:
-    _unknown(problems, at, params, ("controlPercent",))
+    check_fields(problems, at, params, ("controlPercent",))
     share = params.get("controlPercent", 10)
-    if not _is_number(share) or not 0 <= share <= 100:
+    if not is_number(share) or not 0 <= share <= 100:
         problems.add((*at, "controlPercent"), "out_of_range", "a percentage from 0 to 100")
 
 
@@ -464,7 +468,7 @@ def _strategy(problems: Problems, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", 'a strategy is {"name": …, "params": {…}}')
         return {"name": "priority", "params": {}}
-    _unknown(problems, at, value, ("name", "params"))
+    check_fields(problems, at, value, ("name", "params"))
     name = value.get("name")
     params = value.get("params", {})
     if name not in STRATEGIES:
@@ -484,7 +488,7 @@ def check_placement(body: Any, *, items: Callable[[str], bool] | None = None) ->
     if not isinstance(body, dict):
         problems.add((), "invalid_type", "a placement is a JSON object")
         problems.raise_if_any("placement", "invalid_placement")
-    _unknown(problems, (), body, ("id", "description", "defaultItem", "strategy", "limit"))
+    check_fields(problems, (), body, ("id", "description", "defaultItem", "strategy", "limit"))
     description = body.get("description", "")
     _text(problems, ("description",), description, _MAX_DESCRIPTION_CHARS)
     default = body.get("defaultItem")

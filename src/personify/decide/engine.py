@@ -729,10 +729,9 @@ def _enter(
         )
     ):
         return None
-    weights = dict(experiment.allocation.variants)
-    total = sum(weights.values())
+    allocation = experiment.allocation
     if experiment.type == "bandit":
-        if assign_variant(experiment.allocation, unit) is None:
+        if assign_variant(allocation, unit) is None:
             return None
         context = (
             context_of(view.segments, experiment.bandit_contexts)
@@ -743,14 +742,21 @@ def _enter(
             "*"
         )
         if not shares:
-            shares = {key: weight / total for key, weight in weights.items() if weight > 0}
+            # no allocation computed yet: the configured weights (each variant's share)
+            shares = {
+                a.variant: a.probability
+                for a in map(allocation.assignment_for, range(len(allocation.variants)))
+                if a.probability > 0
+            }
         arm, propensity = choose(shares, rng.random())
         return _Arm(experiment, arm, propensity, context)
     sticky = user.assignments.get(experiment.key)
-    if sticky is not None and sticky[0] in weights:
+    index = allocation.index_of(sticky[0]) if sticky is not None else None
+    if index is not None:
         # exposed before: kept, whatever the weights, coverage or namespace say now
-        return _Arm(experiment, sticky[0], weights[sticky[0]] / total, None)
-    assigned = assign_variant(experiment.allocation, unit)
+        kept = allocation.assignment_for(index)
+        return _Arm(experiment, kept.variant, kept.probability, None)
+    assigned = assign_variant(allocation, unit)
     if assigned is None:
         return None
     return _Arm(experiment, assigned.variant, assigned.probability, None)

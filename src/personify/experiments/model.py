@@ -23,7 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from personify.content.validation import Problems, check_id, check_targeting
+from personify.content.validation import (
+    Problems,
+    check_fields,
+    check_id,
+    check_targeting,
+    is_number,
+)
 from personify.errors import InvalidDefinition
 from personify.experiments.assignment import Allocation
 from personify.experiments.metrics import validate_metrics
@@ -107,18 +113,6 @@ def _text(problems: Problems, at: Location, value: Any, limit: int = _MAX_TEXT) 
     return value
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _unknown(
-    problems: Problems, at: Location, body: Mapping[str, Any], known: Sequence[str]
-) -> None:
-    for key in body:
-        if key not in known:
-            problems.add((*at, key), "unknown_field", f"unknown field (known: {', '.join(known)})")
-
-
 def _override(
     problems: Problems, at: Location, value: Any, placements: Sequence[str]
 ) -> dict[str, Any]:
@@ -137,7 +131,7 @@ def _override(
         if not isinstance(change, dict):
             problems.add(where, "invalid_type", "an object with items, strategy and/or fields")
             continue
-        _unknown(problems, where, change, ("items", "strategy", "fields"))
+        check_fields(problems, where, change, ("items", "strategy", "fields"))
         entry: dict[str, Any] = {}
         items = change.get("items")
         if items is not None:
@@ -175,7 +169,7 @@ def _override(
 def _weight(problems: Problems, at: Location, value: Any) -> float:
     if value is None:
         return 1.0
-    if not _number(value) or not 0 <= value <= 1_000_000:
+    if not is_number(value) or not 0 <= value <= 1_000_000:
         problems.add(at, "invalid_weight", "a number from 0 to 1,000,000")
         return 0.0
     return float(value)
@@ -193,7 +187,7 @@ def _variants(problems: Problems, value: Any, placements: Sequence[str]) -> list
         if not isinstance(variant, dict):
             problems.add(where, "invalid_type", "a variant: {key, weight, placements}")
             continue
-        _unknown(problems, where, variant, ("key", "name", "weight", "placements"))
+        check_fields(problems, where, variant, ("key", "name", "weight", "placements"))
         key = variant.get("key")
         if not isinstance(key, str) or not _VARIANT_KEY.fullmatch(key):
             problems.add((*where, "key"), "invalid_key", "letters, digits, '_', '.', '-'")
@@ -259,7 +253,7 @@ def _factors(
         if not isinstance(factor, dict):
             problems.add(where, "invalid_type", "a factor: {key, levels}")
             continue
-        _unknown(problems, where, factor, ("key", "levels"))
+        check_fields(problems, where, factor, ("key", "levels"))
         key = factor.get("key")
         if not isinstance(key, str) or not _VARIANT_KEY.fullmatch(key):
             problems.add((*where, "key"), "invalid_key", "letters, digits, '_', '.', '-'")
@@ -274,7 +268,7 @@ def _factors(
             if not isinstance(level, dict):
                 problems.add(there, "invalid_type", "a level: {key, weight, placements}")
                 continue
-            _unknown(problems, there, level, ("key", "weight", "placements"))
+            check_fields(problems, there, level, ("key", "weight", "placements"))
             level_key = level.get("key")
             if not isinstance(level_key, str) or not _VARIANT_KEY.fullmatch(level_key):
                 problems.add((*there, "key"), "invalid_key", "letters, digits, '_', '.', '-'")
@@ -332,12 +326,12 @@ def _namespace(problems: Problems, value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", "{id, start, end}: a range of the namespace [0, 1)")
         return None
-    _unknown(problems, at, value, ("id", "start", "end"))
+    check_fields(problems, at, value, ("id", "start", "end"))
     name = value.get("id")
     start, end = value.get("start", 0.0), value.get("end", 1.0)
     if not isinstance(name, str) or not _KEY.fullmatch(name):
         problems.add((*at, "id"), "invalid_key", "a namespace id")
-    if not (_number(start) and _number(end) and 0 <= start < end <= 1):
+    if not (is_number(start) and is_number(end) and 0 <= start < end <= 1):
         problems.add(at, "invalid_range", "0 <= start < end <= 1")
         return None
     return {"id": name, "start": float(start), "end": float(end)}
@@ -356,7 +350,7 @@ def _bandit(
     if not isinstance(value, dict):
         problems.add(at, "required", "a bandit needs {reward, minShare, contexts, ...}")
         return None
-    _unknown(
+    check_fields(
         problems,
         at,
         value,
@@ -400,7 +394,7 @@ def _bandit(
     if reward_type not in ("binary", "continuous"):
         problems.add((*at, "rewardType"), "invalid_type", "'binary' or 'continuous'")
     min_share = value.get("minShare", 0.05)
-    if not _number(min_share) or not 0 <= min_share < 0.5:
+    if not is_number(min_share) or not 0 <= min_share < 0.5:
         problems.add((*at, "minShare"), "invalid_range", "a share from 0 to below 0.5")
         min_share = 0.05
     contexts = value.get("contexts", [])
@@ -412,11 +406,11 @@ def _bandit(
         problems.add((*at, "contexts"), "invalid_type", "a list of at most 50 segment keys")
         contexts = []
     window = value.get("windowHours", 24)
-    if not _number(window) or not 0 < window <= 24 * 90:
+    if not is_number(window) or not 0 < window <= 24 * 90:
         problems.add((*at, "windowHours"), "invalid_range", "hours from above 0 to 2,160")
         window = 24
     update = value.get("updateMinutes", 60)
-    if not _number(update) or not 1 <= update <= 24 * 60:
+    if not is_number(update) or not 1 <= update <= 24 * 60:
         problems.add((*at, "updateMinutes"), "invalid_range", "minutes from 1 to 1,440")
         update = 60
     return {
@@ -436,7 +430,7 @@ def _metric_lists(problems: Problems, value: Any) -> dict[str, list[dict[str, An
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", "{primary: [metric, …], guardrails: [metric, …]}")
         return {"primary": [], "guardrails": []}
-    _unknown(problems, at, value, ("primary", "guardrails"))
+    check_fields(problems, at, value, ("primary", "guardrails"))
     checked: dict[str, list[dict[str, Any]]] = {}
     for part in ("primary", "guardrails"):
         listed = value.get(part, [])
@@ -464,15 +458,15 @@ def _analysis(problems: Problems, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         problems.add(at, "invalid_type", "{method, alpha, sequentialTuning, correction}")
         return settings
-    _unknown(problems, at, value, tuple(settings))
+    check_fields(problems, at, value, tuple(settings))
     method = value.get("method", settings["method"])
     if method not in _METHODS:
         problems.add((*at, "method"), "invalid_method", f"one of {', '.join(_METHODS)}")
     alpha = value.get("alpha", settings["alpha"])
-    if not _number(alpha) or not 0 < alpha <= 0.5:
+    if not is_number(alpha) or not 0 < alpha <= 0.5:
         problems.add((*at, "alpha"), "invalid_range", "from above 0 to 0.5")
     tuning = value.get("sequentialTuning", settings["sequentialTuning"])
-    if not _number(tuning) or tuning <= 0:
+    if not is_number(tuning) or tuning <= 0:
         problems.add((*at, "sequentialTuning"), "invalid_range", "a number above 0")
     correction = value.get("correction", settings["correction"])
     if correction not in _CORRECTIONS:
@@ -490,7 +484,7 @@ def check_experiment(
         problems.add((), "invalid_type", "an experiment is a JSON object")
         problems.raise_if_any("experiment", "invalid_experiment")
         raise AssertionError  # unreachable: raise_if_any raised
-    _unknown(problems, (), body, _FIELDS)
+    check_fields(problems, (), body, _FIELDS)
     key = body.get("key")
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         problems.add(("key",), "invalid_key", "1-200 letters, digits, '_', '.', '-'")
@@ -524,7 +518,7 @@ def check_experiment(
             problems.add(("factors",), "not_multivariate", "only a multivariate test has factors")
         variants = _variants(problems, body.get("variants"), placements)
     coverage = body.get("coverage", 1.0)
-    if not _number(coverage) or not 0 <= coverage <= 1:
+    if not is_number(coverage) or not 0 <= coverage <= 1:
         problems.add(("coverage",), "invalid_range", "a share from 0 to 1")
         coverage = 1.0
     seed = body.get("seed", key)

@@ -41,7 +41,6 @@ __all__ = [
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 _CHUNK: Final = 500
-_STATUSES: Final = ("draft", "running", "stopped")
 
 _REVISION = sa.select(sa.func.coalesce(sa.func.max(experiments.c.revision), 0))
 
@@ -542,8 +541,3 @@ class ExperimentRepository:
             "startedAt": row.started_at.isoformat() if row.started_at else None,
             "stoppedAt": row.stopped_at.isoformat() if row.stopped_at else None,
         }
-
-
-def statuses() -> tuple[str, ...]:
-    """The statuses an experiment can have."""
-    return _STATUSES
