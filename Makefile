@@ -5,16 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test sanitize lint format bench clean
+.PHONY: help install demo test sanitize lint format bench clean screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml hatch_build.py src/personify/ingest/_wire_native.c \
-		src/personify/_native_buffer.h
+		src/personify/_native_buffer.h src/personify/ui/npm/package-lock.json
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python tools/vendor_console.py
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install Personify with every extra and the dev tools
@@ -40,6 +41,12 @@ sanitize: $(STAMP) ## run the C ingest module's tests under ASan and UBSan (a se
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	$(BIN)/python -m pytest -q -p tests.native_build -p no:cacheprovider \
 		tests/ingest/test_wire_native.py tests/ingest/test_wire_differential.py
+
+screenshots: $(STAMP) ## drive the console in Chromium over the demo's data; writes docs/images/console-overview.png
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	mkdir -p docs/images
+	PERSONIFY_REQUIRE_SERVICES=1 PERSONIFY_README_SCREENSHOT=docs/images/console-overview.png \
+		$(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_console_browser.py
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict on src, the import layers
 	$(BIN)/ruff check src tests bench

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
+from datetime import timedelta
 
 from personify.auth.audit import AuditLog
 from personify.auth.keys import ApiKeyRepository
 from personify.auth.ratelimit import RateLimiter, open_rate_limiter
 from personify.auth.revocations import RevocationListener
+from personify.auth.sessions import ConsoleSessionRepository
 from personify.cache.base import Cache, open_cache
 from personify.clock import Clock, SystemClock
 from personify.content.catalog import ContentCatalog
@@ -75,6 +77,7 @@ from personify.segments.sweep import SegmentSweep
 from personify.settings import Settings
 from personify.store.database import Database, open_database
 from personify.store.failed_events import FailedEventRepository
+from personify.tracing import TracerSource, open_tracer_provider
 from personify.worker.heartbeats import HeartbeatRepository
 from personify.worker.supervisor import StageStatus, StageSupervisor
 from personify.worker.worker import StreamWorker
@@ -90,6 +93,8 @@ class Runtime:
     log: EventLog
     sources: SourceRepository
     api_keys: ApiKeyRepository
+    # the console's sign-ins (personify.auth.sessions)
+    console_sessions: ConsoleSessionRepository
     failed_events: FailedEventRepository
     hasher: PiiHasher
     collector: Collector
@@ -133,16 +138,29 @@ class Runtime:
     scheduler: Scheduler | None = None
     # token buckets per write key and API key (None when PERSONIFY_RATE_LIMIT_ENABLED=false)
     rate_limiter: RateLimiter | None = None
+    # the spans' exporter built from PERSONIFY_OTLP_ENDPOINT (personify.tracing), shut down
+    # (flushed) by ``close``
+    tracer_provider: TracerSource | None = None
 
     @classmethod
-    def build(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
-        """Wire every service from settings (nothing is started yet)."""
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        tracer_provider: TracerSource | None = None,
+    ) -> Runtime:
+        """Wire every service from settings (nothing is started yet). ``tracer_provider``
+        (a test's, an embedder's) is used instead of one built from the settings, and left
+        to its owner to shut down."""
         clock = clock or SystemClock()
+        owned_tracing = None if tracer_provider is not None else open_tracer_provider(settings)
+        tracing = tracer_provider or owned_tracing
         db = open_database(settings)
         # revocations by other processes clear the key caches at once (PostgreSQL state only)
         revocations = RevocationListener(db)
         log = open_eventlog(settings)
-        hasher = PiiHasher(settings.resolved_pii_hash_key(), settings.pii_paths)
+        hasher = PiiHasher.from_settings(settings)
         normalizer = Normalizer(
             hasher,
             max_event_bytes=settings.max_event_bytes,
@@ -190,6 +208,7 @@ class Runtime:
             after_batch=[relay.flush],
             record_exposures=functools.partial(record_decisions, db),
             clock=clock,
+            tracer=tracing.get_tracer("personify.worker") if tracing else None,
         )
         sweep = SegmentSweep(db, segment_stage, clock=clock)
         backfill = SegmentBackfill(db, segment_stage, clock=clock)
@@ -271,6 +290,7 @@ class Runtime:
             clock=clock,
             native=settings.ingest_native,
             suppressions=suppressions,
+            tracer=tracing.get_tracer("personify.ingest") if tracing else None,
         )
         privacy = ErasureJob(
             ErasureRequests(db, hasher, clock=clock),
@@ -304,6 +324,9 @@ class Runtime:
             ),
             api_keys=ApiKeyRepository(
                 db, cache_ttl_s=settings.auth_cache_ttl_s, clock=clock, revocations=revocations
+            ),
+            console_sessions=ConsoleSessionRepository(
+                db, ttl=timedelta(seconds=settings.console_session_ttl_s), clock=clock
             ),
             revocations=revocations,
             failed_events=failed,
@@ -339,6 +362,7 @@ class Runtime:
                 recommendations=recommendations,
                 facts_ttl_s=settings.decide_facts_ttl_s,
                 clock=clock,
+                tracer=tracing.get_tracer("personify.decide") if tracing else None,
             ),
             recommendations=recommendations,
             experiments=experiments,
@@ -364,6 +388,7 @@ class Runtime:
                 db, hasher, warehouse=functools.partial(open_warehouse, settings, db)
             ),
             rate_limiter=open_rate_limiter(settings, clock=clock),
+            tracer_provider=owned_tracing,
             scheduler=Scheduler(
                 [
                     *retention_jobs(settings, db, log, clock=clock),
@@ -435,6 +460,9 @@ class Runtime:
         if self.revocations is not None:
             await self.revocations.close()
         self.db.dispose()
+        if self.tracer_provider is not None:
+            # exports the spans still batched
+            await asyncio.to_thread(self.tracer_provider.shutdown)
 
 
 def open_warehouse(settings: Settings, db: Database) -> Warehouse:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     future_tolerance_hours: float = 24.0
     auth_cache_ttl_s: float = 5.0
     pii_hash_key: str = ""
+    # keys PII was hashed with before a rotation, comma-separated: lookups (suppression,
+    # erasure, privacy requests) still match hashes made with them; only pii_hash_key hashes
+    pii_hash_retired_keys: str = ""
     # where PII is hashed at ingest: a top-level field, then key names (case and "-", "_",
     # ".", " " do not matter); a path ending in "*" covers every e-mail and phone key name
     # docs/ingest.md lists. These two are where the Segment spec puts traits, for every
@@ -99,6 +102,22 @@ class Settings(BaseSettings):
     process_tuning: bool = True
     # the stream worker (in `serve` or `personify worker`) also runs the lake writer
     run_lake_sink: bool = True
+    # how `personify serve` and `personify worker` write their logs to standard error: one
+    # JSON object per line (for a log collector) or text (for a terminal), and from which level
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    # Observability (docs/observability.md). prometheus_client's multiprocess mode: the folder
+    # where every process of `personify serve --workers N` writes its metrics (serve makes
+    # one); the library itself reads the same variable, so it has no PERSONIFY_ name
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
+    # OpenTelemetry traces go to this OTLP/HTTP endpoint (http://collector:4318); unset, no
+    # spans are made at all
+    otlp_endpoint: str = ""
+    # `personify worker` (which serves no API) serves its metrics on this port; 0: it does not
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Lake (raw events in Delta Lake, the DuckDB warehouse, data quality)
     lake_storage_options: dict[str, str] = Field(default_factory=dict)
@@ -195,6 +214,15 @@ class Settings(BaseSettings):
     oidc_role_map: dict[str, str] = Field(default_factory=dict)
     oidc_jwks_ttl_s: float = Field(default=3600.0, gt=0.0)
     oidc_leeway_s: float = Field(default=30.0, ge=0.0, le=300.0)
+    # the console's sign-in through the same issuer (authorization code with PKCE,
+    # personify.ui.oidc): the client registered there, and the callback URL registered with
+    # it (unset: public_url, else the request's own URL, + /console/login/oidc/callback)
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_redirect_url: str | None = None
+    # the console (/console): how long a sign-in lasts, and how long a SQL query may run
+    console_session_ttl_s: float = Field(default=8 * 3600.0, gt=0.0)
+    console_sql_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
     # signed webhooks in: how old a signature's timestamp may be (replays within it are
     # refused by signature id)
     webhooks_in_tolerance_s: float = Field(default=300.0, gt=0.0, le=3600.0)
@@ -272,6 +300,29 @@ class Settings(BaseSettings):
         """The model files' folder, defaulting to ``models`` in ``data_dir``."""
         return self.models_dir or self.data_dir / "models"
 
+    @property
+    def pii_hash_key_file(self) -> Path:
+        """Where the embedded default keeps its PII key (when PERSONIFY_PII_HASH_KEY is not
+        set); ``personify privacy rotate-pii-key`` replaces it."""
+        return self.data_dir / "pii_hash.key"
+
+    @property
+    def pii_hash_retired_file(self) -> Path:
+        """The embedded default's retired PII keys, one per line, newest first."""
+        return self.data_dir / "pii_hash.retired"
+
+    def resolved_pii_hash_retired_keys(self) -> tuple[bytes, ...]:
+        """The retired PII keys: ``PERSONIFY_PII_HASH_RETIRED_KEYS`` and, for the embedded
+        default key file, the keys ``rotate-pii-key`` retired (``pii_hash.retired``)."""
+        keys = [k.strip() for k in self.pii_hash_retired_keys.split(",") if k.strip()]
+        if not self.pii_hash_key and self.pii_hash_retired_file.exists():
+            keys.extend(
+                line.strip()
+                for line in self.pii_hash_retired_file.read_text().splitlines()
+                if line.strip()
+            )
+        return tuple(dict.fromkeys(k.encode() for k in keys))
+
     def resolved_pii_hash_key(self) -> bytes:
         """The PII HMAC key. Outside production a random key is created once in ``data_dir``.
 
@@ -281,7 +332,7 @@ class Settings(BaseSettings):
             return self.pii_hash_key.encode()
         if self.environment == "production":
             raise ConfigurationError("PERSONIFY_PII_HASH_KEY is required in production")
-        path = self.data_dir / "pii_hash.key"
+        path = self.pii_hash_key_file
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))

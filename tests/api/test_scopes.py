@@ -17,6 +17,7 @@ import pytest
 from personify.api.guards import authorize
 from personify.auth.roles import ROLES, SCOPES, allows
 from personify.clock import FrozenClock
+from personify.ui.session import console_guard
 from tests.api import Harness, running_app
 
 # routes anyone may call, each for a reason
@@ -76,8 +77,18 @@ async def test_every_route_is_public_write_key_or_scoped_and_each_role_gets_its_
     for role in ROLES:
         _, secrets[role] = harness.services.api_keys.create(f"key-{role}", role)
     guarded = []
+    consoled = 0
     for method, path, handler in _routes(harness):
         guards = handler.resolve_guards()
+        if path.startswith("/console"):
+            # the console's pages: its own guard checks the same scopes against a session
+            # (tests/ui/test_console_session.py walks them role by role)
+            assert console_guard in guards, f"{method} {path} is outside the console's guard"
+            assert handler.opt.get("public") or handler.opt.get("scope") in SCOPES, (
+                f"{method} {path} declares no known scope"
+            )
+            consoled += 1
+            continue
         if authorize in guards:
             scope = handler.opt.get("scope")
             assert scope in SCOPES, f"{method} {path} has no known scope ({scope!r})"
@@ -90,7 +101,7 @@ async def test_every_route_is_public_write_key_or_scoped_and_each_role_gets_its_
                 or _FAST_PATH.match(path)
                 or path.startswith("/docs")
             ), f"{method} {path} is neither public on purpose, nor write-keyed, nor scoped"
-    assert len(guarded) > 60
+    assert len(guarded) > 60 and consoled > 3
     client = harness.client
     for method, path, scope in guarded:
         url = _concrete(path)

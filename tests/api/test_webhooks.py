@@ -105,6 +105,22 @@ async def test_webhooks_are_created_listed_shown_and_deleted(
     }
 
 
+async def test_a_webhook_secret_is_rotated_with_an_overlap(harness: Harness) -> None:
+    created = await create(harness, "https://cms.example.com/hook")
+    path = f"/v1/webhooks/{created['id']}/rotate"
+    rotated = await harness.client.post(path, json={"overlapHours": 2}, headers=harness.admin)
+    assert rotated.status_code == 200, rotated.text
+    body = rotated.json()
+    assert body["id"] == created["id"] and body["secret"].startswith("whsec_")
+    assert body["secret"] != created["secret"]
+    assert harness.services.webhooks.secret(created["id"]) == body["secret"]
+    bad = await harness.client.post(path, json={"overlapHours": -1}, headers=harness.admin)
+    assert_error(bad, 400, "invalid_parameter")
+    await harness.client.delete(f"/v1/webhooks/{created['id']}", headers=harness.admin)
+    gone = await harness.client.post(path, json={}, headers=harness.admin)
+    assert_error(gone, 404, "webhook_not_found")
+
+
 async def test_bad_webhooks_are_refused_with_the_reason(harness: Harness) -> None:
     async def refused(body: Any, status: int, code: str) -> None:
         response = await harness.client.post("/v1/webhooks", json=body, headers=harness.admin)

@@ -284,6 +284,42 @@ def test_a_delivery_arrives_signed_and_is_logged(
     assert len(receiver.requests) == 1
 
 
+def test_a_rotated_secret_signs_with_both_secrets_until_the_overlap_ends(
+    db: Database,
+    clock: FrozenClock,
+    repo: WebhookRepository,
+    deliverer: WebhookDeliverer,
+    receiver: Receiver,
+) -> None:
+    webhook, old = repo.create(receiver.url)
+    rotated, new = repo.rotate(webhook.id, overlap=timedelta(hours=1))
+    assert rotated.id == webhook.id and new != old and new.startswith("whsec_")
+    assert repo.secret(webhook.id) == new
+    publish(db, clock)
+    deliverer.deliver_due()
+    header = receiver.requests[-1].headers[SIGNATURE_HEADER.lower()]
+    body = receiver.requests[-1].body
+    # a receiver on either secret verifies it during the overlap
+    assert header.count("v1=") == 2
+    assert verify_signature(new, header, body, now=START)
+    assert verify_signature(old, header, body, now=START)
+    clock.advance(3600)
+    publish(db, clock, item_id="summer-banner")
+    deliverer.deliver_due()
+    header = receiver.requests[-1].headers[SIGNATURE_HEADER.lower()]
+    body = receiver.requests[-1].body
+    assert header.count("v1=") == 1
+    assert verify_signature(new, header, body, now=clock.time())
+    assert not verify_signature(old, header, body, now=clock.time())
+    # a deleted webhook is not rotated; nor is an overlap below zero accepted
+    repo.delete(webhook.id)
+    with pytest.raises(NotFound):
+        repo.rotate(webhook.id, overlap=timedelta(hours=1))
+    other, _ = repo.create(receiver.url)
+    with pytest.raises(ValidationError):
+        repo.rotate(other.id, overlap=timedelta(seconds=-1))
+
+
 def test_a_refused_delivery_is_retried_after_its_backoff_then_delivered(
     db: Database,
     clock: FrozenClock,

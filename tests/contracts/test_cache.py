@@ -90,3 +90,9 @@ async def test_get_many_returns_only_the_live_values(cache: Cache) -> None:
         present[0]: present[0].encode()
     }
     assert await cache.get_many([]) == {}
+
+
+async def test_ping_answers_while_the_engine_is_up(cache: Cache) -> None:
+    await cache.ping()
+    await cache.set(key("p"), b"1")
+    await cache.ping()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from personify.errors import BackendUnavailable
 from personify.eventlog.base import LogEntry, LogRecord
 from tests.contracts.conftest import LogFactory
 
@@ -322,3 +323,13 @@ async def test_erase_removes_every_matching_entry_or_reports_it(log_factory: Log
     await reopened.append(records("carol", 2, key="carol"))
     more = await drain(reopened, "late", "c", 2)
     assert [e.payload for e in more] == [b"carol-0", b"carol-1"]
+
+
+async def test_ping_answers_while_started_and_refuses_once_closed(log_factory: LogFactory) -> None:
+    log = await log_factory()
+    await log.ping()
+    await log.append(records("p", 1))
+    await log.ping()
+    await log.close()
+    with pytest.raises(BackendUnavailable):
+        await log.ping()

@@ -13,11 +13,10 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from litestar import Litestar, get
+from litestar import Litestar
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.openapi.datastructures import ResponseSpec
 from starlette.routing import Router as StarletteRouter
 from starlette.types import ASGIApp
 
@@ -29,56 +28,30 @@ from personify.api.collector import collector_handlers
 from personify.api.content import content_router
 from personify.api.decide import decide_router
 from personify.api.demo_page import demo_shop
-from personify.api.documents import ErrorDocument, Health, Readiness
 from personify.api.experiments import experiments_router
-from personify.api.metrics import metrics_registry, metrics_router
+from personify.api.health import health, ready
+from personify.api.metrics import PipelineMetrics, metrics_registry, metrics_router
 from personify.api.models import model_router
 from personify.api.privacy import privacy_handlers
 from personify.api.profiles import profile_router
 from personify.api.recommend import recommend_router
 from personify.api.reference import openapi_config, reference_router
 from personify.api.segments import segment_router
+from personify.api.sql import sql_router
 from personify.api.webhooks import webhook_router
 from personify.auth.tokens import TokenVerifier
-from personify.errors import BackendUnavailable, PersonifyError
+from personify.errors import PersonifyError
 from personify.ingest.asgi import IngestFastPath, UnavailableLog
 from personify.ingest.routes import CollectorRoutes
 from personify.privacy.suppression import id_hash
 from personify.runtime import Runtime
 from personify.settings import Settings
+from personify.ui.console import console_router
 
 
-@get("/healthz", tags=["health"], sync_to_thread=False)
-def health() -> Health:
-    """Liveness: the process answers."""
-    return Health(status="ok")
-
-
-@get(
-    "/readyz",
-    tags=["health"],
-    sync_to_thread=False,
-    responses={
-        503: ResponseSpec(ErrorDocument, description="stage_down: a background stage is restarting")
-    },
-)
-def ready(runtime: NamedDependency[Runtime]) -> Readiness:
-    """Readiness: every background stage of this process (worker, lake writer) is running."""
-    # liveness stays /healthz: a stage that died is restarted in-process, so the process
-    # is alive, but not ready while a stage waits to restart
-    stages = runtime.stages()
-    down = [stage for stage in stages if stage.is_down]
-    if down:
-        names = ", ".join(stage.name for stage in down)
-        raise BackendUnavailable(
-            f"stage {names} is down and restarting; see GET /v1/worker/status",
-            code="stage_down",
-            details={"stages": [stage.summary() for stage in down]},
-        )
-    return Readiness(status="ready", stages=[s.summary() for s in stages])
-
-
-def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Provide]:
+def _dependencies(
+    runtime: Runtime, unavailable: UnavailableLog, metrics: PipelineMetrics
+) -> dict[str, Provide]:
     """What handlers may ask for by name: the runtime and the ports they use."""
 
     def value(thing: Any) -> Provide:
@@ -103,7 +76,7 @@ def _dependencies(runtime: Runtime, unavailable: UnavailableLog) -> dict[str, Pr
         "api_keys": value(runtime.api_keys),
         "sources": value(runtime.sources),
         "audit": value(runtime.audit),
-        "prometheus": value(metrics_registry(runtime)),
+        "prometheus": value(metrics),
         "dead_letters": value(runtime.failed_events),
         "unavailable": value(unavailable),
     }
@@ -125,9 +98,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
+        # multiprocess mode: this process's counts reach the shared files every second
+        metrics.start()
         try:
             yield
         finally:
+            await metrics.stop()
             await runtime.close()
 
     collector_routes = CollectorRoutes(
@@ -141,9 +117,15 @@ def create_app(
         rate_limiter=runtime.rate_limiter,
         write_key_rate_per_s=settings.rate_limit_write_key_per_s,
         write_key_burst=settings.rate_limit_write_key_burst,
+        # an ingest span per request when tracing is on (personify.tracing)
+        tracer=runtime.collector.tracer,
     )
     # the collector's 503s, counted for GET /v1/ingest/status
     unavailable = UnavailableLog()
+    # GET /metrics: this app's registry over the runtime and the collector's counts
+    metrics = metrics_registry(
+        runtime, collector_routes.counts, multiprocess_dir=settings.prometheus_multiproc_dir
+    )
     app = Litestar(
         route_handlers=[
             health,
@@ -164,8 +146,10 @@ def create_app(
             *collector_handlers(),
             reference_router(),
             audit_router(),
+            sql_router(),
+            console_router(),
         ],
-        dependencies=_dependencies(runtime, unavailable),
+        dependencies=_dependencies(runtime, unavailable, metrics),
         # one instance wraps every route: changes, per-user reads and denials are recorded
         middleware=[
             AuditMiddleware(

@@ -33,10 +33,12 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    """Every background stage of this process is running."""
+    """Every background stage of this process is running, and the engines it needs answer
+    (``checks``: one probe each of the event log, the state database and the cache)."""
 
     status: str
     stages: list[dict[str, Any]]
+    checks: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 class FailedEventPage(msgspec.Struct):

@@ -9,6 +9,8 @@ webhook. Deleting deactivates (the delivery log is kept, and ``GET`` still shows
 
 from __future__ import annotations
 
+import functools
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -261,6 +263,40 @@ async def retry_delivery(
     return _delivery(await sync_to_thread(retry))
 
 
+class SecretRotation(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/webhooks/{id}/rotate``."""
+
+    overlapHours: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            le=24 * 90,
+            description="how long deliveries are signed with the previous secret too",
+        ),
+    ] = 24.0
+
+
+@post(
+    "/v1/webhooks/{webhook_id:int}/rotate",
+    opt=WRITE,
+    # the webhook with its new secret is the answer: 200, not Litestar's 201
+    status_code=200,
+    responses={**admin_responses(), **_not_found("webhook_not_found: no active webhook")},
+)
+async def rotate_webhook_secret(
+    webhooks: NamedDependency[WebhookRepository],
+    webhook_id: WebhookId,
+    data: JSONBody[SecretRotation],
+) -> CreatedWebhook:
+    """Give a webhook a new signing secret, shown this once. For ``overlapHours`` every
+    delivery carries two ``v1`` signatures, the new secret's and the previous one's, so the
+    receiver can move to the new secret without refusing a delivery."""
+    record, secret = await sync_to_thread(
+        functools.partial(webhooks.rotate, webhook_id, overlap=timedelta(hours=data.overlapHours))
+    )
+    return CreatedWebhook(**record.to_dict(), secret=secret)
+
+
 def webhook_router() -> Router:
     """The webhook routes, behind the API key guard (writes need the admin role)."""
     return Router(
@@ -272,6 +308,7 @@ def webhook_router() -> Router:
             delete_webhook,
             list_deliveries,
             retry_delivery,
+            rotate_webhook_secret,
         ],
         guards=[authorize],
         security=BEARER_SECURITY,

@@ -436,12 +436,15 @@ class AuditLog:
         resource_prefix: str | None,
         since: datetime | None,
         until: datetime | None,
+        outcome: str | None = None,
     ) -> list[sa.ColumnElement[bool]]:
         conditions: list[sa.ColumnElement[bool]] = []
         if actor is not None:
             conditions.append(audit_log.c.actor == actor)
         if action is not None:
             conditions.append(audit_log.c.action == action)
+        if outcome is not None:
+            conditions.append(audit_log.c.outcome == outcome)
         if resource_prefix:
             conditions.append(audit_log.c.resource.startswith(resource_prefix, autoescape=True))
         if since is not None:
@@ -459,17 +462,25 @@ class AuditLog:
         until: datetime | None = None,
         limit: int = 100,
         after_id: int | None = None,
+        *,
+        outcome: str | None = None,
+        before_id: int | None = None,
+        newest_first: bool = False,
     ) -> list[AuditEntry]:
-        """Records oldest first, after ``after_id``: by actor, exact action (``PATCH
-        /v1/experiments/{key}``), resource prefix, and time (``since`` ≤ at < ``until``)."""
+        """Records oldest first (or ``newest_first``), after ``after_id`` and before
+        ``before_id``: by actor, exact action (``PATCH /v1/experiments/{key}``), outcome,
+        resource prefix, and time (``since`` ≤ at < ``until``)."""
         if not 1 <= limit <= MAX_QUERY_ROWS:
             raise ValidationError(
                 f"limit must be between 1 and {MAX_QUERY_ROWS}", code="invalid_parameter"
             )
-        conditions = self._filtered(actor, action, resource_prefix, since, until)
+        conditions = self._filtered(actor, action, resource_prefix, since, until, outcome)
         if after_id is not None:
             conditions.append(audit_log.c.id > after_id)
-        statement = sa.select(audit_log).where(*conditions).order_by(audit_log.c.id).limit(limit)
+        if before_id is not None:
+            conditions.append(audit_log.c.id < before_id)
+        order = audit_log.c.id.desc() if newest_first else audit_log.c.id
+        statement = sa.select(audit_log).where(*conditions).order_by(order).limit(limit)
         with self._db.connect() as conn:
             return [_entry(row) for row in conn.execute(statement)]
 

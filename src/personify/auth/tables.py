@@ -61,3 +61,21 @@ audit_head = sa.Table(
     sa.Column("last_id", sa.BigInteger, nullable=False),
     sa.Column("last_hash", sa.String(64), nullable=False),
 )
+
+# the console's sessions (``personify.auth.sessions``): a person signs in with an API key or
+# through OpenID Connect and gets a cookie; only the cookie's hash is stored
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    # "api_key" (``subject`` is the key's id) or "token" (an OIDC subject)
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    # the token every form and htmx request of the session carries (CSRF)
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", Timestamp(), nullable=False),
+    sa.Column("expires_at", Timestamp(), nullable=False),
+    sa.Index("console_sessions_expires", "expires_at"),
+)

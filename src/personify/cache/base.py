@@ -10,6 +10,7 @@ Contract (checked for every adapter by ``tests/contracts/test_cache.py``):
   cache without overwriting a newer invalidation marker.
 * ``get_many``, ``set_many`` and ``delete`` act on many keys in one round trip (a decision
   reads a profile and its memberships with one ``get_many``).
+* ``ping`` answers cheaply whether the engine is reachable now (``GET /readyz``).
 * A cache is an optimisation: an adapter may evict anything at any time. Every failure of the
   engine raises ``BackendUnavailable``.
 """
@@ -55,6 +56,10 @@ class Cache(Protocol):
 
     async def delete(self, keys: Sequence[str]) -> int:
         """Remove ``keys``; returns how many were present."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the engine answers now; raise ``BackendUnavailable`` when it does not."""
         ...
 
     async def close(self) -> None:

@@ -61,6 +61,9 @@ class MemoryCache:
     async def start(self) -> None:
         """Nothing to connect."""
 
+    async def ping(self) -> None:
+        """Always reachable: it is this process's memory."""
+
     async def close(self) -> None:
         """Drop every entry."""
         with self._lock:

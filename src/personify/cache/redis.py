@@ -112,6 +112,14 @@ class RedisCache:
         if client is not None:
             await client.aclose()
 
+    async def ping(self) -> None:
+        """One ``PING`` round trip."""
+        client = self._require()
+        try:
+            await client.ping()
+        except RedisError as exc:
+            raise _unavailable("answer a ping", exc) from exc
+
     def _require(self) -> aioredis.Redis:
         if self._client is None:
             raise BackendUnavailable(

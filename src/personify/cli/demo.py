@@ -1007,6 +1007,7 @@ def run_demo(
         echo(f"  demo write key : {DEMO_WRITE_KEY}")
         echo(f"  demo admin key : {DEMO_ADMIN_KEY}")
         echo(f"  demo shop page : {base_url}{DEMO_PATH}")
+        echo(f"  admin console  : {base_url}/console  (sign in with the demo admin key)")
         echo("")
         echo("Try:")
         echo(f"  curl -u {DEMO_WRITE_KEY}: -H 'Content-Type: application/json' \\")

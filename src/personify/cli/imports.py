@@ -83,7 +83,7 @@ def import_events(
     except NotFound:
         source, _ = sources.create(source_name)
         click.echo(f"created source {source.name} ({source.id})", err=True)
-    hasher = PiiHasher(settings.resolved_pii_hash_key(), settings.pii_paths)
+    hasher = PiiHasher.from_settings(settings)
     normalizer = Normalizer(
         hasher,
         max_event_bytes=settings.max_event_bytes,

@@ -42,7 +42,12 @@ def main() -> None:
 @click.option("--port", default=None, type=int, help="port (PERSONIFY_PORT)")
 @click.option("--workers", default=1, show_default=True, help="API processes")
 @click.option("--no-worker", is_flag=True, help="do not run a stream worker in this process")
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    default=None,
+    help="log level (PERSONIFY_LOG_LEVEL, default info)",
+)
 @pass_ctx
 def serve(
     ctx: CliContext,
@@ -61,17 +66,30 @@ def serve(
 
     import uvicorn
 
+    from personify.cli.logs import configure_logging
+    from personify.cli.multiprocess import prepare_multiprocess_metrics
+
     settings = ctx.settings
     if no_worker:
         # the app factory runs in each uvicorn process and reads its settings from the environment
         os.environ["PERSONIFY_RUN_WORKER"] = "false"
+    if log_level:
+        os.environ["PERSONIFY_LOG_LEVEL"] = log_level.lower()
+        settings = settings.model_copy(update={"log_level": log_level.lower()})
+    # this process (uvicorn's supervisor with --workers N) logs as each served one does
+    configure_logging(settings)
+    # with --workers N, every process's metrics go to files one scrape sums (docs/observability.md)
+    prepare_multiprocess_metrics(workers)
     uvicorn.run(
         "personify.cli.main:served_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
-        log_level=log_level,
+        log_level=settings.log_level,
+        # our handler and format (personify.cli.logs), and our access log (one line per
+        # request with its route template and request id, personify.api.access_log)
+        log_config=None,
         access_log=False,
         # httptools with a bound on request heads: 431 past 64 KB, 408 when a head takes
         # over 10 s (uvicorn bounds neither; see personify.cli.protocol)
@@ -100,17 +118,21 @@ def served_app() -> Any:
     """The app ``personify serve`` runs; uvicorn calls this in each of its processes.
 
     Unlike ``create_app`` alone, it tunes the process it runs in (unless
-    ``PERSONIFY_PROCESS_TUNING=false``): the process is a server and nothing else.
+    ``PERSONIFY_PROCESS_TUNING=false``): the process is a server and nothing else. It
+    also configures the process's logging and logs every request (``AccessLog``).
     """
+    from personify.api.access_log import logged
+    from personify.cli.logs import configure_logging
     from personify.cli.tuning import freeze_startup_objects, quiet_openmp, tune_process
 
     settings = Settings()
+    configure_logging(settings)
     if settings.process_tuning:
         # before the app's imports load LightGBM's OpenMP runtime
         quiet_openmp()
     from personify.api.app import create_app
 
-    app = create_app(settings)
+    app = logged(create_app(settings))
     if settings.process_tuning:
         tune_process()
         freeze_startup_objects()
@@ -129,8 +151,10 @@ def served_app() -> Any:
 def worker(ctx: CliContext, drain: bool, batch_size: int | None) -> None:
     """Run a stream worker: apply the event log to profiles until SIGTERM or Ctrl+C."""
 
+    from personify.cli.logs import configure_logging
     from personify.cli.tuning import freeze_startup_objects, quiet_openmp, tune_process
 
+    configure_logging(ctx.settings)
     if ctx.settings.process_tuning:
         # before the runtime's imports load LightGBM's OpenMP runtime
         quiet_openmp()
@@ -151,11 +175,20 @@ def worker(ctx: CliContext, drain: bool, batch_size: int | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, services.worker.request_stop)
+        # this process serves no API: its metrics get their own port (docs/observability.md)
+        exposed = None
+        if settings.worker_metrics_port:
+            from personify.api.metrics import WorkerMetricsServer
+
+            exposed = WorkerMetricsServer(services, settings.host, settings.worker_metrics_port)
+            await exposed.start()
         try:
             if not drain:
                 services.start_lake_sink()
             await services.worker.run(until_idle=drain)
         finally:
+            if exposed is not None:
+                await exposed.stop()
             await services.close()
         return services.worker.stats
 

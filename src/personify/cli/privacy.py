@@ -158,3 +158,53 @@ def privacy_check(ctx: CliContext, identity: str) -> None:
         click.echo(f"{len(remaining)} places still hold something of this person", err=True)
         sys.exit(1)
     click.echo(f"nothing remains in {', '.join(found)}")
+
+
+@privacy.command("pii-keys")
+@pass_ctx
+def privacy_pii_keys(ctx: CliContext) -> None:
+    """List the PII keyring: the active key's id, then the retired keys' (never the keys)."""
+    from personify.events.hashing import PiiHasher
+
+    ids = PiiHasher.from_settings(ctx.settings).key_ids
+    click.echo(f"active  {ids[0]}")
+    for retired in ids[1:]:
+        click.echo(f"retired {retired}")
+
+
+@privacy.command("rotate-pii-key")
+@pass_ctx
+def privacy_rotate_pii_key(ctx: CliContext) -> None:
+    """Hash new PII with a new key; the old key joins the retired keys, which lookups still
+    try (suppression, erasure, privacy requests). Restart every process afterwards.
+
+    This rotates the embedded default's key file; where PERSONIFY_PII_HASH_KEY is set, set
+    it to a new key and add the old one to PERSONIFY_PII_HASH_RETIRED_KEYS instead."""
+    import secrets
+
+    from personify.events.hashing import key_id
+
+    settings = ctx.settings
+    if settings.pii_hash_key:
+        click.echo(
+            "PERSONIFY_PII_HASH_KEY is set in the environment: set it to a new key and put the "
+            "old one first in PERSONIFY_PII_HASH_RETIRED_KEYS (comma-separated), then restart",
+            err=True,
+        )
+        sys.exit(2)
+    old = settings.resolved_pii_hash_key()
+    new = secrets.token_hex(32)
+    retired = settings.pii_hash_retired_file
+    lines = retired.read_text().splitlines() if retired.exists() else []
+    # the retired file first, so that no moment holds a key nowhere on disk
+    retired.write_text("\n".join([old.decode(), *lines]) + "\n")
+    retired.chmod(0o600)
+    key_file = settings.pii_hash_key_file
+    staged = key_file.with_suffix(".new")
+    staged.write_text(new)
+    staged.chmod(0o600)
+    staged.replace(key_file)
+    record_cli(ctx, "privacy rotate-pii-key", 0, resource="privacy/pii-keys")
+    click.echo(f"active  {key_id(new.encode())}")
+    click.echo(f"retired {key_id(old)}")
+    click.echo("restart every Personify process to hash with the new key")

@@ -101,6 +101,26 @@ def webhooks_delete(ctx: CliContext, webhook_id: int) -> None:
         echo_json(WebhookRepository(db).delete(webhook_id).to_dict())
 
 
+@webhooks.command("rotate")
+@click.argument("webhook_id", metavar="WEBHOOK", type=click.IntRange(min=1))
+@click.option(
+    "--overlap",
+    default="24h",
+    show_default=True,
+    help="how long deliveries are signed with the previous secret too (90s, 30m, 12h, 7d)",
+)
+@pass_ctx
+def webhooks_rotate(ctx: CliContext, webhook_id: int, overlap: str) -> None:
+    """Give a webhook a new signing secret. Prints it as JSON with the secret, shown this
+    once; until --overlap has passed its deliveries are signed with the old secret too."""
+    from personify.cli.keys import parse_duration
+    from personify.content.webhooks import WebhookRepository
+
+    with _database(ctx) as db:
+        webhook, secret = WebhookRepository(db).rotate(webhook_id, overlap=parse_duration(overlap))
+    echo_json({**webhook.to_dict(), "secret": secret})
+
+
 @webhooks.command("retry")
 @click.argument("delivery_id", metavar="DELIVERY", type=click.IntRange(min=1))
 @pass_ctx

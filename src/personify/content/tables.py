@@ -70,6 +70,9 @@ content_webhooks = sa.Table(
     sa.Column("id", RowId, primary_key=True, autoincrement=True),
     sa.Column("url", sa.Text, nullable=False),
     sa.Column("secret", sa.String(128), nullable=False),
+    # after a rotation the previous secret signs too (a second v1) until previous_expires_at
+    sa.Column("previous_secret", sa.String(128), nullable=True),
+    sa.Column("previous_expires_at", Timestamp(), nullable=True),
     # the events it is told of, comma-separated ("content.published,content.unpublished")
     sa.Column("events", sa.String(200), nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),

@@ -399,6 +399,30 @@ class WebhookRepository:
             raise NotFound(f"no webhook {webhook_id}", code="webhook_not_found")
         return str(secret)
 
+    def rotate(self, webhook_id: int, *, overlap: timedelta) -> tuple[Webhook, str]:
+        """Give an active webhook a new signing secret (returned, shown once). For
+        ``overlap`` its deliveries carry a second ``v1`` signature made with the previous
+        secret, so the receiver can switch secrets without refusing a delivery.
+        ``NotFound`` (``webhook_not_found``) when there is none or it was deleted."""
+        if overlap < timedelta(0):
+            raise ValidationError("the overlap is zero or more", code="invalid_overlap")
+        secret = SECRET_PREFIX + secrets.token_hex(32)
+        now = self._clock.now()
+        with self._db.begin() as conn:
+            webhook = self._get(conn, webhook_id)
+            if not webhook.active:
+                raise NotFound(f"no active webhook {webhook_id}", code="webhook_not_found")
+            conn.execute(
+                content_webhooks.update()
+                .where(content_webhooks.c.id == webhook_id)
+                .values(
+                    secret=secret,
+                    previous_secret=content_webhooks.c.secret,
+                    previous_expires_at=now + overlap,
+                )
+            )
+        return webhook, secret
+
     def delete(self, webhook_id: int) -> Webhook:
         """Deactivate the webhook: it gets no new deliveries, and its pending ones are marked
         ``failed`` unsent. Deleting a deleted webhook changes nothing. Its delivery log is
@@ -531,6 +555,8 @@ class _Due:
     payload: str
     url: str
     secret: str
+    previous_secret: str | None
+    previous_expires_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +640,8 @@ class WebhookDeliverer:
                 table.c.payload,
                 content_webhooks.c.url,
                 content_webhooks.c.secret,
+                content_webhooks.c.previous_secret,
+                content_webhooks.c.previous_expires_at,
             )
             .join(content_webhooks, content_webhooks.c.id == table.c.webhook_id)
             .where(
@@ -651,12 +679,18 @@ class WebhookDeliverer:
     def _send(self, client: httpx.Client, row: _Due) -> _Outcome:
         body = row.payload.encode()
         timestamp = int(self._clock.time())
+        # within a rotation's overlap the previous secret signs too
+        previous = row.previous_secret
+        expires = aware(row.previous_expires_at)
+        also = (
+            [previous] if previous and expires is not None and self._clock.now() < expires else []
+        )
         headers = {
             "Content-Type": "application/json",
             "User-Agent": _USER_AGENT,
             EVENT_HEADER: row.event,
             DELIVERY_HEADER: str(row.id),
-            SIGNATURE_HEADER: signature_header(row.secret, body, timestamp=timestamp),
+            SIGNATURE_HEADER: signature_header(row.secret, body, timestamp=timestamp, also=also),
         }
         try:
             with client.stream("POST", row.url, content=body, headers=headers) as response:

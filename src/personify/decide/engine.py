@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import logging
 import random
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,8 +78,12 @@ from personify.profiles.state import evaluate_profile
 from personify.segments.predicates import EvaluationContext
 from personify.segments.tables import segment_members
 from personify.store.database import Database
+from personify.tally import DurationTally
+from personify.tracing import MESSAGE_ID
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from personify.recommend.service import RecommendationService
 
 __all__ = ["DecisionEngine", "DecisionRequest", "PlacementRequest"]
@@ -209,8 +214,11 @@ class DecisionEngine:
         recommendations: RecommendationService | None = None,
         facts_ttl_s: float = 30.0,
         clock: Clock | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._facts_ttl_s = facts_ttl_s
+        # a span per decision (personify.tracing); None: none
+        self._tracer = tracer
         self._catalog = catalog
         self._recommendations = recommendations
         self._profiles = profiles
@@ -219,6 +227,8 @@ class DecisionEngine:
         self._features = features
         self._clock = clock or SystemClock()
         self.exposures_lost = 0
+        # how long decisions took, from the request to the answer (GET /metrics)
+        self.latency = DurationTally()
 
     async def catalog_changed(self) -> None:
         """Tell every process sharing the cache to reload the catalog (after a change)."""
@@ -230,6 +240,21 @@ class DecisionEngine:
         """The decision, with a trace unless ``trace`` is false (browsers get none, so none
         is built). Without ``expose`` (a preview: ``personify decide``), no exposure event
         is appended."""
+        if self._tracer is None:
+            return await self._decide(request, expose=expose, trace=trace)
+        # the span names the decision by its id, the messageId of its exposure event
+        with self._tracer.start_as_current_span(
+            "decide", attributes={"personify.placements": len(request.placements)}
+        ) as span:
+            answer = await self._decide(request, expose=expose, trace=trace)
+            span.set_attribute(MESSAGE_ID, answer["decisionId"])
+            span.set_attribute("personify.fallback", str(answer["trace"]["fallback"]))
+            return answer
+
+    async def _decide(
+        self, request: DecisionRequest, *, expose: bool, trace: bool
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
         decision_id = uuid.uuid4().hex
         now = self._clock.now()
         try:
@@ -295,6 +320,7 @@ class DecisionEngine:
         exposure_logged = (
             await self._expose(decision_id, request, user, placements, now) if expose else False
         )
+        self.latency.observe(time.perf_counter() - started)
         return {
             "decisionId": decision_id,
             "placements": placements,

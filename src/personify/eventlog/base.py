@@ -17,6 +17,8 @@ Contract (checked for every adapter by ``tests/contracts/test_eventlog.py``):
 * ``erase`` removes every retained entry a predicate matches, so no read, tail or restart
   delivers it again, or reports (``EraseReport.remaining``) the matching entries the engine
   cannot remove and how long it keeps them (a Kafka topic deletes no single record).
+* ``ping`` answers cheaply whether the engine is reachable now (``GET /readyz``): it
+  returns, or raises ``BackendUnavailable``; it reads and writes no records.
 * Any driver failure, a full disk or a full queue raises ``BackendUnavailable``.
 """
 
@@ -119,6 +121,10 @@ class EventLog(Protocol):
         every consumer group, committed or not; with ``dry_run`` remove nothing and report
         every match under ``remaining``. Entries appended while it runs may be missed: run
         it again (it is idempotent)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the engine answers now; raise ``BackendUnavailable`` when it does not."""
         ...
 
     async def close(self) -> None:

@@ -363,6 +363,11 @@ class RedisEventLog:
             with self._errors("close"):
                 await client.aclose()
 
+    async def ping(self) -> None:
+        """One ``PING`` round trip."""
+        with self._errors("answer a ping"):
+            await self._redis.ping()
+
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if self._client is None:
             raise BackendUnavailable("the event log is not running", code="log_unavailable")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personify.errors import ConfigurationError
+from personify.settings import Settings
 
 _NON_DIGITS = re.compile(r"\D+")
 HASH_PREFIX = "hmac-sha256:"
@@ -173,6 +174,12 @@ def _tree(paths: list[tuple[str, ...]]) -> dict[str, _Node]:
     return roots
 
 
+def key_id(key: bytes) -> str:
+    """A key's public id: the first 12 hex digits of SHA-256 over ``personify-key-id:`` and
+    the key (it names the key in status output without revealing it)."""
+    return hashlib.sha256(b"personify-key-id:" + key).hexdigest()[:12]
+
+
 class PiiHasher:
     """Replaces the values at dotted ``paths`` (``traits.*``, ``traits.email``) by keyed
     hashes; names below the top-level field match by key name (see the module docstring).
@@ -180,10 +187,33 @@ class PiiHasher:
     Raises ``ConfigurationError`` for a path with ``*`` anywhere but at its end.
     """
 
-    def __init__(self, key: bytes, paths: Iterable[str]) -> None:
+    def __init__(
+        self, key: bytes, paths: Iterable[str], *, retired_keys: Iterable[bytes] = ()
+    ) -> None:
         self._key = key
+        # a keyring: ``key`` hashes; retired keys still match a lookup (``candidates``)
+        self._retired = tuple(k for k in retired_keys if k and k != key)
         self._paths = [tuple(p.split(".")) for p in paths if p]
         self._roots = tuple(_tree(self._paths).items())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PiiHasher:
+        """The hasher ``settings`` configure: the active key, the retired keys, the paths."""
+        return cls(
+            settings.resolved_pii_hash_key(),
+            settings.pii_paths,
+            retired_keys=settings.resolved_pii_hash_retired_keys(),
+        )
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The keyring's key ids (``key_id``), the active key first."""
+        return [key_id(k) for k in (self._key, *self._retired)]
+
+    @property
+    def rotated(self) -> bool:
+        """Whether retired keys are on the ring (lookups then try each of them)."""
+        return bool(self._retired)
 
     @property
     def paths(self) -> list[tuple[str, ...]]:
@@ -192,9 +222,18 @@ class PiiHasher:
 
     def hash_value(self, field: str, value: str) -> str:
         """The keyed hash of one value, prefixed so a hashed value is recognisable."""
-        canonical = normalize_pii(field, value)
-        digest = hmac.new(self._key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
-        return HASH_PREFIX + digest
+        canonical = normalize_pii(field, value).encode("utf-8")
+        return HASH_PREFIX + hmac.new(self._key, canonical, hashlib.sha256).hexdigest()
+
+    def candidates(self, field: str, value: str) -> tuple[str, ...]:
+        """The hash of one value under every key of the ring, the active key's first: what a
+        lookup of a value stored before a rotation must try (retired keys verify, only the
+        active key hashes new data)."""
+        canonical = normalize_pii(field, value).encode("utf-8")
+        return tuple(
+            HASH_PREFIX + hmac.new(key, canonical, hashlib.sha256).hexdigest()
+            for key in (self._key, *self._retired)
+        )
 
     def apply(self, event: dict[str, Any]) -> None:
         """Hash, in place, every PII value present in ``event`` (copying what it changes).

@@ -43,7 +43,8 @@ logger = logging.getLogger("personify.ingest")
 _SINGLE_PATHS = {f"/v1/{name}": name for name in EVENT_TYPES} | {
     f"/v1/{short}": name for short, name in SHORT_TYPES.items()
 }
-_BATCH_PATHS = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
+# each batch path with the route its requests are counted under (``personify.ingest.counts``)
+_BATCH_PATHS = {"/v1/batch": "batch", "/v1/import": "import", "/v1/b": "batch"}
 # analytics.js reports its own delivery metrics here; there is nothing to keep, so the body
 # is read (up to the single-event limit) and dropped
 _METRICS_PATH = "/v1/m"
@@ -169,7 +170,7 @@ class IngestFastPath:
                 await _discard_body(headers, receive, self._routes.max_event_bytes)
                 body = _SUCCESS
             else:
-                body = await self._routes.batch(headers, receive)
+                body = await self._routes.batch(headers, receive, _BATCH_PATHS[path])
         except PersonifyError as error:
             if isinstance(error, BackendUnavailable):
                 self.unavailable.record(method, path, error)

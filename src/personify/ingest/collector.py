@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Any, NamedTuple, Protocol, cast
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import msgspec
 from msgspec import UNSET
@@ -18,6 +19,11 @@ from personify.events.normalize import Normalizer, partition_key
 from personify.ingest.sources import Source
 from personify.ingest.wire import WireEvent, WireNormalizer, wire_to_dict
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
+from personify.tally import DurationTally
+from personify.tracing import EVENTS, MESSAGE_ID, MESSAGE_IDS, message_ids
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 _encode = msgspec.json.Encoder().encode
 
@@ -117,6 +123,11 @@ def _payload_names_suppressed(suppressions: SuppressionList, payload: Any) -> bo
     )
 
 
+def _message_id(record: LogRecord) -> str:
+    """The messageId of a record, from its dedupe key (``<source id>:<messageId>``)."""
+    return (record.dedupe_key or "").partition(":")[2]
+
+
 class IngestOutcome(NamedTuple):
     """What happened to the events of one request; ``errors[i]`` is why ``rejected[i]`` was.
     ``suppressed`` events carried an erased id: dropped, never stored, not an error."""
@@ -141,6 +152,7 @@ class Collector:
         clock: Clock | None = None,
         native: bool = True,
         suppressions: SuppressionList | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._log = log
         self._normalizer = normalizer
@@ -160,6 +172,15 @@ class Collector:
         self.suppressions = suppressions
         # how many such events were dropped since start
         self.suppressed = 0
+        # how long appends took to be durable (GET /metrics); the single-event routes time
+        # theirs (``append_one``) into it too
+        self.appends = DurationTally()
+        # spans of the appends and (the routes') requests, personify.tracing; None: no span,
+        # and no test per append
+        self.tracer = tracer
+        self.append_one: Callable[[LogRecord], Awaitable[Sequence[AppendResult]]] = (
+            self._append_one if tracer is None else self._traced_append_one
+        )
 
     def _dead_letter(
         self, raw: Any, source: Source, error: ValidationError, message_id: str | None = None
@@ -185,10 +206,37 @@ class Collector:
             self._received_text = format_timestamp(from_epoch_us(received_us))
         return received_us, self._received_text
 
-    def append_one(self, record: LogRecord) -> Awaitable[Sequence[AppendResult]]:
-        """Append one record (the single-event routes'); durable once awaited. The SQLite log
-        lets the single appends of one turn of the event loop share a transaction."""
+    def _append_one(self, record: LogRecord) -> Awaitable[Sequence[AppendResult]]:
+        """Append one record (the single-event routes' ``append_one``); durable once awaited.
+        The SQLite log lets the single appends of one turn of the event loop share a
+        transaction."""
         return self._log.append((record,))
+
+    async def _traced_append_one(self, record: LogRecord) -> Sequence[AppendResult]:
+        """``_append_one`` in an ``eventlog append`` span; the request's span (the current
+        one) gets the event's messageId too."""
+        from opentelemetry import trace
+
+        assert self.tracer is not None
+        message_id = _message_id(record)
+        trace.get_current_span().set_attribute(MESSAGE_ID, message_id)
+        with self.tracer.start_as_current_span(
+            "eventlog append", attributes={MESSAGE_ID: message_id, EVENTS: 1}
+        ):
+            return await self._log.append((record,))
+
+    async def _traced_append(self, records: Sequence[LogRecord]) -> Sequence[AppendResult]:
+        """An append of many records in an ``eventlog append`` span naming their messageIds
+        (the first of them), as the request's span does."""
+        from opentelemetry import trace
+
+        assert self.tracer is not None
+        ids = message_ids(_message_id(record) for record in records)
+        trace.get_current_span().set_attributes({MESSAGE_IDS: ids, EVENTS: len(records)})
+        with self.tracer.start_as_current_span(
+            "eventlog append", attributes={MESSAGE_IDS: ids, EVENTS: len(records)}
+        ):
+            return await self._log.append(records)
 
     def common_record(self, source: Source, raw: Any, event_type: str | None) -> LogRecord | None:
         """The log record of one event of a single-event request, from the compiled common
@@ -331,7 +379,16 @@ class Collector:
             rejected = [item for item, _ in pairs]
             errors = [error for _, error in pairs]
         self.suppressed += suppressed
-        duplicates = count_duplicates(await self._log.append(records)) if records else 0
+        duplicates = 0
+        if records:
+            started = time.perf_counter()
+            appended = (
+                await self._log.append(records)
+                if self.tracer is None
+                else await self._traced_append(records)
+            )
+            duplicates = count_duplicates(appended)
+            self.appends.observe(time.perf_counter() - started)
         if rejected:
             await run_in_threadpool(self._failed.add_many, rejected)
         return IngestOutcome(len(records) - duplicates, duplicates, rejected, errors, suppressed)

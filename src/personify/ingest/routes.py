@@ -15,10 +15,11 @@ import base64
 import binascii
 import functools
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -45,12 +46,31 @@ from personify.events.decoding import (
     decode_batch_events,
     decode_document,
 )
+from personify.events.normalize import EVENT_TYPES
 from personify.ingest.collector import Collector, IngestOutcome
+from personify.ingest.counts import OK, IngestCounts
 from personify.ingest.sources import Source, SourceRepository
 from personify.ingest.wire import WireBatch, WireEvent, decode_wire_batch, decode_wire_event
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 _encode = msgspec.json.Encoder().encode
+_perf_counter = time.perf_counter
 logger = logging.getLogger("personify.ingest")
+
+# the routes requests are counted by (``personify.ingest.counts``): an event type for the
+# single-event paths (``/v1/t`` counts as ``track``), ``batch`` (``/v1/b`` too) and ``import``
+BATCH_ROUTES = ("batch", "import")
+ROUTES = (*sorted(EVENT_TYPES), *BATCH_ROUTES)
+# what a request that raised something unexpected counts as (it is answered 500)
+_INTERNAL_ERROR_CODE = "internal_error"
+# one single-event append in eight is timed for the append latency (a distribution needs no
+# more; its request is timed whole all the same), to keep two clock reads and a tally off
+# the hottest path
+_APPEND_SAMPLE_MASK = 7
+# an ingest span's attribute: the route, as the counts name it
+_ROUTE = "personify.route"
 
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
@@ -238,6 +258,25 @@ def _write_key_too_long() -> Unauthorized:
     )
 
 
+class _Seen:
+    """The source a batch request's write key named, once it is known (for its counts)."""
+
+    __slots__ = ("source_id",)
+
+    def __init__(self) -> None:
+        self.source_id = ""
+
+
+def _count_outcome(
+    counts: IngestCounts, route: str, source_id: str, outcome: IngestOutcome
+) -> None:
+    took = counts.took
+    took(route, source_id, "accepted", outcome.accepted)
+    took(route, source_id, "duplicate", outcome.duplicates)
+    took(route, source_id, "rejected", len(outcome.rejected))
+    took(route, source_id, "suppressed", outcome.suppressed)
+
+
 def _batch_answer(outcome: IngestOutcome) -> bytes:
     answer = {
         "success": True,
@@ -271,6 +310,7 @@ class CollectorRoutes:
         rate_limiter: RateLimiter | None = None,
         write_key_rate_per_s: float = 0.0,
         write_key_burst: int = 0,
+        tracer: Tracer | None = None,
     ) -> None:
         if rate_limiter is not None and not (write_key_rate_per_s > 0 and write_key_burst >= 1):
             raise ValueError("a rate limiter needs a positive write_key_rate_per_s and burst")
@@ -282,6 +322,21 @@ class CollectorRoutes:
         self._tracker_js: bytes | None = None
         self._cached_source = sources.resolve_cached
         self._append_one = collector.append_one
+        # what the routes answered (GET /metrics); bound here for the single-event path
+        self.counts = IngestCounts(ROUTES)
+        self._singles = self.counts.singles
+        self._latency = self.counts.latency
+        self._appends = collector.appends
+        self._ticks = 0
+        # the POST endpoints ``IngestFastPath`` calls: in an ``ingest`` span each when traced
+        # (personify.tracing), chosen here so that untraced requests test nothing
+        self._tracer = tracer
+        self.single: Callable[[str, Headers, Receive], Awaitable[bytes]] = (
+            self._single if tracer is None else self._traced_single
+        )
+        self.batch: Callable[[Headers, Receive, str], Awaitable[bytes]] = (
+            self._counted_batch if tracer is None else self._traced_batch
+        )
         self._lookups: dict[str, asyncio.Future[Source | None]] = {}
         # where browsers reach this server, as analytics.js wants it: "host[/path]/v1" and a
         # scheme; without it the request's Host header stands in (development only)
@@ -340,48 +395,118 @@ class CollectorRoutes:
 
         return endpoint
 
-    async def single(self, event_type: str, headers: Headers, receive: Receive) -> bytes:
+    async def _single(self, event_type: str, headers: Headers, receive: Receive) -> bytes:
         """One event (``/v1/track`` …); returns the success body or raises the event's error.
 
         Written for the common request (one body message, not compressed, the common event
         shape, a cached write key): every ingest request takes this path, so it makes as
-        few calls as it can and hands anything else to the general helpers."""
-        _check_content_type(headers.get(b"content-type"))
-        limit = self.max_event_bytes
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if (
-            message.get("more_body", False)
-            or message["type"] != "http.request"
-            or b"content-encoding" in headers
-            or len(body) > limit
-        ):
-            body = await read_body(headers, receive, limit, "event_too_large", message)
-        raw = _decode_shaped(body, decode_wire_event, MAX_DEPTH)
-        write_key = _write_key(headers, raw)
-        hit, source = self._cached_source(write_key)
-        if not hit or source is None:
-            source = await self._resolve(write_key)
-        if self.rate_limiter is not None:
-            await self._admit(source)
-        record = self._collector.common_record(source, raw, event_type)
-        if record is not None:
-            await self._append_one(record)
+        few calls as it can and hands anything else to the general helpers. It counts what
+        it answered (``counts``) with a dict update and two tallies."""
+        started = _perf_counter()
+        source_id = ""
+        failure = _INTERNAL_ERROR_CODE
+        try:
+            _check_content_type(headers.get(b"content-type"))
+            limit = self.max_event_bytes
+            message = await receive()
+            body: bytes = message.get("body", b"")
+            if (
+                message.get("more_body", False)
+                or message["type"] != "http.request"
+                or b"content-encoding" in headers
+                or len(body) > limit
+            ):
+                body = await read_body(headers, receive, limit, "event_too_large", message)
+            raw = _decode_shaped(body, decode_wire_event, MAX_DEPTH)
+            write_key = _write_key(headers, raw)
+            hit, source = self._cached_source(write_key)
+            if not hit or source is None:
+                source = await self._resolve(write_key)
+            source_id = source.id
+            if self.rate_limiter is not None:
+                await self._admit(source)
+            record = self._collector.common_record(source, raw, event_type)
+            if record is not None:
+                self._ticks = ticks = self._ticks + 1
+                if ticks & _APPEND_SAMPLE_MASK:
+                    results = await self._append_one(record)
+                    done = _perf_counter()
+                else:
+                    appending = _perf_counter()
+                    results = await self._append_one(record)
+                    done = _perf_counter()
+                    self._appends.observe(done - appending)
+                if results and results[0].duplicate:
+                    self.counts.took(event_type, source_id, "duplicate", 1)
+                    self.counts.answered(event_type, source_id, OK, done - started)
+                else:
+                    # one request ok and one event accepted, in one update
+                    key = (event_type, source_id)
+                    self._singles[key] = self._singles.get(key, 0) + 1
+                    self._latency[event_type].observe(done - started)
+                failure = ""
+                return _SUCCESS
+            outcome = await self._collector.collect(
+                source,
+                [raw],
+                event_type=event_type,
+                check_pii=self._collector.may_carry_pii(body),
+                compiled=False,  # common_record has tried it
+            )
+            _count_outcome(self.counts, event_type, source_id, outcome)
+            if outcome.errors:
+                # the original error keeps its class (413 for an oversized event) and details
+                raise outcome.errors[0]
+            failure = OK
             return _SUCCESS
-        outcome = await self._collector.collect(
-            source,
-            [raw],
-            event_type=event_type,
-            check_pii=self._collector.may_carry_pii(body),
-            compiled=False,  # common_record has tried it
-        )
-        if outcome.errors:
-            # the original error keeps its class (413 for an oversized event) and details
-            raise outcome.errors[0]
-        return _SUCCESS
+        except PersonifyError as error:
+            failure = error.code
+            raise
+        except ClientDisconnected:
+            failure = "client_disconnected"
+            raise
+        finally:
+            if failure:
+                self.counts.answered(event_type, source_id, failure, _perf_counter() - started)
 
-    async def batch(self, headers: Headers, receive: Receive) -> bytes:
-        """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal."""
+    async def _traced_single(self, event_type: str, headers: Headers, receive: Receive) -> bytes:
+        from opentelemetry.trace import SpanKind
+
+        assert self._tracer is not None
+        with self._tracer.start_as_current_span(
+            f"ingest {event_type}", kind=SpanKind.SERVER, attributes={_ROUTE: event_type}
+        ):
+            return await self._single(event_type, headers, receive)
+
+    async def _traced_batch(self, headers: Headers, receive: Receive, route: str) -> bytes:
+        from opentelemetry.trace import SpanKind
+
+        assert self._tracer is not None
+        with self._tracer.start_as_current_span(
+            f"ingest {route}", kind=SpanKind.SERVER, attributes={_ROUTE: route}
+        ):
+            return await self._counted_batch(headers, receive, route)
+
+    async def _counted_batch(self, headers: Headers, receive: Receive, route: str) -> bytes:
+        """A batch (``/v1/batch``, ``/v1/import``): bad events are dead-lettered, not fatal.
+        ``route`` names the path in the counts (``batch`` or ``import``)."""
+        started = _perf_counter()
+        seen = _Seen()
+        answer = _INTERNAL_ERROR_CODE
+        try:
+            body = await self._batch(headers, receive, route, seen)
+            answer = OK
+            return body
+        except PersonifyError as error:
+            answer = error.code
+            raise
+        except ClientDisconnected:
+            answer = "client_disconnected"
+            raise
+        finally:
+            self.counts.answered(route, seen.source_id, answer, _perf_counter() - started)
+
+    async def _batch(self, headers: Headers, receive: Receive, route: str, seen: _Seen) -> bytes:
         _check_content_type(headers.get(b"content-type"))
         body = await read_body(headers, receive, self.max_batch_bytes, "batch_too_large")
         try:
@@ -392,10 +517,11 @@ class CollectorRoutes:
                 raise
             # a number or nesting problem is the event's own: refuse it, keep the others
             envelope, events = decode_batch_events(body)
-            return await self._collect_batch(headers, envelope, events, compiled=False)
+            return await self._collect_batch(headers, envelope, events, route, seen, compiled=False)
         if isinstance(raw, WireBatch):
             write_key = _write_key(headers, raw)
             source = await self._resolve(write_key)
+            seen.source_id = source.id
             await self._admit(source)
             outcome = await self._collector.collect(
                 source,
@@ -403,24 +529,28 @@ class CollectorRoutes:
                 defaults=None if raw.sentAt is UNSET else {"sentAt": raw.sentAt},
                 check_pii=self._collector.may_carry_pii(body),
             )
+            _count_outcome(self.counts, route, source.id, outcome)
             return _batch_answer(outcome)
         if not isinstance(raw, dict) or not isinstance(raw.get("batch"), list):
             raise ValidationError(
                 'a batch body is a JSON object with a "batch" array', code="invalid_batch"
             )
-        return await self._collect_batch(headers, raw, raw["batch"])
+        return await self._collect_batch(headers, raw, raw["batch"], route, seen)
 
     async def _collect_batch(
         self,
         headers: Headers,
         envelope: dict[str, Any],
         events: list[Any],
+        route: str,
+        seen: _Seen,
         *,
         compiled: bool = True,
     ) -> bytes:
         """A batch decoded as plain JSON: the envelope's fields are the events' defaults."""
         write_key = _write_key(headers, envelope)
         source = await self._resolve(write_key)
+        seen.source_id = source.id
         await self._admit(source)
         defaults: dict[str, Any] = {
             k: envelope[k] for k in ("context", "integrations", "sentAt") if k in envelope
@@ -428,6 +558,7 @@ class CollectorRoutes:
         outcome = await self._collector.collect(
             source, events, defaults=defaults, compiled=compiled
         )
+        _count_outcome(self.counts, route, source.id, outcome)
         return _batch_answer(outcome)
 
     async def _project_settings(self, request: Request) -> Response:

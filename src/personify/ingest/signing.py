@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,9 +83,18 @@ def sign(secret: str | bytes, timestamp: int, body: str | bytes) -> str:
     return hmac.new(_bytes(secret), message, hashlib.sha256).hexdigest()
 
 
-def signature_header(secret: str | bytes, body: str | bytes, *, timestamp: int) -> str:
-    """The signature header's value for ``body`` sent at ``timestamp`` (Unix seconds)."""
-    return f"t={timestamp},v1={sign(secret, timestamp, body)}"
+def signature_header(
+    secret: str | bytes,
+    body: str | bytes,
+    *,
+    timestamp: int,
+    also: Iterable[str | bytes] = (),
+) -> str:
+    """The signature header's value for ``body`` sent at ``timestamp`` (Unix seconds); with
+    ``also`` (a rotated-out secret), one more ``v1`` for each, so that a receiver that still
+    holds an old secret verifies it while it moves to the new one."""
+    digests = [sign(one, timestamp, body) for one in (secret, *also)]
+    return f"t={timestamp}," + ",".join(f"v1={digest}" for digest in digests)
 
 
 def parse_header(header: str | bytes | None) -> SignatureHeader | None:

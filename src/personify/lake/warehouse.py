@@ -347,6 +347,13 @@ class Warehouse:
             self._conn.register("state_profiles", self._profiles.profiles())
             self._profiles_loaded = True
 
+    def relation(self, sql: str) -> duckdb.DuckDBPyRelation | None:
+        """The lazy DuckDB relation of one query (None for a statement without a result),
+        the profiles read first when it names ``dim_users``; DuckDB's own errors propagate
+        (``lake.queries`` streams the relation and maps them)."""
+        self._prepare(sql)
+        return self._conn.sql(sql)
+
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection, for callers that build their own relations."""

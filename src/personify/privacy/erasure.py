@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from personify.clock import Clock, SystemClock
 from personify.errors import NotFound
 from personify.events.hashing import PiiHasher, is_pii_digest
-from personify.privacy.suppression import Suppressions, id_hash
+from personify.privacy.suppression import Suppressions, id_hash, id_hashes
 from personify.privacy.tables import privacy_requests
 from personify.profiles.state import state_json
 from personify.profiles.tables import (
@@ -194,7 +194,8 @@ def resolve_subject(db: Database, hasher: PiiHasher, identity: str) -> Subject |
     profile_ids: set[str] = set()
     hashed: set[str] = set()
     if "@" in identity:
-        hashed.add(hasher.hash_value("email", identity))
+        # under every key of the PII keyring: traits stored before a rotation too
+        hashed.update(hasher.candidates("email", identity))
     frontier = {identity}
     with db.connect() as conn:
         for _ in range(_MAX_ROUNDS):
@@ -359,7 +360,7 @@ class ErasureRequests:
             rows = conn.execute(
                 sa.select(privacy_requests)
                 .where(
-                    privacy_requests.c.identity_hash == id_hash(self._hasher, identity),
+                    privacy_requests.c.identity_hash.in_(id_hashes(self._hasher, identity)),
                     privacy_requests.c.kind == kind,
                 )
                 .order_by(privacy_requests.c.created_at.desc(), privacy_requests.c.id)
@@ -375,7 +376,7 @@ class ErasureRequests:
             row = conn.execute(
                 sa.select(privacy_requests)
                 .where(
-                    privacy_requests.c.identity_hash == hashed,
+                    privacy_requests.c.identity_hash.in_(id_hashes(self._hasher, identity)),
                     privacy_requests.c.kind == ERASE,
                     privacy_requests.c.status.in_((PENDING, RUNNING, FAILED)),
                 )

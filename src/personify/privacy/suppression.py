@@ -27,7 +27,7 @@ from personify.events.hashing import PiiHasher
 from personify.privacy.tables import suppressions
 from personify.store.database import Database
 
-__all__ = ["ID_HASH_PREFIX", "Suppressions", "id_hash"]
+__all__ = ["ID_HASH_PREFIX", "Suppressions", "id_hash", "id_hashes"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ _INSERT_ATTEMPTS = 3
 def id_hash(hasher: PiiHasher, identity: str) -> str:
     """The keyed hash an id is suppressed and looked up by."""
     return hasher.hash_value("id", ID_HASH_PREFIX + identity)
+
+
+def id_hashes(hasher: PiiHasher, identity: str) -> tuple[str, ...]:
+    """``id_hash`` under every key of the PII keyring, the active key's first: a lookup of an
+    id stored before a key rotation matches one of them."""
+    return hasher.candidates("id", ID_HASH_PREFIX + identity)
 
 
 class Suppressions:
@@ -78,7 +84,12 @@ class Suppressions:
     def is_suppressed(self, identity: str) -> bool:
         """Whether ``identity`` is suppressed, by the in-memory copy."""
         hashes = self._hashes
-        return bool(hashes) and id_hash(self._hasher, identity) in hashes
+        if not hashes:
+            return False
+        if not self._hasher.rotated:
+            return id_hash(self._hasher, identity) in hashes
+        # after a rotation an id may have been suppressed under a retired key
+        return any(hashed in hashes for hashed in id_hashes(self._hasher, identity))
 
     def _refresh_in_background(self) -> None:
         with self._lock:
@@ -159,14 +170,14 @@ class Suppressions:
 
     def unsuppress(self, identity: str) -> bool:
         """Let events of ``identity`` in again; ``False`` when it was not suppressed."""
-        hashed = id_hash(self._hasher, identity)
+        hashed = id_hashes(self._hasher, identity)
         with self._db.begin() as conn:
             removed = conn.execute(
-                suppressions.delete().where(suppressions.c.id_hash == hashed)
+                suppressions.delete().where(suppressions.c.id_hash.in_(hashed))
             ).rowcount
         with self._lock:
             self._generation += 1
-            self._hashes = self._hashes - {hashed}
+            self._hashes = self._hashes - set(hashed)
         return bool(removed)
 
     def is_stored(self, identity: str) -> bool:
@@ -174,7 +185,7 @@ class Suppressions:
         with self._db.connect() as conn:
             found = conn.execute(
                 sa.select(suppressions.c.id_hash).where(
-                    suppressions.c.id_hash == id_hash(self._hasher, identity)
+                    suppressions.c.id_hash.in_(id_hashes(self._hasher, identity))
                 )
             ).first()
         return found is not None

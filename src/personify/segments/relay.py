@@ -12,13 +12,25 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import sqlalchemy as sa
 
 from personify.eventlog.base import EventLog, LogRecord
+from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
 from personify.segments.tables import segment_outbox
 from personify.store.database import Database
 
 __all__ = ["MembershipRelay"]
+
+
+class _Membership(msgspec.Struct):
+    """What the counts read of a membership event: its name and its segment."""
+
+    event: str = ""
+    properties: dict[str, object] = {}
+
+
+_decode_membership = msgspec.json.Decoder(_Membership).decode
 
 
 class MembershipRelay:
@@ -30,6 +42,10 @@ class MembershipRelay:
         self._page_size = max(1, page_size)
         # one flush at a time per process: the worker's and the scheduled job's
         self._lock = asyncio.Lock()
+        # segment key -> entries and exits this process appended to the log (GET /metrics);
+        # an event appended twice after a crash is counted twice (the log keeps it once)
+        self.entries: dict[str, int] = {}
+        self.exits: dict[str, int] = {}
 
     async def flush(self) -> int:
         """Append every event in the outbox; how many were appended. ``BackendUnavailable``
@@ -47,9 +63,24 @@ class MembershipRelay:
                     ]
                 )
                 await asyncio.to_thread(self._delete, [row[0] for row in rows])
+                self._count([payload for _, _, _, payload in rows])
                 appended += len(rows)
                 if len(rows) < self._page_size:
                     return appended
+
+    def _count(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            event = _decode_membership(payload)
+            counts = (
+                self.entries
+                if event.event == SEGMENT_ENTERED
+                else self.exits
+                if event.event == SEGMENT_EXITED
+                else None
+            )
+            segment = event.properties.get("segment")
+            if counts is not None and isinstance(segment, str):
+                counts[segment] = counts.get(segment, 0) + 1
 
     def pending(self) -> int:
         """How many events wait in the outbox."""

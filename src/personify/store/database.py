@@ -143,6 +143,12 @@ class Database:
         with reachable(), self.engine.begin() as conn:
             yield conn
 
+    def ping(self) -> None:
+        """One ``SELECT 1`` round trip (a readiness probe); a database that is down raises
+        ``BackendUnavailable``."""
+        with self.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 
 from personify.clock import Clock, SystemClock
 from personify.content.exposures import EXPOSURE_SOURCE
@@ -49,10 +50,15 @@ from personify.profiles.processor import ApplyResult, ProfileProcessor
 from personify.profiles.service import ProfileService
 from personify.segments.membership import MEMBERSHIP_SOURCE
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
+from personify.tally import FRESHNESS_BUCKETS_S, DurationTally
+from personify.tracing import EVENTS, MESSAGE_IDS, message_ids
+from personify.worker.freshness import RecentFreshness
 from personify.worker.heartbeats import Heartbeat, HeartbeatRepository
 from personify.worker.supervisor import StageStatus, StageSupervisor
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from personify.settings import Settings
 
 logger = logging.getLogger("personify.worker")
@@ -93,6 +99,11 @@ class WorkerStats:
     lag: int | None = None
     last_batch_at: datetime | None = None
     last_error: str | None = None
+    # from each applied entry's append to the log (when the collector acknowledged it) to
+    # its batch's commit (GET /metrics)
+    freshness: DurationTally = field(default_factory=lambda: DurationTally(FRESHNESS_BUCKETS_S))
+    # the same, over the last five minutes only (the console's freshness p99)
+    recent_freshness: RecentFreshness = field(default_factory=RecentFreshness)
     _window: deque[tuple[float, int]] = field(default_factory=deque)
 
     def record(self, count: int) -> None:
@@ -162,8 +173,11 @@ class StreamWorker:
         record_exposures: Callable[[Sequence[tuple[Mapping[str, Any], datetime]]], int]
         | None = None,
         clock: Clock | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._log = log
+        # a span per batch applied (personify.tracing); None: none
+        self._tracer = tracer
         # keeps what the decision engine showed (each exposure event and its time), for the
         # frequency caps (content.exposures) and the experiments' sticky assignments
         self._record_exposures = record_exposures
@@ -206,6 +220,7 @@ class StreamWorker:
         record_exposures: Callable[[Sequence[tuple[Mapping[str, Any], datetime]]], int]
         | None = None,
         clock: Clock | None = None,
+        tracer: Tracer | None = None,
     ) -> StreamWorker:
         """A worker configured by the ``worker_*`` settings."""
         return cls(
@@ -224,6 +239,7 @@ class StreamWorker:
             after_batch=after_batch,
             record_exposures=record_exposures,
             clock=clock,
+            tracer=tracer,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -287,11 +303,16 @@ class StreamWorker:
         entries = self._in_hand or await self._read(self._poll_timeout_ms)
         if entries:
             self._in_hand = entries
-            await self._apply_all(await self._prepare(entries))
+            if self._tracer is None:
+                readable = await self._prepare(entries)
+                await self._apply_all(readable)
+            else:
+                readable = await self._traced_apply(self._tracer, entries)
             if self._exposures:
                 await self._until_written(self._keep_exposures)
             await self._commit(entries)
             self._in_hand = []
+            self._note_freshness(readable)
             for hook in self._after_batch:
                 await self._until_written(hook)
             self.stats.batches += 1
@@ -313,6 +334,17 @@ class StreamWorker:
             self._note_error(exc)
             await self._sleep(self._backoff_s * 10)
             return []
+
+    async def _traced_apply(self, tracer: Tracer, entries: Sequence[LogEntry]) -> list[_Item]:
+        """``_prepare`` and ``_apply_all`` in a ``worker apply`` span naming the batch's
+        messageIds (its first ones: ``personify.tracing``)."""
+        with tracer.start_as_current_span(
+            "worker apply", attributes={EVENTS: len(entries)}
+        ) as span:
+            readable = await self._prepare(entries)
+            span.set_attribute(MESSAGE_IDS, message_ids(i.event.message_id for i in readable))
+            await self._apply_all(readable)
+        return readable
 
     async def _keep_exposures(self) -> None:
         rows, self._exposures = self._exposures, []
@@ -505,6 +537,17 @@ class StreamWorker:
         self.stats.dead_lettered += 1
 
     # -- bookkeeping -------------------------------------------------------------------------
+
+    def _note_freshness(self, applied: Sequence[_Item]) -> None:
+        """Tally how long the committed entries took from the log to their profiles (one
+        vectorised pass; the log's append times are its engine's wall clock)."""
+        if not applied:
+            return
+        appended = np.fromiter((item.entry.appended_at for item in applied), float, len(applied))
+        now = self._clock.time()
+        waited = np.maximum(now - appended, 0.0)
+        self.stats.freshness.observe_many(waited)
+        self.stats.recent_freshness.observe_many(waited, now=now)
 
     def _note_error(self, exc: PersonifyError) -> None:
         self.stats.last_error = f"{exc.code}: {exc.message}"

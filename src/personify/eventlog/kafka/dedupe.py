@@ -112,6 +112,18 @@ class RedisDedupeIndex:
         self._known_script = client.register_script(_KNOWN_LUA)
         self._mark_script = client.register_script(_MARK_LUA)
 
+    async def ping(self) -> None:
+        """One ``PING`` round trip to the index's Redis."""
+        if self._client is None:
+            raise BackendUnavailable("the event log is not running", code="log_unavailable")
+        try:
+            await self._client.ping()
+        except RedisError as exc:
+            raise BackendUnavailable(
+                f"the Kafka event log's dedupe index is unreachable: {exc}",
+                code="log_unavailable",
+            ) from exc
+
     async def close(self) -> None:
         """Release the connections."""
         client, self._client = self._client, None

@@ -38,6 +38,8 @@ logger = logging.getLogger("personify.eventlog")
 T = TypeVar("T")
 
 _TOPIC_READY_TIMEOUT_S = 15.0
+# a readiness probe's metadata request: a broker that does not answer in this is not ready
+_PING_TIMEOUT_S = 2.0
 # how often delivery reports are served while appends wait for them; it adds at most this
 # much to an append's latency, on top of linger.ms and the broker's round trip
 _POLL_INTERVAL_S = 0.001
@@ -221,6 +223,21 @@ class KafkaEventLog:
             self._pump = asyncio.get_running_loop().create_task(
                 self._serve_delivery_reports(producer), name=f"kafka-producer-{self.topic}"
             )
+
+    async def ping(self) -> None:
+        """A metadata request for the topic (answered by any live broker), then a ``PING`` to
+        the dedupe index's Redis: appends need both."""
+        admin = self._require(self._admin)
+        thread = self._require(self._admin_thread)
+
+        def topic_metadata() -> None:
+            try:
+                admin.list_topics(topic=self.topic, timeout=_PING_TIMEOUT_S)
+            except KafkaException as exc:
+                raise unavailable("answer a metadata request", exc) from exc
+
+        await thread.run(topic_metadata)
+        await self._dedupe.ping()
 
     async def close(self) -> None:
         """Flush pending appends, leave the consumer groups, release connections."""

@@ -155,6 +155,12 @@ class SQLiteEventLog:
         """What the dedupe index holds in memory."""
         return self._writer.index.memory_bytes
 
+    @property
+    def queued_events(self) -> int:
+        """Events appended but not yet in a transaction (the group commit's queue; GET
+        /metrics reports it as the log's queue depth)."""
+        return self._queued_events
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
@@ -229,6 +235,22 @@ class SQLiteEventLog:
             self._file_syncer = FileSyncer(Path(f"{self.path}-wal"))
             self._file_syncer.start(loop)
         self._started = True
+
+    async def ping(self) -> None:
+        """Whether appends can be taken: the log is open, no fsync has failed, and its file
+        is still there (a file system lost under the process fails here, not at the next
+        append)."""
+        if not self._started:
+            raise BackendUnavailable("the event log is not running", code="log_unavailable")
+        if self._broken is not None:
+            raise BackendUnavailable(
+                "an fsync of the event log failed; it takes no appends until the server restarts",
+                code="log_unavailable",
+            )
+        if not await asyncio.to_thread(self.path.exists):
+            raise BackendUnavailable(
+                f"the event log's file {self.path} is gone", code="log_unavailable"
+            )
 
     async def close(self) -> None:
         """Write and sync what is queued, then close the connections."""

@@ -1,0 +1,1 @@
+"""Metrics, dashboards, alert rules and traces (docs/observability.md)."""
