@@ -29,14 +29,13 @@ id; a resent event (a new timestamp) is deduplicated downstream by its ``message
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
@@ -70,7 +69,6 @@ __all__ = [
     "UNKNOWN_SOURCE",
     "InboundWebhook",
     "InboundWebhookRepository",
-    "WebhookMetrics",
     "WebhookReceiver",
     "WebhookSecret",
     "signature_id",
@@ -557,30 +555,3 @@ class WebhookReceiver:
             "mapped": self.mapped,
             "ignored": self.ignored,
         }
-
-
-class WebhookMetrics:
-    """The receiver's counts as Prometheus counters (register it in the app's registry)."""
-
-    def __init__(self, receiver: WebhookReceiver) -> None:
-        self._receiver = receiver
-
-    def collect(self) -> Iterator[Metric]:
-        """``personify_webhooks_in_rejected_total{reason}`` and
-        ``personify_webhooks_in_taken_total{outcome}``."""
-        rejected = CounterMetricFamily(
-            "personify_webhooks_in_rejected",
-            "webhook requests refused, by reason (nothing of them is stored)",
-            labels=["reason"],
-        )
-        for reason, count in self._receiver.rejected.items():
-            rejected.add_metric([reason], count)
-        yield rejected
-        taken = CounterMetricFamily(
-            "personify_webhooks_in_taken",
-            "verified webhook requests: mapped to an event, or ignored (no rule for their type)",
-            labels=["outcome"],
-        )
-        taken.add_metric(["mapped"], self._receiver.mapped)
-        taken.add_metric(["ignored"], self._receiver.ignored)
-        yield taken
