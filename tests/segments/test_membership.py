@@ -19,10 +19,15 @@ from personify.profiles.events import view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
 from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
-from personify.segments.membership import MembershipChanges, event_payload
+from personify.segments.membership import (
+    MEMBERSHIP_SOURCE,
+    MembershipChanges,
+    event_payload,
+    is_membership_payload,
+)
 from personify.segments.relay import MembershipRelay
 from personify.segments.repository import SegmentRepository
-from personify.segments.stage import SegmentStage
+from personify.segments.stage import SegmentStage, open_memberships
 from personify.segments.sweep import SegmentSweep
 from personify.segments.tables import segment_due, segment_members
 from personify.store.database import Database
@@ -275,3 +280,108 @@ def test_an_event_is_written_as_its_payload_encodes(
     ((partition_key, message_id, payload),) = changes.events
     assert payload == msgspec.json.encode(expected).decode()
     assert (partition_key, message_id) == (profile_id, expected["messageId"])
+
+
+# -- knowing the relay's events without reading them ------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["sourceId", "a", "b"]), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    profile_id=st.text(min_size=1, max_size=20),
+    key=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True),
+    is_user=st.booleans(),
+    entered=st.booleans(),
+)
+def test_every_membership_event_is_known_by_its_bytes(
+    profile_id: str, key: str, is_user: bool, entered: bool
+) -> None:
+    changes = MembershipChanges(T0)
+    if entered:
+        changes.enter(profile_id, is_user, key, 3, "rule")
+    else:
+        changes.exit(7, profile_id, is_user, key, 3, "consent")
+    ((_, _, payload),) = changes.events
+    assert is_membership_payload(payload.encode())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    before=st.dictionaries(st.sampled_from(["type", "a", "sourceId"]), _JSON, max_size=3),
+    source=_JSON | st.sampled_from([MEMBERSHIP_SOURCE, "personify-segments-2", "src"]),
+    nested=st.booleans(),
+)
+def test_a_payload_is_a_membership_event_only_when_its_source_says_so(
+    before: dict[str, Any], source: Any, nested: bool
+) -> None:
+    # sourceId last, as the relay writes it, or inside another object: only a top-level
+    # sourceId of MEMBERSHIP_SOURCE counts, as the decoded event's ``sourceId`` would say
+    event: dict[str, Any] = {**before}
+    event.pop("sourceId", None)
+    if nested:
+        event["properties"] = {"sourceId": source}
+    else:
+        event["sourceId"] = source
+    payload = msgspec.json.encode(event)
+    expected = msgspec.json.decode(payload).get("sourceId") == MEMBERSHIP_SOURCE
+    assert is_membership_payload(payload) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # not JSON, or not an object, though they end as the relay's events end
+        b'{"a":1,,"sourceId":"personify-segments"}',
+        b'["x","sourceId":"personify-segments"}',
+        b'{"a":{"b":1,"sourceId":"personify-segments"}',
+        # the source inside a string
+        b'{"a":"x\\",\\"sourceId\\":\\"personify-segments"}',
+        b'{"a":"\\u0022,\\"sourceId\\":\\"personify-segments\\"}"}',
+        # a later sourceId wins, as in the decoded event
+        b'{"sourceId":"personify-segments","sourceId":"src"}',
+        b"",
+    ],
+)
+def test_what_only_looks_like_a_membership_event_is_not_one(payload: bytes) -> None:
+    assert not is_membership_payload(payload)
+
+
+def test_a_later_source_of_the_relay_makes_one() -> None:
+    # duplicate keys: the last one is the event's, as ``msgspec.json.decode`` reads it
+    assert is_membership_payload(b'{"sourceId":"src","a":1,"sourceId":"personify-segments"}')
+
+
+def test_open_memberships_lists_each_profiles_stays_oldest_first(sqlite_world: World) -> None:
+    world = sqlite_world
+    world.segments.create("shoe-fans", condition=SHOES)
+    world.segments.create("pro", condition={"trait": "plan", "op": "eq", "value": "pro"})
+    for who in ("a1", "a2"):
+        for _ in range(3):
+            world.view(who, "shoes")
+    world.send(type="identify", anonymousId="a1", traits={"plan": "pro"})
+    with world.db.begin() as conn:
+        # two stays of one profile in one segment (as two merged profiles had), and a
+        # closed one: the open rows come back, oldest first
+        m = segment_members.c
+        ids = {
+            str(p): int(i)
+            for i, p in conn.execute(
+                sa.select(m.id, m.profile_id).where(m.segment_key == "shoe-fans")
+            )
+        }
+        conn.execute(segment_members.update().where(m.id == ids["a2"]).values(profile_id="a1"))
+        found = open_memberships(conn, ["a1", "a2", "nobody"])
+        assert found == {"a1": {"shoe-fans": sorted(ids.values()), "pro": found["a1"]["pro"]}}
+        conn.execute(segment_members.update().where(m.id == ids["a1"]).values(exited_at=T0))
+        assert open_memberships(conn, ["a1"])["a1"]["shoe-fans"] == [ids["a2"]]
+        # more profiles than one IN list holds
+        many = [f"p{i}" for i in range(1_200)] + ["a1"]
+        assert open_memberships(conn, many).keys() == {"a1"}

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 
 from personify.profiles.events import view_event
 from personify.runtime import Runtime
+from personify.segments.membership import MembershipChanges, is_membership_payload
 from personify.worker.heartbeats import Heartbeat
 from tests.profiles.factory import event, shop_events
 from tests.worker.conftest import (
     append,
+    append_raw,
     identity_graph,
     stored_profiles,
     worker_settings,
@@ -122,3 +124,23 @@ async def test_heartbeats_report_the_worker_and_forget_dead_ones(services: Runti
     assert [b.consumer for b in beats] == [services.worker.consumer]
     assert beats[0].events_applied == 15
     assert beats[0].lag == 0
+
+
+async def test_membership_events_are_read_and_never_applied(services: Runtime) -> None:
+    # the relay's own Segment Entered/Exited (known by their bytes), and one of that source
+    # written otherwise (its sourceId first, read in full): neither is the user's activity
+    changes = MembershipChanges(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    changes.enter("kim", True, "buyers", 1, "rule")
+    changes.exit(7, "kim", True, "buyers", 1, "sweep")
+    written = [payload.encode() for _, _, payload in changes.events]
+    assert all(is_membership_payload(p) for p in written)
+    reordered = msgspec.json.decode(written[0])
+    reordered = {"sourceId": reordered.pop("sourceId"), **reordered}
+    reordered["messageId"] = "seg-reordered"
+    await append_raw(services, [*written, msgspec.json.encode(reordered)])
+    await append(services, [event("track", "m1", 0, user_id="kim", name="Clicked")])
+    await services.worker.run(until_idle=True)
+    stats = services.worker.stats
+    assert (stats.entries_read, stats.events_applied, stats.dead_lettered) == (4, 1, 0)
+    document = await services.profiles.get("kim")
+    assert document["features"]["events_total"] == 1

@@ -27,11 +27,40 @@ from personify.segments.conditions import SEGMENT_ENTERED, SEGMENT_EXITED
 from personify.segments.tables import segment_members, segment_outbox
 from personify.store.statements import Statements, insert_without_id
 
-__all__ = ["MEMBERSHIP_SOURCE", "MembershipChanges", "event_payload"]
+__all__ = ["MEMBERSHIP_SOURCE", "MembershipChanges", "event_payload", "is_membership_payload"]
 
 # the sourceId of the events Personify writes about memberships
 MEMBERSHIP_SOURCE = "personify-segments"
 _encode = msgspec.json.encode
+# how every membership event's JSON ends: ``sourceId`` is the last key ``event_payload`` writes
+_TAIL = b'"sourceId":' + _encode(MEMBERSHIP_SOURCE) + b"}"
+
+
+class _Source(msgspec.Struct):
+    """The one field ``is_membership_payload`` reads of an event."""
+
+    source: Any = msgspec.field(default=None, name="sourceId")
+
+
+_decode_source = msgspec.json.Decoder(_Source).decode
+
+
+def is_membership_payload(payload: bytes) -> bool:
+    """Whether ``payload`` (a log entry's bytes) is a JSON object whose ``sourceId`` is
+    ``MEMBERSHIP_SOURCE`` and its last key, as in the events this module writes.
+
+    The stream worker reads back every entry and exit it caused only to skip it (there are
+    more of them than of the user's own events); this answers without building the event:
+    an entry that does not end as ``event_payload``'s JSON ends is not one (a byte
+    comparison), and one that does is read for that one key, the rest parsed (so checked to
+    be JSON) but not built. ``False`` for an event of that source written otherwise (its
+    ``sourceId`` not last, spaces around it): the caller reads those in full."""
+    if not payload.endswith(_TAIL) or payload[-len(_TAIL) - 1 : -len(_TAIL)] not in (b",", b"{"):
+        return False
+    try:
+        return bool(_decode_source(payload).source == MEMBERSHIP_SOURCE)
+    except msgspec.DecodeError:
+        return False
 
 
 def _message_id(name: str, key: str, version: int, profile_id: str, when: str) -> str:

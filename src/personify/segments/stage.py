@@ -159,15 +159,27 @@ def open_memberships(
     """The open membership rows of ``profile_ids``: profile → segment → row ids (oldest first)."""
     found: dict[str, dict[str, list[int]]] = {}
     m = segment_members.c
+    # a batch's profiles hold about as many open rows as the batch has events: read in index
+    # order, not sorted by id (a profile holds a segment twice only after a merge, and then
+    # its few rows are sorted below)
+    statement = sa.select(m.id, m.profile_id, m.segment_key).where(
+        m.profile_id.in_(sa.bindparam("b_ids", expanding=True)), m.exited_at.is_(None)
+    )
+    twice: list[list[int]] = []
     for start in range(0, len(profile_ids), _CHUNK):
         chunk = list(profile_ids[start : start + _CHUNK])
-        rows = conn.execute(
-            sa.select(m.id, m.profile_id, m.segment_key)
-            .where(m.profile_id.in_(chunk), m.exited_at.is_(None))
-            .order_by(m.id)
-        )
-        for row_id, profile_id, key in rows:
-            found.setdefault(str(profile_id), {}).setdefault(str(key), []).append(int(row_id))
+        for row_id, profile_id, key in conn.execute(statement, {"b_ids": chunk}):
+            held = found.get(profile_id)
+            if held is None:
+                held = found[str(profile_id)] = {}
+            rows = held.get(key)
+            if rows is None:
+                held[str(key)] = [int(row_id)]
+            else:
+                rows.append(int(row_id))
+                twice.append(rows)
+    for rows in twice:
+        rows.sort()
     return found
 
 

@@ -48,7 +48,7 @@ from personify.eventlog.base import EventLog, LogEntry
 from personify.profiles.events import ProfileEvent, view_event
 from personify.profiles.processor import ApplyResult, ProfileProcessor
 from personify.profiles.service import ProfileService
-from personify.segments.membership import MEMBERSHIP_SOURCE
+from personify.segments.membership import MEMBERSHIP_SOURCE, is_membership_payload
 from personify.store.failed_events import FailedEventRepository, NewFailedEvent
 from personify.tally import FRESHNESS_BUCKETS_S, DurationTally
 from personify.tracing import EVENTS, MESSAGE_IDS, message_ids
@@ -376,6 +376,10 @@ class StreamWorker:
                     "(the worker stopped while applying it each time)"
                 )
                 unreadable.append((entry, "redelivered", reason, entry.delivery_count))
+                continue
+            if is_membership_payload(entry.payload):
+                # the relay's own entries and exits (below), known without building them:
+                # a batch reads more of them than of the user's events
                 continue
             try:
                 text = entry.payload.decode("utf-8")
