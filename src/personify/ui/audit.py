@@ -17,17 +17,12 @@ from litestar.params import QueryParameter
 
 from personify.runtime import Runtime
 from personify.ui.rendering import render
-from personify.ui.session import page
+from personify.ui.session import blank_to_none, page
 
 __all__ = ["ROUTES"]
 
 PAGE_ROWS: Final = 50
 OUTCOMES: Final = ("ok", "denied", "failed")
-
-
-def _clean(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return value or None
 
 
 @get("/audit", opt=page("audit:read"), name="console:audit")
@@ -40,7 +35,7 @@ async def audit_page(
 ) -> Response[str]:
     """Audit records newest first; ``before`` is the id the previous page ended at."""
     runtime: Runtime = request.app.state.runtime
-    actor, action = _clean(actor), _clean(action)
+    actor, action = blank_to_none(actor), blank_to_none(action)
     chosen = outcome if outcome in OUTCOMES else None
     entries = await asyncio.to_thread(
         runtime.audit.query,

@@ -33,7 +33,7 @@ from personify.eventlog.base import EventLog, LogEntry
 from personify.events.normalize import EVENT_TYPES
 from personify.runtime import Runtime
 from personify.ui.rendering import page_headers, render, render_fragment
-from personify.ui.session import page
+from personify.ui.session import blank_to_none, page
 
 __all__ = ["ROUTES", "EventFilter", "EventRow", "LogCursor"]
 
@@ -188,15 +188,12 @@ def _matching(entries: Sequence[LogEntry], wanted: EventFilter) -> list[EventRow
     return [row for row in rows if wanted.matches(row)]
 
 
-def _clean(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return value or None
-
-
 def _filter_of(
     source: str | None, type: str | None, name: str | None, user: str | None
 ) -> EventFilter:
-    return EventFilter(_clean(source), _clean(type), _clean(name), _clean(user))
+    return EventFilter(
+        blank_to_none(source), blank_to_none(type), blank_to_none(name), blank_to_none(user)
+    )
 
 
 Source = Annotated[str | None, QueryParameter(max_length=_MAX_ID_CHARS, description="source id")]

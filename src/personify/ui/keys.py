@@ -28,7 +28,7 @@ from personify.auth.roles import ROLES, SCOPES, allows
 from personify.errors import Forbidden, NotFound, ValidationError
 from personify.runtime import Runtime
 from personify.ui.rendering import page_headers, render
-from personify.ui.session import current_session, page
+from personify.ui.session import current_session, page, runtime_of
 
 __all__ = ["ROUTES"]
 
@@ -48,11 +48,6 @@ _NOTICES: Final = {
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 SourceId = Annotated[str, PathParameter(max_length=_MAX_NAME_CHARS, description="a source's id")]
 KeyId = Annotated[str, PathParameter(max_length=_MAX_NAME_CHARS, description="an API key's id")]
-
-
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _manages_owners(request: Request[Any, Any, Any]) -> bool:
@@ -140,7 +135,7 @@ async def keys_page(
     notice: Annotated[str | None, QueryParameter(max_length=40)] = None,
 ) -> Response[str]:
     """Sources and API keys, with the forms that change them."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     sources = await sync_to_thread(runtime.sources.list)
     keys = await sync_to_thread(runtime.api_keys.list)
     owners = _manages_owners(request)
@@ -163,7 +158,7 @@ async def keys_page(
 async def create_source(request: Request[Any, Any, Any], data: Form) -> Response[str]:
     """A new source; its write key is shown on this answer only."""
     name = _name(data)
-    source, write_key = await sync_to_thread(_runtime(request).sources.create, name)
+    source, write_key = await sync_to_thread(runtime_of(request).sources.create, name)
     return _secret_page(
         request,
         heading="Source created",
@@ -183,14 +178,14 @@ async def create_source(request: Request[Any, Any, Any], data: Form) -> Response
 )
 async def revoke_source(request: Request[Any, Any, Any], source_id: SourceId) -> Redirect:
     """Revoke a source's write key."""
-    await sync_to_thread(_runtime(request).sources.revoke, source_id)
+    await sync_to_thread(runtime_of(request).sources.revoke, source_id)
     return Redirect(f"{_PAGE}?notice=source_revoked", status_code=303, headers=page_headers())
 
 
 @post("/keys/api-keys", opt=page(_SCOPE), name="console:keys-create-key", status_code=201)
 async def create_key(request: Request[Any, Any, Any], data: Form) -> Response[str]:
     """A new API key with a role and an optional expiry; its secret is shown once."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     name = _name(data)
     role = data.get("role", "")
     if role not in ROLES:
@@ -221,7 +216,7 @@ async def create_key(request: Request[Any, Any, Any], data: Form) -> Response[st
 )
 async def rotate_key(request: Request[Any, Any, Any], key_id: KeyId, data: Form) -> Response[str]:
     """Give a key a new secret (shown once); the old one works for the overlap's hours."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     hours = _whole_number(data, "overlap_hours", 0, _MAX_OVERLAP_HOURS)
     overlap = timedelta(hours=_DEFAULT_OVERLAP_HOURS if hours is None else hours)
     key = await sync_to_thread(_key_of, runtime, key_id)
@@ -250,7 +245,7 @@ async def rotate_key(request: Request[Any, Any, Any], key_id: KeyId, data: Form)
 )
 async def revoke_key(request: Request[Any, Any, Any], key_id: KeyId) -> Redirect:
     """Revoke an API key (its console sessions end with it)."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     key = await sync_to_thread(_key_of, runtime, key_id)
     _refuse_owner_key(request, key.role)
     await sync_to_thread(runtime.api_keys.revoke, key.id)

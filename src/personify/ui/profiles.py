@@ -41,7 +41,7 @@ from personify.profiles.service import ProfileService
 from personify.profiles.sessions import Session
 from personify.runtime import Runtime
 from personify.ui.rendering import page_headers, render
-from personify.ui.session import page
+from personify.ui.session import page, runtime_of
 
 __all__ = [
     "ROUTES",
@@ -82,11 +82,6 @@ ProfileId = Annotated[
 VersionNumber = Annotated[int | None, QueryParameter(ge=0, le=2**31)]
 
 READ: Final = page("profiles:read", per_user=True)
-
-
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def profile_path(identity: str) -> str:
@@ -393,7 +388,7 @@ async def search(
     if not query:
         return render(request, "profiles.html", title="Profiles", query="")
     if "\x00" not in query:
-        profile_id = await sync_to_thread(_runtime(request).profiles.repository.resolve, query)
+        profile_id = await sync_to_thread(runtime_of(request).profiles.repository.resolve, query)
         if profile_id is not None:
             # a page address cannot hold "/" in one segment: such an id goes to its
             # profile by the profile's own id
@@ -422,7 +417,7 @@ async def profile(
     diff_to: VersionNumber = None,
 ) -> Response[str]:
     """Everything held about the person behind ``id``."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     profiles = runtime.profiles
     try:
         document = await profiles.get(id)
@@ -514,7 +509,7 @@ def _erase_page(
 @get("/profiles/{id:str}/erase", opt=page("profiles:write", per_user=True), name="console:erase")
 async def erase_form(request: Request[Any, Any, Any], id: ProfileId) -> Response[str]:
     """The confirmation step: type the id again to erase the person behind it."""
-    profile_id = await sync_to_thread(_runtime(request).profiles.repository.resolve, id)
+    profile_id = await sync_to_thread(runtime_of(request).profiles.repository.resolve, id)
     if profile_id is None:
         return _missing(request, id)
     return _erase_page(request, id, profile_id, error=None)
@@ -533,7 +528,7 @@ async def erase(
 ) -> Response[Any]:
     """Start the erasure (as ``DELETE /v1/profiles/{id}`` does) once the id was typed again,
     and go to the request's status page."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     profile_id = await sync_to_thread(runtime.profiles.repository.resolve, id)
     if profile_id is None:
         return _missing(request, id)
@@ -561,7 +556,7 @@ async def erasure_status(
     request_id: Annotated[str, PathParameter(max_length=64, pattern=_NO_NUL)],
 ) -> Response[str]:
     """An erasure request's status, and what each eraser removed (never the id in clear)."""
-    found = await sync_to_thread(_runtime(request).privacy.requests.get, request_id)
+    found = await sync_to_thread(runtime_of(request).privacy.requests.get, request_id)
     return render(
         request,
         "profile_erasure.html",

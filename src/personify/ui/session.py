@@ -32,6 +32,7 @@ from personify.auth.roles import SCOPES, allows
 from personify.auth.sessions import ConsoleSession, ConsoleSessionRepository
 from personify.auth.tokens import Principal
 from personify.errors import ConfigurationError
+from personify.runtime import Runtime
 
 __all__ = [
     "CSRF_FIELD",
@@ -41,10 +42,12 @@ __all__ = [
     "CsrfRefused",
     "PageForbidden",
     "SignInRequired",
+    "blank_to_none",
     "console_guard",
     "current_session",
     "page",
     "public_page",
+    "runtime_of",
 ]
 
 SESSION_COOKIE: Final = "personify_console"
@@ -87,6 +90,18 @@ def page(scope: str, *, per_user: bool = False) -> dict[str, Any]:
 def public_page() -> dict[str, Any]:
     """The ``opt`` of the console's routes anyone may reach: sign-in, sign-out, assets."""
     return {"console": True, "public": True}
+
+
+def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
+    """The runtime the app serves (its services, repositories and settings)."""
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
+
+
+def blank_to_none(value: str | None) -> str | None:
+    """A form field as a filter: trimmed, and ``None`` when empty."""
+    value = (value or "").strip()
+    return value or None
 
 
 def current_session(connection: ASGIConnection[Any, Any, Any, Any]) -> ConsoleSession:
