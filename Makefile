@@ -23,8 +23,8 @@ install: $(STAMP) ## create .venv and install Personify with every extra and the
 demo: $(STAMP) ## start an embedded demo: a demo source, scripted events, the server on :8000
 	$(BIN)/personify demo
 
-test: $(STAMP) ## run the test suite
-	$(BIN)/pytest -q
+test: $(STAMP) ## run the test suite (one process per core, at most 4: pytest-xdist)
+	$(BIN)/pytest -q -n auto --maxprocesses 4
 
 # the native tests against a build of the C ingest module with AddressSanitizer and
 # UndefinedBehaviorSanitizer; Python itself is not instrumented, so the runtimes are preloaded
