@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +57,34 @@ class NewFailedEvent:
     source_id: str | None = None
     message_id: str | None = None
     attempts: int = 1
+
+
+@dataclass(slots=True)
+class DeadLetterCounts:
+    """Dead letters by stage: waiting for a replay, and recorded since a moment."""
+
+    waiting: dict[str, int] = field(default_factory=dict)
+    recent: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_waiting(self) -> int:
+        """Every stage's dead letters not replayed yet."""
+        return sum(self.waiting.values())
+
+
+def _failed_event(m: sa.RowMapping) -> FailedEvent:
+    return FailedEvent(
+        id=m["id"],
+        stage=m["stage"],
+        source_id=m["source_id"],
+        message_id=m["message_id"],
+        code=m["code"],
+        reason=m["reason"],
+        payload=_decode(m["payload"]),
+        attempts=m["attempts"],
+        created_at=aware(m["created_at"]),  # type: ignore[arg-type]
+        replayed_at=aware(m["replayed_at"]),
+    )
 
 
 def _storable(text: str) -> str:
@@ -118,22 +146,28 @@ class FailedEventRepository:
             query = query.where(failed_events.c.replayed_at.is_(None))
         query = query.order_by(failed_events.c.id).limit(limit)
         with self._db.connect() as conn:
-            rows = [row._mapping for row in conn.execute(query)]
-        return [
-            FailedEvent(
-                id=m["id"],
-                stage=m["stage"],
-                source_id=m["source_id"],
-                message_id=m["message_id"],
-                code=m["code"],
-                reason=m["reason"],
-                payload=_decode(m["payload"]),
-                attempts=m["attempts"],
-                created_at=aware(m["created_at"]),  # type: ignore[arg-type]
-                replayed_at=aware(m["replayed_at"]),
-            )
-            for m in rows
-        ]
+            return [_failed_event(row._mapping) for row in conn.execute(query)]
+
+    def get(self, failed_id: int) -> FailedEvent | None:
+        """The dead letter ``failed_id``, or None."""
+        with self._db.connect() as conn:
+            row = conn.execute(sa.select(failed_events).where(failed_events.c.id == failed_id))
+            found = row.first()
+        return _failed_event(found._mapping) if found is not None else None
+
+    def counts(self, *, since: datetime) -> DeadLetterCounts:
+        """Every stage's dead letters waiting for a replay, and those recorded since
+        ``since`` (one grouped query)."""
+        table = failed_events
+        waiting = sa.func.sum(sa.case((table.c.replayed_at.is_(None), 1), else_=0))
+        recent = sa.func.sum(sa.case((table.c.created_at >= since, 1), else_=0))
+        query = sa.select(table.c.stage, waiting, recent).group_by(table.c.stage)
+        found = DeadLetterCounts()
+        with self._db.connect() as conn:
+            for stage, stage_waiting, stage_recent in conn.execute(query):
+                found.waiting[stage] = int(stage_waiting or 0)
+                found.recent[stage] = int(stage_recent or 0)
+        return found
 
     def mark_replayed(self, ids: Sequence[int]) -> None:
         """Record that these dead letters were fed back into the log."""

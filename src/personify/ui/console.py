@@ -46,7 +46,7 @@ from personify.ui import (
     segments,
     sql,
 )
-from personify.ui.rendering import page_headers, render
+from personify.ui.rendering import page_headers, render, render_error
 from personify.ui.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -188,15 +188,7 @@ def _error_page(
             status_code=status,
             headers=page_headers(),
         )
-    return render(
-        request,
-        "error.html",
-        status_code=status,
-        title=heading,
-        heading=heading,
-        message=message,
-        code=code,
-    )
+    return render_error(request, status, heading, message, code)
 
 
 def _sign_in_required(request: Request[Any, Any, Any], exc: SignInRequired) -> Response[Any]:

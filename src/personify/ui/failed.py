@@ -20,7 +20,7 @@ from litestar.response import Redirect
 
 from personify.errors import NotFound
 from personify.runtime import Runtime
-from personify.store.failed_events import FailedEvent, FailedEventRepository
+from personify.store.failed_events import FailedEvent
 from personify.ui.rendering import page_headers, render
 from personify.ui.session import page
 from personify.worker.replay import replay_failed
@@ -39,11 +39,6 @@ NOTICES: Final = {
     "replayed-all": "Replayed every pending worker dead letter.",
 }
 STAGES: Final = ("worker", "ingest")
-
-
-def _find(repository: FailedEventRepository, failed_id: int) -> FailedEvent | None:
-    found = repository.list(after_id=failed_id - 1, limit=1)
-    return found[0] if found and found[0].id == failed_id else None
 
 
 def _replayable(item: FailedEvent) -> bool:
@@ -94,7 +89,7 @@ async def failed_one(
 ) -> Response[str]:
     """One dead letter: where and why it failed, and its payload."""
     runtime: Runtime = request.app.state.runtime
-    item = await asyncio.to_thread(_find, runtime.failed_events, failed_id)
+    item = await asyncio.to_thread(runtime.failed_events.get, failed_id)
     if item is None:
         raise NotFound(f"no dead letter {failed_id}", code="failed_event_not_found")
     return render(
@@ -120,7 +115,7 @@ async def replay_one(
 ) -> Response[Any]:
     """Append one worker dead letter to the log again (the guard checked the CSRF token)."""
     runtime: Runtime = request.app.state.runtime
-    item = await asyncio.to_thread(_find, runtime.failed_events, failed_id)
+    item = await asyncio.to_thread(runtime.failed_events.get, failed_id)
     if item is None:
         raise NotFound(f"no dead letter {failed_id}", code="failed_event_not_found")
     outcome = await replay_failed(runtime.log, runtime.failed_events, ids=[failed_id], limit=1)

@@ -62,7 +62,7 @@ from personify.errors import (
 )
 from personify.runtime import Runtime
 from personify.settings import Settings
-from personify.ui.rendering import page_headers, render
+from personify.ui.rendering import page_headers, render, render_error
 from personify.ui.session import public_page, same_token
 from personify.ui.signin import safe_next, secure, sign_in_as
 
@@ -309,15 +309,7 @@ def _refused(
     request: Request[Any, Any, Any], status: int, heading: str, message: str, code: str
 ) -> Response[str]:
     """An error page that also forgets the sign-in under way."""
-    response = render(
-        request,
-        "error.html",
-        status_code=status,
-        title=heading,
-        heading=heading,
-        message=message,
-        code=code,
-    )
+    response = render_error(request, status, heading, message, code)
     response.delete_cookie(FLOW_COOKIE, path=FLOW_PATH)
     return response
 

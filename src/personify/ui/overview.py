@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import duckdb
 import pyarrow.dataset as pads
-import sqlalchemy as sa
 from deltalake.exceptions import DeltaError
 from litestar import Request, Response, get
 from litestar.concurrency import sync_to_thread
@@ -43,11 +42,10 @@ from personify.quality.runner import QualityRun
 from personify.runtime import Runtime
 from personify.settings import Settings
 from personify.store.database import Database
-from personify.store.tables import failed_events
 from personify.ui.rendering import page_headers, render
 from personify.ui.session import page
 
-__all__ = ["ROUTES", "DeadLetters", "MinuteSeries", "dead_letters", "duration", "events_per_minute"]
+__all__ = ["ROUTES", "MinuteSeries", "duration", "events_per_minute"]
 
 T = TypeVar("T")
 
@@ -182,32 +180,6 @@ async def _series(runtime: Runtime) -> MinuteSeries:
         return MinuteSeries(minutes=_window(now), labels=[], counts=[], error=exc.message)
 
 
-@dataclass(slots=True)
-class DeadLetters:
-    """Dead letters by stage: waiting for a replay, and recorded in the last hour."""
-
-    waiting: dict[str, int] = field(default_factory=dict)
-    last_hour: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def total_waiting(self) -> int:
-        """Every stage's dead letters not replayed yet."""
-        return sum(self.waiting.values())
-
-
-def dead_letters(db: Database, *, since: datetime) -> DeadLetters:
-    """Count the dead letters of every stage (one grouped query)."""
-    waiting = sa.func.sum(sa.case((failed_events.c.replayed_at.is_(None), 1), else_=0))
-    recent = sa.func.sum(sa.case((failed_events.c.created_at >= since, 1), else_=0))
-    query = sa.select(failed_events.c.stage, waiting, recent).group_by(failed_events.c.stage)
-    found = DeadLetters()
-    with db.connect() as conn:
-        for stage, stage_waiting, stage_recent in conn.execute(query):
-            found.waiting[stage] = int(stage_waiting or 0)
-            found.last_hour[stage] = int(stage_recent or 0)
-    return found
-
-
 async def _or_error(call: Awaitable[T]) -> tuple[T | None, str | None]:
     """A number for the page, or why there is none (an engine that is down)."""
     try:
@@ -253,7 +225,7 @@ async def overview(request: Request[Any, Any, Any]) -> Response[str]:
     if runtime.settings.run_lake_sink:
         lake_lag, lake_lag_error = await _or_error(runtime.log.lag(LAKE_GROUP))
     letters, letters_error = await _or_error(
-        sync_to_thread(dead_letters, runtime.db, since=now - timedelta(hours=1))
+        sync_to_thread(runtime.failed_events.counts, since=now - timedelta(hours=1))
     )
     check, check_error = await _or_error(sync_to_thread(_latest_check, runtime.db))
     summary = runtime.worker.stats.recent_freshness.summary(now=runtime.clock.time())

@@ -26,7 +26,15 @@ from litestar.routes import HTTPRoute
 from personify.auth.roles import allows
 from personify.auth.sessions import ConsoleSession
 
-__all__ = ["NAV", "NavItem", "has_vendor", "page_headers", "render", "render_fragment"]
+__all__ = [
+    "NAV",
+    "NavItem",
+    "has_vendor",
+    "page_headers",
+    "render",
+    "render_error",
+    "render_fragment",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +186,21 @@ def render(
         status_code=status_code,
         media_type="text/html; charset=utf-8",
         headers={**page_headers(), **(headers or {})},
+    )
+
+
+def render_error(
+    request: Request[Any, Any, Any], status_code: int, heading: str, message: str, code: str
+) -> Response[str]:
+    """The console's error page: a heading, the message for people, the code for machines."""
+    return render(
+        request,
+        "error.html",
+        status_code=status_code,
+        title=heading,
+        heading=heading,
+        message=message,
+        code=code,
     )
 
 
