@@ -101,6 +101,16 @@ def record_exposures(db: Database, rows: Sequence[Mapping[str, Any]]) -> int:
     return added
 
 
+_c = content_exposures.c
+# built once: a decision counts its user's exposures of the capped items on every call, and
+# building the statement cost more than running it
+_COUNTED: Final = sa.select(_c.item_id, _c.exposed_at).where(
+    _c.profile_id == sa.bindparam("profile"),
+    _c.item_id.in_(sa.bindparam("items", expanding=True)),
+    _c.exposed_at >= sa.bindparam("oldest"),
+)
+
+
 def exposure_counts(
     db: Database, profile_id: str, windows_ms: Mapping[str, int], now: datetime
 ) -> dict[str, int]:
@@ -109,14 +119,9 @@ def exposure_counts(
     if not windows_ms:
         return {}
     oldest = now - timedelta(milliseconds=max(windows_ms.values()))
-    c = content_exposures.c
     with db.connect() as conn:
         rows = conn.execute(
-            sa.select(c.item_id, c.exposed_at).where(
-                c.profile_id == profile_id,
-                c.item_id.in_(list(windows_ms)),
-                c.exposed_at >= oldest,
-            )
+            _COUNTED, {"profile": profile_id, "items": list(windows_ms), "oldest": oldest}
         ).all()
     counts: dict[str, int] = {}
     for item_id, exposed_at in rows:

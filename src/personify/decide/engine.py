@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import random
 import time
@@ -61,6 +60,7 @@ from personify.decide.snapshot import (
     CatalogSnapshot,
     PlacementColumns,
     PlacementSpec,
+    locale_matches,
 )
 from personify.decide.strategies import STRATEGIES, Ranked, UserView, bucket
 from personify.errors import BackendUnavailable
@@ -75,7 +75,7 @@ from personify.profiles.features import FeatureSet
 from personify.profiles.predictions import read_predictions
 from personify.profiles.service import INVALIDATED, ProfileService, facts_key
 from personify.profiles.state import evaluate_profile
-from personify.segments.predicates import EvaluationContext
+from personify.segments.predicates import EvaluationContext, Predicate
 from personify.segments.tables import segment_members
 from personify.store.database import Database
 from personify.tally import DurationTally
@@ -169,19 +169,6 @@ class _Arm:
         if self.context is not None:
             found["context"] = self.context
         return found
-
-
-@functools.lru_cache(maxsize=4096)
-def locale_matches(wanted: str | None, item_locale: str | None) -> bool:
-    """Whether an item in ``item_locale`` suits a request in ``wanted``: an item without a
-    locale suits everyone; ``en`` suits ``en-GB``; ``en-GB`` suits ``en-GB`` only."""
-    if item_locale is None:
-        return True
-    if not wanted:
-        return False
-    wanted_parts = wanted.replace("_", "-").lower().split("-")
-    item_parts = item_locale.lower().split("-")
-    return wanted_parts[: len(item_parts)] == item_parts
 
 
 def _choose_variant(candidate: Candidate, unit: str) -> tuple[str | None, float, dict[str, Any]]:
@@ -283,6 +270,7 @@ class DecisionEngine:
         shown: set[str] = set()
         categories: set[str] = set()
         arms: dict[str, _Arm | None] = {}
+        verdicts: dict[Predicate, bool] = {}
         if (
             snapshot is not None
             and user.fallback == "unknown_user"
@@ -313,6 +301,7 @@ class DecisionEngine:
                 request.context,
                 trace,
                 arm,
+                verdicts,
             )
             if arm is not None and snapshot is not None and wanted.id in snapshot.placements:
                 _label(answer, arm, wanted.id)
@@ -538,7 +527,10 @@ class DecisionEngine:
         context: Mapping[str, Any],
         trace: bool = True,
         arm: _Arm | None = None,
+        verdicts: dict[Predicate, bool] | None = None,
     ) -> dict[str, Any]:
+        if verdicts is None:
+            verdicts = {}
         if snapshot is None:
             return _answer([], None, "catalog_unavailable", {"reason": "catalog_unavailable"})
         spec = snapshot.placements.get(wanted.id)
@@ -573,7 +565,7 @@ class DecisionEngine:
         wanted_locale = locale if isinstance(locale, str) else None
         if columns is not None:
             eligible, excluded, matched = _eligible_columns(
-                columns, user, datetime_ms(now), shown, wanted_locale, trace
+                columns, user, datetime_ms(now), shown, wanted_locale, trace, verdicts
             )
             candidates = len(columns.candidates)
         else:
@@ -587,7 +579,13 @@ class DecisionEngine:
             ]
             # the recommended items outside the placement, judged the same way
             more, more_excluded, more_matched = _eligible_columns(
-                PlacementColumns(tuple(extra)), user, datetime_ms(now), shown, wanted_locale, trace
+                PlacementColumns(tuple(extra)),
+                user,
+                datetime_ms(now),
+                shown,
+                wanted_locale,
+                trace,
+                verdicts,
             )
             eligible.extend(more)
             excluded.extend(more_excluded)
@@ -810,10 +808,13 @@ def _eligible_columns(
     shown: set[str],
     locale: str | None,
     trace: bool,
+    verdicts: dict[Predicate, bool],
 ) -> tuple[list[Candidate], list[dict[str, str]], dict[str, Any]]:
     """A placement's eligible candidates, judged as columns: each check marks the candidates
     it excludes (later checks first, so the earliest that applies is the reason given);
-    conditions are evaluated only for candidates every other check let through."""
+    conditions are evaluated only for candidates every other check let through, each
+    distinct one once per decision (``verdicts``: condition -> result, shared by the
+    decision's placements)."""
     candidates = columns.candidates
     count = len(candidates)
     if count == 0:
@@ -821,12 +822,14 @@ def _eligible_columns(
     view = user.view
     reason = np.zeros(count, dtype=np.int8)
     if columns.by_segment:
-        hit = np.zeros(count, dtype=bool)
-        for key in view.segments:
-            found = columns.by_segment.get(key)
-            if found is not None:
-                hit[found] = True
-        reason[columns.targeted & ~hit] = 7
+        by_segment = columns.by_segment
+        reached = [by_segment[key] for key in view.segments if key in by_segment]
+        if reached:
+            hit = np.zeros(count, dtype=bool)
+            hit[np.concatenate(reached)] = True
+            reason[columns.targeted & ~hit] = 7
+        else:
+            reason[columns.targeted] = 7
     for index in columns.capped:
         cap = candidates[index].frequency_cap
         if cap is not None and user.exposures.get(candidates[index].id, 0) >= cap[0]:
@@ -835,35 +838,46 @@ def _eligible_columns(
         bought = columns.products.get(item_id)
         if bought is not None:
             reason[bought] = 5
-    for item_locale, indexes in columns.by_locale.items():
-        if not locale_matches(locale, item_locale):
-            reason[indexes] = 4
+    unsuited = columns.unsuited(locale)
+    if unsuited is not None:
+        reason[unsuited] = 4
     reason[columns.end_ms <= now_ms] = 3
     reason[columns.start_ms > now_ms] = 2
     for item_id in shown:
         position = columns.index_of.get(item_id)
         if position is not None:
             reason[position] = 1
-    pending = np.flatnonzero((reason == 0) & columns.conditional).tolist()
-    if pending:
-        evaluation = EvaluationContext(
-            traits=view.traits,
-            features=view.features,
-            segments=view.segments,
-            predictions=view.predictions,
-        )
-        for index in pending:
-            condition = candidates[index].condition
-            if condition is not None and not condition.evaluate(evaluation):
-                reason[index] = 8
+    pending = (reason == 0) & columns.conditional
+    if pending.any():
+        evaluation: EvaluationContext | None = None
+        groups = columns.condition_group
+        # failed[group]: the group's condition is false (the last place, group -1, never is)
+        failed = np.zeros(len(columns.conditions) + 1, dtype=bool)
+        # each distinct condition once per decision (``verdicts`` spans its placements)
+        for group in set(groups[pending].tolist()):
+            condition = columns.conditions[group]
+            verdict = verdicts.get(condition)
+            if verdict is None:
+                if evaluation is None:
+                    evaluation = EvaluationContext(
+                        traits=view.traits,
+                        features=view.features,
+                        segments=view.segments,
+                        predictions=view.predictions,
+                    )
+                verdict = verdicts[condition] = condition.evaluate(evaluation)
+            failed[group] = not verdict
+        reason[pending & failed[groups]] = 8
     kept = np.flatnonzero(reason == 0).tolist()
     eligible = [candidates[index] for index in kept]
     excluded: list[dict[str, str]] = []
     matched: dict[str, Any] = {}
     if trace:
+        ids = columns.ids
+        out = np.flatnonzero(reason)
         excluded = [
-            {"id": candidates[index].id, "reason": _REASONS[int(reason[index])]}
-            for index in np.flatnonzero(reason).tolist()
+            {"id": ids[index], "reason": _REASONS[code]}
+            for index, code in zip(out.tolist(), reason[out].tolist(), strict=True)
         ]
         for candidate in eligible:
             if candidate.segments:

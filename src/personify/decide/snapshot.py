@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +46,7 @@ __all__ = [
     "PlacementSpec",
     "Variant",
     "load_snapshot",
+    "locale_matches",
 ]
 
 REVISION_KEY: Final = "content:revision"
@@ -54,6 +56,7 @@ INVALIDATED: Final = b"\x00invalidated"
 _INVALIDATION_TTL_S: Final = 2.0
 
 _decode = msgspec.json.decode
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ class Candidate:
     # ``fields.category`` when it is text (diversity), and the tags with it (affinity)
     category: str | None = None
     values: frozenset[str] = frozenset()
+    # the priority order's sort key: highest priority first, ties by id
+    order: tuple[int, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "order", (-self.priority, self.id))
 
     def content(self, variant: Variant | None) -> dict[str, Any]:
         """The item's fields, with the variant's where it has its own."""
@@ -106,8 +114,23 @@ class PlacementSpec:
     limit: int
 
 
+# the locales a placement's columns keep the unsuited candidates of
+_LOCALES_KEPT: Final = 64
 _NEVER = np.iinfo(np.int64).max
 _ALWAYS = np.iinfo(np.int64).min
+
+
+@functools.lru_cache(maxsize=4096)
+def locale_matches(wanted: str | None, item_locale: str | None) -> bool:
+    """Whether an item in ``item_locale`` suits a request in ``wanted``: an item without a
+    locale suits everyone; ``en`` suits ``en-GB``; ``en-GB`` suits ``en-GB`` only."""
+    if item_locale is None:
+        return True
+    if not wanted:
+        return False
+    wanted_parts = wanted.replace("_", "-").lower().split("-")
+    item_parts = item_locale.lower().split("-")
+    return wanted_parts[: len(item_parts)] == item_parts
 
 
 class PlacementColumns:
@@ -118,12 +141,16 @@ class PlacementColumns:
     cap, a product that may have been bought)."""
 
     __slots__ = (
+        "_unsuited",
         "by_locale",
         "by_segment",
         "candidates",
         "capped",
+        "condition_group",
         "conditional",
+        "conditions",
         "end_ms",
+        "ids",
         "index_of",
         "products",
         "start_ms",
@@ -152,8 +179,39 @@ class PlacementColumns:
         self.by_segment = {key: np.array(found, dtype=np.int64) for key, found in segments.items()}
         self.targeted = np.fromiter((bool(c.segments) for c in candidates), bool, count)
         self.conditional = np.fromiter((c.condition is not None for c in candidates), bool, count)
+        # each distinct condition once (items with equal conditions share a Predicate), and
+        # each candidate's index into them (-1: none)
+        groups: dict[Predicate, int] = {}
+        for candidate in candidates:
+            if candidate.condition is not None:
+                groups.setdefault(candidate.condition, len(groups))
+        self.conditions = tuple(groups)
+        self.condition_group = np.fromiter(
+            (-1 if c.condition is None else groups[c.condition] for c in candidates),
+            np.int64,
+            count,
+        )
+        self.ids = [c.id for c in candidates]
         self.capped = [i for i, c in enumerate(candidates) if c.frequency_cap is not None]
         self.products = {c.id: i for i, c in enumerate(candidates) if c.type == "product"}
+        self._unsuited: dict[str | None, np.ndarray | None] = {}
+
+    def unsuited(self, locale: str | None) -> np.ndarray | None:
+        """The positions of the candidates whose locale does not suit a request in
+        ``locale`` (``None``: every candidate suits it), kept per locale asked for."""
+        if locale in self._unsuited:
+            return self._unsuited[locale]
+        positions = [
+            indexes
+            for item_locale, indexes in self.by_locale.items()
+            if not locale_matches(locale, item_locale)
+        ]
+        mask = np.concatenate(positions) if positions else None
+        if len(self._unsuited) >= _LOCALES_KEPT:
+            # a request's locale is any text: keep a bounded few
+            self._unsuited.clear()
+        self._unsuited[locale] = mask
+        return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +229,27 @@ class CatalogSnapshot:
     experiments: Mapping[str, tuple[RunningExperiment, ...]] = field(default_factory=dict)
 
 
-def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candidate:
+def _candidate(
+    item_id: str,
+    version: int,
+    document: Mapping[str, Any],
+    compiled: dict[bytes, Predicate] | None = None,
+) -> Candidate:
+    """An item as the engine judges it. Items whose conditions are equal share one
+    ``Predicate`` through ``compiled`` (by the condition's canonical JSON), so a decision
+    evaluates each distinct condition once (``PlacementColumns.condition_group``)."""
     targeting = document.get("targeting") or {}
     condition = targeting.get("condition")
+    predicate: Predicate | None = None
+    if condition is not None:
+        # checked when saved; compiled without the segment list (a segment archived since
+        # then is a membership nobody holds)
+        canonical = _encode_sorted(condition)
+        predicate = compiled.get(canonical) if compiled is not None else None
+        if predicate is None:
+            predicate = compile_condition(condition)
+            if compiled is not None:
+                compiled[canonical] = predicate
     start, end = schedule_bounds(document.get("schedule"))
     cap = document.get("frequencyCap")
     window_ms = parse_window_ms(cap.get("window", "1d")) if cap else None
@@ -196,9 +272,7 @@ def _candidate(item_id: str, version: int, document: Mapping[str, Any]) -> Candi
         end=end,
         locale=document.get("locale"),
         segments=tuple(targeting.get("segments") or ()),
-        # checked when saved; compiled without the segment list (a segment archived since
-        # then is a membership nobody holds)
-        condition=compile_condition(condition) if condition is not None else None,
+        condition=predicate,
         frequency_cap=(int(cap["max"]), window_ms) if cap and window_ms else None,
         category=category,
         values=frozenset((*tags, category) if category is not None else tags),
@@ -216,7 +290,10 @@ def load_snapshot(db: Database) -> CatalogSnapshot:
                 placements_table.c.status == "active"
             )
         ).all()
-    items = {item.id: _candidate(item.id, item.version, item.document) for item in published}
+    compiled: dict[bytes, Predicate] = {}
+    items = {
+        item.id: _candidate(item.id, item.version, item.document, compiled) for item in published
+    }
     specs: dict[str, PlacementSpec] = {}
     for placement_id, text in rows:
         document = _decode(text)

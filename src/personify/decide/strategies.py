@@ -14,7 +14,9 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from itertools import repeat
+from operator import attrgetter, itemgetter
+from typing import Any, NamedTuple, Protocol
 
 import xxhash
 
@@ -56,9 +58,9 @@ class UserView:
         return found if isinstance(found, Mapping) else {}
 
 
-@dataclass(frozen=True, slots=True)
-class Ranked:
-    """A candidate at its place: score, and the probability it was chosen there."""
+class Ranked(NamedTuple):
+    """A candidate at its place: score, and the probability it was chosen there (a tuple:
+    a decision makes one for every eligible candidate of every placement)."""
 
     candidate: Candidate
     score: float
@@ -99,8 +101,13 @@ def bucket(*parts: str) -> float:
     return xxhash.xxh3_64_intdigest("\x1f".join(parts).encode()) / 2.0**64
 
 
+_ORDER = attrgetter("order")
+_ID = attrgetter("id")
+_FIRST = itemgetter(0)
+
+
 def _by_priority(candidates: Sequence[Candidate]) -> list[Candidate]:
-    return sorted(candidates, key=lambda c: (-c.priority, c.id))
+    return sorted(candidates, key=_ORDER)
 
 
 class PriorityStrategy:
@@ -147,8 +154,13 @@ class AffinityStrategy:
                 continue
             for value, score in values.items():
                 scores[value] = scores.get(value, 0.0) + float(score)
-        scored = [(sum(scores.get(value, 0.0) for value in c.values), c) for c in candidates]
-        scored.sort(key=lambda pair: (-pair[0], -pair[1].priority, pair[1].id))
+        ordered = _by_priority(candidates)
+        if not scores:
+            return Ranking([Ranked(c, 0.0) for c in ordered])
+        get, nothing = scores.get, repeat(0.0)
+        scored = [(sum(map(get, c.values, nothing)), c) for c in ordered]
+        # stable: equal scores keep the priority order
+        scored.sort(key=_FIRST, reverse=True)
         return Ranking([Ranked(c, round(score, 6)) for score, c in scored])
 
 
@@ -258,7 +270,7 @@ class RandomStrategy:
         share = float(placement.params.get("controlPercent", 10)) / 100.0
         if bucket("control", placement.id, unit) < share:
             return Ranking([], control=True)
-        order = sorted(candidates, key=lambda c: c.id)
+        order = sorted(candidates, key=_ID)
         rng.shuffle(order)
         count = len(order)
         # each shown item had `limit` chances in `count` to be among the shown
