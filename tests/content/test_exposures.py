@@ -1,4 +1,4 @@
-"""Exposures kept for frequency caps, on a real SQLite file: the rows an exposure event
+"""Exposures kept for frequency caps, on a real SQLite file and a real PostgreSQL: the rows an exposure event
 holds, keeping each (decision, item) once however often it is delivered, counts within a
 window, and pruning."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from personify.content.exposures import (
     exposure_counts,
     exposure_rows,
@@ -14,6 +16,7 @@ from personify.content.exposures import (
     record_exposures,
 )
 from personify.store.database import Database
+from tests.postgres import fresh_schema, postgres_database  # noqa: F401
 
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
@@ -38,8 +41,15 @@ def test_rows_of_an_exposure_event() -> None:
     assert exposure_rows({"properties": "nope"}, NOW) == []
 
 
-def test_record_count_and_prune(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return fresh_schema(request.getfixturevalue("postgres_database"))
+
+
+def test_record_count_and_prune(state_url: str) -> None:
+    db = Database(state_url)
     try:
         first = exposure_rows(event("d1", "a", "b"), NOW - timedelta(hours=30))
         second = exposure_rows(event("d2", "a"), NOW - timedelta(hours=2))

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from personify.content.tables import content_exposures
 from personify.store.database import Database
+from personify.store.statements import Statements, insert_skipping_taken
 
 __all__ = [
     "EXPOSURE_EVENT",
@@ -35,7 +36,7 @@ EXPOSURE_SOURCE: Final = "personify-decide"
 EXPOSURE_EVENT: Final = "Content Exposed"
 # the longest frequency-cap window, and so how long exposures are kept
 MAX_CAP_WINDOW_DAYS: Final = 90
-_CHUNK: Final = 500
+_STATEMENTS = Statements()
 
 
 def exposure_rows(event: Mapping[str, Any], at: datetime) -> list[dict[str, Any]]:
@@ -73,32 +74,21 @@ def exposure_rows(event: Mapping[str, Any], at: datetime) -> list[dict[str, Any]
 
 def record_exposures(db: Database, rows: Sequence[Mapping[str, Any]]) -> int:
     """Keep exposure rows, skipping those kept already (a redelivered event); how many
-    were new."""
+    were new. One insert for all of them, which leaves out the (decision, item) pairs the
+    table holds: the stream worker keeps every decision's items, so no read goes first."""
     if not rows:
         return 0
-    added = 0
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        fresh.setdefault((row["decision_id"], row["item_id"]), dict(row))
     with db.begin() as conn:
-        keys = {(row["decision_id"], row["item_id"]) for row in rows}
-        decisions = sorted({decision for decision, _ in keys})
-        known: set[tuple[str, str]] = set()
-        c = content_exposures.c
-        for start in range(0, len(decisions), _CHUNK):
-            chunk = decisions[start : start + _CHUNK]
-            known.update(
-                (str(d), str(i))
-                for d, i in conn.execute(
-                    sa.select(c.decision_id, c.item_id).where(c.decision_id.in_(chunk))
-                )
-            )
-        fresh: dict[tuple[str, str], Mapping[str, Any]] = {}
-        for row in rows:
-            key = (row["decision_id"], row["item_id"])
-            if key not in known and key not in fresh:
-                fresh[key] = row
-        if fresh:
-            conn.execute(content_exposures.insert(), list(fresh.values()))
-            added = len(fresh)
-    return added
+        dialect = conn.dialect.name
+        return _STATEMENTS.run(
+            conn,
+            "record_exposures",
+            lambda: insert_skipping_taken(dialect, content_exposures),
+            list(fresh.values()),
+        )
 
 
 _c = content_exposures.c

@@ -13,13 +13,28 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["CompiledStatement", "Statements", "insert_without_id"]
+__all__ = ["CompiledStatement", "Statements", "insert_skipping_taken", "insert_without_id"]
 
 
 def insert_without_id(table: sa.Table) -> sa.Insert:
     """An insert of every column but ``id``, bound by column name: the id is the database's
     to assign (``executemany`` of rows without one)."""
     return table.insert().values({c.name: sa.bindparam(c.name) for c in table.c if c.name != "id"})
+
+
+def insert_skipping_taken(dialect: str, table: sa.Table) -> sa.Insert:
+    """An insert that leaves out each row whose key a stored row holds already (``ON
+    CONFLICT DO NOTHING``), for ``dialect`` (``sqlite`` or ``postgresql``): rows a
+    redelivery brings again cost no read first."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    raise ValueError(f"no insert that skips taken keys for the {dialect!r} dialect")
 
 
 class CompiledStatement:
