@@ -2,7 +2,8 @@
 baseline.
 
 Run it with ``make bench`` or ``.venv/bin/python bench/decide.py [--quick] [--users N]
-[--duration S] [--rounds R] [--rate R] [--profile N] [--no-worker] [--durability D]``. It prints ONE JSON
+[--duration S] [--rounds R] [--rate R] [--profile N] [--no-worker] [--workers N]
+[--durability D]``. It prints ONE JSON
 object on stdout (progress goes to stderr) with, all measured on this machine in this run:
 
 * ``setup`` of one data folder, as a deployment would: 100 rule segments on traits and a
@@ -1108,6 +1109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure an API node: restart the server with --no-worker after the setup",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes of the server and of the bare app (N > 1: `serve --workers N "
+        "--no-worker` and one `personify worker` process)",
+    )
+    parser.add_argument(
         "--durability",
         choices=["full", "normal", "off"],
         default="full",
@@ -1136,16 +1144,39 @@ def scratch_folder(keep: bool) -> Iterator[Path]:
 
 
 def personify_server(
-    folder: Path, data_dir: Path, name: str, no_worker: bool, durability: str
+    folder: Path,
+    data_dir: Path,
+    name: str,
+    no_worker: bool,
+    durability: str,
+    workers: int = 1,
 ) -> Server:
-    """``personify serve`` on ``data_dir`` (with its stream worker unless ``no_worker``)."""
-    argv = [sys.executable, "-m", "personify.cli", "serve", "--log-level", "warning"]
-    if no_worker:
-        argv.append("--no-worker")
+    """``personify serve`` on ``data_dir`` (with its stream worker unless ``no_worker``).
+
+    With ``workers`` > 1, ``--workers N --no-worker`` and, unless ``no_worker``, one
+    ``personify worker`` process beside it, as the embedded log asks of several API
+    processes: a shell starts the worker, then becomes the server (``exec``), so the worker
+    is a child of the server's process (its CPU counts in ``Server.cpu_seconds``) and in its
+    process group (``Server.stop`` ends it)."""
+    serve = [sys.executable, "-m", "personify.cli", "serve", "--log-level", "warning"]
+    if workers == 1:
+        argv = [*serve, *(["--no-worker"] if no_worker else [])]
+    else:
+        worker = "" if no_worker else f"{sys.executable} -m personify.cli worker & "
+        argv = [
+            "sh",
+            "-c",
+            worker + 'exec "$@"',
+            "sh",
+            *serve,
+            "--workers",
+            str(workers),
+            "--no-worker",
+        ]
     return Server(name, argv, personify_env(data_dir, durability), folder, "/healthz")
 
 
-def bare_server(folder: Path) -> Server:
+def bare_server(folder: Path, workers: int = 1) -> Server:
     """``bench/bare_app.py`` under uvicorn with ``personify serve``'s options."""
     return Server(
         "baseline",
@@ -1161,6 +1192,7 @@ def bare_server(folder: Path) -> Server:
             "--no-access-log",
             "--log-level",
             "warning",
+            *(["--workers", str(workers)] if workers > 1 else []),
         ],
         {k: v for k, v in os.environ.items() if not k.startswith("PERSONIFY_")},
         folder,
@@ -1182,8 +1214,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir.mkdir()
         log(f"setup: 100 segments, {args.items} items, 3 placements in {data_dir}")
         prepared = prepare_folder(data_dir, args.items, started)
-        server = personify_server(folder, data_dir, "decide", False, args.durability)
-        baseline = bare_server(folder)
+        server = personify_server(folder, data_dir, "decide", False, args.durability, args.workers)
+        baseline = bare_server(folder, args.workers)
         servers = [server, baseline]
         try:
             server.start()
@@ -1192,7 +1224,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"users applied in {identified['applied_seconds']} s")
             if args.no_worker:
                 server.stop()
-                server = personify_server(folder, data_dir, "decide-api", True, args.durability)
+                server = personify_server(
+                    folder, data_dir, "decide-api", True, args.durability, args.workers
+                )
                 servers[0] = server
                 server.start()
             baseline.start()
@@ -1290,11 +1324,26 @@ def main(argv: list[str] | None = None) -> int:
             "profile": profile,
             "setup": {
                 "server": (
-                    "personify serve (one uvicorn process, "
-                    + ("--no-worker after the setup" if args.no_worker else "API + stream worker")
+                    (
+                        "personify serve (one uvicorn process, "
+                        + (
+                            "--no-worker after the setup"
+                            if args.no_worker
+                            else "API + stream worker"
+                        )
+                        if args.workers == 1
+                        else f"personify serve --workers {args.workers} --no-worker ("
+                        + (
+                            "no stream worker after the setup"
+                            if args.no_worker
+                            else "and one personify worker process"
+                        )
+                    )
                     + f"), default settings but the log's durability ({args.durability}): "
-                    "SQLite state and log, in-process cache"
+                    "SQLite state and log, in-process cache; the bare app with the same "
+                    f"--workers {args.workers}"
                 ),
+                "workers": args.workers,
                 "request": "POST /v1/decide, 3 placements, Bearer API key (full answer, trace)",
                 "saturation": (
                     f"wrk closed loop, 1 thread, {args.connections} connections, "
