@@ -5,6 +5,7 @@ remember each profile's recent items."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from personify.clock import FrozenClock
+from personify.profiles.batch import ProfileBatch, StagedProfile
 from personify.profiles.events import datetime_ms, view_event
 from personify.profiles.features import FeatureSet
 from personify.profiles.processor import ProfileProcessor
@@ -30,7 +32,7 @@ from personify.recommend.stage import (
 from personify.recommend.synthetic import generate_shop
 from personify.recommend.tables import recommend_items, recommend_pairs, recommend_popularity
 from personify.segments.repository import SegmentRepository
-from personify.segments.stage import SegmentStage
+from personify.segments.stage import SegmentStage, open_memberships
 from personify.store.database import Database
 from tests.lake.conftest import normalized, write_lake
 from tests.recommend.conftest import END, arrived, event
@@ -41,6 +43,8 @@ __all__ = ["postgres_database", "sqlite_db", "state_db"]
 FEATURES = FeatureSet()
 T = datetime(2025, 6, 1, tzinfo=UTC)
 CAMPERS = {"trait": "hobby", "op": "eq", "value": "camping"}
+VIEWERS = {"event": "Product Viewed", "within": "3d", "count": {"op": "gte", "value": 2}}
+BUYERS = {"event": "Order Completed", "within": "7d", "count": {"op": "gte", "value": 1}}
 
 
 def run(db: Database, events: list[dict[str, Any]], clock: FrozenClock, batch: int = 200) -> None:
@@ -165,6 +169,74 @@ def test_popularity_per_segment_follows_open_memberships(sqlite_db: Database) ->
     assert popularity(sqlite_db).keys() == {"tent", "lamp"}
     ratio = popularity(sqlite_db, "campers")["tent"] / popularity(sqlite_db)["lamp"]
     assert ratio == pytest.approx(2.0)
+
+
+class _HandedOver:
+    """A stage between the segment stage and the recommendation stage: checks that the
+    memberships handed over in the batch are the open stays in the table, and with
+    ``drop`` takes them away, so that the recommendation stage reads the table."""
+
+    name = "handed-over"
+
+    def __init__(self, *, drop: bool) -> None:
+        self.drop = drop
+        self.checked = 0
+
+    def counters(self, conn: sa.Connection) -> tuple[()]:
+        return ()
+
+    def apply(
+        self, conn: sa.Connection, batch: ProfileBatch, profiles: Sequence[StagedProfile]
+    ) -> None:
+        assert batch.memberships is not None
+        stays = open_memberships(conn, [p.profile_id for p in profiles])
+        for p in profiles:
+            assert set(batch.memberships[p.index]) == set(stays.get(p.profile_id, {}))
+            self.checked += len(batch.memberships[p.index])
+        if self.drop:
+            batch.memberships = None
+
+
+def test_popularity_per_segment_is_the_same_from_the_handed_over_memberships(
+    tmp_path: Path,
+) -> None:
+    shop = generate_shop(END, users=80, items=30, days=10)
+    events = [normalized(e, received_at=arrived(e)) for e in shop.events]
+    tables: list[Sequence[Any]] = []
+    for drop in (False, True):
+        db = Database(f"sqlite:///{tmp_path / f'state-{drop}.db'}")
+        clock = FrozenClock(END)
+        segments = SegmentRepository(db, clock=clock)
+        segments.create("viewers", condition=VIEWERS)
+        segments.create("buyers", condition=BUYERS)
+        segments.create("browsers", condition={"not": {"segment": "buyers"}})
+        checker = _HandedOver(drop=drop)
+        processor = ProfileProcessor(
+            db,
+            FEATURES,
+            clock=clock,
+            stages=[
+                SegmentStage(segments, FEATURES, clock=clock),
+                checker,
+                RecommendationStage(FEATURES, clock=clock),
+            ],
+        )
+        for start in range(0, len(events), 113):
+            processor.apply([view_event(e) for e in events[start : start + 113]])
+        assert checker.checked > 0
+        with db.connect() as conn:
+            tables.append(
+                conn.execute(
+                    sa.select(recommend_popularity).order_by(
+                        recommend_popularity.c.segment_key, recommend_popularity.c.item_id
+                    )
+                ).all()
+            )
+        db.dispose()
+    handed, read = tables
+    assert {row.segment_key for row in handed} >= {"", "viewers", "buyers", "browsers"}
+    # the same sums, to the bit
+    assert handed == read
 
 
 def test_profiles_without_consent_count_nowhere_and_are_forgotten(sqlite_db: Database) -> None:

@@ -16,7 +16,7 @@ event, retries and dead-letters it (docs/profiles.md, "Batch stages").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -84,7 +84,8 @@ class ProfileBatch:
 
     ``profile[i]`` is an index into the batch's list of touched profiles; ``latest_ms[p]`` is
     profile ``p``'s latest event time once the batch is applied (windows are kept relative
-    to it). Columns are read-only by convention: every step reads them, none writes.
+    to it). Columns are read-only by convention: every step reads them, none writes;
+    ``memberships`` is the one thing a stage leaves for the later ones.
     """
 
     def __init__(self, events: Sequence[ProfileEvent], profile: Sequence[int], profiles: int):
@@ -105,6 +106,10 @@ class ProfileBatch:
         latest = np.full(profiles, np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(latest, self.profile, self.ts)
         self.latest_ms = latest
+        # the one field a stage writes, for the stages after it in the same transaction:
+        # each profile's open segment memberships (by profile index) once the segment stage
+        # has written them; None: not known here, read them from the state database
+        self.memberships: Sequence[Collection[str]] | None = None
 
     def raise_latest(self, index: int, latest_ms: int | None) -> None:
         """Fold a stored state's latest event time into profile ``index``'s."""

@@ -15,7 +15,8 @@ over the same events (``tests/recommend/test_stage.py`` checks it):
   half-life.
 * **Popularity.** Each interaction adds its weight, decayed with the popularity half-life, to
   its item's popularity overall (segment ``""``) and in every segment the profile is in (its
-  open memberships, as the segment stage, which runs first, left them).
+  open memberships, as the segment stage, which runs first, left them: handed over in
+  ``ProfileBatch.memberships``, read from the table when no segment stage ran).
 * **Recent items.** Each profile's last ``MAX_RECENT_ITEMS`` items, with when it last touched
   each, its decayed weight of each (the history co-visitation scores with) and whether it
   bought it (older bought items are kept too, up to ``MAX_RECENT_ITEMS`` bought in all): what "because you viewed
@@ -36,7 +37,7 @@ time) into the profile they became.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,7 +364,7 @@ class RecommendationStage:
                     mine.join(stored[gone])
             recent[p.profile_id] = mine
         if touches is not None:
-            self._popularity(conn, touches, ids)
+            self._popularity(conn, touches, ids, batch.memberships)
             self._covisits(conn, touches, ids, recent, now_ms)
             self._remember(touches, ids, recent)
         self._forget(conn, forget)
@@ -408,7 +409,13 @@ class RecommendationStage:
 
     # -- popularity --------------------------------------------------------------------------
 
-    def _popularity(self, conn: sa.Connection, touches: _Touches, ids: Mapping[int, str]) -> None:
+    def _popularity(
+        self,
+        conn: sa.Connection,
+        touches: _Touches,
+        ids: Mapping[int, str],
+        memberships: Sequence[Collection[str]] | None,
+    ) -> None:
         batch_names = touches.names
         weights = np.array([self.weights.get(n, 0.0) for n in batch_names], dtype=np.float64)
         value = weights[touches.name] * epoch_scores(
@@ -424,17 +431,22 @@ class RecommendationStage:
         rows = [(EVERYONE, words[k], s) for k, s in zip(keys.tolist(), sums.tolist(), strict=True)]
         # every segment each counted profile is in: the interactions repeated per membership
         profiles = sorted({int(p) for p in np.unique(profile)})
-        index_of = {ids[p]: p for p in profiles}
         held: list[tuple[int, str]] = []
-        m = segment_members.c
-        names = list(index_of)
-        for start in range(0, len(names), _CHUNK):
-            for pid, key in conn.execute(
-                sa.select(m.profile_id, m.segment_key).where(
-                    m.profile_id.in_(names[start : start + _CHUNK]), m.exited_at.is_(None)
-                )
-            ):
-                held.append((index_of[str(pid)], str(key)))
+        if memberships is not None:
+            # the segment stage just wrote them, in this transaction (the sums below do not
+            # depend on the order of a profile's segments)
+            held = [(p, key) for p in profiles for key in memberships[p]]
+        else:
+            index_of = {ids[p]: p for p in profiles}
+            m = segment_members.c
+            names = list(index_of)
+            for start in range(0, len(names), _CHUNK):
+                for pid, key in conn.execute(
+                    sa.select(m.profile_id, m.segment_key).where(
+                        m.profile_id.in_(names[start : start + _CHUNK]), m.exited_at.is_(None)
+                    )
+                ):
+                    held.append((index_of[str(pid)], str(key)))
         if held:
             segments, segment_code = codes_of([key for _, key in held])
             member_profile = np.asarray([p for p, _ in held], dtype=np.int64)

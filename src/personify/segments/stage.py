@@ -8,7 +8,9 @@ time, all profiles at once as columns (``personify.segments.columns``), and writ
 profile's difference from its open memberships: entries, exits and their events
 (``personify.segments.membership``). A profile whose consent withdraws
 personalization is in no segment. It also records, per profile, when its windows next lose
-an event (``segment_due``), for the sweep (``personify.segments.sweep``).
+an event (``segment_due``), for the sweep (``personify.segments.sweep``). The segments each
+profile is in once it is done are left in the batch (``ProfileBatch.memberships``) for the
+stages after it: the recommendation stage's popularity per segment reads them there.
 
 The sweep and the backfill evaluate a page of stored profiles the same way
 (``SegmentStage.evaluate_stored``). ``evaluate_profile_segments`` is the same answer for one
@@ -281,7 +283,16 @@ class SegmentStage:
         for profile in profiles:
             events_after[profile.index] = profile.state.events
         changes = batch_changes(batch, events_after)
-        self.evaluate(conn, profiles, now, reason="rule", changes_by_index=changes, place=True)
+        _, members = self._evaluate(
+            conn, profiles, now, reason="rule", changes_by_index=changes, place=True
+        )
+        if members is not None:
+            # the stays the batch leaves open: the recommendation stage's popularity per
+            # segment reads them here instead of from the table again
+            held: list[Collection[str]] = [()] * batch.profiles
+            for profile, member_of in zip(profiles, members, strict=True):
+                held[profile.index] = member_of
+            batch.memberships = held
 
     def evaluate(
         self,
@@ -299,11 +310,32 @@ class SegmentStage:
         the rules that read what changed are evaluated again. With ``place``, each profile is
         placed in the nearest cluster of every clustering (``personify.segments.clusterings``),
         all profiles at once per clustering."""
+        return self._evaluate(
+            conn,
+            profiles,
+            now,
+            reason=reason,
+            changes_by_index=changes_by_index,
+            place=place,
+        )[0]
+
+    def _evaluate(
+        self,
+        conn: sa.Connection,
+        profiles: Sequence[StagedProfile],
+        now: datetime,
+        *,
+        reason: str,
+        changes_by_index: Sequence[BatchChange] | None = None,
+        place: bool = False,
+    ) -> tuple[MembershipChanges, list[set[str]] | None]:
+        """``evaluate``, and the segments each of ``profiles`` is in once the changes are
+        written (``None`` without an active rule: nothing was read)."""
         compiled = self._current
         changes = MembershipChanges(now)
         if not compiled.active:
             # archiving a segment closes its stays, so none is open without an active rule
-            return changes
+            return changes, None
         at_ms = datetime_ms(now)
         merged = {gone: p.profile_id for p in profiles for gone in p.merged_from}
         if merged:
@@ -361,4 +393,5 @@ class SegmentStage:
             due[profile.profile_id] = next_change_ms(state, compiled, self._plan, at_ms)
         changes.flush(conn)
         write_due(conn, due, forget=list(merged))
-        return changes
+        # ``reconcile`` took each profile from its open stays to exactly ``members``
+        return changes, members
