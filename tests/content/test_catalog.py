@@ -7,19 +7,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 
 from personify.clock import FrozenClock
 from personify.content.catalog import ContentCatalog, catalog_revision, published_items
-from personify.content.tables import content_webhook_deliveries
+from personify.content.learning import ProductStage
+from personify.content.tables import content_items, content_versions, content_webhook_deliveries
 from personify.content.validation import schedule_bounds
 from personify.content.webhooks import WebhookRepository
 from personify.errors import Conflict, InvalidDefinition, NotFound, ValidationError
+from personify.profiles.batch import ProfileBatch
+from personify.profiles.events import view_event
 from personify.segments.repository import SegmentRepository
 from personify.store.database import Database
 from tests.postgres import fresh_schema, postgres_database
+from tests.profiles.factory import event
 
 __all__ = ["postgres_database"]
 
@@ -395,6 +401,129 @@ def test_products_learned_from_events(
     catalog.upsert_products([{"product_id": "sku-3", "name": "Raw name", "price": 5}])
     curated = catalog.get_item("sku-3")
     assert curated.document["fields"] == {"name": "Curated name", "price": 5}
+
+
+def test_products_first_learned_together_are_what_one_at_a_time_makes(
+    catalog: ContentCatalog, db: Database, clock: FrozenClock
+) -> None:
+    WebhookRepository(db, clock=clock).create("http://127.0.0.1:9/hook")
+    learned: list[dict[str, Any]] = [
+        {"product_id": "sku-1", "name": "Trail shoe", "category": "shoes", "price": 89.0},
+        {"sku": "sku-2", "name": "Sock", "category": "socks"},
+        {"product_id": "sku-3", "price": 5},
+        {"product_id": "bad id!", "name": "ignored"},
+    ]
+    before = _revision(db)
+    assert catalog.upsert_products(learned) == 3
+    items = {item_id: catalog.get_item(item_id) for item_id in ("sku-1", "sku-2", "sku-3")}
+    for item in items.values():
+        assert (item.status, item.version, item.published_version, item.origin) == (
+            "published",
+            1,
+            1,
+            "events",
+        )
+        assert item.created_at == item.updated_at == item.published_at == START
+    assert items["sku-3"].document["tags"] == [] and items["sku-2"].document["tags"] == ["socks"]
+    # one revision each, every one past the catalog's before
+    with db.connect() as conn:
+        revisions = sorted(conn.execute(sa.select(content_items.c.revision)).scalars().all())
+        versions = conn.execute(
+            sa.select(content_versions.c.item_id, content_versions.c.change)
+        ).all()
+        payloads = [
+            msgspec.json.decode(text)
+            for text in conn.execute(
+                sa.select(content_webhook_deliveries.c.payload).order_by(
+                    content_webhook_deliveries.c.id
+                )
+            ).scalars()
+        ]
+    assert len(set(revisions)) == 3 and revisions[0] > before
+    assert sorted(versions) == [("sku-1", "events"), ("sku-2", "events"), ("sku-3", "events")]
+    assert deliveries(db) == [
+        ("content.published", "sku-1", 1),
+        ("content.published", "sku-2", 1),
+        ("content.published", "sku-3", 1),
+    ]
+    # each delivery says what publishing the item one at a time says: the item as read back
+    for payload, item_id in zip(payloads, ("sku-1", "sku-2", "sku-3"), strict=True):
+        assert payload["data"] == {"itemId": item_id, "itemVersion": 1, **items[item_id].to_dict()}
+    assert len({payload["id"] for payload in payloads}) == 3
+
+
+def test_a_product_created_elsewhere_since_the_read_is_upserted_alone(
+    catalog: ContentCatalog, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog.create_item(
+        {"id": "sku-2", "type": "product", "fields": {"name": "Curated name"}}, publish=True
+    )
+    # the batch read the catalog before another process created sku-2
+    monkeypatch.setattr(catalog, "_current_items", lambda conn, item_ids: {})
+    changed = catalog.upsert_products(
+        [
+            {"product_id": "sku-1", "name": "Trail shoe"},
+            {"product_id": "sku-2", "name": "Raw name", "price": 5},
+            {"product_id": "sku-3", "name": "Cap"},
+        ]
+    )
+    assert changed == 3
+    assert catalog.get_item("sku-1").status == catalog.get_item("sku-3").status == "published"
+    # as one product at a time does it: what a person wrote wins, the new fact is added
+    curated = catalog.get_item("sku-2")
+    assert curated.origin == "api"
+    assert curated.document["fields"] == {"name": "Curated name", "price": 5}
+
+
+def test_the_product_stage_keeps_each_products_facts_as_of_its_latest_event(
+    catalog: ContentCatalog, db: Database
+) -> None:
+    def viewed(message_id: str, minutes: float, **properties: Any) -> dict[str, Any]:
+        return event(
+            "track",
+            message_id,
+            minutes,
+            anonymous_id="a1",
+            name="Product Viewed",
+            properties=properties,
+        )
+
+    def ordered(message_id: str, minutes: float, *products: dict[str, Any]) -> dict[str, Any]:
+        return event(
+            "track",
+            message_id,
+            minutes,
+            anonymous_id="a1",
+            name="Order Completed",
+            properties={"order_id": "o1", "products": list(products)},
+        )
+
+    data = [
+        viewed("m1", 10, product_id="sku-1", name="Old name", price=99.0, url="/old"),
+        # later: its facts win, and the url only the first view said stays
+        viewed("m2", 20, product_id="sku-1", name="Trail shoe", price=89.0),
+        ordered("m4", 40, {"product_id": "sku-1", "category": "shoes"}, {"sku": 7, "price": 3}),
+        # older than the order the batch read before it: ignored
+        viewed("m3", 30, product_id="sku-1", name="Late name"),
+        viewed("m5", 35, product_id="sku-2", name="Sock", price=True),
+        viewed("m6", 50, name="no id"),
+        event("page", "m7", 60, anonymous_id="a1", properties={"product_id": "sku-9"}),
+    ]
+    events = [view_event(e) for e in data]
+    batch = ProfileBatch(events, [0] * len(events), 1)
+    with db.begin() as conn:
+        ProductStage(catalog).apply(conn, batch, [])
+    assert catalog.get_item("sku-1").document["fields"] == {
+        "name": "Trail shoe",
+        "price": 89.0,
+        "url": "/old",
+        "category": "shoes",
+    }
+    # a bool is no price; a numeric sku is the product's id as text
+    assert catalog.get_item("sku-2").document["fields"] == {"name": "Sock"}
+    assert catalog.get_item("7").document["fields"] == {"sku": 7, "price": 3}
+    with pytest.raises(NotFound):
+        catalog.get_item("sku-9")
 
 
 def _revision(db: Database) -> int:

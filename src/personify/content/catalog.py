@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -34,7 +34,7 @@ from personify.content.validation import (
     check_item,
     check_placement,
 )
-from personify.content.webhooks import enqueue_event
+from personify.content.webhooks import enqueue_event, enqueue_events
 from personify.errors import (
     Conflict,
     InvalidDefinition,
@@ -586,60 +586,143 @@ class ContentCatalog:
 
     def upsert_products_in(self, conn: sa.Connection, products: Iterable[Mapping[str, Any]]) -> int:
         """``upsert_products`` in the caller's transaction (the worker's). The products'
-        items are read in bulk first, so unchanged ones cost no write; each change is written
-        under a savepoint, so a product another process created first is skipped, not the
-        caller's whole transaction."""
+        items are read in bulk first, so unchanged ones cost no write. New products are
+        written together, one statement per table; each other change is written under a
+        savepoint, so a product another process created first is skipped, not the caller's
+        whole transaction."""
         wanted: dict[str, dict[str, Any]] = {}
         for product in products:
             product_id = check_id(product.get("product_id") or product.get("sku"))
             if product_id is not None:
                 wanted[product_id] = _learned(product)
-        current = self._current_documents(conn, list(wanted))
+        current = self._current_items(conn, list(wanted))
         now = self._clock.now()
         changed = 0
+        new: dict[str, dict[str, Any]] = {}
         for product_id, learned in wanted.items():
-            found = current.get(product_id)
-            if found is not None:
-                row, document = found
-                if row.status == ARCHIVED or row.type != "product":
-                    continue
-                updated = aware(row.updated_at)
-                fresh = updated is not None and now - updated < self._product_refresh
-                if row.origin == "events" and fresh:
-                    continue
-                if _product_fields(row.origin, document["fields"], learned) == document["fields"]:
-                    continue
-            try:
-                with conn.begin_nested():
-                    changed += self._upsert_product(conn, product_id, learned)
-            except sa.exc.IntegrityError:
-                # another worker created it between our read and our insert: theirs stands
+            row = current.get(product_id)
+            if row is None:
+                new[product_id] = learned
                 continue
-        return changed
+            if row.status == ARCHIVED or row.type != "product":
+                continue
+            updated = aware(row.updated_at)
+            fresh = updated is not None and now - updated < self._product_refresh
+            if row.origin == "events" and fresh:
+                continue
+            # decoded only here: most products a batch names are fresh
+            fields = _decode(row.document)["fields"]
+            if _product_fields(row.origin, fields, learned) == fields:
+                continue
+            changed += self._upsert_product_alone(conn, product_id, learned)
+        return changed + self._create_products(conn, new, now)
 
-    def _current_documents(
-        self, conn: sa.Connection, item_ids: Sequence[str]
-    ) -> dict[str, tuple[Any, dict[str, Any]]]:
-        found: dict[str, tuple[Any, dict[str, Any]]] = {}
+    def _upsert_product_alone(
+        self, conn: sa.Connection, product_id: str, learned: dict[str, Any]
+    ) -> int:
+        try:
+            with conn.begin_nested():
+                return self._upsert_product(conn, product_id, learned)
+        except sa.exc.IntegrityError:
+            # another worker created it between our read and our insert: theirs stands
+            return 0
+
+    def _create_products(
+        self, conn: sa.Connection, new: dict[str, dict[str, Any]], now: datetime
+    ) -> int:
+        """Create and publish the products of ``new`` (none of them in the catalog when it
+        was read) with one insert per table: what ``_upsert_product`` does for each, item by
+        item, and the same rows. Where another process created one of them since the read,
+        each is upserted alone instead."""
+        documents: list[tuple[str, dict[str, Any]]] = []
+        for product_id, learned in new.items():
+            try:
+                documents.append((product_id, _new_product(learned)))
+            except InvalidDefinition:
+                continue
+        if not documents:
+            return 0
+        try:
+            with conn.begin_nested():
+                self._insert_published(conn, documents, now)
+        except sa.exc.IntegrityError:
+            return sum(
+                self._upsert_product_alone(conn, product_id, new[product_id])
+                for product_id, _ in documents
+            )
+        return len(documents)
+
+    def _insert_published(
+        self, conn: sa.Connection, documents: Sequence[tuple[str, dict[str, Any]]], now: datetime
+    ) -> None:
+        first = self._next_revision(conn, now)
+        conn.execute(
+            content_items.insert(),
+            [
+                {
+                    "id": item_id,
+                    "type": document["type"],
+                    "status": PUBLISHED,
+                    "version": 1,
+                    "published_version": 1,
+                    "origin": "events",
+                    # one revision each, as when they are written one at a time
+                    "revision": first + offset,
+                    "created_at": now,
+                    "updated_at": now,
+                    "published_at": now,
+                }
+                for offset, (item_id, document) in enumerate(documents)
+            ],
+        )
+        conn.execute(
+            content_versions.insert(),
+            [
+                {
+                    "item_id": item_id,
+                    "version": 1,
+                    "document": _encode(document).decode(),
+                    "change": "events",
+                    "saved_at": now,
+                }
+                for item_id, document in documents
+            ],
+        )
+        # as the rows read back: every stored time is UTC
+        stamp = now.astimezone(UTC)
+        enqueue_events(
+            conn,
+            "content.published",
+            [
+                (
+                    item_id,
+                    1,
+                    ContentItem(
+                        item_id, PUBLISHED, 1, 1, "events", document, stamp, stamp, stamp
+                    ).to_dict(),
+                )
+                for item_id, document in documents
+            ],
+            now=now,
+        )
+
+    def _current_items(self, conn: sa.Connection, item_ids: Sequence[str]) -> dict[str, Any]:
+        """The rows of the items of ``item_ids`` that exist, each with its newest version's
+        ``document`` (JSON text), by id."""
+        found: dict[str, Any] = {}
         for start in range(0, len(item_ids), 500):
             rows = conn.execute(
                 _with_newest_document().where(content_items.c.id.in_(item_ids[start : start + 500]))
             )
             for row in rows:
-                found[str(row.id)] = (row, _decode(row.document))
+                found[str(row.id)] = row
         return found
 
     def _upsert_product(self, conn: sa.Connection, product_id: str, learned: dict[str, Any]) -> int:
         existing = self._item_row(conn, product_id)
         if existing is None:
-            category = learned.get("category")
-            body = {
-                "type": "product",
-                "fields": learned,
-                "tags": [category] if isinstance(category, str) and category else [],
-            }
             try:
-                document = check_item(body)
+                document = _new_product(learned)
             except InvalidDefinition:
                 return 0
             self._write_item(conn, product_id, document, None, "events", "events")
@@ -951,6 +1034,19 @@ _PRODUCT_FACTS: Final = ("sku", "name", "category", "price", "url", "image_url")
 
 def _learned(product: Mapping[str, Any]) -> dict[str, Any]:
     return {name: product[name] for name in _PRODUCT_FACTS if product.get(name) is not None}
+
+
+def _new_product(learned: dict[str, Any]) -> dict[str, Any]:
+    """The checked document of a product first learned from events (``InvalidDefinition``
+    when its facts make no valid item)."""
+    category = learned.get("category")
+    return check_item(
+        {
+            "type": "product",
+            "fields": learned,
+            "tags": [category] if isinstance(category, str) and category else [],
+        }
+    )
 
 
 def _product_fields(

@@ -39,16 +39,19 @@ PRODUCT_EVENTS: Final = frozenset(
 # and those that list several in ``properties.products``
 ORDER_EVENTS: Final = frozenset({"Order Completed", "Checkout Started", "Cart Viewed"})
 _FACTS: Final = ("product_id", "sku", "name", "category", "price", "url", "image_url")
+_SCALARS: Final = (str, int, float)
 
 
 def _facts(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, Mapping):
+    # decoded JSON: a dict is known without asking the Mapping ABC
+    if type(value) is not dict and not isinstance(value, Mapping):
         return None
-    found = {
-        name: value[name]
-        for name in _FACTS
-        if isinstance(value.get(name), str | int | float) and not isinstance(value.get(name), bool)
-    }
+    found: dict[str, Any] = {}
+    for name in _FACTS:
+        fact = value.get(name)
+        # True and False are the only bools
+        if isinstance(fact, _SCALARS) and fact is not True and fact is not False:
+            found[name] = fact
     product_id = found.get("product_id", found.get("sku"))
     if product_id is None:
         return None
@@ -58,7 +61,7 @@ def _facts(value: Any) -> dict[str, Any] | None:
 
 def products_of(name: str, properties: Any) -> list[dict[str, Any]]:
     """The products one event names, with their facts."""
-    if not isinstance(properties, Mapping):
+    if type(properties) is not dict and not isinstance(properties, Mapping):
         return []
     if name in PRODUCT_EVENTS:
         one = _facts(properties)
@@ -92,14 +95,23 @@ class ProductStage:
         ]
         if not wanted:
             return
-        latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        # each product's facts as of its latest event, and that event's time
+        latest: dict[str, dict[str, Any]] = {}
+        latest_ts: dict[str, int] = {}
+        events = batch.events
         for index in np.flatnonzero(np.isin(batch.name_code, wanted)).tolist():
-            event = batch.events[index]
+            event = events[index]
+            ts = event.ts
             for facts in products_of(event.name, event.data.get("properties")):
-                seen = latest.get(facts["product_id"])
-                if seen is None or event.ts >= seen[0]:
-                    # facts accumulate: a view with a price and an order without one
-                    merged = {**seen[1], **facts} if seen is not None else facts
-                    latest[facts["product_id"]] = (event.ts, merged)
+                product_id = facts["product_id"]
+                seen = latest.get(product_id)
+                if seen is None:
+                    latest[product_id] = facts
+                    latest_ts[product_id] = ts
+                elif ts >= latest_ts[product_id]:
+                    # facts accumulate: a view with a price and an order without one (each
+                    # facts dict is products_of's own, so it is merged into in place)
+                    seen.update(facts)
+                    latest_ts[product_id] = ts
         if latest:
-            self._catalog.upsert_products_in(conn, [facts for _, facts in latest.values()])
+            self._catalog.upsert_products_in(conn, list(latest.values()))

@@ -56,6 +56,7 @@ __all__ = [
     "WebhookRepository",
     "check_url",
     "enqueue_event",
+    "enqueue_events",
     "sign",
     "signature_header",
     "verify_signature",
@@ -255,11 +256,25 @@ def enqueue_event(
     ``data`` with ``itemId`` and ``itemVersion`` added unless it has them. ``data`` must be
     JSON-able. An unknown ``event`` is a ``ValidationError`` (``invalid_event``).
     """
+    return enqueue_events(conn, event, [(item_id, item_version, data)], now=now)
+
+
+def enqueue_events(
+    conn: sa.Connection,
+    event: str,
+    items: Sequence[tuple[str, int | None, Mapping[str, Any]]],
+    *,
+    now: datetime,
+) -> int:
+    """``enqueue_event`` for each ``(item_id, item_version, data)`` of ``items``, with one
+    read of the webhooks and one insert for all; returns how many deliveries."""
     if event not in WEBHOOK_EVENTS:
         raise ValidationError(
             f"unknown webhook event {event!r}: use {', '.join(WEBHOOK_EVENTS)}",
             code="invalid_event",
         )
+    if not items:
+        return 0
     subscribed = [
         row.id
         for row in conn.execute(
@@ -271,16 +286,17 @@ def enqueue_event(
     ]
     if not subscribed:
         return 0
-    body = {
-        "id": f"evt_{uuid.uuid4().hex}",
-        "event": event,
-        "createdAt": format_timestamp(now),
-        "data": {"itemId": item_id, "itemVersion": item_version, **data},
-    }
-    payload = msgspec.json.encode(body).decode()
-    conn.execute(
-        content_webhook_deliveries.insert(),
-        [
+    created_at = format_timestamp(now)
+    rows: list[dict[str, Any]] = []
+    for item_id, item_version, data in items:
+        body = {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "event": event,
+            "createdAt": created_at,
+            "data": {"itemId": item_id, "itemVersion": item_version, **data},
+        }
+        payload = msgspec.json.encode(body).decode()
+        rows.extend(
             {
                 "webhook_id": webhook_id,
                 "event": event,
@@ -293,9 +309,9 @@ def enqueue_event(
                 "created_at": now,
             }
             for webhook_id in subscribed
-        ],
-    )
-    return len(subscribed)
+        )
+    conn.execute(content_webhook_deliveries.insert(), rows)
+    return len(rows)
 
 
 # -- the repository --------------------------------------------------------------------------

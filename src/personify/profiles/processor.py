@@ -11,10 +11,11 @@ One call of ``ProfileProcessor.apply``:
 4. applies the whole batch as columns (``ProfileBatch``, ``apply_batch``: group-bys over
    numpy columns, see ``personify.profiles.features.plan``), then picks each profile's
    canonical id (``identity.canonical_id``);
-5. writes, with one ``executemany`` per table (``COPY`` on PostgreSQL for the per-event and
-   per-profile rows): the profile rows (optimistic version check), the new identities, the
-   re-pointed identities and timeline rows of merged profiles, the ``applied_events`` rows,
-   one version row per profile and one row per merge;
+5. writes, with one ``executemany`` per table (``COPY`` on PostgreSQL for the rows it
+   inserts: profiles, identities, ``applied_events``, versions): the profile rows
+   (optimistic version check), the new identities, the re-pointed identities and timeline
+   rows of merged profiles, the ``applied_events`` rows, one version row per profile and
+   one row per merge;
 6. runs the batch stages (``BatchStage``) over the same batch, in the same transaction.
 
 All of it commits together, so a crash at any point leaves either everything or nothing;
@@ -75,6 +76,18 @@ EVENT_COLUMNS = (
     "applied_at_ms",
     "payload",
 )
+PROFILE_COLUMNS = (
+    "profile_id",
+    "version",
+    "state",
+    "first_seen_ms",
+    "last_seen_ms",
+    "personalization_allowed",
+    "history_in_row",
+    "created_at",
+    "updated_at",
+)
+IDENTITY_COLUMNS = ("identity", "profile_id", "linked_at")
 VERSION_COLUMNS = (
     "profile_id",
     "version",
@@ -239,7 +252,11 @@ class ProfileProcessor:
         components: dict[str, tuple[list[tuple[ProfileEvent, str]], set[str]]] = {}
         for item in fresh:
             root = links.find(item[0].ids[0])
-            components.setdefault(root, ([], set()))[0].append(item)
+            # not setdefault: its default would be built (and collected) for every event
+            component = components.get(root)
+            if component is None:
+                component = components[root] = ([], set())
+            component[0].append(item)
         for profile_id in set(owner.values()):
             components[links.find(profile_id)][1].add(profile_id)
 
@@ -661,22 +678,33 @@ class _BatchWriter:
         sql.checked(conn, "delete", _delete_profile, self.deletes)
         sql.run(conn, "repoint identities", _repoint_identities, self.repoints)
         sql.run(conn, "repoint events", _repoint_events, self.repoints)
-        sql.run(conn, "insert profiles", profiles.insert, self.inserts)
-        sql.run(conn, "insert identities", identities.insert, self.identities)
         if conn.dialect.name == "postgresql":
-            # COPY: the two tables that take a row per event and per profile of every batch
+            # COPY: the tables that take a row per event, per profile and per new id
+            if self.inserts:
+                copy_rows(conn, profiles, PROFILE_COLUMNS, _in_order(self.inserts, PROFILE_COLUMNS))
+            if self.identities:
+                copy_rows(
+                    conn,
+                    identities,
+                    IDENTITY_COLUMNS,
+                    _in_order(self.identities, IDENTITY_COLUMNS),
+                )
             if self.events:
                 copy_rows(conn, applied_events, EVENT_COLUMNS, self.events)
             copy_rows(
-                conn,
-                profile_versions,
-                VERSION_COLUMNS,
-                ([row[c] for c in VERSION_COLUMNS] for row in self.versions),
+                conn, profile_versions, VERSION_COLUMNS, _in_order(self.versions, VERSION_COLUMNS)
             )
         else:
+            sql.run(conn, "insert profiles", profiles.insert, self.inserts)
+            sql.run(conn, "insert identities", identities.insert, self.identities)
             sql.run_tuples(conn, "insert events", applied_events.insert, EVENT_COLUMNS, self.events)
             sql.run(conn, "insert versions", profile_versions.insert, self.versions)
         sql.run(conn, "insert merges", _insert_merge, self.merges)
+
+
+def _in_order(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[list[Any]]:
+    """Each row's values in ``columns`` order (for ``copy_rows``)."""
+    return ([row[c] for c in columns] for row in rows)
 
 
 def _update_profile() -> sa.ClauseElement:

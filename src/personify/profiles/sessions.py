@@ -16,7 +16,8 @@ import msgspec
 from personify.profiles.events import MS_PER_DAY, MS_PER_HOUR, format_ms
 
 
-class Session(msgspec.Struct, array_like=True):
+# gc=False: numbers only, so never in a reference cycle; a state holds many of them
+class Session(msgspec.Struct, array_like=True, gc=False):
     """One session's end (epoch ms) and how many page/screen views and events it holds."""
 
     end: int

@@ -139,8 +139,9 @@ class WorkerStats:
         }
 
 
-@dataclass(slots=True)
-class _Item:
+# gc=False: a batch keeps one per entry alive until it commits, and none can be part of a
+# reference cycle, so the garbage collector need not track them
+class _Item(msgspec.Struct, gc=False):
     entry: LogEntry
     event: ProfileEvent
     payload: str
@@ -449,8 +450,10 @@ class StreamWorker:
                     item.entry, code, f"{type(exc).__name__}: {reason}", attempts, item
                 )
                 continue
-            for item in chunk:
-                self._attempts.pop((item.entry.partition, item.entry.offset), None)
+            if self._attempts:
+                # (almost always empty: only entries that failed before are in it)
+                for item in chunk:
+                    self._attempts.pop((item.entry.partition, item.entry.offset), None)
             self.stats.events_applied += result.applied
             self.stats.duplicates += result.duplicates
             if self._profiles is not None and result.touched:

@@ -7,7 +7,10 @@ from typing import Any
 import msgspec
 
 
-class Stamped(msgspec.Struct, array_like=True):
+# gc=False: a profile state holds many of these (a worker's state cache, millions), and a
+# batch makes one per field an event wins; none can be part of a reference cycle (a value
+# is decoded JSON), so the garbage collector need not track them
+class Stamped(msgspec.Struct, array_like=True, gc=False):
     """A value with the (event time, messageId) that last-writer-wins orders by."""
 
     ts: int
@@ -33,7 +36,8 @@ def earliest(a: Stamped | None, b: Stamped | None) -> Stamped | None:
     return a if (a.ts, a.mid) <= (b.ts, b.mid) else b
 
 
-class Accumulator(msgspec.Struct, omit_defaults=True):
+# gc=False as ``Stamped``: numbers, stamped values and dicts of numbers, no cycle possible
+class Accumulator(msgspec.Struct, omit_defaults=True, gc=False):
     """One feature (one group of it): all-time totals plus hourly buckets for finite windows."""
 
     n: int = 0
