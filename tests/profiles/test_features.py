@@ -16,7 +16,9 @@ from personify.profiles.features import (
     FeatureDefinition,
     FeatureSet,
     ProfileConfig,
+    evaluate_features,
     load_profile_config,
+    window_reach,
 )
 from personify.profiles.state import (
     ProfileState,
@@ -175,6 +177,65 @@ def test_a_business_adds_a_feature_without_code(tmp_path: Path) -> None:
     }
     assert values["plan"] == {"all": "pro"}
     assert "orders" in values  # the defaults are still there
+
+
+def test_only_the_windows_paths_reach_are_computed_with_the_same_values() -> None:
+    aggregations = ["count", "sum", "avg", "min", "max", "first", "last", "days_since"]
+    config = ProfileConfig(
+        features=[
+            FeatureDefinition(
+                name=f"price_{a}",
+                event="Product Viewed",
+                aggregation=a,  # type: ignore[arg-type]
+                property="properties.price",
+                windows=["all"] if a == "first" else [1, 7, 30, "all"],
+            )
+            for a in aggregations
+        ]
+        + [
+            FeatureDefinition(
+                name="views_by",
+                event="Product Viewed",
+                aggregation="sum",
+                property="properties.price",
+                group_by="properties.category",
+                windows=[1, 7, 30, "all"],
+            )
+        ]
+    )
+    features = FeatureSet(config)
+    state = build(
+        [
+            viewed(f"v{i}", days, price=10.0 + i, category=category)
+            for i, (days, category) in enumerate(
+                [(0.2, "shoes"), (3, "shoes"), (12, "home.garden"), (40, "hats"), (0.5, "home")]
+            )
+        ],
+        features,
+    )
+    whole = evaluate_features(state.features, features, NOW)
+    for paths in [
+        [("price_avg", "7d"), ("price_last", "all"), ("views_by", "shoes", "30d")],
+        [("price_min", "1d", "deeper"), ("price_max",), ("views_by", "home", "garden", "1d")],
+        [("views_by", "home", "garden"), ("views_by", "hats", "7d"), ("price_days_since", "30d")],
+        [("views_by",), ("price_first", "7d"), ("price_first", "all"), ("price_sum", "x")],
+    ]:
+        windows = window_reach(paths, features)
+        got = evaluate_features(state.features, features, NOW, windows=windows)
+        assert got.keys() == whole.keys()
+        for name, values in whole.items():
+            groups = values.items() if name == "views_by" else [("", values)]
+            for group, by_window in groups:
+                labels = windows.get((name, group))
+                kept = got[name][group] if group else got[name]
+                # a window no path reads is left out; every other is the same value
+                assert kept == {w: v for w, v in by_window.items() if labels is None or w in labels}
+    # a path that ends at a definition or a group needs every window of it
+    # (``home.garden`` is a group as a whole, or ``garden`` a window of ``home``)
+    assert window_reach([("views_by", "home", "garden")], features) == {
+        ("views_by", "home"): frozenset({"garden"})
+    }
+    assert ("price_max", "") not in window_reach([("price_max",)], features)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".toml"])

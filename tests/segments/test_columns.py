@@ -255,6 +255,15 @@ def test_a_document_of_some_paths_holds_what_the_whole_document_holds_there() ->
     assert "last_events" not in part
     assert "revenue" not in part
     assert set(part["event_counts"]) == {"Product Viewed", "Video.Played"}
+    # the rules' document computes only the windows they read, with the same values
+    plan = ColumnPlan(compiled_of([{"feature": ".".join(path), "op": "exists"} for path in paths]))
+    for at_ms in (T, T + 3 * 86_400_000, T + 40 * 86_400_000):
+        whole = evaluate_profile(state, FEATURES, at_ms)
+        rules = plan._reach(FEATURES).document(state, FEATURES, at_ms)
+        for path in paths:
+            assert resolve_path(rules, path) == resolve_path(whole, path)
+    assert rules["orders"] == {"all": whole["orders"]["all"]}
+    assert rules["event_counts"] == {"Product Viewed": {"7d": 0}, "Video.Played": {"7d": 0}}
 
 
 def test_a_column_tests_each_value_for_what_it_is() -> None:

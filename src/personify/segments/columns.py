@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from personify.profiles.document import personalization_allowed
-from personify.profiles.features import FeatureSet
+from personify.profiles.features import FeatureSet, evaluate_features, window_reach
 from personify.profiles.state import DocumentReach, ProfileState, document_reach, evaluate_profile
 from personify.segments.conditions import (
     AllOf,
@@ -227,12 +227,19 @@ class _PathTree:
     ``b``) is present, every path goes on by its next part, so a shared prefix is looked up
     once; where one is present, the paths below resolve one by one."""
 
-    def __init__(self, paths: Sequence[tuple[str, ...]], depth: int = 0) -> None:
+    def __init__(
+        self,
+        paths: Sequence[tuple[str, ...]],
+        depth: int = 0,
+        indexes: Sequence[int] | None = None,
+    ) -> None:
         self.paths = tuple(paths)
         self.depth = depth
-        # the paths that end here (their value is the node itself), by index
-        self.ends = [i for i, parts in enumerate(paths) if len(parts) == depth]
-        self.indexes = list(range(len(paths)))
+        # each path's index among the root's paths, where its value goes
+        self.indexes = list(indexes) if indexes is not None else list(range(len(paths)))
+        at = self.indexes
+        # the paths that end here (their value is the node itself)
+        self.ends = [at[i] for i, parts in enumerate(paths) if len(parts) == depth]
         dotted: set[str] = set()
         below: dict[str, list[int]] = {}
         for i, parts in enumerate(paths):
@@ -241,31 +248,70 @@ class _PathTree:
             if rest:
                 below.setdefault(rest[0], []).append(i)
         self.dotted = frozenset(dotted)
-        self.children = [
-            (part, _PathTree([paths[i] for i in members], depth + 1), members)
+        self.has_children = bool(below)
+        children = [
+            (part, _PathTree([paths[i] for i in members], depth + 1, [at[i] for i in members]))
             for part, members in below.items()
         ]
+        # a child where paths only end is read in place, not resolved by a call of its own
+        self.leaves = [(part, child.ends) for part, child in children if not child.has_children]
+        self.inner = [(part, child) for part, child in children if child.has_children]
 
-    def resolve(self, node: Any, values: list[Any], indexes: Sequence[int] | None = None) -> None:
+    def resolve(self, node: Any, values: list[Any]) -> None:
         """Put each path's value at ``node`` (the level of ``depth``) into ``values`` (at the
-        path's index in ``indexes``; ``MISSING`` already there)."""
-        at = indexes if indexes is not None else self.indexes
+        path's index among the root's paths; ``MISSING`` already there)."""
         for i in self.ends:
-            values[at[i]] = node
-        if not self.children:
+            values[i] = node
+        if not self.has_children:
             return
         if type(node) is not dict and not isinstance(node, Mapping):
             return
         if not self.dotted.isdisjoint(node):
             # a key holding dots is here: each path takes its own longest key
             depth = self.depth
-            for i, parts in enumerate(self.paths):
+            for i, parts in zip(self.indexes, self.paths, strict=True):
                 if len(parts) > depth:
-                    values[at[i]] = resolve_path(node, parts[depth:])
+                    values[i] = resolve_path(node, parts[depth:])
             return
-        for part, child, members in self.children:
+        for part, ends in self.leaves:
             if part in node:
-                child.resolve(node[part], values, [at[i] for i in members])
+                value = node[part]
+                for i in ends:
+                    values[i] = value
+        for part, child in self.inner:
+            if part in node:
+                child.resolve(node[part], values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reach:
+    """What the rules read of a profile's document: its sections (``document_reach``) and,
+    of each feature, the windows (``window_reach``: ``orders.30d`` computes no ``7d``)."""
+
+    sections: DocumentReach
+    features: Mapping[str, frozenset[str] | None]
+    windows: Mapping[tuple[str, str], frozenset[str]]
+
+    @classmethod
+    def of(cls, paths: Collection[tuple[str, ...]], features: FeatureSet) -> _Reach:
+        reach = document_reach(paths, features)
+        # the features are computed here, window by window, not by ``evaluate_profile``
+        names = {f.name for f in features.features}
+        sections = DocumentReach(
+            reach.keys, {k: v for k, v in reach.only.items() if k not in names}
+        )
+        return cls(sections, reach.only, window_reach(paths, features))
+
+    def document(self, state: ProfileState, features: FeatureSet, at_ms: int) -> dict[str, Any]:
+        """The document at ``at_ms`` as ``evaluate_profile(reach=document_reach(...))``
+        gives it, less the windows no path reads."""
+        document = evaluate_profile(state, features, at_ms, reach=self.sections)
+        document.update(
+            evaluate_features(
+                state.features, features, at_ms, only=self.features, windows=self.windows
+            )
+        )
+        return document
 
 
 class ColumnPlan:
@@ -301,14 +347,13 @@ class ColumnPlan:
                 }
             )
         )
-        self._reaches: tuple[FeatureSet, DocumentReach] | None = None
+        self._reaches: tuple[FeatureSet, _Reach] | None = None
 
-    def _reach(self, features: FeatureSet) -> DocumentReach:
+    def _reach(self, features: FeatureSet) -> _Reach:
         """What the rules read of the document, for ``features`` (kept for the last set)."""
         if self._reaches is None or self._reaches[0] is not features:
-            self._reaches = (features, document_reach(self.document_paths, features))
+            self._reaches = (features, _Reach.of(self.document_paths, features))
         return self._reaches[1]
-        self.reads_predictions = any(s.predicate.reads_predictions for s in self.segments)
 
     def evaluate(
         self,
@@ -362,7 +407,7 @@ class ColumnPlan:
         reach = self._reach(features)
         for p in np.flatnonzero(needs_document).tolist():
             if docs[p] is None and allowed[p]:
-                docs[p] = evaluate_profile(states[p], features, at_ms, reach=reach)
+                docs[p] = reach.document(states[p], features, at_ms)
         cells: list[str | None] = [None] * size
         if rfm is not None:
             for p in np.flatnonzero(rfm_affected).tolist():
@@ -423,13 +468,15 @@ class ColumnPlan:
         answered &= np.asarray(allowed, np.bool_)
         results: list[set[str]] = []
         keys = self.keys
-        rows_of = np.nonzero(answered.T)
-        splits = np.searchsorted(rows_of[0], np.arange(1, size))
-        for p, rows in enumerate(np.split(rows_of[1], splits)):
+        # each profile's rows, as slices of one list (not an array each)
+        profile_of, row_of = np.nonzero(answered.T)
+        bounds = np.searchsorted(profile_of, np.arange(size + 1)).tolist()
+        rows_of = row_of.tolist()
+        for p in range(size):
             if not allowed[p]:
                 results.append(set())
                 continue
-            members = {keys[row] for row in rows.tolist()}
+            members = {keys[row] for row in rows_of[bounds[p] : bounds[p + 1]]}
             for key in held[p]:
                 if key not in index and kept(key, p):
                     members.add(key)

@@ -99,6 +99,8 @@ class MembershipChanges:
     _pieces: dict[tuple[str, str, int, str], tuple[str, str]] = field(
         default_factory=dict, repr=False
     )
+    # the last profile's id as its key and value of the event JSON: (id, is_user, JSON)
+    _named: tuple[str, bool, str] = field(default=("", False, '","anonymousId":""'), repr=False)
 
     def __post_init__(self) -> None:
         # every event of a transaction happens at its one time: formatted once
@@ -139,8 +141,12 @@ class MembershipChanges:
         head, tail = pieces
         # a profile named by an anonymousId gets it back as one: sent as a userId it would
         # become one, and change which id names the profile when the user identifies
-        named = '","userId":' if is_user else '","anonymousId":'
-        payload = f'{head}"{message_id}{named}{_encode(profile_id).decode()}{tail}'
+        named = self._named
+        if named[0] != profile_id or named[1] != is_user:
+            # a profile's entries and exits come one after the other: its id encoded once
+            key_name = '","userId":' if is_user else '","anonymousId":'
+            named = self._named = (profile_id, is_user, key_name + _encode(profile_id).decode())
+        payload = f'{head}"{message_id}{named[2]}{tail}'
         self.events.append((profile_id, message_id, payload))
 
     def flush(self, conn: sa.Connection) -> None:

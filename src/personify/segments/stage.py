@@ -207,7 +207,7 @@ def reconcile(
             continue
         exit_reason = "consent" if withdrawn else reason if key in versions else "archived"
         changes.exit(row_ids[0], profile_id, is_user, key, versions.get(key, 0), exit_reason)
-    for key in sorted(members - set(current)):
+    for key in sorted(members.difference(current)):
         changes.enter(profile_id, is_user, key, versions[key], reason)
 
 

@@ -37,7 +37,11 @@ from personify.profiles.features.definitions import (
     FeatureDefinition,
     ProfileConfig,
 )
-from personify.profiles.features.evaluate import evaluate_affinities, evaluate_features
+from personify.profiles.features.evaluate import (
+    evaluate_affinities,
+    evaluate_features,
+    window_reach,
+)
 from personify.profiles.features.loading import load_profile_config
 from personify.profiles.features.update import (
     merge_affinities,
@@ -68,4 +72,5 @@ __all__ = [
     "prune_features",
     "update_affinities",
     "update_features",
+    "window_reach",
 ]
