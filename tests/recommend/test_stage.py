@@ -30,11 +30,17 @@ from personify.recommend.stage import (
     read_recent,
 )
 from personify.recommend.synthetic import generate_shop
-from personify.recommend.tables import recommend_items, recommend_pairs, recommend_popularity
+from personify.recommend.tables import (
+    recommend_items,
+    recommend_pairs,
+    recommend_popularity,
+    recommend_profiles,
+)
 from personify.segments.repository import SegmentRepository
 from personify.segments.stage import SegmentStage, open_memberships
 from personify.store.database import Database
 from tests.lake.conftest import normalized, write_lake
+from tests.postgres import fresh_schema
 from tests.recommend.conftest import END, arrived, event
 from tests.segments.conftest import postgres_database, sqlite_db, state_db
 
@@ -305,3 +311,71 @@ def test_merged_profiles_bring_their_recent_items(sqlite_db: Database) -> None:
     assert set(recent["u7"].seen()) == {"tent", "stove"}
     assert pairs == {("tent", "stove"), ("stove", "tent")}
     assert np.isfinite(list(popularity(sqlite_db).values())).all()
+
+
+def _tables(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    """Every live counter table's rows, in key order."""
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    with db.connect() as conn:
+        for table in (recommend_pairs, recommend_items, recommend_popularity, recommend_profiles):
+            keys = [c for c in table.c if c.primary_key]
+            rows = conn.execute(sa.select(table).order_by(*keys)).all()
+            found[table.name] = sorted(tuple(row) for row in rows)
+    return found
+
+
+def test_every_counter_is_the_same_on_sqlite_and_postgresql(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """SQLite adds rows through ``executemany``, PostgreSQL through a binary ``COPY`` of
+    codes and one upsert that looks the words up: the same rows and scores, ids with
+    characters that need quoting included, segments included."""
+    shop = generate_shop(END, users=60, items=30, days=10)
+    odd = ["tab\there", 'quote"d', "back\\slash", "brace{s}", "comma,", "ünï ☃", "NULL", " "]
+    at = END - timedelta(days=1)
+    extra = [
+        view(10_000 + n, at + timedelta(minutes=n), item, userId=f"odd{n % 3}")
+        for n, item in enumerate(odd * 3)
+    ]
+    extra.append(
+        event(
+            20_000,
+            "Order Completed",
+            at + timedelta(hours=1),
+            properties={"products": [{"product_id": item} for item in odd]},
+            userId="odd0",
+        )
+    )
+    events = [normalized(e, received_at=arrived(e)) for e in [*shop.events, *extra]]
+    found = []
+    for db in (
+        Database(f"sqlite:///{tmp_path / 'state.db'}"),
+        Database(fresh_schema(postgres_database)),
+    ):
+        clock = FrozenClock(END)
+        segments = SegmentRepository(db, clock=clock)
+        segments.create("viewers", condition=VIEWERS)
+        segments.create("buyers", condition=BUYERS)
+        processor = ProfileProcessor(
+            db,
+            FEATURES,
+            clock=clock,
+            stages=[
+                SegmentStage(segments, FEATURES, clock=clock),
+                RecommendationStage(FEATURES, clock=clock),
+            ],
+        )
+        for start in range(0, len(events), 101):
+            processor.apply([view_event(e) for e in events[start : start + 101]])
+        found.append(_tables(db))
+        db.dispose()
+    sqlite, postgresql = found
+    assert {row[0] for row in sqlite["recommend_popularity"]} >= {"", "viewers", "buyers"}
+    assert {row[0] for row in sqlite["recommend_pairs"]} >= set(odd)
+    for name, rows in sqlite.items():
+        other = postgresql[name]
+        assert [row[:-1] for row in rows] == [row[:-1] for row in other], name
+        if name == "recommend_profiles":
+            continue
+        for mine, theirs in zip(rows, other, strict=True):
+            assert theirs[-1] == pytest.approx(mine[-1], rel=1e-12), (name, mine)

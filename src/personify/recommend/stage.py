@@ -73,6 +73,7 @@ from personify.recommend.tables import (
     recommend_profiles,
 )
 from personify.segments.tables import segment_members
+from personify.store.database import copy_rows
 
 __all__ = [
     "DECAY_EPOCH_MS",
@@ -131,7 +132,8 @@ def event_items(data: Mapping[str, Any]) -> list[str]:
     """The products an e-commerce event touches: ``properties.product_id`` (else ``sku``),
     or else each line of ``properties.products[]`` (each product once, sorted)."""
     properties = data.get("properties")
-    if not isinstance(properties, Mapping):
+    # decoded JSON holds dicts: the exact type test spares the ABC check almost always
+    if type(properties) is not dict and not isinstance(properties, Mapping):
         return []
     found = _item_text(properties.get("product_id"))
     if found is None:
@@ -143,7 +145,7 @@ def event_items(data: Mapping[str, Any]) -> list[str]:
         return []
     items: set[str] = set()
     for line in lines:
-        if isinstance(line, Mapping):
+        if type(line) is dict or isinstance(line, Mapping):
             item = _item_text(line.get("product_id"))
             if item is None:
                 item = _item_text(line.get("sku"))
@@ -250,29 +252,115 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     return sqlite_insert(table)
 
 
-def add_scores(
-    conn: sa.Connection, table: sa.Table, keys: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None:
-    """Add each row's score (its last value, after the ``keys``) to the stored one of its key
-    (a new key starts at it): one statement for the batch.
+class _Additions:
+    """Rows to add to a scores table, as columns: each key column's words and each row's
+    code among them, and the scores. Rows are built from numpy arrays, never one Python
+    object per pair before the driver needs one (PostgreSQL's needs none)."""
 
-    Rows go through the driver's ``executemany`` as tuples: a batch adds hundreds of
-    thousands of pairs, and SQLAlchemy's per-row parameter handling would cost more than the
-    database. On PostgreSQL they go in key order, so concurrent workers lock the rows they
-    share in one order, and never deadlock on them."""
-    if not rows:
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+        self.words: list[list[str]] = [[] for _ in keys]
+        self._codes: list[list[IntArray]] = [[] for _ in keys]
+        self._scores: list[FloatArray] = []
+
+    def add(self, scores: FloatArray, *columns: tuple[Sequence[str], IntArray]) -> None:
+        """Rows whose keys are the words ``codes`` name in each column (no key twice in a
+        table's additions)."""
+        if not scores.size:
+            return
+        for words, codes, (chunk_words, chunk_codes) in zip(
+            self.words, self._codes, columns, strict=True
+        ):
+            codes.append(chunk_codes + len(words))
+            words.extend(chunk_words)
+        self._scores.append(scores)
+
+    def __bool__(self) -> bool:
+        return bool(self._scores)
+
+    def codes(self) -> list[IntArray]:
+        """Each key column's codes, every row."""
+        return [np.concatenate(chunks) for chunks in self._codes]
+
+    def scores(self) -> FloatArray:
+        """Every row's score."""
+        return np.concatenate(self._scores)
+
+
+def _same(word: str, rows: int) -> tuple[list[str], IntArray]:
+    """A key column holding ``word`` on each of ``rows`` rows."""
+    return [word], np.zeros(rows, dtype=np.int64)
+
+
+def add_scores(conn: sa.Connection, table: sa.Table, additions: _Additions) -> None:
+    """Add each row's score to the stored one of its key (a new key starts at it): one
+    statement for the batch.
+
+    A batch adds hundreds of thousands of pairs. On SQLite, rows go through the driver's
+    ``executemany`` as tuples (SQLAlchemy's per-row parameter handling would cost more than
+    the database). On PostgreSQL, the codes and scores are copied (binary ``COPY``, packed
+    by numpy) into a temporary table and added with one ``INSERT … SELECT`` that looks the
+    words up: a tenth of the worker's CPU of an ``executemany``. They go in key order, so
+    concurrent workers lock the rows they share in one order and never deadlock on them."""
+    if not additions:
         return
-    if conn.dialect.name == "postgresql":
-        rows.sort()
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    keys = additions.keys
     columns = ", ".join([*keys, "score"])
-    values = ", ".join([marker] * (len(keys) + 1))
-    conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({columns}) VALUES ({values}) "
-        f"ON CONFLICT ({', '.join(keys)}) "
-        f"DO UPDATE SET score = {table.name}.score + excluded.score",
-        rows,
+    conflict = (
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET score = {table.name}.score + excluded.score"
     )
+    if conn.dialect.name == "postgresql":
+        _add_copied(conn, table, additions, columns, conflict)
+        return
+    texts = [
+        _texts(words, codes)
+        for words, codes in zip(additions.words, additions.codes(), strict=True)
+    ]
+    rows = list(zip(*texts, additions.scores().tolist(), strict=True))
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    values = ", ".join([marker] * (len(keys) + 1))
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) VALUES ({values}) {conflict}", rows)
+
+
+def _add_copied(
+    conn: sa.Connection, table: sa.Table, additions: _Additions, columns: str, conflict: str
+) -> None:
+    """``add_scores`` on PostgreSQL: each row's codes and score copied into a temporary
+    table, then one upsert of the words they name."""
+    keys = additions.keys
+    deltas = f"{table.name}_delta"
+    code_columns = [f"code{n}" for n in range(len(keys))]
+    # dropped at the latest when the transaction ends; dropped below so that a second
+    # addition in the same transaction starts empty
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {deltas} "
+        f"({', '.join(f'{c} integer' for c in code_columns)}, score double precision) "
+        f"ON COMMIT DROP"
+    )
+    # arrays count from 1
+    copied = [(column + 1).tolist() for column in additions.codes()]
+    copy_rows(
+        conn,
+        sa.Table(deltas, sa.MetaData()),
+        [*code_columns, "score"],
+        zip(*copied, additions.scores().tolist(), strict=True),
+    )
+    texts = [f"words.w{n}[d.code{n}]" for n in range(len(keys))]
+    arrays = ", ".join(f"%s::text[] AS w{n}" for n in range(len(keys)))
+    # code point order (what Python's sort gives): one order for every worker
+    order = ", ".join(f'{text} COLLATE "C"' for text in texts)
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({columns}) "
+        f"SELECT {', '.join(texts)}, d.score FROM {deltas} AS d, (SELECT {arrays}) AS words "
+        f"ORDER BY {order} {conflict}",
+        tuple(additions.words),
+    )
+    conn.exec_driver_sql(f"DROP TABLE {deltas}")
+
+
+def _texts(words: Sequence[str], codes: IntArray) -> list[str]:
+    """The word of each code."""
+    return list(map(words.__getitem__, codes.tolist()))
 
 
 def _group_sum(keys: IntArray, values: FloatArray) -> tuple[IntArray, FloatArray]:
@@ -428,7 +516,8 @@ class RecommendationStage:
         size = len(touches.items)
         keys, sums = _group_sum(item, value)
         words = touches.items
-        rows = [(EVERYONE, words[k], s) for k, s in zip(keys.tolist(), sums.tolist(), strict=True)]
+        additions = _Additions(("segment_key", "item_id"))
+        additions.add(sums, _same(EVERYONE, keys.size), (words, keys))
         # every segment each counted profile is in: the interactions repeated per membership
         profiles = sorted({int(p) for p in np.unique(profile)})
         held: list[tuple[int, str]] = []
@@ -460,11 +549,8 @@ class RecommendationStage:
             offset = np.arange(row.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
             segment = segment_code[first[profile[row]] + offset]
             keys, sums = _group_sum(segment * size + item[row], value[row])
-            rows += [
-                (segments[k // size], words[k % size], s)
-                for k, s in zip(keys.tolist(), sums.tolist(), strict=True)
-            ]
-        add_scores(conn, recommend_popularity, ("segment_key", "item_id"), rows)
+            additions.add(sums, (segments, keys // size), (words, keys % size))
+        add_scores(conn, recommend_popularity, additions)
 
     # -- co-visitation -----------------------------------------------------------------------
 
@@ -476,8 +562,8 @@ class RecommendationStage:
         recent: dict[str, RecentItems],
         now_ms: int,
     ) -> None:
-        item_rows: list[tuple[Any, ...]] = []
-        pair_rows: list[tuple[Any, ...]] = []
+        item_additions = _Additions(("kind", "item_id"))
+        pair_additions = _Additions(("item_id", "kind", "other_id"))
         half_life = self.covisit_half_life_days
         for kind, names in sorted(self.kinds.items()):
             new = np.flatnonzero(self._name_mask(names, touches))
@@ -486,10 +572,7 @@ class RecommendationStage:
             keys, sums = _group_sum(
                 touches.item[new], epoch_scores(touches.ts[new], half_life, now_ms)
             )
-            item_rows += [
-                (kind, touches.items[k], s)
-                for k, s in zip(keys.tolist(), sums.tolist(), strict=True)
-            ]
+            item_additions.add(sums, _same(kind, keys.size), (touches.items, keys))
             # each profile's remembered interactions, then the new ones in arrival order
             vocabulary = {item: n for n, item in enumerate(touches.items)}
             extra: list[str] = []
@@ -543,10 +626,9 @@ class RecommendationStage:
                     np.concatenate(firsts) * size + np.concatenate(seconds),
                     np.concatenate(values),
                 )
-                pair_rows += [
-                    (words[k // size], kind, words[k % size], s)
-                    for k, s in zip(keys.tolist(), sums.tolist(), strict=True)
-                ]
+                pair_additions.add(
+                    sums, (words, keys // size), _same(kind, keys.size), (words, keys % size)
+                )
             # the memory: each profile's last max_previous interactions of the kind
             ends = np.flatnonzero(np.append(profile[1:] != profile[:-1], True))
             starts = np.concatenate(([0], ends[:-1] + 1))
@@ -555,8 +637,8 @@ class RecommendationStage:
                 recent[ids[int(profile[begin])]].memory[kind] = [
                     (words[int(item[n])], int(ts[n])) for n in keep
                 ]
-        add_scores(conn, recommend_items, ("kind", "item_id"), item_rows)
-        add_scores(conn, recommend_pairs, ("item_id", "kind", "other_id"), pair_rows)
+        add_scores(conn, recommend_items, item_additions)
+        add_scores(conn, recommend_pairs, pair_additions)
 
     # -- recent items ------------------------------------------------------------------------
 
