@@ -228,7 +228,10 @@ class Settings(BaseSettings):
     webhooks_in_tolerance_s: float = Field(default=300.0, gt=0.0, le=3600.0)
     # audit records for reads of per-user data too (every change is always recorded)
     audit_reads: bool = True
-    cache_max_entries: int = 10_000
+    # the in-memory cache's bounds: its bytes (keys, values and an estimate of each entry's
+    # overhead) and its entries; the least recently used go first past either
+    cache_max_mb: float = Field(default=128.0, gt=0.0)
+    cache_max_entries: int = Field(default=1_000_000, ge=1)
     cache_ttl_s: float = 60.0
     cache_invalidation_ttl_s: float = 2.0
     # how long a process serves decisions from the catalog revision it read, when the change
