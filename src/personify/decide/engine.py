@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import numpy as np
+import sqlalchemy as sa
 
 from personify.clock import Clock, SystemClock
 from personify.content.exposures import (
@@ -93,6 +94,13 @@ logger = logging.getLogger("personify.decide")
 _encode = msgspec.json.encode
 # the most items one placement answers with
 MAX_LIMIT: Final = 50
+
+
+# built once: read whenever a decision's user has no cached facts
+_OPEN_SEGMENTS: Final = sa.select(segment_members.c.segment_key).where(
+    segment_members.c.profile_id == sa.bindparam("profile"),
+    segment_members.c.exited_at.is_(None),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,15 +477,9 @@ class DecisionEngine:
     def _facts(self, profile_id: str, units: Sequence[str], revision: int = -1) -> _Facts:
         """The profile's segments, predictions and experiment assignments (by any of its
         ids: ``units``) in one connection, and what it bought."""
-        m = segment_members.c
         with self._db.connect() as conn:
             segments = sorted(
-                str(key)
-                for (key,) in conn.execute(
-                    segment_members.select()
-                    .with_only_columns(m.segment_key)
-                    .where(m.profile_id == profile_id, m.exited_at.is_(None))
-                )
+                str(key) for (key,) in conn.execute(_OPEN_SEGMENTS, {"profile": profile_id})
             )
             predictions = read_predictions(conn, [profile_id]).get(profile_id)
             assignments = sticky_assignments(conn, units)

@@ -77,19 +77,23 @@ def load_running(conn: sa.Connection) -> list[RunningExperiment]:
     return running
 
 
+_a = experiment_assignments.c
+# built once: a decision reads them whenever its user's facts are not cached
+_STICKY: Final = sa.select(_a.experiment_key, _a.variant, _a.phase, _a.first_exposed_at).where(
+    _a.unit.in_(sa.bindparam("units", expanding=True))
+)
+
+
 def sticky_assignments(conn: sa.Connection, units: Iterable[str]) -> dict[str, tuple[str, int]]:
     """The variant (and phase) each experiment first exposed any of ``units`` to: the
     earliest exposure wins when a profile's ids were exposed apart."""
     wanted = sorted(set(units))
     if not wanted:
         return {}
-    c = experiment_assignments.c
     found: dict[str, tuple[str, int, datetime]] = {}
     for start in range(0, len(wanted), _CHUNK):
         for key, variant, phase, at in conn.execute(
-            sa.select(c.experiment_key, c.variant, c.phase, c.first_exposed_at).where(
-                c.unit.in_(wanted[start : start + _CHUNK])
-            )
+            _STICKY, {"units": wanted[start : start + _CHUNK]}
         ):
             seen = found.get(key)
             if seen is None or at < seen[2]:

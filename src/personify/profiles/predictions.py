@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import sqlalchemy as sa
@@ -26,16 +26,19 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
+# built once: a decision reads one profile's predictions whenever its facts are not cached
+_READ: Final = sa.select(
+    profile_predictions.c.profile_id, profile_predictions.c.target, profile_predictions.c.value
+).where(profile_predictions.c.profile_id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def read_predictions(conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The predictions of ``profile_ids``: profile -> target -> value (profiles without any
     are left out)."""
     found: dict[str, dict[str, Any]] = {}
-    c = profile_predictions.c
     for start in range(0, len(profile_ids), _CHUNK):
         chunk = list(profile_ids[start : start + _CHUNK])
-        for pid, target, value in conn.execute(
-            sa.select(c.profile_id, c.target, c.value).where(c.profile_id.in_(chunk))
-        ):
+        for pid, target, value in conn.execute(_READ, {"ids": chunk}):
             found.setdefault(str(pid), {})[str(target)] = _decode(value)
     return found
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -228,15 +228,18 @@ class RecentItems:
         )
 
 
+# built once: decisions and recommendations read one profile's at a time
+_RECENT: Final = sa.select(recommend_profiles.c.profile_id, recommend_profiles.c.document).where(
+    recommend_profiles.c.profile_id.in_(sa.bindparam("ids", expanding=True))
+)
+
+
 def read_recent(conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, RecentItems]:
     """The stored recent items of ``profile_ids`` (those that have any)."""
     found: dict[str, RecentItems] = {}
-    c = recommend_profiles.c
     for start in range(0, len(profile_ids), _CHUNK):
         chunk = list(profile_ids[start : start + _CHUNK])
-        for profile_id, document in conn.execute(
-            sa.select(c.profile_id, c.document).where(c.profile_id.in_(chunk))
-        ):
+        for profile_id, document in conn.execute(_RECENT, {"ids": chunk}):
             found[str(profile_id)] = RecentItems.decode(document)
     return found
 
