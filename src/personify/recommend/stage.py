@@ -258,7 +258,7 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Any:
 class _Additions:
     """Rows to add to a scores table, as columns: each key column's words and each row's
     code among them, and the scores. Rows are built from numpy arrays, never one Python
-    object per pair before the driver needs one (PostgreSQL's needs none)."""
+    object per pair before the driver needs one."""
 
     def __init__(self, keys: Sequence[str]) -> None:
         self.keys = tuple(keys)
@@ -301,10 +301,11 @@ def add_scores(conn: sa.Connection, table: sa.Table, additions: _Additions) -> N
 
     A batch adds hundreds of thousands of pairs. On SQLite, rows go through the driver's
     ``executemany`` as tuples (SQLAlchemy's per-row parameter handling would cost more than
-    the database). On PostgreSQL, the codes and scores are copied (binary ``COPY``, packed
-    by numpy) into a temporary table and added with one ``INSERT … SELECT`` that looks the
-    words up: a tenth of the worker's CPU of an ``executemany``. They go in key order, so
-    concurrent workers lock the rows they share in one order and never deadlock on them."""
+    the database). On PostgreSQL, the codes and scores are copied (``COPY``, through
+    psycopg's ``write_row``) into a temporary table and added with one ``INSERT … SELECT``
+    that looks the words up, at a fraction of an ``executemany``'s CPU. They go in key
+    order, so concurrent workers lock the rows they share in one order and never deadlock
+    on them."""
     if not additions:
         return
     keys = additions.keys
