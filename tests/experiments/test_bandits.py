@@ -56,6 +56,15 @@ def check_allocation(allocation: dict[str, float], arms: list[ArmStatistics], fl
     assert all(share <= 1.0 for share in allocation.values())
 
 
+def test_a_floor_of_one_over_the_arms_gives_every_arm_the_floor() -> None:
+    # one arm wins outright: the four others are floored, and what they leave, 1 - 4 * 0.2,
+    # rounds under 0.2, so the winner is floored too (this divided by zero once)
+    arms = [binary("a", 1000, 1000), *(binary(name, 1000, 0) for name in "bcde")]
+    allocation = allocate(arms, reward="binary", min_share=0.2, draws=500, seed=1)
+    assert math.fsum(allocation.values()) == 1.0
+    assert all(abs(share - 0.2) < 1e-12 for share in allocation.values())
+
+
 @settings(max_examples=60, deadline=None)
 @given(arms=binary_arms(), data=st.data(), seed=st.integers(0, 2**32) | st.text(max_size=8))
 def test_binary_allocation_sums_to_one_respects_the_floor_and_is_deterministic(

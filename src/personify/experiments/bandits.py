@@ -316,6 +316,10 @@ def _floor_shares(shares: Vector, min_share: float) -> list[float]:
         else:
             scaled = np.full(int(free.sum()), mass / int(free.sum()))
         under = scaled < min_share
+        if under.all():
+            # the floors take all the mass (``min_share`` is 1 / arms, up to rounding): every
+            # arm keeps the floor, and the rounding goes to the largest below
+            break
         if not under.any():
             result[free] = scaled
             break
