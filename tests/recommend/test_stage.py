@@ -5,7 +5,7 @@ remember each profile's recent items."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,26 @@ VIEWERS = {"event": "Product Viewed", "within": "3d", "count": {"op": "gte", "va
 BUYERS = {"event": "Order Completed", "within": "7d", "count": {"op": "gte", "value": 1}}
 
 
-def run(db: Database, events: list[dict[str, Any]], clock: FrozenClock, batch: int = 200) -> None:
-    """``events`` through a processor with the recommendation stage, in batches."""
-    stage = RecommendationStage(FEATURES, clock=clock)
-    processor = ProfileProcessor(db, FEATURES, clock=clock, stages=[stage])
+def run(
+    db: Database,
+    events: list[dict[str, Any]],
+    clock: FrozenClock,
+    batch: int = 200,
+    *,
+    segments: Mapping[str, Any] | None = None,
+    between: Sequence[Any] = (),
+) -> None:
+    """``events`` through a processor with the recommendation stage, in batches; with
+    ``segments`` (key -> condition, created first), the segment stage and the stages
+    ``between`` run before it."""
+    stages: list[Any] = []
+    if segments:
+        repository = SegmentRepository(db, clock=clock)
+        for key, condition in segments.items():
+            repository.create(key, condition=condition)
+        stages = [SegmentStage(repository, FEATURES, clock=clock), *between]
+    stages.append(RecommendationStage(FEATURES, clock=clock))
+    processor = ProfileProcessor(db, FEATURES, clock=clock, stages=stages)
     for start in range(0, len(events), batch):
         processor.apply([view_event(e) for e in events[start : start + batch]])
 
@@ -211,24 +227,16 @@ def test_popularity_per_segment_is_the_same_from_the_handed_over_memberships(
     tables: list[Sequence[Any]] = []
     for drop in (False, True):
         db = Database(f"sqlite:///{tmp_path / f'state-{drop}.db'}")
-        clock = FrozenClock(END)
-        segments = SegmentRepository(db, clock=clock)
-        segments.create("viewers", condition=VIEWERS)
-        segments.create("buyers", condition=BUYERS)
-        segments.create("browsers", condition={"not": {"segment": "buyers"}})
         checker = _HandedOver(drop=drop)
-        processor = ProfileProcessor(
+        browsers = {"not": {"segment": "buyers"}}
+        run(
             db,
-            FEATURES,
-            clock=clock,
-            stages=[
-                SegmentStage(segments, FEATURES, clock=clock),
-                checker,
-                RecommendationStage(FEATURES, clock=clock),
-            ],
+            events,
+            FrozenClock(END),
+            113,
+            segments={"viewers": VIEWERS, "buyers": BUYERS, "browsers": browsers},
+            between=[checker],
         )
-        for start in range(0, len(events), 113):
-            processor.apply([view_event(e) for e in events[start : start + 113]])
         assert checker.checked > 0
         with db.connect() as conn:
             tables.append(
@@ -352,21 +360,7 @@ def test_every_counter_is_the_same_on_sqlite_and_postgresql(
         Database(f"sqlite:///{tmp_path / 'state.db'}"),
         Database(fresh_schema(postgres_database)),
     ):
-        clock = FrozenClock(END)
-        segments = SegmentRepository(db, clock=clock)
-        segments.create("viewers", condition=VIEWERS)
-        segments.create("buyers", condition=BUYERS)
-        processor = ProfileProcessor(
-            db,
-            FEATURES,
-            clock=clock,
-            stages=[
-                SegmentStage(segments, FEATURES, clock=clock),
-                RecommendationStage(FEATURES, clock=clock),
-            ],
-        )
-        for start in range(0, len(events), 101):
-            processor.apply([view_event(e) for e in events[start : start + 101]])
+        run(db, events, FrozenClock(END), 101, segments={"viewers": VIEWERS, "buyers": BUYERS})
         found.append(_tables(db))
         db.dispose()
     sqlite, postgresql = found

@@ -527,12 +527,10 @@ class DecisionEngine:
         shown: set[str],
         categories: set[str],
         context: Mapping[str, Any],
-        trace: bool = True,
-        arm: _Arm | None = None,
-        verdicts: dict[Predicate, bool] | None = None,
+        trace: bool,
+        arm: _Arm | None,
+        verdicts: dict[Predicate, bool],
     ) -> dict[str, Any]:
-        if verdicts is None:
-            verdicts = {}
         if snapshot is None:
             return _answer([], None, "catalog_unavailable", {"reason": "catalog_unavailable"})
         spec = snapshot.placements.get(wanted.id)

@@ -178,7 +178,6 @@ class PlacementColumns:
         self.by_locale = {key: np.array(found, dtype=np.int64) for key, found in locales.items()}
         self.by_segment = {key: np.array(found, dtype=np.int64) for key, found in segments.items()}
         self.targeted = np.fromiter((bool(c.segments) for c in candidates), bool, count)
-        self.conditional = np.fromiter((c.condition is not None for c in candidates), bool, count)
         # each distinct condition once (items with equal conditions share a Predicate), and
         # each candidate's index into them (-1: none)
         groups: dict[Predicate, int] = {}
@@ -191,6 +190,7 @@ class PlacementColumns:
             np.int64,
             count,
         )
+        self.conditional = self.condition_group >= 0
         self.ids = [c.id for c in candidates]
         self.capped = [i for i, c in enumerate(candidates) if c.frequency_cap is not None]
         self.products = {c.id: i for i, c in enumerate(candidates) if c.type == "product"}

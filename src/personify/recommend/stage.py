@@ -74,6 +74,7 @@ from personify.recommend.tables import (
 )
 from personify.segments.tables import segment_members
 from personify.store.database import copy_rows
+from personify.store.statements import dialect_insert
 
 __all__ = [
     "DECAY_EPOCH_MS",
@@ -242,17 +243,6 @@ def read_recent(conn: sa.Connection, profile_ids: Sequence[str]) -> dict[str, Re
         for profile_id, document in conn.execute(_RECENT, {"ids": chunk}):
             found[str(profile_id)] = RecentItems.decode(document)
     return found
-
-
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
-    """The dialect's ``INSERT`` that can say ``ON CONFLICT DO UPDATE``."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
 
 
 class _Additions:
@@ -681,7 +671,7 @@ class RecommendationStage:
             rows.append(
                 {"profile_id": profile_id, "document": items.encode().decode(), "updated_at": now}
             )
-        statement = _insert(conn, recommend_profiles)
+        statement = dialect_insert(conn.dialect.name, recommend_profiles)
         statement = statement.on_conflict_do_update(
             index_elements=["profile_id"],
             set_={

@@ -99,6 +99,9 @@ class MembershipChanges:
     _pieces: dict[tuple[str, str, int, str], tuple[str, str]] = field(
         default_factory=dict, repr=False
     )
+    # the segments each evaluated profile is in once the changes are written, in the order
+    # the profiles were given (None: no active rule, nothing was read)
+    members: list[set[str]] | None = None
     # the last profile's id as its key and value of the event JSON: (id, is_user, JSON)
     _named: tuple[str, bool, str] = field(default=("", False, '","anonymousId":""'), repr=False)
 

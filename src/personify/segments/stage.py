@@ -283,9 +283,9 @@ class SegmentStage:
         for profile in profiles:
             events_after[profile.index] = profile.state.events
         changes = batch_changes(batch, events_after)
-        _, members = self._evaluate(
+        members = self.evaluate(
             conn, profiles, now, reason="rule", changes_by_index=changes, place=True
-        )
+        ).members
         if members is not None:
             # the stays the batch leaves open: the recommendation stage's popularity per
             # segment reads them here instead of from the table again
@@ -304,38 +304,18 @@ class SegmentStage:
         changes_by_index: Sequence[BatchChange] | None = None,
         place: bool = False,
     ) -> MembershipChanges:
-        """Evaluate ``profiles`` at ``now`` and write what changed; returns the changes.
+        """Evaluate ``profiles`` at ``now`` and write what changed; returns the changes, with
+        the segments each profile is in once they are written (``members``).
 
         With ``changes_by_index`` (``batch_changes`` of the batch that touched them), only
         the rules that read what changed are evaluated again. With ``place``, each profile is
         placed in the nearest cluster of every clustering (``personify.segments.clusterings``),
         all profiles at once per clustering."""
-        return self._evaluate(
-            conn,
-            profiles,
-            now,
-            reason=reason,
-            changes_by_index=changes_by_index,
-            place=place,
-        )[0]
-
-    def _evaluate(
-        self,
-        conn: sa.Connection,
-        profiles: Sequence[StagedProfile],
-        now: datetime,
-        *,
-        reason: str,
-        changes_by_index: Sequence[BatchChange] | None = None,
-        place: bool = False,
-    ) -> tuple[MembershipChanges, list[set[str]] | None]:
-        """``evaluate``, and the segments each of ``profiles`` is in once the changes are
-        written (``None`` without an active rule: nothing was read)."""
         compiled = self._current
         changes = MembershipChanges(now)
         if not compiled.active:
             # archiving a segment closes its stays, so none is open without an active rule
-            return changes, None
+            return changes
         at_ms = datetime_ms(now)
         merged = {gone: p.profile_id for p in profiles for gone in p.merged_from}
         if merged:
@@ -394,4 +374,5 @@ class SegmentStage:
         changes.flush(conn)
         write_due(conn, due, forget=list(merged))
         # ``reconcile`` took each profile from its open stays to exactly ``members``
-        return changes, members
+        changes.members = members
+        return changes

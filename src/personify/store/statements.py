@@ -13,7 +13,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["CompiledStatement", "Statements", "insert_skipping_taken", "insert_without_id"]
+__all__ = [
+    "CompiledStatement",
+    "Statements",
+    "dialect_insert",
+    "insert_skipping_taken",
+    "insert_without_id",
+]
 
 
 def insert_without_id(table: sa.Table) -> sa.Insert:
@@ -22,19 +28,24 @@ def insert_without_id(table: sa.Table) -> sa.Insert:
     return table.insert().values({c.name: sa.bindparam(c.name) for c in table.c if c.name != "id"})
 
 
-def insert_skipping_taken(dialect: str, table: sa.Table) -> sa.Insert:
-    """An insert that leaves out each row whose key a stored row holds already (``ON
-    CONFLICT DO NOTHING``), for ``dialect`` (``sqlite`` or ``postgresql``): rows a
-    redelivery brings again cost no read first."""
+def dialect_insert(dialect: str, table: sa.Table) -> Any:
+    """``dialect``'s own insert into ``table`` (``sqlite`` or ``postgresql``): the one that
+    can say ``ON CONFLICT DO NOTHING`` / ``DO UPDATE``."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
-        return postgresql_insert(table).on_conflict_do_nothing()
+        return postgresql_insert(table)
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(table).on_conflict_do_nothing()
-    raise ValueError(f"no insert that skips taken keys for the {dialect!r} dialect")
+        return sqlite_insert(table)
+    raise ValueError(f"no ON CONFLICT insert for the {dialect!r} dialect")
+
+
+def insert_skipping_taken(dialect: str, table: sa.Table) -> sa.Insert:
+    """An insert that leaves out each row whose key a stored row holds already (``ON
+    CONFLICT DO NOTHING``): rows a redelivery brings again cost no read first."""
+    return dialect_insert(dialect, table).on_conflict_do_nothing()  # type: ignore[no-any-return]
 
 
 class CompiledStatement:
